@@ -1,0 +1,47 @@
+# llmedge — the Makefile is the interface: CI and the README call only these targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+GO       ?= go
+TOOLS    := $(CURDIR)/.tools
+BIN      := $(CURDIR)/bin
+export LLMEDGE_TOOLS := $(TOOLS)
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+.PHONY: tools
+tools: ## Install Envoy 1.40, envoyproxy/ratelimit and redis-server into .tools/ (idempotent)
+	@bash scripts/tools.sh
+
+.PHONY: build
+build: ## Build the llmedge and fakellm binaries into bin/
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/llmedge ./cmd/llmedge
+	$(GO) build -o $(BIN)/fakellm ./cmd/fakellm
+
+.PHONY: fmt
+fmt: ## Format the Go code
+	gofmt -w $$(git ls-files '*.go' | grep -v '\.pb\.')
+
+.PHONY: lint
+lint: ## gofmt check and go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+.PHONY: test
+test: tools lint ## Unit, golden and end-to-end tests against the real Envoy (runs make tools first)
+	$(GO) test -count=1 -timeout 30m ./...
+
+.PHONY: golden
+golden: ## Rewrite the golden files (translator output, Envoy bootstraps) from the current code
+	$(GO) test ./controlplane/translate/ ./controlplane/bootstrap/ ./controlplane/config/ -run 'Golden|Bootstrap' -update
+
+.PHONY: run
+run: tools build ## Start a local two-region edge (hk, sg) with the fake LLM upstream
+	@bash scripts/run.sh
+
+.PHONY: bench
+bench: tools build ## Benchmarks (not part of make test); results go to docs/BENCHMARKS.md
+	$(GO) test -run '^$$' -bench . -benchtime 20x ./controlplane/...

@@ -1,0 +1,210 @@
+// Command llmedge is the operator's tool and the control plane binary:
+//
+//	llmedge controlplane --config routes.yaml   serve xDS, status and metrics
+//	llmedge validate --config routes.yaml       check a routes YAML (exit 1 on errors)
+//	llmedge bootstrap --region hk ...           print an Envoy bootstrap for a region
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/llmedge/llmedge/controlplane"
+	"github.com/llmedge/llmedge/controlplane/bootstrap"
+	"github.com/llmedge/llmedge/controlplane/config"
+	"github.com/llmedge/llmedge/controlplane/translate"
+	"github.com/llmedge/llmedge/controlplane/watch"
+)
+
+const usage = `llmedge — a self-hosted edge for LLM APIs
+
+Usage:
+  llmedge controlplane [flags]   serve xDS to the regions' Envoys, plus /status, /metrics
+  llmedge validate [flags]       check a routes YAML; prints every error with its field path
+  llmedge bootstrap [flags]      print the Envoy bootstrap YAML for one region
+
+Run "llmedge <command> -h" for a command's flags.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// errUsage marks errors already explained on stderr.
+var errUsage = errors.New("usage")
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "controlplane":
+		err = runControlPlane(ctx, args[1:], stderr)
+	case "validate":
+		err = runValidate(args[1:], stdout, stderr)
+	case "bootstrap":
+		err = runBootstrap(args[1:], stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "llmedge: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		return 2
+	default:
+		fmt.Fprintf(stderr, "llmedge %s: %v\n", args[0], err)
+		return 1
+	}
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+func newFlags(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("llmedge "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(fs.Output(), "unexpected arguments: %s\n", strings.Join(fs.Args(), " "))
+		return errUsage
+	}
+	return nil
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want json or text", format)
+}
+
+func runControlPlane(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := newFlags("controlplane", stderr)
+	cfgPath := fs.String("config", envOr("LLMEDGE_CONFIG", "examples/routes.yaml"), "routes YAML file or directory (env LLMEDGE_CONFIG)")
+	xdsAddr := fs.String("xds-listen", envOr("LLMEDGE_XDS_LISTEN", "127.0.0.1:18000"), "gRPC ADS listen address (env LLMEDGE_XDS_LISTEN)")
+	httpAddr := fs.String("http-listen", envOr("LLMEDGE_HTTP_LISTEN", "127.0.0.1:18080"), "status/health/metrics listen address (env LLMEDGE_HTTP_LISTEN)")
+	logFormat := fs.String("log-format", envOr("LLMEDGE_LOG_FORMAT", "json"), "json or text")
+	logLevel := fs.String("log-level", envOr("LLMEDGE_LOG_LEVEL", "info"), "debug, info, warn or error")
+	holdoff := fs.Duration("watch-holdoff", 0, "quiet time after a file event before reloading (default 100ms)")
+	poll := fs.Duration("watch-poll", 0, "fallback poll interval (default 10s)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, *logFormat, *logLevel)
+	if err != nil {
+		return err
+	}
+	m, err := controlplane.New(controlplane.Options{
+		ConfigPath:  *cfgPath,
+		XDSAddress:  *xdsAddr,
+		HTTPAddress: *httpAddr,
+		Watch:       watch.Options{Holdoff: *holdoff, Poll: *poll},
+		Logger:      log,
+	})
+	if err != nil {
+		return err
+	}
+	return m.Run(ctx)
+}
+
+func runValidate(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("validate", stderr)
+	cfgPath := fs.String("config", envOr("LLMEDGE_CONFIG", "examples/routes.yaml"), "routes YAML file or directory")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	_, cfg, err := config.LoadConfig(*cfgPath)
+	if err == nil {
+		// Translation checks what the YAML schema cannot (Envoy's own field rules).
+		_, err = translate.All(cfg)
+	}
+	if err != nil {
+		errs := config.AsErrors(err)
+		for _, e := range errs {
+			fmt.Fprintln(stderr, e.Error())
+		}
+		return fmt.Errorf("%s: %d problem(s); nothing would be applied", *cfgPath, len(errs))
+	}
+	for _, w := range cfg.Warnings {
+		fmt.Fprintln(stderr, "warning: "+w)
+	}
+	fmt.Fprintf(stdout, "%s: ok (%d regions, %d upstreams, %d routes)\n", *cfgPath, len(cfg.Regions), len(cfg.Upstreams), len(cfg.Routes))
+	return nil
+}
+
+func runBootstrap(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("bootstrap", stderr)
+	region := fs.String("region", "", "region name, as in the routes YAML (required)")
+	nodeID := fs.String("node-id", "", "Envoy node id (default envoy-<region>-1)")
+	adminAddr := fs.String("admin-address", bootstrap.DefaultAdminAddress, "admin listen IP")
+	adminPort := fs.Int("admin-port", 9901, "admin port (0 = ephemeral)")
+	xds := fs.String("xds", "127.0.0.1:18000", "control plane xDS address host:port")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *region == "" {
+		fmt.Fprintln(stderr, "--region is required")
+		return errUsage
+	}
+	if *nodeID == "" {
+		*nodeID = "envoy-" + *region + "-1"
+	}
+	host, portStr, ok := strings.Cut(*xds, ":")
+	port, err := strconv.Atoi(portStr)
+	if !ok || err != nil {
+		return fmt.Errorf("--xds %q: want host:port", *xds)
+	}
+	ap := *adminPort
+	if ap == 0 {
+		ap = bootstrap.EphemeralAdminPort
+	}
+	b, err := bootstrap.Render(bootstrap.Options{
+		NodeID: *nodeID, Region: *region, AdminAddress: *adminAddr, AdminPort: ap, XDSHost: host, XDSPort: port,
+	})
+	if err != nil {
+		return err
+	}
+	_, err = stdout.Write(b)
+	return err
+}

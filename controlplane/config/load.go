@@ -1,0 +1,174 @@
+package config
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/spf13/viper"
+	"go.yaml.in/yaml/v3"
+)
+
+// EnvPrefix prefixes environment overrides: LLMEDGE_UPSTREAMS_OPENAI_URL overrides
+// upstreams.openai.url. Only keys present in the YAML can be overridden.
+const EnvPrefix = "LLMEDGE"
+
+// Source is what one load read: the files, their combined content hash (so an edit that
+// changes nothing is recognised and pushes nothing) and the decoded document.
+type Source struct {
+	Files []string
+	Hash  string
+	File  File
+}
+
+// sections are the top-level maps whose keys are names and may be split across files.
+var sections = []string{"regions", "upstreams", "routes"}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$`)
+
+// Files lists the YAML files a path stands for: the file itself, or the *.yaml and *.yml
+// files directly inside a directory, sorted. Hidden files (editor swap files, Kubernetes'
+// ..data links) are skipped.
+func Files(path string) ([]string, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("read routes %q: %w", path, err)
+	}
+	if !fi.IsDir() {
+		return []string{path}, nil
+	}
+	entries, err := os.ReadDir(path)
+	if err != nil {
+		return nil, fmt.Errorf("read routes directory %q: %w", path, err)
+	}
+	var files []string
+	for _, e := range entries {
+		name := e.Name()
+		if strings.HasPrefix(name, ".") {
+			continue
+		}
+		ext := filepath.Ext(name)
+		if ext != ".yaml" && ext != ".yml" {
+			continue
+		}
+		full := filepath.Join(path, name)
+		if st, err := os.Stat(full); err != nil || st.IsDir() {
+			continue
+		}
+		files = append(files, full)
+	}
+	if len(files) == 0 {
+		return nil, fmt.Errorf("read routes directory %q: no .yaml or .yml files", path)
+	}
+	sort.Strings(files)
+	return files, nil
+}
+
+// Load reads and strictly decodes the routes YAML at path (a file or a directory). It does
+// not validate semantics; see Validate. Every error it returns is an Errors value.
+func Load(path string) (*Source, error) {
+	files, err := Files(path)
+	if err != nil {
+		return nil, Errors{{Path: path, Msg: err.Error()}}
+	}
+	var c collector
+	h := sha256.New()
+	v := viper.New()
+	v.SetConfigType("yaml")
+	owner := map[string]string{} // "section.name" -> file that defines it
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			c.add(f, "%v", err)
+			continue
+		}
+		fmt.Fprintf(h, "%s\x00%d\x00", filepath.Base(f), len(b))
+		h.Write(b)
+		if !checkNames(f, b, owner, &c) {
+			continue
+		}
+		if err := v.MergeConfig(bytes.NewReader(b)); err != nil {
+			c.add(f, "%v", err)
+		}
+	}
+	if err := c.err(); err != nil {
+		return nil, err
+	}
+	v.SetEnvPrefix(EnvPrefix)
+	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_", "-", "_"))
+	v.AutomaticEnv()
+	var doc File
+	err = v.Unmarshal(&doc, func(dc *mapstructure.DecoderConfig) {
+		dc.ErrorUnused = true
+		dc.ZeroFields = true
+	})
+	if err != nil {
+		decodeErrors(err, &c)
+		return nil, c.err()
+	}
+	return &Source{Files: files, Hash: hex.EncodeToString(h.Sum(nil)), File: doc}, nil
+}
+
+// checkNames parses one file with yaml.v3 (for syntax errors with line numbers) and checks
+// what viper would silently hide: it lower-cases keys and deep-merges files, so an upper-case
+// name or one defined in two files would otherwise change meaning without a word.
+func checkNames(file string, b []byte, owner map[string]string, c *collector) bool {
+	var root yaml.Node
+	if err := yaml.Unmarshal(b, &root); err != nil {
+		c.add(file, "%v", err)
+		return false
+	}
+	if len(root.Content) == 0 {
+		return true // an empty file contributes nothing
+	}
+	doc := root.Content[0]
+	if doc.Kind != yaml.MappingNode {
+		c.add(file, "line %d: the top level must be a mapping (version, regions, upstreams, routes)", doc.Line)
+		return false
+	}
+	ok := true
+	for i := 0; i+1 < len(doc.Content); i += 2 {
+		key, val := doc.Content[i], doc.Content[i+1]
+		if !isSection(key.Value) {
+			continue
+		}
+		if val.Kind == yaml.ScalarNode && val.Tag == "!!null" {
+			continue
+		}
+		if val.Kind != yaml.MappingNode {
+			c.add(key.Value, "line %d of %s: must be a mapping of names to settings", val.Line, filepath.Base(file))
+			ok = false
+			continue
+		}
+		for j := 0; j+1 < len(val.Content); j += 2 {
+			name := val.Content[j].Value
+			path := key.Value + "." + name
+			if !nameRE.MatchString(name) {
+				c.add(path, "line %d of %s: names must be 1-63 lower-case letters, digits, '-' or '_', starting and ending with a letter or digit", val.Content[j].Line, filepath.Base(file))
+				ok = false
+			}
+			if prev, dup := owner[path]; dup {
+				c.add(path, "defined in both %s and %s", filepath.Base(prev), filepath.Base(file))
+				ok = false
+			}
+			owner[path] = file
+		}
+	}
+	return ok
+}
+
+func isSection(k string) bool {
+	for _, s := range sections {
+		if s == k {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,150 @@
+package controlplane
+
+import (
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/llmedge/llmedge/controlplane/config"
+	"github.com/llmedge/llmedge/controlplane/xds"
+)
+
+// Status is the JSON document served at /status.
+type Status struct {
+	Config  ConfigStatus   `json:"config"`
+	Regions []RegionStatus `json:"regions"`
+	// Unassigned lists connected nodes whose region the serving config does not define;
+	// they receive no configuration.
+	Unassigned []xds.Node `json:"unassigned_nodes"`
+}
+
+// ConfigStatus describes the routes YAML: what is serving and what the last check found.
+type ConfigStatus struct {
+	Path      string     `json:"path"`
+	Files     []string   `json:"files"`
+	Hash      string     `json:"hash,omitempty"`
+	AppliedAt *time.Time `json:"applied_at,omitempty"`
+	CheckedAt *time.Time `json:"checked_at,omitempty"`
+	// Valid is false when the last edit was rejected; Errors then lists every problem and
+	// the config described by Hash/AppliedAt is still the one serving.
+	Valid    bool                `json:"valid"`
+	Errors   []config.FieldError `json:"errors"`
+	Warnings []string            `json:"warnings"`
+}
+
+// RegionStatus is one region: the versions served and every connected node.
+type RegionStatus struct {
+	Name      string            `json:"name"`
+	Listen    string            `json:"listen"`
+	Upstreams []string          `json:"upstreams"`
+	Versions  map[string]string `json:"versions"`
+	Nodes     []NodeStatus      `json:"nodes"`
+	// InSync is true when every connected node has ACKed every served version.
+	InSync bool `json:"in_sync"`
+}
+
+// NodeStatus is a node plus whether it runs the versions served to its region.
+type NodeStatus struct {
+	xds.Node
+	InSync bool `json:"in_sync"`
+}
+
+// Status reports the current state.
+func (m *Main) Status() Status {
+	m.mu.Lock()
+	st := m.state
+	m.mu.Unlock()
+	out := Status{
+		Config: ConfigStatus{
+			Path:     m.opts.ConfigPath,
+			Files:    st.files,
+			Valid:    st.errors == nil && st.applied != nil,
+			Errors:   []config.FieldError(st.errors),
+			Warnings: []string{},
+		},
+		Regions:    []RegionStatus{},
+		Unassigned: []xds.Node{},
+	}
+	if out.Config.Errors == nil {
+		out.Config.Errors = []config.FieldError{}
+	}
+	if !st.checkedAt.IsZero() {
+		t := st.checkedAt
+		out.Config.CheckedAt = &t
+	}
+	versions := m.xds.Versions()
+	nodes := m.xds.Tracker().Nodes()
+	if st.applied != nil {
+		t := st.appliedAt
+		out.Config.AppliedAt = &t
+		out.Config.Hash = st.appliedHash
+		out.Config.Warnings = append(out.Config.Warnings, st.applied.Warnings...)
+		for _, r := range st.applied.Regions {
+			rs := RegionStatus{
+				Name:      r.Name,
+				Listen:    joinHostPort(r.ListenAddress, r.ListenPort),
+				Upstreams: append([]string{}, r.Upstreams...),
+				Versions:  versions[r.Name],
+				Nodes:     []NodeStatus{},
+				InSync:    true,
+			}
+			for _, n := range nodes {
+				if n.Region != r.Name {
+					continue
+				}
+				ns := NodeStatus{Node: n, InSync: true}
+				for typ, v := range rs.Versions {
+					if n.Acked[typ] != v {
+						ns.InSync = false
+					}
+				}
+				rs.InSync = rs.InSync && ns.InSync
+				rs.Nodes = append(rs.Nodes, ns)
+			}
+			out.Regions = append(out.Regions, rs)
+		}
+	}
+	for _, n := range nodes {
+		if _, ok := versions[n.Region]; !ok {
+			out.Unassigned = append(out.Unassigned, n)
+		}
+	}
+	return out
+}
+
+func (m *Main) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, m.Status())
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		m.mu.Lock()
+		ready := m.state.applied != nil
+		m.mu.Unlock()
+		if !ready {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": "no valid routes config has been loaded yet; see /status"})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusNotFound, map[string]any{"error": map[string]string{
+			"message": "not found; endpoints: /status, /healthz, /readyz, /metrics",
+		}})
+	})
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}

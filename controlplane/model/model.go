@@ -1,0 +1,122 @@
+// Package model is the validated, immutable view of a routes YAML: what every later stage
+// (translation to Envoy resources, rate limits, authz policy) reads. It never sees viper or
+// the files; package config builds it and guarantees the invariants documented here.
+package model
+
+import "time"
+
+// Config is a whole-system view for all regions. Slices are sorted (regions and upstreams by
+// name, routes by match specificity) so everything derived from it is deterministic.
+type Config struct {
+	Regions   []Region
+	Upstreams []Upstream
+	Routes    []Route
+	// Warnings are accepted-but-suspicious settings (plain-HTTP upstreams, TLS verification
+	// off, routes no region serves). They are logged and shown on the status endpoint.
+	Warnings []string
+}
+
+// Region is one regional edge: one Envoy listener and the upstreams it may reach.
+type Region struct {
+	Name          string
+	ListenAddress string // an IP address
+	ListenPort    uint32
+	// EgressAddress, when set, is the local source address for upstream connections so a
+	// region has one fixed egress IP for provider allow-lists.
+	EgressAddress  string
+	XFFTrustedHops uint32
+	Upstreams      []string // sorted; every name is an upstream whose AllowedRegions has this region
+}
+
+// Protocol selects how Envoy speaks to an upstream.
+type Protocol string
+
+const (
+	ProtocolAuto  Protocol = "auto" // ALPN: h2 or http/1.1 (https); http/1.1 on plain http
+	ProtocolHTTP1 Protocol = "http1"
+	ProtocolHTTP2 Protocol = "http2"
+)
+
+// Upstream is one LLM provider endpoint.
+type Upstream struct {
+	Name     string
+	Scheme   string // "https" or "http"
+	Host     string // hostname or IP from the URL, without port
+	Port     uint32 // from the URL, or 443/80
+	BasePath string // URL path without trailing slash; "" for none
+	// Authority is what the Host header is rewritten to: Host, plus the port when not the
+	// scheme's default.
+	Authority string
+	// ConnectHost/ConnectPort is where Envoy connects: the URL's host and port unless an
+	// explicit endpoint overrides them (private endpoints, pinned IPs, local fakes).
+	ConnectHost string
+	ConnectPort uint32
+	TLS         *TLS // nil for plain http
+	Protocol    Protocol
+
+	ConnectTimeout time.Duration
+	// ResponseTimeout bounds the wait for response headers of each attempt; once headers
+	// arrive the answer may stream for as long as it keeps making progress.
+	ResponseTimeout time.Duration
+	// StreamIdleTimeout is the longest silence allowed on a request or response stream.
+	StreamIdleTimeout time.Duration
+	AllowedRegions    []string // sorted
+}
+
+// TLS is the upstream TLS client setting.
+type TLS struct {
+	SNI    string
+	CAFile string
+	Verify bool
+}
+
+// HeaderMatch matches one request header. Exactly one of Exact, Prefix or Present is set.
+type HeaderMatch struct {
+	Name    string // lower case
+	Exact   string
+	Prefix  string
+	Present bool
+}
+
+// Route sends matching requests to one upstream.
+type Route struct {
+	Name string
+	// Exactly one of Path (exact) and Prefix is set.
+	Path     string
+	Prefix   string
+	Hosts    []string // sorted; empty means any host
+	Headers  []HeaderMatch
+	Upstream string
+	// Rewrite is the path prefix the matched Prefix (or the whole Path) is replaced with,
+	// already joined with the upstream's BasePath. "" means keep the path as it is.
+	Rewrite string
+}
+
+// Region returns the named region.
+func (c *Config) Region(name string) (Region, bool) {
+	for _, r := range c.Regions {
+		if r.Name == name {
+			return r, true
+		}
+	}
+	return Region{}, false
+}
+
+// Upstream returns the named upstream.
+func (c *Config) Upstream(name string) (Upstream, bool) {
+	for _, u := range c.Upstreams {
+		if u.Name == name {
+			return u, true
+		}
+	}
+	return Upstream{}, false
+}
+
+// RegionNames lists the region names in order.
+func (c *Config) RegionNames() []string {
+	names := make([]string, len(c.Regions))
+	for i, r := range c.Regions {
+		names[i] = r.Name
+	}
+	return names
+}

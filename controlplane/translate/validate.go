@@ -1,0 +1,52 @@
+package translate
+
+import (
+	"fmt"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+type allValidator interface{ ValidateAll() error }
+
+// ValidateDeep runs the generated protoc-gen-validate rules on m and on every message
+// packed in an Any anywhere inside it. go-control-plane's ValidateAll stops at Any fields,
+// which is where all of Envoy's filter and transport socket configs live.
+func ValidateDeep(m proto.Message) error {
+	if v, ok := m.(allValidator); ok {
+		if err := v.ValidateAll(); err != nil {
+			return fmt.Errorf("%s: %w", m.ProtoReflect().Descriptor().FullName(), err)
+		}
+	}
+	return walkAnys(m.ProtoReflect())
+}
+
+func walkAnys(m protoreflect.Message) error {
+	if a, ok := m.Interface().(*anypb.Any); ok {
+		inner, err := a.UnmarshalNew()
+		if err != nil {
+			return fmt.Errorf("unpack %s: %w", a.GetTypeUrl(), err)
+		}
+		return ValidateDeep(inner)
+	}
+	var err error
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case fd.IsList() && fd.Message() != nil:
+			l := v.List()
+			for i := 0; i < l.Len() && err == nil; i++ {
+				err = walkAnys(l.Get(i).Message())
+			}
+		case fd.IsMap() && fd.MapValue().Message() != nil:
+			v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
+				err = walkAnys(mv.Message())
+				return err == nil
+			})
+		case fd.Message() != nil && !fd.IsList() && !fd.IsMap():
+			err = walkAnys(v.Message())
+		}
+		return err == nil
+	})
+	return err
+}

