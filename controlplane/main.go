@@ -57,6 +57,7 @@ type state struct {
 	appliedAt   time.Time
 	files       []string
 	checkedAt   time.Time
+	checkedHash string        // content hash of the files the last attempt read
 	errors      config.Errors // of the last attempt; nil when it was good
 }
 
@@ -155,18 +156,22 @@ loop:
 func (m *Main) reload() {
 	start := time.Now()
 	src, cfg, err := config.LoadConfig(m.opts.ConfigPath)
-	var all map[string]*translate.Resources
-	if err == nil {
+	if src != nil {
 		m.mu.Lock()
-		same := src.Hash == m.state.appliedHash && m.state.errors == nil
+		same := src.Hash == m.state.checkedHash
+		if same {
+			m.state.checkedAt = time.Now().UTC()
+		}
 		m.mu.Unlock()
 		if same {
+			// The same bytes were applied or rejected already: nothing to push, nothing
+			// new to report.
 			m.metrics.reloads.WithLabelValues("unchanged").Inc()
-			m.mu.Lock()
-			m.state.checkedAt = time.Now().UTC()
-			m.mu.Unlock()
 			return
 		}
+	}
+	var all map[string]*translate.Resources
+	if err == nil {
 		all, err = translate.All(cfg)
 	}
 	var changed []string
@@ -177,6 +182,10 @@ func (m *Main) reload() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.state.checkedAt = now
+	m.state.checkedHash = ""
+	if src != nil {
+		m.state.checkedHash = src.Hash
+	}
 	if err != nil {
 		m.state.errors = config.AsErrors(err)
 		m.metrics.reloads.WithLabelValues("error").Inc()

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -72,7 +73,9 @@ func Files(path string) ([]string, error) {
 }
 
 // Load reads and strictly decodes the routes YAML at path (a file or a directory). It does
-// not validate semantics; see Validate. Every error it returns is an Errors value.
+// not validate semantics; see Validate. Every error it returns is an Errors value. The
+// Source (files and content hash) is returned with the error whenever the files could be
+// read, so callers can tell an unchanged broken file from a new edit.
 func Load(path string) (*Source, error) {
 	files, err := Files(path)
 	if err != nil {
@@ -98,8 +101,9 @@ func Load(path string) (*Source, error) {
 			c.add(f, "%v", err)
 		}
 	}
+	src := &Source{Files: files, Hash: hex.EncodeToString(h.Sum(nil))}
 	if err := c.err(); err != nil {
-		return nil, err
+		return src, err
 	}
 	v.SetEnvPrefix(EnvPrefix)
 	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_", "-", "_"))
@@ -111,22 +115,35 @@ func Load(path string) (*Source, error) {
 	})
 	if err != nil {
 		decodeErrors(err, &c)
-		return nil, c.err()
+		return src, c.err()
 	}
-	return &Source{Files: files, Hash: hex.EncodeToString(h.Sum(nil)), File: doc}, nil
+	src.File = doc
+	return src, nil
 }
 
 // checkNames parses one file with yaml.v3 (for syntax errors with line numbers) and checks
 // what viper would silently hide: it lower-cases keys and deep-merges files, so an upper-case
 // name or one defined in two files would otherwise change meaning without a word.
 func checkNames(file string, b []byte, owner map[string]string, c *collector) bool {
+	dec := yaml.NewDecoder(bytes.NewReader(b))
 	var root yaml.Node
-	if err := yaml.Unmarshal(b, &root); err != nil {
+	if err := dec.Decode(&root); err == io.EOF {
+		return true // an empty file contributes nothing
+	} else if err != nil {
 		c.add(file, "%v", err)
 		return false
 	}
+	// viper reads only the first document of a file; a second one would be dropped unseen.
+	var next yaml.Node
+	if err := dec.Decode(&next); err != nil && err != io.EOF {
+		c.add(file, "%v", err)
+		return false
+	} else if err == nil && len(next.Content) > 0 && next.Content[0].Tag != "!!null" {
+		c.add(file, "line %d: a second YAML document (after ---); put one document per file, or split it into files in a directory", next.Line)
+		return false
+	}
 	if len(root.Content) == 0 {
-		return true // an empty file contributes nothing
+		return true
 	}
 	doc := root.Content[0]
 	if doc.Kind != yaml.MappingNode {
@@ -136,20 +153,21 @@ func checkNames(file string, b []byte, owner map[string]string, c *collector) bo
 	ok := true
 	for i := 0; i+1 < len(doc.Content); i += 2 {
 		key, val := doc.Content[i], doc.Content[i+1]
-		if !isSection(key.Value) {
+		section := strings.ToLower(key.Value) // viper matches keys case-insensitively
+		if !isSection(section) {
 			continue
 		}
 		if val.Kind == yaml.ScalarNode && val.Tag == "!!null" {
 			continue
 		}
 		if val.Kind != yaml.MappingNode {
-			c.add(key.Value, "line %d of %s: must be a mapping of names to settings", val.Line, filepath.Base(file))
+			c.add(section, "line %d of %s: must be a mapping of names to settings", val.Line, filepath.Base(file))
 			ok = false
 			continue
 		}
 		for j := 0; j+1 < len(val.Content); j += 2 {
 			name := val.Content[j].Value
-			path := key.Value + "." + name
+			path := section + "." + name
 			if !nameRE.MatchString(name) {
 				c.add(path, "line %d of %s: names must be 1-63 lower-case letters, digits, '-' or '_', starting and ending with a letter or digit", val.Content[j].Line, filepath.Base(file))
 				ok = false

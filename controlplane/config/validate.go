@@ -21,11 +21,12 @@ var (
 	hostnameRE   = regexp.MustCompile(`^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
 )
 
-// LoadConfig loads and validates the routes YAML at path.
+// LoadConfig loads and validates the routes YAML at path. Like Load, it returns the Source
+// whenever the files could be read, even when they are invalid.
 func LoadConfig(path string) (*Source, *model.Config, error) {
 	src, err := Load(path)
 	if err != nil {
-		return nil, nil, err
+		return src, nil, err
 	}
 	cfg, err := Validate(src.File)
 	if err != nil {
@@ -134,41 +135,42 @@ func validateUpstream(p, name string, u Upstream, regions map[string]Region, c *
 		c.add(p+".url", "required (for example https://api.openai.com)")
 	} else if pu, err := url.Parse(u.URL); err != nil || !pu.IsAbs() || pu.Host == "" {
 		c.add(p+".url", "must be an absolute URL such as https://api.openai.com")
+	} else if pu.Scheme != "https" && pu.Scheme != "http" {
+		c.add(p+".url", "scheme must be https (or http for local test upstreams), not %q", pu.Scheme)
 	} else {
-		switch {
-		case pu.Scheme != "https" && pu.Scheme != "http":
-			c.add(p+".url", "scheme must be https (or http for local test upstreams), not %q", pu.Scheme)
-		case pu.User != nil:
+		// Credentials or a query are reported, but the scheme and host are still read so that
+		// the tls settings are checked in the same run.
+		if pu.User != nil {
 			c.add(p+".url", "must not carry credentials; upstream keys come from the secret store")
-		case pu.RawQuery != "" || pu.Fragment != "":
+		}
+		if pu.RawQuery != "" || pu.Fragment != "" {
 			c.add(p+".url", "must not have a query or fragment")
-		default:
-			out.Scheme = pu.Scheme
-			out.Host = strings.ToLower(pu.Hostname())
-			port := pu.Port()
-			def := "443"
-			if pu.Scheme == "http" {
-				def = "80"
-			}
-			if port == "" {
-				port = def
-			}
-			pn, err := strconv.ParseUint(port, 10, 16)
-			if err != nil || pn == 0 {
-				c.add(p+".url", "port must be 1-65535")
-			}
-			out.Port = uint32(pn)
-			out.Authority = out.Host
-			if strings.Contains(out.Host, ":") {
-				out.Authority = "[" + out.Host + "]"
-			}
-			if port != def {
-				out.Authority += ":" + port
-			}
-			out.BasePath = strings.TrimSuffix(pu.EscapedPath(), "/")
-			if _, err := netip.ParseAddr(out.Host); err != nil && !hostnameRE.MatchString(out.Host) {
-				c.add(p+".url", "host %q is not a valid DNS name or IP address", out.Host)
-			}
+		}
+		out.Scheme = pu.Scheme
+		out.Host = strings.ToLower(pu.Hostname())
+		port := pu.Port()
+		def := "443"
+		if pu.Scheme == "http" {
+			def = "80"
+		}
+		if port == "" {
+			port = def
+		}
+		pn, err := strconv.ParseUint(port, 10, 16)
+		if err != nil || pn == 0 {
+			c.add(p+".url", "port must be 1-65535")
+		}
+		out.Port = uint32(pn)
+		out.Authority = out.Host
+		if strings.Contains(out.Host, ":") {
+			out.Authority = "[" + out.Host + "]"
+		}
+		if port != def {
+			out.Authority += ":" + port
+		}
+		out.BasePath = strings.TrimSuffix(pu.EscapedPath(), "/")
+		if _, err := netip.ParseAddr(out.Host); err != nil && !hostnameRE.MatchString(out.Host) {
+			c.add(p+".url", "host %q is not a valid DNS name or IP address", out.Host)
 		}
 	}
 	out.ConnectHost, out.ConnectPort = out.Host, out.Port
@@ -198,7 +200,7 @@ func validateUpstream(p, name string, u Upstream, regions map[string]Region, c *
 		t := &model.TLS{SNI: out.Host, CAFile: DefaultCAFile, Verify: true}
 		if u.TLS.SNI != "" {
 			sni := strings.ToLower(u.TLS.SNI)
-			if !hostnameRE.MatchString(sni) || strings.HasPrefix(sni, "*.") {
+			if _, err := netip.ParseAddr(sni); err == nil || !hostnameRE.MatchString(sni) || strings.HasPrefix(sni, "*.") {
 				c.add(p+".tls.sni", "must be a DNS name")
 			}
 			t.SNI = sni

@@ -94,7 +94,7 @@ func protocolOptions(u model.Upstream) (*anypb.Any, error) {
 			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_HttpProtocolOptions{HttpProtocolOptions: h1},
 		}}
 	}
-	return anypb.New(o)
+	return toAny(o)
 }
 
 func upstreamTLS(u model.Upstream) (*corev3.TransportSocket, error) {
@@ -120,7 +120,7 @@ func upstreamTLS(u model.Upstream) (*corev3.TransportSocket, error) {
 			}},
 		}}
 	}
-	ctx, err := anypb.New(&tlsv3.UpstreamTlsContext{Sni: u.TLS.SNI, CommonTlsContext: common})
+	ctx, err := toAny(&tlsv3.UpstreamTlsContext{Sni: u.TLS.SNI, CommonTlsContext: common})
 	if err != nil {
 		return nil, err
 	}

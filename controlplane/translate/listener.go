@@ -50,7 +50,7 @@ func listener(r model.Region) (*listenerv3.Listener, error) {
 }
 
 func connectionManager(r model.Region) (*anypb.Any, error) {
-	router, err := anypb.New(&routerv3.Router{})
+	router, err := toAny(&routerv3.Router{})
 	if err != nil {
 		return nil, err
 	}
@@ -98,14 +98,14 @@ func connectionManager(r model.Region) (*anypb.Any, error) {
 		AccessLog:             []*accesslogv3.AccessLog{accessLog},
 		LocalReplyConfig:      localReplies(r.Name),
 	}
-	return anypb.New(hcm)
+	return toAny(hcm)
 }
 
 // jsonAccessLog writes one JSON line per request to stdout. It names only fields that hold
 // no secret: the path without its query (Gemini's ?key= carries a credential) and no
 // request header that can carry a token.
 func jsonAccessLog(region string) (*accesslogv3.AccessLog, error) {
-	withoutQuery, err := anypb.New(&reqwithoutqueryv3.ReqWithoutQuery{})
+	withoutQuery, err := toAny(&reqwithoutqueryv3.ReqWithoutQuery{})
 	if err != nil {
 		return nil, err
 	}
@@ -132,7 +132,7 @@ func jsonAccessLog(region string) (*accesslogv3.AccessLog, error) {
 	if err != nil {
 		return nil, err
 	}
-	logger, err := anypb.New(&streamv3.StdoutAccessLog{
+	logger, err := toAny(&streamv3.StdoutAccessLog{
 		AccessLogFormat: &streamv3.StdoutAccessLog_LogFormat{LogFormat: &corev3.SubstitutionFormatString{
 			Format: &corev3.SubstitutionFormatString_JsonFormat{JsonFormat: fields},
 			Formatters: []*corev3.TypedExtensionConfig{{

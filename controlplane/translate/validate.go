@@ -50,3 +50,14 @@ func walkAnys(m protoreflect.Message) error {
 	})
 	return err
 }
+
+// toAny packs m deterministically. anypb.New does not, and map fields (the access log's
+// JSON format is a Struct) would then encode in random order: every rebuild would get a new
+// content hash and push an unchanged listener again.
+func toAny(m proto.Message) (*anypb.Any, error) {
+	a := &anypb.Any{}
+	if err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true}); err != nil {
+		return nil, err
+	}
+	return a, nil
+}

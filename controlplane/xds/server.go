@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -26,6 +27,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/llmedge/llmedge/controlplane/translate"
 )
@@ -186,7 +190,7 @@ func contentVersion(items []types.Resource) (string, error) {
 	})
 	h := sha256.New()
 	for _, it := range sorted {
-		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(it)
+		b, err := canonicalBytes(it)
 		if err != nil {
 			return "", err
 		}
@@ -194,6 +198,62 @@ func contentVersion(items []types.Resource) (string, error) {
 		h.Write(b)
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16], nil
+}
+
+// canonicalBytes is the deterministic encoding of m with every Any re-encoded
+// deterministically too. Deterministic marshalling keeps an Any's value bytes as they are,
+// and anypb.New packs with the default (random map order) encoding, so a listener whose
+// access-log format is a Struct would otherwise hash differently on every translation and
+// be re-pushed to every Envoy on every reload.
+func canonicalBytes(m proto.Message) ([]byte, error) {
+	c := proto.Clone(m)
+	if err := canonicalizeAnys(c.ProtoReflect()); err != nil {
+		return nil, err
+	}
+	return proto.MarshalOptions{Deterministic: true}.Marshal(c)
+}
+
+func canonicalizeAnys(m protoreflect.Message) error {
+	if a, ok := m.Interface().(*anypb.Any); ok {
+		inner, err := a.UnmarshalNew()
+		if errors.Is(err, protoregistry.NotFound) {
+			return nil // an unknown type cannot be decoded; its bytes are all we have
+		}
+		if err != nil {
+			return fmt.Errorf("decode %s: %w", a.GetTypeUrl(), err)
+		}
+		if err := canonicalizeAnys(inner.ProtoReflect()); err != nil {
+			return err
+		}
+		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(inner)
+		if err != nil {
+			return err
+		}
+		a.Value = b
+		return nil
+	}
+	var err error
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case fd.IsMap():
+			if fd.MapValue().Message() != nil {
+				v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
+					err = canonicalizeAnys(mv.Message())
+					return err == nil
+				})
+			}
+		case fd.IsList():
+			if fd.Message() != nil {
+				for i, l := 0, v.List(); i < l.Len() && err == nil; i++ {
+					err = canonicalizeAnys(l.Get(i).Message())
+				}
+			}
+		case fd.Message() != nil:
+			err = canonicalizeAnys(v.Message())
+		}
+		return err == nil
+	})
+	return err
 }
 
 func equalVersions(a, b map[string]string) bool {

@@ -1,0 +1,405 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"text/template"
+	"time"
+
+	"github.com/llmedge/llmedge/controlplane"
+	"github.com/llmedge/llmedge/internal/fakellm"
+	"github.com/llmedge/llmedge/internal/testenv"
+)
+
+// llmedgeBin is built once for the whole package by TestMain.
+var llmedgeBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "llmedge-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	llmedgeBin = filepath.Join(dir, "llmedge")
+	build := exec.Command("go", "build", "-o", llmedgeBin, "github.com/llmedge/llmedge/cmd/llmedge")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build llmedge:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// upstream is the fake LLM provider, served over TLS with a test CA (as a real provider
+// would be) and over plain HTTP.
+type upstream struct {
+	*fakellm.Server
+	tlsAddr, httpAddr string
+	caFile            string
+}
+
+// upstreamNames are the DNS names the fake's certificate covers.
+var upstreamNames = []string{"api.openai.test", "api.anthropic.test", "gemini.test", "127.0.0.1"}
+
+func startUpstream(t *testing.T, opts fakellm.Options) *upstream {
+	t.Helper()
+	pki, err := fakellm.NewPKI(upstreamNames)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, pki.CACertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tlsCfg, err := pki.TLSConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := fakellm.New(opts)
+	u := &upstream{Server: srv, caFile: caFile}
+	for _, withTLS := range []bool{true, false} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		hs := &http.Server{Handler: srv, ReadHeaderTimeout: 5 * time.Second}
+		if withTLS {
+			hs.TLSConfig = tlsCfg
+			u.tlsAddr = ln.Addr().String()
+			go hs.ServeTLS(ln, "", "")
+		} else {
+			u.httpAddr = ln.Addr().String()
+			go hs.Serve(ln)
+		}
+		t.Cleanup(func() { hs.Close() })
+	}
+	return u
+}
+
+// stack is one control plane and one Envoy per region, on free loopback ports.
+type stack struct {
+	t        *testing.T
+	dir      string
+	routes   string // path of the routes YAML
+	xdsPort  int
+	httpPort int
+	cp       *testenv.Process
+	envoys   map[string]*testenv.EnvoyProcess
+	ports    map[string]int // region -> listener port
+	up       *upstream
+}
+
+// routesData feeds the routes YAML templates: {{.Port "hk"}}, {{.Upstream}}, {{.CA}}.
+type routesData struct {
+	s *stack
+}
+
+// Port is the listener port of a region, allocated on first use so a template may name
+// regions the test starts no Envoy for.
+func (d routesData) Port(region string) int {
+	if _, ok := d.s.ports[region]; !ok {
+		d.s.ports[region] = testenv.FreePort(d.s.t)
+	}
+	return d.s.ports[region]
+}
+func (d routesData) Upstream() string      { return d.s.up.tlsAddr }
+func (d routesData) PlainUpstream() string { return d.s.up.httpAddr }
+func (d routesData) CA() string            { return d.s.up.caFile }
+
+// newStack starts a control plane on the routes YAML rendered from tmpl, and one Envoy for
+// each region, and waits until every Envoy has acknowledged its config.
+func newStack(t *testing.T, up *upstream, tmpl string, regions ...string) *stack {
+	t.Helper()
+	s := &stack{
+		t:        t,
+		dir:      t.TempDir(),
+		xdsPort:  testenv.FreePort(t),
+		httpPort: testenv.FreePort(t),
+		envoys:   map[string]*testenv.EnvoyProcess{},
+		ports:    map[string]int{},
+		up:       up,
+	}
+	for _, r := range regions {
+		s.ports[r] = testenv.FreePort(t)
+	}
+	s.routes = filepath.Join(s.dir, "routes.yaml")
+	s.writeRoutes(tmpl)
+	s.startControlPlane()
+	for _, r := range regions {
+		out, err := exec.Command(llmedgeBin, "bootstrap", "--region", r, "--admin-port", "0",
+			"--xds", fmt.Sprintf("127.0.0.1:%d", s.xdsPort)).Output()
+		if err != nil {
+			t.Fatalf("render bootstrap for %s: %v", r, err)
+		}
+		path := filepath.Join(s.dir, "envoy-"+r+".yaml")
+		if err := os.WriteFile(path, out, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		s.envoys[r] = testenv.StartEnvoy(t, "envoy-"+r, path)
+	}
+	s.waitInSync(30 * time.Second)
+	for _, r := range regions {
+		s.waitListening(r)
+	}
+	t.Cleanup(s.checkNoNacks)
+	return s
+}
+
+func (s *stack) startControlPlane() {
+	s.t.Helper()
+	cmd := exec.Command(llmedgeBin, "controlplane",
+		"--config", s.routes,
+		"--xds-listen", fmt.Sprintf("127.0.0.1:%d", s.xdsPort),
+		"--http-listen", fmt.Sprintf("127.0.0.1:%d", s.httpPort),
+		"--watch-holdoff", "50ms",
+		"--log-level", "debug",
+	)
+	s.cp = testenv.Start(s.t, "controlplane", cmd)
+	testenv.Eventually(s.t, 15*time.Second, 20*time.Millisecond, func() error {
+		resp, err := http.Get(s.statusURL("/healthz"))
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	})
+}
+
+func (s *stack) statusURL(path string) string {
+	return fmt.Sprintf("http://127.0.0.1:%d%s", s.httpPort, path)
+}
+
+func (s *stack) edgeURL(region, path string) string {
+	return fmt.Sprintf("http://127.0.0.1:%d%s", s.ports[region], path)
+}
+
+// writeRoutes renders tmpl and replaces the routes YAML the way editors do: write a
+// temporary file, then rename it over the old one.
+func (s *stack) writeRoutes(tmpl string) {
+	s.t.Helper()
+	var b bytes.Buffer
+	if err := template.Must(template.New("routes").Parse(tmpl)).Execute(&b, routesData{s}); err != nil {
+		s.t.Fatal(err)
+	}
+	tmp := s.routes + ".tmp"
+	if err := os.WriteFile(tmp, b.Bytes(), 0o644); err != nil {
+		s.t.Fatal(err)
+	}
+	if err := os.Rename(tmp, s.routes); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+func (s *stack) status() controlplane.Status {
+	s.t.Helper()
+	var st controlplane.Status
+	resp, err := http.Get(s.statusURL("/status"))
+	if err != nil {
+		s.t.Fatalf("GET /status: %v", err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		s.t.Fatalf("decode /status: %v", err)
+	}
+	return st
+}
+
+func (s *stack) region(st controlplane.Status, name string) controlplane.RegionStatus {
+	for _, r := range st.Regions {
+		if r.Name == name {
+			return r
+		}
+	}
+	s.t.Fatalf("region %q not in /status", name)
+	return controlplane.RegionStatus{}
+}
+
+// waitInSync polls /status until every region has all its Envoys connected and each has
+// ACKed the versions served now.
+func (s *stack) waitInSync(timeout time.Duration) controlplane.Status {
+	s.t.Helper()
+	var st controlplane.Status
+	testenv.Eventually(s.t, timeout, 10*time.Millisecond, func() error {
+		st = s.status()
+		if !st.Config.Valid {
+			return fmt.Errorf("config not valid: %v", st.Config.Errors)
+		}
+		for r := range s.envoys {
+			rs := s.region(st, r)
+			if len(rs.Nodes) == 0 {
+				return fmt.Errorf("region %s: no node connected", r)
+			}
+			if !rs.InSync {
+				return fmt.Errorf("region %s: not in sync: %+v", r, rs.Nodes)
+			}
+		}
+		return nil
+	})
+	return st
+}
+
+func (s *stack) waitListening(region string) {
+	s.t.Helper()
+	testenv.Eventually(s.t, 15*time.Second, 10*time.Millisecond, func() error {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", s.ports[region]))
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+}
+
+// checkNoNacks fails the test if any Envoy rejected a config the control plane sent.
+func (s *stack) checkNoNacks() {
+	if s.t.Failed() {
+		return
+	}
+	resp, err := http.Get(s.statusURL("/status"))
+	if err != nil {
+		return // the test stopped the control plane itself
+	}
+	defer resp.Body.Close()
+	var st controlplane.Status
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return
+	}
+	for _, r := range st.Regions {
+		for _, n := range r.Nodes {
+			if n.LastNack != nil {
+				s.t.Errorf("envoy %s NACKed %s version %s: %s", n.ID, n.LastNack.Type, n.LastNack.Version, n.LastNack.Error)
+			}
+		}
+	}
+}
+
+// post sends a JSON request through the edge.
+func post(t *testing.T, url, body string, headers map[string]string) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("POST %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("read %s: %v", url, err)
+	}
+	return resp, b
+}
+
+// load sends requests one after another until stopped and counts the outcomes, so a test
+// can assert that no request failed while it changed things underneath.
+type load struct {
+	ok, failed atomic.Int64
+	mu         sync.Mutex
+	failures   []string
+	stop       chan struct{}
+	done       chan struct{}
+}
+
+func startLoad(t *testing.T, url string, workers int) *load {
+	l := &load{stop: make(chan struct{}), done: make(chan struct{})}
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: workers}}
+	var wg sync.WaitGroup
+	for i := 0; i < workers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Bounded: at most 20,000 requests per worker or until stopped.
+			for n := 0; n < 20000; n++ {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				resp, err := client.Get(url)
+				if err != nil {
+					l.fail(err.Error())
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					l.fail(fmt.Sprintf("status %d", resp.StatusCode))
+					continue
+				}
+				l.ok.Add(1)
+			}
+		}()
+	}
+	go func() { wg.Wait(); close(l.done) }()
+	t.Cleanup(l.halt)
+	return l
+}
+
+func (l *load) fail(msg string) {
+	l.failed.Add(1)
+	l.mu.Lock()
+	if len(l.failures) < 10 {
+		l.failures = append(l.failures, msg)
+	}
+	l.mu.Unlock()
+}
+
+func (l *load) halt() {
+	select {
+	case <-l.stop:
+	default:
+		close(l.stop)
+	}
+	<-l.done
+}
+
+// waitRequests blocks until the load has completed at least n more successful requests,
+// proving traffic flowed during whatever happened before the call.
+func (l *load) waitRequests(t *testing.T, n int64) {
+	t.Helper()
+	target := l.ok.Load() + n
+	testenv.Eventually(t, 20*time.Second, 5*time.Millisecond, func() error {
+		if got := l.ok.Load(); got < target {
+			return fmt.Errorf("%d of %d requests done", got, target)
+		}
+		return nil
+	})
+}
+
+// sseEvent is one server-sent event and when its data line arrived.
+type sseEvent struct {
+	data string
+	at   time.Duration
+}
+
+// readSSE reads data lines from an SSE body, timestamping each from start.
+func readSSE(body io.Reader, start time.Time) ([]sseEvent, error) {
+	var evs []sseEvent
+	sc := bufio.NewScanner(body)
+	for sc.Scan() {
+		line := sc.Text()
+		if d, ok := strings.CutPrefix(line, "data: "); ok {
+			evs = append(evs, sseEvent{data: d, at: time.Since(start)})
+		}
+	}
+	return evs, sc.Err()
+}
