@@ -1,0 +1,110 @@
+package translate_test
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/llmedge/llmedge/controlplane/config"
+	"github.com/llmedge/llmedge/controlplane/model"
+	"github.com/llmedge/llmedge/controlplane/translate"
+)
+
+func load(t *testing.T, path string) *model.Config {
+	t.Helper()
+	_, cfg, err := config.LoadConfig(path)
+	if err != nil {
+		t.Fatalf("load %s: %v", path, err)
+	}
+	return cfg
+}
+
+// A nested typed_config that breaks Envoy's rules must be caught even though the outer
+// message's ValidateAll passes: that is the gap ValidateDeep exists to close.
+func TestValidateDeepDescendsIntoAny(t *testing.T) {
+	bad, err := anypb.New(&hcmv3.HttpConnectionManager{StatPrefix: ""}) // stat_prefix is required
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &listenerv3.Listener{
+		Name: "l",
+		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
+			Name:       "envoy.filters.network.http_connection_manager",
+			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: bad},
+		}}}},
+	}
+	if err := l.ValidateAll(); err != nil {
+		t.Fatalf("precondition: the outer ValidateAll should pass, got %v", err)
+	}
+	err = translate.ValidateDeep(l)
+	if err == nil || !strings.Contains(err.Error(), "StatPrefix") {
+		t.Fatalf("ValidateDeep = %v, want an error about StatPrefix", err)
+	}
+}
+
+// Translation must be byte-for-byte deterministic, or content-hashed versions would change
+// on every reload and every Envoy would be re-pushed an unchanged config.
+func TestTranslationIsDeterministic(t *testing.T) {
+	cfg := load(t, "testdata/in/two-regions.yaml")
+	enc := func() map[string][]byte {
+		all, err := translate.All(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string][]byte{}
+		for region, res := range all {
+			var b bytes.Buffer
+			for _, m := range []proto.Message{res.Listeners[0], res.Routes[0]} {
+				x, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+				if err != nil {
+					t.Fatal(err)
+				}
+				b.Write(x)
+			}
+			for _, c := range res.Clusters {
+				x, _ := proto.MarshalOptions{Deterministic: true}.Marshal(c)
+				b.Write(x)
+			}
+			out[region] = b.Bytes()
+		}
+		return out
+	}
+	first := enc()
+	for i := 0; i < 20; i++ {
+		for region, b := range enc() {
+			if !bytes.Equal(b, first[region]) {
+				t.Fatalf("run %d: region %s encodes differently", i, region)
+			}
+		}
+	}
+}
+
+func TestRegionOnlyHoldsItsUpstreams(t *testing.T) {
+	cfg := load(t, "testdata/in/two-regions.yaml")
+	res, err := translate.Region(cfg, "hk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, c := range res.Clusters {
+		names = append(names, c.GetName())
+	}
+	if got, want := strings.Join(names, ","), "upstream_groq,upstream_openai"; got != want {
+		t.Errorf("hk clusters = %s, want %s", got, want)
+	}
+	for _, vh := range res.Routes[0].GetVirtualHosts() {
+		for _, r := range vh.GetRoutes() {
+			if c := r.GetRoute().GetCluster(); c != "upstream_groq" && c != "upstream_openai" {
+				t.Errorf("hk route %s targets %s, which hk does not serve", r.GetName(), c)
+			}
+		}
+	}
+	if _, err := translate.Region(cfg, "mars"); err == nil {
+		t.Error("translating an unknown region succeeded")
+	}
+}
