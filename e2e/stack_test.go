@@ -55,7 +55,7 @@ type upstream struct {
 // upstreamNames are the DNS names the fake's certificate covers.
 var upstreamNames = []string{"api.openai.test", "api.anthropic.test", "gemini.test", "127.0.0.1"}
 
-func startUpstream(t *testing.T, opts fakellm.Options) *upstream {
+func startUpstream(t testing.TB, opts fakellm.Options) *upstream {
 	t.Helper()
 	pki, err := fakellm.NewPKI(upstreamNames)
 	if err != nil {
@@ -92,7 +92,7 @@ func startUpstream(t *testing.T, opts fakellm.Options) *upstream {
 
 // stack is one control plane and one Envoy per region, on free loopback ports.
 type stack struct {
-	t        *testing.T
+	t        testing.TB
 	dir      string
 	routes   string // path of the routes YAML
 	xdsPort  int
@@ -122,7 +122,7 @@ func (d routesData) CA() string            { return d.s.up.caFile }
 
 // newStack starts a control plane on the routes YAML rendered from tmpl, and one Envoy for
 // each region, and waits until every Envoy has acknowledged its config.
-func newStack(t *testing.T, up *upstream, tmpl string, regions ...string) *stack {
+func newStack(t testing.TB, up *upstream, tmpl string, regions ...string) *stack {
 	t.Helper()
 	s := &stack{
 		t:        t,

@@ -73,9 +73,16 @@ func connectionManager(r model.Region) (*anypb.Any, error) {
 		// address, not a header the client wrote, is the source of truth.
 		UseRemoteAddress:  wrapperspb.Bool(true),
 		XffNumTrustedHops: r.XFFTrustedHops,
-		// No address counts as internal, loopback included: otherwise a caller on a private
-		// network could send x-envoy-* control headers (timeouts, retries) that Envoy honours.
-		InternalAddressConfig: &hcmv3.HttpConnectionManager_InternalAddressConfig{},
+		// No caller counts as internal, loopback and private networks included: Envoy obeys
+		// x-envoy-* control headers (timeouts, retries) from internal callers. An empty
+		// cidr_ranges would mean "RFC1918 and loopback", so list only the unspecified
+		// addresses, which can never be a peer.
+		InternalAddressConfig: &hcmv3.HttpConnectionManager_InternalAddressConfig{
+			CidrRanges: []*corev3.CidrRange{
+				{AddressPrefix: "0.0.0.0", PrefixLen: wrapperspb.UInt32(32)},
+				{AddressPrefix: "::", PrefixLen: wrapperspb.UInt32(128)},
+			},
+		},
 		NormalizePath:         wrapperspb.Bool(true),
 		MergeSlashes:          true,
 		// LLM APIs never need an encoded slash; refusing them closes path-confusion tricks.

@@ -7,7 +7,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -27,9 +26,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/reflect/protoregistry"
-	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/llmedge/llmedge/controlplane/translate"
 )
@@ -110,7 +106,8 @@ func (s *Server) Versions() map[string]map[string]string {
 // Update replaces the served snapshots with the given regions' resources. Every snapshot is
 // built and checked before any is set, so a failure pushes nothing. Regions whose content
 // did not change are not touched (their clients see no push); regions that disappeared are
-// cleared. It returns the regions that changed.
+// cleared: their Envoys are sent empty listeners, routes and clusters, and get the region's
+// config again if it comes back. It returns the regions that changed.
 func (s *Server) Update(all map[string]*translate.Resources) ([]string, error) {
 	type built struct {
 		snap     *cachev3.Snapshot
@@ -139,11 +136,21 @@ func (s *Server) Update(all map[string]*translate.Resources) ([]string, error) {
 		changed = append(changed, region)
 	}
 	for region := range s.versions {
-		if _, ok := next[region]; !ok {
-			s.cache.ClearSnapshot(region)
-			delete(s.versions, region)
-			changed = append(changed, region)
+		if _, ok := next[region]; ok {
+			continue
 		}
+		// An empty snapshot, not ClearSnapshot: ClearSnapshot also forgets the requests the
+		// region's connected Envoys have open, so if the region came back they would never
+		// be sent its config (they ask again only after an answer).
+		empty, _, err := snapshot(&translate.Resources{Region: region})
+		if err == nil {
+			err = s.cache.SetSnapshot(context.Background(), region, empty)
+		}
+		if err != nil {
+			return changed, fmt.Errorf("clear snapshot for region %q: %w", region, err)
+		}
+		delete(s.versions, region)
+		changed = append(changed, region)
 	}
 	sort.Strings(changed)
 	return changed, nil
@@ -190,7 +197,8 @@ func contentVersion(items []types.Resource) (string, error) {
 	})
 	h := sha256.New()
 	for _, it := range sorted {
-		b, err := canonicalBytes(it)
+		// translate packs every Any deterministically too, so equal content gives equal bytes.
+		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(it)
 		if err != nil {
 			return "", err
 		}
@@ -198,62 +206,6 @@ func contentVersion(items []types.Resource) (string, error) {
 		h.Write(b)
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16], nil
-}
-
-// canonicalBytes is the deterministic encoding of m with every Any re-encoded
-// deterministically too. Deterministic marshalling keeps an Any's value bytes as they are,
-// and anypb.New packs with the default (random map order) encoding, so a listener whose
-// access-log format is a Struct would otherwise hash differently on every translation and
-// be re-pushed to every Envoy on every reload.
-func canonicalBytes(m proto.Message) ([]byte, error) {
-	c := proto.Clone(m)
-	if err := canonicalizeAnys(c.ProtoReflect()); err != nil {
-		return nil, err
-	}
-	return proto.MarshalOptions{Deterministic: true}.Marshal(c)
-}
-
-func canonicalizeAnys(m protoreflect.Message) error {
-	if a, ok := m.Interface().(*anypb.Any); ok {
-		inner, err := a.UnmarshalNew()
-		if errors.Is(err, protoregistry.NotFound) {
-			return nil // an unknown type cannot be decoded; its bytes are all we have
-		}
-		if err != nil {
-			return fmt.Errorf("decode %s: %w", a.GetTypeUrl(), err)
-		}
-		if err := canonicalizeAnys(inner.ProtoReflect()); err != nil {
-			return err
-		}
-		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(inner)
-		if err != nil {
-			return err
-		}
-		a.Value = b
-		return nil
-	}
-	var err error
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		switch {
-		case fd.IsMap():
-			if fd.MapValue().Message() != nil {
-				v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
-					err = canonicalizeAnys(mv.Message())
-					return err == nil
-				})
-			}
-		case fd.IsList():
-			if fd.Message() != nil {
-				for i, l := 0, v.List(); i < l.Len() && err == nil; i++ {
-					err = canonicalizeAnys(l.Get(i).Message())
-				}
-			}
-		case fd.Message() != nil:
-			err = canonicalizeAnys(v.Message())
-		}
-		return err == nil
-	})
-	return err
 }
 
 func equalVersions(a, b map[string]string) bool {

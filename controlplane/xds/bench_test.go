@@ -1,0 +1,344 @@
+package xds_test
+
+// Control-plane build benchmarks: the whole reload pipeline for a large routes YAML, stage by
+// stage (load, validate, translate, snapshot build), on one synthetic config of 1,000 routes
+// over 5 regions and 20 upstreams. They measure; they assert nothing about time. Run them with
+// `make bench`; results and their reading are in docs/BENCHMARKS.md.
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/llmedge/llmedge/controlplane/config"
+	"github.com/llmedge/llmedge/controlplane/model"
+	"github.com/llmedge/llmedge/controlplane/translate"
+	"github.com/llmedge/llmedge/controlplane/xds"
+)
+
+const (
+	benchRoutes    = 1000
+	benchUpstreams = 20
+	benchHosts     = 4 // distinct host names among the routes that set match.hosts
+)
+
+var benchRegionNames = []string{"eu", "hk", "jp", "sg", "us"}
+
+// benchFile builds the synthetic routes document: every region serves every upstream (all
+// https, allowed in all regions, every fourth with a base path), and routes r0000..r(n-1) have
+// distinct prefixes, alternating "/rNNNN" (path-separated, regex rewrite) and "/rNNNN/"
+// (prefix rewrite). Every 10th route is bound to one of `hosts` host names and every 7th
+// matches a header. rename changes the name and prefix of route 0, which every region
+// serves: the smallest edit that changes the routes version of every region.
+func benchFile(routes, hosts int, rename string) config.File {
+	f := config.File{
+		Version:   config.SchemaVersion,
+		Regions:   map[string]config.Region{},
+		Upstreams: map[string]config.Upstream{},
+		Routes:    map[string]config.Route{},
+	}
+	ups := make([]string, benchUpstreams)
+	for i := range ups {
+		ups[i] = fmt.Sprintf("up%02d", i)
+	}
+	for i, r := range benchRegionNames {
+		f.Regions[r] = config.Region{Listen: fmt.Sprintf("127.0.0.1:%d", 10000+i), Upstreams: ups}
+	}
+	for i, u := range ups {
+		url := "https://" + u + ".llmedge.test"
+		if i%4 == 3 {
+			url += "/v1beta"
+		}
+		f.Upstreams[u] = config.Upstream{
+			URL:            url,
+			Endpoint:       "127.0.0.1:8443",
+			TLS:            config.TLS{CAFile: "/etc/llmedge/upstream-ca.pem"},
+			AllowedRegions: benchRegionNames,
+		}
+	}
+	for i := 0; i < routes; i++ {
+		name := fmt.Sprintf("r%04d", i)
+		if i == 0 && rename != "" {
+			name = rename
+		}
+		rt := config.Route{Upstream: ups[i%len(ups)]}
+		if i%2 == 0 {
+			rt.Match.Prefix, rt.PrefixRewrite = "/"+name, "/"
+		} else {
+			rt.Match.Prefix, rt.PrefixRewrite = "/"+name+"/", "/v1/"
+		}
+		if hosts > 0 && i%10 == 0 {
+			rt.Match.Hosts = []string{fmt.Sprintf("tenant-%d.llmedge.test", (i/10)%hosts)}
+		}
+		if i%7 == 0 {
+			rt.Match.Headers = []config.HeaderMatch{{Name: "x-llmedge-tenant", Exact: fmt.Sprintf("t%d", i)}}
+		}
+		f.Routes[name] = rt
+	}
+	return f
+}
+
+// benchYAML writes f as routes YAML (only the fields benchFile sets).
+func benchYAML(f config.File) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "version: %d\nregions:\n", f.Version)
+	for _, name := range benchKeys(f.Regions) {
+		r := f.Regions[name]
+		fmt.Fprintf(&b, "  %s:\n    listen: %s\n    upstreams: [%s]\n", name, r.Listen, strings.Join(r.Upstreams, ", "))
+	}
+	b.WriteString("upstreams:\n")
+	for _, name := range benchKeys(f.Upstreams) {
+		u := f.Upstreams[name]
+		fmt.Fprintf(&b, "  %s:\n    url: %s\n    endpoint: %s\n    tls: {ca_file: %s}\n    allowed_regions: [%s]\n",
+			name, u.URL, u.Endpoint, u.TLS.CAFile, strings.Join(u.AllowedRegions, ", "))
+	}
+	b.WriteString("routes:\n")
+	for _, name := range benchKeys(f.Routes) {
+		r := f.Routes[name]
+		fmt.Fprintf(&b, "  %s:\n    match: {prefix: %s", name, r.Match.Prefix)
+		if len(r.Match.Hosts) > 0 {
+			fmt.Fprintf(&b, ", hosts: [%s]", strings.Join(r.Match.Hosts, ", "))
+		}
+		for i, h := range r.Match.Headers {
+			if i == 0 {
+				b.WriteString(", headers: [")
+			} else {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "{name: %s, exact: %s}", h.Name, h.Exact)
+			if i == len(r.Match.Headers)-1 {
+				b.WriteString("]")
+			}
+		}
+		fmt.Fprintf(&b, "}\n    upstream: %s\n    prefix_rewrite: %s\n", r.Upstream, r.PrefixRewrite)
+	}
+	return b.String()
+}
+
+func benchKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func benchValidate(b *testing.B, f config.File) *model.Config {
+	b.Helper()
+	cfg, err := config.Validate(f)
+	if err != nil {
+		b.Fatalf("validate: %v", err)
+	}
+	if len(cfg.Routes) != len(f.Routes) || len(cfg.Regions) != len(f.Regions) {
+		b.Fatalf("validated %d routes in %d regions, want %d in %d", len(cfg.Routes), len(cfg.Regions), len(f.Routes), len(f.Regions))
+	}
+	return cfg
+}
+
+func benchTranslate(b *testing.B, cfg *model.Config) map[string]*translate.Resources {
+	b.Helper()
+	all, err := translate.All(cfg)
+	if err != nil {
+		b.Fatalf("translate: %v", err)
+	}
+	return all
+}
+
+// benchWrite writes f's YAML into a fresh directory and checks that it loads back as f.
+func benchWrite(b *testing.B, f config.File) string {
+	b.Helper()
+	path := filepath.Join(b.TempDir(), "routes.yaml")
+	if err := os.WriteFile(path, []byte(benchYAML(f)), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	src, err := config.Load(path)
+	if err != nil {
+		b.Fatalf("load generated YAML: %v", err)
+	}
+	if d := cmp.Diff(f, src.File); d != "" {
+		b.Fatalf("generated YAML does not decode to the generated document (-want +got):\n%s", d)
+	}
+	return path
+}
+
+func newBenchServer(ctx context.Context) *xds.Server {
+	return xds.New(ctx, slog.New(slog.DiscardHandler), nil)
+}
+
+// reportShape records the size of what one region's Envoys receive (all regions are alike).
+// Call it after the b.Loop loop: the timer reset at the loop's start drops earlier metrics.
+func reportShape(b *testing.B, all map[string]*translate.Resources) {
+	res := all[benchRegionNames[0]]
+	routes, size := 0, 0
+	for _, rc := range res.Routes {
+		for _, vh := range rc.VirtualHosts {
+			routes += len(vh.Routes)
+		}
+		size += proto.Size(rc)
+	}
+	b.ReportMetric(float64(routes), "envoy-routes/region")
+	b.ReportMetric(float64(size)/1024, "rds-KiB/region")
+}
+
+// BenchmarkValidate is config.Validate: the decoded document to the model.
+func BenchmarkValidate(b *testing.B) {
+	f := benchFile(benchRoutes, benchHosts, "")
+	benchValidate(b, f)
+	for b.Loop() {
+		if _, err := config.Validate(f); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkLoadConfig is config.LoadConfig: read the file, parse and decode it with viper,
+// check names, validate. The reload runs it on every watcher event, even before it knows
+// the content is unchanged.
+func BenchmarkLoadConfig(b *testing.B) {
+	path := benchWrite(b, benchFile(benchRoutes, benchHosts, ""))
+	for b.Loop() {
+		if _, _, err := config.LoadConfig(path); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkTranslateAll is translate.All for every region, which includes the deep
+// validation of every resource; validated=true adds config.Validate in front.
+func BenchmarkTranslateAll(b *testing.B) {
+	f := benchFile(benchRoutes, benchHosts, "")
+	b.Run("validated=false", func(b *testing.B) {
+		cfg := benchValidate(b, f)
+		for b.Loop() {
+			if _, err := translate.All(cfg); err != nil {
+				b.Fatal(err)
+			}
+		}
+		reportShape(b, benchTranslate(b, cfg))
+	})
+	b.Run("validated=true", func(b *testing.B) {
+		benchValidate(b, f)
+		for b.Loop() {
+			cfg, err := config.Validate(f)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := translate.All(cfg); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkTranslateHostFanout shows how host-bound routes multiply the route table: each
+// host name gets a virtual host holding its own routes plus every host-less route.
+func BenchmarkTranslateHostFanout(b *testing.B) {
+	for _, hosts := range []int{0, benchHosts, 16} {
+		b.Run(fmt.Sprintf("hosts=%d", hosts), func(b *testing.B) {
+			cfg := benchValidate(b, benchFile(benchRoutes, hosts, ""))
+			for b.Loop() {
+				if _, err := translate.All(cfg); err != nil {
+					b.Fatal(err)
+				}
+			}
+			reportShape(b, benchTranslate(b, cfg))
+		})
+	}
+}
+
+// BenchmarkSnapshotBuild is Server.Update: content-hash every resource (a deterministic
+// re-encoding, Any fields included), build and check each region's snapshot, set it.
+//   - fresh: a new server each iteration (server creation not timed), so every region is set.
+//   - unchanged: the same input again; everything is still hashed, nothing is set.
+//   - one-route-changed: alternates between two inputs differing in one route that every
+//     region serves, so every region's routes are set each time.
+//
+// No Envoy is connected, so no response is sent (see BenchmarkWriteToACK in e2e for that).
+func BenchmarkSnapshotBuild(b *testing.B) {
+	all := benchTranslate(b, benchValidate(b, benchFile(benchRoutes, benchHosts, "")))
+	b.Run("fresh", func(b *testing.B) {
+		for b.Loop() {
+			b.StopTimer()
+			ctx, cancel := context.WithCancel(b.Context())
+			s := newBenchServer(ctx)
+			b.StartTimer()
+			changed, err := s.Update(all)
+			b.StopTimer()
+			cancel()
+			if err != nil || len(changed) != len(benchRegionNames) {
+				b.Fatalf("Update changed %v, err %v; want all %d regions", changed, err, len(benchRegionNames))
+			}
+			b.StartTimer()
+		}
+	})
+	b.Run("unchanged", func(b *testing.B) {
+		s := newBenchServer(b.Context())
+		if _, err := s.Update(all); err != nil {
+			b.Fatal(err)
+		}
+		for b.Loop() {
+			changed, err := s.Update(all)
+			if err != nil || len(changed) != 0 {
+				b.Fatalf("Update changed %v, err %v; want no-op", changed, err)
+			}
+		}
+	})
+	b.Run("one-route-changed", func(b *testing.B) {
+		other := benchTranslate(b, benchValidate(b, benchFile(benchRoutes, benchHosts, "r0000-renamed")))
+		inputs := []map[string]*translate.Resources{all, other}
+		s := newBenchServer(b.Context())
+		if _, err := s.Update(all); err != nil {
+			b.Fatal(err)
+		}
+		i := 0
+		for b.Loop() {
+			i++
+			changed, err := s.Update(inputs[i%2])
+			if err != nil || len(changed) != len(benchRegionNames) {
+				b.Fatalf("Update changed %v, err %v; want all %d regions", changed, err, len(benchRegionNames))
+			}
+		}
+	})
+}
+
+// BenchmarkFullRebuild is one applied edit as controlplane.Main.reload does it, minus the
+// watcher hold-off and the network: LoadConfig (file, viper, validate), translate.All and
+// Update on a running server, alternating between two files that differ in one route so
+// that every iteration pushes every region. hosts=4 is the benchmark config; hosts=0 is the
+// same 1,000 routes with no host-bound route (no virtual-host fan-out).
+func BenchmarkFullRebuild(b *testing.B) {
+	for _, hosts := range []int{benchHosts, 0} {
+		b.Run(fmt.Sprintf("hosts=%d", hosts), func(b *testing.B) {
+			paths := []string{
+				benchWrite(b, benchFile(benchRoutes, hosts, "")),
+				benchWrite(b, benchFile(benchRoutes, hosts, "r0000-renamed")),
+			}
+			s := newBenchServer(b.Context())
+			i := 0
+			for b.Loop() {
+				_, cfg, err := config.LoadConfig(paths[i%2])
+				if err != nil {
+					b.Fatal(err)
+				}
+				all, err := translate.All(cfg)
+				if err != nil {
+					b.Fatal(err)
+				}
+				changed, err := s.Update(all)
+				if err != nil || len(changed) != len(benchRegionNames) {
+					b.Fatalf("Update changed %v, err %v; want all %d regions", changed, err, len(benchRegionNames))
+				}
+				i++
+			}
+		})
+	}
+}
