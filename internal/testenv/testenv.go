@@ -7,9 +7,12 @@ package testenv
 
 import (
 	"errors"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
 )
@@ -77,21 +80,40 @@ func tool(t testing.TB, envVar, name string) string {
 	return path
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago. Another
-// process may grab it before the caller binds it; prefer port 0 plus an
-// address file (Envoy's --admin-address-path) where the binary supports it.
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago and that no other
+// FreePort call of this test binary has returned. It picks from 20000-32767, below Linux's
+// ephemeral range (32768-60999), so the port cannot be taken in the meantime by an outgoing
+// connection the kernel numbers itself (Envoy, the control plane and the tests open many);
+// only a deliberate bind by another process can race it.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("testenv: FreePort: %v", err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for i := 0; i < 1000; i++ {
+		port := portLow + rand.IntN(portHigh-portLow)
+		if portsGiven[port] {
+			continue
+		}
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue
+		}
+		if err := l.Close(); err != nil {
+			t.Fatalf("testenv: FreePort: %v", err)
+		}
+		portsGiven[port] = true
+		return port
 	}
-	port := l.Addr().(*net.TCPAddr).Port
-	if err := l.Close(); err != nil {
-		t.Fatalf("testenv: FreePort: %v", err)
-	}
-	return port
+	t.Fatalf("testenv: FreePort: no free port in %d-%d after 1000 tries", portLow, portHigh)
+	return 0
 }
+
+const portLow, portHigh = 20000, 32768
+
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[int]bool{}
+)
 
 // Eventually calls cond every interval until it returns nil, and fails the
 // test with cond's last error once timeout has passed. cond may call
