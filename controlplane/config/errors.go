@@ -88,6 +88,14 @@ func decodeErrors(err error, c *collector) {
 	}
 	var de *mapstructure.DecodeError
 	if errors.As(err, &de) {
+		if _, ok := err.(*mapstructure.DecodeError); !ok {
+			// A wrapper, such as viper's "decoding failed due to the following error(s)" around
+			// mapstructure's joined errors: errors.As would stop at the first of them.
+			if inner := errors.Unwrap(err); inner != nil {
+				decodeErrors(inner, c)
+				return
+			}
+		}
 		inner := de.Unwrap()
 		if _, nested := inner.(interface{ Unwrap() []error }); nested {
 			decodeErrors(inner, c)

@@ -172,7 +172,10 @@ func checkNames(file string, b []byte, owner map[string]string, c *collector) bo
 				c.add(path, "line %d of %s: names must be 1-63 lower-case letters, digits, '-' or '_', starting and ending with a letter or digit", val.Content[j].Line, filepath.Base(file))
 				ok = false
 			}
-			if prev, dup := owner[path]; dup {
+			if prev, dup := owner[path]; dup && prev == file {
+				c.add(path, "line %d of %s: defined twice in this file", val.Content[j].Line, filepath.Base(file))
+				ok = false
+			} else if dup {
 				c.add(path, "defined in both %s and %s", filepath.Base(prev), filepath.Base(file))
 				ok = false
 			}

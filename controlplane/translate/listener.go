@@ -83,8 +83,8 @@ func connectionManager(r model.Region) (*anypb.Any, error) {
 				{AddressPrefix: "::", PrefixLen: wrapperspb.UInt32(128)},
 			},
 		},
-		NormalizePath:         wrapperspb.Bool(true),
-		MergeSlashes:          true,
+		NormalizePath: wrapperspb.Bool(true),
+		MergeSlashes:  true,
 		// LLM APIs never need an encoded slash; refusing them closes path-confusion tricks.
 		PathWithEscapedSlashesAction: hcmv3.HttpConnectionManager_REJECT_REQUEST,
 		// Hosts match without the port, so "api.example.com:10000" reaches the

@@ -41,7 +41,9 @@ func (o *Options) defaults() {
 // reload is due. It returns when ctx ends.
 func Run(ctx context.Context, path string, o Options, log *slog.Logger, changed chan<- struct{}) error {
 	o.defaults()
-	dir := path
+	// Clean, so that "routes.d/" compares equal to the event names fsnotify reports for the
+	// directory itself (it cleans the path it watches).
+	dir := filepath.Clean(path)
 	if fi, err := os.Stat(path); err != nil || !fi.IsDir() {
 		dir = filepath.Dir(path)
 	}
