@@ -12,8 +12,12 @@ help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
 .PHONY: tools
-tools: ## Install Envoy 1.40, envoyproxy/ratelimit and redis-server into .tools/ (idempotent)
+tools: ## Install Envoy 1.40, envoyproxy/ratelimit, redis-server and protoc into .tools/ (idempotent)
 	@bash scripts/tools.sh
+
+.PHONY: proto
+proto: ## Regenerate the Go code for proto/**/*.proto (protoc from make tools; make test checks drift)
+	@bash scripts/proto.sh
 
 .PHONY: build
 build: ## Build the llmedge and fakellm binaries into bin/
@@ -44,4 +48,9 @@ run: tools build ## Start a local two-region edge (hk, sg) with the fake LLM ups
 
 .PHONY: bench
 bench: tools build ## Benchmarks (not part of make test); results go to docs/BENCHMARKS.md
-	$(GO) test -run '^$$' -bench . -benchtime 20x ./controlplane/...
+	@mkdir -p $(BIN)
+	set -o pipefail; { \
+	  $(GO) test -run '^$$' -bench . -benchmem -count 5 -timeout 30m ./controlplane/xds/ && \
+	  $(GO) test -run '^$$' -bench . -benchmem -benchtime 30x -count 5 -timeout 30m ./e2e/; \
+	} 2>&1 | tee $(BIN)/bench.txt
+	@echo "raw results: $(BIN)/bench.txt (summarise: go run golang.org/x/perf/cmd/benchstat@latest $(BIN)/bench.txt)"

@@ -3,6 +3,7 @@ package controlplane
 import (
 	"encoding/json"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -94,9 +95,17 @@ func (m *Main) Status() Status {
 				if n.Region != r.Name {
 					continue
 				}
-				ns := NodeStatus{Node: n, InSync: true}
-				for typ, v := range rs.Versions {
-					if n.Acked[typ] != v {
+				// A node is in sync when it runs the served version of every type it asked
+				// for; Envoys never ask for the authz policy, extauthz only for that.
+				// An Envoy that asked for listeners needs their routes too, even before its
+				// RDS request arrives.
+				want := n.Subscribed
+				if slices.Contains(want, "listeners") && !slices.Contains(want, "routes") {
+					want = append(slices.Clone(want), "routes")
+				}
+				ns := NodeStatus{Node: n, InSync: len(want) > 0}
+				for _, typ := range want {
+					if n.Acked[typ] != rs.Versions[typ] {
 						ns.InSync = false
 					}
 				}

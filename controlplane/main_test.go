@@ -40,9 +40,11 @@ const routesYAML = `version: 1
 regions:
   hk:
     listen: 127.0.0.1:10000
+    extauthz: 127.0.0.1:10100
     upstreams: [openai, anthropic]
   sg:
     listen: 127.0.0.1:10001
+    extauthz: 127.0.0.1:10100
     upstreams: [openai, anthropic, gemini]
 upstreams:
   openai:
@@ -311,8 +313,8 @@ func TestHealthReadyStatus(t *testing.T) {
 	served := c.m.xds.Versions()
 	for i := range want {
 		want[i].Versions = served[want[i].Name]
-		if len(want[i].Versions) != 3 {
-			t.Errorf("region %s serves versions %v, want listeners, routes and clusters", want[i].Name, want[i].Versions)
+		if len(want[i].Versions) != 4 {
+			t.Errorf("region %s serves versions %v, want listeners, routes, clusters and authz_policy", want[i].Name, want[i].Versions)
 		}
 	}
 	if diff := cmp.Diff(want, st.Regions); diff != "" {
@@ -668,7 +670,8 @@ func TestStatusWithADSNode(t *testing.T) {
 		if n.ID != "envoy-hk-1" || n.Region != "hk" || n.Cluster != "edge-hk" {
 			return fmt.Errorf("node = %+v", n.Node)
 		}
-		if diff := cmp.Diff(r.Versions, n.Acked); diff != "" {
+		envoyTypes := map[string]string{"listeners": r.Versions["listeners"], "clusters": r.Versions["clusters"], "routes": r.Versions["routes"]}
+		if diff := cmp.Diff(envoyTypes, n.Acked); diff != "" {
 			return fmt.Errorf("acked versions (-served +acked):\n%s", diff)
 		}
 		if !n.InSync || !r.InSync {

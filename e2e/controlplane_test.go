@@ -24,9 +24,11 @@ version: 1
 regions:
   hk:
     listen: 127.0.0.1:{{.Port "hk"}}
+    extauthz: {{.ExtAuthz "hk"}}
     upstreams: [openai]
   sg:
     listen: 127.0.0.1:{{.Port "sg"}}
+    extauthz: {{.ExtAuthz "sg"}}
     upstreams: [openai, anthropic, gemini]
 upstreams:
   openai:
@@ -87,11 +89,11 @@ func TestEachRegionGetsOnlyItsOwnConfig(t *testing.T) {
 	}
 
 	// Compliance shows on the wire too: Gemini is not served from hk.
-	resp, body := post(t, s.edgeURL("hk", "/gemini/models/gemini-2.0-flash:generateContent"), `{}`, nil)
+	resp, body := post(t, s.edgeURL("hk", "/gemini/models/gemini-2.0-flash:generateContent"), `{}`, s.auth(nil))
 	if resp.StatusCode != http.StatusNotFound || !strings.Contains(string(body), `"region":"hk"`) {
 		t.Errorf("gemini via hk: got %d %s, want 404 JSON naming region hk", resp.StatusCode, body)
 	}
-	resp, _ = post(t, s.edgeURL("sg", "/gemini/models/gemini-2.0-flash:generateContent"), `{"contents":[{"parts":[{"text":"hi"}]}]}`, nil)
+	resp, _ = post(t, s.edgeURL("sg", "/gemini/models/gemini-2.0-flash:generateContent"), `{"contents":[{"parts":[{"text":"hi"}]}]}`, s.auth(nil))
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("gemini via sg: got %d, want 200", resp.StatusCode)
 	}
@@ -114,7 +116,7 @@ func TestRequestReachesUpstreamOverTLS(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			up.Reset()
-			resp, body := post(t, s.edgeURL("sg", c.path), c.body, nil)
+			resp, body := post(t, s.edgeURL("sg", c.path), c.body, s.auth(nil))
 			if resp.StatusCode != http.StatusOK {
 				t.Fatalf("status %d: %s", resp.StatusCode, body)
 			}
@@ -155,7 +157,7 @@ func TestRequestReachesUpstreamOverTLS(t *testing.T) {
 	rec := &bodyRecorder{header: http.Header{}}
 	req, _ := http.NewRequest(http.MethodPost, "/v1/chat/completions", strings.NewReader(chatBody))
 	direct.ServeHTTP(rec, req)
-	_, viaEdge := post(t, s.edgeURL("sg", "/openai/v1/chat/completions"), chatBody, nil)
+	_, viaEdge := post(t, s.edgeURL("sg", "/openai/v1/chat/completions"), chatBody, s.auth(nil))
 	if normalizeIDs(string(viaEdge)) != normalizeIDs(rec.body.String()) {
 		t.Errorf("body through the edge differs from the upstream's:\nedge:   %s\ndirect: %s", viaEdge, rec.body.String())
 	}
@@ -169,7 +171,7 @@ func TestUpstreamCertificateIsVerified(t *testing.T) {
 	s := newStack(t, up, `
 version: 1
 regions:
-  hk: {listen: 127.0.0.1:{{.Port "hk"}}, upstreams: [impostor]}
+  hk: {listen: 127.0.0.1:{{.Port "hk"}}, extauthz: {{.ExtAuthz "hk"}}, upstreams: [impostor]}
 upstreams:
   impostor:
     url: https://wrong.test
@@ -179,7 +181,7 @@ upstreams:
 routes:
   all: {match: {prefix: /}, upstream: impostor}
 `, "hk")
-	resp, body := post(t, s.edgeURL("hk", "/v1/chat/completions"), chatBody, nil)
+	resp, body := post(t, s.edgeURL("hk", "/v1/chat/completions"), chatBody, s.auth(nil))
 	if resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("status %d, want 503: %s", resp.StatusCode, body)
 	}
@@ -199,7 +201,7 @@ func TestAddedRouteServesWithinDeadline(t *testing.T) {
 	s := newStack(t, startUpstream(t, fakellm.Options{}), twoRegions, "hk", "sg")
 	before := s.status()
 
-	resp, _ := post(t, s.edgeURL("hk", "/v2/chat/completions"), chatBody, nil)
+	resp, _ := post(t, s.edgeURL("hk", "/v2/chat/completions"), chatBody, s.auth(nil))
 	if resp.StatusCode != http.StatusNotFound {
 		t.Fatalf("before the edit: status %d, want 404", resp.StatusCode)
 	}
@@ -216,7 +218,7 @@ func TestAddedRouteServesWithinDeadline(t *testing.T) {
 	})
 	acked := time.Since(start)
 	testenv.Eventually(t, 10*time.Second, 5*time.Millisecond, func() error {
-		resp, body := post(t, s.edgeURL("hk", "/v2/chat/completions"), chatBody, nil)
+		resp, body := post(t, s.edgeURL("hk", "/v2/chat/completions"), chatBody, s.auth(nil))
 		if resp.StatusCode != http.StatusOK {
 			return fmt.Errorf("status %d: %s", resp.StatusCode, body)
 		}
@@ -236,7 +238,7 @@ func TestBrokenEditsKeepLastGoodConfigServing(t *testing.T) {
 	t.Parallel()
 	s := newStack(t, startUpstream(t, fakellm.Options{}), twoRegions, "hk", "sg")
 	good := s.status()
-	l := startLoad(t, s.edgeURL("hk", "/openai/v1/models"), 2)
+	l := startLoad(t, s.edgeURL("hk", "/openai/v1/models"), s.auth(nil), 2)
 	l.waitRequests(t, 20)
 
 	cases := []struct {
@@ -311,6 +313,7 @@ func TestLongSSEAnswerStreamsThrough(t *testing.T) {
 	req, _ := http.NewRequest(http.MethodPost, s.edgeURL("hk", "/openai/v1/chat/completions"),
 		strings.NewReader(`{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"tell me a long story"}]}`))
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+s.token)
 	req.Header.Set("x-fake-chunks", fmt.Sprint(chunks))
 	req.Header.Set("x-fake-chunk-interval", interval.String())
 	start := time.Now()
@@ -358,7 +361,7 @@ func TestResponseTimeoutBoundsWaitForHeaders(t *testing.T) {
 	s := newStack(t, startUpstream(t, fakellm.Options{}), strings.ReplaceAll(twoRegions,
 		"    allowed_regions: [hk, sg]\n", "    allowed_regions: [hk, sg]\n    response_timeout: 1s\n"), "hk")
 	start := time.Now()
-	resp, body := post(t, s.edgeURL("hk", "/openai/v1/chat/completions"), chatBody, map[string]string{"x-fake-delay": "3s"})
+	resp, body := post(t, s.edgeURL("hk", "/openai/v1/chat/completions"), chatBody, s.auth(map[string]string{"x-fake-delay": "3s"}))
 	took := time.Since(start)
 	if resp.StatusCode != http.StatusGatewayTimeout {
 		t.Fatalf("status %d, want 504: %s", resp.StatusCode, body)
@@ -375,7 +378,7 @@ func TestControlPlaneRestartLosesNoRequest(t *testing.T) {
 	t.Parallel()
 	s := newStack(t, startUpstream(t, fakellm.Options{}), twoRegions, "hk", "sg")
 	before := s.status()
-	l := startLoad(t, s.edgeURL("hk", "/openai/v1/models"), 2)
+	l := startLoad(t, s.edgeURL("hk", "/openai/v1/models"), s.auth(nil), 2)
 	l.waitRequests(t, 20)
 
 	s.cp.Kill()            // the harshest stop: no goodbye to the Envoys
@@ -390,7 +393,7 @@ func TestControlPlaneRestartLosesNoRequest(t *testing.T) {
 	// The resynced Envoys follow new edits.
 	s.writeRoutes(strings.Replace(twoRegions, "routes:\n", "routes:\n  after-restart:\n    match: {prefix: /after/}\n    upstream: openai\n    prefix_rewrite: /v1/\n", 1))
 	testenv.Eventually(t, 10*time.Second, 10*time.Millisecond, func() error {
-		resp, body := post(t, s.edgeURL("hk", "/after/chat/completions"), chatBody, nil)
+		resp, body := post(t, s.edgeURL("hk", "/after/chat/completions"), chatBody, s.auth(nil))
 		if resp.StatusCode != http.StatusOK {
 			return fmt.Errorf("status %d: %s", resp.StatusCode, body)
 		}

@@ -23,6 +23,7 @@ version: 1
 regions:
   hk:
     listen: 127.0.0.1:{{.Port "hk"}}
+    extauthz: {{.ExtAuthz "hk"}}
     egress_address: 127.0.0.2
     xff_trusted_hops: 1
     upstreams: [openai]
@@ -46,7 +47,7 @@ func TestEdgeHardening(t *testing.T) {
 
 	t.Run("egress address", func(t *testing.T) {
 		up.Reset()
-		if resp, body := post(t, url, chatBody, nil); resp.StatusCode != http.StatusOK {
+		if resp, body := post(t, url, chatBody, s.auth(nil)); resp.StatusCode != http.StatusOK {
 			t.Fatalf("status %d: %s", resp.StatusCode, body)
 		}
 		reqs := up.Requests()
@@ -61,12 +62,12 @@ func TestEdgeHardening(t *testing.T) {
 	t.Run("caller cannot steer envoy", func(t *testing.T) {
 		up.Reset()
 		// With use_remote_address and no internal addresses, these are dropped, not obeyed.
-		resp, body := post(t, url, chatBody, map[string]string{
+		resp, body := post(t, url, chatBody, s.auth(map[string]string{
 			"x-envoy-upstream-rq-timeout-ms": "1",
 			"x-envoy-retry-on":               "5xx",
 			"x-envoy-max-retries":            "10",
 			"x-fake-delay":                   "200ms",
-		})
+		}))
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("status %d (a caller-set x-envoy timeout was obeyed?): %s", resp.StatusCode, body)
 		}
@@ -81,7 +82,7 @@ func TestEdgeHardening(t *testing.T) {
 	t.Run("trusted hops", func(t *testing.T) {
 		up.Reset()
 		// One trusted proxy in front: the caller is the address that proxy appended.
-		post(t, url, chatBody, map[string]string{"x-forwarded-for": "198.51.100.9, 203.0.113.5"})
+		post(t, url, chatBody, s.auth(map[string]string{"x-forwarded-for": "198.51.100.9, 203.0.113.5"}))
 		h := up.Requests()[0].Header
 		// Envoy appends its own address for a loopback peer; the caller's entries stay first.
 		if got := h.Get("x-forwarded-for"); !strings.HasPrefix(got, "198.51.100.9, 203.0.113.5,") {
@@ -103,7 +104,7 @@ func TestEdgeHardening(t *testing.T) {
 	for _, c := range rejects {
 		t.Run(c.name, func(t *testing.T) {
 			up.Reset()
-			resp, body := post(t, s.edgeURL("hk", c.path), chatBody, c.headers)
+			resp, body := post(t, s.edgeURL("hk", c.path), chatBody, s.auth(c.headers))
 			if resp.StatusCode != http.StatusBadRequest {
 				t.Fatalf("status %d, want 400: %s", resp.StatusCode, body)
 			}
@@ -119,7 +120,7 @@ func TestEdgeHardening(t *testing.T) {
 
 	t.Run("path normalisation", func(t *testing.T) {
 		up.Reset()
-		resp, body := post(t, s.edgeURL("hk", "/openai//v1/./chat/completions"), chatBody, nil)
+		resp, body := post(t, s.edgeURL("hk", "/openai//v1/./chat/completions"), chatBody, s.auth(nil))
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("status %d: %s", resp.StatusCode, body)
 		}

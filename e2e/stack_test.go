@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,8 +20,11 @@ import (
 	"time"
 
 	"github.com/llmedge/llmedge/controlplane"
+	"github.com/llmedge/llmedge/controlplane/config"
 	"github.com/llmedge/llmedge/internal/fakellm"
 	"github.com/llmedge/llmedge/internal/testenv"
+	"github.com/llmedge/llmedge/internal/token"
+	"go.yaml.in/yaml/v3"
 )
 
 // llmedgeBin is built once for the whole package by TestMain.
@@ -101,7 +105,19 @@ type stack struct {
 	envoys   map[string]*testenv.EnvoyProcess
 	ports    map[string]int // region -> listener port
 	up       *upstream
+
+	// extauthz per region, its ports, the keys directory it reads, and the token of the
+	// caller "tester" that newStack adds to every routes YAML (allowed every upstream).
+	authz     map[string]*testenv.Process
+	authzPort map[string]int // region -> gRPC port
+	authzHTTP map[string]int // region -> health/metrics port
+	keysDir   string
+	token     string
+	tokens    map[string]string // caller -> token, for callers a template declares
 }
+
+// upstreamKey is the provider key the test keys directory holds for an upstream.
+func upstreamKey(upstream string) string { return "sk-test-" + upstream + "-key-1" }
 
 // routesData feeds the routes YAML templates: {{.Port "hk"}}, {{.Upstream}}, {{.CA}}.
 type routesData struct {
@@ -116,6 +132,28 @@ func (d routesData) Port(region string) int {
 	}
 	return d.s.ports[region]
 }
+
+// ExtAuthz is the address of a region's extauthz, allocated on first use.
+func (d routesData) ExtAuthz(region string) string {
+	if _, ok := d.s.authzPort[region]; !ok {
+		d.s.authzPort[region] = testenv.FreePort(d.s.t)
+		d.s.authzHTTP[region] = testenv.FreePort(d.s.t)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", d.s.authzPort[region])
+}
+
+// Digest mints a token for the named caller (once per stack) and returns the digest line
+// for its tokens list; the test finds the token in stack.tokens.
+func (d routesData) Digest(caller string) string {
+	if _, ok := d.s.tokens[caller]; !ok {
+		tok, err := token.New()
+		if err != nil {
+			d.s.t.Fatal(err)
+		}
+		d.s.tokens[caller] = tok
+	}
+	return config.TokenHashPrefix + token.Digest(d.s.tokens[caller])
+}
 func (d routesData) Upstream() string      { return d.s.up.tlsAddr }
 func (d routesData) PlainUpstream() string { return d.s.up.httpAddr }
 func (d routesData) CA() string            { return d.s.up.caFile }
@@ -125,20 +163,33 @@ func (d routesData) CA() string            { return d.s.up.caFile }
 func newStack(t testing.TB, up *upstream, tmpl string, regions ...string) *stack {
 	t.Helper()
 	s := &stack{
-		t:        t,
-		dir:      t.TempDir(),
-		xdsPort:  testenv.FreePort(t),
-		httpPort: testenv.FreePort(t),
-		envoys:   map[string]*testenv.EnvoyProcess{},
-		ports:    map[string]int{},
-		up:       up,
+		t:         t,
+		dir:       t.TempDir(),
+		xdsPort:   testenv.FreePort(t),
+		httpPort:  testenv.FreePort(t),
+		envoys:    map[string]*testenv.EnvoyProcess{},
+		ports:     map[string]int{},
+		up:        up,
+		authz:     map[string]*testenv.Process{},
+		authzPort: map[string]int{},
+		authzHTTP: map[string]int{},
+		tokens:    map[string]string{},
 	}
 	for _, r := range regions {
 		s.ports[r] = testenv.FreePort(t)
 	}
+	tok, err := token.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.token = tok
+	s.keysDir = filepath.Join(s.dir, "keys")
 	s.routes = filepath.Join(s.dir, "routes.yaml")
 	s.writeRoutes(tmpl)
 	s.startControlPlane()
+	for _, r := range regions {
+		s.startExtAuthz(r)
+	}
 	for _, r := range regions {
 		out, err := exec.Command(llmedgeBin, "bootstrap", "--region", r, "--admin-port", "0",
 			"--xds", fmt.Sprintf("127.0.0.1:%d", s.xdsPort)).Output()
@@ -179,6 +230,43 @@ func (s *stack) startControlPlane() {
 	})
 }
 
+// startExtAuthz runs the region's extauthz against the control plane and the keys
+// directory, and waits until it has its policy.
+func (s *stack) startExtAuthz(region string) {
+	s.t.Helper()
+	routesData{s}.ExtAuthz(region)
+	cmd := exec.Command(llmedgeBin, "extauthz",
+		"--region", region,
+		"--xds", fmt.Sprintf("127.0.0.1:%d", s.xdsPort),
+		"--grpc-listen", fmt.Sprintf("127.0.0.1:%d", s.authzPort[region]),
+		"--http-listen", fmt.Sprintf("127.0.0.1:%d", s.authzHTTP[region]),
+		"--keys-dir", s.keysDir,
+		"--keys-poll", "200ms",
+		"--log-level", "debug",
+	)
+	s.authz[region] = testenv.Start(s.t, "extauthz-"+region, cmd)
+	testenv.Eventually(s.t, 15*time.Second, 20*time.Millisecond, func() error {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", s.authzHTTP[region]))
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("extauthz %s: /readyz %d", region, resp.StatusCode)
+		}
+		return nil
+	})
+}
+
+// auth returns headers with the tester's token as an OpenAI SDK sends it, plus extra.
+func (s *stack) auth(extra map[string]string) map[string]string {
+	h := map[string]string{"authorization": "Bearer " + s.token}
+	for k, v := range extra {
+		h[k] = v
+	}
+	return h
+}
+
 func (s *stack) statusURL(path string) string {
 	return fmt.Sprintf("http://127.0.0.1:%d%s", s.httpPort, path)
 }
@@ -195,13 +283,50 @@ func (s *stack) writeRoutes(tmpl string) {
 	if err := template.Must(template.New("routes").Parse(tmpl)).Execute(&b, routesData{s}); err != nil {
 		s.t.Fatal(err)
 	}
+	out := s.withTester(b.Bytes())
 	tmp := s.routes + ".tmp"
-	if err := os.WriteFile(tmp, b.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(tmp, out, 0o644); err != nil {
 		s.t.Fatal(err)
 	}
 	if err := os.Rename(tmp, s.routes); err != nil {
 		s.t.Fatal(err)
 	}
+}
+
+// withTester adds the caller "tester" (allowed every upstream of the document) unless the
+// template defines callers itself, and makes sure the keys directory holds one key per
+// upstream. A document that does not parse is left as it is: tests write broken YAML on
+// purpose.
+func (s *stack) withTester(doc []byte) []byte {
+	var parsed struct {
+		Upstreams map[string]any `yaml:"upstreams"`
+		Callers   map[string]any `yaml:"callers"`
+	}
+	if err := yaml.Unmarshal(doc, &parsed); err != nil || len(parsed.Upstreams) == 0 {
+		return doc
+	}
+	var names []string
+	for u := range parsed.Upstreams {
+		names = append(names, u)
+		if strings.HasPrefix(u, "nokey") {
+			continue // upstreams named nokey* have no key, to test that denial
+		}
+		dir := filepath.Join(s.keysDir, u)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			s.t.Fatal(err)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "key-1")); err != nil {
+			if err := os.WriteFile(filepath.Join(dir, "key-1"), []byte(upstreamKey(u)+"\n"), 0o600); err != nil {
+				s.t.Fatal(err)
+			}
+		}
+	}
+	if parsed.Callers != nil {
+		return doc
+	}
+	sort.Strings(names)
+	return append(append([]byte(nil), doc...), fmt.Sprintf("\ncallers:\n  tester:\n    tokens: [%s%s]\n    upstreams: [%s]\n",
+		config.TokenHashPrefix, token.Digest(s.token), strings.Join(names, ", "))...)
 }
 
 func (s *stack) status() controlplane.Status {
@@ -240,8 +365,8 @@ func (s *stack) waitInSync(timeout time.Duration) controlplane.Status {
 		}
 		for r := range s.envoys {
 			rs := s.region(st, r)
-			if len(rs.Nodes) == 0 {
-				return fmt.Errorf("region %s: no node connected", r)
+			if len(rs.Nodes) < 2 {
+				return fmt.Errorf("region %s: %d nodes connected, want its Envoy and its extauthz", r, len(rs.Nodes))
 			}
 			if !rs.InSync {
 				return fmt.Errorf("region %s: not in sync: %+v", r, rs.Nodes)
@@ -319,7 +444,7 @@ type load struct {
 	done       chan struct{}
 }
 
-func startLoad(t *testing.T, url string, workers int) *load {
+func startLoad(t *testing.T, url string, headers map[string]string, workers int) *load {
 	l := &load{stop: make(chan struct{}), done: make(chan struct{})}
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: workers}}
 	var wg sync.WaitGroup
@@ -334,7 +459,11 @@ func startLoad(t *testing.T, url string, workers int) *load {
 					return
 				default:
 				}
-				resp, err := client.Get(url)
+				req, _ := http.NewRequest(http.MethodGet, url, nil)
+				for k, v := range headers {
+					req.Header.Set(k, v)
+				}
+				resp, err := client.Do(req)
 				if err != nil {
 					l.fail(err.Error())
 					continue

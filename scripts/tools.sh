@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Installs the real binaries the tests run (Envoy, envoyproxy/ratelimit,
-# redis-server) into the git-ignored .tools/ folder. Idempotent: a re-run with
-# everything present only checks versions and takes well under a second.
+# redis-server, and protoc for scripts/proto.sh and its drift check) into the
+# git-ignored .tools/ folder. Idempotent: a re-run with everything present only
+# checks versions and takes well under a second.
 set -euo pipefail
 
 ENVOY_VERSION=1.40.0
+# protoc from Debian's protobuf-compiler (bookworm: 3.21.12); its version is
+# written into the generated .pb.go headers.
+PROTOC_SERIES=3.21
 # envoyproxy/ratelimit has no tagged release that builds against current
 # go-control-plane; pin a pseudo-version of main instead.
 RATELIMIT_VERSION=v1.4.1-0.20260122083618-3fb702589d36
@@ -121,3 +125,27 @@ redis_path="$(command -v redis-server)"
 redis_ver="$("$BIN/redis-server" --version 2>&1)" || die "$BIN/redis-server --version failed: $redis_ver"
 redis_ver="$(grep -o 'v=[0-9.]*' <<<"$redis_ver" | head -1)"
 say redis-server "$redis_state (${redis_ver#v=})"
+
+# --- protoc (Debian's protobuf-compiler; the well-known types such as
+# google/protobuf/timestamp.proto ship in libprotobuf-dev, which
+# protobuf-compiler only recommends) ------------------------------------------
+# Use Debian's /usr/bin/protoc, not whatever protoc is first on PATH: its
+# version ends up in the generated code's header.
+PROTOC_SYS=/usr/bin/protoc
+PROTOC_WKT=/usr/include/google/protobuf/timestamp.proto
+if [ -x "$PROTOC_SYS" ] && [ -f "$PROTOC_WKT" ]; then
+	protoc_state="already present"
+else
+	echo "  protoc        installing the Debian packages..."
+	apt_install protobuf-compiler libprotobuf-dev
+	[ -x "$PROTOC_SYS" ] || die "$PROTOC_SYS still missing after apt-get install protobuf-compiler"
+	[ -f "$PROTOC_WKT" ] || die "$PROTOC_WKT still missing after apt-get install libprotobuf-dev"
+	protoc_state="installed"
+fi
+[ "$(readlink "$BIN/protoc" 2>/dev/null)" = "$PROTOC_SYS" ] || ln -sfn "$PROTOC_SYS" "$BIN/protoc"
+protoc_ver="$("$BIN/protoc" --version 2>&1)" || die "$BIN/protoc --version failed: $protoc_ver"
+case "$protoc_ver" in
+"libprotoc ${PROTOC_SERIES}."*) ;;
+*) die "$PROTOC_SYS is not protoc ${PROTOC_SERIES}.x: $protoc_ver" ;;
+esac
+say protoc "$protoc_state (${protoc_ver#libprotoc })"

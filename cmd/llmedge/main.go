@@ -1,8 +1,10 @@
 // Command llmedge is the operator's tool and the control plane binary:
 //
 //	llmedge controlplane --config routes.yaml   serve xDS, status and metrics
+//	llmedge extauthz --region hk --keys-dir DIR  check callers, inject provider keys
 //	llmedge validate --config routes.yaml       check a routes YAML (exit 1 on errors)
 //	llmedge bootstrap --region hk ...           print an Envoy bootstrap for a region
+//	llmedge token new --caller alice            mint a caller token
 package main
 
 import (
@@ -23,14 +25,19 @@ import (
 	"github.com/llmedge/llmedge/controlplane/config"
 	"github.com/llmedge/llmedge/controlplane/translate"
 	"github.com/llmedge/llmedge/controlplane/watch"
+	"github.com/llmedge/llmedge/extauthz"
+	"github.com/llmedge/llmedge/internal/token"
 )
 
 const usage = `llmedge — a self-hosted edge for LLM APIs
 
 Usage:
   llmedge controlplane [flags]   serve xDS to the regions' Envoys, plus /status, /metrics
+  llmedge extauthz [flags]       serve a region's ext_authz: caller tokens in, provider keys out
   llmedge validate [flags]       check a routes YAML; prints every error with its field path
   llmedge bootstrap [flags]      print the Envoy bootstrap YAML for one region
+  llmedge token new --caller NAME   mint a caller token; prints it once plus the YAML line
+  llmedge token hash             read a token on stdin, print its digest for the YAML
 
 Run "llmedge <command> -h" for a command's flags.
 `
@@ -53,10 +60,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "controlplane":
 		err = runControlPlane(ctx, args[1:], stderr)
+	case "extauthz":
+		err = runExtAuthz(ctx, args[1:], stderr)
 	case "validate":
 		err = runValidate(args[1:], stdout, stderr)
 	case "bootstrap":
 		err = runBootstrap(args[1:], stdout, stderr)
+	case "token":
+		err = runToken(args[1:], os.Stdin, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -207,4 +218,77 @@ func runBootstrap(args []string, stdout, stderr io.Writer) error {
 	}
 	_, err = stdout.Write(b)
 	return err
+}
+
+func runToken(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) == 0 || (args[0] != "new" && args[0] != "hash") {
+		fmt.Fprintln(stderr, "usage: llmedge token new --caller NAME | llmedge token hash < token-file")
+		return errUsage
+	}
+	fs := newFlags("token "+args[0], stderr)
+	caller := fs.String("caller", "", "caller name, as under callers: in the routes YAML")
+	if err := parse(fs, args[1:]); err != nil {
+		return err
+	}
+	if args[0] == "hash" {
+		b, err := io.ReadAll(io.LimitReader(stdin, 4096))
+		if err != nil {
+			return err
+		}
+		tok := strings.TrimSpace(string(b))
+		if tok == "" {
+			return errors.New("no token on standard input")
+		}
+		fmt.Fprintf(stdout, "%s%s\n", config.TokenHashPrefix, token.Digest(tok))
+		return nil
+	}
+	if *caller == "" {
+		fmt.Fprintln(stderr, "--caller is required")
+		return errUsage
+	}
+	tok, err := token.New()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, `Token for caller %[1]q (shown once; it is stored nowhere, keep it secret):
+
+  %[2]s
+
+Add this digest to the routes YAML:
+
+callers:
+  %[1]s:
+    tokens:
+      - %[3]s%[4]s
+    upstreams: [openai]   # the upstreams this caller may use
+`, *caller, tok, config.TokenHashPrefix, token.Digest(tok))
+	return nil
+}
+
+func runExtAuthz(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := newFlags("extauthz", stderr)
+	region := fs.String("region", os.Getenv("LLMEDGE_REGION"), "region whose caller policy to enforce (env LLMEDGE_REGION)")
+	nodeID := fs.String("node-id", os.Getenv("LLMEDGE_NODE_ID"), "xDS node id (default extauthz-<region>)")
+	xdsAddr := fs.String("xds", envOr("LLMEDGE_XDS", "127.0.0.1:18000"), "control plane xDS address (env LLMEDGE_XDS)")
+	grpcAddr := fs.String("grpc-listen", envOr("LLMEDGE_GRPC_LISTEN", "127.0.0.1:10100"), "ext_authz gRPC listen address, as regions.<name>.extauthz in the routes YAML")
+	httpAddr := fs.String("http-listen", envOr("LLMEDGE_HTTP_LISTEN", "127.0.0.1:10200"), "health/readiness/metrics listen address")
+	keysDir := fs.String("keys-dir", os.Getenv("LLMEDGE_KEYS_DIR"), "upstream keys, one file per key: <dir>/<upstream>/<name> (env LLMEDGE_KEYS_DIR)")
+	keysPoll := fs.Duration("keys-poll", 0, "fallback poll interval for the keys directory (default 5s)")
+	logFormat := fs.String("log-format", envOr("LLMEDGE_LOG_FORMAT", "json"), "json or text")
+	logLevel := fs.String("log-level", envOr("LLMEDGE_LOG_LEVEL", "info"), "debug, info, warn or error")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, *logFormat, *logLevel)
+	if err != nil {
+		return err
+	}
+	m, err := extauthz.New(extauthz.Options{
+		Region: *region, NodeID: *nodeID, XDSServer: *xdsAddr, GRPCAddress: *grpcAddr,
+		HTTPAddress: *httpAddr, KeysDir: *keysDir, KeysPoll: *keysPoll, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	return m.Run(ctx)
 }

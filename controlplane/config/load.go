@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/go-viper/mapstructure/v2"
 	"github.com/spf13/viper"
@@ -30,7 +31,7 @@ type Source struct {
 }
 
 // sections are the top-level maps whose keys are names and may be split across files.
-var sections = []string{"regions", "upstreams", "routes"}
+var sections = []string{"regions", "upstreams", "routes", "callers"}
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$`)
 
@@ -112,6 +113,10 @@ func Load(path string) (*Source, error) {
 	err = v.Unmarshal(&doc, func(dc *mapstructure.DecoderConfig) {
 		dc.ErrorUnused = true
 		dc.ZeroFields = true
+		dc.DecodeHook = mapstructure.ComposeDecodeHookFunc(
+			mapstructure.StringToTimeDurationHookFunc(),
+			mapstructure.StringToTimeHookFunc(time.RFC3339),
+		)
 	})
 	if err != nil {
 		decodeErrors(err, &c)

@@ -39,6 +39,7 @@ const (
 regions:
   hk:
     listen: 0.0.0.0:10000
+    extauthz: 127.0.0.1:10100
     upstreams: [openai]
 `
 	upstreamsYAML = `upstreams:
@@ -337,6 +338,7 @@ func TestEnvOverride(t *testing.T) {
 regions:
   hk:
     listen: 0.0.0.0:10000
+    extauthz: 127.0.0.1:10100
     upstreams: [openai, my-up]
 upstreams:
   openai:

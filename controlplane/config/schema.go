@@ -16,6 +16,7 @@ type File struct {
 	Regions   map[string]Region   `mapstructure:"regions"`
 	Upstreams map[string]Upstream `mapstructure:"upstreams"`
 	Routes    map[string]Route    `mapstructure:"routes"`
+	Callers   map[string]Caller   `mapstructure:"callers"`
 }
 
 // Region is one regional edge.
@@ -24,6 +25,9 @@ type Region struct {
 	EgressAddress  string   `mapstructure:"egress_address"`
 	XFFTrustedHops int      `mapstructure:"xff_trusted_hops"`
 	Upstreams      []string `mapstructure:"upstreams"`
+	// ExtAuthz is host:port of the region's extauthz service. Every request is checked
+	// by it; Envoy fails closed when it is unreachable.
+	ExtAuthz string `mapstructure:"extauthz"`
 }
 
 // Upstream is one LLM provider endpoint.
@@ -36,6 +40,27 @@ type Upstream struct {
 	ResponseTimeout   time.Duration `mapstructure:"response_timeout"`
 	StreamIdleTimeout time.Duration `mapstructure:"stream_idle_timeout"`
 	AllowedRegions    []string      `mapstructure:"allowed_regions"`
+	// API is the provider's API family (openai, anthropic, gemini): it picks the default
+	// key header and shapes error bodies like the provider's own.
+	API       string `mapstructure:"api"`
+	KeyHeader string `mapstructure:"key_header"`
+	KeyFormat string `mapstructure:"key_format"`
+}
+
+// Caller is one client of the edge, identified by its tokens.
+type Caller struct {
+	// Tokens are "sha256:<64 hex>" digests; `llmedge token new` mints a token and prints
+	// the line to paste here. Plain tokens never appear in the YAML.
+	Tokens    []string `mapstructure:"tokens"`
+	Upstreams []string `mapstructure:"upstreams"`
+	Tenant    string   `mapstructure:"tenant"`
+	Disabled  bool     `mapstructure:"disabled"`
+	// Expires is an RFC 3339 time (2027-01-31T00:00:00Z); YAML may give it as a timestamp
+	// or a string.
+	Expires  time.Time `mapstructure:"expires"`
+	AllowIPs []string  `mapstructure:"allow_ips"`
+	DenyIPs  []string  `mapstructure:"deny_ips"`
+	BYOK     bool      `mapstructure:"bring_your_own_key"`
 }
 
 // TLS is the upstream TLS client setting.

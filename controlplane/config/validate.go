@@ -71,6 +71,7 @@ func Validate(f File) (*model.Config, error) {
 		}
 	}
 	checkRouteConflicts(cfg.Routes, &c)
+	cfg.Callers = validateCallers(f.Callers, f.Upstreams, &c)
 	if err := c.err(); err != nil {
 		return nil, err
 	}
@@ -104,6 +105,13 @@ func validateRegion(p, name string, r Region, ups map[string]Upstream, c *collec
 		c.add(p+".xff_trusted_hops", "must be 0-10 (the number of trusted proxies in front of the edge)")
 	} else {
 		out.XFFTrustedHops = uint32(r.XFFTrustedHops)
+	}
+	if r.ExtAuthz == "" {
+		c.add(p+".extauthz", "required: host:port of this region's extauthz service, which checks every request (for example 127.0.0.1:10100)")
+	} else if h, port, err := splitHostPort(r.ExtAuthz); err != nil {
+		c.add(p+".extauthz", "%v", err)
+	} else {
+		out.ExtAuthzHost, out.ExtAuthzPort = h, port
 	}
 	seen := map[string]bool{}
 	for i, u := range r.Upstreams {
@@ -175,15 +183,10 @@ func validateUpstream(p, name string, u Upstream, regions map[string]Region, c *
 	}
 	out.ConnectHost, out.ConnectPort = out.Host, out.Port
 	if u.Endpoint != "" {
-		h, port, err := net.SplitHostPort(u.Endpoint)
-		pn, perr := strconv.ParseUint(port, 10, 16)
-		switch {
-		case err != nil || h == "":
-			c.add(p+".endpoint", "must be host:port (where to connect instead of resolving the URL's host)")
-		case perr != nil || pn == 0:
-			c.add(p+".endpoint", "port must be 1-65535")
-		default:
-			out.ConnectHost, out.ConnectPort = strings.ToLower(h), uint32(pn)
+		if h, port, err := splitHostPort(u.Endpoint); err != nil {
+			c.add(p+".endpoint", "%v (where to connect instead of resolving the URL's host)", err)
+		} else {
+			out.ConnectHost, out.ConnectPort = h, port
 		}
 	}
 
@@ -251,6 +254,7 @@ func validateUpstream(p, name string, u Upstream, regions map[string]Region, c *
 		seen[r] = true
 	}
 	out.AllowedRegions = slices.Sorted(slices.Values(u.AllowedRegions))
+	validateKeyInjection(p, u, &out, c)
 	return out, len(c.errs) == n
 }
 

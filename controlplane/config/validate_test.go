@@ -14,9 +14,9 @@ import (
 // wantValid is the model testdata/valid.yaml (and testdata/split/) must produce.
 var wantValid = &model.Config{
 	Regions: []model.Region{
-		{Name: "hk", ListenAddress: "0.0.0.0", ListenPort: 10000, XFFTrustedHops: 1, Upstreams: []string{"groq", "openai"}},
-		{Name: "idle", ListenAddress: "127.0.0.1", ListenPort: 10002},
-		{Name: "sg", ListenAddress: "::", ListenPort: 10001, EgressAddress: "198.51.100.7", Upstreams: []string{"gemini", "groq", "local", "openai", "private"}},
+		{Name: "hk", ListenAddress: "0.0.0.0", ListenPort: 10000, XFFTrustedHops: 1, Upstreams: []string{"groq", "openai"}, ExtAuthzHost: "127.0.0.1", ExtAuthzPort: 10100},
+		{Name: "idle", ListenAddress: "127.0.0.1", ListenPort: 10002, ExtAuthzHost: "127.0.0.1", ExtAuthzPort: 10100},
+		{Name: "sg", ListenAddress: "::", ListenPort: 10001, EgressAddress: "198.51.100.7", Upstreams: []string{"gemini", "groq", "local", "openai", "private"}, ExtAuthzHost: "127.0.0.1", ExtAuthzPort: 10100},
 	},
 	Upstreams: []model.Upstream{
 		{
@@ -24,6 +24,7 @@ var wantValid = &model.Config{
 			ConnectHost: "gemini.internal", ConnectPort: 80, Protocol: model.ProtocolAuto,
 			ConnectTimeout: 10 * time.Second, ResponseTimeout: 120 * time.Second, StreamIdleTimeout: 60 * time.Second,
 			AllowedRegions: []string{"sg"},
+			API:            model.APIOpenAI, KeyHeader: "authorization", KeyFormat: "Bearer {key}",
 		},
 		{
 			Name: "groq", Scheme: "https", Host: "api.groq.com", Port: 443, BasePath: "/openai", Authority: "api.groq.com",
@@ -31,6 +32,7 @@ var wantValid = &model.Config{
 			TLS:      &model.TLS{SNI: "api.groq.com", CAFile: "/etc/ssl/certs/ca-certificates.crt", Verify: true},
 			Protocol: model.ProtocolAuto, ConnectTimeout: 10 * time.Second, ResponseTimeout: 120 * time.Second, StreamIdleTimeout: 60 * time.Second,
 			AllowedRegions: []string{"hk", "sg"},
+			API:            model.APIOpenAI, KeyHeader: "authorization", KeyFormat: "Bearer {key}",
 		},
 		{
 			Name: "insecure", Scheme: "https", Host: "2001:db8::1", Port: 8443, Authority: "[2001:db8::1]:8443",
@@ -38,12 +40,14 @@ var wantValid = &model.Config{
 			TLS:      &model.TLS{SNI: "", CAFile: "/etc/ssl/certs/ca-certificates.crt", Verify: false},
 			Protocol: model.ProtocolAuto, ConnectTimeout: 10 * time.Second, ResponseTimeout: 120 * time.Second, StreamIdleTimeout: 60 * time.Second,
 			AllowedRegions: []string{"sg"},
+			API:            model.APIOpenAI, KeyHeader: "authorization", KeyFormat: "Bearer {key}",
 		},
 		{
 			Name: "local", Scheme: "http", Host: "127.0.0.1", Port: 8090, Authority: "127.0.0.1:8090",
 			ConnectHost: "127.0.0.1", ConnectPort: 8090, Protocol: model.ProtocolHTTP1,
 			ConnectTimeout: 10 * time.Second, ResponseTimeout: 120 * time.Second, StreamIdleTimeout: 60 * time.Second,
 			AllowedRegions: []string{"sg"},
+			API:            model.APIOpenAI, KeyHeader: "authorization", KeyFormat: "Bearer {key}",
 		},
 		{
 			Name: "openai", Scheme: "https", Host: "api.openai.com", Port: 443, Authority: "api.openai.com",
@@ -51,6 +55,7 @@ var wantValid = &model.Config{
 			TLS:      &model.TLS{SNI: "api.openai.com", CAFile: "/etc/ssl/certs/ca-certificates.crt", Verify: true},
 			Protocol: model.ProtocolAuto, ConnectTimeout: 10 * time.Second, ResponseTimeout: 120 * time.Second, StreamIdleTimeout: 60 * time.Second,
 			AllowedRegions: []string{"hk", "sg"},
+			API:            model.APIOpenAI, KeyHeader: "authorization", KeyFormat: "Bearer {key}",
 		},
 		{
 			Name: "private", Scheme: "https", Host: "10.0.0.7", Port: 8443, BasePath: "/v1", Authority: "10.0.0.7:8443",
@@ -58,6 +63,7 @@ var wantValid = &model.Config{
 			TLS:      &model.TLS{SNI: "private.example.com", CAFile: "/etc/llmedge/private-ca.pem", Verify: true},
 			Protocol: model.ProtocolHTTP2, ConnectTimeout: 2 * time.Second, ResponseTimeout: 5 * time.Minute, StreamIdleTimeout: 30 * time.Second,
 			AllowedRegions: []string{"sg"},
+			API:            model.APIOpenAI, KeyHeader: "authorization", KeyFormat: "Bearer {key}",
 		},
 	},
 	Routes: []model.Route{
@@ -101,7 +107,7 @@ func TestValidModel(t *testing.T) {
 func validFile() config.File {
 	return config.File{
 		Version:   1,
-		Regions:   map[string]config.Region{"hk": {Listen: "0.0.0.0:10000", Upstreams: []string{"openai"}}},
+		Regions:   map[string]config.Region{"hk": {Listen: "0.0.0.0:10000", ExtAuthz: "127.0.0.1:10100", Upstreams: []string{"openai"}}},
 		Upstreams: map[string]config.Upstream{"openai": {URL: "https://api.openai.com", AllowedRegions: []string{"hk"}}},
 		Routes:    map[string]config.Route{"openai": {Match: config.Match{Prefix: "/openai/"}, Upstream: "openai", PrefixRewrite: "/"}},
 	}
@@ -230,6 +236,9 @@ func TestUpstreamModel(t *testing.T) {
 			}
 			if want.StreamIdleTimeout == 0 {
 				want.StreamIdleTimeout = 60 * time.Second
+			}
+			if want.API == "" {
+				want.API, want.KeyHeader, want.KeyFormat = model.APIOpenAI, "authorization", "Bearer {key}"
 			}
 			got, ok := cfg.Upstream("openai")
 			if !ok {
@@ -387,7 +396,7 @@ func TestWarnings(t *testing.T) {
 				f.Upstreams["v6"] = config.Upstream{URL: "http://[::1]:8090", AllowedRegions: []string{"hk"}}
 				f.Upstreams["name"] = config.Upstream{URL: "http://localhost:8090", AllowedRegions: []string{"hk"}}
 				f.Upstreams["pinned"] = config.Upstream{URL: "http://fake.test", Endpoint: "127.0.0.2:8090", AllowedRegions: []string{"hk"}}
-				f.Regions["hk"] = config.Region{Listen: "0.0.0.0:10000", Upstreams: []string{"openai", "v6", "name", "pinned"}}
+				f.Regions["hk"] = config.Region{Listen: "0.0.0.0:10000", ExtAuthz: "127.0.0.1:10100", Upstreams: []string{"openai", "v6", "name", "pinned"}}
 			},
 			want: nil,
 		},
@@ -409,14 +418,14 @@ func TestWarnings(t *testing.T) {
 		{
 			name: "region with no upstreams",
 			modify: func(f *config.File) {
-				f.Regions["idle"] = config.Region{Listen: "0.0.0.0:10001"}
+				f.Regions["idle"] = config.Region{Listen: "0.0.0.0:10001", ExtAuthz: "127.0.0.1:10100"}
 			},
 			want: []string{"regions.idle.upstreams: empty; this region serves no upstream"},
 		},
 		{
 			name: "several, sorted",
 			modify: func(f *config.File) {
-				f.Regions["hk"] = config.Region{Listen: "0.0.0.0:10000"}
+				f.Regions["hk"] = config.Region{Listen: "0.0.0.0:10000", ExtAuthz: "127.0.0.1:10100"}
 				f.Upstreams["openai"] = config.Upstream{URL: "http://api.openai.com", AllowedRegions: []string{"hk"}}
 			},
 			want: []string{

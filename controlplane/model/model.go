@@ -3,7 +3,10 @@
 // the files; package config builds it and guarantees the invariants documented here.
 package model
 
-import "time"
+import (
+	"net/netip"
+	"time"
+)
 
 // Config is a whole-system view for all regions. Slices are sorted (regions and upstreams by
 // name, routes by match specificity) so everything derived from it is deterministic.
@@ -11,6 +14,7 @@ type Config struct {
 	Regions   []Region
 	Upstreams []Upstream
 	Routes    []Route
+	Callers   []Caller // sorted by name
 	// Warnings are accepted-but-suspicious settings (plain-HTTP upstreams, TLS verification
 	// off, routes no region serves). They are logged and shown on the status endpoint.
 	Warnings []string
@@ -26,6 +30,9 @@ type Region struct {
 	EgressAddress  string
 	XFFTrustedHops uint32
 	Upstreams      []string // sorted; every name is an upstream whose AllowedRegions has this region
+	// ExtAuthzHost/Port is the region's extauthz service.
+	ExtAuthzHost string
+	ExtAuthzPort uint32
 }
 
 // Protocol selects how Envoy speaks to an upstream.
@@ -61,6 +68,32 @@ type Upstream struct {
 	// StreamIdleTimeout is the longest silence allowed on a request or response stream.
 	StreamIdleTimeout time.Duration
 	AllowedRegions    []string // sorted
+
+	API       API
+	KeyHeader string // lower case
+	KeyFormat string // contains "{key}" exactly once
+}
+
+// API is a provider's API family.
+type API string
+
+const (
+	APIOpenAI    API = "openai"
+	APIAnthropic API = "anthropic"
+	APIGemini    API = "gemini"
+)
+
+// Caller is one client of the edge.
+type Caller struct {
+	Name        string
+	Tenant      string
+	TokenSHA256 []string // lower-case hex, sorted
+	Upstreams   []string // sorted; each an upstream of the config
+	Disabled    bool
+	ExpiresAt   time.Time // zero: never
+	AllowCIDRs  []netip.Prefix
+	DenyCIDRs   []netip.Prefix
+	BYOK        bool
 }
 
 // TLS is the upstream TLS client setting.

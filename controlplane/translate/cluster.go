@@ -36,7 +36,7 @@ func cluster(r model.Region, u model.Upstream) (*clusterv3.Cluster, error) {
 			}},
 		},
 	}
-	if _, err := netip.ParseAddr(u.ConnectHost); err == nil {
+	if isIP(u.ConnectHost) {
 		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}
 	} else {
 		// LOGICAL_DNS: providers sit behind large anycast/CDN fronts; connecting to whatever
@@ -128,4 +128,9 @@ func upstreamTLS(u model.Upstream) (*corev3.TransportSocket, error) {
 		Name:       "envoy.transport_sockets.tls",
 		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: ctx},
 	}, nil
+}
+
+func isIP(host string) bool {
+	_, err := netip.ParseAddr(host)
+	return err == nil
 }

@@ -54,6 +54,10 @@ func connectionManager(r model.Region) (*anypb.Any, error) {
 	if err != nil {
 		return nil, err
 	}
+	authz, err := extAuthzFilter()
+	if err != nil {
+		return nil, err
+	}
 	accessLog, err := jsonAccessLog(r.Name)
 	if err != nil {
 		return nil, err
@@ -65,7 +69,9 @@ func connectionManager(r model.Region) (*anypb.Any, error) {
 			ConfigSource:    adsSource(),
 			RouteConfigName: RouteConfigName(r.Name),
 		}},
-		HttpFilters: []*hcmv3.HttpFilter{{
+		// ext_authz first: nothing reaches the router, or later quota filters, without a
+		// decision from the region's extauthz.
+		HttpFilters: []*hcmv3.HttpFilter{authz, {
 			Name:       "envoy.filters.http.router",
 			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router},
 		}},
@@ -184,6 +190,14 @@ func localReplies(region string) *hcmv3.LocalReplyConfig {
 	}
 	return &hcmv3.LocalReplyConfig{
 		Mappers: []*hcmv3.ResponseMapper{
+			// extauthz's denials already carry a JSON body shaped like the provider's
+			// errors: pass it through untouched.
+			{Filter: authzDenied(), BodyFormatOverride: &corev3.SubstitutionFormatString{
+				Format:      &corev3.SubstitutionFormatString_TextFormat{TextFormat: "%LOCAL_REPLY_BODY%"},
+				ContentType: "application/json",
+			}},
+			// Any other UAEX reply means extauthz could not be asked (down, timed out).
+			{Filter: flag("UAEX"), BodyFormatOverride: body("the auth service is unavailable; the request was not forwarded")},
 			{Filter: flag("NR"), BodyFormatOverride: body("no route in region " + region + " matches this request (check the path prefix, and that the upstream is served in this region)")},
 			{Filter: flag("UT"), BodyFormatOverride: body("the upstream did not answer within its response_timeout")},
 			{Filter: flag("SI"), BodyFormatOverride: body("the stream was idle for longer than the upstream's stream_idle_timeout")},

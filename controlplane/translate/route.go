@@ -8,6 +8,7 @@ import (
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -53,13 +54,13 @@ func routeConfig(r model.Region, routes []model.Route, cfg *model.Config) (*rout
 				}
 			}
 		}
-		vh, err := virtualHost(h, []string{h}, append(own, wildcard...), cfg)
+		vh, err := virtualHost(r.Name, h, []string{h}, append(own, wildcard...), cfg)
 		if err != nil {
 			return nil, err
 		}
 		vhosts = append(vhosts, vh)
 	}
-	vh, err := virtualHost("any", []string{"*"}, wildcard, cfg)
+	vh, err := virtualHost(r.Name, "any", []string{"*"}, wildcard, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -70,7 +71,7 @@ func routeConfig(r model.Region, routes []model.Route, cfg *model.Config) (*rout
 	}, nil
 }
 
-func virtualHost(name string, domains []string, routes []model.Route, cfg *model.Config) (*routev3.VirtualHost, error) {
+func virtualHost(region, name string, domains []string, routes []model.Route, cfg *model.Config) (*routev3.VirtualHost, error) {
 	ordered := append([]model.Route(nil), routes...)
 	// Stable on purpose: at equal specificity host-specific routes (listed first) win.
 	sort.SliceStable(ordered, func(i, j int) bool {
@@ -86,12 +87,16 @@ func virtualHost(name string, domains []string, routes []model.Route, cfg *model
 	vh := &routev3.VirtualHost{Name: name, Domains: domains}
 	for _, rt := range ordered {
 		u, _ := cfg.Upstream(rt.Upstream)
-		vh.Routes = append(vh.Routes, route(rt, u))
+		r, err := route(region, rt, u)
+		if err != nil {
+			return nil, err
+		}
+		vh.Routes = append(vh.Routes, r)
 	}
 	return vh, nil
 }
 
-func route(rt model.Route, u model.Upstream) *routev3.Route {
+func route(region string, rt model.Route, u model.Upstream) (*routev3.Route, error) {
 	action := &routev3.RouteAction{
 		ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: ClusterName(u.Name)},
 		HostRewriteSpecifier: &routev3.RouteAction_HostRewriteLiteral{
@@ -148,11 +153,16 @@ func route(rt model.Route, u model.Upstream) *routev3.Route {
 		}
 		match.Headers = append(match.Headers, hm)
 	}
-	return &routev3.Route{
-		Name:   rt.Name,
-		Match:  match,
-		Action: &routev3.Route_Route{Route: action},
+	authz, err := extAuthzPerRoute(region, rt)
+	if err != nil {
+		return nil, err
 	}
+	return &routev3.Route{
+		Name:                 rt.Name,
+		Match:                match,
+		Action:               &routev3.Route_Route{Route: action},
+		TypedPerFilterConfig: map[string]*anypb.Any{extAuthzFilterName: authz},
+	}, nil
 }
 
 // separatedRewrite rewrites a path-separated prefix: prefix_rewrite cannot, since for

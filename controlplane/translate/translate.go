@@ -10,6 +10,7 @@ import (
 	"fmt"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -25,6 +26,8 @@ type Resources struct {
 	Listeners []*listenerv3.Listener
 	Routes    []*routev3.RouteConfiguration
 	Clusters  []*clusterv3.Cluster
+	// Policy is served to the region's extauthz, not to Envoy.
+	Policy *corev3.TypedExtensionConfig
 }
 
 // Names derived from the model. They appear in Envoy stats and config dumps, so they are
@@ -53,6 +56,11 @@ func Region(cfg *model.Config, region string) (*Resources, error) {
 		}
 		clusters = append(clusters, c)
 	}
+	authz, err := extAuthzCluster(r)
+	if err != nil {
+		return nil, fmt.Errorf("translate region %q: %w", region, err)
+	}
+	clusters = append(clusters, authz)
 	var routes []model.Route
 	for _, rt := range cfg.Routes {
 		if served[rt.Upstream] {
@@ -67,11 +75,16 @@ func Region(cfg *model.Config, region string) (*Resources, error) {
 	if err != nil {
 		return nil, fmt.Errorf("translate region %q: %w", region, err)
 	}
+	policy, err := authzPolicy(cfg, r)
+	if err != nil {
+		return nil, fmt.Errorf("translate region %q: %w", region, err)
+	}
 	res := &Resources{
 		Region:    region,
 		Listeners: []*listenerv3.Listener{l},
 		Routes:    []*routev3.RouteConfiguration{rc},
 		Clusters:  clusters,
+		Policy:    policy,
 	}
 	if err := res.Validate(); err != nil {
 		return nil, fmt.Errorf("translate region %q: %w", region, err)
@@ -113,12 +126,15 @@ func (r *Resources) messages() []proto.Message {
 	for _, c := range r.Clusters {
 		ms = append(ms, c)
 	}
+	if r.Policy != nil {
+		ms = append(ms, r.Policy)
+	}
 	return ms
 }
 
 // YAML renders each resource list as YAML (protojson field names), for golden files and
 // for operators comparing what the control plane emits with Envoy's /config_dump.
-func (r *Resources) YAML() (listeners, routes, clusters []byte, err error) {
+func (r *Resources) YAML() (listeners, routes, clusters, policy []byte, err error) {
 	render := func(items []proto.Message) ([]byte, error) {
 		var docs []any
 		for _, m := range items {
@@ -145,11 +161,18 @@ func (r *Resources) YAML() (listeners, routes, clusters []byte, err error) {
 		cs = append(cs, c)
 	}
 	if listeners, err = render(ls); err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	if routes, err = render(rs); err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
-	clusters, err = render(cs)
-	return listeners, routes, clusters, err
+	if clusters, err = render(cs); err != nil {
+		return nil, nil, nil, nil, err
+	}
+	var ps []proto.Message
+	if r.Policy != nil {
+		ps = append(ps, r.Policy)
+	}
+	policy, err = render(ps)
+	return listeners, routes, clusters, policy, err
 }

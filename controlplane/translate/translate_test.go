@@ -94,7 +94,7 @@ func TestRegionOnlyHoldsItsUpstreams(t *testing.T) {
 	for _, c := range res.Clusters {
 		names = append(names, c.GetName())
 	}
-	if got, want := strings.Join(names, ","), "upstream_groq,upstream_openai"; got != want {
+	if got, want := strings.Join(names, ","), "upstream_groq,upstream_openai,llmedge_extauthz"; got != want {
 		t.Errorf("hk clusters = %s, want %s", got, want)
 	}
 	for _, vh := range res.Routes[0].GetVirtualHosts() {

@@ -189,7 +189,7 @@ func TestADSUnknownRegion(t *testing.T) {
 	})
 
 	withMars := resources(t, edited(func(f *config.File) {
-		f.Regions["mars"] = config.Region{Listen: "127.0.0.1:10009", Upstreams: []string{"openai"}}
+		f.Regions["mars"] = config.Region{Listen: "127.0.0.1:10009", ExtAuthz: "127.0.0.1:10100", Upstreams: []string{"openai"}}
 		u := f.Upstreams["openai"]
 		u.AllowedRegions = []string{"hk", "mars", "sg"}
 		f.Upstreams["openai"] = u
@@ -252,9 +252,13 @@ func TestADSNodeOnFirstMessageOnly(t *testing.T) {
 	subscribe(b, "b", "sg")
 
 	v := s.Versions()
+	envoyTypes := func(region string) map[string]string {
+		return map[string]string{"listeners": v[region]["listeners"], "clusters": v[region]["clusters"], "routes": v[region]["routes"]}
+	}
+	subscribed := []string{"clusters", "listeners", "routes"}
 	want := []Node{
-		{ID: "a", Cluster: "edge-hk", Region: "hk", Acked: v["hk"]},
-		{ID: "b", Cluster: "edge-sg", Region: "sg", Acked: v["sg"]},
+		{ID: "a", Cluster: "edge-hk", Region: "hk", Subscribed: subscribed, Acked: envoyTypes("hk")},
+		{ID: "b", Cluster: "edge-sg", Region: "sg", Subscribed: subscribed, Acked: envoyTypes("sg")},
 	}
 	eventually(t, waitFor, func() error {
 		got := s.Tracker().Nodes()

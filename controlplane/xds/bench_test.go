@@ -50,7 +50,7 @@ func benchFile(routes, hosts int, rename string) config.File {
 		ups[i] = fmt.Sprintf("up%02d", i)
 	}
 	for i, r := range benchRegionNames {
-		f.Regions[r] = config.Region{Listen: fmt.Sprintf("127.0.0.1:%d", 10000+i), Upstreams: ups}
+		f.Regions[r] = config.Region{Listen: fmt.Sprintf("127.0.0.1:%d", 10000+i), ExtAuthz: "127.0.0.1:10100", Upstreams: ups}
 	}
 	for i, u := range ups {
 		url := "https://" + u + ".llmedge.test"

@@ -49,8 +49,8 @@ func testFile() config.File {
 	return config.File{
 		Version: config.SchemaVersion,
 		Regions: map[string]config.Region{
-			"hk": {Listen: "127.0.0.1:10000", Upstreams: []string{"openai", "anthropic"}},
-			"sg": {Listen: "127.0.0.1:10001", Upstreams: []string{"openai", "anthropic", "gemini"}},
+			"hk": {Listen: "127.0.0.1:10000", ExtAuthz: "127.0.0.1:10100", Upstreams: []string{"openai", "anthropic"}},
+			"sg": {Listen: "127.0.0.1:10001", ExtAuthz: "127.0.0.1:10101", Upstreams: []string{"openai", "anthropic", "gemini"}},
 		},
 		Upstreams: map[string]config.Upstream{
 			"openai":    {URL: "http://127.0.0.1:8090", AllowedRegions: []string{"hk", "sg"}},

@@ -35,6 +35,9 @@ var typeNames = map[string]string{
 	resourcev3.ListenerType: "listeners",
 	resourcev3.RouteType:    "routes",
 	resourcev3.ClusterType:  "clusters",
+	// The region's caller policy, for its extauthz (an llmedge.authz.v1.Policy inside a
+	// TypedExtensionConfig).
+	resourcev3.ExtensionConfigType: "authz_policy",
 }
 
 // ShortType names a type URL for humans ("listeners"); unknown types keep their URL.
@@ -161,6 +164,11 @@ func snapshot(res *translate.Resources) (*cachev3.Snapshot, map[string]string, e
 		resourcev3.ListenerType: toResources(res.Listeners),
 		resourcev3.RouteType:    toResources(res.Routes),
 		resourcev3.ClusterType:  toResources(res.Clusters),
+	}
+	if res.Policy != nil {
+		byType[resourcev3.ExtensionConfigType] = []types.Resource{res.Policy}
+	} else {
+		byType[resourcev3.ExtensionConfigType] = nil
 	}
 	snap := &cachev3.Snapshot{}
 	versions := map[string]string{}

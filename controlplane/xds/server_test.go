@@ -30,7 +30,7 @@ func TestUpdateFirstLoad(t *testing.T) {
 		t.Fatalf("regions served (-want +got):\n%s", diff)
 	}
 	for region, types := range v {
-		if diff := cmp.Diff([]string{"clusters", "listeners", "routes"}, sortedKeys(types)); diff != "" {
+		if diff := cmp.Diff([]string{"authz_policy", "clusters", "listeners", "routes"}, sortedKeys(types)); diff != "" {
 			t.Errorf("region %s types (-want +got):\n%s", region, diff)
 		}
 		for typ, ver := range types {
@@ -120,7 +120,7 @@ func TestUpdateVersions(t *testing.T) {
 		{
 			name: "add us",
 			edit: func(f *config.File) {
-				f.Regions["us"] = config.Region{Listen: "127.0.0.1:10002", Upstreams: []string{"gemini"}}
+				f.Regions["us"] = config.Region{Listen: "127.0.0.1:10002", ExtAuthz: "127.0.0.1:10100", Upstreams: []string{"gemini"}}
 				u := f.Upstreams["gemini"]
 				u.AllowedRegions = []string{"sg", "us"}
 				f.Upstreams["gemini"] = u

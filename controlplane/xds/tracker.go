@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"maps"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -24,14 +25,17 @@ type Nack struct {
 
 // Node is one connected xDS client as the status endpoint shows it.
 type Node struct {
-	ID          string            `json:"id"`
-	Cluster     string            `json:"cluster,omitempty"`
-	Region      string            `json:"region"`
-	Stream      int64             `json:"stream"`
-	ConnectedAt time.Time         `json:"connected_at"`
-	Acked       map[string]string `json:"acked"` // short type -> version
-	LastAckAt   *time.Time        `json:"last_ack_at,omitempty"`
-	LastNack    *Nack             `json:"last_nack,omitempty"`
+	ID          string    `json:"id"`
+	Cluster     string    `json:"cluster,omitempty"`
+	Region      string    `json:"region"`
+	Stream      int64     `json:"stream"`
+	ConnectedAt time.Time `json:"connected_at"`
+	// Subscribed lists the types the node asked for (Envoys: listeners, routes, clusters;
+	// extauthz: authz_policy).
+	Subscribed []string          `json:"subscribed"`
+	Acked      map[string]string `json:"acked"` // short type -> version
+	LastAckAt  *time.Time        `json:"last_ack_at,omitempty"`
+	LastNack   *Nack             `json:"last_nack,omitempty"`
 }
 
 type streamState struct {
@@ -121,6 +125,10 @@ func (t *Tracker) onRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
 			st.node.ID = "(no node id)"
 		}
 	}
+	if typ := ShortType(req.GetTypeUrl()); typ != "" && !slices.Contains(st.node.Subscribed, typ) {
+		st.node.Subscribed = append(st.node.Subscribed, typ)
+		slices.Sort(st.node.Subscribed)
+	}
 	node := st.node
 	var nack *Nack
 	acked := ""
@@ -182,6 +190,7 @@ func (t *Tracker) Nodes() []Node {
 		}
 		n := st.node
 		n.Acked = maps.Clone(n.Acked)
+		n.Subscribed = slices.Clone(n.Subscribed)
 		if n.LastNack != nil {
 			c := *n.LastNack
 			n.LastNack = &c

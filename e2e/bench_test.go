@@ -1,0 +1,200 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"testing"
+	"text/template"
+	"time"
+
+	"github.com/llmedge/llmedge/controlplane"
+	"github.com/llmedge/llmedge/internal/fakellm"
+	"github.com/llmedge/llmedge/internal/testenv"
+)
+
+// benchPollInterval is how often BenchmarkWriteToACK polls /status, so it is also the
+// resolution of its figures.
+const benchPollInterval = 2 * time.Millisecond
+
+// BenchmarkWriteToACK measures the time from writing an edited routes YAML (write a
+// temporary file, rename it over the old one, as editors do) until /status shows every
+// region's Envoys have ACKed the new routes versions, with the real control plane binary and
+// two real Envoys (hk and sg). Each iteration renames one route and changes its prefix, so
+// both regions get new routes. The figure includes the watcher hold-off, which the harness
+// sets to 50ms (--watch-holdoff; the production default is 100ms). It reports the
+// percentiles of the iterations; run it with a fixed count, e.g. -benchtime 30x.
+//
+//   - routes=4: the twoRegions config of the e2e tests plus the renamed route.
+//   - routes=1000: the synthetic config of controlplane/xds/bench_test.go (5 regions, 20
+//     https upstreams, 1,000 routes, some bound to hosts or headers), of which hk and sg
+//     run an Envoy.
+func BenchmarkWriteToACK(b *testing.B) {
+	up := startUpstream(b, fakellm.Options{})
+	b.Run("routes=4", func(b *testing.B) {
+		benchWriteToACK(b, up, twoRegions, "openai")
+	})
+	b.Run("routes=1000", func(b *testing.B) {
+		benchWriteToACK(b, up, benchRoutesTemplate(999), "up00")
+	})
+}
+
+// benchProbe is the route each iteration renames; tmpl must end in the routes section.
+func benchProbe(n int, upstream string) string {
+	return fmt.Sprintf("  bench-probe-%d:\n    match: {prefix: /bench-probe-%d/}\n    upstream: %s\n    prefix_rewrite: /\n", n, n, upstream)
+}
+
+func benchWriteToACK(b *testing.B, up *upstream, tmpl, probeUpstream string) {
+	s := newStack(b, up, tmpl+benchProbe(0, probeUpstream), "hk", "sg")
+	// Resolve the template once: an iteration then writes plain text.
+	var rendered bytes.Buffer
+	if err := template.Must(template.New("routes").Parse(tmpl)).Execute(&rendered, routesData{s}); err != nil {
+		b.Fatal(err)
+	}
+	base := rendered.String()
+	st := s.waitInSync(30 * time.Second)
+	prev := map[string]string{}
+	for r := range s.envoys {
+		prev[r] = s.region(st, r).Versions["routes"]
+	}
+
+	var took []time.Duration
+	n := 0
+	for b.Loop() {
+		n++
+		next := base + benchProbe(n, probeUpstream)
+		start := time.Now()
+		s.writeRoutes(next)
+		acked := benchWaitACK(b, s, prev, 30*time.Second)
+		took = append(took, time.Since(start))
+		for r := range s.envoys {
+			prev[r] = s.region(acked, r).Versions["routes"]
+		}
+	}
+	slices.Sort(took)
+	for _, p := range []struct {
+		unit string
+		q    float64
+	}{{"p50-ms", 0.50}, {"p90-ms", 0.90}, {"p99-ms", 0.99}, {"max-ms", 1}} {
+		b.ReportMetric(benchMillis(benchPercentile(took, p.q)), p.unit)
+	}
+	// The control plane's own share: the reload (load, validate, translate, snapshot
+	// update) it logs for every applied edit, one per iteration after the initial load.
+	reloads := benchReloads(b, s, 1+len(took))[1:]
+	slices.Sort(reloads)
+	b.ReportMetric(benchMillis(benchPercentile(reloads, 0.50)), "reload-p50-ms")
+}
+
+// benchReloads waits until the control plane has logged want applied reloads and returns
+// the time each took, in order.
+func benchReloads(b *testing.B, s *stack, want int) []time.Duration {
+	b.Helper()
+	var took []time.Duration
+	testenv.Eventually(b, 10*time.Second, 10*time.Millisecond, func() error {
+		took = took[:0]
+		for _, line := range strings.Split(s.cp.Log(), "\n") {
+			var rec struct{ Msg, Took string }
+			if json.Unmarshal([]byte(line), &rec) != nil || rec.Msg != "routes config applied" {
+				continue
+			}
+			d, err := time.ParseDuration(rec.Took)
+			if err != nil {
+				return fmt.Errorf("control plane log: took %q: %v", rec.Took, err)
+			}
+			took = append(took, d)
+		}
+		if len(took) != want {
+			return fmt.Errorf("control plane logged %d applied reloads, want %d", len(took), want)
+		}
+		return nil
+	})
+	return took
+}
+
+// benchWaitACK polls /status every benchPollInterval until every region with an Envoy
+// serves a routes version other than prev's and all its Envoys have ACKed every version.
+func benchWaitACK(b *testing.B, s *stack, prev map[string]string, timeout time.Duration) controlplane.Status {
+	b.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		st := s.status()
+		why := ""
+		if !st.Config.Valid {
+			why = fmt.Sprintf("config not valid: %v", st.Config.Errors)
+		}
+		for r := range s.envoys {
+			rs := s.region(st, r)
+			switch {
+			case why != "":
+			case rs.Versions["routes"] == prev[r]:
+				why = fmt.Sprintf("region %s: routes version %s not changed yet", r, prev[r])
+			case len(rs.Nodes) == 0 || !rs.InSync:
+				why = fmt.Sprintf("region %s: not in sync: %+v", r, rs.Nodes)
+			}
+		}
+		if why == "" {
+			return st
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("edit not ACKed within %v: %s", timeout, why)
+		}
+		time.Sleep(benchPollInterval)
+	}
+}
+
+// benchPercentile is the nearest-rank percentile of sorted durations.
+func benchPercentile(sorted []time.Duration, q float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(math.Ceil(q*float64(len(sorted)))) - 1
+	return sorted[max(0, min(i, len(sorted)-1))]
+}
+
+func benchMillis(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// benchRoutesTemplate is the routes YAML template of controlplane/xds/bench_test.go's
+// benchFile (5 regions, 20 https upstreams allowed everywhere, routes r0001..r<routes>), with
+// every upstream pointed at the fake's TLS address and CA. Its routes section comes last.
+func benchRoutesTemplate(routes int) string {
+	const hosts = 4
+	regions := []string{"eu", "hk", "jp", "sg", "us"}
+	ups := make([]string, 20)
+	for i := range ups {
+		ups[i] = fmt.Sprintf("up%02d", i)
+	}
+	var b strings.Builder
+	b.WriteString("version: 1\nregions:\n")
+	for _, r := range regions {
+		fmt.Fprintf(&b, "  %s:\n    listen: 127.0.0.1:{{.Port %q}}\n    upstreams: [%s]\n", r, r, strings.Join(ups, ", "))
+	}
+	b.WriteString("upstreams:\n")
+	for i, u := range ups {
+		url := "https://" + u + ".llmedge.test"
+		if i%4 == 3 {
+			url += "/v1beta"
+		}
+		fmt.Fprintf(&b, "  %s:\n    url: %s\n    endpoint: {{.Upstream}}\n    tls: {ca_file: {{.CA}}}\n    allowed_regions: [%s]\n",
+			u, url, strings.Join(regions, ", "))
+	}
+	b.WriteString("routes:\n")
+	for i := 1; i <= routes; i++ {
+		name := fmt.Sprintf("r%04d", i)
+		prefix, rewrite := "/"+name, "/"
+		if i%2 == 1 {
+			prefix, rewrite = "/"+name+"/", "/v1/"
+		}
+		fmt.Fprintf(&b, "  %s:\n    match: {prefix: %s", name, prefix)
+		if i%10 == 0 {
+			fmt.Fprintf(&b, ", hosts: [tenant-%d.llmedge.test]", (i/10)%hosts)
+		}
+		if i%7 == 0 {
+			fmt.Fprintf(&b, ", headers: [{name: x-llmedge-tenant, exact: t%d}]", i)
+		}
+		fmt.Fprintf(&b, "}\n    upstream: %s\n    prefix_rewrite: %s\n", ups[i%len(ups)], rewrite)
+	}
+	return b.String()
+}

@@ -1,0 +1,397 @@
+// Package decide is extauthz's decision as a pure function: given the compiled caller
+// policy, one request's credentials and context, and a source of upstream keys, it says
+// whether to forward the request and how to rewrite it (inject the upstream key, strip the
+// caller's credentials), or how to refuse it with an error body shaped like the upstream
+// API's own errors so that the provider SDKs surface it well.
+//
+// Nothing here logs, and no Decision ever carries a caller's token, a token hash or an
+// upstream key, except the injected key header in SetHeaders.
+package decide
+
+import (
+	"crypto/sha256"
+	"net/netip"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+)
+
+// API families, which shape error bodies.
+const (
+	APIOpenAI    = "openai"
+	APIAnthropic = "anthropic"
+	APIGemini    = "gemini"
+)
+
+// Credential headers a caller may send, in the order they are looked at.
+const (
+	HeaderLLMedgeToken  = "llmedge-token"
+	HeaderAuthorization = "authorization"
+	HeaderAPIKey        = "x-api-key"
+	HeaderGoogAPIKey    = "x-goog-api-key"
+	// QueryKey is the Gemini-style query parameter that may carry the token.
+	QueryKey = "key"
+	// InternalHeaderPrefix marks llmedge's own headers; a caller may not send them upstream.
+	InternalHeaderPrefix = "x-llmedge-"
+)
+
+// Reasons, the machine-readable part of a Decision.
+const (
+	ReasonOK                 = "ok"
+	ReasonBadRoute           = "bad_route"
+	ReasonMissingToken       = "missing_token"
+	ReasonUnknownToken       = "unknown_token"
+	ReasonDisabled           = "disabled"
+	ReasonExpired            = "expired"
+	ReasonIPDenied           = "ip_denied"
+	ReasonUpstreamNotAllowed = "upstream_not_allowed"
+	ReasonBYOKKeyMissing     = "byok_key_missing"
+	ReasonNoKey              = "no_key"
+	ReasonNotReady           = "not_ready"
+)
+
+// Policy is one region's caller policy (see proto/llmedge/authz/v1/policy.proto).
+type Policy struct {
+	Region    string
+	Callers   []Caller
+	Upstreams []Upstream
+}
+
+// Caller is one client of the edge.
+type Caller struct {
+	Name, Tenant string
+	// TokenSHA256 holds hex SHA-256 digests of the caller's tokens.
+	TokenSHA256      []string
+	AllowedUpstreams []string
+	Disabled         bool
+	// ExpiresAt is when the caller's tokens stop working; zero means never.
+	ExpiresAt             time.Time
+	AllowCIDRs, DenyCIDRs []netip.Prefix
+	// BYOK callers send their llmedge token in llmedge-token and their own provider key
+	// in the provider's header, which passes through.
+	BYOK bool
+}
+
+// Upstream says how to present a key to one provider and how to shape errors.
+type Upstream struct {
+	Name string
+	// KeyHeader is the request header that carries the key, e.g. "authorization".
+	KeyHeader string
+	// KeyFormat is the header value with "{key}" standing for the key, e.g. "Bearer {key}".
+	KeyFormat string
+	// API is "openai", "anthropic" or "gemini".
+	API string
+}
+
+// Request is what Decide needs of one CheckRequest.
+type Request struct {
+	// Region, Upstream and Route come from Envoy's per-route context extensions.
+	Region, Upstream, Route string
+	// Headers has lower-case names, as Envoy's CheckRequest gives them.
+	Headers map[string]string
+	// Path includes the query, e.g. /gemini/v1beta/models/x:generateContent?key=abc.
+	Path     string
+	SourceIP netip.Addr
+	Now      time.Time
+}
+
+// Keys hands out upstream keys, e.g. round robin over a keystore.Store.
+type Keys interface {
+	Next(upstream string) (key string, name string, ok bool)
+}
+
+// Decision is the verdict on one request.
+type Decision struct {
+	Allow bool
+	// Status is the HTTP status of a denial: 401, 403, 503 or 500.
+	Status int
+	// Body is a JSON error body shaped like the upstream API's own errors.
+	Body        []byte
+	ContentType string
+	// SetHeaders holds, on allow, the key header, to be applied with
+	// OVERWRITE_IF_EXISTS_OR_ADD.
+	SetHeaders map[string]string
+	// RemoveHeaders lists, on allow, the caller's credential headers and any x-llmedge-*
+	// headers the caller sent.
+	RemoveHeaders []string
+	// RemoveQueryParams lists, on allow, "key" when the request had a ?key= parameter.
+	RemoveQueryParams []string
+	// Caller and Tenant identify the caller once its token is known (for dynamic
+	// metadata), also on most denials.
+	Caller, Tenant string
+	// KeyName is the name of the injected key, for logs; never its value.
+	KeyName string
+	// Reason is short and machine-readable, e.g. "ok" or "unknown_token".
+	Reason string
+}
+
+// tokenSource says where the caller's token was found.
+type tokenSource int
+
+const (
+	srcNone tokenSource = iota
+	srcLLMedgeToken
+	srcAuthorization
+	srcAPIKey
+	srcGoogAPIKey
+	srcQuery
+)
+
+// Decide applies the policy to one request. keys may be nil when no key store is
+// available (every non-BYOK request is then refused with no_key). A nil Compiled means no
+// policy has arrived yet: every request is refused with not_ready.
+func (c *Compiled) Decide(r Request, keys Keys) Decision {
+	if c == nil {
+		return NotReady(GuessAPI(r))
+	}
+	// 1. Route context.
+	up := c.upstreams[r.Upstream]
+	if up == nil || r.Region != c.region {
+		api := GuessAPI(r)
+		if up != nil {
+			api = up.api
+		}
+		return deny(api, 500, ReasonBadRoute, msgBadRoute)
+	}
+
+	// 2. Token.
+	tok, src := findToken(r)
+	if src == srcNone {
+		return deny(up.api, 401, ReasonMissingToken, missingTokenMessage(up.api))
+	}
+
+	// 3. Caller.
+	cl := c.callers[hashToken(tok)]
+	if cl == nil {
+		return deny(up.api, 401, ReasonUnknownToken, msgUnknownToken)
+	}
+	denyAs := func(status int, reason, msg string) Decision {
+		d := deny(up.api, status, reason, msg)
+		d.Caller, d.Tenant = cl.name, cl.tenant
+		return d
+	}
+
+	// 4. State.
+	if cl.disabled {
+		return denyAs(401, ReasonDisabled, "llmedge: caller "+quote(cl.name)+" is disabled; ask your llmedge operator to re-enable it.")
+	}
+	if !cl.expiresAt.IsZero() && r.Now.After(cl.expiresAt) {
+		return denyAs(401, ReasonExpired, "llmedge: the token of caller "+quote(cl.name)+" expired at "+
+			cl.expiresAt.UTC().Format(time.RFC3339)+"; ask your llmedge operator for a new one.")
+	}
+
+	// 5. Source address.
+	if !cl.ipAllowed(r.SourceIP) {
+		from := "this address"
+		if r.SourceIP.IsValid() {
+			from = r.SourceIP.Unmap().WithZone("").String()
+		}
+		return denyAs(403, ReasonIPDenied, "llmedge: caller "+quote(cl.name)+" may not connect from "+from+
+			"; ask your llmedge operator to allow this address.")
+	}
+
+	// 6. Upstream.
+	if _, ok := cl.allowed[up.name]; !ok {
+		return denyAs(403, ReasonUpstreamNotAllowed, "llmedge: caller "+quote(cl.name)+
+			" is not allowed to use upstream "+quote(up.name)+"; ask your llmedge operator for access.")
+	}
+
+	// 7. Bring your own key.
+	if cl.byok {
+		if src != srcLLMedgeToken || !up.hasProviderKey(r) {
+			return denyAs(401, ReasonBYOKKeyMissing, "llmedge: caller "+quote(cl.name)+
+				" brings its own provider key: send your llmedge token in the llmedge-token header and your "+
+				up.name+" key in "+up.keyPlace()+".")
+		}
+		d := allow(cl)
+		d.RemoveHeaders = removeHeaders(r.Headers, func(h string) bool { return h == HeaderLLMedgeToken })
+		return d
+	}
+
+	// 8. Inject a key.
+	var key, name string
+	ok := false
+	if keys != nil {
+		key, name, ok = keys.Next(up.name)
+	}
+	if !ok || !validKey(key) {
+		return denyAs(503, ReasonNoKey, "llmedge: no key available for upstream "+quote(up.name)+
+			"; try again later, and tell your llmedge operator if it persists.")
+	}
+	d := allow(cl)
+	d.KeyName = name
+	d.SetHeaders = map[string]string{up.keyHeader: up.format(key)}
+	d.RemoveHeaders = removeHeaders(r.Headers, func(h string) bool {
+		switch h {
+		case HeaderLLMedgeToken, HeaderAuthorization, HeaderAPIKey, HeaderGoogAPIKey:
+			// The key header is overwritten; removing it would drop the injected key.
+			return h != up.keyHeader
+		}
+		return false
+	})
+	d.RemoveQueryParams = queryParamNames(r.Path, QueryKey)
+	return d
+}
+
+// queryParamNames lists every spelling under which name occurs in path's query, as
+// written: Envoy removes query parameters by their raw name, so ?k%65y=... must be removed
+// as "k%65y" or the caller's token would travel on to the provider.
+func queryParamNames(path, name string) []string {
+	_, q, ok := strings.Cut(path, "?")
+	if !ok {
+		return nil
+	}
+	if i := strings.IndexByte(q, '#'); i >= 0 {
+		q = q[:i]
+	}
+	var out []string
+	for q != "" {
+		var part string
+		part, q, _ = strings.Cut(q, "&")
+		k, _, _ := strings.Cut(part, "=")
+		if k != name {
+			if dk, err := url.QueryUnescape(k); err != nil || dk != name {
+				continue
+			}
+		}
+		if !slices.Contains(out, k) {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+func allow(cl *caller) Decision {
+	return Decision{Allow: true, Caller: cl.name, Tenant: cl.tenant, Reason: ReasonOK}
+}
+
+// removeHeaders lists the request's headers that credential selects, then its x-llmedge-*
+// headers, sorted. The result is nil when there is nothing to remove.
+func removeHeaders(headers map[string]string, credential func(string) bool) []string {
+	var out []string
+	for _, h := range [...]string{HeaderLLMedgeToken, HeaderAuthorization, HeaderAPIKey, HeaderGoogAPIKey} {
+		if _, ok := headers[h]; ok && credential(h) {
+			out = append(out, h)
+		}
+	}
+	n := len(out)
+	for h := range headers {
+		if strings.HasPrefix(h, InternalHeaderPrefix) {
+			out = append(out, h)
+		}
+	}
+	slices.Sort(out[n:])
+	return out
+}
+
+// findToken returns the first token present among llmedge-token, authorization (Bearer),
+// x-api-key, x-goog-api-key and the key query parameter. Empty values do not count.
+func findToken(r Request) (string, tokenSource) {
+	if t := strings.TrimSpace(r.Headers[HeaderLLMedgeToken]); t != "" {
+		return t, srcLLMedgeToken
+	}
+	if t, ok := bearer(r.Headers[HeaderAuthorization]); ok {
+		return t, srcAuthorization
+	}
+	if t := strings.TrimSpace(r.Headers[HeaderAPIKey]); t != "" {
+		return t, srcAPIKey
+	}
+	if t := strings.TrimSpace(r.Headers[HeaderGoogAPIKey]); t != "" {
+		return t, srcGoogAPIKey
+	}
+	if t, _ := queryParam(r.Path, QueryKey); t != "" {
+		return t, srcQuery
+	}
+	return "", srcNone
+}
+
+// bearer extracts the token of an "Authorization: Bearer <token>" value; the scheme is
+// case-insensitive.
+func bearer(v string) (string, bool) {
+	v = strings.TrimSpace(v)
+	const scheme = "bearer"
+	if len(v) <= len(scheme) || !strings.EqualFold(v[:len(scheme)], scheme) || (v[len(scheme)] != ' ' && v[len(scheme)] != '\t') {
+		return "", false
+	}
+	t := strings.TrimSpace(v[len(scheme):])
+	return t, t != ""
+}
+
+// queryParam returns the (decoded) value of the first name parameter in path's query and
+// whether the parameter is present at all.
+func queryParam(path, name string) (value string, present bool) {
+	_, q, ok := strings.Cut(path, "?")
+	if !ok {
+		return "", false
+	}
+	if i := strings.IndexByte(q, '#'); i >= 0 {
+		q = q[:i]
+	}
+	for q != "" {
+		var part string
+		part, q, _ = strings.Cut(q, "&")
+		k, v, _ := strings.Cut(part, "=")
+		if k != name {
+			if !strings.ContainsAny(k, "%+") {
+				continue
+			}
+			if dk, err := url.QueryUnescape(k); err != nil || dk != name {
+				continue
+			}
+		}
+		if strings.ContainsAny(v, "%+") {
+			dv, err := url.QueryUnescape(v)
+			if err != nil {
+				return "", true
+			}
+			v = dv
+		}
+		return strings.TrimSpace(v), true
+	}
+	return "", false
+}
+
+// hashToken is the token's SHA-256. The stack buffer keeps the common case free of heap
+// allocations.
+func hashToken(tok string) [sha256.Size]byte {
+	var buf [128]byte
+	return sha256.Sum256(append(buf[:0], tok...))
+}
+
+// validKey rejects an empty key or one that could inject headers; the key store filters
+// these already, so this is defence in depth.
+func validKey(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		if c := k[i]; c < 0x20 || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// GuessAPI picks the API family whose error shape a client most likely understands, from
+// the request alone, for when the policy cannot say (no policy yet, or an unknown
+// upstream): the Anthropic SDKs send anthropic-version and x-api-key, the Gemini ones
+// x-goog-api-key or ?key=; anything else is treated as OpenAI-style.
+func GuessAPI(r Request) string {
+	if _, ok := r.Headers["anthropic-version"]; ok {
+		return APIAnthropic
+	}
+	if _, ok := r.Headers[HeaderAPIKey]; ok {
+		return APIAnthropic
+	}
+	if _, ok := r.Headers[HeaderGoogAPIKey]; ok {
+		return APIGemini
+	}
+	if _, ok := queryParam(r.Path, QueryKey); ok {
+		return APIGemini
+	}
+	if strings.Contains(r.Path, "/v1beta/") || strings.Contains(r.Path, ":generateContent") || strings.Contains(r.Path, ":streamGenerateContent") {
+		return APIGemini
+	}
+	return APIOpenAI
+}

@@ -1,0 +1,341 @@
+package extauthz
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/llmedge/llmedge/extauthz/decide"
+	"github.com/llmedge/llmedge/extauthz/keystore"
+	"github.com/llmedge/llmedge/internal/wire"
+	"github.com/llmedge/llmedge/internal/xdsclient"
+	authzv1 "github.com/llmedge/llmedge/proto/llmedge/authz/v1"
+)
+
+// Options configure one extauthz.
+type Options struct {
+	Region      string // the region whose policy to enforce (node.locality.region)
+	NodeID      string // default "extauthz-<region>"
+	XDSServer   string // control plane ADS address
+	GRPCAddress string // where Envoy's ext_authz filter connects
+	HTTPAddress string // /healthz, /readyz, /metrics
+	KeysDir     string // <dir>/<upstream>/<key name>
+	KeysPoll    time.Duration
+	Logger      *slog.Logger
+}
+
+// Main is a running extauthz.
+type Main struct {
+	authv3.UnimplementedAuthorizationServer
+
+	opts   Options
+	log    *slog.Logger
+	reg    *prometheus.Registry
+	keys   *keystore.Store
+	xds    *xdsclient.Client
+	policy atomic.Pointer[decide.Compiled]
+
+	grpcLn, httpLn net.Listener
+	ready          chan struct{}
+	checks         *prometheus.CounterVec
+}
+
+// New checks the options and loads the keys once.
+func New(o Options) (*Main, error) {
+	if o.Region == "" || o.XDSServer == "" || o.KeysDir == "" {
+		return nil, errors.New("extauthz: --region, --xds and --keys-dir are required")
+	}
+	if o.NodeID == "" {
+		o.NodeID = "extauthz-" + o.Region
+	}
+	if o.GRPCAddress == "" {
+		o.GRPCAddress = "127.0.0.1:10100"
+	}
+	if o.HTTPAddress == "" {
+		o.HTTPAddress = "127.0.0.1:10200"
+	}
+	if o.KeysPoll <= 0 {
+		o.KeysPoll = 5 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	log := o.Logger.With("region", o.Region)
+	keys, err := keystore.New(o.KeysDir, log)
+	if err != nil {
+		return nil, fmt.Errorf("extauthz: keys: %w", err)
+	}
+	m := &Main{opts: o, log: log, reg: prometheus.NewRegistry(), keys: keys, ready: make(chan struct{})}
+	m.checks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "llmedge_extauthz_checks_total",
+		Help: "Requests checked, by upstream and outcome (ok, missing_token, unknown_token, ...).",
+	}, []string{"upstream", "result"})
+	m.reg.MustRegister(m.checks, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "llmedge_extauthz_policy_ready", Help: "1 once a caller policy from the control plane is in force.",
+		}, func() float64 {
+			if m.policy.Load() == nil {
+				return 0
+			}
+			return 1
+		}))
+	m.xds, err = xdsclient.New(xdsclient.Options{
+		Server: o.XDSServer,
+		Node: &corev3.Node{
+			Id:       o.NodeID,
+			Cluster:  "llmedge-extauthz-" + o.Region,
+			Locality: &corev3.Locality{Region: o.Region},
+		},
+		TypeURL: resourcev3.ExtensionConfigType,
+		Names:   []string{wire.PolicyResourceName},
+		Apply:   m.apply,
+		Logger:  log.With("component", "xds"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// Ready is closed once the listeners are bound; GRPCAddr/HTTPAddr are valid after it.
+func (m *Main) Ready() <-chan struct{} { return m.ready }
+func (m *Main) GRPCAddr() string       { return m.grpcLn.Addr().String() }
+func (m *Main) HTTPAddr() string       { return m.httpLn.Addr().String() }
+
+// Run serves until ctx ends.
+func (m *Main) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var err error
+	if m.grpcLn, err = net.Listen("tcp", m.opts.GRPCAddress); err != nil {
+		return fmt.Errorf("listen grpc %s: %w", m.opts.GRPCAddress, err)
+	}
+	if m.httpLn, err = net.Listen("tcp", m.opts.HTTPAddress); err != nil {
+		m.grpcLn.Close()
+		return fmt.Errorf("listen http %s: %w", m.opts.HTTPAddress, err)
+	}
+	g := grpc.NewServer(grpc.MaxConcurrentStreams(10000))
+	authv3.RegisterAuthorizationServer(g, m)
+	hs := &http.Server{Handler: m.handler(), ReadHeaderTimeout: 5 * time.Second}
+
+	errc := make(chan error, 4)
+	go func() { errc <- g.Serve(m.grpcLn) }()
+	go func() {
+		if err := hs.Serve(m.httpLn); !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+			return
+		}
+		errc <- nil
+	}()
+	go func() { errc <- m.keys.Run(ctx, m.opts.KeysPoll) }()
+	go func() { errc <- m.xds.Run(ctx) }()
+	m.log.Info("extauthz serving", "grpc", m.GRPCAddr(), "http", m.HTTPAddr(), "xds", m.opts.XDSServer, "keys_dir", m.opts.KeysDir)
+	close(m.ready)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	cancel()
+	shutdown, stop := context.WithTimeout(context.Background(), 5*time.Second)
+	defer stop()
+	_ = hs.Shutdown(shutdown)
+	g.GracefulStop()
+	m.log.Info("extauthz stopped")
+	return runErr
+}
+
+// apply installs a policy pushed by the control plane; an error NACKs it and the previous
+// policy stays in force.
+func (m *Main) apply(version string, resources []*anypb.Any) error {
+	var found *authzv1.Policy
+	for _, a := range resources {
+		ext := &corev3.TypedExtensionConfig{}
+		if err := a.UnmarshalTo(ext); err != nil {
+			return fmt.Errorf("decode resource: %w", err)
+		}
+		if ext.GetName() != wire.PolicyResourceName {
+			continue
+		}
+		p := &authzv1.Policy{}
+		if err := ext.GetTypedConfig().UnmarshalTo(p); err != nil {
+			return fmt.Errorf("decode %s: %w", wire.PolicyResourceName, err)
+		}
+		found = p
+	}
+	if found == nil {
+		return fmt.Errorf("no %s resource in the response", wire.PolicyResourceName)
+	}
+	if found.GetRegion() != m.opts.Region {
+		return fmt.Errorf("policy is for region %q, this extauthz serves %q", found.GetRegion(), m.opts.Region)
+	}
+	dp, err := fromProto(found)
+	if err != nil {
+		return err
+	}
+	c, err := decide.Compile(dp)
+	if err != nil {
+		return err
+	}
+	m.policy.Store(c)
+	m.log.Info("caller policy applied", "version", version, "callers", len(dp.Callers), "upstreams", len(dp.Upstreams))
+	return nil
+}
+
+func fromProto(p *authzv1.Policy) (decide.Policy, error) {
+	out := decide.Policy{Region: p.GetRegion()}
+	for _, u := range p.GetUpstreams() {
+		out.Upstreams = append(out.Upstreams, decide.Upstream{Name: u.GetName(), KeyHeader: u.GetKeyHeader(), KeyFormat: u.GetKeyFormat(), API: u.GetApi()})
+	}
+	for _, c := range p.GetCallers() {
+		dc := decide.Caller{
+			Name: c.GetName(), Tenant: c.GetTenant(), TokenSHA256: c.GetTokenSha256(),
+			AllowedUpstreams: c.GetAllowedUpstreams(), Disabled: c.GetDisabled(), BYOK: c.GetBringYourOwnKey(),
+		}
+		if c.GetExpiresAt() != nil {
+			dc.ExpiresAt = c.GetExpiresAt().AsTime()
+		}
+		for _, s := range c.GetAllowCidrs() {
+			pf, err := netip.ParsePrefix(s)
+			if err != nil {
+				return out, fmt.Errorf("caller %s: allow cidr %q: %w", c.GetName(), s, err)
+			}
+			dc.AllowCIDRs = append(dc.AllowCIDRs, pf)
+		}
+		for _, s := range c.GetDenyCidrs() {
+			pf, err := netip.ParsePrefix(s)
+			if err != nil {
+				return out, fmt.Errorf("caller %s: deny cidr %q: %w", c.GetName(), s, err)
+			}
+			dc.DenyCIDRs = append(dc.DenyCIDRs, pf)
+		}
+		out.Callers = append(out.Callers, dc)
+	}
+	return out, nil
+}
+
+// Check implements envoy.service.auth.v3.Authorization.
+func (m *Main) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	attrs := req.GetAttributes()
+	ext := attrs.GetContextExtensions()
+	h := attrs.GetRequest().GetHttp()
+	r := decide.Request{
+		Region:   ext[wire.ContextRegion],
+		Upstream: ext[wire.ContextUpstream],
+		Route:    ext[wire.ContextRoute],
+		Headers:  h.GetHeaders(),
+		Path:     h.GetPath(),
+		Now:      time.Now(),
+	}
+	r.SourceIP, _ = netip.ParseAddr(attrs.GetSource().GetAddress().GetSocketAddress().GetAddress())
+	var d decide.Decision
+	if p := m.policy.Load(); p == nil {
+		d = decide.NotReady(decide.GuessAPI(r))
+	} else {
+		d = p.Decide(r, keySource{m.keys})
+	}
+	m.checks.WithLabelValues(r.Upstream, d.Reason).Inc()
+	if d.Allow {
+		m.log.Debug("allowed", "caller", d.Caller, "route", r.Route, "upstream", r.Upstream, "key", d.KeyName)
+		return allowResponse(d, r.Upstream), nil
+	}
+	m.log.Info("denied", "reason", d.Reason, "status", d.Status, "caller", d.Caller, "route", r.Route, "upstream", r.Upstream, "source", r.SourceIP.String())
+	return denyResponse(d), nil
+}
+
+type keySource struct{ s *keystore.Store }
+
+func (k keySource) Next(upstream string) (string, string, bool) {
+	key, ok := k.s.Next(upstream)
+	if !ok {
+		return "", "", false
+	}
+	return key.Value(), key.Name, true
+}
+
+func allowResponse(d decide.Decision, upstream string) *authv3.CheckResponse {
+	ok := &authv3.OkHttpResponse{
+		HeadersToRemove:         d.RemoveHeaders,
+		QueryParametersToRemove: d.RemoveQueryParams,
+	}
+	for k, v := range d.SetHeaders {
+		// Overwrite: the default appends, and the caller's own value would travel on next
+		// to the real key.
+		ok.Headers = append(ok.Headers, &corev3.HeaderValueOption{
+			Header:       &corev3.HeaderValue{Key: k, Value: v},
+			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+		})
+	}
+	md, _ := structpb.NewStruct(map[string]any{
+		wire.MetadataCaller: d.Caller, wire.MetadataTenant: d.Tenant, wire.MetadataUpstream: upstream,
+	})
+	return &authv3.CheckResponse{
+		Status:          &rpcstatus.Status{Code: int32(codes.OK)},
+		HttpResponse:    &authv3.CheckResponse_OkResponse{OkResponse: ok},
+		DynamicMetadata: md,
+	}
+}
+
+func denyResponse(d decide.Decision) *authv3.CheckResponse {
+	code := codes.PermissionDenied
+	if d.Status == http.StatusUnauthorized {
+		code = codes.Unauthenticated
+	}
+	return &authv3.CheckResponse{
+		Status: &rpcstatus.Status{Code: int32(code)},
+		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+			Status: &typev3.HttpStatus{Code: typev3.StatusCode(d.Status)},
+			Headers: []*corev3.HeaderValueOption{{
+				Header:       &corev3.HeaderValue{Key: "content-type", Value: d.ContentType},
+				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+			}},
+			Body: string(d.Body),
+		}},
+	}
+}
+
+func (m *Main) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		st := m.xds.Status()
+		if m.policy.Load() == nil {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]any{
+				"status": "not ready", "reason": "no caller policy from the control plane yet", "xds_connected": st.Connected,
+			})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "policy_version": st.Version, "xds_connected": st.Connected})
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}

@@ -1,0 +1,346 @@
+// Package xdsclient is a small state-of-the-world ADS client for llmedge's own services
+// (extauthz first): it subscribes to one resource type on the llmedge control plane's
+// AggregatedDiscoveryService, hands every response to an Apply function, ACKs what Apply
+// accepts and NACKs what it rejects, and reconnects with jittered backoff until its context
+// ends. Status reports what is applied, for readiness endpoints.
+//
+// Protocol, per https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol:
+//   - each new stream starts with {node, type_url, resource_names}; version_info and
+//     response_nonce are empty, so the server sends the current state again (Apply must
+//     therefore be idempotent);
+//   - ACK: {type_url, resource_names, version_info: response version, response_nonce};
+//   - NACK: {type_url, resource_names, version_info: last applied version, response_nonce,
+//     error_detail: {code: 3 InvalidArgument, message: Apply's error}}; the previous config
+//     stays in force;
+//   - the node is sent on the first request of a stream only.
+//
+// Which resources a response carries is the server's business: a go-control-plane snapshot
+// cache sends every subscribed resource of the type, a linear cache only those that changed.
+// llmedge subscribes to named resources (extauthz: one Policy named after its region), for
+// which both send the resource whenever it changes.
+package xdsclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	statuspb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// Defaults for Options.
+const (
+	DefaultBackoffMin = 250 * time.Millisecond
+	DefaultBackoffMax = 5 * time.Second
+
+	// Client keepalive: ping an idle connection every 30s and drop it if the ping is not
+	// answered within 10s, so a half-open connection to a vanished control plane is noticed.
+	// The control plane's enforcement policy allows pings every 10s, also without streams.
+	keepaliveTime    = 30 * time.Second
+	keepaliveTimeout = 10 * time.Second
+
+	userAgent = "llmedge-xdsclient"
+)
+
+// Options configure a Client.
+type Options struct {
+	// Server is the host:port of the control plane's gRPC ADS endpoint. Required.
+	Server string
+	// Node identifies this client: id, cluster, and locality.region (which the llmedge
+	// control plane keys its config on). Sent on the first request of each stream. It is
+	// copied; user_agent_name defaults to "llmedge-xdsclient".
+	Node *corev3.Node
+	// TypeURL is the resource type to subscribe to, e.g.
+	// "type.googleapis.com/llmedge.authz.v1.Policy". Required.
+	TypeURL string
+	// Names are the resource names to subscribe to; empty subscribes to all (wildcard).
+	Names []string
+	// Apply validates and applies one response's resources. It is called from Run's
+	// goroutine, one response at a time, and again with the current state after every
+	// reconnect. A nil error ACKs the response; a non-nil error NACKs it (the text goes to
+	// error_detail) and the previously applied config must stay in force. Required.
+	Apply func(version string, resources []*anypb.Any) error
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// BackoffMin and BackoffMax bound the jittered exponential delay between reconnects
+	// (and between repeated NACKs of one version); defaults 250ms and 5s.
+	BackoffMin, BackoffMax time.Duration
+	// DialOptions are added after the defaults (insecure transport credentials, keepalive,
+	// connect backoff), so they can override them, e.g. with TLS credentials.
+	DialOptions []grpc.DialOption
+}
+
+// Status is a snapshot of a Client's state.
+type Status struct {
+	// Connected is true while an ADS stream to the server is open.
+	Connected bool
+	// Version is the version_info of the last applied (ACKed) response; "" before the
+	// first. It survives reconnects: the applied config stays in force meanwhile.
+	Version string
+	// Updated is when Version was applied; zero before the first. A service is ready to
+	// serve once this is set.
+	Updated time.Time
+	// NACKVersion and NACKError describe the last rejected response, and NACKed when it was
+	// rejected. They are cleared when a later response is applied.
+	NACKVersion string
+	NACKError   string
+	NACKed      time.Time
+}
+
+// Client is an ADS client for one resource type. Create it with New and start it with Run.
+type Client struct {
+	o       Options
+	log     *slog.Logger
+	node    *corev3.Node
+	running atomic.Bool
+
+	mu sync.Mutex
+	st Status
+	// nackRepeats counts consecutive NACKs of the same version; it paces the NACKs when a
+	// server re-sends a rejected version at once (go-control-plane's snapshot cache answers
+	// a NACK carrying an older version_info with the same snapshot immediately).
+	nackRepeats int
+}
+
+// New checks o and fills in its defaults.
+func New(o Options) (*Client, error) {
+	switch {
+	case o.Server == "":
+		return nil, errors.New("xdsclient: Options.Server is required")
+	case o.TypeURL == "":
+		return nil, errors.New("xdsclient: Options.TypeURL is required")
+	case o.Apply == nil:
+		return nil, errors.New("xdsclient: Options.Apply is required")
+	}
+	if o.BackoffMin <= 0 {
+		o.BackoffMin = DefaultBackoffMin
+	}
+	if o.BackoffMax <= 0 {
+		o.BackoffMax = DefaultBackoffMax
+	}
+	if o.BackoffMax < o.BackoffMin {
+		o.BackoffMax = o.BackoffMin
+	}
+	o.Names = append([]string(nil), o.Names...)
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	node := &corev3.Node{}
+	if o.Node != nil {
+		node = proto.Clone(o.Node).(*corev3.Node)
+	}
+	if node.UserAgentName == "" {
+		node.UserAgentName = userAgent
+	}
+	return &Client{
+		o:    o,
+		node: node,
+		log:  log.With("component", "xdsclient", "server", o.Server, "type_url", o.TypeURL),
+	}, nil
+}
+
+// Run is New(o) followed by Client.Run(ctx).
+func Run(ctx context.Context, o Options) error {
+	c, err := New(o)
+	if err != nil {
+		return err
+	}
+	return c.Run(ctx)
+}
+
+// Status returns the client's current state; safe to call from any goroutine.
+func (c *Client) Status() Status {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.st
+}
+
+// Run keeps an ADS stream to the server open, reconnecting with jittered exponential
+// backoff whenever it fails, until ctx ends; it then returns nil. It returns an error only
+// if the gRPC client cannot be created (a malformed address or dial option) or if Run is
+// already running.
+func (c *Client) Run(ctx context.Context) error {
+	if !c.running.CompareAndSwap(false, true) {
+		return errors.New("xdsclient: Run called twice")
+	}
+	defer c.running.Store(false)
+
+	opts := append([]grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{
+			Time: keepaliveTime, Timeout: keepaliveTimeout, PermitWithoutStream: true,
+		}),
+		// Reconnect the connection itself on the same schedule as the streams; gRPC's
+		// default grows to 120s.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: backoff.Config{
+				BaseDelay: c.o.BackoffMin, Multiplier: 1.6, Jitter: 0.2, MaxDelay: c.o.BackoffMax,
+			},
+			MinConnectTimeout: 20 * time.Second,
+		}),
+		grpc.WithUserAgent(userAgent),
+	}, c.o.DialOptions...)
+	conn, err := grpc.NewClient(c.o.Server, opts...)
+	if err != nil {
+		return fmt.Errorf("xdsclient: %w", err)
+	}
+	defer conn.Close()
+	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
+
+	failures := 0
+	for {
+		received, err := c.stream(ctx, ads)
+		if ctx.Err() != nil {
+			c.log.Debug("xds client stopped")
+			return nil
+		}
+		if received {
+			// The stream worked for a while; start the next one soon.
+			failures = 0
+		}
+		delay := c.backoff(failures)
+		failures++
+		c.log.Warn("xds stream to the control plane failed; reconnecting",
+			"error", err, "retry_in", delay.Round(time.Millisecond), "version", c.Status().Version)
+		if !sleep(ctx, delay) {
+			c.log.Debug("xds client stopped")
+			return nil
+		}
+	}
+}
+
+// stream runs one ADS stream until it fails or ctx ends. received reports whether the
+// server sent at least one response of our type on it.
+func (c *Client) stream(ctx context.Context, ads discoveryv3.AggregatedDiscoveryServiceClient) (received bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := ads.StreamAggregatedResources(ctx)
+	if err != nil {
+		return false, err
+	}
+	if err := st.Send(&discoveryv3.DiscoveryRequest{
+		Node:          c.node,
+		TypeUrl:       c.o.TypeURL,
+		ResourceNames: c.o.Names,
+	}); err != nil {
+		return false, sendErr(st, err)
+	}
+	c.setConnected(true)
+	defer c.setConnected(false)
+	c.log.Info("xds stream open", "names", c.o.Names)
+
+	for {
+		resp, err := st.Recv()
+		if err != nil {
+			return received, err
+		}
+		if resp.GetTypeUrl() != c.o.TypeURL {
+			// Not subscribed to; a SotW server sends nothing it was not asked for.
+			c.log.Warn("ignoring xds response of another type", "got_type_url", resp.GetTypeUrl())
+			continue
+		}
+		received = true
+		req, pace := c.handle(resp)
+		if pace > 0 && !sleep(ctx, pace) {
+			return received, ctx.Err()
+		}
+		if err := st.Send(req); err != nil {
+			return received, sendErr(st, err)
+		}
+	}
+}
+
+// handle applies one response and returns the ACK or NACK to send, and how long to wait
+// before sending it (non-zero only when NACKing the same version again).
+func (c *Client) handle(resp *discoveryv3.DiscoveryResponse) (*discoveryv3.DiscoveryRequest, time.Duration) {
+	version := resp.GetVersionInfo()
+	applyErr := c.o.Apply(version, resp.GetResources())
+
+	req := &discoveryv3.DiscoveryRequest{
+		TypeUrl:       c.o.TypeURL,
+		ResourceNames: c.o.Names,
+		ResponseNonce: resp.GetNonce(),
+	}
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if applyErr == nil {
+		req.VersionInfo = version
+		c.st.Version, c.st.Updated = version, now
+		c.st.NACKVersion, c.st.NACKError, c.st.NACKed = "", "", time.Time{}
+		c.nackRepeats = 0
+		c.log.Info("xds config applied", "version", version, "resources", len(resp.GetResources()))
+		return req, 0
+	}
+
+	msg := applyErr.Error()
+	req.VersionInfo = c.st.Version
+	req.ErrorDetail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: msg}
+	var pace time.Duration
+	if c.st.NACKError != "" && c.st.NACKVersion == version {
+		pace = c.backoff(c.nackRepeats)
+		c.nackRepeats++
+	} else {
+		c.nackRepeats = 0
+	}
+	c.st.NACKVersion, c.st.NACKError, c.st.NACKed = version, msg, now
+	c.log.Error("xds config rejected; keeping the previous one",
+		"version", version, "error", msg, "current_version", c.st.Version)
+	return req, pace
+}
+
+func (c *Client) setConnected(v bool) {
+	c.mu.Lock()
+	c.st.Connected = v
+	c.mu.Unlock()
+}
+
+// backoff returns the delay before retry number n (0-based): BackoffMin doubled n times,
+// capped at BackoffMax, then jittered by ±20% and kept within [BackoffMin, BackoffMax].
+func (c *Client) backoff(n int) time.Duration {
+	d := c.o.BackoffMin
+	for i := 0; i < n && d < c.o.BackoffMax; i++ {
+		d *= 2
+	}
+	d = time.Duration(float64(min(d, c.o.BackoffMax)) * (0.8 + 0.4*rand.Float64()))
+	return min(max(d, c.o.BackoffMin), c.o.BackoffMax)
+}
+
+// sleep waits for d or until ctx ends; it reports whether the full delay elapsed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// sendErr turns a Send error into the stream's real status: gRPC's Send returns io.EOF
+// when the stream has ended, and the reason is then available from Recv.
+func sendErr(st discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient, err error) error {
+	if errors.Is(err, io.EOF) {
+		if _, rerr := st.Recv(); rerr != nil {
+			return rerr
+		}
+	}
+	return err
+}
