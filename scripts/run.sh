@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make run`: a local two-region edge as plain processes — the fake LLM upstream, the control
-# plane and one Envoy per region (hk, sg) — with working defaults. Every port can be
-# overridden by environment variables. Ctrl-C stops everything.
+# plane, and per region (hk, sg) an extauthz and an Envoy — with working defaults and a demo
+# caller token. Every port can be overridden by environment variables. Where
+# OPENAI_API_KEY, ANTHROPIC_API_KEY or GEMINI_API_KEY are set, that upstream points at the
+# real provider with that key instead of the fake. Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -13,6 +15,10 @@ SG_ADMIN=${LLMEDGE_SG_ADMIN_PORT:-9902}
 XDS_PORT=${LLMEDGE_XDS_PORT:-18000}
 HTTP_PORT=${LLMEDGE_HTTP_PORT:-18080}
 FAKE_PORT=${LLMEDGE_FAKE_PORT:-8090}
+HK_AUTHZ=${LLMEDGE_HK_AUTHZ_PORT:-10100}
+SG_AUTHZ=${LLMEDGE_SG_AUTHZ_PORT:-10101}
+HK_AUTHZ_HTTP=${LLMEDGE_HK_AUTHZ_HTTP_PORT:-10200}
+SG_AUTHZ_HTTP=${LLMEDGE_SG_AUTHZ_HTTP_PORT:-10201}
 ROUTES_SRC=${LLMEDGE_ROUTES:-examples/routes.yaml}
 
 RUN=$ROOT/.run
@@ -22,17 +28,59 @@ ENVOY=$ROOT/.tools/bin/envoy
 [ -x "$ENVOY" ] || { echo "run.sh: $ENVOY missing; run 'make tools'" >&2; exit 1; }
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$HK_PORT" "$SG_PORT" "$HK_ADMIN" "$SG_ADMIN" "$XDS_PORT" "$HTTP_PORT" "$FAKE_PORT"; do
+for p in "$HK_PORT" "$SG_PORT" "$HK_ADMIN" "$SG_ADMIN" "$XDS_PORT" "$HTTP_PORT" "$FAKE_PORT" \
+	"$HK_AUTHZ" "$SG_AUTHZ" "$HK_AUTHZ_HTTP" "$SG_AUTHZ_HTTP"; do
 	port_free "$p" || { echo "run.sh: port $p is in use (another 'make run'? set LLMEDGE_*_PORT to move it)" >&2; exit 1; }
 done
 
-# The routes YAML the control plane watches is a copy in .run/, with the demo ports filled
-# in, so editing it live never touches the tracked example.
-if [ ! -f "$ROUTES" ] || [ -n "${LLMEDGE_ROUTES:-}" ] || [ "$ROUTES_SRC" -nt "$ROUTES" ]; then
-	sed -e "s/127.0.0.1:10000/127.0.0.1:$HK_PORT/; s/127.0.0.1:10001/127.0.0.1:$SG_PORT/; s#http://127.0.0.1:8090#http://127.0.0.1:$FAKE_PORT#" \
-		"$ROUTES_SRC" >"$ROUTES"
+# The demo caller's token is minted once and kept (mode 0600) in .run/, so a second
+# `make run` keeps working with the token printed the first time.
+TOKEN_FILE=$RUN/demo-token.json
+if [ ! -s "$TOKEN_FILE" ]; then
+	(umask 077 && bin/llmedge token new --caller demo --json >"$TOKEN_FILE")
+fi
+TOKEN=$(sed -n 's/.*"token":"\([^"]*\)".*/\1/p' "$TOKEN_FILE")
+DIGEST=$(sed -n 's/.*"digest":"\([^"]*\)".*/\1/p' "$TOKEN_FILE")
+
+# The routes YAML the control plane watches is a copy in .run/, with the demo ports and
+# the demo caller filled in, so editing it live never touches the tracked example.
+if [ ! -f "$ROUTES" ] || [ -n "${LLMEDGE_ROUTES:-}" ] || [ "$ROUTES_SRC" -nt "$ROUTES" ] || ! grep -q "$DIGEST" "$ROUTES"; then
+	{
+		sed -e "s/127.0.0.1:10000/127.0.0.1:$HK_PORT/; s/127.0.0.1:10001/127.0.0.1:$SG_PORT/" \
+			-e "s/127.0.0.1:10100/127.0.0.1:$HK_AUTHZ/; s/127.0.0.1:10101/127.0.0.1:$SG_AUTHZ/" \
+			-e "s#http://127.0.0.1:8090#http://127.0.0.1:$FAKE_PORT#" "$ROUTES_SRC"
+		cat <<YAML
+
+callers:
+  demo:
+    tokens: [$DIGEST]
+    upstreams: [openai, anthropic, gemini]
+YAML
+	} >"$ROUTES"
 fi
 bin/llmedge validate --config "$ROUTES"
+
+# Upstream keys: one file per key under .run/keys/<upstream>/. The fake accepts any key; a
+# provider key from the environment switches that upstream to the real provider (through
+# an environment override of its url, so the routes YAML stays as it is).
+KEYS=$RUN/keys
+real=()
+provider() { # upstream, env var, real url
+	local up=$1 var=$2 url=$3
+	mkdir -p "$KEYS/$up"
+	if [ -n "${!var:-}" ]; then
+		(umask 077 && printf '%s\n' "${!var}" >"$KEYS/$up/from-env")
+		rm -f "$KEYS/$up/demo"
+		export "LLMEDGE_UPSTREAMS_${up^^}_URL=$url"
+		real+=("$up")
+	else
+		(umask 077 && echo "demo-key-for-the-fake-upstream" >"$KEYS/$up/demo")
+		rm -f "$KEYS/$up/from-env"
+	fi
+}
+provider openai OPENAI_API_KEY https://api.openai.com
+provider anthropic ANTHROPIC_API_KEY https://api.anthropic.com
+provider gemini GEMINI_API_KEY https://generativelanguage.googleapis.com
 
 pids=()
 cleanup() {
@@ -66,6 +114,12 @@ start controlplane bin/llmedge controlplane --config "$ROUTES" \
 	--xds-listen "127.0.0.1:$XDS_PORT" --http-listen "127.0.0.1:$HTTP_PORT" --log-format json
 wait_http "http://127.0.0.1:$FAKE_PORT/_fake/healthz" "the fake upstream"
 wait_http "http://127.0.0.1:$HTTP_PORT/readyz" "the control plane"
+start extauthz-hk bin/llmedge extauthz --region hk --xds "127.0.0.1:$XDS_PORT" --keys-dir "$KEYS" \
+	--grpc-listen "127.0.0.1:$HK_AUTHZ" --http-listen "127.0.0.1:$HK_AUTHZ_HTTP"
+start extauthz-sg bin/llmedge extauthz --region sg --xds "127.0.0.1:$XDS_PORT" --keys-dir "$KEYS" \
+	--grpc-listen "127.0.0.1:$SG_AUTHZ" --http-listen "127.0.0.1:$SG_AUTHZ_HTTP"
+wait_http "http://127.0.0.1:$HK_AUTHZ_HTTP/readyz" "extauthz hk"
+wait_http "http://127.0.0.1:$SG_AUTHZ_HTTP/readyz" "extauthz sg"
 for region in hk sg; do
 	admin=$HK_ADMIN; [ "$region" = sg ] && admin=$SG_ADMIN
 	bin/llmedge bootstrap --region "$region" --admin-port "$admin" --xds "127.0.0.1:$XDS_PORT" >"$RUN/envoy-$region.yaml"
@@ -74,22 +128,32 @@ done
 wait_http "http://127.0.0.1:$HK_ADMIN/ready" "Envoy hk"
 wait_http "http://127.0.0.1:$SG_ADMIN/ready" "Envoy sg"
 
-cat >"$RUN/edge.json" <<JSON
+(umask 077 && cat >"$RUN/edge.json" <<JSON
 {
+  "token": "$TOKEN",
   "regions": {
-    "hk": {"edge": "http://127.0.0.1:$HK_PORT", "admin": "http://127.0.0.1:$HK_ADMIN"},
-    "sg": {"edge": "http://127.0.0.1:$SG_PORT", "admin": "http://127.0.0.1:$SG_ADMIN"}
+    "hk": {"edge": "http://127.0.0.1:$HK_PORT", "admin": "http://127.0.0.1:$HK_ADMIN", "extauthz": "http://127.0.0.1:$HK_AUTHZ_HTTP"},
+    "sg": {"edge": "http://127.0.0.1:$SG_PORT", "admin": "http://127.0.0.1:$SG_ADMIN", "extauthz": "http://127.0.0.1:$SG_AUTHZ_HTTP"}
   },
   "control_plane": {"xds": "127.0.0.1:$XDS_PORT", "status": "http://127.0.0.1:$HTTP_PORT/status"},
   "fake_upstream": "http://127.0.0.1:$FAKE_PORT",
   "routes_yaml": "$ROUTES",
+  "keys_dir": "$KEYS",
   "logs": "$RUN/logs"
 }
 JSON
+)
 
+if [ ${#real[@]} -eq 0 ]; then
+	UPSTREAMS_NOTE="every upstream is the fake LLM upstream (no provider keys needed)"
+else
+	UPSTREAMS_NOTE="real provider for: ${real[*]}; the fake LLM upstream for the rest"
+fi
 cat <<BANNER
 
-  llmedge is running: two regions, fake LLM upstream (no provider keys needed)
+  llmedge is running: two regions; $UPSTREAMS_NOTE
+
+  demo caller token (keep it secret):  $TOKEN
 
   region hk   edge http://127.0.0.1:$HK_PORT    admin http://127.0.0.1:$HK_ADMIN
   region sg   edge http://127.0.0.1:$SG_PORT    admin http://127.0.0.1:$SG_ADMIN
@@ -98,10 +162,14 @@ cat <<BANNER
   logs        $RUN/logs/      facts for scripts: $RUN/edge.json
 
   Try:
-    curl -s http://127.0.0.1:$HK_PORT/openai/v1/chat/completions -H 'content-type: application/json' \\
-      -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}]}'
-    curl -sN http://127.0.0.1:$SG_PORT/gemini/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse \\
-      -H 'content-type: application/json' -d '{"contents":[{"parts":[{"text":"hello"}]}]}'
+    export LLMEDGE_TOKEN=$TOKEN
+    curl -s http://127.0.0.1:$HK_PORT/openai/v1/chat/completions -H "Authorization: Bearer \$LLMEDGE_TOKEN" \\
+      -H 'content-type: application/json' -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}]}'
+    curl -sN 'http://127.0.0.1:$SG_PORT/gemini/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse' \\
+      -H "x-goog-api-key: \$LLMEDGE_TOKEN" -H 'content-type: application/json' -d '{"contents":[{"parts":[{"text":"hello"}]}]}'
+
+  SDKs: base_url http://127.0.0.1:$HK_PORT/openai/v1 (OpenAI), http://127.0.0.1:$HK_PORT/anthropic (Anthropic),
+        http://127.0.0.1:$SG_PORT/gemini (Google GenAI), api_key = the token above.
 
   Ctrl-C stops everything.
 BANNER

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real binaries the tests run (Envoy, envoyproxy/ratelimit,
-# redis-server, and protoc for scripts/proto.sh and its drift check) into the
+# redis-server, and protoc for scripts/proto.sh and its drift check), and the
+# official Python SDKs the e2e suite drives through the edge, into the
 # git-ignored .tools/ folder. Idempotent: a re-run with everything present only
 # checks versions and takes well under a second.
 set -euo pipefail
@@ -13,6 +14,11 @@ PROTOC_SERIES=3.21
 # go-control-plane; pin a pseudo-version of main instead.
 RATELIMIT_VERSION=v1.4.1-0.20260122083618-3fb702589d36
 RATELIMIT_PKG=github.com/envoyproxy/ratelimit/src/service_cmd
+# The official provider SDKs (PyPI), installed into the same venv as Envoy's
+# wheel; e2e/sdk_test.go runs e2e/testdata/sdk/check.py with them.
+OPENAI_SDK_VERSION=3.57.0
+ANTHROPIC_SDK_VERSION=2.14.0
+GOOGLE_GENAI_SDK_VERSION=3.6.1
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="${LLMEDGE_TOOLS:-$REPO_ROOT/.tools}"
@@ -149,3 +155,25 @@ case "$protoc_ver" in
 *) die "$PROTOC_SYS is not protoc ${PROTOC_SERIES}.x: $protoc_ver" ;;
 esac
 say protoc "$protoc_state (${protoc_ver#libprotoc })"
+
+# --- Official Python SDKs (openai, anthropic, google-genai) in the venv ------
+# Presence is checked through the pinned dist-info folders, so a re-run does
+# not start pip (which alone takes about a second).
+SDK_PINS=("openai==$OPENAI_SDK_VERSION" "anthropic==$ANTHROPIC_SDK_VERSION" "google-genai==$GOOGLE_GENAI_SDK_VERSION")
+sdks_present() {
+	local pin name ver
+	for pin in "${SDK_PINS[@]}"; do
+		name="${pin%%==*}" ver="${pin#*==}"
+		compgen -G "$VENV/lib/python3*/site-packages/${name//-/_}-${ver}.dist-info" >/dev/null || return 1
+	done
+}
+if sdks_present; then
+	sdk_state="already present"
+else
+	[ -x "$VENV/bin/python" ] || die "$VENV/bin/python missing (the Envoy step should have created the venv)"
+	"$VENV/bin/python" -m pip install -q --disable-pip-version-check "${SDK_PINS[@]}" ||
+		die "pip install ${SDK_PINS[*]} failed"
+	sdks_present || die "pip installed ${SDK_PINS[*]} but their dist-info folders are not in $VENV"
+	sdk_state="installed"
+fi
+say python-sdks "$sdk_state (openai $OPENAI_SDK_VERSION, anthropic $ANTHROPIC_SDK_VERSION, google-genai $GOOGLE_GENAI_SDK_VERSION)"

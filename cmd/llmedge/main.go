@@ -9,6 +9,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -227,6 +228,7 @@ func runToken(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	}
 	fs := newFlags("token "+args[0], stderr)
 	caller := fs.String("caller", "", "caller name, as under callers: in the routes YAML")
+	asJSON := fs.Bool("json", false, "token new: print {caller, token, digest} as JSON, for scripts")
 	if err := parse(fs, args[1:]); err != nil {
 		return err
 	}
@@ -249,6 +251,11 @@ func runToken(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	tok, err := token.New()
 	if err != nil {
 		return err
+	}
+	if *asJSON {
+		return json.NewEncoder(stdout).Encode(map[string]string{
+			"caller": *caller, "token": tok, "digest": config.TokenHashPrefix + token.Digest(tok),
+		})
 	}
 	fmt.Fprintf(stdout, `Token for caller %[1]q (shown once; it is stored nowhere, keep it secret):
 
