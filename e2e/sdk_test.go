@@ -223,7 +223,11 @@ func TestOfficialSDKs(t *testing.T) {
 		if strings.Contains(string(raw), tok) {
 			t.Errorf("%s %s: the llmedge token reached the upstream: %s", sdk, r.Path, raw)
 		}
-		t.Logf("upstream: %s %s?%s user-agent %q", r.Method, r.Path, r.RawQuery, r.Header.Get("user-agent"))
+		target := r.Path
+		if r.RawQuery != "" {
+			target += "?" + r.RawQuery
+		}
+		t.Logf("upstream: %s %s user-agent %q", r.Method, target, r.Header.Get("user-agent"))
 	}
 	for sdk, e := range expects {
 		for what, count := range e.paths {
