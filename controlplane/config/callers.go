@@ -104,6 +104,7 @@ func validateCallers(callers map[string]Caller, ups map[string]Upstream, c *coll
 		if !in.Expires.IsZero() {
 			cl.ExpiresAt = in.Expires.UTC()
 		}
+		cl.Limits = validateLimits(p, in.Limits, cl.Upstreams, true, c)
 		cl.AllowCIDRs = prefixes(p+".allow_ips", in.AllowIPs, c)
 		cl.DenyCIDRs = prefixes(p+".deny_ips", in.DenyIPs, c)
 		if len(c.errs) == n {

@@ -28,6 +28,12 @@ type Region struct {
 	// ExtAuthz is host:port of the region's extauthz service. Every request is checked
 	// by it; Envoy fails closed when it is unreachable.
 	ExtAuthz string `mapstructure:"extauthz"`
+	// RateLimit is host:port of the region's envoyproxy/ratelimit (gRPC); required once any
+	// caller or upstream has limits.
+	RateLimit string `mapstructure:"ratelimit"`
+	// RateLimitFailure says what happens when the rate-limit service cannot answer:
+	// "allow" (default, fail open) or "deny" (refuse the request).
+	RateLimitFailure string `mapstructure:"ratelimit_failure"`
 }
 
 // Upstream is one LLM provider endpoint.
@@ -45,6 +51,17 @@ type Upstream struct {
 	API       string `mapstructure:"api"`
 	KeyHeader string `mapstructure:"key_header"`
 	KeyFormat string `mapstructure:"key_format"`
+	// Limits protect the upstream (its provider key's own quota) across all callers.
+	Limits []Limit `mapstructure:"limits"`
+}
+
+// Limit is one quota: at most Requests per Per. A caller's limit may name an Upstream to
+// count only that upstream's requests. Shadow counts without refusing anything.
+type Limit struct {
+	Requests int    `mapstructure:"requests"`
+	Per      string `mapstructure:"per"` // second, minute, hour or day
+	Upstream string `mapstructure:"upstream"`
+	Shadow   bool   `mapstructure:"shadow"`
 }
 
 // Caller is one client of the edge, identified by its tokens.
@@ -61,6 +78,7 @@ type Caller struct {
 	AllowIPs []string  `mapstructure:"allow_ips"`
 	DenyIPs  []string  `mapstructure:"deny_ips"`
 	BYOK     bool      `mapstructure:"bring_your_own_key"`
+	Limits   []Limit   `mapstructure:"limits"`
 }
 
 // TLS is the upstream TLS client setting.

@@ -72,6 +72,7 @@ func Validate(f File) (*model.Config, error) {
 	}
 	checkRouteConflicts(cfg.Routes, &c)
 	cfg.Callers = validateCallers(f.Callers, f.Upstreams, &c)
+	validateRateLimitService(f, cfg, &c)
 	if err := c.err(); err != nil {
 		return nil, err
 	}
@@ -255,6 +256,7 @@ func validateUpstream(p, name string, u Upstream, regions map[string]Region, c *
 	}
 	out.AllowedRegions = slices.Sorted(slices.Values(u.AllowedRegions))
 	validateKeyInjection(p, u, &out, c)
+	out.Limits = validateLimits(p, u.Limits, nil, false, c)
 	return out, len(c.errs) == n
 }
 

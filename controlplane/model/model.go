@@ -33,6 +33,11 @@ type Region struct {
 	// ExtAuthzHost/Port is the region's extauthz service.
 	ExtAuthzHost string
 	ExtAuthzPort uint32
+	// RateLimitHost/Port is the region's envoyproxy/ratelimit; empty when the config has
+	// no limits at all. RateLimitFailClosed refuses requests when it cannot answer.
+	RateLimitHost       string
+	RateLimitPort       uint32
+	RateLimitFailClosed bool
 }
 
 // Protocol selects how Envoy speaks to an upstream.
@@ -70,8 +75,34 @@ type Upstream struct {
 	AllowedRegions    []string // sorted
 
 	API       API
-	KeyHeader string // lower case
-	KeyFormat string // contains "{key}" exactly once
+	KeyHeader string  // lower case
+	KeyFormat string  // contains "{key}" exactly once
+	Limits    []Limit // across all callers; at most one per unit
+}
+
+// Unit is a quota window.
+type Unit string
+
+const (
+	Second Unit = "second"
+	Minute Unit = "minute"
+	Hour   Unit = "hour"
+	Day    Unit = "day"
+)
+
+// Units lists the windows in order.
+var Units = []Unit{Second, Minute, Hour, Day}
+
+// Limit is one quota.
+type Limit struct {
+	// Name is the limit's field path in the routes YAML, e.g. "callers.alice.limits[0]":
+	// it names the limit in 429 bodies, stats and /status.
+	Name     string
+	Requests uint32
+	Unit     Unit
+	// Upstream, on a caller's limit, counts only that upstream's requests.
+	Upstream string
+	Shadow   bool
 }
 
 // API is a provider's API family.
@@ -94,6 +125,8 @@ type Caller struct {
 	AllowCIDRs  []netip.Prefix
 	DenyCIDRs   []netip.Prefix
 	BYOK        bool
+	// Limits: at most one per unit for the caller as a whole, and one per unit and upstream.
+	Limits []Limit
 }
 
 // TLS is the upstream TLS client setting.
@@ -143,6 +176,21 @@ func (c *Config) Upstream(name string) (Upstream, bool) {
 		}
 	}
 	return Upstream{}, false
+}
+
+// HasLimits reports whether any caller or upstream has a quota.
+func (c *Config) HasLimits() bool {
+	for _, cl := range c.Callers {
+		if len(cl.Limits) > 0 {
+			return true
+		}
+	}
+	for _, u := range c.Upstreams {
+		if len(u.Limits) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // RegionNames lists the region names in order.

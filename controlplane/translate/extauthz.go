@@ -25,8 +25,8 @@ const (
 	// extauthz runs next to Envoy (same host or region): a check takes well under a
 	// millisecond, so 250 ms only trips when it is stuck, and then the request fails
 	// closed with 503 rather than waiting.
-	extAuthzTimeout        = 250 * time.Millisecond
-	extAuthzConnectTimeout = time.Second
+	extAuthzTimeout    = 250 * time.Millisecond
+	grpcConnectTimeout = time.Second
 )
 
 // extAuthzFilter checks every request with the region's extauthz over gRPC. It fails
@@ -74,6 +74,11 @@ func extAuthzPerRoute(region string, rt model.Route) (*anypb.Any, error) {
 
 // extAuthzCluster reaches the region's extauthz over HTTP/2 (gRPC).
 func extAuthzCluster(r model.Region) (*clusterv3.Cluster, error) {
+	return grpcCluster(wire.ExtAuthzClusterName, r.ExtAuthzHost, r.ExtAuthzPort)
+}
+
+// grpcCluster is a plain HTTP/2 cluster for one of the region's own gRPC services.
+func grpcCluster(name, host string, port uint32) (*clusterv3.Cluster, error) {
 	opts, err := toAny(&httpv3.HttpProtocolOptions{
 		UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
 			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}},
@@ -83,14 +88,14 @@ func extAuthzCluster(r model.Region) (*clusterv3.Cluster, error) {
 		return nil, err
 	}
 	c := &clusterv3.Cluster{
-		Name:           wire.ExtAuthzClusterName,
-		ConnectTimeout: durationpb.New(extAuthzConnectTimeout),
+		Name:           name,
+		ConnectTimeout: durationpb.New(grpcConnectTimeout),
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{
-			ClusterName: wire.ExtAuthzClusterName,
+			ClusterName: name,
 			Endpoints: []*endpointv3.LocalityLbEndpoints{{
 				LbEndpoints: []*endpointv3.LbEndpoint{{
 					HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
-						Address: socketAddress(r.ExtAuthzHost, r.ExtAuthzPort),
+						Address: socketAddress(host, port),
 					}},
 				}},
 			}},
@@ -99,7 +104,7 @@ func extAuthzCluster(r model.Region) (*clusterv3.Cluster, error) {
 			"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts,
 		},
 	}
-	if isIP(r.ExtAuthzHost) {
+	if isIP(host) {
 		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}
 	} else {
 		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STRICT_DNS}

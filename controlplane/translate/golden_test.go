@@ -42,11 +42,11 @@ func TestGolden(t *testing.T) {
 			}
 			want := map[string]bool{}
 			for region, res := range all {
-				l, r, c, pol, err := res.YAML()
+				l, r, c, pol, rls, err := res.YAML()
 				if err != nil {
 					t.Fatal(err)
 				}
-				for kind, got := range map[string][]byte{"listeners": l, "routes": r, "clusters": c, "policy": pol} {
+				for kind, got := range map[string][]byte{"listeners": l, "routes": r, "clusters": c, "policy": pol, "ratelimits": rls} {
 					file := filepath.Join(outDir, region+"."+kind+".yaml")
 					want[file] = true
 					if *update {

@@ -58,6 +58,19 @@ func connectionManager(r model.Region) (*anypb.Any, error) {
 	if err != nil {
 		return nil, err
 	}
+	filters := []*hcmv3.HttpFilter{authz}
+	if r.RateLimitHost != "" {
+		// After ext_authz: the quota descriptors are built from the caller it names.
+		rl, err := rateLimitFilter(r)
+		if err != nil {
+			return nil, err
+		}
+		filters = append(filters, rl)
+	}
+	filters = append(filters, &hcmv3.HttpFilter{
+		Name:       "envoy.filters.http.router",
+		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router},
+	})
 	accessLog, err := jsonAccessLog(r.Name)
 	if err != nil {
 		return nil, err
@@ -69,12 +82,9 @@ func connectionManager(r model.Region) (*anypb.Any, error) {
 			ConfigSource:    adsSource(),
 			RouteConfigName: RouteConfigName(r.Name),
 		}},
-		// ext_authz first: nothing reaches the router, or later quota filters, without a
+		// ext_authz first: nothing reaches the quota filter or the router without a
 		// decision from the region's extauthz.
-		HttpFilters: []*hcmv3.HttpFilter{authz, {
-			Name:       "envoy.filters.http.router",
-			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router},
-		}},
+		HttpFilters: filters,
 		// The edge sees callers directly (or through xff_trusted_hops proxies): the client
 		// address, not a header the client wrote, is the source of truth.
 		UseRemoteAddress:  wrapperspb.Bool(true),
@@ -198,6 +208,7 @@ func localReplies(region string) *hcmv3.LocalReplyConfig {
 			}},
 			// Any other UAEX reply means extauthz could not be asked (down, timed out).
 			{Filter: flag("UAEX"), BodyFormatOverride: body("the auth service is unavailable; the request was not forwarded")},
+			{Filter: flag("RL"), BodyFormatOverride: rateLimited(region)},
 			{Filter: flag("NR"), BodyFormatOverride: body("no route in region " + region + " matches this request (check the path prefix, and that the upstream is served in this region)")},
 			{Filter: flag("UT"), BodyFormatOverride: body("the upstream did not answer within its response_timeout")},
 			{Filter: flag("SI"), BodyFormatOverride: body("the stream was idle for longer than the upstream's stream_idle_timeout")},
@@ -219,4 +230,24 @@ func socketAddress(ip string, port uint32) *corev3.Address {
 		Address:       ip,
 		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
 	}}}
+}
+
+// rateLimited is the 429 body: which caller, and the limits in force with their names (the
+// X-RateLimit-Limit quota policies, e.g. `60, 60;w=60;name="callers.alice.limits[0]"`).
+func rateLimited(region string) *corev3.SubstitutionFormatString {
+	s, _ := structpb.NewStruct(map[string]any{
+		"error": map[string]any{
+			"type":                "rate_limit_exceeded",
+			"code":                "%RESPONSE_CODE%",
+			"message":             "rate limit exceeded for caller %DYNAMIC_METADATA(envoy.filters.http.ext_authz:caller)%; retry after the reset",
+			"limit":               "%RESP(X-RATELIMIT-LIMIT)%",
+			"retry_after_seconds": "%RESP(X-RATELIMIT-RESET)%",
+			"region":              region,
+			"request_id":          "%REQ(X-REQUEST-ID)%",
+		},
+	})
+	return &corev3.SubstitutionFormatString{
+		Format:      &corev3.SubstitutionFormatString_JsonFormat{JsonFormat: s},
+		ContentType: "application/json",
+	}
 }

@@ -24,7 +24,7 @@ const (
 	retryMaxDelay = time.Second
 )
 
-func routeConfig(r model.Region, routes []model.Route, cfg *model.Config) (*routev3.RouteConfiguration, error) {
+func routeConfig(r model.Region, routes []model.Route, cfg *model.Config, limits func(upstream string) []*routev3.RateLimit) (*routev3.RouteConfiguration, error) {
 	hostSet := map[string]bool{}
 	var wildcard []model.Route
 	for _, rt := range routes {
@@ -54,13 +54,13 @@ func routeConfig(r model.Region, routes []model.Route, cfg *model.Config) (*rout
 				}
 			}
 		}
-		vh, err := virtualHost(r.Name, h, []string{h}, append(own, wildcard...), cfg)
+		vh, err := virtualHost(r.Name, h, []string{h}, append(own, wildcard...), cfg, limits)
 		if err != nil {
 			return nil, err
 		}
 		vhosts = append(vhosts, vh)
 	}
-	vh, err := virtualHost(r.Name, "any", []string{"*"}, wildcard, cfg)
+	vh, err := virtualHost(r.Name, "any", []string{"*"}, wildcard, cfg, limits)
 	if err != nil {
 		return nil, err
 	}
@@ -71,7 +71,7 @@ func routeConfig(r model.Region, routes []model.Route, cfg *model.Config) (*rout
 	}, nil
 }
 
-func virtualHost(region, name string, domains []string, routes []model.Route, cfg *model.Config) (*routev3.VirtualHost, error) {
+func virtualHost(region, name string, domains []string, routes []model.Route, cfg *model.Config, limits func(string) []*routev3.RateLimit) (*routev3.VirtualHost, error) {
 	ordered := append([]model.Route(nil), routes...)
 	// Stable on purpose: at equal specificity host-specific routes (listed first) win.
 	sort.SliceStable(ordered, func(i, j int) bool {
@@ -87,7 +87,7 @@ func virtualHost(region, name string, domains []string, routes []model.Route, cf
 	vh := &routev3.VirtualHost{Name: name, Domains: domains}
 	for _, rt := range ordered {
 		u, _ := cfg.Upstream(rt.Upstream)
-		r, err := route(region, rt, u)
+		r, err := route(region, rt, u, limits(u.Name))
 		if err != nil {
 			return nil, err
 		}
@@ -96,7 +96,7 @@ func virtualHost(region, name string, domains []string, routes []model.Route, cf
 	return vh, nil
 }
 
-func route(region string, rt model.Route, u model.Upstream) (*routev3.Route, error) {
+func route(region string, rt model.Route, u model.Upstream, limits []*routev3.RateLimit) (*routev3.Route, error) {
 	action := &routev3.RouteAction{
 		ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: ClusterName(u.Name)},
 		HostRewriteSpecifier: &routev3.RouteAction_HostRewriteLiteral{
@@ -116,6 +116,7 @@ func route(region string, rt model.Route, u model.Upstream) (*routev3.Route, err
 				MaxInterval:  durationpb.New(retryMaxDelay),
 			},
 		},
+		RateLimits: limits,
 	}
 	match := &routev3.RouteMatch{}
 	switch {

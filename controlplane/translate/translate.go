@@ -17,6 +17,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"sigs.k8s.io/yaml"
 
+	rlsconfv3 "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
+
 	"github.com/llmedge/llmedge/controlplane/model"
 )
 
@@ -28,6 +30,9 @@ type Resources struct {
 	Clusters  []*clusterv3.Cluster
 	// Policy is served to the region's extauthz, not to Envoy.
 	Policy *corev3.TypedExtensionConfig
+	// RateLimits is served to the region's envoyproxy/ratelimit; empty when the region has
+	// no rate-limit service.
+	RateLimits []*rlsconfv3.RateLimitConfig
 }
 
 // Names derived from the model. They appear in Envoy stats and config dumps, so they are
@@ -67,7 +72,21 @@ func Region(cfg *model.Config, region string) (*Resources, error) {
 			routes = append(routes, rt)
 		}
 	}
-	rc, err := routeConfig(r, routes, cfg)
+	quotas := quotasFor(cfg, r)
+	limits := func(string) []*routev3.RateLimit { return nil }
+	var rlc *rlsconfv3.RateLimitConfig
+	if r.RateLimitHost != "" {
+		limits = func(upstream string) []*routev3.RateLimit { return routeRateLimits(quotas, upstream) }
+		c, err := rateLimitCluster(r)
+		if err != nil {
+			return nil, fmt.Errorf("translate region %q: %w", region, err)
+		}
+		clusters = append(clusters, c)
+		if rlc, err = rateLimitConfig(r.Name, quotas, served); err != nil {
+			return nil, fmt.Errorf("translate region %q: %w", region, err)
+		}
+	}
+	rc, err := routeConfig(r, routes, cfg, limits)
 	if err != nil {
 		return nil, fmt.Errorf("translate region %q: %w", region, err)
 	}
@@ -85,6 +104,9 @@ func Region(cfg *model.Config, region string) (*Resources, error) {
 		Routes:    []*routev3.RouteConfiguration{rc},
 		Clusters:  clusters,
 		Policy:    policy,
+	}
+	if rlc != nil {
+		res.RateLimits = []*rlsconfv3.RateLimitConfig{rlc}
 	}
 	if err := res.Validate(); err != nil {
 		return nil, fmt.Errorf("translate region %q: %w", region, err)
@@ -129,12 +151,15 @@ func (r *Resources) messages() []proto.Message {
 	if r.Policy != nil {
 		ms = append(ms, r.Policy)
 	}
+	for _, rl := range r.RateLimits {
+		ms = append(ms, rl)
+	}
 	return ms
 }
 
 // YAML renders each resource list as YAML (protojson field names), for golden files and
 // for operators comparing what the control plane emits with Envoy's /config_dump.
-func (r *Resources) YAML() (listeners, routes, clusters, policy []byte, err error) {
+func (r *Resources) YAML() (listeners, routes, clusters, policy, ratelimits []byte, err error) {
 	render := func(items []proto.Message) ([]byte, error) {
 		var docs []any
 		for _, m := range items {
@@ -161,18 +186,24 @@ func (r *Resources) YAML() (listeners, routes, clusters, policy []byte, err erro
 		cs = append(cs, c)
 	}
 	if listeners, err = render(ls); err != nil {
-		return nil, nil, nil, nil, err
+		return nil, nil, nil, nil, nil, err
 	}
 	if routes, err = render(rs); err != nil {
-		return nil, nil, nil, nil, err
+		return nil, nil, nil, nil, nil, err
 	}
 	if clusters, err = render(cs); err != nil {
-		return nil, nil, nil, nil, err
+		return nil, nil, nil, nil, nil, err
 	}
-	var ps []proto.Message
+	var ps, rls []proto.Message
 	if r.Policy != nil {
 		ps = append(ps, r.Policy)
 	}
-	policy, err = render(ps)
-	return listeners, routes, clusters, policy, err
+	if policy, err = render(ps); err != nil {
+		return nil, nil, nil, nil, nil, err
+	}
+	for _, rl := range r.RateLimits {
+		rls = append(rls, rl)
+	}
+	ratelimits, err = render(rls)
+	return listeners, routes, clusters, policy, ratelimits, err
 }

@@ -38,6 +38,8 @@ var typeNames = map[string]string{
 	// The region's caller policy, for its extauthz (an llmedge.authz.v1.Policy inside a
 	// TypedExtensionConfig).
 	resourcev3.ExtensionConfigType: "authz_policy",
+	// The region's quotas, for its envoyproxy/ratelimit.
+	resourcev3.RateLimitConfigType: "ratelimit_config",
 }
 
 // ShortType names a type URL for humans ("listeners"); unknown types keep their URL.
@@ -48,11 +50,21 @@ func ShortType(typeURL string) string {
 	return typeURL
 }
 
-// regionHash keys snapshots on node.locality.region, which each Envoy's bootstrap sets, so
-// any number of Envoys of one region share one snapshot.
+// regionHash keys snapshots on node.locality.region, which each Envoy's bootstrap and
+// each extauthz set, so any number of them share one snapshot per region.
+// envoyproxy/ratelimit cannot set a locality; it sends node metadata instead
+// (CONFIG_GRPC_XDS_NODE_METADATA=region=<name>).
 type regionHash struct{}
 
-func (regionHash) ID(node *corev3.Node) string { return node.GetLocality().GetRegion() }
+func (regionHash) ID(node *corev3.Node) string { return NodeRegion(node) }
+
+// NodeRegion is the region an xDS client belongs to.
+func NodeRegion(node *corev3.Node) string {
+	if r := node.GetLocality().GetRegion(); r != "" {
+		return r
+	}
+	return node.GetMetadata().GetFields()["region"].GetStringValue()
+}
 
 // Server holds the snapshot cache and the gRPC services that read it.
 type Server struct {
@@ -170,6 +182,7 @@ func snapshot(res *translate.Resources) (*cachev3.Snapshot, map[string]string, e
 	} else {
 		byType[resourcev3.ExtensionConfigType] = nil
 	}
+	byType[resourcev3.RateLimitConfigType] = toResources(res.RateLimits)
 	snap := &cachev3.Snapshot{}
 	versions := map[string]string{}
 	for typeURL, items := range byType {

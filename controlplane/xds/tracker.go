@@ -116,7 +116,7 @@ func (t *Tracker) onRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
 		st.node = Node{
 			ID:          n.GetId(),
 			Cluster:     n.GetCluster(),
-			Region:      n.GetLocality().GetRegion(),
+			Region:      NodeRegion(n),
 			Stream:      id,
 			ConnectedAt: time.Now().UTC(),
 			Acked:       map[string]string{},

@@ -43,3 +43,10 @@ const PolicyResourceName = "llmedge.authz.policy"
 
 // ExtAuthzClusterName is the cluster through which a region's Envoys reach its extauthz.
 const ExtAuthzClusterName = "llmedge_extauthz"
+
+// Rate limiting: the domain of every RateLimitConfig and rate-limit filter, and the cluster
+// through which a region's Envoys reach its envoyproxy/ratelimit.
+const (
+	RateLimitDomain      = "llmedge"
+	RateLimitClusterName = "llmedge_ratelimit"
+)
