@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/llmedge/llmedge/controlplane/config"
+	"github.com/llmedge/llmedge/controlplane/model"
 	"github.com/llmedge/llmedge/controlplane/xds"
 )
 
@@ -42,8 +43,46 @@ type RegionStatus struct {
 	Upstreams []string          `json:"upstreams"`
 	Versions  map[string]string `json:"versions"`
 	Nodes     []NodeStatus      `json:"nodes"`
+	// Limits are the quotas in force in this region, as the region's ratelimit enforces
+	// them once it has ACKed the ratelimit_config version.
+	Limits []LimitStatus `json:"limits"`
 	// InSync is true when every connected node has ACKed every served version.
 	InSync bool `json:"in_sync"`
+}
+
+// LimitStatus is one quota in force.
+type LimitStatus struct {
+	Name     string `json:"name"` // its field path in the routes YAML
+	Caller   string `json:"caller,omitempty"`
+	Upstream string `json:"upstream,omitempty"`
+	Requests uint32 `json:"requests"`
+	Per      string `json:"per"`
+	Shadow   bool   `json:"shadow,omitempty"`
+}
+
+func regionLimits(cfg *model.Config, r model.Region) []LimitStatus {
+	out := []LimitStatus{}
+	if r.RateLimitHost == "" {
+		return out
+	}
+	for _, c := range cfg.Callers {
+		for _, l := range c.Limits {
+			if l.Upstream != "" && !slices.Contains(r.Upstreams, l.Upstream) {
+				continue
+			}
+			if l.Upstream == "" && !slices.ContainsFunc(c.Upstreams, func(u string) bool { return slices.Contains(r.Upstreams, u) }) {
+				continue
+			}
+			out = append(out, LimitStatus{Name: l.Name, Caller: c.Name, Upstream: l.Upstream, Requests: l.Requests, Per: string(l.Unit), Shadow: l.Shadow})
+		}
+	}
+	for _, name := range r.Upstreams {
+		u, _ := cfg.Upstream(name)
+		for _, l := range u.Limits {
+			out = append(out, LimitStatus{Name: l.Name, Upstream: name, Requests: l.Requests, Per: string(l.Unit), Shadow: l.Shadow})
+		}
+	}
+	return out
 }
 
 // NodeStatus is a node plus whether it runs the versions served to its region.
@@ -89,6 +128,7 @@ func (m *Main) Status() Status {
 				Upstreams: append([]string{}, r.Upstreams...),
 				Versions:  versions[r.Name],
 				Nodes:     []NodeStatus{},
+				Limits:    regionLimits(st.applied, r),
 				InSync:    true,
 			}
 			for _, n := range nodes {

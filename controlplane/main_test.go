@@ -307,8 +307,8 @@ func TestHealthReadyStatus(t *testing.T) {
 		t.Errorf("files (-want +got):\n%s", diff)
 	}
 	want := []RegionStatus{
-		{Name: "hk", Listen: "127.0.0.1:10000", Upstreams: []string{"anthropic", "openai"}, Nodes: []NodeStatus{}, InSync: true},
-		{Name: "sg", Listen: "127.0.0.1:10001", Upstreams: []string{"anthropic", "gemini", "openai"}, Nodes: []NodeStatus{}, InSync: true},
+		{Name: "hk", Listen: "127.0.0.1:10000", Upstreams: []string{"anthropic", "openai"}, Nodes: []NodeStatus{}, Limits: []LimitStatus{}, InSync: true},
+		{Name: "sg", Listen: "127.0.0.1:10001", Upstreams: []string{"anthropic", "gemini", "openai"}, Nodes: []NodeStatus{}, Limits: []LimitStatus{}, InSync: true},
 	}
 	served := c.m.xds.Versions()
 	for i := range want {
