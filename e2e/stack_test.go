@@ -114,6 +114,12 @@ type stack struct {
 	keysDir   string
 	token     string
 	tokens    map[string]string // caller -> token, for callers a template declares
+
+	// Quotas: one Redis per stack, one envoyproxy/ratelimit per region that the template
+	// gives a {{.RateLimit "region"}} address.
+	redis  *testenv.Redis
+	rl     map[string]*testenv.RatelimitProcess
+	rlPort map[string]int
 }
 
 // upstreamKey is the provider key the test keys directory holds for an upstream.
@@ -154,6 +160,15 @@ func (d routesData) Digest(caller string) string {
 	}
 	return config.TokenHashPrefix + token.Digest(d.s.tokens[caller])
 }
+
+// RateLimit is the address of a region's envoyproxy/ratelimit, allocated on first use; a
+// region named here gets one (and the stack a Redis).
+func (d routesData) RateLimit(region string) string {
+	if _, ok := d.s.rlPort[region]; !ok {
+		d.s.rlPort[region] = testenv.FreePort(d.s.t)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", d.s.rlPort[region])
+}
 func (d routesData) Upstream() string      { return d.s.up.tlsAddr }
 func (d routesData) PlainUpstream() string { return d.s.up.httpAddr }
 func (d routesData) CA() string            { return d.s.up.caFile }
@@ -174,6 +189,8 @@ func newStack(t testing.TB, up *upstream, tmpl string, regions ...string) *stack
 		authzPort: map[string]int{},
 		authzHTTP: map[string]int{},
 		tokens:    map[string]string{},
+		rl:        map[string]*testenv.RatelimitProcess{},
+		rlPort:    map[string]int{},
 	}
 	for _, r := range regions {
 		s.ports[r] = testenv.FreePort(t)
@@ -189,6 +206,9 @@ func newStack(t testing.TB, up *upstream, tmpl string, regions ...string) *stack
 	s.startControlPlane()
 	for _, r := range regions {
 		s.startExtAuthz(r)
+		if _, ok := s.rlPort[r]; ok {
+			s.startRatelimit(r)
+		}
 	}
 	for _, r := range regions {
 		out, err := exec.Command(llmedgeBin, "bootstrap", "--region", r, "--admin-port", "0",
@@ -256,6 +276,22 @@ func (s *stack) startExtAuthz(region string) {
 		}
 		return nil
 	})
+}
+
+// startRatelimit runs the region's envoyproxy/ratelimit (and the stack's Redis, first:
+// ratelimit exits when Redis does not answer at startup) against the control plane.
+func (s *stack) startRatelimit(region string) {
+	s.t.Helper()
+	if s.redis == nil {
+		s.redis = testenv.StartRedis(s.t)
+	}
+	s.rl[region] = testenv.StartRatelimit(s.t, testenv.RatelimitOptions{
+		Region:    region,
+		XDSAddr:   fmt.Sprintf("127.0.0.1:%d", s.xdsPort),
+		RedisAddr: s.redis.Addr(),
+		GRPCPort:  s.rlPort[region],
+	})
+	s.rl[region].WaitHealthy(s.t)
 }
 
 // auth returns headers with the tester's token as an OpenAI SDK sends it, plus extra.
@@ -365,8 +401,12 @@ func (s *stack) waitInSync(timeout time.Duration) controlplane.Status {
 		}
 		for r := range s.envoys {
 			rs := s.region(st, r)
-			if len(rs.Nodes) < 2 {
-				return fmt.Errorf("region %s: %d nodes connected, want its Envoy and its extauthz", r, len(rs.Nodes))
+			want := 2 // Envoy and extauthz
+			if s.rl[r] != nil {
+				want++
+			}
+			if len(rs.Nodes) < want {
+				return fmt.Errorf("region %s: %d nodes connected, want %d (Envoy, extauthz, ratelimit if any)", r, len(rs.Nodes), want)
 			}
 			if !rs.InSync {
 				return fmt.Errorf("region %s: not in sync: %+v", r, rs.Nodes)

@@ -209,6 +209,7 @@ func localReplies(region string) *hcmv3.LocalReplyConfig {
 			// Any other UAEX reply means extauthz could not be asked (down, timed out).
 			{Filter: flag("UAEX"), BodyFormatOverride: body("the auth service is unavailable; the request was not forwarded")},
 			{Filter: flag("RL"), BodyFormatOverride: rateLimited(region)},
+			{Filter: flag("RLSE"), BodyFormatOverride: body("the rate-limit service is unavailable and region " + region + " refuses requests until it is back (ratelimit_failure: deny)")},
 			{Filter: flag("NR"), BodyFormatOverride: body("no route in region " + region + " matches this request (check the path prefix, and that the upstream is served in this region)")},
 			{Filter: flag("UT"), BodyFormatOverride: body("the upstream did not answer within its response_timeout")},
 			{Filter: flag("SI"), BodyFormatOverride: body("the stream was idle for longer than the upstream's stream_idle_timeout")},

@@ -1,0 +1,313 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/llmedge/llmedge/internal/fakellm"
+	"github.com/llmedge/llmedge/internal/testenv"
+)
+
+// quotaRegions: hk fails open, sg fails closed; each has its own ratelimit, sharing Redis.
+// Hourly windows keep a test from straddling a window edge (the tests still check).
+const quotaRegions = `
+version: 1
+regions:
+  hk:
+    listen: 127.0.0.1:{{.Port "hk"}}
+    extauthz: {{.ExtAuthz "hk"}}
+    ratelimit: {{.RateLimit "hk"}}
+    upstreams: [openai, anthropic]
+  sg:
+    listen: 127.0.0.1:{{.Port "sg"}}
+    extauthz: {{.ExtAuthz "sg"}}
+    ratelimit: {{.RateLimit "sg"}}
+    ratelimit_failure: deny
+    upstreams: [openai]
+upstreams:
+  openai:
+    url: https://api.openai.test
+    endpoint: {{.Upstream}}
+    tls: {ca_file: {{.CA}}}
+    allowed_regions: [hk, sg]
+  anthropic:
+    url: https://api.anthropic.test
+    api: anthropic
+    endpoint: {{.Upstream}}
+    tls: {ca_file: {{.CA}}}
+    allowed_regions: [hk]
+    limits:
+      - {requests: LIMIT_ANTHROPIC, per: hour}
+routes:
+  openai: {match: {prefix: /openai}, upstream: openai, prefix_rewrite: /}
+  anthropic: {match: {prefix: /anthropic}, upstream: anthropic, prefix_rewrite: /}
+callers:
+  alice:
+    tokens: [{{.Digest "alice"}}]
+    upstreams: [openai, anthropic]
+    limits:
+      - {requests: LIMIT_ALICE, per: hour}
+      - {requests: 1000, per: day}
+  bob:
+    tokens: [{{.Digest "bob"}}]
+    upstreams: [openai, anthropic]
+  shadowed:
+    tokens: [{{.Digest "shadowed"}}]
+    upstreams: [openai]
+    limits:
+      - {requests: 2, per: hour, shadow: true}
+  crowd:
+    tokens: [{{.Digest "crowd"}}]
+    upstreams: [openai]
+    limits:
+      - {requests: 100, per: hour}
+`
+
+func quotaYAML(alice, anthropic int) string {
+	return strings.NewReplacer("LIMIT_ALICE", strconv.Itoa(alice), "LIMIT_ANTHROPIC", strconv.Itoa(anthropic)).Replace(quotaRegions)
+}
+
+func (s *stack) models(t *testing.T, region, caller string) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, s.edgeURL(region, "/openai/v1/models"), nil)
+	req.Header.Set("authorization", "Bearer "+s.tokens[caller])
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+// withinOneHour runs f, and runs it again (once) if an hourly window edge passed meanwhile.
+func withinOneHour(t *testing.T, f func() bool) {
+	for try := 0; try < 2; try++ {
+		start := time.Now().UTC().Truncate(time.Hour)
+		ok := f()
+		if time.Now().UTC().Truncate(time.Hour).Equal(start) {
+			if !ok {
+				t.FailNow()
+			}
+			return
+		}
+		t.Logf("an hourly window edge passed during the check; trying again")
+	}
+}
+
+func TestQuotaRefusesTheRequestPastTheLimit(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, startUpstream(t, fakellm.Options{}), quotaYAML(5, 1000), "hk", "sg")
+
+	withinOneHour(t, func() bool {
+		for i := 1; i <= 5; i++ {
+			if resp := s.models(t, "hk", "alice"); resp.StatusCode != http.StatusOK {
+				t.Errorf("request %d of 5: status %d", i, resp.StatusCode)
+				return false
+			}
+		}
+		resp := s.models(t, "hk", "alice")
+		body := readAll(resp)
+		if resp.StatusCode != http.StatusTooManyRequests {
+			t.Errorf("request 6: status %d, want 429: %s", resp.StatusCode, body)
+			return false
+		}
+		if got := resp.Header.Get("x-ratelimit-remaining"); got != "0" {
+			t.Errorf("x-ratelimit-remaining = %q, want 0", got)
+		}
+		if got := resp.Header.Get("x-ratelimit-limit"); !strings.Contains(got, `name="callers.alice.limits[0]"`) {
+			t.Errorf("x-ratelimit-limit = %q, want it to name callers.alice.limits[0]", got)
+		}
+		reset, err := strconv.Atoi(resp.Header.Get("x-ratelimit-reset"))
+		if err != nil || reset <= 0 || reset > 3600 {
+			t.Errorf("x-ratelimit-reset = %q, want the seconds left in the hour", resp.Header.Get("x-ratelimit-reset"))
+		}
+		if got := resp.Header.Get("retry-after"); got != resp.Header.Get("x-ratelimit-reset") {
+			t.Errorf("retry-after = %q, want the reset %q", got, resp.Header.Get("x-ratelimit-reset"))
+		}
+		var e struct {
+			Error struct {
+				Type, Message, Limit string
+				Code                 int
+			}
+		}
+		if err := json.Unmarshal([]byte(body), &e); err != nil || e.Error.Type != "rate_limit_exceeded" || e.Error.Code != 429 ||
+			!strings.Contains(e.Error.Message, "alice") || !strings.Contains(e.Error.Limit, "callers.alice.limits[0]") {
+			t.Errorf("429 body %s: want JSON naming the caller and the limit", body)
+		}
+		// Another caller is unaffected.
+		if resp := s.models(t, "hk", "bob"); resp.StatusCode != http.StatusOK {
+			t.Errorf("bob: status %d after alice hit her limit", resp.StatusCode)
+		}
+		return !t.Failed()
+	})
+
+	// The limits in force show on /status, with each ratelimit's ACK.
+	st := s.status()
+	r := s.region(st, "hk")
+	found := false
+	for _, l := range r.Limits {
+		found = found || (l.Name == "callers.alice.limits[0]" && l.Requests == 5 && l.Per == "hour")
+	}
+	if !found {
+		t.Errorf("/status hk limits %+v lack callers.alice.limits[0]", r.Limits)
+	}
+	acked := false
+	for _, n := range r.Nodes {
+		if n.Acked["ratelimit_config"] == r.Versions["ratelimit_config"] && strings.HasPrefix(n.ID, "ratelimit-") {
+			acked = true
+		}
+	}
+	if !acked {
+		t.Errorf("no ratelimit node ACKed hk's ratelimit_config %s: %+v", r.Versions["ratelimit_config"], r.Nodes)
+	}
+}
+
+func TestQuotaChangeAppliesWithoutRestart(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, startUpstream(t, fakellm.Options{}), quotaYAML(3, 1000), "hk")
+	withinOneHour(t, func() bool {
+		for i := 1; i <= 3; i++ {
+			s.models(t, "hk", "alice")
+		}
+		if resp := s.models(t, "hk", "alice"); resp.StatusCode != http.StatusTooManyRequests {
+			t.Errorf("request 4 with limit 3: status %d", resp.StatusCode)
+			return false
+		}
+		s.writeRoutes(quotaYAML(6, 1000))
+		// Wait for the service to load the new limit (every refused request counts too, so
+		// probing with requests would use the new room up).
+		testenv.Eventually(t, 10*time.Second, 20*time.Millisecond, func() error {
+			if !strings.Contains(s.rl["hk"].Config(t), "requests_per_unit=6") && !strings.Contains(s.rl["hk"].Config(t), "6/HOUR") {
+				return fmt.Errorf("ratelimit config not updated yet:\n%s", s.rl["hk"].Config(t))
+			}
+			return nil
+		})
+		// The count carries over (4 so far): requests 5 and 6 pass, the 7th is refused.
+		for i := 5; i <= 6; i++ {
+			if resp := s.models(t, "hk", "alice"); resp.StatusCode != http.StatusOK {
+				t.Errorf("request %d with the raised limit of 6: status %d", i, resp.StatusCode)
+			}
+		}
+		if resp := s.models(t, "hk", "alice"); resp.StatusCode != http.StatusTooManyRequests {
+			t.Errorf("request 7 past the raised limit: status %d", resp.StatusCode)
+		}
+		return !t.Failed()
+	})
+}
+
+func TestQuotaHoldsUnderConcurrency(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, startUpstream(t, fakellm.Options{}), quotaYAML(5, 1000), "hk")
+	withinOneHour(t, func() bool {
+		var ok, limited, other atomic.Int64
+		var wg sync.WaitGroup
+		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 32}}
+		for w := 0; w < 32; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < 10; i++ {
+					req, _ := http.NewRequest(http.MethodGet, s.edgeURL("hk", "/openai/v1/models"), nil)
+					req.Header.Set("authorization", "Bearer "+s.tokens["crowd"])
+					resp, err := client.Do(req)
+					if err != nil {
+						other.Add(1)
+						continue
+					}
+					readAll(resp)
+					switch resp.StatusCode {
+					case http.StatusOK:
+						ok.Add(1)
+					case http.StatusTooManyRequests:
+						limited.Add(1)
+					default:
+						other.Add(1)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		t.Logf("320 concurrent requests against a limit of 100: %d admitted, %d refused, %d other", ok.Load(), limited.Load(), other.Load())
+		if ok.Load() != 100 || limited.Load() != 220 || other.Load() != 0 {
+			t.Errorf("admitted %d, refused %d, other %d; want exactly 100 admitted and 220 refused", ok.Load(), limited.Load(), other.Load())
+			return false
+		}
+		return true
+	})
+}
+
+func TestQuotaShadowModeCountsWithoutBlocking(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, startUpstream(t, fakellm.Options{}), quotaYAML(5, 1000), "hk")
+	for i := 1; i <= 6; i++ {
+		if resp := s.models(t, "hk", "shadowed"); resp.StatusCode != http.StatusOK {
+			t.Fatalf("request %d of a caller with a shadow limit of 2: status %d", i, resp.StatusCode)
+		}
+	}
+	testenv.Eventually(t, 10*time.Second, 50*time.Millisecond, func() error {
+		m := s.rl["hk"].Metrics(t)
+		for _, line := range strings.Split(m, "\n") {
+			if strings.Contains(line, "shadow_mode") && strings.Contains(line, "caller_hour") && !strings.HasPrefix(line, "#") {
+				if v, _ := strconv.ParseFloat(line[strings.LastIndex(line, " ")+1:], 64); v >= 4 {
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("the ratelimit metrics show no shadow-mode hits for caller_hour yet")
+	})
+}
+
+// TestQuotaFailureModes: with its rate-limit service or Redis down, hk (fail open) keeps
+// serving and sg (fail closed) refuses with a JSON 500; both recover by themselves.
+func TestQuotaFailureModes(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, startUpstream(t, fakellm.Options{}), quotaYAML(1000, 1000), "hk", "sg")
+	expect := func(what string, hk, sg int) {
+		t.Helper()
+		testenv.Eventually(t, 15*time.Second, 20*time.Millisecond, func() error {
+			// alice has limits, so every check reaches Redis (bob's would not).
+			a, b := s.models(t, "hk", "alice"), s.models(t, "sg", "alice")
+			bodyB := readAll(b)
+			readAll(a)
+			if a.StatusCode != hk || b.StatusCode != sg {
+				return fmt.Errorf("%s: hk %d (want %d), sg %d (want %d) %s", what, a.StatusCode, hk, b.StatusCode, sg, bodyB)
+			}
+			if sg != http.StatusOK && !strings.Contains(bodyB, "rate-limit service is unavailable") {
+				return fmt.Errorf("%s: sg body %s does not explain the refusal", what, bodyB)
+			}
+			return nil
+		})
+	}
+	expect("all up", 200, 200)
+
+	s.rl["hk"].Kill()
+	s.rl["sg"].Kill()
+	expect("ratelimit down", 200, 500)
+	s.startRatelimit("hk")
+	s.startRatelimit("sg")
+	expect("ratelimit back", 200, 200)
+
+	s.redis.Kill()
+	expect("redis down", 200, 500)
+	s.redis.Restart(t)
+	expect("redis back", 200, 200)
+}
+
+func readAll(resp *http.Response) string {
+	defer resp.Body.Close()
+	var b strings.Builder
+	buf := make([]byte, 4096)
+	for {
+		n, err := resp.Body.Read(buf)
+		b.Write(buf[:n])
+		if err != nil {
+			return b.String()
+		}
+	}
+}
