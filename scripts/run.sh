@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# `make run`: a local two-region edge as plain processes — the fake LLM upstream, the control
-# plane, and per region (hk, sg) an extauthz and an Envoy — with working defaults and a demo
-# caller token. Every port can be overridden by environment variables. Where
+# `make run`: a local two-region edge as plain processes — Redis, the fake LLM upstream, the
+# control plane, and per region (hk, sg) an envoyproxy/ratelimit, an extauthz and an Envoy —
+# with working defaults and a demo caller token (600 requests a minute). Every port can be overridden by environment variables. Where
 # OPENAI_API_KEY, ANTHROPIC_API_KEY or GEMINI_API_KEY are set, that upstream points at the
 # real provider with that key instead of the fake. Ctrl-C stops everything.
 set -euo pipefail
@@ -19,6 +19,11 @@ HK_AUTHZ=${LLMEDGE_HK_AUTHZ_PORT:-10100}
 SG_AUTHZ=${LLMEDGE_SG_AUTHZ_PORT:-10101}
 HK_AUTHZ_HTTP=${LLMEDGE_HK_AUTHZ_HTTP_PORT:-10200}
 SG_AUTHZ_HTTP=${LLMEDGE_SG_AUTHZ_HTTP_PORT:-10201}
+HK_RL=${LLMEDGE_HK_RATELIMIT_PORT:-10300}
+SG_RL=${LLMEDGE_SG_RATELIMIT_PORT:-10301}
+HK_RL_HTTP=${LLMEDGE_HK_RATELIMIT_HTTP_PORT:-10400}
+SG_RL_HTTP=${LLMEDGE_SG_RATELIMIT_HTTP_PORT:-10401}
+REDIS_PORT=${LLMEDGE_REDIS_PORT:-16379}
 ROUTES_SRC=${LLMEDGE_ROUTES:-examples/routes.yaml}
 
 RUN=$ROOT/.run
@@ -29,7 +34,8 @@ ENVOY=$ROOT/.tools/bin/envoy
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for p in "$HK_PORT" "$SG_PORT" "$HK_ADMIN" "$SG_ADMIN" "$XDS_PORT" "$HTTP_PORT" "$FAKE_PORT" \
-	"$HK_AUTHZ" "$SG_AUTHZ" "$HK_AUTHZ_HTTP" "$SG_AUTHZ_HTTP"; do
+	"$HK_AUTHZ" "$SG_AUTHZ" "$HK_AUTHZ_HTTP" "$SG_AUTHZ_HTTP" "$HK_RL" "$SG_RL" "$HK_RL_HTTP" "$SG_RL_HTTP" \
+	"$REDIS_PORT" "$((HK_RL_HTTP + 100))" "$((SG_RL_HTTP + 100))"; do
 	port_free "$p" || { echo "run.sh: port $p is in use (another 'make run'? set LLMEDGE_*_PORT to move it)" >&2; exit 1; }
 done
 
@@ -48,6 +54,7 @@ if [ ! -f "$ROUTES" ] || [ -n "${LLMEDGE_ROUTES:-}" ] || [ "$ROUTES_SRC" -nt "$R
 	{
 		sed -e "s/127.0.0.1:10000/127.0.0.1:$HK_PORT/; s/127.0.0.1:10001/127.0.0.1:$SG_PORT/" \
 			-e "s/127.0.0.1:10100/127.0.0.1:$HK_AUTHZ/; s/127.0.0.1:10101/127.0.0.1:$SG_AUTHZ/" \
+			-e "s/127.0.0.1:10300/127.0.0.1:$HK_RL/; s/127.0.0.1:10301/127.0.0.1:$SG_RL/" \
 			-e "s#http://127.0.0.1:8090#http://127.0.0.1:$FAKE_PORT#" "$ROUTES_SRC"
 		cat <<YAML
 
@@ -55,6 +62,8 @@ callers:
   demo:
     tokens: [$DIGEST]
     upstreams: [openai, anthropic, gemini]
+    limits:
+      - {requests: 600, per: minute}
 YAML
 	} >"$ROUTES"
 fi
@@ -109,6 +118,15 @@ wait_http() { # url, what
 	exit 1
 }
 
+# Redis first: envoyproxy/ratelimit exits when Redis does not answer at its start.
+REDIS=$ROOT/.tools/bin/redis-server
+mkdir -p "$RUN/redis"
+start redis "$REDIS" --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --dir "$RUN/redis"
+for _ in $(seq 1 100); do
+	if (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT" && printf 'PING\r\n' >&3 && head -c 5 <&3 | grep -q PONG) 2>/dev/null; then break; fi
+	sleep 0.1
+done
+
 start fakellm bin/fakellm --listen "127.0.0.1:$FAKE_PORT" --name fakellm
 start controlplane bin/llmedge controlplane --config "$ROUTES" \
 	--xds-listen "127.0.0.1:$XDS_PORT" --http-listen "127.0.0.1:$HTTP_PORT" --log-format json
@@ -118,6 +136,21 @@ start extauthz-hk bin/llmedge extauthz --region hk --xds "127.0.0.1:$XDS_PORT" -
 	--grpc-listen "127.0.0.1:$HK_AUTHZ" --http-listen "127.0.0.1:$HK_AUTHZ_HTTP"
 start extauthz-sg bin/llmedge extauthz --region sg --xds "127.0.0.1:$XDS_PORT" --keys-dir "$KEYS" \
 	--grpc-listen "127.0.0.1:$SG_AUTHZ" --http-listen "127.0.0.1:$SG_AUTHZ_HTTP"
+ratelimit() { # region, grpc port, http port
+	env -i PATH="$PATH" HOME="${HOME:-/tmp}" \
+		CONFIG_TYPE=GRPC_XDS_SOTW CONFIG_GRPC_XDS_SERVER_URL="127.0.0.1:$XDS_PORT" \
+		CONFIG_GRPC_XDS_NODE_ID="ratelimit-$1" CONFIG_GRPC_XDS_NODE_METADATA="region=$1" \
+		XDS_CLIENT_BACKOFF_INITIAL_INTERVAL=500ms XDS_CLIENT_BACKOFF_MAX_INTERVAL=5s \
+		FORCE_START_WITHOUT_INITIAL_CONFIG=true HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED=true \
+		REDIS_SOCKET_TYPE=tcp REDIS_TYPE=SINGLE REDIS_URL="127.0.0.1:$REDIS_PORT" \
+		USE_STATSD=false LOG_LEVEL=warn LOG_FORMAT=json \
+		HOST=127.0.0.1 PORT="$3" GRPC_HOST=127.0.0.1 GRPC_PORT="$2" DEBUG_HOST=127.0.0.1 DEBUG_PORT="$(($3 + 100))" \
+		"$ROOT/.tools/bin/ratelimit"
+}
+start ratelimit-hk ratelimit hk "$HK_RL" "$HK_RL_HTTP"
+start ratelimit-sg ratelimit sg "$SG_RL" "$SG_RL_HTTP"
+wait_http "http://127.0.0.1:$HK_RL_HTTP/healthcheck" "ratelimit hk"
+wait_http "http://127.0.0.1:$SG_RL_HTTP/healthcheck" "ratelimit sg"
 wait_http "http://127.0.0.1:$HK_AUTHZ_HTTP/readyz" "extauthz hk"
 wait_http "http://127.0.0.1:$SG_AUTHZ_HTTP/readyz" "extauthz sg"
 for region in hk sg; do
@@ -132,11 +165,12 @@ wait_http "http://127.0.0.1:$SG_ADMIN/ready" "Envoy sg"
 {
   "token": "$TOKEN",
   "regions": {
-    "hk": {"edge": "http://127.0.0.1:$HK_PORT", "admin": "http://127.0.0.1:$HK_ADMIN", "extauthz": "http://127.0.0.1:$HK_AUTHZ_HTTP"},
-    "sg": {"edge": "http://127.0.0.1:$SG_PORT", "admin": "http://127.0.0.1:$SG_ADMIN", "extauthz": "http://127.0.0.1:$SG_AUTHZ_HTTP"}
+    "hk": {"edge": "http://127.0.0.1:$HK_PORT", "admin": "http://127.0.0.1:$HK_ADMIN", "extauthz": "http://127.0.0.1:$HK_AUTHZ_HTTP", "ratelimit": "http://127.0.0.1:$HK_RL_HTTP", "ratelimit_debug": "http://127.0.0.1:$((HK_RL_HTTP + 100))"},
+    "sg": {"edge": "http://127.0.0.1:$SG_PORT", "admin": "http://127.0.0.1:$SG_ADMIN", "extauthz": "http://127.0.0.1:$SG_AUTHZ_HTTP", "ratelimit": "http://127.0.0.1:$SG_RL_HTTP", "ratelimit_debug": "http://127.0.0.1:$((SG_RL_HTTP + 100))"}
   },
   "control_plane": {"xds": "127.0.0.1:$XDS_PORT", "status": "http://127.0.0.1:$HTTP_PORT/status"},
   "fake_upstream": "http://127.0.0.1:$FAKE_PORT",
+  "redis": "127.0.0.1:$REDIS_PORT",
   "routes_yaml": "$ROUTES",
   "keys_dir": "$KEYS",
   "logs": "$RUN/logs"
@@ -157,7 +191,7 @@ cat <<BANNER
 
   region hk   edge http://127.0.0.1:$HK_PORT    admin http://127.0.0.1:$HK_ADMIN
   region sg   edge http://127.0.0.1:$SG_PORT    admin http://127.0.0.1:$SG_ADMIN
-  status      http://127.0.0.1:$HTTP_PORT/status   (metrics: /metrics)
+  status      http://127.0.0.1:$HTTP_PORT/status   (metrics: /metrics; limits: http://127.0.0.1:$((HK_RL_HTTP + 100))/rlconfig)
   routes YAML $ROUTES  (edit it: changes go live on save)
   logs        $RUN/logs/      facts for scripts: $RUN/edge.json
 
