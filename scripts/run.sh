@@ -26,7 +26,9 @@ SG_RL_HTTP=${LLMEDGE_SG_RATELIMIT_HTTP_PORT:-10401}
 REDIS_PORT=${LLMEDGE_REDIS_PORT:-16379}
 ROUTES_SRC=${LLMEDGE_ROUTES:-examples/routes.yaml}
 
-RUN=$ROOT/.run
+# LLMEDGE_RUN_DIR and LLMEDGE_BIN_DIR let tests run this same stack elsewhere.
+RUN=${LLMEDGE_RUN_DIR:-$ROOT/.run}
+BIN=${LLMEDGE_BIN_DIR:-$ROOT/bin}
 mkdir -p "$RUN/logs"
 ROUTES=$RUN/routes.yaml
 ENVOY=$ROOT/.tools/bin/envoy
@@ -43,7 +45,7 @@ done
 # `make run` keeps working with the token printed the first time.
 TOKEN_FILE=$RUN/demo-token.json
 if [ ! -s "$TOKEN_FILE" ]; then
-	(umask 077 && bin/llmedge token new --caller demo --json >"$TOKEN_FILE")
+	(umask 077 && "$BIN/llmedge" token new --caller demo --json >"$TOKEN_FILE")
 fi
 TOKEN=$(sed -n 's/.*"token":"\([^"]*\)".*/\1/p' "$TOKEN_FILE")
 DIGEST=$(sed -n 's/.*"digest":"\([^"]*\)".*/\1/p' "$TOKEN_FILE")
@@ -67,7 +69,7 @@ callers:
 YAML
 	} >"$ROUTES"
 fi
-bin/llmedge validate --config "$ROUTES"
+"$BIN/llmedge" validate --config "$ROUTES"
 
 # Upstream keys: one file per key under .run/keys/<upstream>/. The fake accepts any key; a
 # provider key from the environment switches that upstream to the real provider (through
@@ -127,14 +129,14 @@ for _ in $(seq 1 100); do
 	sleep 0.1
 done
 
-start fakellm bin/fakellm --listen "127.0.0.1:$FAKE_PORT" --name fakellm
-start controlplane bin/llmedge controlplane --config "$ROUTES" \
+start fakellm "$BIN/fakellm" --listen "127.0.0.1:$FAKE_PORT" --name fakellm
+start controlplane "$BIN/llmedge" controlplane --config "$ROUTES" \
 	--xds-listen "127.0.0.1:$XDS_PORT" --http-listen "127.0.0.1:$HTTP_PORT" --log-format json
 wait_http "http://127.0.0.1:$FAKE_PORT/_fake/healthz" "the fake upstream"
 wait_http "http://127.0.0.1:$HTTP_PORT/readyz" "the control plane"
-start extauthz-hk bin/llmedge extauthz --region hk --xds "127.0.0.1:$XDS_PORT" --keys-dir "$KEYS" \
+start extauthz-hk "$BIN/llmedge" extauthz --region hk --xds "127.0.0.1:$XDS_PORT" --keys-dir "$KEYS" \
 	--grpc-listen "127.0.0.1:$HK_AUTHZ" --http-listen "127.0.0.1:$HK_AUTHZ_HTTP"
-start extauthz-sg bin/llmedge extauthz --region sg --xds "127.0.0.1:$XDS_PORT" --keys-dir "$KEYS" \
+start extauthz-sg "$BIN/llmedge" extauthz --region sg --xds "127.0.0.1:$XDS_PORT" --keys-dir "$KEYS" \
 	--grpc-listen "127.0.0.1:$SG_AUTHZ" --http-listen "127.0.0.1:$SG_AUTHZ_HTTP"
 ratelimit() { # region, grpc port, http port
 	env -i PATH="$PATH" HOME="${HOME:-/tmp}" \
@@ -155,7 +157,7 @@ wait_http "http://127.0.0.1:$HK_AUTHZ_HTTP/readyz" "extauthz hk"
 wait_http "http://127.0.0.1:$SG_AUTHZ_HTTP/readyz" "extauthz sg"
 for region in hk sg; do
 	admin=$HK_ADMIN; [ "$region" = sg ] && admin=$SG_ADMIN
-	bin/llmedge bootstrap --region "$region" --admin-port "$admin" --xds "127.0.0.1:$XDS_PORT" >"$RUN/envoy-$region.yaml"
+	"$BIN/llmedge" bootstrap --region "$region" --admin-port "$admin" --xds "127.0.0.1:$XDS_PORT" >"$RUN/envoy-$region.yaml"
 	start "envoy-$region" "$ENVOY" -c "$RUN/envoy-$region.yaml" --disable-hot-restart --concurrency 2 -l warning
 done
 wait_http "http://127.0.0.1:$HK_ADMIN/ready" "Envoy hk"

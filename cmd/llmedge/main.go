@@ -15,11 +15,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
 	"strings"
 	"syscall"
+	"text/tabwriter"
+	"time"
 
 	"github.com/llmedge/llmedge/controlplane"
 	"github.com/llmedge/llmedge/controlplane/bootstrap"
@@ -39,6 +42,8 @@ Usage:
   llmedge bootstrap [flags]      print the Envoy bootstrap YAML for one region
   llmedge token new --caller NAME   mint a caller token; prints it once plus the YAML line
   llmedge token hash             read a token on stdin, print its digest for the YAML
+  llmedge status [--url URL]     summarise the control plane's /status (regions, nodes, errors)
+  llmedge probe URL              exit 0 if URL answers 2xx within 2 s (container health checks)
 
 Run "llmedge <command> -h" for a command's flags.
 `
@@ -69,6 +74,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runBootstrap(args[1:], stdout, stderr)
 	case "token":
 		err = runToken(args[1:], os.Stdin, stdout, stderr)
+	case "status":
+		err = runStatus(ctx, args[1:], stdout, stderr)
+	case "probe":
+		err = runProbe(ctx, args[1:], stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -298,4 +307,109 @@ func runExtAuthz(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	return m.Run(ctx)
+}
+
+func runProbe(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := newFlags("probe", stderr)
+	timeout := fs.Duration("timeout", 2*time.Second, "how long to wait for an answer")
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintln(stderr, "usage: llmedge probe [--timeout 2s] URL")
+		return errUsage
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fs.Arg(0), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return fmt.Errorf("%s answered %d", fs.Arg(0), resp.StatusCode)
+	}
+	return nil
+}
+
+func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("status", stderr)
+	url := fs.String("url", envOr("LLMEDGE_STATUS_URL", "http://127.0.0.1:18080"), "control plane HTTP address (env LLMEDGE_STATUS_URL)")
+	asJSON := fs.Bool("json", false, "print the raw /status JSON")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(*url, "/")+"/status", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("reach the control plane: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		_, err = stdout.Write(body)
+		return err
+	}
+	var st controlplane.Status
+	if err := json.Unmarshal(body, &st); err != nil {
+		return fmt.Errorf("decode /status: %w", err)
+	}
+	return printStatus(stdout, st)
+}
+
+// printStatus is the operator's one-screen view; exit status 1 when the last edit was
+// rejected or a node is out of sync, so scripts can alert on it.
+func printStatus(w io.Writer, st controlplane.Status) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	hash := st.Config.Hash
+	if len(hash) > 16 {
+		hash = hash[:16]
+	}
+	fmt.Fprintf(tw, "config\t%s\tserving %s\tvalid=%v\n", st.Config.Path, hash, st.Config.Valid)
+	for _, e := range st.Config.Errors {
+		fmt.Fprintf(tw, "  error\t%s\n", e.Error())
+	}
+	for _, wn := range st.Config.Warnings {
+		fmt.Fprintf(tw, "  warning\t%s\n", wn)
+	}
+	problems := !st.Config.Valid
+	for _, r := range st.Regions {
+		fmt.Fprintf(tw, "region %s\t%s\tupstreams %s\tin_sync=%v\n", r.Name, r.Listen, strings.Join(r.Upstreams, ","), r.InSync)
+		for _, n := range r.Nodes {
+			var acked []string
+			for _, typ := range n.Subscribed {
+				acked = append(acked, typ+"="+n.Acked[typ])
+			}
+			fmt.Fprintf(tw, "  node %s\t%s\tin_sync=%v\n", n.ID, strings.Join(acked, " "), n.InSync)
+			if n.LastNack != nil {
+				fmt.Fprintf(tw, "    last NACK\t%s %s: %s\n", n.LastNack.Type, n.LastNack.Version, n.LastNack.Error)
+			}
+			problems = problems || !n.InSync
+		}
+		for _, l := range r.Limits {
+			fmt.Fprintf(tw, "  limit %s\t%d/%s\tshadow=%v\n", l.Name, l.Requests, l.Per, l.Shadow)
+		}
+	}
+	for _, n := range st.Unassigned {
+		fmt.Fprintf(tw, "unassigned node %s\tregion %q is not in the routes YAML\n", n.ID, n.Region)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if problems {
+		return errors.New("the last edit was rejected or a node is out of sync (details above)")
+	}
+	return nil
 }

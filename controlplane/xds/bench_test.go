@@ -32,12 +32,13 @@ const (
 
 var benchRegionNames = []string{"eu", "hk", "jp", "sg", "us"}
 
-// benchFile builds the synthetic routes document: every region serves every upstream (all
-// https, allowed in all regions, every fourth with a base path), and routes r0000..r(n-1) have
-// distinct prefixes, alternating "/rNNNN" (path-separated, regex rewrite) and "/rNNNN/"
-// (prefix rewrite). Every 10th route is bound to one of `hosts` host names and every 7th
-// matches a header. rename changes the name and prefix of route 0, which every region
-// serves: the smallest edit that changes the routes version of every region.
+// benchFile builds the synthetic routes document (no callers, no quotas): every region
+// names an extauthz address and serves every upstream (all https, allowed in all regions,
+// every fourth with a base path), and routes r0000..r(n-1) have distinct prefixes,
+// alternating "/rNNNN" (path-separated, regex rewrite) and "/rNNNN/" (prefix rewrite). Every
+// 10th route is bound to one of `hosts` host names and every 7th matches a header. rename
+// changes the name and prefix of route 0, which every region serves: the smallest edit that
+// changes the routes version of every region.
 func benchFile(routes, hosts int, rename string) config.File {
 	f := config.File{
 		Version:   config.SchemaVersion,
@@ -92,7 +93,7 @@ func benchYAML(f config.File) string {
 	fmt.Fprintf(&b, "version: %d\nregions:\n", f.Version)
 	for _, name := range benchKeys(f.Regions) {
 		r := f.Regions[name]
-		fmt.Fprintf(&b, "  %s:\n    listen: %s\n    upstreams: [%s]\n", name, r.Listen, strings.Join(r.Upstreams, ", "))
+		fmt.Fprintf(&b, "  %s:\n    listen: %s\n    extauthz: %s\n    upstreams: [%s]\n", name, r.Listen, r.ExtAuthz, strings.Join(r.Upstreams, ", "))
 	}
 	b.WriteString("upstreams:\n")
 	for _, name := range benchKeys(f.Upstreams) {
