@@ -131,6 +131,24 @@ func TestCallerTokenInProviderKeyOut(t *testing.T) {
 	}
 }
 
+// TestAccessLogNamesTheCaller: usage per caller and tenant comes from the access log, which
+// takes both from what extauthz authenticated.
+func TestAccessLogNamesTheCaller(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, startUpstream(t, fakellm.Options{}), authRegion, "hk")
+	if resp, body := post(t, s.edgeURL("hk", "/openai/v1/chat/completions"), chatBody, s.authAs("app", nil)); resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d: %s", resp.StatusCode, body)
+	}
+	testenv.Eventually(t, 20*time.Second, 50*time.Millisecond, func() error {
+		for _, line := range strings.Split(s.envoys["hk"].Log(), "\n") {
+			if strings.Contains(line, `"route":"openai"`) && strings.Contains(line, `"caller":"app"`) && strings.Contains(line, `"tenant":"team-a"`) {
+				return nil
+			}
+		}
+		return fmt.Errorf("no access log line with caller app and tenant team-a yet")
+	})
+}
+
 func TestDenialsAreActionableJSON(t *testing.T) {
 	t.Parallel()
 	up := startUpstream(t, fakellm.Options{})
