@@ -28,6 +28,11 @@ var checkedIn = []struct {
 }{
 	{"hk.yaml", Options{NodeID: "envoy-hk-1", Region: "hk", AdminPort: 9901}},
 	{"sg.yaml", Options{NodeID: "envoy-sg-1", Region: "sg", AdminPort: 9902}},
+	// compose.yaml: the control plane is the compose service "controlplane"; admin
+	// listens on all of the container's interfaces, and compose publishes it on the
+	// host's 127.0.0.1 only. Both regions use 9901 inside their own container.
+	{"compose-hk.yaml", Options{NodeID: "envoy-hk-compose", Region: "hk", AdminAddress: "0.0.0.0", AdminPort: 9901, XDSHost: "controlplane"}},
+	{"compose-sg.yaml", Options{NodeID: "envoy-sg-compose", Region: "sg", AdminAddress: "0.0.0.0", AdminPort: 9901, XDSHost: "controlplane"}},
 }
 
 func envoyDir(t *testing.T) string {
@@ -102,9 +107,11 @@ func TestBootstrapEnvoyValidate(t *testing.T) {
 	}
 
 	for name, path := range map[string]string{
-		"hk.yaml":      filepath.Join(dir, "hk.yaml"),
-		"sg.yaml":      filepath.Join(dir, "sg.yaml"),
-		"xds-hostname": hostnamePath,
+		"hk.yaml":         filepath.Join(dir, "hk.yaml"),
+		"sg.yaml":         filepath.Join(dir, "sg.yaml"),
+		"compose-hk.yaml": filepath.Join(dir, "compose-hk.yaml"),
+		"compose-sg.yaml": filepath.Join(dir, "compose-sg.yaml"),
+		"xds-hostname":    hostnamePath,
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()

@@ -1,0 +1,812 @@
+package deploy_test
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/compose-spec/compose-go/v2/cli"
+	"github.com/compose-spec/compose-go/v2/types"
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"sigs.k8s.io/yaml"
+
+	"github.com/llmedge/llmedge/controlplane/bootstrap"
+	"github.com/llmedge/llmedge/controlplane/config"
+	"github.com/llmedge/llmedge/internal/testenv"
+)
+
+// The compose services, which are also the components scripts/run.sh starts.
+var components = []string{"controlplane", "envoy", "extauthz", "fakellm", "ratelimit", "redis"}
+
+// Services running llmedge's own image (built from ./Dockerfile).
+var ownImage = []string{"controlplane", "extauthz", "fakellm"}
+
+// In-container paths compose.yaml mounts things at.
+const (
+	routesTarget    = "/etc/llmedge/routes"
+	keysTarget      = "/run/secrets/llmedge-keys"
+	bootstrapTarget = "/etc/envoy/envoy.yaml"
+	keysSecret      = "llmedge-keys"
+)
+
+func TestMain(m *testing.M) {
+	// Environment overrides of the routes YAML in the developer's shell
+	// (LLMEDGE_UPSTREAMS_OPENAI_URL...) would change what config.LoadConfig returns:
+	// check the files as they are. LLMEDGE_TOOLS, LLMEDGE_ENVOY... stay.
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		for _, section := range []string{"VERSION", "REGIONS_", "UPSTREAMS_", "ROUTES_", "CALLERS_"} {
+			if strings.HasPrefix(k, config.EnvPrefix+"_"+section) {
+				os.Unsetenv(k)
+			}
+		}
+	}
+	os.Exit(m.Run())
+}
+
+func repoRoot(t *testing.T) string {
+	t.Helper()
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+// variant is one way of starting the compose project, with what it must publish: the
+// process stack's defaults (scripts/run.sh) for that region.
+type variant struct {
+	name    string
+	envFile string // relative to the repo root; "" = compose.yaml's own defaults
+	project string
+	region  string
+	// host ports
+	edge, admin, status, rlDebug string
+}
+
+// variants derives the expected host ports from scripts/run.sh's defaults. The process
+// stack runs one control plane for both regions; the sg compose project has its own, on
+// the next port.
+func variants(t *testing.T) []variant {
+	t.Helper()
+	d := runShDefaults(t)
+	plus := func(name string, n int) string {
+		v, err := strconv.Atoi(d[name])
+		if err != nil {
+			t.Fatalf("scripts/run.sh: %s=%q is not a port", name, d[name])
+		}
+		return strconv.Itoa(v + n)
+	}
+	hk := variant{
+		project: "llmedge", region: "hk",
+		edge: d["HK_PORT"], admin: d["HK_ADMIN"], status: d["HTTP_PORT"], rlDebug: plus("HK_RL_HTTP", 100),
+	}
+	sg := variant{
+		name: "sg.env", envFile: "examples/compose/sg.env", project: "llmedge-sg", region: "sg",
+		edge: d["SG_PORT"], admin: d["SG_ADMIN"], status: plus("HTTP_PORT", 1), rlDebug: plus("SG_RL_HTTP", 100),
+	}
+	hkEnv := hk
+	hkEnv.name, hkEnv.envFile = "hk.env", "examples/compose/hk.env"
+	hk.name = "defaults"
+	return []variant{hk, hkEnv, sg}
+}
+
+// runShDefaults reads the NAME=${LLMEDGE_..:-default} lines of scripts/run.sh.
+func runShDefaults(t *testing.T) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot(t), "scripts", "run.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, m := range regexp.MustCompile(`(?m)^([A-Z_]+)=\$\{LLMEDGE_[A-Z_]+:-([^}]*)\}`).FindAllStringSubmatch(string(b), -1) {
+		out[m[1]] = m[2]
+	}
+	for _, k := range []string{"HK_PORT", "SG_PORT", "HK_ADMIN", "SG_ADMIN", "HTTP_PORT", "HK_RL_HTTP", "SG_RL_HTTP"} {
+		if out[k] == "" {
+			t.Fatalf("scripts/run.sh: no default for %s (found %v)", k, out)
+		}
+	}
+	return out
+}
+
+type loadOpt func(*[]cli.ProjectOptionsFn)
+
+func withEnv(kv ...string) loadOpt {
+	return func(o *[]cli.ProjectOptionsFn) { *o = append(*o, cli.WithEnv(kv)) }
+}
+
+func withoutDemo() loadOpt {
+	return func(o *[]cli.ProjectOptionsFn) { *o = append(*o, cli.WithProfiles(nil)) }
+}
+
+// load parses compose.yaml as `docker compose [--env-file F] --profile demo config`
+// would: interpolated, normalised, paths resolved, validated against the compose
+// schema. The process environment is not used (only envFile and withEnv).
+func load(t *testing.T, envFile string, extra ...loadOpt) *types.Project {
+	t.Helper()
+	root := repoRoot(t)
+	opts := []cli.ProjectOptionsFn{
+		cli.WithWorkingDirectory(root),
+		cli.WithInterpolation(true),
+		cli.WithNormalization(true),
+		cli.WithResolvedPaths(true),
+		cli.WithConsistency(true),
+		cli.WithProfiles([]string{"demo"}),
+	}
+	if envFile != "" {
+		opts = append(opts, cli.WithEnvFiles(filepath.Join(root, envFile)), cli.WithDotEnv)
+	}
+	for _, e := range extra {
+		e(&opts)
+	}
+	po, err := cli.NewProjectOptions([]string{filepath.Join(root, "compose.yaml")}, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := po.LoadProject(context.Background())
+	if err != nil {
+		t.Fatalf("compose.yaml (env file %q): %v", envFile, err)
+	}
+	return p
+}
+
+func service(t *testing.T, p *types.Project, name string) types.ServiceConfig {
+	t.Helper()
+	s, ok := p.Services[name]
+	if !ok {
+		t.Fatalf("compose.yaml has no service %q (has %v)", name, slices.Sorted(maps.Keys(p.Services)))
+	}
+	return s
+}
+
+func env(s types.ServiceConfig, key string) string {
+	if v := s.Environment[key]; v != nil {
+		return *v
+	}
+	return ""
+}
+
+// flagValue returns --name=value or --name value from a command line.
+func flagValue(cmd []string, name string) string {
+	for i, a := range cmd {
+		if v, ok := strings.CutPrefix(a, name+"="); ok {
+			return v
+		}
+		if a == name && i+1 < len(cmd) {
+			return cmd[i+1]
+		}
+	}
+	return ""
+}
+
+func port(t *testing.T, what, hostport string) uint32 {
+	t.Helper()
+	_, p, err := net.SplitHostPort(hostport)
+	if err != nil {
+		t.Fatalf("%s: %q is not host:port: %v", what, hostport, err)
+	}
+	n, err := strconv.ParseUint(p, 10, 16)
+	if err != nil {
+		t.Fatalf("%s: %q: %v", what, hostport, err)
+	}
+	return uint32(n)
+}
+
+func bindMount(t *testing.T, s types.ServiceConfig, target string) types.ServiceVolumeConfig {
+	t.Helper()
+	for _, v := range s.Volumes {
+		if v.Target == target {
+			if v.Type != types.VolumeTypeBind {
+				t.Errorf("%s: %s is a %s mount, want bind", s.Name, target, v.Type)
+			}
+			return v
+		}
+	}
+	t.Fatalf("%s mounts nothing at %s (volumes %+v)", s.Name, target, s.Volumes)
+	return types.ServiceVolumeConfig{}
+}
+
+func TestComposeServices(t *testing.T) {
+	for _, v := range variants(t) {
+		t.Run(v.name, func(t *testing.T) {
+			p := load(t, v.envFile)
+			if got := slices.Sorted(maps.Keys(p.Services)); !slices.Equal(got, components) {
+				t.Errorf("services with profile demo = %v, want %v", got, components)
+			}
+			if p.Name != v.project {
+				t.Errorf("project name = %q, want %q", p.Name, v.project)
+			}
+			if got := service(t, p, "fakellm").Profiles; !slices.Equal(got, []string{"demo"}) {
+				t.Errorf("fakellm profiles = %v, want [demo]", got)
+			}
+		})
+	}
+	t.Run("without demo", func(t *testing.T) {
+		p := load(t, "", withoutDemo())
+		want := slices.DeleteFunc(slices.Clone(components), func(s string) bool { return s == "fakellm" })
+		if got := slices.Sorted(maps.Keys(p.Services)); !slices.Equal(got, want) {
+			t.Errorf("services without profile demo = %v, want %v", got, want)
+		}
+	})
+}
+
+// ratelimitCommit is the commit of RATELIMIT_VERSION in scripts/tools.sh, the
+// envoyproxy/ratelimit the tests and `make run` use.
+func ratelimitCommit(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot(t), "scripts", "tools.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^RATELIMIT_VERSION=v[0-9.]+-(?:0\.)?[0-9]{14}-([0-9a-f]{12})\s*$`).FindSubmatch(b)
+	if m == nil {
+		t.Fatal("scripts/tools.sh: no RATELIMIT_VERSION=<pseudo-version> line")
+	}
+	return string(m[1])
+}
+
+func splitImage(image string) (repo, tag, digest string) {
+	repo, digest, _ = strings.Cut(image, "@")
+	if i := strings.LastIndex(repo, ":"); i > strings.LastIndex(repo, "/") {
+		repo, tag = repo[:i], repo[i+1:]
+	}
+	return repo, tag, digest
+}
+
+func TestComposeImagesPinned(t *testing.T) {
+	root := repoRoot(t)
+	p := load(t, "")
+	commit := ratelimitCommit(t)
+	want := map[string]*regexp.Regexp{
+		"envoyproxy/envoy": regexp.MustCompile(`^v1\.40\.[0-9]+$`),
+		// Docker Hub tags of envoyproxy/ratelimit are the first 8 characters of a commit.
+		"envoyproxy/ratelimit": regexp.MustCompile(`^` + commit[:8] + `$`),
+		"redis":                regexp.MustCompile(`^7\.0\.[0-9]+$`),
+	}
+	for _, name := range components {
+		s := service(t, p, name)
+		repo, tag, _ := splitImage(s.Image)
+		switch {
+		case s.Image == "":
+			t.Errorf("%s: no image", name)
+		case tag == "" || tag == "latest" || strings.HasSuffix(tag, "-latest") || tag == "master" || tag == "main":
+			t.Errorf("%s: image %q is not pinned to a version", name, s.Image)
+		}
+		if slices.Contains(ownImage, name) {
+			if s.Image != "llmedge:dev" {
+				t.Errorf("%s: image %q, want the locally built llmedge:dev", name, s.Image)
+			}
+			continue
+		}
+		re, ok := want[repo]
+		if !ok {
+			t.Errorf("%s: unexpected image %q", name, s.Image)
+			continue
+		}
+		if !re.MatchString(tag) {
+			t.Errorf("%s: image %q, want tag matching %s", name, s.Image, re)
+		}
+		if s.Build != nil {
+			t.Errorf("%s: third-party image %q must not be built here", name, s.Image)
+		}
+	}
+	// Exactly one service builds llmedge's image, from ./Dockerfile.
+	var builders []string
+	for _, name := range slices.Sorted(maps.Keys(p.Services)) {
+		if b := p.Services[name].Build; b != nil {
+			builders = append(builders, name)
+			if b.Context != root || b.Dockerfile != "Dockerfile" {
+				t.Errorf("%s: build %+v, want context %s, Dockerfile", name, b, root)
+			}
+		}
+	}
+	if !slices.Equal(builders, []string{"controlplane"}) {
+		t.Errorf("services with build: %v, want [controlplane]", builders)
+	}
+	// Whatever the env file, the image stays the same pins.
+	sg := load(t, "examples/compose/sg.env")
+	for _, name := range components {
+		if a, b := service(t, p, name).Image, service(t, sg, name).Image; a != b {
+			t.Errorf("%s: image %q with sg.env, %q without", name, b, a)
+		}
+	}
+}
+
+func TestComposeHealthchecks(t *testing.T) {
+	p := load(t, "")
+	for _, name := range components {
+		s := service(t, p, name)
+		hc := s.HealthCheck
+		if hc == nil || hc.Disable || len(hc.Test) < 2 || (hc.Test[0] != "CMD" && hc.Test[0] != "CMD-SHELL") {
+			t.Errorf("%s: no usable healthcheck: %+v", name, hc)
+			continue
+		}
+		if hc.Interval == nil || hc.Timeout == nil || hc.Retries == nil {
+			t.Errorf("%s: healthcheck without interval/timeout/retries: %+v", name, hc)
+		}
+	}
+	// llmedge's image has no shell: its services probe with the llmedge binary, on the
+	// port the service itself listens on.
+	probes := map[string]string{
+		"controlplane": "http://127.0.0.1:" + strconv.Itoa(int(port(t, "controlplane --http-listen", flagValue(service(t, p, "controlplane").Command, "--http-listen")))) + "/readyz",
+		"extauthz":     "http://127.0.0.1:" + strconv.Itoa(int(port(t, "extauthz LLMEDGE_HTTP_LISTEN", env(service(t, p, "extauthz"), "LLMEDGE_HTTP_LISTEN")))) + "/readyz",
+		"fakellm":      "http://127.0.0.1:" + strconv.Itoa(int(port(t, "fakellm --listen", flagValue(service(t, p, "fakellm").Command, "--listen")))) + "/_fake/healthz",
+	}
+	for name, url := range probes {
+		want := []string{"CMD", "/usr/local/bin/llmedge", "probe", url}
+		if got := service(t, p, name).HealthCheck.Test; !slices.Equal(got, want) {
+			t.Errorf("%s healthcheck = %q, want %q", name, got, want)
+		}
+	}
+	rl := service(t, p, "ratelimit")
+	if got, want := rl.HealthCheck.Test, []string{"CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:" + env(rl, "PORT") + "/healthcheck"}; !slices.Equal(got, want) {
+		t.Errorf("ratelimit healthcheck = %q, want %q", got, want)
+	}
+	envoy := service(t, p, "envoy")
+	if got := envoy.HealthCheck.Test; len(got) != 4 || got[1] != "bash" || !strings.Contains(got[3], "/dev/tcp/127.0.0.1/9901") || !strings.Contains(got[3], "GET /ready ") {
+		t.Errorf("envoy healthcheck = %q, want bash GET /ready on the admin port 9901", got)
+	}
+}
+
+// TestLlmedgeProbeHealthcheck runs the health check command of llmedge's services for
+// real: the binary must have the probe subcommand, exit 0 on 2xx and fail otherwise.
+func TestLlmedgeProbeHealthcheck(t *testing.T) {
+	root := repoRoot(t)
+	bin := filepath.Join(t.TempDir(), "llmedge")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/llmedge")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/llmedge: %v\n%s", err, out)
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/readyz" {
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		http.Error(w, `{"ready": false}`, http.StatusServiceUnavailable)
+	}))
+	defer srv.Close()
+	test := service(t, load(t, ""), "controlplane").HealthCheck.Test
+	args := slices.Clone(test[2:])
+	for name, c := range map[string]struct {
+		path   string
+		wantOK bool
+	}{"ready": {"/readyz", true}, "not ready": {"/healthz", false}} {
+		args[len(args)-1] = srv.URL + c.path
+		out, err := exec.Command(bin, args...).CombinedOutput()
+		if (err == nil) != c.wantOK {
+			t.Errorf("%s: %s %q: err %v, want ok=%v\n%s", name, bin, args, err, c.wantOK, out)
+		}
+	}
+}
+
+// TestEnvoyHealthcheck runs the Envoy service's health check (bash, no curl) against
+// the real Envoy's admin API: unhealthy while it waits for the control plane, healthy
+// once it is LIVE.
+func TestEnvoyHealthcheck(t *testing.T) {
+	if _, err := exec.LookPath("bash"); err != nil {
+		t.Skip("no bash")
+	}
+	test := service(t, load(t, ""), "envoy").HealthCheck.Test
+	script := test[3]
+	run := func(adminURL string) error {
+		_, portStr, _ := net.SplitHostPort(strings.TrimPrefix(adminURL, "http://"))
+		cmd := exec.Command("bash", "-c", strings.ReplaceAll(script, "/127.0.0.1/9901", "/127.0.0.1/"+portStr))
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	}
+	dir := t.TempDir()
+
+	// The compose bootstrap, with a control plane that never answers: PRE_INITIALIZING.
+	waiting, err := bootstrap.Render(bootstrap.Options{
+		NodeID: "envoy-hk-compose", Region: "hk", AdminPort: bootstrap.EphemeralAdminPort,
+		XDSPort: testenv.FreePort(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := []byte("admin:\n  address:\n    socket_address: {address: 127.0.0.1, port_value: 0}\n")
+	for _, c := range []struct {
+		name      string
+		bootstrap []byte
+		wantOK    bool
+	}{{"waiting-for-xds", waiting, false}, {"live", live, true}} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			path := filepath.Join(dir, c.name+".yaml")
+			if err := os.WriteFile(path, c.bootstrap, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			e := testenv.StartEnvoy(t, "envoy-"+c.name, path)
+			if c.wantOK {
+				testenv.Eventually(t, testenv.EnvoyStartTimeout, 50*time.Millisecond, func() error { return run(e.AdminURL()) })
+			} else if err := run(e.AdminURL()); err == nil {
+				t.Errorf("healthcheck passed on an Envoy without config")
+			}
+		})
+	}
+}
+
+func TestComposeDependsOn(t *testing.T) {
+	p := load(t, "")
+	want := map[string]map[string]string{
+		"controlplane": {},
+		"redis":        {},
+		"fakellm":      {},
+		"extauthz":     {"controlplane": types.ServiceConditionHealthy},
+		"ratelimit":    {"controlplane": types.ServiceConditionHealthy, "redis": types.ServiceConditionHealthy},
+		// Envoy fails closed without extauthz; rate limiting fails open.
+		"envoy": {
+			"controlplane": types.ServiceConditionHealthy,
+			"extauthz":     types.ServiceConditionHealthy,
+			"ratelimit":    types.ServiceConditionStarted,
+		},
+	}
+	for _, name := range components {
+		got := map[string]string{}
+		for dep, d := range service(t, p, name).DependsOn {
+			got[dep] = d.Condition
+			if !d.Required {
+				t.Errorf("%s depends_on %s is not required", name, dep)
+			}
+		}
+		if !maps.Equal(got, want[name]) {
+			t.Errorf("%s depends_on = %v, want %v", name, got, want[name])
+		}
+	}
+}
+
+func TestComposePorts(t *testing.T) {
+	for _, v := range variants(t) {
+		t.Run(v.name, func(t *testing.T) {
+			p := load(t, v.envFile)
+			type pub struct{ hostIP, published string }
+			want := map[string]map[uint32]pub{
+				"envoy":        {10000: {"", v.edge}, 9901: {"127.0.0.1", v.admin}},
+				"controlplane": {18080: {"127.0.0.1", v.status}},
+				"ratelimit":    {6070: {"127.0.0.1", v.rlDebug}},
+			}
+			for _, name := range components {
+				s := service(t, p, name)
+				got := map[uint32]pub{}
+				for _, pc := range s.Ports {
+					if pc.Protocol != "tcp" {
+						t.Errorf("%s: port %d protocol %q", name, pc.Target, pc.Protocol)
+					}
+					got[pc.Target] = pub{pc.HostIP, pc.Published}
+					// Only the edge may be reachable from outside the host.
+					isEdge := name == "envoy" && pc.Target == 10000
+					if !isEdge && pc.HostIP != "127.0.0.1" {
+						t.Errorf("%s: port %d published on %q; everything but the edge must be on 127.0.0.1", name, pc.Target, pc.HostIP)
+					}
+				}
+				if w := want[name]; !maps.Equal(got, w) && !(len(got) == 0 && len(w) == 0) {
+					t.Errorf("%s: published %v, want %v", name, got, w)
+				}
+			}
+		})
+	}
+}
+
+func TestComposeSecrets(t *testing.T) {
+	root := repoRoot(t)
+	p := load(t, "")
+	sec, ok := p.Secrets[keysSecret]
+	if !ok {
+		t.Fatalf("no top-level secret %q", keysSecret)
+	}
+	if sec.File != filepath.Join(root, "secrets", "keys") || sec.Environment != "" || sec.Content != "" || bool(sec.External) {
+		t.Errorf("secret %s = %+v, want file %s (a directory you provide)", keysSecret, sec, filepath.Join(root, "secrets", "keys"))
+	}
+	ea := service(t, p, "extauthz")
+	if len(ea.Secrets) != 1 || ea.Secrets[0].Source != keysSecret || ea.Secrets[0].Target != keysTarget {
+		t.Errorf("extauthz secrets = %+v, want %s at %s", ea.Secrets, keysSecret, keysTarget)
+	}
+	if got := env(ea, "LLMEDGE_KEYS_DIR"); got != keysTarget {
+		t.Errorf("extauthz LLMEDGE_KEYS_DIR = %q, want %q", got, keysTarget)
+	}
+	for _, name := range components {
+		s := service(t, p, name)
+		if name != "extauthz" && len(s.Secrets) > 0 {
+			t.Errorf("%s: has secrets %+v; only extauthz needs the keys", name, s.Secrets)
+		}
+		for _, v := range s.Volumes {
+			if v.Type == types.VolumeTypeBind && !v.ReadOnly {
+				t.Errorf("%s: bind mount %s -> %s is writable", name, v.Source, v.Target)
+			}
+			if strings.HasPrefix(v.Source, filepath.Join(root, "secrets")) {
+				t.Errorf("%s: mounts %s as a volume; keys are only mounted as the %s secret", name, v.Source, keysSecret)
+			}
+		}
+	}
+	// Another keys directory is a variable away.
+	p = load(t, "", withEnv("LLMEDGE_KEYS_DIR=/srv/llmedge/keys"))
+	if got := p.Secrets[keysSecret].File; got != "/srv/llmedge/keys" {
+		t.Errorf("LLMEDGE_KEYS_DIR=/srv/llmedge/keys: secret file = %q", got)
+	}
+}
+
+var secretLooking = regexp.MustCompile(`(?i)sk-[a-z0-9_-]{6,}|llme_[a-z0-9_-]{6,}|sha256:[0-9a-f]{64}|key=`)
+
+func TestComposeHasNoSecretValues(t *testing.T) {
+	for _, v := range variants(t) {
+		p := load(t, v.envFile)
+		for _, name := range components {
+			s := service(t, p, name)
+			for k, val := range s.Environment {
+				if val == nil {
+					continue
+				}
+				if secretLooking.MatchString(*val) || strings.Contains(strings.ToLower(*val), "sk-") || strings.Contains(*val, "llme_") {
+					t.Errorf("%s (%s): environment %s=%q looks like a secret", name, v.name, k, *val)
+				}
+				if regexp.MustCompile(`(?i)(api_?key|token|secret|password)$`).MatchString(k) {
+					t.Errorf("%s (%s): environment variable %s carries a credential; use the keys directory", name, v.name, k)
+				}
+			}
+		}
+	}
+	// The files themselves, comments included.
+	root := repoRoot(t)
+	for _, f := range []string{"compose.yaml", "examples/compose/hk.env", "examples/compose/sg.env", "examples/compose/routes.yaml"} {
+		b, err := os.ReadFile(filepath.Join(root, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m := regexp.MustCompile(`(?i)sk-[a-z0-9_-]{6,}|llme_[a-z0-9_-]{6,}|sha256:[0-9a-f]{64}`).Find(b); m != nil {
+			t.Errorf("%s contains %q, which looks like a secret", f, m)
+		}
+	}
+}
+
+// Only variables are passed through to the control plane, and only when set.
+func TestComposeUpstreamURLPassthrough(t *testing.T) {
+	cp := service(t, load(t, ""), "controlplane")
+	for k, v := range cp.Environment {
+		if v != nil {
+			t.Errorf("controlplane environment %s=%q without LLMEDGE_* set; want it unset", k, *v)
+		}
+	}
+	cp = service(t, load(t, "", withEnv("LLMEDGE_UPSTREAMS_OPENAI_URL=https://api.openai.com")), "controlplane")
+	if got := env(cp, "LLMEDGE_UPSTREAMS_OPENAI_URL"); got != "https://api.openai.com" {
+		t.Errorf("LLMEDGE_UPSTREAMS_OPENAI_URL not passed to the control plane (got %q)", got)
+	}
+}
+
+func TestComposeEnvoyBootstrap(t *testing.T) {
+	root := repoRoot(t)
+	for _, v := range variants(t) {
+		t.Run(v.name, func(t *testing.T) {
+			p := load(t, v.envFile)
+			envoy := service(t, p, "envoy")
+			m := bindMount(t, envoy, bootstrapTarget)
+			want := filepath.Join(root, "envoy", "compose-"+v.region+".yaml")
+			if m.Source != want || !m.ReadOnly {
+				t.Errorf("envoy bootstrap mount %s (read_only %v), want %s read-only", m.Source, m.ReadOnly, want)
+			}
+			if got := flagValue(envoy.Command, "-c"); got != bootstrapTarget {
+				t.Errorf("envoy -c %q, want %q", got, bootstrapTarget)
+			}
+			y, err := os.ReadFile(m.Source)
+			if err != nil {
+				t.Fatalf("%v (run `make golden`)", err)
+			}
+			js, err := yaml.YAMLToJSON(y)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var b bootstrapv3.Bootstrap
+			if err := protojson.Unmarshal(js, &b); err != nil {
+				t.Fatalf("%s: %v", m.Source, err)
+			}
+			if got := b.GetNode().GetLocality().GetRegion(); got != v.region {
+				t.Errorf("%s: node.locality.region %q, want %q", m.Source, got, v.region)
+			}
+			admin := b.GetAdmin().GetAddress().GetSocketAddress()
+			if admin.GetAddress() != "0.0.0.0" || admin.GetPortValue() != 9901 {
+				t.Errorf("%s: admin %s:%d, want 0.0.0.0:9901 (published on the host's loopback only)", m.Source, admin.GetAddress(), admin.GetPortValue())
+			}
+			xds := b.GetStaticResources().GetClusters()[0].GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress()
+			cpXDS := port(t, "controlplane --xds-listen", flagValue(service(t, p, "controlplane").Command, "--xds-listen"))
+			if xds.GetAddress() != "controlplane" || xds.GetPortValue() != cpXDS {
+				t.Errorf("%s: xDS at %s:%d, want controlplane:%d", m.Source, xds.GetAddress(), xds.GetPortValue(), cpXDS)
+			}
+		})
+	}
+}
+
+// TestComposeRoutes loads the routes directory the control plane mounts, as the control
+// plane does, and checks it wires the region to the compose services.
+func TestComposeRoutes(t *testing.T) {
+	root := repoRoot(t)
+	if _, _, err := config.LoadConfig(filepath.Join(root, "examples", "compose", "routes.yaml")); err != nil {
+		t.Fatalf("examples/compose/routes.yaml: %v", err)
+	}
+	for _, v := range variants(t) {
+		t.Run(v.name, func(t *testing.T) {
+			p := load(t, v.envFile)
+			cp := service(t, p, "controlplane")
+			m := bindMount(t, cp, routesTarget)
+			if m.Source != filepath.Join(root, "examples", "compose") || !m.ReadOnly {
+				t.Errorf("controlplane routes mount %s (read_only %v), want examples/compose read-only", m.Source, m.ReadOnly)
+			}
+			if got := flagValue(cp.Command, "--config"); got != routesTarget {
+				t.Errorf("controlplane --config %q, want the mount %q", got, routesTarget)
+			}
+			_, cfg, err := config.LoadConfig(m.Source)
+			if err != nil {
+				t.Fatalf("routes directory %s: %v", m.Source, err)
+			}
+			if !cfg.HasLimits() {
+				t.Error("no limits: ratelimit would never turn healthy (HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED)")
+			}
+
+			ea, rl, envoy := service(t, p, "extauthz"), service(t, p, "ratelimit"), service(t, p, "envoy")
+			if got := env(ea, "LLMEDGE_REGION"); got != v.region {
+				t.Errorf("extauthz LLMEDGE_REGION = %q, want %q", got, v.region)
+			}
+			if got := env(rl, "CONFIG_GRPC_XDS_NODE_METADATA"); got != "region="+v.region {
+				t.Errorf("ratelimit CONFIG_GRPC_XDS_NODE_METADATA = %q, want region=%s", got, v.region)
+			}
+			xds := "controlplane:" + strconv.Itoa(int(port(t, "--xds-listen", flagValue(cp.Command, "--xds-listen"))))
+			if got := env(ea, "LLMEDGE_XDS"); got != xds {
+				t.Errorf("extauthz LLMEDGE_XDS = %q, want %q", got, xds)
+			}
+			if got := env(rl, "CONFIG_GRPC_XDS_SERVER_URL"); got != xds {
+				t.Errorf("ratelimit CONFIG_GRPC_XDS_SERVER_URL = %q, want %q", got, xds)
+			}
+			if got := env(rl, "REDIS_URL"); got != "redis:6379" {
+				t.Errorf("ratelimit REDIS_URL = %q, want redis:6379", got)
+			}
+
+			eaPort := port(t, "extauthz LLMEDGE_GRPC_LISTEN", env(ea, "LLMEDGE_GRPC_LISTEN"))
+			rlPort, err := strconv.ParseUint(env(rl, "GRPC_PORT"), 10, 16)
+			if err != nil {
+				t.Fatalf("ratelimit GRPC_PORT: %v", err)
+			}
+			var edgeTargets []uint32
+			for _, pc := range envoy.Ports {
+				edgeTargets = append(edgeTargets, pc.Target)
+			}
+			found := false
+			for _, r := range cfg.Regions {
+				if r.Name == v.region {
+					found = true
+				}
+				if r.ExtAuthzHost != "extauthz" || r.ExtAuthzPort != eaPort {
+					t.Errorf("regions.%s.extauthz = %s:%d, want extauthz:%d", r.Name, r.ExtAuthzHost, r.ExtAuthzPort, eaPort)
+				}
+				if r.RateLimitHost != "ratelimit" || r.RateLimitPort != uint32(rlPort) {
+					t.Errorf("regions.%s.ratelimit = %s:%d, want ratelimit:%d", r.Name, r.RateLimitHost, r.RateLimitPort, rlPort)
+				}
+				if r.ListenAddress != "0.0.0.0" || !slices.Contains(edgeTargets, r.ListenPort) {
+					t.Errorf("regions.%s.listen = %s:%d, want 0.0.0.0 and a port envoy publishes (%v)", r.Name, r.ListenAddress, r.ListenPort, edgeTargets)
+				}
+			}
+			if !found {
+				t.Errorf("region %q is not in the routes YAML", v.region)
+			}
+			fake := port(t, "fakellm --listen", flagValue(service(t, p, "fakellm").Command, "--listen"))
+			for _, u := range cfg.Upstreams {
+				if u.ConnectHost != "fakellm" || u.ConnectPort != fake {
+					t.Errorf("upstreams.%s connects to %s:%d, want the demo upstream fakellm:%d", u.Name, u.ConnectHost, u.ConnectPort, fake)
+				}
+			}
+		})
+	}
+}
+
+// The shipped callers example validates together with the routes, as callers.yaml.
+func TestComposeCallersExample(t *testing.T) {
+	root := repoRoot(t)
+	dir := t.TempDir()
+	for src, dst := range map[string]string{"routes.yaml": "routes.yaml", "callers.yaml.example": "callers.yaml"} {
+		b, err := os.ReadFile(filepath.Join(root, "examples", "compose", src))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, dst), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src, cfg, err := config.LoadConfig(dir)
+	if err != nil {
+		t.Fatalf("routes.yaml + callers.yaml.example: %v", err)
+	}
+	if len(src.Files) != 2 || len(cfg.Callers) == 0 {
+		t.Errorf("read %v, %d callers; want both files and a caller", src.Files, len(cfg.Callers))
+	}
+	// In the example directory itself the .example file is not read.
+	src, _, err = config.LoadConfig(filepath.Join(root, "examples", "compose"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range src.Files {
+		if strings.HasSuffix(f, ".example") || strings.HasSuffix(f, ".env") {
+			t.Errorf("the control plane would read %s", f)
+		}
+	}
+}
+
+// TestTopologyMatchesProcessStack: compose and `make run` describe the same components.
+func TestTopologyMatchesProcessStack(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(repoRoot(t), "scripts", "run.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^\s*start\s+("?[A-Za-z0-9_${}-]+"?)\s`).FindAllStringSubmatch(string(b), -1) {
+		name := strings.Trim(m[1], `"`)
+		for _, suffix := range []string{"-hk", "-sg", "-$region", "-${region}"} {
+			name = strings.TrimSuffix(name, suffix)
+		}
+		started[name] = true
+	}
+	if got := slices.Sorted(maps.Keys(started)); !slices.Equal(got, components) {
+		t.Errorf("scripts/run.sh starts %v; compose.yaml has %v", got, components)
+	}
+	if got := slices.Sorted(maps.Keys(load(t, "").Services)); !slices.Equal(got, slices.Sorted(maps.Keys(started))) {
+		t.Errorf("compose services %v != process stack %v", got, slices.Sorted(maps.Keys(started)))
+	}
+}
+
+func TestDockerfile(t *testing.T) {
+	root := repoRoot(t)
+	b, err := os.ReadFile(filepath.Join(root, "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	df := string(b)
+	args := map[string]string{}
+	for _, m := range regexp.MustCompile(`(?m)^ARG ([A-Z_]+)=(\S+)$`).FindAllStringSubmatch(df, -1) {
+		args[m[1]] = m[2]
+	}
+	for _, k := range []string{"GO_IMAGE", "RUNTIME_IMAGE"} {
+		_, tag, _ := splitImage(args[k])
+		if tag == "" || tag == "latest" {
+			t.Errorf("Dockerfile ARG %s=%q: pin the base image by tag", k, args[k])
+		}
+	}
+	if _, tag, _ := splitImage(args["GO_IMAGE"]); !strings.HasPrefix(tag, "1.26") {
+		t.Errorf("GO_IMAGE %q: want Go 1.26 (go.mod)", args["GO_IMAGE"])
+	}
+	if !strings.HasPrefix(args["RUNTIME_IMAGE"], "gcr.io/distroless/static") || !strings.HasSuffix(args["RUNTIME_IMAGE"], ":nonroot") {
+		t.Errorf("RUNTIME_IMAGE %q: want distroless static, nonroot", args["RUNTIME_IMAGE"])
+	}
+	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", `-ldflags "-s -w"`, "./cmd/llmedge", "./cmd/fakellm", "/usr/local/bin/", `ENTRYPOINT ["/usr/local/bin/llmedge"]`} {
+		if !strings.Contains(df, want) {
+			t.Errorf("Dockerfile lacks %q", want)
+		}
+	}
+	users := regexp.MustCompile(`(?m)^USER (\S+)$`).FindAllStringSubmatch(df, -1)
+	if len(users) == 0 || users[len(users)-1][1] == "root" || strings.HasPrefix(users[len(users)-1][1], "0") {
+		t.Errorf("Dockerfile: the runtime stage must end with a non-root USER (got %v)", users)
+	}
+	ignore, err := os.ReadFile(filepath.Join(root, ".dockerignore"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Fields(string(ignore))
+	for _, want := range []string{".git", ".tools", ".run", "bin", "secrets"} {
+		if !slices.Contains(lines, want) {
+			t.Errorf(".dockerignore lacks %s", want)
+		}
+	}
+}
