@@ -155,21 +155,21 @@ loop:
 // whole edit: nothing is pushed and the last good config keeps serving.
 func (m *Main) reload() {
 	start := time.Now()
-	src, cfg, err := config.LoadConfig(m.opts.ConfigPath)
-	if src != nil {
+	if hash, err := config.Hash(m.opts.ConfigPath); err == nil {
 		m.mu.Lock()
-		same := src.Hash == m.state.checkedHash
+		same := hash == m.state.checkedHash
 		if same {
 			m.state.checkedAt = time.Now().UTC()
 		}
 		m.mu.Unlock()
 		if same {
 			// The same bytes were applied or rejected already: nothing to push, nothing
-			// new to report.
+			// new to report, and no need to parse them again.
 			m.metrics.reloads.WithLabelValues("unchanged").Inc()
 			return
 		}
 	}
+	src, cfg, err := config.LoadConfig(m.opts.ConfigPath)
 	var all map[string]*translate.Resources
 	if err == nil {
 		all, err = translate.All(cfg)

@@ -160,3 +160,59 @@ func TestEnvoyOfUnknownRegionGetsNoConfig(t *testing.T) {
 		t.Errorf("the Envoy of an unknown region received llmedge config: ...%s...", dump[max(0, i-300):min(len(dump), i+100)])
 	}
 }
+
+// TestHostSpecificRoutes: a route limited to hosts wins for those hosts (exact and
+// wildcard, any port), and the route for any host serves the rest.
+func TestHostSpecificRoutes(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, fakellm.Options{})
+	s := newStack(t, up, `
+version: 1
+regions:
+  hk:
+    listen: 127.0.0.1:{{.Port "hk"}}
+    extauthz: {{.ExtAuthz "hk"}}
+    upstreams: [openai, tenant]
+upstreams:
+  openai:
+    url: http://127.0.0.1
+    endpoint: {{.PlainUpstream}}
+    allowed_regions: [hk]
+  tenant:
+    url: http://127.0.0.1
+    endpoint: {{.PlainUpstream}}
+    allowed_regions: [hk]
+routes:
+  any-host: {match: {prefix: /openai}, upstream: openai, prefix_rewrite: /}
+  tenant-hosts:
+    match: {prefix: /openai, hosts: [api.tenant.test, "*.edge.test"]}
+    upstream: tenant
+    prefix_rewrite: /
+`, "hk")
+	cases := []struct{ host, wantKey string }{
+		{"", upstreamKey("openai")},
+		{"api.tenant.test", upstreamKey("tenant")},
+		{"API.Tenant.Test:443", upstreamKey("tenant")},
+		{"eu.edge.test", upstreamKey("tenant")},
+		{"other.test", upstreamKey("openai")},
+	}
+	for _, c := range cases {
+		up.Reset()
+		req, _ := http.NewRequest(http.MethodGet, s.edgeURL("hk", "/openai/v1/models"), nil)
+		req.Header.Set("authorization", "Bearer "+s.token)
+		if c.host != "" {
+			req.Host = c.host
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		readAll(resp)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("host %q: status %d", c.host, resp.StatusCode)
+		}
+		if got := up.Requests()[0].Header.Get("authorization"); got != "Bearer "+c.wantKey {
+			t.Errorf("host %q went to the upstream holding %q, want %q", c.host, got, c.wantKey)
+		}
+	}
+}

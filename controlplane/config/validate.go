@@ -279,11 +279,10 @@ func validateRoute(p, name string, r Route, ups map[string]Upstream, c *collecto
 	for i, h := range m.Hosts {
 		hp := fmt.Sprintf("%s.match.hosts[%d]", p, i)
 		host := strings.ToLower(h)
-		if hh, port, err := net.SplitHostPort(host); err == nil {
-			if _, perr := strconv.ParseUint(port, 10, 16); perr != nil {
-				c.add(hp, "bad port in %q", h)
-			}
-			host = hh
+		if _, _, err := net.SplitHostPort(host); err == nil {
+			// The listener strips the port from the host before routing.
+			c.add(hp, "%q: write the host without a port; the edge ignores the port", h)
+			continue
 		}
 		if !hostnameRE.MatchString(host) {
 			c.add(hp, "%q is not a host name (wildcards only as a leading \"*.\")", h)

@@ -42,6 +42,11 @@ func TestGolden(t *testing.T) {
 			}
 			want := map[string]bool{}
 			for region, res := range all {
+				// The full reflective walk: proves every Any the translator emits was
+				// made (and so validated) by toAny.
+				if err := res.ValidateDeep(); err != nil {
+					t.Errorf("region %s: %v", region, err)
+				}
 				l, r, c, pol, rls, err := res.YAML()
 				if err != nil {
 					t.Fatal(err)

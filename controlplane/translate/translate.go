@@ -127,8 +127,22 @@ func All(cfg *model.Config) (map[string]*Resources, error) {
 	return out, nil
 }
 
-// Validate checks every resource deeply (see ValidateDeep).
+// Validate checks every resource with Envoy's field rules. The messages packed in Any
+// fields were checked when toAny packed them, so together every typed_config is covered
+// without unpacking them again; ValidateDeep does the full walk for tests.
 func (r *Resources) Validate() error {
+	for _, m := range r.messages() {
+		if v, ok := m.(allValidator); ok {
+			if err := v.ValidateAll(); err != nil {
+				return fmt.Errorf("invalid resource %s: %w", m.ProtoReflect().Descriptor().FullName(), err)
+			}
+		}
+	}
+	return nil
+}
+
+// ValidateDeep checks every resource and every message packed anywhere inside it.
+func (r *Resources) ValidateDeep() error {
 	for _, m := range r.messages() {
 		if err := ValidateDeep(m); err != nil {
 			return fmt.Errorf("invalid resource: %w", err)

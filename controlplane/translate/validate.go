@@ -51,10 +51,21 @@ func walkAnys(m protoreflect.Message) error {
 	return err
 }
 
-// toAny packs m deterministically. anypb.New does not, and map fields (the access log's
-// JSON format is a Struct) would then encode in random order: every rebuild would get a new
-// content hash and push an unchanged listener again.
+// toAny validates m and packs it deterministically. Validating here, bottom-up, is how
+// every typed_config gets checked without the cost of unpacking each Any again afterwards
+// (Resources.Validate then checks the outer messages), so the translator makes all its
+// Anys here and nowhere else; the golden tests also run the full ValidateDeep walk over
+// every output.
+//
+// Deterministic packing matters too: anypb.New does not sort map fields (the access log's
+// JSON format is a Struct), so every rebuild would get a new content hash and push an
+// unchanged listener again.
 func toAny(m proto.Message) (*anypb.Any, error) {
+	if v, ok := m.(allValidator); ok {
+		if err := v.ValidateAll(); err != nil {
+			return nil, fmt.Errorf("%s: %w", m.ProtoReflect().Descriptor().FullName(), err)
+		}
+	}
 	a := &anypb.Any{}
 	if err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true}); err != nil {
 		return nil, err
