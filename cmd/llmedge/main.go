@@ -147,7 +147,7 @@ func runControlPlane(ctx context.Context, args []string, stderr io.Writer) error
 	httpAddr := fs.String("http-listen", envOr("LLMEDGE_HTTP_LISTEN", "127.0.0.1:18080"), "status/health/metrics listen address (env LLMEDGE_HTTP_LISTEN)")
 	logFormat := fs.String("log-format", envOr("LLMEDGE_LOG_FORMAT", "json"), "json or text")
 	logLevel := fs.String("log-level", envOr("LLMEDGE_LOG_LEVEL", "info"), "debug, info, warn or error")
-	holdoff := fs.Duration("watch-holdoff", 0, "quiet time after a file event before reloading (default 100ms)")
+	holdoff := fs.Duration("watch-holdoff", 0, "quiet time after a file event before reloading (default 30ms)")
 	poll := fs.Duration("watch-poll", 0, "fallback poll interval (default 10s)")
 	if err := parse(fs, args); err != nil {
 		return err

@@ -17,7 +17,8 @@ import (
 
 // Options tune the debounce. Zero values get the defaults.
 type Options struct {
-	// Holdoff is how long the files must be quiet before a reload (default 100ms).
+	// Holdoff is how long the files must be quiet before a reload (default 30ms: long
+	// enough to cover an editor's write-and-rename, short enough not to dominate a push).
 	Holdoff time.Duration
 	// MaxDelay bounds how long a stream of events can postpone a reload (default 1s).
 	MaxDelay time.Duration
@@ -27,7 +28,7 @@ type Options struct {
 
 func (o *Options) defaults() {
 	if o.Holdoff <= 0 {
-		o.Holdoff = 100 * time.Millisecond
+		o.Holdoff = 30 * time.Millisecond
 	}
 	if o.MaxDelay <= 0 {
 		o.MaxDelay = time.Second

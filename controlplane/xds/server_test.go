@@ -1,14 +1,17 @@
 package xds
 
 import (
+	"bytes"
 	"maps"
 	"regexp"
 	"slices"
 	"testing"
 	"time"
 
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/llmedge/llmedge/controlplane/config"
 	"github.com/llmedge/llmedge/controlplane/translate"
@@ -238,3 +241,24 @@ func TestShortType(t *testing.T) {
 }
 
 func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
+
+// Pre-encoding must not change a byte of what Envoy receives.
+func TestPreEncodedRoutesAreByteIdentical(t *testing.T) {
+	for region, res := range resources(t, testFile()) {
+		for _, rc := range res.Routes {
+			enc, err := preEncoded(rc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, _ := proto.MarshalOptions{Deterministic: true}.Marshal(rc)
+			got, err := proto.Marshal(enc)
+			if err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("region %s: pre-encoded route config differs from its encoding (err %v)", region, err)
+			}
+			back := &routev3.RouteConfiguration{}
+			if err := proto.Unmarshal(got, back); err != nil || !proto.Equal(back, rc) {
+				t.Fatalf("region %s: decoding the pre-encoded bytes does not give the route config back", region)
+			}
+		}
+	}
+}
