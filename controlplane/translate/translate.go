@@ -8,6 +8,7 @@ package translate
 import (
 	"encoding/json"
 	"fmt"
+	"sync"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -114,15 +115,26 @@ func Region(cfg *model.Config, region string) (*Resources, error) {
 	return res, nil
 }
 
-// All translates every region of the model.
+// All translates every region of the model. Regions are independent, so they are
+// translated in parallel: a reload is on the path from a saved edit to every Envoy.
 func All(cfg *model.Config) (map[string]*Resources, error) {
+	results := make([]*Resources, len(cfg.Regions))
+	errs := make([]error, len(cfg.Regions))
+	var wg sync.WaitGroup
+	for i, r := range cfg.Regions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i], errs[i] = Region(cfg, r.Name)
+		}()
+	}
+	wg.Wait()
 	out := make(map[string]*Resources, len(cfg.Regions))
-	for _, r := range cfg.Regions {
-		res, err := Region(cfg, r.Name)
-		if err != nil {
-			return nil, err
+	for i, r := range cfg.Regions {
+		if errs[i] != nil {
+			return nil, errs[i]
 		}
-		out[r.Name] = res
+		out[r.Name] = results[i]
 	}
 	return out, nil
 }
