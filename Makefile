@@ -12,7 +12,7 @@ help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
 .PHONY: tools
-tools: ## Install Envoy 1.40, envoyproxy/ratelimit, redis-server and protoc into .tools/ (idempotent)
+tools: ## Install Envoy 1.40, envoyproxy/ratelimit, redis-server, protoc and the test SDKs into .tools/ (idempotent)
 	@bash scripts/tools.sh
 
 .PHONY: proto
@@ -54,3 +54,12 @@ bench: tools build ## Benchmarks (not part of make test); results go to docs/BEN
 	  $(GO) test -run '^$$' -bench . -benchmem -benchtime 30x -count 5 -timeout 30m ./e2e/; \
 	} 2>&1 | tee $(BIN)/bench.txt
 	@echo "raw results: $(BIN)/bench.txt (summarise: go run golang.org/x/perf/cmd/benchstat@latest $(BIN)/bench.txt)"
+	@# Data path: edge vs direct vs peers on loopback (~13 min on a quiet machine); writes docs/bench/datapath.{md,json,png}.
+	bash bench/peers/install.sh
+	$(GO) run ./bench/datapath -out docs/bench
+	@# Control-plane scale: the real llmedge controlplane, 1,000 routes / 5 regions, 100 and 1,000
+	@# simulated ADS clients (~5 min); writes docs/bench/controlplane.json (reading: controlplane.md).
+	$(GO) run ./bench/controlplane -llmedge $(BIN)/llmedge -runs 5 -out docs/bench
+	@# ext_authz Check path: go test benchmarks, then the real llmedge extauthz (GOMAXPROCS=1) over
+	@# loopback gRPC (~2 min); writes docs/bench/authz.json (reading: authz.md).
+	$(GO) run ./bench/authz -llmedge $(BIN)/llmedge -runs 5 -out docs/bench

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/llmedge/llmedge/controlplane/bootstrap"
+	"github.com/llmedge/llmedge/controlplane/config"
+	"github.com/llmedge/llmedge/controlplane/translate"
+	"github.com/llmedge/llmedge/internal/wire"
+)
+
+// The static Envoy configs (bare Envoy, Envoy + rate limit only) are not written by hand:
+// they are the control plane's own translation of the benchmark's routes YAML (listener
+// with its edge-hardening HCM settings and JSON access log, route, upstream cluster), with
+// filters taken out, put in a static bootstrap that is `llmedge bootstrap`'s minus xDS. So
+// the scenarios differ only in the filters on the path, not in HCM, cluster or bootstrap
+// settings.
+
+const (
+	extAuthzFilter  = "envoy.filters.http.ext_authz"
+	rateLimitFilter = "envoy.filters.http.ratelimit"
+)
+
+// staticMode says which filters a static config keeps besides the router.
+type staticMode int
+
+const (
+	staticBare      staticMode = iota // router only
+	staticRateLimit                   // rate limit + router; the caller descriptor is a constant
+)
+
+// translated loads the routes YAML at path and translates one region, as the control plane
+// does.
+func translated(path, region string) (*translate.Resources, error) {
+	_, cfg, err := config.LoadConfig(path)
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", path, err)
+	}
+	return translate.Region(cfg, region)
+}
+
+// writeStaticBootstrap writes a static Envoy bootstrap (JSON) to path.
+//
+//   - staticBare: ext_authz and rate-limit filters removed, no rate-limit actions; the
+//     upstream cluster's circuit breakers are raised out of the way (the fake is one
+//     endpoint).
+//   - staticRateLimit: ext_authz removed; the rate-limit filter and its cluster kept; the
+//     route's caller descriptor, which reads extauthz's dynamic metadata, becomes a
+//     generic_key with the caller's name, so the descriptors sent to envoyproxy/ratelimit
+//     are exactly those the full edge sends for that caller.
+func writeStaticBootstrap(path string, res *translate.Resources, name string, listenPort, adminPort int, mode staticMode, caller string) error {
+	b, err := bootstrap.Build(bootstrap.Options{
+		NodeID: "envoy-" + name, Region: name, AdminPort: adminPort,
+		XDSHost: "127.0.0.1", XDSPort: 1, // dropped below
+	})
+	if err != nil {
+		return err
+	}
+	b.DynamicResources = nil
+	b.StaticResources.Clusters = nil // only the xDS cluster was there
+
+	rc := proto.Clone(res.Routes[0]).(*routev3.RouteConfiguration)
+	for _, vh := range rc.VirtualHosts {
+		delete(vh.TypedPerFilterConfig, extAuthzFilter)
+		for _, r := range vh.Routes {
+			delete(r.TypedPerFilterConfig, extAuthzFilter)
+			ra := r.GetRoute()
+			if ra == nil {
+				continue
+			}
+			if mode == staticBare {
+				ra.RateLimits = nil
+				continue
+			}
+			for _, rl := range ra.RateLimits {
+				for i, a := range rl.Actions {
+					if md := a.GetMetadata(); md != nil && md.GetMetadataKey().GetKey() == wire.MetadataNamespace {
+						rl.Actions[i] = &routev3.RateLimit_Action{ActionSpecifier: &routev3.RateLimit_Action_GenericKey_{
+							GenericKey: &routev3.RateLimit_Action_GenericKey{DescriptorKey: md.GetDescriptorKey(), DescriptorValue: caller},
+						}}
+					}
+				}
+			}
+		}
+	}
+
+	l := proto.Clone(res.Listeners[0]).(*listenerv3.Listener)
+	l.Name = "bench-" + name
+	l.Address.GetSocketAddress().PortSpecifier = &corev3.SocketAddress_PortValue{PortValue: uint32(listenPort)}
+	f := l.FilterChains[0].Filters[0]
+	hcm := &hcmv3.HttpConnectionManager{}
+	if err := f.GetTypedConfig().UnmarshalTo(hcm); err != nil {
+		return fmt.Errorf("unpack HCM: %w", err)
+	}
+	var filters []*hcmv3.HttpFilter
+	for _, hf := range hcm.HttpFilters {
+		switch {
+		case hf.Name == extAuthzFilter:
+		case hf.Name == rateLimitFilter && mode == staticBare:
+		default:
+			filters = append(filters, hf)
+		}
+	}
+	if mode == staticRateLimit && len(filters) != 2 {
+		return fmt.Errorf("region %s has no rate-limit filter to keep", res.Region)
+	}
+	hcm.HttpFilters = filters
+	hcm.RouteSpecifier = &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: rc}
+	hcm.StatPrefix = "bench_" + name
+	anyHCM, err := anypb.New(hcm)
+	if err != nil {
+		return err
+	}
+	f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: anyHCM}
+	b.StaticResources.Listeners = []*listenerv3.Listener{l}
+
+	for _, c := range res.Clusters {
+		switch c.Name {
+		case wire.ExtAuthzClusterName:
+			continue
+		case wire.RateLimitClusterName:
+			if mode == staticBare {
+				continue
+			}
+		default:
+			c = proto.Clone(c).(*clusterv3.Cluster)
+			big := wrapperspb.UInt32(1_000_000)
+			c.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
+				MaxConnections: big, MaxPendingRequests: big, MaxRequests: big, MaxRetries: big,
+			}}}
+		}
+		b.StaticResources.Clusters = append(b.StaticResources.Clusters, c)
+	}
+	if err := b.ValidateAll(); err != nil {
+		return fmt.Errorf("static bootstrap %s: %w", name, err)
+	}
+	out, err := protojson.MarshalOptions{UseProtoNames: true, Indent: "  "}.Marshal(b)
+	if err != nil {
+		return err
+	}
+	// Round-trip through encoding/json only to check the output is plain JSON.
+	var check map[string]any
+	if err := json.Unmarshal(out, &check); err != nil {
+		return err
+	}
+	return os.WriteFile(path, out, 0o644)
+}
