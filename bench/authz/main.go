@@ -29,6 +29,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/llmedge/llmedge/bench/host"
 	"net"
 	"net/http"
 	"os"
@@ -114,11 +115,11 @@ func main() {
 
 // Report is what authz.json holds.
 type Report struct {
-	Machine Machine   `json:"machine"`
-	Commit  string    `json:"commit"`
-	Date    time.Time `json:"date"`
-	Command string    `json:"command"`
-	Setup   string    `json:"setup"`
+	Machine host.Machine `json:"machine"`
+	Commit  string       `json:"commit"`
+	Date    time.Time    `json:"date"`
+	Command string       `json:"command"`
+	Setup   string       `json:"setup"`
 	Targets struct {
 		P99Us          float64 `json:"p99_us"`
 		ChecksPerSCore float64 `json:"checks_per_s_per_core"`
@@ -191,8 +192,8 @@ func run(o options) error {
 		}
 	}
 	rep := Report{
-		Machine: describeMachine(),
-		Commit:  gitCommit(),
+		Machine: host.Describe(),
+		Commit:  host.GitCommit(),
 		Date:    time.Now().UTC().Truncate(time.Second),
 		Command: strings.Join(append([]string{"go run ./bench/authz"}, os.Args[1:]...), " "),
 		Setup: fmt.Sprintf("llmedge extauthz (GOMAXPROCS=1%s) with a %d-caller policy from llmedge controlplane; client: this process%s; "+
@@ -443,7 +444,7 @@ func measure(o options, pid int, grpcAddr string, reqs []*authv3.CheckRequest) (
 		}
 	}
 	lat := make([]time.Duration, o.checks)
-	cpu0, self0, sys0, wall0 := procCPU(pid), selfCPU(), sysBusy(), time.Now()
+	cpu0, self0, sys0, wall0 := procCPU(pid), host.SelfCPU(), sysBusy(), time.Now()
 	for i := range o.checks {
 		t := time.Now()
 		if err := check(client, reqs[i%len(reqs)]); err != nil {
@@ -453,7 +454,7 @@ func measure(o options, pid int, grpcAddr string, reqs []*authv3.CheckRequest) (
 	}
 	cpu1 := procCPU(pid)
 	res.SeqServerCPUUs = (cpu1 - cpu0) * 1e6 / float64(o.checks)
-	res.OtherCPUCoresSeq = round3(max(0, (sysBusy()-sys0)-(cpu1-cpu0)-(selfCPU()-self0)) / time.Since(wall0).Seconds())
+	res.OtherCPUCoresSeq = round3(max(0, (sysBusy()-sys0)-(cpu1-cpu0)-(host.SelfCPU()-self0)) / time.Since(wall0).Seconds())
 	slices.Sort(lat)
 	var sum time.Duration
 	for _, d := range lat {
@@ -497,11 +498,11 @@ func measure(o options, pid int, grpcAddr string, reqs []*authv3.CheckRequest) (
 		}()
 	}
 	time.Sleep(time.Second) // warm up
-	cpuA, selfA, sysA, t0 := procCPU(pid), selfCPU(), sysBusy(), time.Now()
+	cpuA, selfA, sysA, t0 := procCPU(pid), host.SelfCPU(), sysBusy(), time.Now()
 	measure.Store(true)
 	time.Sleep(o.duration)
 	measure.Store(false)
-	n, cpuB, selfB, sysB, el := count.Load(), procCPU(pid), selfCPU(), sysBusy(), time.Since(t0)
+	n, cpuB, selfB, sysB, el := count.Load(), procCPU(pid), host.SelfCPU(), sysBusy(), time.Since(t0)
 	res.OtherCPUCoresThroughput = round3(max(0, (sysB-sysA)-(cpuB-cpuA)-(selfB-selfA)) / el.Seconds())
 	stop.Store(true)
 	wg.Wait()
@@ -718,14 +719,6 @@ func sysBusy() float64 {
 	return busy / 100
 }
 
-func selfCPU() float64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
-}
-
 func procHWM(pid int) float64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
@@ -793,50 +786,6 @@ func medianMeasure(runs []Run, of func(Run) *Measure) Measure {
 		OtherCPUCoresSeq:        round3(med(func(r *Measure) float64 { return r.OtherCPUCoresSeq })),
 		OtherCPUCoresThroughput: round3(med(func(r *Measure) float64 { return r.OtherCPUCoresThroughput })),
 	}
-}
-
-// Machine describes where the figures come from.
-type Machine struct {
-	NProc     int    `json:"nproc"`
-	CPUModel  string `json:"cpu_model"`
-	MemTotal  string `json:"mem_total"`
-	Kernel    string `json:"kernel"`
-	GoVersion string `json:"go_version"`
-}
-
-func describeMachine() Machine {
-	m := Machine{NProc: runtime.NumCPU(), GoVersion: runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH}
-	if out, err := exec.Command("lscpu").Output(); err == nil {
-		for _, line := range strings.Split(string(out), "\n") {
-			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "Model name" {
-				m.CPUModel = strings.TrimSpace(v)
-			}
-		}
-	}
-	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
-		for _, line := range strings.Split(string(b), "\n") {
-			if f := strings.Fields(line); len(f) >= 2 && f[0] == "MemTotal:" {
-				kb, _ := strconv.ParseFloat(f[1], 64)
-				m.MemTotal = fmt.Sprintf("%.1f GiB", kb/1024/1024)
-			}
-		}
-	}
-	if out, err := exec.Command("uname", "-sr").Output(); err == nil {
-		m.Kernel = strings.TrimSpace(string(out))
-	}
-	return m
-}
-
-func gitCommit() string {
-	out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
-	if err != nil {
-		return ""
-	}
-	c := strings.TrimSpace(string(out))
-	if st, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(strings.TrimSpace(string(st))) > 0 {
-		c += " (with uncommitted changes)"
-	}
-	return c
 }
 
 // serveFloor answers every Check with the same allowed response, shaped like extauthz's

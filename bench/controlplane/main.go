@@ -29,6 +29,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/llmedge/llmedge/bench/host"
 	"io"
 	"log/slog"
 	"net"
@@ -36,7 +37,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -94,14 +94,14 @@ func fatalf(format string, args ...any) {
 
 // Report is what controlplane.json holds.
 type Report struct {
-	Machine      Machine   `json:"machine"`
-	Commit       string    `json:"commit"`
-	Date         time.Time `json:"date"`
-	Command      string    `json:"command"`
-	Config       string    `json:"config"`
-	WatchHoldoff string    `json:"watch_holdoff"`
-	Detection    string    `json:"ack_detection"`
-	Target       string    `json:"target"`
+	Machine      host.Machine `json:"machine"`
+	Commit       string       `json:"commit"`
+	Date         time.Time    `json:"date"`
+	Command      string       `json:"command"`
+	Config       string       `json:"config"`
+	WatchHoldoff string       `json:"watch_holdoff"`
+	Detection    string       `json:"ack_detection"`
+	Target       string       `json:"target"`
 	// Repeated counts runs discarded and repeated because other processes used more than
 	// -max-other-load cores during their edits (the VM is shared).
 	Repeated  int        `json:"repeated_runs"`
@@ -183,8 +183,8 @@ func run(o options) error {
 		}
 	}
 	rep := Report{
-		Machine:      describeMachine(),
-		Commit:       gitCommit(),
+		Machine:      host.Describe(),
+		Commit:       host.GitCommit(),
 		Date:         time.Now().UTC().Truncate(time.Second),
 		Command:      strings.Join(append([]string{"go run ./bench/controlplane"}, os.Args[1:]...), " "),
 		Config:       fmt.Sprintf("%d routes (every 10th bound to one of %d hosts, every 7th matching a header), %d https upstreams, %d regions (%s); each edit renames route 0 (every region serves it)", numRoutes, numHosts, numUpstreams, len(regionNames), strings.Join(regionNames, ", ")),
@@ -447,7 +447,7 @@ func runOnce(ctx context.Context, o options, n int, inProcess bool) (Run, error)
 		defer func() { pprof.StopCPUProfile(); pf.Close() }()
 	}
 	cpu2 := procCPU(cp.pid)
-	self2 := selfCPU()
+	self2 := host.SelfCPU()
 	sys2, wall2 := sysBusy(), time.Now()
 	var took, first, writes []time.Duration
 	var lastAcks []time.Time
@@ -496,7 +496,7 @@ func runOnce(ctx context.Context, o options, n int, inProcess bool) (Run, error)
 		time.Sleep(o.gap)
 	}
 	cpu3 := procCPU(cp.pid)
-	res.ClientCPUEditsS = selfCPU() - self2
+	res.ClientCPUEditsS = host.SelfCPU() - self2
 	res.CPUEditsS = cpu3 - cpu2
 	if cp.pid != 0 {
 		other := (sysBusy() - sys2) - res.CPUEditsS - res.ClientCPUEditsS
@@ -640,7 +640,7 @@ func appliedLog(path string, want int) ([]time.Time, []time.Duration, error) {
 // procCPU is the process's user+system CPU seconds (pid 0: this process).
 func procCPU(pid int) float64 {
 	if pid == 0 {
-		return selfCPU()
+		return host.SelfCPU()
 	}
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
@@ -677,14 +677,6 @@ func sysBusy() float64 {
 
 // clkTck is sysconf(_SC_CLK_TCK), 100 on Linux.
 const clkTck = 100
-
-func selfCPU() float64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
-}
 
 // procRSS returns VmHWM and VmRSS in MiB.
 func procRSS(pid int) (hwm, rss float64) {
@@ -768,48 +760,4 @@ func printTable(w io.Writer, rep Report) {
 			sc.Clients, len(sc.Runs), m.P50Ms, m.P90Ms, m.P99Ms, m.FirstAckP50Ms, m.AppliedP50Ms, m.ReloadP50Ms, m.FanoutP50Ms, m.FanoutP99Ms,
 			m.InitialSyncMs, m.CPUPerEditS, m.CPUInitialSyncS, m.PeakRSSMiB, m.OtherCPUCores)
 	}
-}
-
-// Machine describes where the figures come from.
-type Machine struct {
-	NProc     int    `json:"nproc"`
-	CPUModel  string `json:"cpu_model"`
-	MemTotal  string `json:"mem_total"`
-	Kernel    string `json:"kernel"`
-	GoVersion string `json:"go_version"`
-}
-
-func describeMachine() Machine {
-	m := Machine{NProc: runtime.NumCPU(), GoVersion: runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH}
-	if out, err := exec.Command("lscpu").Output(); err == nil {
-		for _, line := range strings.Split(string(out), "\n") {
-			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "Model name" {
-				m.CPUModel = strings.TrimSpace(v)
-			}
-		}
-	}
-	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
-		for _, line := range strings.Split(string(b), "\n") {
-			if f := strings.Fields(line); len(f) >= 2 && f[0] == "MemTotal:" {
-				kb, _ := strconv.ParseFloat(f[1], 64)
-				m.MemTotal = fmt.Sprintf("%.1f GiB", kb/1024/1024)
-			}
-		}
-	}
-	if out, err := exec.Command("uname", "-sr").Output(); err == nil {
-		m.Kernel = strings.TrimSpace(string(out))
-	}
-	return m
-}
-
-func gitCommit() string {
-	out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
-	if err != nil {
-		return ""
-	}
-	c := strings.TrimSpace(string(out))
-	if st, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(strings.TrimSpace(string(st))) > 0 {
-		c += " (with uncommitted changes)"
-	}
-	return c
 }
