@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/llmedge/llmedge/internal/testenv"
 	"io"
 	"log/slog"
 	"maps"
@@ -71,27 +72,10 @@ routes:
     prefix_rewrite: /
 `
 
-// eventually polls f until it returns nil or the timeout passes, then fails with f's last
-// error.
+// eventually polls f with a deadline (testenv.Eventually at a 5 ms interval).
 func eventually(t *testing.T, timeout time.Duration, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s: %v", timeout, err)
-		}
-		select {
-		case <-t.Context().Done():
-			t.Fatalf("test context done while waiting: %v", err)
-		case <-tick.C:
-		}
-	}
+	testenv.Eventually(t, timeout, 5*time.Millisecond, f)
 }
 
 // lockedBuffer collects the program's log lines; slog handlers may write concurrently.

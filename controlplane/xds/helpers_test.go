@@ -3,6 +3,7 @@ package xds
 import (
 	"context"
 	"fmt"
+	"github.com/llmedge/llmedge/internal/testenv"
 	"log/slog"
 	"maps"
 	"net"
@@ -20,27 +21,10 @@ import (
 	"github.com/llmedge/llmedge/controlplane/translate"
 )
 
-// eventually polls f until it returns nil or the timeout passes, then fails with f's last
-// error. It is the only way these tests wait for asynchronous effects.
+// eventually polls f with a deadline (testenv.Eventually at a 5 ms interval).
 func eventually(t *testing.T, timeout time.Duration, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s: %v", timeout, err)
-		}
-		select {
-		case <-t.Context().Done():
-			t.Fatalf("test context done while waiting: %v", err)
-		case <-tick.C:
-		}
-	}
+	testenv.Eventually(t, timeout, 5*time.Millisecond, f)
 }
 
 // testFile is examples/routes.yaml as a decoded document: hk serves openai and anthropic,

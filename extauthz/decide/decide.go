@@ -10,6 +10,7 @@ package decide
 
 import (
 	"crypto/sha256"
+	"github.com/llmedge/llmedge/internal/wire"
 	"net/netip"
 	"net/url"
 	"slices"
@@ -24,16 +25,18 @@ const (
 	APIGemini    = "gemini"
 )
 
-// Credential headers a caller may send, in the order they are looked at.
+// Credential headers a caller may send, in the order they are looked at. The names come
+// from internal/wire, which also tells Envoy which headers to forward to extauthz: the
+// two lists cannot drift apart.
 const (
-	HeaderLLMedgeToken  = "llmedge-token"
+	HeaderLLMedgeToken  = wire.TokenHeader
 	HeaderAuthorization = "authorization"
 	HeaderAPIKey        = "x-api-key"
 	HeaderGoogAPIKey    = "x-goog-api-key"
 	// QueryKey is the Gemini-style query parameter that may carry the token.
-	QueryKey = "key"
+	QueryKey = wire.KeyQueryParam
 	// InternalHeaderPrefix marks llmedge's own headers; a caller may not send them upstream.
-	InternalHeaderPrefix = "x-llmedge-"
+	InternalHeaderPrefix = wire.InternalHeaderPrefix
 )
 
 // Reasons, the machine-readable part of a Decision.

@@ -8,6 +8,8 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+
+	"github.com/llmedge/llmedge/internal/wire"
 	"strings"
 	"testing"
 	"time"
@@ -988,6 +990,16 @@ func TestQueryParamNamesKeepsRawSpelling(t *testing.T) {
 		got := queryParamNames(path, "key")
 		if strings.Join(got, ",") != strings.Join(want, ",") {
 			t.Errorf("queryParamNames(%q) = %q, want %q", path, got, want)
+		}
+	}
+}
+
+// Envoy forwards only wire.CredentialHeaders to extauthz: every header the decision reads
+// a token from must be among them, or that SDK style would silently stop working.
+func TestEnvoyForwardsEveryCredentialHeader(t *testing.T) {
+	for _, h := range []string{HeaderLLMedgeToken, HeaderAuthorization, HeaderAPIKey, HeaderGoogAPIKey} {
+		if !slices.Contains(wire.CredentialHeaders, h) {
+			t.Errorf("%s is read by the decision but not in wire.CredentialHeaders", h)
 		}
 	}
 }
