@@ -42,6 +42,6 @@ func TestStartEnvoy(t *testing.T) {
 	}
 	e.Stop()
 	if !strings.Contains(e.Log(), "caught ENVOY_SIGTERM") {
-		t.Errorf("envoy log lacks the SIGTERM line; was it stopped gracefully?\n%s", tail(e.Log(), 20))
+		t.Errorf("envoy log lacks the SIGTERM line; was it stopped gracefully?\n%s", e.LogTail(20))
 	}
 }

@@ -23,6 +23,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+
+	"github.com/llmedge/llmedge/internal/stack"
 )
 
 func TestStartRedis(t *testing.T) {
@@ -45,7 +47,7 @@ func TestStartRedis(t *testing.T) {
 	}
 
 	r.Kill()
-	if err := redisPing(r.Addr()); err == nil {
+	if err := stack.RedisPONG(r.Addr())(context.Background()); err == nil {
 		t.Fatal("PING answered after Kill")
 	}
 	r.Restart(t)
@@ -54,7 +56,7 @@ func TestStartRedis(t *testing.T) {
 	}
 	r.Restart(t) // of a running server: stops it first
 	r.Stop()
-	if err := redisPing(r.Addr()); err == nil {
+	if err := stack.RedisPONG(r.Addr())(context.Background()); err == nil {
 		t.Fatal("PING answered after Stop")
 	}
 	if !strings.Contains(strings.ToLower(r.Process().Log()), "ready to accept connections") {

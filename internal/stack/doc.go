@@ -1,0 +1,14 @@
+// Package stack is the one place that knows how llmedge's components are run as local
+// processes: where the tools are (Envoy, envoyproxy/ratelimit, redis-server), how the
+// llmedge and fakellm binaries are built, which ports they get, the command line and
+// environment of every component, how a process is started, watched, and stopped, and
+// when it is ready. `make run` (cmd/llmedge-run), the end-to-end tests (through the
+// testing.TB adapter internal/testenv) and the benchmarks call it; compose.yaml is kept
+// equal to its Topology and ratelimit settings by deploy/compose_test.go.
+//
+// Everything here returns errors instead of failing a test, so programs can use it.
+//
+// Children never inherit the caller's environment: each gets BaseEnv plus the settings
+// of its component, so a provider key in the operator's shell reaches no process (the
+// keys directory is the only place a key lives).
+package stack

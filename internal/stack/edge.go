@@ -1,0 +1,172 @@
+package stack
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"reflect"
+	"sync"
+)
+
+// Edge is a whole edge as local processes: every component of Topology, the PerRegion
+// ones once for each of Regions, on the ports of Ports. `make run` is an Edge.
+type Edge struct {
+	Runner
+	Regions []string
+	Ports   map[PortKey]int
+	// Routes is the routes YAML the control plane watches; KeysDir the provider keys
+	// extauthz injects (<dir>/<upstream>/<name>).
+	Routes, KeysDir string
+	// EnvoyConcurrency is each Envoy's worker threads; default 1.
+	EnvoyConcurrency int
+
+	mu    sync.Mutex
+	procs []*Process // in start order
+	redis *RedisProcess
+}
+
+// Start starts every component in Topology order and returns once each is ready: the
+// control plane serves a valid config, extauthz holds its policy, ratelimit has its
+// limits and every Envoy is live. On error the processes started so far are stopped.
+func (e *Edge) Start(ctx context.Context) error {
+	if missing := e.missingPorts(); len(missing) > 0 {
+		return fmt.Errorf("stack: no port for %v", missing)
+	}
+	starters := e.starters()
+	for _, c := range Topology() {
+		start, ok := starters[c.Name]
+		if !ok {
+			e.Stop()
+			return fmt.Errorf("stack: Edge cannot start component %q", c.Name)
+		}
+		regions := []string{""}
+		if c.Scope == PerRegion {
+			regions = e.Regions
+		}
+		for _, r := range regions {
+			if err := start(ctx, r); err != nil {
+				e.Stop()
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// port returns the port of a component's role (Start checked they all exist).
+func (e *Edge) port(component, region, role string) int {
+	return e.Ports[PortKey{component, region, role}]
+}
+
+func (e *Edge) addr(component, region, role string) string {
+	return Loopback(e.port(component, region, role))
+}
+
+func (e *Edge) missingPorts() []PortKey {
+	var missing []PortKey
+	for _, k := range PortKeys(e.Regions) {
+		if e.Ports[k] == 0 {
+			missing = append(missing, k)
+		}
+	}
+	return missing
+}
+
+func (e *Edge) add(p *Process) {
+	e.mu.Lock()
+	e.procs = append(e.procs, p)
+	e.mu.Unlock()
+}
+
+// starters start one component (for one region) and wait until it is ready.
+func (e *Edge) starters() map[string]func(ctx context.Context, region string) error {
+	xds := e.addr("controlplane", "", RoleXDS)
+	return map[string]func(context.Context, string) error{
+		"redis": func(ctx context.Context, _ string) error {
+			rp, err := e.StartRedis(ctx, Redis{Port: e.port("redis", "", RoleRedis), Dir: filepath.Join(e.Dir, "redis")})
+			if err != nil {
+				return err
+			}
+			e.redis = rp
+			e.add(rp.Process())
+			return nil
+		},
+		"fakellm": func(ctx context.Context, _ string) error {
+			p, err := e.StartFakellm(ctx, "fakellm", Fakellm{Addr: e.addr("fakellm", "", RoleHTTP)})
+			if err != nil {
+				return err
+			}
+			e.add(p)
+			return nil
+		},
+		"controlplane": func(ctx context.Context, _ string) error {
+			cp := ControlPlane{Config: e.Routes, XDSAddr: xds, HTTPAddr: e.addr("controlplane", "", RoleHTTP)}
+			p, err := e.StartControlPlane(ctx, "controlplane", cp)
+			if err != nil {
+				return err
+			}
+			e.add(p)
+			return p.Await(ctx, LlmedgeStartTimeout, HTTPStatus(cp.StatusURL()+"/readyz", http.StatusOK))
+		},
+		"extauthz": func(ctx context.Context, r string) error {
+			p, err := e.StartExtAuthz(ctx, ProcessName("extauthz", r), ExtAuthz{
+				Region: r, XDSAddr: xds, KeysDir: e.KeysDir,
+				GRPCAddr: e.addr("extauthz", r, RoleGRPC), HTTPAddr: e.addr("extauthz", r, RoleHTTP),
+			})
+			if err != nil {
+				return err
+			}
+			e.add(p)
+			return nil
+		},
+		"ratelimit": func(ctx context.Context, r string) error {
+			rl, err := e.StartRatelimit(ctx, ProcessName("ratelimit", r), Ratelimit{
+				Region: r, XDSAddr: xds, RedisAddr: e.addr("redis", "", RoleRedis),
+				GRPCPort: e.port("ratelimit", r, RoleGRPC), HTTPPort: e.port("ratelimit", r, RoleHTTP),
+				DebugPort: e.port("ratelimit", r, RoleDebug), MetricsPort: e.port("ratelimit", r, RoleMetrics),
+			})
+			if err != nil {
+				return err
+			}
+			e.add(rl.Process)
+			return rl.WaitHealthy(ctx, RatelimitStartTimeout)
+		},
+		"envoy": func(ctx context.Context, r string) error {
+			ep, err := e.StartEnvoy(ctx, ProcessName("envoy", r), Envoy{
+				Region: r, XDSAddr: xds, AdminPort: e.port("envoy", r, RoleAdmin),
+				Concurrency: e.EnvoyConcurrency,
+			})
+			if err != nil {
+				return err
+			}
+			e.add(ep.Process)
+			return ep.WaitLive(ctx)
+		},
+	}
+}
+
+// Processes returns the running processes in start order.
+func (e *Edge) Processes() []*Process {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]*Process(nil), e.procs...)
+}
+
+// Wait blocks until ctx ends (nil) or a process exits: then the error names it and its
+// log, and the caller should Stop the rest.
+func (e *Edge) Wait(ctx context.Context) error {
+	procs := e.Processes()
+	cases := []reflect.SelectCase{{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ctx.Done())}}
+	for _, p := range procs {
+		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(p.Done())})
+	}
+	i, _, _ := reflect.Select(cases)
+	if i == 0 {
+		return nil
+	}
+	return procs[i-1].ExitError()
+}
+
+// Stop stops every process (SIGTERM, then SIGKILL after StopGrace).
+func (e *Edge) Stop() { StopAll(e.Processes()...) }

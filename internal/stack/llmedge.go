@@ -1,0 +1,111 @@
+package stack
+
+import (
+	"context"
+	"time"
+)
+
+// ControlPlane is how `llmedge controlplane` runs.
+type ControlPlane struct {
+	Config   string // routes YAML file or directory
+	XDSAddr  string // gRPC ADS listen address
+	HTTPAddr string // /status /healthz /readyz /metrics
+	// WatchHoldoff is the quiet time after a file event; 0 keeps the binary's default.
+	WatchHoldoff time.Duration
+	LogLevel     string // default info
+	LogFormat    string // default json
+}
+
+// Cmd returns the command line of the control plane.
+func (c ControlPlane) Cmd(llmedge string) Cmd {
+	args := []string{"controlplane",
+		"--config", c.Config,
+		"--xds-listen", c.XDSAddr,
+		"--http-listen", c.HTTPAddr,
+		"--log-format", or(c.LogFormat, "json"),
+		"--log-level", or(c.LogLevel, "info"),
+	}
+	if c.WatchHoldoff > 0 {
+		args = append(args, "--watch-holdoff", c.WatchHoldoff.String())
+	}
+	return Cmd{Path: llmedge, Args: args, Env: BaseEnv()}
+}
+
+// StatusURL is the base URL of the status API, e.g. http://127.0.0.1:18080.
+func (c ControlPlane) StatusURL() string { return "http://" + c.HTTPAddr }
+
+// StartControlPlane runs the control plane and returns once its HTTP API answers
+// (/healthz; a config that does not validate is still "up": tests write broken YAML on
+// purpose). Wait for /readyz with Await(HTTPStatus(...)) when a valid config is expected.
+func (r *Runner) StartControlPlane(ctx context.Context, name string, c ControlPlane) (*Process, error) {
+	if err := need("llmedge", r.Paths.Llmedge); err != nil {
+		return nil, err
+	}
+	return r.startReady(ctx, name, c.Cmd(r.Paths.Llmedge), LlmedgeStartTimeout, HTTPAnswers(c.StatusURL()+"/healthz"))
+}
+
+// ExtAuthz is how `llmedge extauthz` runs for one region.
+type ExtAuthz struct {
+	Region   string
+	XDSAddr  string // the control plane's ADS address
+	GRPCAddr string // regions.<region>.extauthz in the routes YAML
+	HTTPAddr string // /healthz /readyz /metrics
+	KeysDir  string
+	// KeysPoll is the fallback poll interval of the keys directory; 0 keeps the default.
+	KeysPoll  time.Duration
+	LogLevel  string // default info
+	LogFormat string // default json
+}
+
+// Cmd returns the command line of extauthz.
+func (e ExtAuthz) Cmd(llmedge string) Cmd {
+	args := []string{"extauthz",
+		"--region", e.Region,
+		"--xds", e.XDSAddr,
+		"--grpc-listen", e.GRPCAddr,
+		"--http-listen", e.HTTPAddr,
+		"--keys-dir", e.KeysDir,
+		"--log-format", or(e.LogFormat, "json"),
+		"--log-level", or(e.LogLevel, "info"),
+	}
+	if e.KeysPoll > 0 {
+		args = append(args, "--keys-poll", e.KeysPoll.String())
+	}
+	return Cmd{Path: llmedge, Args: args, Env: BaseEnv()}
+}
+
+// StartExtAuthz runs extauthz and returns once it holds its region's policy (/readyz 200).
+func (r *Runner) StartExtAuthz(ctx context.Context, name string, e ExtAuthz) (*Process, error) {
+	if err := need("llmedge", r.Paths.Llmedge); err != nil {
+		return nil, err
+	}
+	return r.startReady(ctx, name, e.Cmd(r.Paths.Llmedge), LlmedgeStartTimeout, HTTPStatus("http://"+e.HTTPAddr+"/readyz", 200))
+}
+
+// Fakellm is how the fake LLM upstream (cmd/fakellm) runs.
+type Fakellm struct {
+	Addr  string
+	Name  string   // default fakellm
+	Extra []string // more flags, e.g. --chunks 5
+}
+
+// Cmd returns the command line of the fake upstream.
+func (f Fakellm) Cmd(fakellm string) Cmd {
+	args := append([]string{"--listen", f.Addr, "--name", or(f.Name, "fakellm")}, f.Extra...)
+	return Cmd{Path: fakellm, Args: args, Env: BaseEnv()}
+}
+
+// StartFakellm runs the fake upstream and returns once /_fake/healthz answers 200.
+func (r *Runner) StartFakellm(ctx context.Context, name string, f Fakellm) (*Process, error) {
+	if err := need("fakellm", r.Paths.Fakellm); err != nil {
+		return nil, err
+	}
+	return r.startReady(ctx, name, f.Cmd(r.Paths.Fakellm), LlmedgeStartTimeout, HTTPStatus("http://"+f.Addr+"/_fake/healthz", 200))
+}
+
+func or(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}

@@ -1,0 +1,134 @@
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+)
+
+// The third-party programs `make tools` installs under <repo>/.tools/bin.
+const (
+	ToolEnvoy       = "envoy"
+	ToolRatelimit   = "ratelimit"
+	ToolRedisServer = "redis-server"
+)
+
+// toolEnv names the variable that overrides one tool's path.
+var toolEnv = map[string]string{
+	ToolEnvoy:       "LLMEDGE_ENVOY",
+	ToolRatelimit:   "LLMEDGE_RATELIMIT",
+	ToolRedisServer: "LLMEDGE_REDIS_SERVER",
+}
+
+// RepoRoot returns the directory holding go.mod, searching upwards from the working
+// directory (go test runs each package in its own directory).
+func RepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("stack: go.mod not found above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// ToolPath returns the path of one of the Tool* programs: $LLMEDGE_ENVOY (and so on) if
+// set, else $LLMEDGE_TOOLS/bin/<name>, else <repo>/.tools/bin/<name>. It fails, naming
+// `make tools`, when that is not an executable file.
+func ToolPath(name string) (string, error) {
+	envVar, ok := toolEnv[name]
+	if !ok {
+		return "", fmt.Errorf("stack: unknown tool %q", name)
+	}
+	path := os.Getenv(envVar)
+	if path == "" {
+		dir := os.Getenv("LLMEDGE_TOOLS") // set by the Makefile
+		if dir == "" {
+			root, err := RepoRoot()
+			if err != nil {
+				return "", fmt.Errorf("stack: locating %s: %w; run `make tools`", name, err)
+			}
+			dir = filepath.Join(root, ".tools")
+		}
+		path = filepath.Join(dir, "bin", name)
+	}
+	fi, err := os.Stat(path) // follows the symlinks tools.sh creates
+	if err != nil {
+		return "", fmt.Errorf("stack: %s not found at %s (%v); run `make tools` or set %s", name, path, err, envVar)
+	}
+	if fi.IsDir() || fi.Mode().Perm()&0o111 == 0 {
+		return "", fmt.Errorf("stack: %s at %s is not an executable file; run `make tools` or set %s", name, path, envVar)
+	}
+	return path, nil
+}
+
+// Paths are the programs a stack runs. Empty fields are filled by FindTools and
+// BuildBinaries; a Start function fails clearly when the program it needs is missing.
+type Paths struct {
+	Envoy, Ratelimit, RedisServer string
+	Llmedge, Fakellm              string
+}
+
+// FindTools fills the empty tool paths (Envoy, Ratelimit, RedisServer) with ToolPath.
+func (p *Paths) FindTools() error {
+	var errs []error
+	for name, field := range map[string]*string{ToolEnvoy: &p.Envoy, ToolRatelimit: &p.Ratelimit, ToolRedisServer: &p.RedisServer} {
+		if *field != "" {
+			continue
+		}
+		path, err := ToolPath(name)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		*field = path
+	}
+	return errors.Join(errs...)
+}
+
+// BinariesIn sets Llmedge and Fakellm to <dir>/llmedge and <dir>/fakellm, failing if
+// either is not there (run `make build`).
+func (p *Paths) BinariesIn(dir string) error {
+	var errs []error
+	for name, field := range map[string]*string{"llmedge": &p.Llmedge, "fakellm": &p.Fakellm} {
+		path := filepath.Join(dir, name)
+		if fi, err := os.Stat(path); err != nil || fi.IsDir() {
+			errs = append(errs, fmt.Errorf("stack: %s not found in %s; run `make build` or set LLMEDGE_BIN_DIR", name, dir))
+			continue
+		}
+		*field = path
+	}
+	return errors.Join(errs...)
+}
+
+// BuildBinaries compiles cmd/llmedge and cmd/fakellm of the repository at root into dir
+// and points Llmedge and Fakellm at them.
+func (p *Paths) BuildBinaries(ctx context.Context, root, dir string) error {
+	for name, field := range map[string]*string{"llmedge": &p.Llmedge, "fakellm": &p.Fakellm} {
+		out := filepath.Join(dir, name)
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/"+name)
+		cmd.Dir = root
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("stack: go build ./cmd/%s: %w\n%s", name, err, b)
+		}
+		*field = out
+	}
+	return nil
+}
+
+func need(what, path string) error {
+	if path == "" {
+		return fmt.Errorf("stack: no path for %s (Paths.FindTools or Paths.BinariesIn)", what)
+	}
+	return nil
+}
