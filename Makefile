@@ -20,10 +20,11 @@ proto: ## Regenerate the Go code for proto/**/*.proto (protoc from make tools; m
 	@bash scripts/proto.sh
 
 .PHONY: build
-build: ## Build the llmedge and fakellm binaries into bin/
+build: ## Build the llmedge, fakellm and llmedge-run binaries into bin/
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/llmedge ./cmd/llmedge
 	$(GO) build -o $(BIN)/fakellm ./cmd/fakellm
+	$(GO) build -o $(BIN)/llmedge-run ./cmd/llmedge-run
 
 .PHONY: fmt
 fmt: ## Format the Go code
@@ -44,7 +45,7 @@ golden: ## Rewrite the golden files (translator output, Envoy bootstraps) from t
 
 .PHONY: run
 run: tools build ## Start a local two-region edge (hk, sg) with the fake LLM upstream
-	@bash scripts/run.sh
+	@$(BIN)/llmedge-run
 
 .PHONY: bench
 bench: tools build ## Benchmarks (not part of make test); results go to docs/BENCHMARKS.md

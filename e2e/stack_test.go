@@ -3,13 +3,13 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -22,30 +22,38 @@ import (
 	"github.com/llmedge/llmedge/controlplane"
 	"github.com/llmedge/llmedge/controlplane/config"
 	"github.com/llmedge/llmedge/internal/fakellm"
+	stk "github.com/llmedge/llmedge/internal/stack"
 	"github.com/llmedge/llmedge/internal/testenv"
 	"github.com/llmedge/llmedge/internal/token"
 	"go.yaml.in/yaml/v3"
 )
 
-// llmedgeBin is built once for the whole package by TestMain.
-var llmedgeBin string
+// llmedgeBin and fakellmBin are built once for the whole package by TestMain.
+var llmedgeBin, fakellmBin string
 
 func TestMain(m *testing.M) {
+	os.Exit(buildAndRun(m))
+}
+
+func buildAndRun(m *testing.M) int {
 	dir, err := os.MkdirTemp("", "llmedge-e2e-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+		return 1
 	}
-	llmedgeBin = filepath.Join(dir, "llmedge")
-	build := exec.Command("go", "build", "-o", llmedgeBin, "github.com/llmedge/llmedge/cmd/llmedge")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build llmedge:", err)
-		os.Exit(1)
+	defer os.RemoveAll(dir)
+	root, err := stk.RepoRoot()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
 	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	var paths stk.Paths
+	if err := paths.BuildBinaries(context.Background(), root, dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	llmedgeBin, fakellmBin = paths.Llmedge, paths.Fakellm
+	return m.Run()
 }
 
 // upstream is the fake LLM provider, served over TLS with a test CA (as a real provider
@@ -211,16 +219,9 @@ func newStack(t testing.TB, up *upstream, tmpl string, regions ...string) *stack
 		}
 	}
 	for _, r := range regions {
-		out, err := exec.Command(llmedgeBin, "bootstrap", "--region", r, "--admin-port", "0",
-			"--xds", fmt.Sprintf("127.0.0.1:%d", s.xdsPort)).Output()
-		if err != nil {
-			t.Fatalf("render bootstrap for %s: %v", r, err)
-		}
-		path := filepath.Join(s.dir, "envoy-"+r+".yaml")
-		if err := os.WriteFile(path, out, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		s.envoys[r] = testenv.StartEnvoy(t, "envoy-"+r, path)
+		s.envoys[r] = testenv.StartRegionEnvoy(t, llmedgeBin, stk.ProcessName("envoy", r), stk.Envoy{
+			Region: r, XDSAddr: stk.Loopback(s.xdsPort), // admin port 0: the kernel picks
+		})
 	}
 	s.waitInSync(30 * time.Second)
 	for _, r := range regions {
@@ -232,21 +233,12 @@ func newStack(t testing.TB, up *upstream, tmpl string, regions ...string) *stack
 
 func (s *stack) startControlPlane() {
 	s.t.Helper()
-	cmd := exec.Command(llmedgeBin, "controlplane",
-		"--config", s.routes,
-		"--xds-listen", fmt.Sprintf("127.0.0.1:%d", s.xdsPort),
-		"--http-listen", fmt.Sprintf("127.0.0.1:%d", s.httpPort),
-		"--watch-holdoff", "50ms",
-		"--log-level", "debug",
-	)
-	s.cp = testenv.Start(s.t, "controlplane", cmd)
-	testenv.Eventually(s.t, 15*time.Second, 20*time.Millisecond, func() error {
-		resp, err := http.Get(s.statusURL("/healthz"))
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		return nil
+	s.cp = testenv.StartControlPlane(s.t, llmedgeBin, "controlplane", stk.ControlPlane{
+		Config:       s.routes,
+		XDSAddr:      stk.Loopback(s.xdsPort),
+		HTTPAddr:     stk.Loopback(s.httpPort),
+		WatchHoldoff: 50 * time.Millisecond,
+		LogLevel:     "debug",
 	})
 }
 
@@ -255,26 +247,14 @@ func (s *stack) startControlPlane() {
 func (s *stack) startExtAuthz(region string) {
 	s.t.Helper()
 	routesData{s}.ExtAuthz(region)
-	cmd := exec.Command(llmedgeBin, "extauthz",
-		"--region", region,
-		"--xds", fmt.Sprintf("127.0.0.1:%d", s.xdsPort),
-		"--grpc-listen", fmt.Sprintf("127.0.0.1:%d", s.authzPort[region]),
-		"--http-listen", fmt.Sprintf("127.0.0.1:%d", s.authzHTTP[region]),
-		"--keys-dir", s.keysDir,
-		"--keys-poll", "200ms",
-		"--log-level", "debug",
-	)
-	s.authz[region] = testenv.Start(s.t, "extauthz-"+region, cmd)
-	testenv.Eventually(s.t, 15*time.Second, 20*time.Millisecond, func() error {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", s.authzHTTP[region]))
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("extauthz %s: /readyz %d", region, resp.StatusCode)
-		}
-		return nil
+	s.authz[region] = testenv.StartExtAuthz(s.t, llmedgeBin, stk.ProcessName("extauthz", region), stk.ExtAuthz{
+		Region:   region,
+		XDSAddr:  stk.Loopback(s.xdsPort),
+		GRPCAddr: stk.Loopback(s.authzPort[region]),
+		HTTPAddr: stk.Loopback(s.authzHTTP[region]),
+		KeysDir:  s.keysDir,
+		KeysPoll: 200 * time.Millisecond,
+		LogLevel: "debug",
 	})
 }
 
@@ -287,7 +267,7 @@ func (s *stack) startRatelimit(region string) {
 	}
 	s.rl[region] = testenv.StartRatelimit(s.t, testenv.RatelimitOptions{
 		Region:    region,
-		XDSAddr:   fmt.Sprintf("127.0.0.1:%d", s.xdsPort),
+		XDSAddr:   stk.Loopback(s.xdsPort),
 		RedisAddr: s.redis.Addr(),
 		GRPCPort:  s.rlPort[region],
 	})

@@ -116,12 +116,20 @@ func (p *Paths) BinariesIn(dir string) error {
 func (p *Paths) BuildBinaries(ctx context.Context, root, dir string) error {
 	for name, field := range map[string]*string{"llmedge": &p.Llmedge, "fakellm": &p.Fakellm} {
 		out := filepath.Join(dir, name)
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/"+name)
-		cmd.Dir = root
-		if b, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("stack: go build ./cmd/%s: %w\n%s", name, err, b)
+		if err := GoBuild(ctx, root, "./cmd/"+name, out); err != nil {
+			return err
 		}
 		*field = out
+	}
+	return nil
+}
+
+// GoBuild compiles the package pkg (e.g. ./cmd/llmedge) of the module at root into out.
+func GoBuild(ctx context.Context, root, pkg, out string) error {
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("stack: go build %s: %w\n%s", pkg, err, b)
 	}
 	return nil
 }

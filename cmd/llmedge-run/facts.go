@@ -1,0 +1,99 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+
+	"github.com/llmedge/llmedge/internal/stack"
+)
+
+func (d *demo) url(component, region, role string) string {
+	return "http://" + d.addr(component, region, role)
+}
+
+func (d *demo) addr(component, region, role string) string {
+	return stack.Loopback(d.ports[stack.PortKey{Component: component, Region: region, Role: role}])
+}
+
+type regionFacts struct {
+	Edge           string `json:"edge"`
+	Admin          string `json:"admin"`
+	ExtAuthz       string `json:"extauthz"`
+	Ratelimit      string `json:"ratelimit"`
+	RatelimitDebug string `json:"ratelimit_debug"`
+}
+
+// writeFacts writes .run/edge.json (mode 0600: it holds the token) for scripts.
+func writeFacts(d *demo) error {
+	facts := struct {
+		Token        string                 `json:"token"`
+		Regions      map[string]regionFacts `json:"regions"`
+		ControlPlane struct {
+			XDS    string `json:"xds"`
+			Status string `json:"status"`
+		} `json:"control_plane"`
+		FakeUpstream string `json:"fake_upstream"`
+		Redis        string `json:"redis"`
+		RoutesYAML   string `json:"routes_yaml"`
+		KeysDir      string `json:"keys_dir"`
+		Logs         string `json:"logs"`
+	}{Token: d.token, Regions: map[string]regionFacts{}}
+	for _, r := range stack.LocalRegions() {
+		facts.Regions[r] = regionFacts{
+			Edge:           d.url("envoy", r, stack.RoleEdge),
+			Admin:          d.url("envoy", r, stack.RoleAdmin),
+			ExtAuthz:       d.url("extauthz", r, stack.RoleHTTP),
+			Ratelimit:      d.url("ratelimit", r, stack.RoleHTTP),
+			RatelimitDebug: d.url("ratelimit", r, stack.RoleDebug),
+		}
+	}
+	facts.ControlPlane.XDS = d.addr("controlplane", "", stack.RoleXDS)
+	facts.ControlPlane.Status = d.url("controlplane", "", stack.RoleHTTP) + "/status"
+	facts.FakeUpstream = d.url("fakellm", "", stack.RoleHTTP)
+	facts.Redis = d.addr("redis", "", stack.RoleRedis)
+	facts.RoutesYAML, facts.KeysDir, facts.Logs = d.routes, d.keysDir, filepath.Join(d.runDir, "logs")
+	b, err := json.MarshalIndent(facts, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writePrivate(filepath.Join(d.runDir, "edge.json"), append(b, '\n'))
+}
+
+func banner(w io.Writer, d *demo) {
+	note := "every upstream is the fake LLM upstream (no provider keys needed)"
+	if len(d.real) > 0 {
+		note = "real provider for: " + strings.Join(d.real, " ") + "; the fake LLM upstream for the rest"
+	}
+	hk, sg := d.addr("envoy", "hk", stack.RoleEdge), d.addr("envoy", "sg", stack.RoleEdge)
+	fmt.Fprintf(w, `
+  llmedge is running: two regions; %s
+
+  demo caller token (keep it secret):  %s
+
+  region hk   edge http://%s    admin %s
+  region sg   edge http://%s    admin %s
+  status      %s/status   (metrics: /metrics; limits: %s/rlconfig)
+  routes YAML %s  (edit it: changes go live on save)
+  logs        %s/      facts for scripts: %s
+
+  Try:
+    export LLMEDGE_TOKEN=%s
+    curl -s http://%s/openai/v1/chat/completions -H "Authorization: Bearer $LLMEDGE_TOKEN" \
+      -H 'content-type: application/json' -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}]}'
+    curl -sN 'http://%s/gemini/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse' \
+      -H "x-goog-api-key: $LLMEDGE_TOKEN" -H 'content-type: application/json' -d '{"contents":[{"parts":[{"text":"hello"}]}]}'
+
+  SDKs: base_url http://%s/openai/v1 (OpenAI), http://%s/anthropic (Anthropic),
+        http://%s/gemini (Google GenAI), api_key = the token above.
+
+  Ctrl-C stops everything.
+`, note, d.token,
+		hk, d.url("envoy", "hk", stack.RoleAdmin),
+		sg, d.url("envoy", "sg", stack.RoleAdmin),
+		d.url("controlplane", "", stack.RoleHTTP), d.url("ratelimit", "hk", stack.RoleDebug),
+		d.routes, filepath.Join(d.runDir, "logs"), filepath.Join(d.runDir, "edge.json"),
+		d.token, hk, sg, hk, hk, sg)
+}

@@ -1,0 +1,264 @@
+// Command llmedge-run is `make run`: a local two-region edge (hk, sg) as plain processes —
+// Redis, the fake LLM upstream, the control plane, and per region an extauthz, an
+// envoyproxy/ratelimit and an Envoy — with a demo caller token (600 requests a minute).
+// internal/stack runs the components; this command adds what is particular to the demo:
+// the .run/ directory, the token, the routes copy, the keys and the banner.
+//
+// Environment: LLMEDGE_*_PORT move ports (stack.LocalPorts), LLMEDGE_RUN_DIR (default
+// .run), LLMEDGE_BIN_DIR (default bin), LLMEDGE_ROUTES (default examples/routes.yaml).
+// OPENAI_API_KEY, ANTHROPIC_API_KEY or GEMINI_API_KEY switch that upstream to the real
+// provider: the key goes to the keys directory only, the provider's URL into the routes
+// copy. No child process sees any of these variables. Ctrl-C stops everything.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/llmedge/llmedge/internal/stack"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Getenv, os.Stdout, os.Stderr))
+}
+
+// demo is what the command prepares before it starts the edge.
+type demo struct {
+	root, runDir, binDir, routesSrc, routes, keysDir string
+	ports                                            map[stack.PortKey]int
+	paths                                            stack.Paths
+	token, digest                                    string
+	real                                             []string // upstreams sent to the real provider
+}
+
+func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writer) int {
+	d, err := prepare(ctx, getenv, stdout, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "llmedge-run: %v\n", err)
+		return 1
+	}
+	edge := &stack.Edge{
+		Runner:           stack.Runner{Paths: d.paths, Dir: d.runDir, LogDir: filepath.Join(d.runDir, "logs")},
+		Regions:          stack.LocalRegions(),
+		Ports:            d.ports,
+		Routes:           d.routes,
+		KeysDir:          d.keysDir,
+		EnvoyConcurrency: 2,
+	}
+	if err := edge.Start(ctx); err != nil {
+		if ctx.Err() != nil { // Ctrl-C while starting
+			fmt.Fprintln(stdout, "\nstopped")
+			return 0
+		}
+		fmt.Fprintf(stderr, "llmedge-run: %v\n", err)
+		return 1
+	}
+	if err := writeFacts(d); err != nil {
+		edge.Stop()
+		fmt.Fprintf(stderr, "llmedge-run: %v\n", err)
+		return 1
+	}
+	banner(stdout, d)
+
+	err = edge.Wait(ctx)
+	if err != nil {
+		fmt.Fprintf(stderr, "llmedge-run: %v\n", err)
+	}
+	fmt.Fprintln(stdout, "\nstopping...")
+	edge.Stop()
+	fmt.Fprintln(stdout, "stopped")
+	if err != nil {
+		return 1
+	}
+	return 0
+}
+
+// prepare resolves the settings, checks the ports, and writes the token, the routes copy
+// and the keys into the run directory.
+func prepare(ctx context.Context, getenv func(string) string, stdout, stderr io.Writer) (*demo, error) {
+	root, err := stack.RepoRoot()
+	if err != nil {
+		return nil, err
+	}
+	d := &demo{root: root}
+	abs := func(p string) string {
+		if filepath.IsAbs(p) {
+			return p
+		}
+		return filepath.Join(root, p)
+	}
+	d.runDir = abs(or(getenv("LLMEDGE_RUN_DIR"), ".run"))
+	d.binDir = abs(or(getenv("LLMEDGE_BIN_DIR"), "bin"))
+	d.routesSrc = abs(or(getenv("LLMEDGE_ROUTES"), filepath.Join("examples", "routes.yaml")))
+	d.routes = filepath.Join(d.runDir, "routes.yaml")
+	d.keysDir = filepath.Join(d.runDir, "keys")
+	if d.ports, err = stack.ResolveLocalPorts(getenv); err != nil {
+		return nil, err
+	}
+	if err := errors.Join(d.paths.FindTools(), d.paths.BinariesIn(d.binDir)); err != nil {
+		return nil, err
+	}
+	if busy := stack.BusyPorts(d.ports); len(busy) > 0 {
+		return nil, fmt.Errorf("port %s is in use (another 'make run'? set LLMEDGE_*_PORT to move it)", strings.Join(busy, ", "))
+	}
+	if err := os.MkdirAll(filepath.Join(d.runDir, "logs"), 0o755); err != nil {
+		return nil, err
+	}
+	if err := d.demoToken(ctx); err != nil {
+		return nil, err
+	}
+	for _, p := range providers {
+		if getenv(p.keyVar) != "" {
+			d.real = append(d.real, p.upstream)
+		}
+	}
+	if err := d.writeRoutes(getenv("LLMEDGE_ROUTES") != ""); err != nil {
+		return nil, err
+	}
+	if err := d.writeKeys(getenv); err != nil {
+		return nil, err
+	}
+	// The routes copy is final now (provider URLs included): check it as the operator would.
+	validate := exec.CommandContext(ctx, d.paths.Llmedge, "validate", "--config", d.routes)
+	validate.Env = stack.BaseEnv()
+	validate.Stdout, validate.Stderr = stdout, stderr
+	if err := validate.Run(); err != nil {
+		return nil, fmt.Errorf("%s does not validate: %w", d.routes, err)
+	}
+	return d, nil
+}
+
+// demoToken mints the demo caller's token once and keeps it (mode 0600) in the run
+// directory, so a second `make run` keeps working with the token printed the first time.
+func (d *demo) demoToken(ctx context.Context) error {
+	path := filepath.Join(d.runDir, "demo-token.json")
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) == 0 {
+		mint := exec.CommandContext(ctx, d.paths.Llmedge, "token", "new", "--caller", "demo", "--json")
+		mint.Env = stack.BaseEnv()
+		if b, err = mint.Output(); err != nil {
+			return fmt.Errorf("mint the demo token: %w", err)
+		}
+		if err := writePrivate(path, b); err != nil {
+			return err
+		}
+	}
+	var tok struct{ Token, Digest string }
+	if err := json.Unmarshal(b, &tok); err != nil || tok.Token == "" || tok.Digest == "" {
+		return fmt.Errorf("%s: not a token file (remove it to mint a new token)", path)
+	}
+	d.token, d.digest = tok.Token, tok.Digest
+	return nil
+}
+
+// writeRoutes (re)writes the routes copy when it is missing, LLMEDGE_ROUTES names a
+// source, the source is newer, or the copy lacks the demo token; otherwise the operator's
+// live edits stay. Either way provider upstreams then point where the keys say.
+func (d *demo) writeRoutes(explicitSource bool) error {
+	src, err := os.Stat(d.routesSrc)
+	if err != nil {
+		return fmt.Errorf("routes YAML: %w", err)
+	}
+	cur, err := os.ReadFile(d.routes)
+	fresh := err != nil || explicitSource || !strings.Contains(string(cur), d.digest)
+	if !fresh {
+		if dst, err := os.Stat(d.routes); err == nil && src.ModTime().After(dst.ModTime()) {
+			fresh = true
+		}
+	}
+	if fresh {
+		b, err := os.ReadFile(d.routesSrc)
+		if err != nil {
+			return err
+		}
+		if cur, err = routesCopy(b, d.ports, d.digest); err != nil {
+			return fmt.Errorf("%s: %w", d.routesSrc, err)
+		}
+	}
+	real := map[string]bool{}
+	for _, u := range d.real {
+		real[u] = true
+	}
+	out, changed, err := pointUpstreams(cur, real, "http://"+stack.Loopback(d.ports[stack.PortKey{Component: "fakellm", Role: stack.RoleHTTP}]))
+	if err != nil {
+		return fmt.Errorf("%s: %w", d.routes, err)
+	}
+	if !fresh && !changed {
+		return nil
+	}
+	return os.WriteFile(d.routes, out, 0o644)
+}
+
+// writeKeys puts one key file per provider upstream under the keys directory (0700;
+// files 0600): the provider key from the environment, or a demo key the fake accepts.
+func (d *demo) writeKeys(getenv func(string) string) error {
+	if err := mkdirPrivate(d.keysDir); err != nil {
+		return err
+	}
+	for _, p := range providers {
+		dir := filepath.Join(d.keysDir, p.upstream)
+		if err := mkdirPrivate(dir); err != nil {
+			return err
+		}
+		fromEnv, demoKey := filepath.Join(dir, "from-env"), filepath.Join(dir, "demo")
+		if key := getenv(p.keyVar); key != "" {
+			if err := writePrivate(fromEnv, []byte(key+"\n")); err != nil {
+				return err
+			}
+			if err := os.Remove(demoKey); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+			continue
+		}
+		if err := writePrivate(demoKey, []byte("demo-key-for-the-fake-upstream\n")); err != nil {
+			return err
+		}
+		if err := os.Remove(fromEnv); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+func mkdirPrivate(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	return os.Chmod(dir, 0o700) // an older run may have left it 0755
+}
+
+// writePrivate writes a 0600 file by renaming a temporary one into place, so the file
+// is never readable by others, not even for a moment, and readers never see half of it.
+func writePrivate(path string, b []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
+
+func or(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
