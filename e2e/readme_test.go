@@ -10,77 +10,118 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	stk "github.com/llmedge/llmedge/internal/stack"
 	"github.com/llmedge/llmedge/internal/testenv"
 )
 
-// TestReadmeQuickStart runs the stack `make run` starts (scripts/run.sh itself) on free
-// ports, then runs the curl commands of both READMEs' quick starts against it, exactly as
-// written but for the ports, and checks each got an answer from the model.
-func TestReadmeQuickStart(t *testing.T) {
-	t.Parallel()
+// makeRun is the stack `make run` starts (cmd/llmedge-run itself) on free ports, in a
+// temporary run directory.
+type makeRun struct {
+	p      *testenv.Process
+	root   string
+	runDir string
+	ports  map[string]int // LLMEDGE_<name>
+	facts  struct{ Token string }
+}
+
+// startMakeRun runs llmedge-run with the given extra environment (on top of a clean one:
+// provider keys and LLMEDGE_* of the machine must not leak into the test) and waits for
+// its banner and edge.json.
+func startMakeRun(t *testing.T, extraEnv ...string) *makeRun {
+	t.Helper()
 	root, err := testenv.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
 	bin := filepath.Dir(llmedgeBin)
-	if out, err := exec.Command("go", "build", "-o", filepath.Join(bin, "fakellm"), "github.com/llmedge/llmedge/cmd/fakellm").CombinedOutput(); err != nil {
-		t.Fatalf("build fakellm: %v\n%s", err, out)
+	run := filepath.Join(bin, "llmedge-run")
+	buildMakeRun.Do(func() { buildMakeRunErr = stk.GoBuild(context.Background(), root, "./cmd/llmedge-run", run) })
+	if buildMakeRunErr != nil {
+		t.Fatal(buildMakeRunErr)
 	}
-	ports := map[string]int{}
-	env := []string{"LLMEDGE_RUN_DIR=" + t.TempDir(), "LLMEDGE_BIN_DIR=" + bin, "LLMEDGE_LOG_FORMAT=json"}
-	for _, name := range []string{"HK_PORT", "SG_PORT", "HK_ADMIN_PORT", "SG_ADMIN_PORT", "XDS_PORT", "HTTP_PORT", "FAKE_PORT",
-		"HK_AUTHZ_PORT", "SG_AUTHZ_PORT", "HK_AUTHZ_HTTP_PORT", "SG_AUTHZ_HTTP_PORT", "HK_RATELIMIT_PORT", "SG_RATELIMIT_PORT",
-		"HK_RATELIMIT_HTTP_PORT", "SG_RATELIMIT_HTTP_PORT", "REDIS_PORT"} {
-		ports[name] = testenv.FreePort(t)
-		env = append(env, fmt.Sprintf("LLMEDGE_%s=%d", name, ports[name]))
+	m := &makeRun{root: root, runDir: t.TempDir(), ports: map[string]int{}}
+	env := append(stk.BaseEnv(), "LLMEDGE_RUN_DIR="+m.runDir, "LLMEDGE_BIN_DIR="+bin, "LLMEDGE_TOOLS="+toolsDir(t))
+	for _, p := range stk.LocalPorts() {
+		name := strings.TrimPrefix(p.Env, "LLMEDGE_")
+		m.ports[name] = testenv.FreePort(t)
+		env = append(env, fmt.Sprintf("%s=%d", p.Env, m.ports[name]))
 	}
-	runDir := strings.TrimPrefix(env[0], "LLMEDGE_RUN_DIR=")
-	cmd := exec.Command("bash", filepath.Join(root, "scripts", "run.sh"))
+	cmd := exec.Command(run)
 	cmd.Dir = root
-	// Provider keys on the machine must not switch the demo to real providers.
-	for _, kv := range os.Environ() {
-		if !strings.HasSuffix(strings.SplitN(kv, "=", 2)[0], "_API_KEY") && !strings.HasPrefix(kv, "LLMEDGE_") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	cmd.Env = append(cmd.Env, env...)
-	p := testenv.Start(t, "make-run", cmd)
-
-	var facts struct{ Token string }
+	cmd.Env = append(env, extraEnv...)
+	m.p = testenv.Start(t, "make-run", cmd)
 	testenv.Eventually(t, 90*time.Second, 100*time.Millisecond, func() error {
-		if p.Exited() {
-			t.Fatalf("scripts/run.sh exited:\n%s", p.Log())
+		if m.p.Exited() {
+			t.Fatalf("llmedge-run exited:\n%s", m.p.Log())
 		}
-		if !strings.Contains(p.Log(), "Ctrl-C stops everything") {
+		if !strings.Contains(m.p.Log(), "Ctrl-C stops everything") {
 			return fmt.Errorf("no banner yet")
 		}
-		b, err := os.ReadFile(filepath.Join(runDir, "edge.json"))
+		b, err := os.ReadFile(filepath.Join(m.runDir, "edge.json"))
 		if err != nil {
 			return err
 		}
-		return json.Unmarshal(b, &facts)
+		return json.Unmarshal(b, &m.facts)
 	})
-	if !strings.HasPrefix(facts.Token, "llme_") || !strings.Contains(p.Log(), facts.Token) {
+	if !strings.HasPrefix(m.facts.Token, "llme_") || !strings.Contains(m.p.Log(), m.facts.Token) {
 		t.Fatalf("the banner and edge.json should carry the demo token")
 	}
+	return m
+}
 
+var (
+	buildMakeRun    sync.Once
+	buildMakeRunErr error
+)
+
+// toolsDir is where make tools put Envoy, ratelimit and redis-server.
+func toolsDir(t *testing.T) string {
+	t.Helper()
+	envoy, err := stk.ToolPath(stk.ToolEnvoy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Dir(filepath.Dir(envoy))
+}
+
+// stop sends Ctrl-C and waits for a clean stop.
+func (m *makeRun) stop(t *testing.T) {
+	t.Helper()
+	if err := syscall.Kill(-m.p.Pid(), syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	if err, ok := m.p.WaitTimeout(20 * time.Second); !ok {
+		t.Fatalf("llmedge-run did not stop on Ctrl-C (%v)", err)
+	}
+	if !strings.Contains(m.p.Log(), "stopped") {
+		t.Errorf("no clean stop in the log:\n%s", m.p.Log())
+	}
+}
+
+// TestReadmeQuickStart runs the stack `make run` starts on free ports, then runs the curl
+// commands of both READMEs' quick starts against it, exactly as written but for the
+// ports, and checks each got an answer from the model.
+func TestReadmeQuickStart(t *testing.T) {
+	t.Parallel()
+	m := startMakeRun(t)
 	for _, readme := range []string{"README.md", "README.zh-CN.md"} {
-		cmds := quickStartCurls(t, filepath.Join(root, readme))
+		cmds := quickStartCurls(t, filepath.Join(m.root, readme))
 		if len(cmds) < 2 {
 			t.Fatalf("%s: found %d curl commands in the quick start, want the documented examples", readme, len(cmds))
 		}
 		for i, c := range cmds {
 			c = strings.NewReplacer(
-				"127.0.0.1:10000", fmt.Sprintf("127.0.0.1:%d", ports["HK_PORT"]),
-				"127.0.0.1:10001", fmt.Sprintf("127.0.0.1:%d", ports["SG_PORT"]),
+				"127.0.0.1:10000", fmt.Sprintf("127.0.0.1:%d", m.ports["HK_PORT"]),
+				"127.0.0.1:10001", fmt.Sprintf("127.0.0.1:%d", m.ports["SG_PORT"]),
 			).Replace(c)
 			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 			run := exec.CommandContext(ctx, "bash", "-c", c)
-			run.Env = append(os.Environ(), "LLMEDGE_TOKEN="+facts.Token)
+			run.Env = append(stk.BaseEnv(), "LLMEDGE_TOKEN="+m.facts.Token)
 			out, err := run.CombinedOutput()
 			cancel()
 			if err != nil || !strings.Contains(string(out), "chunk-0") {
@@ -88,17 +129,7 @@ func TestReadmeQuickStart(t *testing.T) {
 			}
 		}
 	}
-
-	// Ctrl-C stops everything.
-	if err := syscall.Kill(-p.Pid(), syscall.SIGINT); err != nil {
-		t.Fatal(err)
-	}
-	if err, ok := p.WaitTimeout(20 * time.Second); !ok {
-		t.Fatalf("scripts/run.sh did not stop on Ctrl-C (%v)", err)
-	}
-	if !strings.Contains(p.Log(), "stopped") {
-		t.Errorf("no clean stop in the log:\n%s", p.Log())
-	}
+	m.stop(t) // Ctrl-C stops everything.
 }
 
 var fence = regexp.MustCompile("(?s)```sh\n(.*?)```")

@@ -1,0 +1,161 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Canary provider keys: recognisable, never sent anywhere (the real providers are not
+// reachable here and no request is made to them).
+const (
+	canaryOpenAI    = "sk-canary-openai-5b0c1f"
+	canaryAnthropic = "sk-ant-canary-anthropic-9e7d21"
+)
+
+// TestMakeRunKeepsProviderKeysOutOfChildren: with provider keys in its environment,
+// `make run` puts them in the keys directory only (0700, files 0600), no process it
+// starts inherits them, and the routes copy shows the upstreams' real URLs.
+func TestMakeRunKeepsProviderKeysOutOfChildren(t *testing.T) {
+	t.Parallel()
+	m := startMakeRun(t, "OPENAI_API_KEY="+canaryOpenAI, "ANTHROPIC_API_KEY="+canaryAnthropic)
+
+	// The test can fail: the canaries are in llmedge-run's own environment.
+	if env := environ(t, m.p.Pid()); !bytes.Contains(env, []byte(canaryOpenAI)) {
+		t.Fatalf("llmedge-run's environment lacks the canary; the test would prove nothing")
+	}
+	children := childrenOf(t, m.p.Pid())
+	// Redis, fakellm, control plane, and per region extauthz, ratelimit, Envoy.
+	if len(children) != 9 {
+		t.Errorf("llmedge-run has %d children, want 9: %v", len(children), children)
+	}
+	for pid, cmdline := range children {
+		env := environ(t, pid)
+		for _, canary := range []string{canaryOpenAI, canaryAnthropic, "_API_KEY="} {
+			if bytes.Contains(env, []byte(canary)) {
+				t.Errorf("child %d (%s) has %q in its environment", pid, cmdline, canary)
+			}
+		}
+	}
+
+	keys := filepath.Join(m.runDir, "keys")
+	err := filepath.WalkDir(keys, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		want := fs.FileMode(0o600)
+		if d.IsDir() {
+			want = 0o700
+		}
+		if fi.Mode().Perm() != want {
+			t.Errorf("%s: mode %v, want %v", path, fi.Mode().Perm(), want)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for up, canary := range map[string]string{"openai": canaryOpenAI, "anthropic": canaryAnthropic} {
+		b, err := os.ReadFile(filepath.Join(keys, up, "from-env"))
+		if err != nil || strings.TrimSpace(string(b)) != canary {
+			t.Errorf("keys/%s/from-env = %q, %v; want the key from the environment", up, b, err)
+		}
+		if _, err := os.Stat(filepath.Join(keys, up, "demo")); err == nil {
+			t.Errorf("keys/%s/demo still there next to the real key", up)
+		}
+	}
+
+	// The effective URLs are in the routes copy, not in a hidden override.
+	b, err := os.ReadFile(filepath.Join(m.runDir, "routes.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var routes struct {
+		Upstreams map[string]struct{ URL string } `yaml:"upstreams"`
+	}
+	if err := yaml.Unmarshal(b, &routes); err != nil {
+		t.Fatal(err)
+	}
+	fake := fmt.Sprintf("http://127.0.0.1:%d", m.ports["FAKE_PORT"])
+	for up, want := range map[string]string{"openai": "https://api.openai.com", "anthropic": "https://api.anthropic.com", "gemini": fake} {
+		if got := routes.Upstreams[up].URL; got != want {
+			t.Errorf("routes copy: upstreams.%s.url = %q, want %q", up, got, want)
+		}
+	}
+	if !strings.Contains(m.p.Log(), "real provider for: openai anthropic;") {
+		t.Errorf("the banner does not say which upstreams are real:\n%s", m.p.Log())
+	}
+
+	// Nothing the stack wrote outside the keys directory holds a key.
+	err = filepath.WalkDir(m.runDir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || strings.HasPrefix(path, keys+string(filepath.Separator)) {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, canary := range []string{canaryOpenAI, canaryAnthropic} {
+			if bytes.Contains(b, []byte(canary)) {
+				t.Errorf("%s holds a provider key", path)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(m.p.Log(), canaryOpenAI) || strings.Contains(m.p.Log(), canaryAnthropic) {
+		t.Error("llmedge-run printed a provider key")
+	}
+	m.stop(t)
+}
+
+// environ returns /proc/<pid>/environ.
+func environ(t *testing.T, pid int) []byte {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		t.Fatalf("read the environment of %d: %v", pid, err)
+	}
+	return b
+}
+
+// childrenOf returns the pids whose parent is pid, with their command lines.
+func childrenOf(t *testing.T, pid int) map[int]string {
+	t.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[int]string{}
+	for _, e := range entries {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", child))
+		if err != nil {
+			continue // gone meanwhile
+		}
+		// Fields after the parenthesised command name: state, ppid, ...
+		s := string(stat)
+		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(fields) > 1 && fields[1] == strconv.Itoa(pid) {
+			cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", child))
+			out[child] = strings.ReplaceAll(string(bytes.TrimRight(cmdline, "\x00")), "\x00", " ")
+		}
+	}
+	return out
+}
