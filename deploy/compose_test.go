@@ -25,10 +25,11 @@ import (
 
 	"github.com/llmedge/llmedge/controlplane/bootstrap"
 	"github.com/llmedge/llmedge/controlplane/config"
+	"github.com/llmedge/llmedge/internal/stack"
 	"github.com/llmedge/llmedge/internal/testenv"
 )
 
-// The compose services, which are also the components scripts/run.sh starts.
+// The compose services: the components of stack.Topology (TestTopologyMatchesProcessStack).
 var components = []string{"controlplane", "envoy", "extauthz", "fakellm", "ratelimit", "redis"}
 
 // Services running llmedge's own image (built from ./Dockerfile).
@@ -67,7 +68,7 @@ func repoRoot(t *testing.T) string {
 }
 
 // variant is one way of starting the compose project, with what it must publish: the
-// process stack's defaults (scripts/run.sh) for that region.
+// process stack's defaults (`make run`, stack.LocalPorts) for that region.
 type variant struct {
 	name    string
 	envFile string // relative to the repo root; "" = compose.yaml's own defaults
@@ -77,50 +78,37 @@ type variant struct {
 	edge, admin, status, rlDebug string
 }
 
-// variants derives the expected host ports from scripts/run.sh's defaults. The process
+// variants derives the expected host ports from `make run`'s defaults. The process
 // stack runs one control plane for both regions; the sg compose project has its own, on
 // the next port.
 func variants(t *testing.T) []variant {
 	t.Helper()
-	d := runShDefaults(t)
-	plus := func(name string, n int) string {
-		v, err := strconv.Atoi(d[name])
-		if err != nil {
-			t.Fatalf("scripts/run.sh: %s=%q is not a port", name, d[name])
-		}
-		return strconv.Itoa(v + n)
+	d := map[stack.PortKey]int{}
+	for _, p := range stack.LocalPorts() {
+		d[p.Key] = p.Default
 	}
+	port := func(component, region, role string, plus int) string {
+		v, ok := d[stack.PortKey{Component: component, Region: region, Role: role}]
+		if !ok {
+			t.Fatalf("stack.LocalPorts has no default for %s %s %s", component, region, role)
+		}
+		return strconv.Itoa(v + plus)
+	}
+	status := func(plus int) string { return port("controlplane", "", stack.RoleHTTP, plus) }
 	hk := variant{
 		project: "llmedge", region: "hk",
-		edge: d["HK_PORT"], admin: d["HK_ADMIN"], status: d["HTTP_PORT"], rlDebug: plus("HK_RL_HTTP", 100),
+		edge: port("envoy", "hk", stack.RoleEdge, 0), admin: port("envoy", "hk", stack.RoleAdmin, 0),
+		status: status(0), rlDebug: port("ratelimit", "hk", stack.RoleDebug, 0),
 	}
 	sg := variant{
 		name: "sg.env", envFile: "examples/compose/sg.env", project: "llmedge-sg", region: "sg",
-		edge: d["SG_PORT"], admin: d["SG_ADMIN"], status: plus("HTTP_PORT", 1), rlDebug: plus("SG_RL_HTTP", 100),
+		edge: port("envoy", "sg", stack.RoleEdge, 0), admin: port("envoy", "sg", stack.RoleAdmin, 0),
+		status: status(1), rlDebug: port("ratelimit", "sg", stack.RoleDebug, 0),
 	}
 	hkEnv := hk
 	hkEnv.name, hkEnv.envFile = "hk.env", "examples/compose/hk.env"
 	hk.name = "defaults"
 	return []variant{hk, hkEnv, sg}
-}
-
-// runShDefaults reads the NAME=${LLMEDGE_..:-default} lines of scripts/run.sh.
-func runShDefaults(t *testing.T) map[string]string {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(repoRoot(t), "scripts", "run.sh"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]string{}
-	for _, m := range regexp.MustCompile(`(?m)^([A-Z_]+)=\$\{LLMEDGE_[A-Z_]+:-([^}]*)\}`).FindAllStringSubmatch(string(b), -1) {
-		out[m[1]] = m[2]
-	}
-	for _, k := range []string{"HK_PORT", "SG_PORT", "HK_ADMIN", "SG_ADMIN", "HTTP_PORT", "HK_RL_HTTP", "SG_RL_HTTP"} {
-		if out[k] == "" {
-			t.Fatalf("scripts/run.sh: no default for %s (found %v)", k, out)
-		}
-	}
-	return out
 }
 
 type loadOpt func(*[]cli.ProjectOptionsFn)
@@ -745,25 +733,72 @@ func TestComposeCallersExample(t *testing.T) {
 	}
 }
 
-// TestTopologyMatchesProcessStack: compose and `make run` describe the same components.
+// TestTopologyMatchesProcessStack: compose and the process stack (`make run`, the tests)
+// describe the same components, the demo ones behind the demo profile.
 func TestTopologyMatchesProcessStack(t *testing.T) {
-	b, err := os.ReadFile(filepath.Join(repoRoot(t), "scripts", "run.sh"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	started := map[string]bool{}
-	for _, m := range regexp.MustCompile(`(?m)^\s*start\s+("?[A-Za-z0-9_${}-]+"?)\s`).FindAllStringSubmatch(string(b), -1) {
-		name := strings.Trim(m[1], `"`)
-		for _, suffix := range []string{"-hk", "-sg", "-$region", "-${region}"} {
-			name = strings.TrimSuffix(name, suffix)
+	p := load(t, "")
+	var names []string
+	for _, c := range stack.Topology() {
+		names = append(names, c.Name)
+		s := service(t, p, c.Name)
+		if got, want := slices.Contains(s.Profiles, "demo"), c.Demo; got != want {
+			t.Errorf("%s: in profile demo = %v, but stack.Topology says Demo = %v", c.Name, got, want)
 		}
-		started[name] = true
 	}
-	if got := slices.Sorted(maps.Keys(started)); !slices.Equal(got, components) {
-		t.Errorf("scripts/run.sh starts %v; compose.yaml has %v", got, components)
+	slices.Sort(names)
+	if got := slices.Sorted(maps.Keys(p.Services)); !slices.Equal(got, names) {
+		t.Errorf("compose services %v != stack.Topology %v", got, names)
 	}
-	if got := slices.Sorted(maps.Keys(load(t, "").Services)); !slices.Equal(got, slices.Sorted(maps.Keys(started))) {
-		t.Errorf("compose services %v != process stack %v", got, slices.Sorted(maps.Keys(started)))
+	if !slices.Equal(names, components) {
+		t.Errorf("stack.Topology %v != the components these tests check %v", names, components)
+	}
+}
+
+// TestComposeRatelimitSettings: compose's ratelimit runs with the settings of
+// stack.Ratelimit, the one place they are written. Only addresses differ, by design:
+// containers listen on 0.0.0.0 and reach the others by service name.
+func TestComposeRatelimitSettings(t *testing.T) {
+	for _, v := range variants(t) {
+		t.Run(v.name, func(t *testing.T) {
+			rl := service(t, load(t, v.envFile), "ratelimit")
+			port := func(key string) int {
+				n, err := strconv.Atoi(env(rl, key))
+				if err != nil {
+					t.Fatalf("ratelimit %s=%q: %v", key, env(rl, key), err)
+				}
+				return n
+			}
+			want := stack.Ratelimit{
+				Region: v.region, XDSAddr: env(rl, "CONFIG_GRPC_XDS_SERVER_URL"), RedisAddr: env(rl, "REDIS_URL"),
+				Host:     "0.0.0.0",
+				GRPCPort: port("GRPC_PORT"), HTTPPort: port("PORT"), DebugPort: port("DEBUG_PORT"),
+				MetricsPort: 9090,
+			}.Env()
+			addresses := map[string]bool{
+				"CONFIG_GRPC_XDS_SERVER_URL": true, "REDIS_URL": true, "PROMETHEUS_ADDR": true,
+				"HOST": true, "GRPC_HOST": true, "DEBUG_HOST": true,
+			}
+			var wantKeys []string
+			for _, kv := range want {
+				k, val, _ := strings.Cut(kv, "=")
+				wantKeys = append(wantKeys, k)
+				got := rl.Environment[k]
+				switch {
+				case got == nil:
+					t.Errorf("compose ratelimit lacks %s (stack sets %q)", k, val)
+				case !addresses[k] && *got != val:
+					t.Errorf("compose ratelimit %s=%q, stack.Ratelimit sets %q", k, *got, val)
+				}
+			}
+			for k := range rl.Environment {
+				if !slices.Contains(wantKeys, k) {
+					t.Errorf("compose ratelimit sets %s, which stack.Ratelimit does not", k)
+				}
+			}
+			if got := env(rl, "PROMETHEUS_ADDR"); !strings.HasSuffix(got, ":9090") {
+				t.Errorf("compose ratelimit PROMETHEUS_ADDR=%q, want port 9090", got)
+			}
+		})
 	}
 }
 
