@@ -20,7 +20,7 @@ type Check func(ctx context.Context) error
 var localClient = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}
 
 // Poll calls check every interval until it returns nil, and returns check's last error
-// once timeout has passed or ctx ends.
+// once timeout has passed or ctx ends, or at once if check returns a Permanent error.
 func Poll(ctx context.Context, timeout, interval time.Duration, check Check) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -31,6 +31,10 @@ func Poll(ctx context.Context, timeout, interval time.Duration, check Check) err
 		if err == nil {
 			return nil
 		}
+		var p permanent
+		if errors.As(err, &p) {
+			return p.error
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("not ready within %v: %w", timeout, err)
@@ -39,12 +43,17 @@ func Poll(ctx context.Context, timeout, interval time.Duration, check Check) err
 	}
 }
 
+// Permanent wraps an error a Check returns to make Poll give up at once.
+func Permanent(err error) error { return permanent{err} }
+
+type permanent struct{ error }
+
 // Await polls check until it passes, failing early if p exits first. Its errors name
 // the process and its log.
 func (p *Process) Await(ctx context.Context, timeout time.Duration, check Check) error {
 	err := Poll(ctx, timeout, 20*time.Millisecond, func(ctx context.Context) error {
 		if p.Exited() {
-			return errExited
+			return Permanent(errExited)
 		}
 		return check(ctx)
 	})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 )
@@ -49,7 +50,7 @@ func (r *Runner) StartRedis(ctx context.Context, s Redis) (*RedisProcess, error)
 		return nil, err
 	}
 	if s.Dir == "" {
-		s.Dir = r.Dir + "/redis"
+		s.Dir = filepath.Join(r.Dir, "redis")
 	}
 	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
 		return nil, err

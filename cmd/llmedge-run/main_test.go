@@ -1,0 +1,213 @@
+package main
+
+import (
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/llmedge/llmedge/controlplane/config"
+	"github.com/llmedge/llmedge/internal/stack"
+)
+
+const digest = "sha256:0000000000000000000000000000000000000000000000000000000000000001"
+
+func example(t *testing.T) []byte {
+	t.Helper()
+	root, err := stack.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(root, "examples", "routes.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+type parsed struct {
+	Regions map[string]struct {
+		Listen, ExtAuthz, RateLimit string
+	}
+	Upstreams map[string]struct{ URL string }
+	Callers   map[string]struct {
+		Tokens, Upstreams []string
+		Limits            []map[string]any
+	}
+}
+
+func parse(t *testing.T, b []byte) parsed {
+	t.Helper()
+	var p parsed
+	if err := yaml.Unmarshal(b, &p); err != nil {
+		t.Fatalf("%v\n%s", err, b)
+	}
+	return p
+}
+
+// load checks the routes copy the way the control plane will read it.
+func load(t *testing.T, b []byte) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "routes.yaml")
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := config.LoadConfig(path); err != nil {
+		t.Fatalf("routes copy does not load: %v\n%s", err, b)
+	}
+}
+
+func ports(t *testing.T, env map[string]string) map[stack.PortKey]int {
+	t.Helper()
+	p, err := stack.ResolveLocalPorts(func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestRoutesCopy(t *testing.T) {
+	// hk's edge moves onto sg's default port and sg's elsewhere: nothing moves twice.
+	p := ports(t, map[string]string{"LLMEDGE_HK_PORT": "10001", "LLMEDGE_SG_PORT": "20001", "LLMEDGE_FAKE_PORT": "20090", "LLMEDGE_SG_RATELIMIT_PORT": "20301"})
+	out, err := routesCopy(example(t), p, digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	load(t, out)
+	got := parse(t, out)
+	if got.Regions["hk"].Listen != "127.0.0.1:10001" || got.Regions["sg"].Listen != "127.0.0.1:20001" {
+		t.Errorf("listen hk %s, sg %s", got.Regions["hk"].Listen, got.Regions["sg"].Listen)
+	}
+	if got.Regions["sg"].RateLimit != "127.0.0.1:20301" || got.Regions["hk"].ExtAuthz != "127.0.0.1:10100" {
+		t.Errorf("sg ratelimit %s, hk extauthz %s", got.Regions["sg"].RateLimit, got.Regions["hk"].ExtAuthz)
+	}
+	for name, u := range got.Upstreams {
+		if u.URL != "http://127.0.0.1:20090" {
+			t.Errorf("upstreams.%s.url = %s, want the fake on its port", name, u.URL)
+		}
+	}
+	demo := got.Callers["demo"]
+	if len(demo.Tokens) != 1 || demo.Tokens[0] != digest || strings.Join(demo.Upstreams, ",") != "openai,anthropic,gemini" {
+		t.Errorf("demo caller = %+v", demo)
+	}
+	if len(demo.Limits) != 1 || demo.Limits[0]["requests"] != 600 || demo.Limits[0]["per"] != "minute" {
+		t.Errorf("demo limits = %v, want 600 a minute", demo.Limits)
+	}
+	if !strings.Contains(string(out), "# Gemini's terms do not cover Hong Kong") {
+		t.Error("the example's comments were lost")
+	}
+
+	// A source with callers of its own keeps them; the demo caller is set once.
+	withCallers := append(example(t), []byte("callers:\n  alice:\n    tokens: ['"+digest[:len(digest)-1]+"2']\n    upstreams: [openai]\n")...)
+	out, err = routesCopy(withCallers, p, digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	load(t, out)
+	if c := parse(t, out).Callers; len(c) != 2 || c["alice"].Upstreams[0] != "openai" {
+		t.Errorf("callers = %+v, want alice and demo", c)
+	}
+	again, err := routesCopy(out, p, digest)
+	if err != nil || len(parse(t, again).Callers) != 2 {
+		t.Errorf("a second copy: %v, %+v", err, parse(t, again).Callers)
+	}
+}
+
+func TestPointUpstreams(t *testing.T) {
+	p := ports(t, nil)
+	base, err := routesCopy(example(t), p, digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake := "http://127.0.0.1:8090"
+
+	out, changed, err := pointUpstreams(base, map[string]bool{"openai": true, "gemini": true}, fake)
+	if err != nil || !changed {
+		t.Fatalf("pointUpstreams: changed %v, %v", changed, err)
+	}
+	load(t, out)
+	u := parse(t, out).Upstreams
+	if u["openai"].URL != "https://api.openai.com" || u["gemini"].URL != "https://generativelanguage.googleapis.com" || u["anthropic"].URL != fake {
+		t.Errorf("urls = %+v", u)
+	}
+
+	// The same keys again: nothing to write.
+	same, changed, err := pointUpstreams(out, map[string]bool{"openai": true, "gemini": true}, fake)
+	if err != nil || changed || string(same) != string(out) {
+		t.Errorf("unchanged keys rewrote the file (changed %v, %v)", changed, err)
+	}
+
+	// The key is gone: back to the fake.
+	back, changed, err := pointUpstreams(out, map[string]bool{"gemini": true}, fake)
+	if err != nil || !changed {
+		t.Fatalf("revert: changed %v, %v", changed, err)
+	}
+	if u := parse(t, back).Upstreams; u["openai"].URL != fake || u["gemini"].URL != "https://generativelanguage.googleapis.com" {
+		t.Errorf("after the openai key went away: %+v", u)
+	}
+}
+
+func TestWriteKeys(t *testing.T) {
+	d := &demo{keysDir: filepath.Join(t.TempDir(), "keys")}
+	if err := os.MkdirAll(filepath.Join(d.keysDir, "openai"), 0o755); err != nil { // as an older make run left it
+		t.Fatal(err)
+	}
+	env := map[string]string{"OPENAI_API_KEY": "sk-canary"}
+	if err := d.writeKeys(func(k string) string { return env[k] }); err != nil {
+		t.Fatal(err)
+	}
+	err := filepath.WalkDir(d.keysDir, func(path string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, _ := e.Info()
+		want := fs.FileMode(0o600)
+		if e.IsDir() {
+			want = 0o700
+		}
+		if fi.Mode().Perm() != want {
+			t.Errorf("%s: %v, want %v", path, fi.Mode().Perm(), want)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(d.keysDir, "openai", "from-env")); string(b) != "sk-canary\n" {
+		t.Errorf("openai key file = %q", b)
+	}
+	if _, err := os.Stat(filepath.Join(d.keysDir, "anthropic", "demo")); err != nil {
+		t.Errorf("anthropic has no demo key: %v", err)
+	}
+	// Without the variable the real key is removed again.
+	if err := d.writeKeys(func(string) string { return "" }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(d.keysDir, "openai", "from-env")); !os.IsNotExist(err) {
+		t.Errorf("the provider key stayed after the variable went away: %v", err)
+	}
+}
+
+func TestDemoTokenIsReused(t *testing.T) {
+	d := &demo{runDir: t.TempDir()}
+	tok := `{"caller":"demo","digest":"` + digest + `","token":"llme_kept"}` + "\n"
+	if err := os.WriteFile(filepath.Join(d.runDir, "demo-token.json"), []byte(tok), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// No llmedge binary: a kept token must not need one.
+	if err := d.demoToken(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if d.token != "llme_kept" || d.digest != digest {
+		t.Errorf("token %q digest %q", d.token, d.digest)
+	}
+	if err := os.WriteFile(filepath.Join(d.runDir, "demo-token.json"), []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.demoToken(t.Context()); err == nil || !strings.Contains(err.Error(), "remove it") {
+		t.Errorf("a broken token file: %v", err)
+	}
+}

@@ -1,0 +1,127 @@
+package stack
+
+import (
+	"context"
+	"maps"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestEdgeStartsEveryComponentOfTopology(t *testing.T) {
+	e := &Edge{}
+	starters := slices.Sorted(maps.Keys(e.starters()))
+	var names []string
+	for _, c := range Topology() {
+		names = append(names, c.Name)
+	}
+	if slices.Sort(names); !slices.Equal(starters, names) {
+		t.Errorf("Edge starts %v, Topology has %v", starters, names)
+	}
+}
+
+func TestTopologyOrder(t *testing.T) {
+	index := map[string]int{}
+	for i, c := range Topology() {
+		index[c.Name] = i
+	}
+	// Each must start before the ones after it: ratelimit exits without Redis, Envoy
+	// fails closed without extauthz, everything waits for the control plane.
+	for _, before := range [][2]string{{"redis", "ratelimit"}, {"controlplane", "extauthz"}, {"controlplane", "ratelimit"}, {"extauthz", "envoy"}, {"fakellm", "envoy"}} {
+		if index[before[0]] >= index[before[1]] {
+			t.Errorf("%s starts after %s", before[0], before[1])
+		}
+	}
+}
+
+func TestLocalPorts(t *testing.T) {
+	envs, defaults := map[string]bool{}, map[int]bool{}
+	keys := map[PortKey]bool{}
+	for _, p := range LocalPorts() {
+		if envs[p.Env] || defaults[p.Default] || keys[p.Key] {
+			t.Errorf("%+v: variable, default or key used twice", p)
+		}
+		envs[p.Env], defaults[p.Default], keys[p.Key] = true, true, true
+	}
+	for _, k := range PortKeys(LocalRegions()) {
+		if !keys[k] {
+			t.Errorf("no make-run port for %s", k)
+		}
+	}
+	if len(keys) != len(PortKeys(LocalRegions())) {
+		t.Errorf("%d make-run ports, topology has %d", len(keys), len(PortKeys(LocalRegions())))
+	}
+	// The documented defaults.
+	ports, err := ResolveLocalPorts(func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range map[PortKey]int{
+		{"envoy", "hk", RoleEdge}: 10000, {"envoy", "sg", RoleEdge}: 10001, {"envoy", "sg", RoleAdmin}: 9902,
+		{"controlplane", "", RoleXDS}: 18000, {"controlplane", "", RoleHTTP}: 18080, {"fakellm", "", RoleHTTP}: 8090,
+		{"ratelimit", "hk", RoleDebug}: 10500, {"redis", "", RoleRedis}: 16379,
+	} {
+		if ports[k] != want {
+			t.Errorf("%s = %d, want %d", k, ports[k], want)
+		}
+	}
+}
+
+func TestResolveLocalPorts(t *testing.T) {
+	env := map[string]string{"LLMEDGE_HK_PORT": "20000", "LLMEDGE_SG_ADMIN_PORT": "nope", "LLMEDGE_REDIS_PORT": "70000"}
+	_, err := ResolveLocalPorts(func(k string) string { return env[k] })
+	if err == nil || !strings.Contains(err.Error(), "LLMEDGE_SG_ADMIN_PORT") || !strings.Contains(err.Error(), "LLMEDGE_REDIS_PORT") {
+		t.Errorf("bad ports: %v, want both variables named", err)
+	}
+	delete(env, "LLMEDGE_SG_ADMIN_PORT")
+	delete(env, "LLMEDGE_REDIS_PORT")
+	ports, err := ResolveLocalPorts(func(k string) string { return env[k] })
+	if err != nil || ports[PortKey{"envoy", "hk", RoleEdge}] != 20000 || ports[PortKey{"envoy", "sg", RoleEdge}] != 10001 {
+		t.Errorf("override: %v, %v", ports, err)
+	}
+}
+
+func TestEdgeNeedsEveryPort(t *testing.T) {
+	e := &Edge{Regions: []string{"hk"}, Ports: map[PortKey]int{{"redis", "", RoleRedis}: 1}}
+	err := e.Start(t.Context())
+	if err == nil || !strings.Contains(err.Error(), "envoy-hk admin") {
+		t.Errorf("Start with missing ports: %v", err)
+	}
+}
+
+func TestEdgeWaitNamesTheComponentThatExited(t *testing.T) {
+	e := &Edge{Runner: Runner{Dir: t.TempDir()}}
+	for _, c := range []struct{ name, script string }{{"steady", "sleep 30"}, {"ratelimit-hk", "sleep 0.2; exit 1"}} {
+		p, err := e.Runner.Start(c.name, sh(c.script))
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.add(p)
+	}
+	defer e.Stop()
+	err := e.Wait(t.Context())
+	if err == nil || !strings.Contains(err.Error(), "ratelimit-hk exited") || !strings.Contains(err.Error(), "ratelimit-hk.log") {
+		t.Fatalf("Wait = %v, want ratelimit-hk named with its log", err)
+	}
+	e.Stop()
+	for _, p := range e.Processes() {
+		if !p.Exited() {
+			t.Errorf("%s still runs after Stop", p.Name)
+		}
+	}
+
+	// Ctrl-C: Wait returns nil once the context ends.
+	e2 := &Edge{Runner: Runner{Dir: t.TempDir()}}
+	p, err := e2.Runner.Start("steady", sh("sleep 30"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e2.add(p)
+	defer e2.Stop()
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	if err := e2.Wait(ctx); err != nil {
+		t.Errorf("Wait after the context ended = %v, want nil", err)
+	}
+}
