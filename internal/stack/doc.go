@@ -2,9 +2,14 @@
 // processes: where the tools are (Envoy, envoyproxy/ratelimit, redis-server), how the
 // llmedge and fakellm binaries are built, which ports they get, the command line and
 // environment of every component, how a process is started, watched, and stopped, and
-// when it is ready. `make run` (cmd/llmedge-run), the end-to-end tests (through the
-// testing.TB adapter internal/testenv) and the benchmarks call it; compose.yaml is kept
-// equal to its Topology and ratelimit settings by deploy/compose_test.go.
+// when it is ready. `make run` (cmd/llmedge-run, an Edge) and the end-to-end tests
+// (through the testing.TB adapter internal/testenv) call it, and benchmark programs can;
+// compose.yaml is kept equal to its Topology and ratelimit settings by
+// deploy/compose_test.go.
+//
+// A component is added in one place: its settings type with a Cmd method and a Runner
+// start function, an entry in Topology and in Edge's starters (a test checks the two
+// agree), and its compose service.
 //
 // Everything here returns errors instead of failing a test, so programs can use it.
 //
