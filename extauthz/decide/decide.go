@@ -9,13 +9,14 @@
 package decide
 
 import (
-	"crypto/sha256"
-	"github.com/llmedge/llmedge/internal/wire"
 	"net/netip"
 	"net/url"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/llmedge/llmedge/internal/token"
+	"github.com/llmedge/llmedge/internal/wire"
 )
 
 // API families, which shape error bodies.
@@ -25,14 +26,15 @@ const (
 	APIGemini    = "gemini"
 )
 
-// Credential headers a caller may send, in the order they are looked at. The names come
-// from internal/wire, which also tells Envoy which headers to forward to extauthz: the
-// two lists cannot drift apart.
+// Credential headers a caller may send, in the order they are looked at. The names are
+// internal/wire's, which also tells Envoy which headers to forward to extauthz and the
+// control plane where to inject keys by default (TestEnvoyForwardsEveryCredentialHeader
+// pins that every one is forwarded).
 const (
 	HeaderLLMedgeToken  = wire.TokenHeader
-	HeaderAuthorization = "authorization"
-	HeaderAPIKey        = "x-api-key"
-	HeaderGoogAPIKey    = "x-goog-api-key"
+	HeaderAuthorization = wire.HeaderAuthorization
+	HeaderAPIKey        = wire.HeaderAPIKey
+	HeaderGoogAPIKey    = wire.HeaderGoogAPIKey
 	// QueryKey is the Gemini-style query parameter that may carry the token.
 	QueryKey = wire.KeyQueryParam
 	// InternalHeaderPrefix marks llmedge's own headers; a caller may not send them upstream.
@@ -165,7 +167,7 @@ func (c *Compiled) Decide(r Request, keys Keys) Decision {
 	}
 
 	// 3. Caller.
-	cl := c.callers[hashToken(tok)]
+	cl := c.callers[token.Sum(tok)]
 	if cl == nil {
 		return deny(up.api, 401, ReasonUnknownToken, msgUnknownToken)
 	}
@@ -353,13 +355,6 @@ func queryParam(path, name string) (value string, present bool) {
 		return strings.TrimSpace(v), true
 	}
 	return "", false
-}
-
-// hashToken is the token's SHA-256. The stack buffer keeps the common case free of heap
-// allocations.
-func hashToken(tok string) [sha256.Size]byte {
-	var buf [128]byte
-	return sha256.Sum256(append(buf[:0], tok...))
 }
 
 // validKey rejects an empty key or one that could inject headers; the key store filters

@@ -1,18 +1,17 @@
 package decide
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
-
-	"github.com/llmedge/llmedge/internal/wire"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/llmedge/llmedge/internal/token"
+	"github.com/llmedge/llmedge/internal/wire"
 )
 
 // Tokens of the test policy's callers. None is a substring of a caller, tenant, upstream or
@@ -41,10 +40,7 @@ var (
 	now    = time.Date(2026, 5, 1, 9, 30, 0, 0, time.UTC)
 )
 
-func sum(tok string) string {
-	s := sha256.Sum256([]byte(tok))
-	return hex.EncodeToString(s[:])
-}
+func sum(tok string) string { return token.Digest(tok) }
 
 func prefixes(ss ...string) []netip.Prefix {
 	var out []netip.Prefix
