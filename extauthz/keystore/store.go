@@ -74,8 +74,9 @@ type Store struct {
 	lastErr string
 	// problems is what the last reload could not use, sorted by path, for Problems.
 	problems atomic.Pointer[[]Problem]
-	// open opens a key file; tests replace it to simulate read errors, which root (who
-	// runs the tests in containers) cannot provoke with permissions.
+	// open opens key files and upstream directories; tests replace it to simulate read
+	// errors, which root (who runs the tests in containers) cannot provoke with
+	// permissions.
 	open func(name string) (io.ReadCloser, error)
 
 	running atomic.Bool
