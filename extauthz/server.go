@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -90,7 +92,7 @@ func New(o Options) (*Main, error) {
 		Name: "llmedge_extauthz_checks_total",
 		Help: "Requests checked, by upstream and outcome (ok, missing_token, unknown_token, ...).",
 	}, []string{"upstream", "result"})
-	m.reg.MustRegister(m.checks, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	m.reg.MustRegister(m.checks, keyCollector{keys}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "llmedge_extauthz_policy_ready", Help: "1 once a caller policy from the control plane is in force.",
 		}, func() float64 {
@@ -322,16 +324,94 @@ func (m *Main) handler() http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		st := m.xds.Status()
+		// Key problems are detail, not unreadiness: a held key still serves, and an
+		// upstream without keys is refused per request with no_key.
+		keys := keyStatus(m.keys)
 		if m.policy.Load() == nil {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]any{
-				"status": "not ready", "reason": "no caller policy from the control plane yet", "xds_connected": st.Connected,
+				"status": "not ready", "reason": "no caller policy from the control plane yet", "xds_connected": st.Connected, "keys": keys,
 			})
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "policy_version": st.Version, "xds_connected": st.Connected})
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "policy_version": st.Version, "xds_connected": st.Connected, "keys": keys})
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	return mux
+}
+
+// upstreamKeys is one upstream's keys as /readyz shows them: counts and file names, never
+// a key.
+type upstreamKeys struct {
+	Upstream string `json:"upstream"`
+	// Keys counts the keys in use, held ones included.
+	Keys int `json:"keys"`
+	// Problems lists files (or the directory) the store could not use as they are; a held
+	// one still serves its last good key.
+	Problems []keystore.Problem `json:"problems,omitempty"`
+}
+
+func keyStatus(s *keystore.Store) []upstreamKeys {
+	byUp := map[string]*upstreamKeys{}
+	get := func(up string) *upstreamKeys {
+		if byUp[up] == nil {
+			byUp[up] = &upstreamKeys{Upstream: up, Keys: s.Count(up)}
+		}
+		return byUp[up]
+	}
+	for _, up := range s.Upstreams() {
+		get(up)
+	}
+	for _, p := range s.Problems() { // a stray entry at the root shows under its own name
+		u := get(p.Upstream)
+		u.Problems = append(u.Problems, p)
+	}
+	out := make([]upstreamKeys, 0, len(byUp))
+	for _, up := range slices.Sorted(maps.Keys(byUp)) {
+		out = append(out, *byUp[up])
+	}
+	return out
+}
+
+// keyCollector exposes the key store's state per upstream at scrape time.
+type keyCollector struct{ s *keystore.Store }
+
+var (
+	keysDesc = prometheus.NewDesc("llmedge_extauthz_upstream_keys",
+		"Provider keys in use per upstream, held ones included; 0 means requests get no_key.", []string{"upstream"}, nil)
+	keysHeldDesc = prometheus.NewDesc("llmedge_extauthz_upstream_keys_held",
+		"Keys served from their last good value because the key file (or directory) became empty, unreadable or malformed.", []string{"upstream"}, nil)
+	keyProblemsDesc = prometheus.NewDesc("llmedge_extauthz_key_file_problems",
+		"Key files or directories that could not be used as they are (held or skipped).", []string{"upstream"}, nil)
+)
+
+func (keyCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- keysDesc
+	ch <- keysHeldDesc
+	ch <- keyProblemsDesc
+}
+
+func (c keyCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, u := range keyStatus(c.s) {
+		held := 0
+		for _, p := range u.Problems {
+			if p.Held && p.Key != "" {
+				held++
+			} else if p.Held {
+				held = u.Keys // the whole directory is held
+			}
+		}
+		gauge(ch, keysDesc, u.Keys, u.Upstream)
+		gauge(ch, keysHeldDesc, held, u.Upstream)
+		gauge(ch, keyProblemsDesc, len(u.Problems), u.Upstream)
+	}
+}
+
+func gauge(ch chan<- prometheus.Metric, d *prometheus.Desc, v int, label string) {
+	m, err := prometheus.NewConstMetric(d, prometheus.GaugeValue, float64(v), label)
+	if err != nil {
+		m = prometheus.NewInvalidMetric(d, err)
+	}
+	ch <- m
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

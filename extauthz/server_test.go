@@ -3,6 +3,7 @@ package extauthz
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/llmedge/llmedge/internal/testenv"
 	"github.com/llmedge/llmedge/internal/token"
 	"github.com/llmedge/llmedge/internal/wire"
 	authzv1 "github.com/llmedge/llmedge/proto/llmedge/authz/v1"
@@ -150,4 +152,78 @@ func readyz(t *testing.T, m *Main) int {
 		t.Errorf("/readyz is not JSON: %v", err)
 	}
 	return resp.StatusCode
+}
+
+// TestEmptyKeyFileKeepsServing: truncating the only key file keeps the last good key in
+// the OK responses, and /readyz and /metrics report it by upstream and key name.
+func TestEmptyKeyFileKeepsServing(t *testing.T) {
+	m := newMain(t)
+	tok, _ := token.New()
+	if err := m.apply("v1", policyResource(t, "hk", tok)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(filepath.Join(m.opts.KeysDir, "openai", "k1"), 0); err != nil {
+		t.Fatal(err)
+	}
+	var body string
+	testenv.Eventually(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if body = get(t, fmt.Sprintf("http://%s/readyz", m.HTTPAddr())); !strings.Contains(body, `"held":true`) {
+			return fmt.Errorf("no held key in /readyz yet: %s", body)
+		}
+		return nil
+	})
+	var rz struct {
+		Status string
+		Keys   []struct {
+			Upstream string
+			Keys     int
+			Problems []struct {
+				Upstream, Key, Reason string
+				Held                  bool
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(body), &rz); err != nil {
+		t.Fatalf("/readyz: %v: %s", err, body)
+	}
+	if rz.Status != "ready" || len(rz.Keys) != 1 || rz.Keys[0].Upstream != "openai" || rz.Keys[0].Keys != 1 ||
+		len(rz.Keys[0].Problems) != 1 || !rz.Keys[0].Problems[0].Held || rz.Keys[0].Problems[0].Key != "k1" || rz.Keys[0].Problems[0].Reason != "empty" {
+		t.Fatalf("/readyz = %s; want ready, openai with 1 key and k1 held because it is empty", body)
+	}
+	resp, err := m.Check(t.Context(), checkRequest(tok))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok := resp.GetOkResponse(); ok == nil || len(ok.GetHeaders()) != 1 || ok.GetHeaders()[0].GetHeader().GetValue() != "Bearer sk-unit-key" {
+		t.Fatalf("with the key file empty: %v, want the last good key injected", resp)
+	}
+	metrics := get(t, fmt.Sprintf("http://%s/metrics", m.HTTPAddr()))
+	for _, want := range []string{
+		`llmedge_extauthz_upstream_keys{upstream="openai"} 1`,
+		`llmedge_extauthz_upstream_keys_held{upstream="openai"} 1`,
+		`llmedge_extauthz_key_file_problems{upstream="openai"} 1`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	for what, text := range map[string]string{"/readyz": body, "/metrics": metrics} {
+		if strings.Contains(text, "sk-unit-key") {
+			t.Errorf("%s shows the key", what)
+		}
+	}
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var b strings.Builder
+	if _, err := io.Copy(&b, resp.Body); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
 }

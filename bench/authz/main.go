@@ -55,7 +55,6 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/llmedge/llmedge/controlplane/config"
 	"github.com/llmedge/llmedge/internal/token"
 	"github.com/llmedge/llmedge/internal/wire"
 )
@@ -346,7 +345,7 @@ callers:
 			return nil, err
 		}
 		toks[i] = t
-		fmt.Fprintf(&b, "  caller-%04d:\n    tokens: [%s%s]\n    upstreams: [openai]\n    tenant: tenant-%02d\n", i, config.TokenHashPrefix, token.Digest(t), i%50)
+		fmt.Fprintf(&b, "  caller-%04d:\n    tokens: [%s]\n    upstreams: [openai]\n    tenant: tenant-%02d\n", i, token.DigestRef(t), i%50)
 	}
 	return toks, os.WriteFile(filepath.Join(dir, "routes.yaml"), []byte(b.String()), 0o644)
 }

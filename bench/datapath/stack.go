@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/llmedge/llmedge/controlplane/config"
 	"github.com/llmedge/llmedge/internal/token"
 )
 
@@ -162,7 +161,7 @@ func (s *stack) startAll(p edgePorts, pipeWindow string, pipeLimit int) error {
 		return err
 	}
 	s.token = tok
-	digest := config.TokenHashPrefix + token.Digest(tok)
+	digest := token.DigestRef(tok)
 	env := os.Environ()
 
 	// The fake upstream: tiny fixed JSON answers (5 words), no pacing unless asked per request.

@@ -250,7 +250,7 @@ func runToken(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		if tok == "" {
 			return errors.New("no token on standard input")
 		}
-		fmt.Fprintf(stdout, "%s%s\n", config.TokenHashPrefix, token.Digest(tok))
+		fmt.Fprintln(stdout, token.DigestRef(tok))
 		return nil
 	}
 	if *caller == "" {
@@ -263,7 +263,7 @@ func runToken(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	}
 	if *asJSON {
 		return json.NewEncoder(stdout).Encode(map[string]string{
-			"caller": *caller, "token": tok, "digest": config.TokenHashPrefix + token.Digest(tok),
+			"caller": *caller, "token": tok, "digest": token.DigestRef(tok),
 		})
 	}
 	fmt.Fprintf(stdout, `Token for caller %[1]q (shown once; it is stored nowhere, keep it secret):
@@ -275,9 +275,9 @@ Add this digest to the routes YAML:
 callers:
   %[1]s:
     tokens:
-      - %[3]s%[4]s
+      - %[3]s
     upstreams: [openai]   # the upstreams this caller may use
-`, *caller, tok, config.TokenHashPrefix, token.Digest(tok))
+`, *caller, tok, token.DigestRef(tok))
 	return nil
 }
 

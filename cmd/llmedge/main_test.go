@@ -55,7 +55,7 @@ func TestTokenNewAndHashAgree(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &minted); err != nil || minted.Caller != "alice" {
 		t.Fatalf("output %q: %v", out, err)
 	}
-	if minted.Digest != config.TokenHashPrefix+token.Digest(minted.Token) {
+	if minted.Digest != token.DigestRef(minted.Token) {
 		t.Errorf("digest %s does not match the token", minted.Digest)
 	}
 	var hashed bytes.Buffer

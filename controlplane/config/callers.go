@@ -1,7 +1,6 @@
 package config
 
 import (
-	"encoding/hex"
 	"fmt"
 	"net"
 	"net/netip"
@@ -11,18 +10,25 @@ import (
 	"strings"
 
 	"github.com/llmedge/llmedge/controlplane/model"
+	"github.com/llmedge/llmedge/internal/token"
+	"github.com/llmedge/llmedge/internal/wire"
 )
 
 // TokenHashPrefix starts every token digest in the routes YAML.
-const TokenHashPrefix = "sha256:"
+//
+// Deprecated: the format belongs to internal/token; use token.DigestRef and
+// token.ParseDigestRef.
+const TokenHashPrefix = token.DigestPrefix
 
 var tenantRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$`)
 
-// Where each API family expects its key, unless key_header/key_format say otherwise.
+// Where each API family expects its key, unless key_header/key_format say otherwise. The
+// header names are internal/wire's, the ones Envoy forwards to extauthz and extauthz reads
+// tokens from and strips.
 var apiKeyDefaults = map[model.API][2]string{
-	model.APIOpenAI:    {"authorization", "Bearer {key}"},
-	model.APIAnthropic: {"x-api-key", "{key}"},
-	model.APIGemini:    {"x-goog-api-key", "{key}"},
+	model.APIOpenAI:    {wire.HeaderAuthorization, "Bearer {key}"},
+	model.APIAnthropic: {wire.HeaderAPIKey, "{key}"},
+	model.APIGemini:    {wire.HeaderGoogAPIKey, "{key}"},
 }
 
 func validateKeyInjection(p string, u Upstream, out *model.Upstream, c *collector) {
@@ -42,7 +48,9 @@ func validateKeyInjection(p string, u Upstream, out *model.Upstream, c *collecto
 		switch {
 		case !headerNameRE.MatchString(h):
 			c.add(p+".key_header", "must be a header name")
-		case h == "host" || strings.HasPrefix(h, ":") || strings.HasPrefix(h, "x-envoy-") || strings.HasPrefix(h, "x-llmedge-"):
+		case h == "host" || h == wire.TokenHeader || strings.HasPrefix(h, ":") || strings.HasPrefix(h, "x-envoy-") ||
+			strings.HasPrefix(h, wire.InternalHeaderPrefix):
+			// extauthz refuses the same names (a policy carrying one would be rejected).
 			c.add(p+".key_header", "%q cannot carry a key", h)
 		}
 		out.KeyHeader = h
@@ -76,10 +84,10 @@ func validateCallers(callers map[string]Caller, ups map[string]Upstream, c *coll
 		}
 		for i, t := range in.Tokens {
 			fp := fmt.Sprintf("%s.tokens[%d]", p, i)
-			d, ok := strings.CutPrefix(strings.ToLower(strings.TrimSpace(t)), TokenHashPrefix)
-			if b, err := hex.DecodeString(d); !ok || err != nil || len(b) != 32 {
+			d, err := token.ParseDigestRef(t)
+			if err != nil {
 				// Never echo the value: someone may have pasted a plain token here.
-				c.add(fp, "must be %q followed by 64 hex digits, as printed by `llmedge token new` (never the plain token)", TokenHashPrefix)
+				c.add(fp, "%v, as printed by `llmedge token new` (never the plain token)", err)
 				continue
 			}
 			if prev, dup := owner[d]; dup {

@@ -1,20 +1,20 @@
 package decide
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/llmedge/llmedge/internal/token"
 )
 
 // Compiled is a Policy indexed for O(1) lookups (token hash -> caller, upstream name ->
 // upstream). It is immutable and safe for concurrent use.
 type Compiled struct {
 	region    string
-	callers   map[[sha256.Size]byte]*caller
+	callers   map[[token.Size]byte]*caller
 	upstreams map[string]*upstream
 }
 
@@ -43,7 +43,7 @@ const keyPlaceholder = "{key}"
 func Compile(p Policy) (*Compiled, error) {
 	c := &Compiled{
 		region:    p.Region,
-		callers:   make(map[[sha256.Size]byte]*caller),
+		callers:   make(map[[token.Size]byte]*caller),
 		upstreams: make(map[string]*upstream, len(p.Upstreams)),
 	}
 	var errs []error
@@ -77,7 +77,7 @@ func Compile(p Policy) (*Compiled, error) {
 		c.upstreams[u.Name] = cu
 	}
 
-	owner := map[[sha256.Size]byte]string{}
+	owner := map[[token.Size]byte]string{}
 	names := map[string]bool{}
 	for i, cl := range p.Callers {
 		if cl.Name == "" {
@@ -112,12 +112,11 @@ func Compile(p Policy) (*Compiled, error) {
 			bad("caller %q: deny_cidrs: %v", cl.Name, err)
 		}
 		for j, h := range cl.TokenSHA256 {
-			b, err := hex.DecodeString(h)
-			if err != nil || len(b) != sha256.Size {
-				bad("caller %q: token_sha256 #%d is not a hex SHA-256 digest (64 hex digits)", cl.Name, j)
+			sum, err := token.ParseDigest(h)
+			if err != nil {
+				bad("caller %q: token_sha256 #%d is %v", cl.Name, j, err)
 				continue
 			}
-			sum := [sha256.Size]byte(b)
 			if other, dup := owner[sum]; dup {
 				if other != cl.Name {
 					bad("callers %q and %q share a token (token_sha256 #%d of %q)", other, cl.Name, j, cl.Name)

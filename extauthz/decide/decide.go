@@ -9,13 +9,14 @@
 package decide
 
 import (
-	"crypto/sha256"
-	"github.com/llmedge/llmedge/internal/wire"
 	"net/netip"
 	"net/url"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/llmedge/llmedge/internal/token"
+	"github.com/llmedge/llmedge/internal/wire"
 )
 
 // API families, which shape error bodies.
@@ -25,14 +26,15 @@ const (
 	APIGemini    = "gemini"
 )
 
-// Credential headers a caller may send, in the order they are looked at. The names come
-// from internal/wire, which also tells Envoy which headers to forward to extauthz: the
-// two lists cannot drift apart.
+// Credential headers a caller may send, in the order they are looked at. The names are
+// internal/wire's, which also tells Envoy which headers to forward to extauthz and the
+// control plane where to inject keys by default (TestEnvoyForwardsEveryCredentialHeader
+// pins that every one is forwarded).
 const (
 	HeaderLLMedgeToken  = wire.TokenHeader
-	HeaderAuthorization = "authorization"
-	HeaderAPIKey        = "x-api-key"
-	HeaderGoogAPIKey    = "x-goog-api-key"
+	HeaderAuthorization = wire.HeaderAuthorization
+	HeaderAPIKey        = wire.HeaderAPIKey
+	HeaderGoogAPIKey    = wire.HeaderGoogAPIKey
 	// QueryKey is the Gemini-style query parameter that may carry the token.
 	QueryKey = wire.KeyQueryParam
 	// InternalHeaderPrefix marks llmedge's own headers; a caller may not send them upstream.
@@ -50,8 +52,15 @@ const (
 	ReasonIPDenied           = "ip_denied"
 	ReasonUpstreamNotAllowed = "upstream_not_allowed"
 	ReasonBYOKKeyMissing     = "byok_key_missing"
-	ReasonNoKey              = "no_key"
-	ReasonNotReady           = "not_ready"
+	// ReasonBYOKTokenAsKey: a bring-your-own-key request carries an llmedge token where
+	// the provider would receive it.
+	ReasonBYOKTokenAsKey = "byok_token_as_key"
+	// ReasonConflictingCredentials: the request's credentials disagree about who is
+	// calling, or a caller who does not bring its own key sent something else next to
+	// its token.
+	ReasonConflictingCredentials = "conflicting_credentials"
+	ReasonNoKey                  = "no_key"
+	ReasonNotReady               = "not_ready"
 )
 
 // Policy is one region's caller policy (see proto/llmedge/authz/v1/policy.proto).
@@ -107,7 +116,7 @@ type Keys interface {
 // Decision is the verdict on one request.
 type Decision struct {
 	Allow bool
-	// Status is the HTTP status of a denial: 401, 403, 503 or 500.
+	// Status is the HTTP status of a denial: 400, 401, 403, 503 or 500.
 	Status int
 	// Body is a JSON error body shaped like the upstream API's own errors.
 	Body        []byte
@@ -158,14 +167,33 @@ func (c *Compiled) Decide(r Request, keys Keys) Decision {
 		return deny(api, 500, ReasonBadRoute, msgBadRoute)
 	}
 
-	// 2. Token.
-	tok, src := findToken(r)
-	if src == srcNone {
+	// 2. Credentials.
+	creds, n := c.findCredentials(r)
+	if n == 0 {
 		return deny(up.api, 401, ReasonMissingToken, missingTokenMessage(up.api))
 	}
 
-	// 3. Caller.
-	cl := c.callers[hashToken(tok)]
+	// 3. Caller. A valid token in the llmedge-token header names it (a BYOK caller's
+	// provider key sits next to it); otherwise every valid token the request carries must
+	// belong to the same caller, wherever it sits: an SDK may send both Authorization and
+	// x-api-key, and neither header simply wins.
+	var (
+		cl *caller
+		at tokenSource // where cl's token was found
+	)
+	if creds[0].src == srcLLMedgeToken && creds[0].caller != nil {
+		cl, at = creds[0].caller, srcLLMedgeToken
+	} else {
+		for _, cr := range creds[:n] {
+			switch {
+			case cr.caller == nil:
+			case cl == nil:
+				cl, at = cr.caller, cr.src
+			case cr.caller != cl:
+				return deny(up.api, 400, ReasonConflictingCredentials, twoCallersMessage(at, cr.src))
+			}
+		}
+	}
 	if cl == nil {
 		return deny(up.api, 401, ReasonUnknownToken, msgUnknownToken)
 	}
@@ -173,6 +201,25 @@ func (c *Compiled) Decide(r Request, keys Keys) Decision {
 		d := deny(up.api, status, reason, msg)
 		d.Caller, d.Tenant = cl.name, cl.tenant
 		return d
+	}
+	if !cl.byok {
+		// The edge supplies the provider key, so every other credential is removed. A
+		// stale llmedge token next to a valid one is harmless; another caller's token, or
+		// a value that is no llmedge token at all (most likely a provider key the
+		// developer expects to be used), is a mistake worth explaining rather than
+		// silently replacing.
+		for _, cr := range creds[:n] {
+			switch {
+			case cr.caller == cl:
+			case cr.caller != nil:
+				return deny(up.api, 400, ReasonConflictingCredentials, twoCallersMessage(at, cr.src))
+			case !token.LooksLike(cr.value):
+				return denyAs(400, ReasonConflictingCredentials, "llmedge: the request carries your llmedge token in "+
+					at.place()+" and something else in "+cr.src.place()+". Caller "+quote(cl.name)+
+					" does not bring its own provider key (the edge adds it), so send only the llmedge token; "+
+					"ask your llmedge operator if you meant to use your own key.")
+			}
+		}
 	}
 
 	// 4. State.
@@ -202,7 +249,16 @@ func (c *Compiled) Decide(r Request, keys Keys) Decision {
 
 	// 7. Bring your own key.
 	if cl.byok {
-		if src != srcLLMedgeToken || !up.hasProviderKey(r) {
+		if at == srcLLMedgeToken {
+			if place, ok := c.tokenBoundUpstream(r, up); ok {
+				// Everything but llmedge-token passes through: refuse rather than hand
+				// the provider an llmedge token.
+				return denyAs(401, ReasonBYOKTokenAsKey, "llmedge: "+place+" carries an llmedge token, not a provider key. Caller "+
+					quote(cl.name)+" brings its own provider key: send your llmedge token only in the llmedge-token header and your own "+
+					up.name+" key in "+up.keyPlace()+".")
+			}
+		}
+		if at != srcLLMedgeToken || !up.hasProviderKey(r) {
 			return denyAs(401, ReasonBYOKKeyMissing, "llmedge: caller "+quote(cl.name)+
 				" brings its own provider key: send your llmedge token in the llmedge-token header and your "+
 				up.name+" key in "+up.keyPlace()+".")
@@ -288,25 +344,103 @@ func removeHeaders(headers map[string]string, credential func(string) bool) []st
 	return out
 }
 
-// findToken returns the first token present among llmedge-token, authorization (Bearer),
-// x-api-key, x-goog-api-key and the key query parameter. Empty values do not count.
-func findToken(r Request) (string, tokenSource) {
-	if t := strings.TrimSpace(r.Headers[HeaderLLMedgeToken]); t != "" {
-		return t, srcLLMedgeToken
+// credential is a value found in a place where a caller may put its token.
+type credential struct {
+	src   tokenSource
+	value string
+	// caller is the caller whose token value is, nil when it is nobody's.
+	caller *caller
+}
+
+// findCredentials returns the non-empty values among llmedge-token, authorization
+// (Bearer), x-api-key, x-goog-api-key and the key query parameter, in that order, each
+// looked up. An array rather than a slice keeps the request path free of allocations.
+func (c *Compiled) findCredentials(r Request) (out [5]credential, n int) {
+	add := func(src tokenSource, v string) {
+		if v != "" {
+			out[n] = credential{src: src, value: v, caller: c.callers[token.Sum(v)]}
+			n++
+		}
 	}
+	add(srcLLMedgeToken, strings.TrimSpace(r.Headers[HeaderLLMedgeToken]))
 	if t, ok := bearer(r.Headers[HeaderAuthorization]); ok {
-		return t, srcAuthorization
+		add(srcAuthorization, t)
 	}
-	if t := strings.TrimSpace(r.Headers[HeaderAPIKey]); t != "" {
-		return t, srcAPIKey
-	}
-	if t := strings.TrimSpace(r.Headers[HeaderGoogAPIKey]); t != "" {
-		return t, srcGoogAPIKey
-	}
+	add(srcAPIKey, strings.TrimSpace(r.Headers[HeaderAPIKey]))
+	add(srcGoogAPIKey, strings.TrimSpace(r.Headers[HeaderGoogAPIKey]))
 	if t, _ := queryParam(r.Path, QueryKey); t != "" {
-		return t, srcQuery
+		add(srcQuery, t)
 	}
-	return "", srcNone
+	return out, n
+}
+
+// place names a token source for a message.
+func (s tokenSource) place() string {
+	switch s {
+	case srcLLMedgeToken:
+		return "the llmedge-token header"
+	case srcAuthorization:
+		return "the Authorization header"
+	case srcAPIKey:
+		return "the x-api-key header"
+	case srcGoogAPIKey:
+		return "the x-goog-api-key header"
+	case srcQuery:
+		return "the key query parameter"
+	}
+	return "the request"
+}
+
+// twoCallersMessage explains tokens of two callers in one request. It names neither: the
+// sender may not know, and should not learn, whose the second token is.
+func twoCallersMessage(a, b tokenSource) string {
+	return "llmedge: the request carries llmedge tokens of two different callers, in " + a.place() + " and " + b.place() +
+		"; send one token only (the Authorization header does not take precedence)."
+}
+
+// tokenBoundUpstream reports where a request of a bring-your-own-key caller carries an
+// llmedge token (shaped like one, or any caller's) in something that passes through to
+// the provider: the credential headers other than llmedge-token, the upstream's key
+// header, or any query parameter. It names the place, never the value.
+func (c *Compiled) tokenBoundUpstream(r Request, up *upstream) (string, bool) {
+	isToken := func(v string) bool {
+		v = strings.TrimSpace(v)
+		return v != "" && (token.LooksLike(v) || c.callers[token.Sum(v)] != nil)
+	}
+	for _, h := range [...]string{HeaderAuthorization, HeaderAPIKey, HeaderGoogAPIKey, up.keyHeader} {
+		v, ok := r.Headers[h]
+		if !ok {
+			continue
+		}
+		t, isBearer := bearer(v)
+		// framed is the value inside the upstream's key_format, e.g. "Token {key}; v=1".
+		framed := h == up.keyHeader && len(v) >= len(up.prefix)+len(up.suffix) &&
+			strings.EqualFold(v[:len(up.prefix)], up.prefix) && strings.EqualFold(v[len(v)-len(up.suffix):], up.suffix) &&
+			isToken(v[len(up.prefix):len(v)-len(up.suffix)])
+		if isToken(v) || (isBearer && isToken(t)) || framed {
+			return "the " + h + " header", true
+		}
+	}
+	_, q, ok := strings.Cut(r.Path, "?")
+	if !ok {
+		return "", false
+	}
+	if i := strings.IndexByte(q, '#'); i >= 0 {
+		q = q[:i]
+	}
+	for q != "" {
+		var part string
+		part, q, _ = strings.Cut(q, "&")
+		_, v, _ := strings.Cut(part, "=")
+		if dv, err := url.QueryUnescape(v); err == nil {
+			v = dv
+		}
+		if isToken(v) {
+			// The parameter's name is the caller's text: not echoed either.
+			return "a query parameter", true
+		}
+	}
+	return "", false
 }
 
 // bearer extracts the token of an "Authorization: Bearer <token>" value; the scheme is
@@ -353,13 +487,6 @@ func queryParam(path, name string) (value string, present bool) {
 		return strings.TrimSpace(v), true
 	}
 	return "", false
-}
-
-// hashToken is the token's SHA-256. The stack buffer keeps the common case free of heap
-// allocations.
-func hashToken(tok string) [sha256.Size]byte {
-	var buf [128]byte
-	return sha256.Sum256(append(buf[:0], tok...))
 }
 
 // validKey rejects an empty key or one that could inject headers; the key store filters

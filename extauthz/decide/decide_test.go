@@ -1,18 +1,17 @@
 package decide
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
-
-	"github.com/llmedge/llmedge/internal/wire"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/llmedge/llmedge/internal/token"
+	"github.com/llmedge/llmedge/internal/wire"
 )
 
 // Tokens of the test policy's callers. None is a substring of a caller, tenant, upstream or
@@ -26,6 +25,9 @@ const (
 	tokFrank   = "llm-tok-FRANK-5e6f708192"  // azure only
 	tokByok    = "llm-tok-BYOK-6f708192a3"   // brings own key
 	tokUnknown = "llm-tok-NOBODY-708192a3b4" // in no policy
+	// Shaped like llmedge tokens (token.Prefix) but in no policy: rotated out, say.
+	tokStale  = "llme_STALE-81920a3b4c5d"
+	tokStale2 = "llme_STALE2-9a3b4c5d6e7f"
 
 	keyOpenAI    = "sk-KEYVALUE-openai-11111"
 	keyAnthropic = "sk-ant-KEYVALUE-22222"
@@ -41,10 +43,7 @@ var (
 	now    = time.Date(2026, 5, 1, 9, 30, 0, 0, time.UTC)
 )
 
-func sum(tok string) string {
-	s := sha256.Sum256([]byte(tok))
-	return hex.EncodeToString(s[:])
-}
+func sum(tok string) string { return token.Digest(tok) }
 
 func prefixes(ss ...string) []netip.Prefix {
 	var out []netip.Prefix
@@ -148,7 +147,8 @@ func checkBody(t *testing.T, api string, d Decision) {
 			t.Errorf("openai body %s: want message and code %q", d.Body, d.Reason)
 		}
 		wantType := "llmedge_auth_error"
-		if d.Reason == ReasonMissingToken || d.Reason == ReasonBYOKKeyMissing {
+		switch d.Reason {
+		case ReasonMissingToken, ReasonBYOKKeyMissing, ReasonBYOKTokenAsKey, ReasonConflictingCredentials:
 			wantType = "invalid_request_error"
 		}
 		if e.Error.Type != wantType {
@@ -163,7 +163,7 @@ func checkBody(t *testing.T, api string, d Decision) {
 			Error struct{ Type, Message string }
 		}
 		mustDecode(t, d.Body, &e)
-		want := map[int]string{401: "authentication_error", 403: "permission_error", 500: "api_error", 503: "api_error"}[d.Status]
+		want := map[int]string{400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 500: "api_error", 503: "api_error"}[d.Status]
 		if e.Type != "error" || e.Error.Type != want || e.Error.Message == "" {
 			t.Errorf("anthropic body %s: want type error, error.type %q and a message", d.Body, want)
 		}
@@ -176,7 +176,7 @@ func checkBody(t *testing.T, api string, d Decision) {
 			}
 		}
 		mustDecode(t, d.Body, &e)
-		want := map[int]string{401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 500: "INTERNAL", 503: "UNAVAILABLE"}[d.Status]
+		want := map[int]string{400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 500: "INTERNAL", 503: "UNAVAILABLE"}[d.Status]
 		if e.Error.Code != d.Status || e.Error.Status != want || e.Error.Message == "" {
 			t.Errorf("gemini body %s: want code %d, status %q and a message", d.Body, d.Status, want)
 		}
@@ -328,11 +328,16 @@ func TestTokenSources(t *testing.T) {
 		{"key query percent-encoded", nil, "?key=" + strings.ReplaceAll(tokAlice, "-", "%2D"), ReasonOK},
 		{"key query name percent-encoded", nil, "?k%65y=" + tokAlice, ReasonOK},
 		{"second token of a caller", map[string]string{"x-api-key": tokAlice2}, "", ReasonOK},
-		{"order: llmedge-token before authorization", map[string]string{"llmedge-token": tokAlice, "authorization": "Bearer " + tokUnknown}, "", ReasonOK},
-		{"order: authorization before x-api-key", map[string]string{"authorization": "Bearer " + tokUnknown, "x-api-key": tokAlice}, "", ReasonUnknownToken},
-		{"order: x-api-key before x-goog-api-key", map[string]string{"x-api-key": tokAlice, "x-goog-api-key": tokUnknown}, "", ReasonOK},
-		{"order: x-goog-api-key before ?key=", map[string]string{"x-goog-api-key": tokUnknown}, "?key=" + tokAlice, ReasonUnknownToken},
-		{"order: headers before ?key=", map[string]string{"authorization": "Bearer " + tokAlice}, "?key=" + tokUnknown, ReasonOK},
+		// A valid token wins over a stale one wherever each sits; no header takes precedence.
+		{"llmedge-token valid, authorization stale", map[string]string{"llmedge-token": tokAlice, "authorization": "Bearer " + tokStale}, "", ReasonOK},
+		{"authorization stale, x-api-key valid", map[string]string{"authorization": "Bearer " + tokStale, "x-api-key": tokAlice}, "", ReasonOK},
+		{"x-api-key valid, x-goog-api-key stale", map[string]string{"x-api-key": tokAlice, "x-goog-api-key": tokStale}, "", ReasonOK},
+		{"x-goog-api-key stale, ?key= valid", map[string]string{"x-goog-api-key": tokStale}, "?key=" + tokAlice, ReasonOK},
+		{"authorization valid, ?key= stale", map[string]string{"authorization": "Bearer " + tokAlice}, "?key=" + tokStale, ReasonOK},
+		{"two tokens of the same caller", map[string]string{"authorization": "Bearer " + tokAlice, "x-api-key": tokAlice2}, "", ReasonOK},
+		{"llmedge-token stale, authorization valid", map[string]string{"llmedge-token": tokStale, "authorization": "Bearer " + tokAlice}, "", ReasonOK},
+		{"llmedge-token stale alone", map[string]string{"llmedge-token": tokStale}, "", ReasonUnknownToken},
+		{"two stale tokens", map[string]string{"authorization": "Bearer " + tokStale, "x-api-key": tokStale2}, "", ReasonUnknownToken},
 		{"non-bearer authorization is not a token", map[string]string{"authorization": "Basic " + tokAlice}, "", ReasonMissingToken},
 		{"non-bearer authorization falls through", map[string]string{"authorization": "Basic Zm9vOmJhcg==", "x-api-key": tokAlice}, "", ReasonOK},
 		{"bearer without token", map[string]string{"authorization": "Bearer "}, "", ReasonMissingToken},
@@ -386,7 +391,7 @@ func TestAllowRewrites(t *testing.T) {
 		},
 		{
 			name:     "openai via llmedge-token: every other credential removed except the key header",
-			upstream: "openai", headers: map[string]string{"llmedge-token": tokAlice, "authorization": "Bearer junk", "x-api-key": "junk", "x-goog-api-key": "junk"},
+			upstream: "openai", headers: map[string]string{"llmedge-token": tokAlice, "authorization": "Bearer " + tokStale, "x-api-key": tokStale, "x-goog-api-key": tokStale2},
 			set:    map[string]string{"authorization": "Bearer " + keyOpenAI},
 			remove: []string{"llmedge-token", "x-api-key", "x-goog-api-key"}, keyName: "openai-primary",
 		},
@@ -407,7 +412,7 @@ func TestAllowRewrites(t *testing.T) {
 		},
 		{
 			name:     "gemini via header with a stray ?key=: key param still removed",
-			upstream: "gemini", headers: map[string]string{"x-goog-api-key": tokAlice}, query: "?key=whatever",
+			upstream: "gemini", headers: map[string]string{"x-goog-api-key": tokAlice}, query: "?key=" + tokStale,
 			set: map[string]string{"x-goog-api-key": keyGemini}, removeQ: []string{"key"}, keyName: "gemini-primary",
 		},
 		{
@@ -505,6 +510,27 @@ func TestBYOK(t *testing.T) {
 			map[string]string{"llmedge-token": tokByok, "authorization": " "}, "", ReasonBYOKKeyMissing, nil},
 		{"gemini ?key= does not count for other APIs", "openai",
 			map[string]string{"llmedge-token": tokByok}, "?key=" + ownKey, ReasonBYOKKeyMissing, nil},
+
+		// An llmedge token, the caller's own or anyone's, in anything that passes through
+		// to the provider is refused, never forwarded.
+		{"own token as the provider key", "openai",
+			map[string]string{"llmedge-token": tokByok, "authorization": "Bearer " + tokByok}, "", ReasonBYOKTokenAsKey, nil},
+		{"another caller's token as the provider key", "openai",
+			map[string]string{"llmedge-token": tokByok, "authorization": "Bearer " + tokAlice}, "", ReasonBYOKTokenAsKey, nil},
+		{"a token-shaped value as the provider key", "openai",
+			map[string]string{"llmedge-token": tokByok, "authorization": "bearer  " + tokStale}, "", ReasonBYOKTokenAsKey, nil},
+		{"token-shaped x-api-key", "anthropic",
+			map[string]string{"llmedge-token": tokByok, "x-api-key": " " + tokStale}, "", ReasonBYOKTokenAsKey, nil},
+		{"own key right, a token in authorization which would pass through", "anthropic",
+			map[string]string{"llmedge-token": tokByok, "x-api-key": ownKey, "authorization": "Bearer " + tokStale}, "", ReasonBYOKTokenAsKey, nil},
+		{"another caller's token in x-goog-api-key", "gemini",
+			map[string]string{"llmedge-token": tokByok, "x-goog-api-key": tokAlice}, "", ReasonBYOKTokenAsKey, nil},
+		{"token in ?key=", "gemini",
+			map[string]string{"llmedge-token": tokByok}, "?key=" + tokStale, ReasonBYOKTokenAsKey, nil},
+		{"own key right, a token in another query parameter", "gemini",
+			map[string]string{"llmedge-token": tokByok, "x-goog-api-key": ownKey}, "?alt=sse&api%5Fkey=" + strings.ReplaceAll(tokByok, "-", "%2D"), ReasonBYOKTokenAsKey, nil},
+		{"token in a custom key header", "azure",
+			map[string]string{"llmedge-token": tokByok, "api-key": tokStale}, "", ReasonBYOKTokenAsKey, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -524,8 +550,17 @@ func TestBYOK(t *testing.T) {
 			if tt.reason != ReasonOK {
 				checkDenied(t, d, 401, tt.reason)
 				checkBody(t, c.API(tt.upstream), d)
-				if msg := message(t, d); !strings.Contains(msg, "llmedge-token") {
+				msg := message(t, d)
+				if !strings.Contains(msg, "llmedge-token") {
 					t.Errorf("message %q does not say where the llmedge token goes", msg)
+				}
+				if tt.reason == ReasonBYOKTokenAsKey && (!strings.Contains(msg, "not a provider key") || !strings.Contains(msg, tt.upstream+" key")) {
+					t.Errorf("message %q does not explain that an llmedge token is not a %s key", msg, tt.upstream)
+				}
+				for _, secret := range []string{tokByok, tokAlice, tokStale, ownKey, "api_key", "api%5Fkey"} {
+					if strings.Contains(string(d.Body), secret) {
+						t.Errorf("body echoes %q: %s", secret, d.Body)
+					}
 				}
 				return
 			}
@@ -536,6 +571,125 @@ func TestBYOK(t *testing.T) {
 				t.Errorf("RemoveHeaders = %q, want %q", d.RemoveHeaders, tt.remove)
 			}
 		})
+	}
+}
+
+// TestBYOKTokenInFramedKeyHeader: a token inside the upstream's own key_format framing is
+// found too.
+func TestBYOKTokenInFramedKeyHeader(t *testing.T) {
+	p := testPolicy()
+	p.Upstreams[1].KeyFormat = "Token {key}; v=1" // azure
+	c, err := Compile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for v, reason := range map[string]string{
+		"Token " + tokStale + "; v=1": ReasonBYOKTokenAsKey,
+		"token " + tokAlice + "; V=1": ReasonBYOKTokenAsKey,
+		"Token " + ownKey + "; v=1":   ReasonOK,
+		"Token ; v=1":                 ReasonOK,
+		"; v=1":                       ReasonOK,
+	} {
+		d := c.Decide(Request{Region: "hk", Upstream: "azure", Headers: map[string]string{"llmedge-token": tokByok, "api-key": v},
+			Path: "/azure/v1/x", Now: now}, newKeys())
+		if d.Reason != reason {
+			t.Errorf("api-key %q: reason %q, want %q", v, d.Reason, reason)
+		}
+	}
+}
+
+// TestCredentialConflicts: with credentials in several places, the valid llmedge token is
+// accepted wherever it sits, and disagreements are refused with an explanation, shaped
+// for each API.
+func TestCredentialConflicts(t *testing.T) {
+	c := compiled(t)
+	tests := []struct {
+		name    string
+		headers map[string]string
+		query   string
+		reason  string
+		caller  string   // on the denial
+		msgHas  []string // beyond the common checks
+	}{
+		{"tokens of two callers: authorization and x-api-key",
+			map[string]string{"authorization": "Bearer " + tokAlice, "x-api-key": tokFrank}, "",
+			ReasonConflictingCredentials, "", []string{"two different callers", "Authorization header", "x-api-key header"}},
+		{"tokens of two callers: x-api-key and authorization (no header takes precedence)",
+			map[string]string{"authorization": "Bearer " + tokFrank, "x-api-key": tokAlice}, "",
+			ReasonConflictingCredentials, "", []string{"two different callers"}},
+		{"tokens of two callers: llmedge-token and authorization",
+			map[string]string{"llmedge-token": tokAlice, "authorization": "Bearer " + tokFrank}, "",
+			ReasonConflictingCredentials, "", []string{"two different callers", "llmedge-token header"}},
+		{"tokens of two callers: header and ?key=",
+			map[string]string{"x-goog-api-key": tokAlice}, "?key=" + tokBob,
+			ReasonConflictingCredentials, "", []string{"two different callers", "key query parameter"}},
+		{"a token and a provider key for a caller without BYOK",
+			map[string]string{"authorization": "Bearer " + ownKey, "x-api-key": tokAlice}, "",
+			ReasonConflictingCredentials, "alice", []string{"x-api-key header", "Authorization header", "does not bring its own provider key"}},
+		{"llmedge-token and a provider key for a caller without BYOK",
+			map[string]string{"llmedge-token": tokAlice, "x-api-key": ownKey}, "",
+			ReasonConflictingCredentials, "alice", []string{"llmedge-token header", "x-api-key header", "does not bring its own provider key"}},
+		{"a token and something unknown that is no llmedge token",
+			map[string]string{"authorization": "Bearer " + tokUnknown, "x-api-key": tokAlice}, "",
+			ReasonConflictingCredentials, "alice", nil},
+		{"a token and a provider key in ?key=",
+			map[string]string{"authorization": "Bearer " + tokAlice}, "?key=" + ownKey,
+			ReasonConflictingCredentials, "alice", []string{"key query parameter"}},
+		{"a disabled caller's conflict is still a conflict",
+			map[string]string{"authorization": "Bearer " + tokBob, "x-api-key": ownKey}, "",
+			ReasonConflictingCredentials, "bob", nil},
+		{"a provider key and nothing valid",
+			map[string]string{"authorization": "Bearer " + ownKey, "x-api-key": tokStale}, "",
+			ReasonUnknownToken, "", nil},
+		{"Basic authorization is not a credential",
+			map[string]string{"authorization": "Basic Zm9vOmJhcg==", "x-api-key": tokAlice}, "",
+			ReasonOK, "", nil},
+		{"a token and a stale token",
+			map[string]string{"authorization": "Bearer " + tokAlice, "x-api-key": tokStale}, "",
+			ReasonOK, "", nil},
+	}
+	for _, up := range []string{"openai", "anthropic", "gemini"} {
+		for _, tt := range tests {
+			t.Run(up+"/"+tt.name, func(t *testing.T) {
+				r := Request{Region: "hk", Upstream: up, Headers: tt.headers, Path: "/" + up + "/v1/x" + tt.query,
+					SourceIP: netip.MustParseAddr("10.0.0.1"), Now: now}
+				keys := newKeys()
+				d := c.Decide(r, keys)
+				if d.Reason != tt.reason {
+					t.Fatalf("reason = %q, want %q (body %s)", d.Reason, tt.reason, d.Body)
+				}
+				if tt.reason == ReasonOK {
+					if !d.Allow || d.Caller != "alice" {
+						t.Errorf("want allow as alice: %+v", d)
+					}
+					return
+				}
+				status := 400
+				if tt.reason == ReasonUnknownToken {
+					status = 401
+				}
+				checkDenied(t, d, status, tt.reason)
+				checkBody(t, c.API(up), d)
+				if d.Caller != tt.caller {
+					t.Errorf("Caller = %q, want %q", d.Caller, tt.caller)
+				}
+				if keys.calls != 0 {
+					t.Errorf("a refused request drew a key")
+				}
+				msg := message(t, d)
+				for _, want := range tt.msgHas {
+					if !strings.Contains(msg, want) {
+						t.Errorf("message %q lacks %q", msg, want)
+					}
+				}
+				// Tokens, keys and the other caller's name stay out of the message.
+				for _, secret := range []string{tokAlice, tokFrank, tokBob, tokUnknown, tokStale, ownKey, "frank"} {
+					if strings.Contains(msg, secret) {
+						t.Errorf("message %q contains %q", msg, secret)
+					}
+				}
+			})
+		}
 	}
 }
 
@@ -810,7 +964,7 @@ func TestKeyFormat(t *testing.T) {
 // header never carries a token.
 func TestNoSecretsInDecisions(t *testing.T) {
 	c := compiled(t)
-	tokens := []string{tokAlice, tokAlice2, tokBob, tokCarol, tokDave, tokFrank, tokByok, tokUnknown}
+	tokens := []string{tokAlice, tokAlice2, tokBob, tokCarol, tokDave, tokFrank, tokByok, tokUnknown, tokStale}
 	var forbidden []string // never anywhere
 	for _, tok := range tokens {
 		h := sum(tok)
@@ -826,6 +980,12 @@ func TestNoSecretsInDecisions(t *testing.T) {
 		},
 		func(tok string) (map[string]string, string) {
 			return map[string]string{"authorization": "Bearer " + tok}, ""
+		},
+		func(tok string) (map[string]string, string) {
+			return map[string]string{"llmedge-token": tok, "x-api-key": tok, "authorization": "Bearer " + tokStale}, "?api_key=" + tok
+		},
+		func(tok string) (map[string]string, string) {
+			return map[string]string{"authorization": "Bearer " + tok, "x-api-key": tokAlice}, ""
 		},
 		func(tok string) (map[string]string, string) {
 			return map[string]string{"authorization": "Basic " + tok}, ""
@@ -864,7 +1024,7 @@ func TestNoSecretsInDecisions(t *testing.T) {
 		}
 	}
 	for _, want := range []string{ReasonOK, ReasonBadRoute, ReasonMissingToken, ReasonUnknownToken, ReasonDisabled, ReasonExpired,
-		ReasonIPDenied, ReasonUpstreamNotAllowed, ReasonBYOKKeyMissing, ReasonNoKey} {
+		ReasonIPDenied, ReasonUpstreamNotAllowed, ReasonBYOKKeyMissing, ReasonNoKey, ReasonBYOKTokenAsKey, ReasonConflictingCredentials} {
 		if reasons[want] == 0 {
 			t.Errorf("the grid never produced reason %q; widen it", want)
 		}

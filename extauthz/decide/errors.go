@@ -81,6 +81,8 @@ func errorBody(api string, status int, reason, msg string) []byte {
 		e.Type = "error"
 		e.Error.Message = msg
 		switch {
+		case status == 400:
+			e.Error.Type = "invalid_request_error"
 		case status == 401:
 			e.Error.Type = "authentication_error"
 		case status == 403:
@@ -94,6 +96,8 @@ func errorBody(api string, status int, reason, msg string) []byte {
 		e.Error.Code = status
 		e.Error.Message = msg
 		switch status {
+		case 400:
+			e.Error.Status = "INVALID_ARGUMENT"
 		case 401:
 			e.Error.Status = "UNAUTHENTICATED"
 		case 403:
@@ -110,7 +114,7 @@ func errorBody(api string, status int, reason, msg string) []byte {
 		e.Error.Code = reason
 		e.Error.Type = "llmedge_auth_error"
 		switch reason {
-		case ReasonMissingToken, ReasonBYOKKeyMissing:
+		case ReasonMissingToken, ReasonBYOKKeyMissing, ReasonBYOKTokenAsKey, ReasonConflictingCredentials:
 			// The request is malformed rather than unauthorised, as OpenAI itself says of
 			// a missing key.
 			e.Error.Type = "invalid_request_error"

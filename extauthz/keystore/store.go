@@ -10,6 +10,14 @@
 // printable ASCII (a CR or LF would let a key inject headers) is skipped with a warning
 // that names the file, never its content.
 //
+// A key file that goes bad after it held a good key — truncated in place, swapped for an
+// empty file by a secret mount refresh, made unreadable — keeps serving its last good key
+// until it is fixed or removed: such states are transient far more often than they are
+// meant, and the alternative is refusing every request with "no key". The store reports
+// it (a warning naming the upstream and key, and Problems for /readyz and metrics). To
+// retire a key, delete its file. A file that never held a good key is reported and
+// ignored.
+//
 // Lookups are lock-free: Next reads an atomic pointer to an immutable snapshot and bumps an
 // atomic counter. A reload builds a complete new snapshot and swaps it in, so a request
 // sees either the old keys or the new ones, never a mix, and never an empty set while a
@@ -61,9 +69,15 @@ type Store struct {
 	mu sync.Mutex
 	// warned maps a path to the problem last logged for it, so a bad file is reported
 	// once rather than on every reload.
-	warned map[string]string
+	warned map[string]Problem
 	// lastErr is the text of the last directory read error Run logged.
 	lastErr string
+	// problems is what the last reload could not use, sorted by path, for Problems.
+	problems atomic.Pointer[[]Problem]
+	// open opens key files and upstream directories; tests replace it to simulate read
+	// errors, which root (who runs the tests in containers) cannot provoke with
+	// permissions.
+	open func(name string) (io.ReadCloser, error)
 
 	running atomic.Bool
 	// noWatch makes Run poll only (tests of the fallback).
@@ -87,7 +101,8 @@ func New(dir string, log *slog.Logger) (*Store, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Store{dir: filepath.Clean(dir), log: log, warned: map[string]string{}}
+	s := &Store{dir: filepath.Clean(dir), log: log, warned: map[string]Problem{},
+		open: func(name string) (io.ReadCloser, error) { return os.Open(name) }}
 	fi, err := os.Stat(s.dir)
 	if err != nil {
 		return nil, fmt.Errorf("keystore: %w", err)
@@ -134,6 +149,30 @@ func (s *Store) Count(upstream string) int {
 		return 0
 	}
 	return len(p.keys)
+}
+
+// Problem is a key file or directory the last reload could not use as it is. It names
+// files, never their content.
+type Problem struct {
+	// Upstream is the upstream directory's name; Key the key file's name, empty when the
+	// problem is with the directory itself.
+	Upstream string `json:"upstream"`
+	Key      string `json:"key,omitempty"`
+	Path     string `json:"path"`
+	Reason   string `json:"reason"`
+	// Held says the last good key read from this file (or, for a directory, every key of
+	// the upstream) is still in use.
+	Held bool `json:"held"`
+	// Since is when the store first saw the problem.
+	Since time.Time `json:"since"`
+}
+
+// Problems returns what the last reload could not use, sorted by path.
+func (s *Store) Problems() []Problem {
+	if p := s.problems.Load(); p != nil {
+		return slices.Clone(*p)
+	}
+	return nil
 }
 
 // Upstreams returns the names of the upstream directories, sorted, including any that
@@ -314,7 +353,8 @@ func (s *Store) reload(final bool) (retry bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 
-	sc, err := s.scan(time.Now().Add(-debounce))
+	old := s.snap.Load()
+	sc, err := s.scan(time.Now().Add(-debounce), old)
 	if err != nil {
 		return false, err
 	}
@@ -327,7 +367,6 @@ func (s *Store) reload(final bool) (retry bool, err error) {
 	}
 	s.report(sc.problems)
 
-	old := s.snap.Load()
 	if old != nil && sameKeys(old, sc.keys) {
 		return false, nil
 	}
@@ -355,16 +394,18 @@ func (s *Store) reload(final bool) (retry bool, err error) {
 
 // scanned is what one pass over the directory found.
 type scanned struct {
-	keys     map[string][]Key  // upstream -> keys sorted by name (possibly none)
-	problems map[string]string // path -> why it was skipped
+	keys     map[string][]Key   // upstream -> keys sorted by name (possibly none)
+	problems map[string]Problem // path -> why it was skipped or held (Since unset)
 	// unsettled counts entries listed but gone when read, and key files modified after
 	// the settled instant (perhaps still being written).
 	unsettled int
 }
 
-// scan reads the whole directory; files modified after settled count as unsettled.
-func (s *Store) scan(settled time.Time) (scanned, error) {
-	sc := scanned{keys: map[string][]Key{}, problems: map[string]string{}}
+// scan reads the whole directory; files modified after settled count as unsettled. A key
+// file or upstream directory that cannot be used for what it holds keeps its keys from old
+// (see the package comment).
+func (s *Store) scan(settled time.Time, old *snapshot) (scanned, error) {
+	sc := scanned{keys: map[string][]Key{}, problems: map[string]Problem{}}
 	entries, err := os.ReadDir(s.dir)
 	if err != nil {
 		return sc, err
@@ -373,29 +414,40 @@ func (s *Store) scan(settled time.Time) (scanned, error) {
 		if skipName(e.Name()) {
 			continue
 		}
-		updir := filepath.Join(s.dir, e.Name())
+		up := e.Name()
+		updir := filepath.Join(s.dir, up)
+		dirProblem := func(why string) { sc.problems[updir] = Problem{Upstream: up, Path: updir, Reason: why} }
 		fi, err := os.Stat(updir) // follows symlinks
 		switch {
 		case errors.Is(err, fs.ErrNotExist) && isSymlink(updir):
-			sc.problems[updir] = "dangling symbolic link"
+			dirProblem("dangling symbolic link")
 			continue
 		case errors.Is(err, fs.ErrNotExist):
 			sc.unsettled++
 			continue
 		case err != nil:
-			sc.problems[updir] = "cannot stat: " + err.Error()
+			dirProblem("cannot stat: " + err.Error())
 			continue
 		case !fi.IsDir():
-			sc.problems[updir] = "not a directory (keys go in <dir>/<upstream>/<name>)"
+			dirProblem("not a directory (keys go in <dir>/<upstream>/<name>)")
 			continue
 		}
-		files, err := os.ReadDir(updir)
+		var prev []Key // the upstream's keys in force, which a bad file or directory keeps
+		if old != nil && old.pools[up] != nil {
+			prev = old.pools[up].keys
+		}
+		files, err := s.readDir(updir)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
 			sc.unsettled++
 			continue
 		case err != nil:
-			sc.problems[updir] = "cannot read directory: " + err.Error()
+			p := Problem{Upstream: up, Path: updir, Reason: "cannot read directory: " + err.Error()}
+			if len(prev) > 0 {
+				p.Held = true
+				sc.keys[up] = prev
+			}
+			sc.problems[updir] = p
 			continue
 		}
 		keys := []Key{}
@@ -404,71 +456,118 @@ func (s *Store) scan(settled time.Time) (scanned, error) {
 				continue
 			}
 			path := filepath.Join(updir, f.Name())
-			v, mtime, problem, err := readKey(path)
-			if mtime.After(settled) {
+			kf, err := s.readKey(path)
+			if kf.mtime.After(settled) {
 				sc.unsettled++
 			}
 			switch {
 			case errors.Is(err, fs.ErrNotExist):
 				sc.unsettled++
-			case err != nil:
-				sc.problems[path] = err.Error()
-			case problem != "":
-				sc.problems[path] = problem
+			case kf.problem != "":
+				p := Problem{Upstream: up, Key: f.Name(), Path: path, Reason: kf.problem}
+				if i := slices.IndexFunc(prev, func(k Key) bool { return k.Name == f.Name() }); kf.keep && i >= 0 {
+					p.Held = true
+					keys = append(keys, prev[i])
+				}
+				sc.problems[path] = p
 			default:
-				keys = append(keys, newKey(f.Name(), v))
+				keys = append(keys, newKey(f.Name(), kf.value))
 			}
 		}
 		if len(keys) == 0 {
-			sc.problems[updir] = "upstream has no valid key file"
+			dirProblem("upstream has no valid key file")
 		}
-		sc.keys[e.Name()] = keys // ReadDir sorts by name, so keys are sorted
+		sc.keys[up] = keys // ReadDir sorts by name, so keys are sorted
 	}
 	return sc, nil
 }
 
-// readKey reads one key file. problem explains why a readable file is not a valid key; it
-// never quotes the content.
-func readKey(path string) (value string, mtime time.Time, problem string, err error) {
+// readDir lists an upstream directory. Opening goes through s.open so that tests can make
+// it fail.
+func (s *Store) readDir(dir string) ([]fs.DirEntry, error) {
+	f, err := s.open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	d, ok := f.(fs.ReadDirFile)
+	if !ok {
+		return nil, fmt.Errorf("%s: cannot list", dir)
+	}
+	entries, err := d.ReadDir(-1)
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(entries, func(a, b fs.DirEntry) int { return strings.Compare(a.Name(), b.Name()) })
+	return entries, nil
+}
+
+// keyFile is what reading one key file found.
+type keyFile struct {
+	value string
+	mtime time.Time
+	// problem explains why the file holds no usable key; it never quotes the content.
+	problem string
+	// keep says the problem is with what the file holds or whether it can be read (empty,
+	// unreadable, malformed), not with what the entry is: its last good key stays in use.
+	keep bool
+}
+
+// readKey reads one key file. The error is fs.ErrNotExist for a file that vanished while
+// it was read (a change in flight); every other failure is a problem.
+func (s *Store) readKey(path string) (keyFile, error) {
 	fi, err := os.Stat(path) // follows symlinks
 	if errors.Is(err, fs.ErrNotExist) && isSymlink(path) {
 		// A dangling symlink is a state of its own, not a change in flight.
-		return "", time.Time{}, "dangling symbolic link", nil
+		return keyFile{problem: "dangling symbolic link"}, nil
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return keyFile{}, err
 	}
 	if err != nil {
-		return "", time.Time{}, "", err
+		return keyFile{problem: "cannot stat: " + err.Error(), keep: true}, nil
 	}
-	mtime = fi.ModTime()
+	kf := keyFile{mtime: fi.ModTime(), keep: true}
 	switch {
 	case fi.IsDir():
-		return "", mtime, "is a directory (keys go in <dir>/<upstream>/<name>)", nil
+		return keyFile{mtime: kf.mtime, problem: "is a directory (keys go in <dir>/<upstream>/<name>)"}, nil
 	case !fi.Mode().IsRegular():
-		return "", mtime, "not a regular file", nil
+		return keyFile{mtime: kf.mtime, problem: "not a regular file"}, nil
 	case fi.Size() > MaxKeySize:
-		return "", mtime, fmt.Sprintf("larger than %d bytes", MaxKeySize), nil
+		kf.problem = fmt.Sprintf("larger than %d bytes", MaxKeySize)
+		return kf, nil
 	}
-	f, err := os.Open(path)
+	f, err := s.open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return keyFile{}, err
+	}
 	if err != nil {
-		return "", mtime, "", err
+		kf.problem = "unreadable: " + err.Error()
+		return kf, nil
 	}
 	defer f.Close()
 	b, err := io.ReadAll(io.LimitReader(f, MaxKeySize+1))
 	if err != nil {
-		return "", mtime, "", err
+		kf.problem = "unreadable: " + err.Error()
+		return kf, nil
 	}
 	if len(b) > MaxKeySize {
-		return "", mtime, fmt.Sprintf("larger than %d bytes", MaxKeySize), nil
+		kf.problem = fmt.Sprintf("larger than %d bytes", MaxKeySize)
+		return kf, nil
 	}
 	v := strings.TrimSpace(string(b))
 	if v == "" {
-		return "", mtime, "empty", nil
+		kf.problem = "empty"
+		return kf, nil
 	}
 	for i := 0; i < len(v); i++ {
 		if c := v[i]; c < 0x20 || c > 0x7e {
-			return "", mtime, "contains a control or non-ASCII character (CR, LF, NUL, ...); only printable ASCII is allowed", nil
+			kf.problem = "contains a control or non-ASCII character (CR, LF, NUL, ...); only printable ASCII is allowed"
+			return kf, nil
 		}
 	}
-	return v, mtime, "", nil
+	kf.value = v
+	return kf, nil
 }
 
 // isSymlink reports whether path itself (not its target) exists and is a symbolic link.
@@ -483,21 +582,45 @@ func skipName(name string) bool {
 	return strings.HasPrefix(name, ".") || strings.HasSuffix(name, ".tmp") || strings.HasSuffix(name, "~")
 }
 
-// report logs each problem once, and notes when a reported problem is resolved.
-func (s *Store) report(problems map[string]string) {
-	for path, why := range problems {
-		if s.warned[path] == why {
+// report logs each problem once, notes when a reported problem is resolved, and publishes
+// the list for Problems.
+func (s *Store) report(problems map[string]Problem) {
+	now := time.Now()
+	for _, path := range slices.Sorted(maps.Keys(problems)) {
+		p := problems[path]
+		prev, seen := s.warned[path]
+		p.Since = now
+		if seen {
+			p.Since = prev.Since
+		}
+		problems[path] = p
+		if seen && prev.Reason == p.Reason && prev.Held == p.Held {
 			continue
 		}
-		s.warned[path] = why
-		s.log.Warn("keystore: skipping key file or directory", "path", path, "reason", why)
-	}
-	for path := range s.warned {
-		if _, ok := problems[path]; !ok {
-			delete(s.warned, path)
-			s.log.Info("keystore: problem resolved", "path", path)
+		s.warned[path] = p
+		switch {
+		case p.Held && p.Key == "":
+			s.log.Warn("keystore: cannot read the upstream's key directory; keeping its last good keys",
+				"upstream", p.Upstream, "path", path, "reason", p.Reason)
+		case p.Held:
+			s.log.Warn("keystore: key file is empty, unreadable or malformed; keeping its last good key",
+				"upstream", p.Upstream, "key", p.Key, "path", path, "reason", p.Reason)
+		default:
+			s.log.Warn("keystore: skipping key file or directory",
+				"upstream", p.Upstream, "key", p.Key, "path", path, "reason", p.Reason)
 		}
 	}
+	for path, p := range s.warned {
+		if _, ok := problems[path]; !ok {
+			delete(s.warned, path)
+			s.log.Info("keystore: problem resolved", "upstream", p.Upstream, "key", p.Key, "path", path)
+		}
+	}
+	list := make([]Problem, 0, len(problems))
+	for _, path := range slices.Sorted(maps.Keys(problems)) {
+		list = append(list, problems[path])
+	}
+	s.problems.Store(&list)
 }
 
 // sameKeys reports whether the snapshot holds exactly these upstreams and keys.

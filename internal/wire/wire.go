@@ -22,9 +22,22 @@ const (
 	InternalHeaderPrefix = "x-llmedge-"
 )
 
+// Provider credential headers: where each API family's native SDK sends its key, so where
+// a caller sends its llmedge token and where extauthz injects the provider key by default.
+// Lower case, as Envoy hands headers to extauthz.
+const (
+	// HeaderAuthorization carries "Bearer <key>" (OpenAI and OpenAI-compatible APIs; the
+	// Anthropic SDK's auth_token).
+	HeaderAuthorization = "authorization"
+	// HeaderAPIKey is Anthropic's key header.
+	HeaderAPIKey = "x-api-key"
+	// HeaderGoogAPIKey is Gemini's key header.
+	HeaderGoogAPIKey = "x-goog-api-key"
+)
+
 // CredentialHeaders are the request headers in which the native SDKs send a key, plus
 // TokenHeader. Envoy forwards them (and InternalHeaderPrefix headers) to extauthz.
-var CredentialHeaders = []string{"authorization", "x-api-key", "x-goog-api-key", TokenHeader}
+var CredentialHeaders = []string{HeaderAuthorization, HeaderAPIKey, HeaderGoogAPIKey, TokenHeader}
 
 // KeyQueryParam is Gemini's API key query parameter.
 const KeyQueryParam = "key"
