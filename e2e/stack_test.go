@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/llmedge/llmedge/controlplane"
-	"github.com/llmedge/llmedge/controlplane/config"
 	"github.com/llmedge/llmedge/internal/fakellm"
 	stk "github.com/llmedge/llmedge/internal/stack"
 	"github.com/llmedge/llmedge/internal/testenv"
@@ -166,7 +165,7 @@ func (d routesData) Digest(caller string) string {
 		}
 		d.s.tokens[caller] = tok
 	}
-	return config.TokenHashPrefix + token.Digest(d.s.tokens[caller])
+	return token.DigestRef(d.s.tokens[caller])
 }
 
 // RateLimit is the address of a region's envoyproxy/ratelimit, allocated on first use; a
@@ -341,8 +340,8 @@ func (s *stack) withTester(doc []byte) []byte {
 		return doc
 	}
 	sort.Strings(names)
-	return append(append([]byte(nil), doc...), fmt.Sprintf("\ncallers:\n  tester:\n    tokens: [%s%s]\n    upstreams: [%s]\n",
-		config.TokenHashPrefix, token.Digest(s.token), strings.Join(names, ", "))...)
+	return append(append([]byte(nil), doc...), fmt.Sprintf("\ncallers:\n  tester:\n    tokens: [%s]\n    upstreams: [%s]\n",
+		token.DigestRef(s.token), strings.Join(names, ", "))...)
 }
 
 func (s *stack) status() controlplane.Status {

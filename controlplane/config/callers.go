@@ -14,12 +14,6 @@ import (
 	"github.com/llmedge/llmedge/internal/wire"
 )
 
-// TokenHashPrefix starts every token digest in the routes YAML.
-//
-// Deprecated: the format belongs to internal/token; use token.DigestRef and
-// token.ParseDigestRef.
-const TokenHashPrefix = token.DigestPrefix
-
 var tenantRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$`)
 
 // Where each API family expects its key, unless key_header/key_format say otherwise. The
