@@ -46,6 +46,11 @@ type Upstream struct {
 	ResponseTimeout   time.Duration `mapstructure:"response_timeout"`
 	StreamIdleTimeout time.Duration `mapstructure:"stream_idle_timeout"`
 	AllowedRegions    []string      `mapstructure:"allowed_regions"`
+	// ForwardClientIP sends the caller's address to the provider as X-Forwarded-For, and
+	// ForwardRequestID the edge's request id as X-Request-Id. Both default to off: the
+	// provider learns nothing of the caller's network or of the edge.
+	ForwardClientIP  bool `mapstructure:"forward_client_ip"`
+	ForwardRequestID bool `mapstructure:"forward_request_id"`
 	// API is the provider's API family (openai, anthropic, gemini): it picks the default
 	// key header and shapes error bodies like the provider's own.
 	API       string `mapstructure:"api"`

@@ -75,8 +75,9 @@ var wantValid = &model.Config{
 		{Name: "insecure", Prefix: "/insecure", Upstream: "insecure"},
 		{Name: "private", Prefix: "/private/", Upstream: "private", Rewrite: "/v1/"},
 		{Name: "openai", Prefix: "/openai/", Upstream: "openai", Rewrite: "/"},
-		{Name: "groq", Prefix: "/groq", Upstream: "groq", Rewrite: "/openai/"},
+		// At equal specificity a route for named hosts comes first.
 		{Name: "groq-raw", Prefix: "/groq", Hosts: []string{"*.edge.example.com", "raw.example.com"}, Upstream: "groq", Rewrite: "/openai/groq"},
+		{Name: "groq", Prefix: "/groq", Upstream: "groq", Rewrite: "/openai/"},
 		// Same prefix: more header conditions first.
 		{Name: "v1-beta", Prefix: "/v1/", Headers: []model.HeaderMatch{{Name: "openai-beta", Present: true}, {Name: "x-tier", Prefix: "pro"}}, Upstream: "openai"},
 		{Name: "v1-premium", Prefix: "/v1/", Headers: []model.HeaderMatch{{Name: "x-tier", Exact: "premium"}}, Upstream: "openai"},

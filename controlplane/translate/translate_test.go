@@ -2,6 +2,7 @@ package translate_test
 
 import (
 	"bytes"
+	"slices"
 	"strings"
 	"testing"
 
@@ -106,5 +107,39 @@ func TestRegionOnlyHoldsItsUpstreams(t *testing.T) {
 	}
 	if _, err := translate.Region(cfg, "mars"); err == nil {
 		t.Error("translating an unknown region succeeded")
+	}
+}
+
+// Route order has one owner, config.SortRoutes: translate emits routes in the model's order
+// (a route's hosts together in its place) and never re-sorts them, so a change to the
+// ordering rule shows in config's tests and in every golden at once.
+func TestRoutesFollowModelOrder(t *testing.T) {
+	cfg := load(t, "testdata/in/hosts-and-headers.yaml")
+	emitted := func(cfg *model.Config) []string {
+		res, err := translate.Region(cfg, "us")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, r := range res.Routes[0].GetVirtualHosts()[0].GetRoutes() {
+			if len(names) == 0 || names[len(names)-1] != r.GetName() {
+				names = append(names, r.GetName())
+			}
+		}
+		return names
+	}
+	var want []string
+	for _, r := range cfg.Routes {
+		want = append(want, r.Name)
+	}
+	if got := emitted(cfg); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("emitted routes %v, want the model's order %v", got, want)
+	}
+	// A model in another order is emitted in that order: translate has no ordering rule
+	// of its own that could drift from config's.
+	slices.Reverse(cfg.Routes)
+	slices.Reverse(want)
+	if got := emitted(cfg); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("emitted routes %v for a reversed model, want %v", got, want)
 	}
 }
