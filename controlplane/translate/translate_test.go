@@ -11,6 +11,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	rlsconfv3 "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
+
 	"github.com/llmedge/llmedge/controlplane/config"
 	"github.com/llmedge/llmedge/controlplane/model"
 	"github.com/llmedge/llmedge/controlplane/translate"
@@ -141,5 +143,45 @@ func TestRoutesFollowModelOrder(t *testing.T) {
 	slices.Reverse(want)
 	if got := emitted(cfg); strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Errorf("emitted routes %v for a reversed model, want %v", got, want)
+	}
+}
+
+// Quotas (what /status shows) and the RateLimitConfig (what ratelimit enforces) come from
+// one decision: they name exactly the same limits, in every region, scoped limits of
+// upstreams a region does not serve left out of both.
+func TestQuotasAreWhatRatelimitEnforces(t *testing.T) {
+	cfg := load(t, "testdata/in/quotas.yaml")
+	for _, region := range cfg.RegionNames() {
+		res, err := translate.Region(cfg, region)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var enforced []string
+		var walk func(ds []*rlsconfv3.RateLimitDescriptor)
+		walk = func(ds []*rlsconfv3.RateLimitDescriptor) {
+			for _, d := range ds {
+				if p := d.GetRateLimit(); p != nil {
+					enforced = append(enforced, p.GetName())
+				}
+				walk(d.GetDescriptors())
+			}
+		}
+		for _, rl := range res.RateLimits {
+			walk(rl.GetDescriptors())
+		}
+		var listed []string
+		for _, q := range translate.Quotas(cfg, region) {
+			listed = append(listed, q.Limit.Name)
+		}
+		slices.Sort(enforced)
+		slices.Sort(listed)
+		if len(listed) == 0 || !slices.Equal(listed, enforced) {
+			t.Errorf("region %s: Quotas lists %v, ratelimit enforces %v", region, listed, enforced)
+		}
+		for _, name := range listed {
+			if region == "sg" && strings.Contains(name, "alice.limits[2]") {
+				t.Errorf("region sg lists alice's anthropic limit, but sg does not serve anthropic")
+			}
+		}
 	}
 }
