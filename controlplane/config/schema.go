@@ -117,10 +117,14 @@ type HeaderMatch struct {
 	Present bool   `mapstructure:"present"`
 }
 
-// Defaults applied where a field is absent.
+// Defaults applied where a field is absent. The response and idle timeouts must never cut a
+// request the caller's SDK would still wait for: the OpenAI and Anthropic SDKs wait 600 s
+// (for the whole non-streaming answer, and between bytes of a stream), reasoning models can
+// think silently for minutes, and Google's GenAI SDK sets no timeout at all. 15 minutes
+// leaves the SDK's own timeout, with its clear error and retry, to fire first.
 const (
 	DefaultConnectTimeout    = 10 * time.Second
-	DefaultResponseTimeout   = 120 * time.Second
-	DefaultStreamIdleTimeout = 60 * time.Second
+	DefaultResponseTimeout   = 15 * time.Minute
+	DefaultStreamIdleTimeout = 15 * time.Minute
 	DefaultCAFile            = "/etc/ssl/certs/ca-certificates.crt"
 )

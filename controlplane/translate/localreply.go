@@ -59,7 +59,7 @@ func localReplies(region string) *hcmv3.LocalReplyConfig {
 		{flag("RLSE"), 500, "rate_limit_unavailable", "llmedge: the rate-limit service is unavailable and region " + region + " refuses requests until it is back (ratelimit_failure: deny)."},
 		{flag("UT"), 504, "upstream_timeout", "llmedge: the upstream did not answer within its response_timeout."},
 		{flag("SI"), 408, "stream_idle_timeout", "llmedge: the stream was idle for longer than the upstream's stream_idle_timeout."},
-		{flag("UF", "UH", "URX", "UO", "UC", "UR"), 503, "upstream_unavailable", "llmedge: the upstream is unavailable: %LOCAL_REPLY_BODY%"},
+		{flag("UF", "UH", "URX", "UO", "UC", "UR"), 503, "upstream_unavailable", "llmedge: the upstream is unavailable (%RESPONSE_CODE_DETAILS%): %LOCAL_REPLY_BODY%"},
 	}, generic...)
 	unrouted := append([]replyCase{
 		{flag("NR"), 404, "route_not_found", "llmedge: no route in region " + region + " matches this request (check the path prefix, and that the upstream is served in this region)."},
