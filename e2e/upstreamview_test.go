@@ -1,11 +1,15 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -406,5 +410,83 @@ func TestLocalRepliesSpeakTheProvidersErrorShape(t *testing.T) {
 				t.Errorf("no request id: %s", body)
 			}
 		})
+	}
+}
+
+// TestOfficialSDKsReadTheEdgesErrors: the official OpenAI, Anthropic and google-genai SDKs
+// parse the edge's own replies as their provider's errors — the right exception, type or
+// status, the message and the request id.
+func TestOfficialSDKsReadTheEdgesErrors(t *testing.T) {
+	t.Parallel()
+	py := sdkPython(t)
+	script, err := filepath.Abs(filepath.Join("testdata", "sdk", "errors.py"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newStack(t, startUpstream(t, fakellm.Options{}), viewRegion, "hk")
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, py, script)
+	cmd.Env = []string{
+		"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(), "LANG=C.UTF-8", "PYTHONDONTWRITEBYTECODE=1",
+		"EDGE=" + s.edgeURL("hk", ""),
+		"TOKEN_APP=" + s.tokens["app"],
+		"TOKEN_LIM_OPENAI=" + s.tokens["lim-openai"],
+		"TOKEN_LIM_ANTHROPIC=" + s.tokens["lim-anthropic"],
+		"TOKEN_LIM_GEMINI=" + s.tokens["lim-gemini"],
+	}
+	cmd.WaitDelay = 5 * time.Second
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("errors.py: %v\n%s", err, out)
+	}
+	type result struct {
+		Case, Exception, Kind, Message, RequestID string
+		Raised                                    bool
+		Status                                    int
+		Code                                      any
+		ExtractError                              string `json:"extract_error"`
+	}
+	got := map[string]result{}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		var r result
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("errors.py printed %q: %v", line, err)
+		}
+		var raw map[string]any
+		_ = json.Unmarshal([]byte(line), &raw)
+		if id, ok := raw["request_id"].(string); ok {
+			r.RequestID = id
+		}
+		got[r.Case] = r
+	}
+	want := []struct {
+		name, exception string
+		status          int
+		kind            string
+	}{
+		{"openai 404", "NotFoundError", 404, "invalid_request_error"},
+		{"openai 429", "RateLimitError", 429, "requests"},
+		{"anthropic 404", "NotFoundError", 404, "not_found_error"},
+		{"anthropic 503", "ServiceUnavailableError", 503, "api_error"},
+		{"anthropic 429", "RateLimitError", 429, "rate_limit_error"},
+		{"gemini 404", "ClientError", 404, "NOT_FOUND"},
+		{"gemini 504", "ServerError", 504, "DEADLINE_EXCEEDED"},
+		{"gemini 429", "ClientError", 429, "RESOURCE_EXHAUSTED"},
+	}
+	for _, w := range want {
+		r, ok := got[w.name]
+		switch {
+		case !ok:
+			t.Errorf("%s: errors.py printed nothing", w.name)
+		case !r.Raised:
+			t.Errorf("%s: the SDK call succeeded", w.name)
+		case r.ExtractError != "":
+			t.Errorf("%s: the SDK's %s does not hold the provider's error shape: %s", w.name, r.Exception, r.ExtractError)
+		case r.Exception != w.exception || r.Status != w.status || r.Kind != w.kind:
+			t.Errorf("%s: SDK raised %s status %d kind %q, want %s %d %q", w.name, r.Exception, r.Status, r.Kind, w.exception, w.status, w.kind)
+		case !strings.HasPrefix(r.Message, "llmedge: ") || r.RequestID == "":
+			t.Errorf("%s: message %q, request id %q: want the edge's message and a request id", w.name, r.Message, r.RequestID)
+		}
 	}
 }
