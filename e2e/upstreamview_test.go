@@ -255,7 +255,7 @@ func TestProviderSeesOnlyTheCallersAPIHeaders(t *testing.T) {
 		testenv.Eventually(t, 20*time.Second, 50*time.Millisecond, func() error {
 			for _, line := range strings.Split(s.envoys["hk"].Log(), "\n") {
 				if strings.Contains(line, `"request_id":"`+id+`"`) && strings.Contains(line, `"path":"/optin/v1/chat/completions"`) &&
-					strings.Contains(line, `"client":"127.0.0.1"`) {
+					strings.Contains(line, `"upstream_path":"/v1/chat/completions"`) && strings.Contains(line, `"client":"127.0.0.1"`) {
 					return nil
 				}
 			}

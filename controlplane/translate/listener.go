@@ -9,6 +9,7 @@ import (
 	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	reqwithoutqueryv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/formatter/req_without_query/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -137,6 +138,10 @@ func connectionManager(r model.Region) (*anypb.Any, error) {
 // request header that can carry a token. The request id and the caller's path come from
 // filter state (see requestFacts): the headers they were read from do not go upstream.
 func jsonAccessLog(region string) (*accesslogv3.AccessLog, error) {
+	withoutQuery, err := toAny(&reqwithoutqueryv3.ReqWithoutQuery{})
+	if err != nil {
+		return nil, err
+	}
 	fields, err := structpb.NewStruct(map[string]any{
 		"time":       "%START_TIME%",
 		"region":     region,
@@ -144,11 +149,14 @@ func jsonAccessLog(region string) (*accesslogv3.AccessLog, error) {
 		"client":     "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
 		"method":     "%REQ(:METHOD)%",
 		"path":       pathFormat,
-		"protocol":   "%PROTOCOL%",
-		"status":     "%RESPONSE_CODE%",
-		"flags":      "%RESPONSE_FLAGS%",
-		"details":    "%RESPONSE_CODE_DETAILS%",
-		"route":      "%ROUTE_NAME%",
+		// The path as sent upstream after the route's rewrite; for a request refused before
+		// the filters ran (malformed path), the only path there is.
+		"upstream_path": "%REQ_WITHOUT_QUERY(:PATH)%",
+		"protocol":      "%PROTOCOL%",
+		"status":        "%RESPONSE_CODE%",
+		"flags":         "%RESPONSE_FLAGS%",
+		"details":       "%RESPONSE_CODE_DETAILS%",
+		"route":         "%ROUTE_NAME%",
 		// Who, for usage per caller and tenant: what extauthz authenticated.
 		"caller":        "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:caller)%",
 		"tenant":        "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:tenant)%",
@@ -166,6 +174,10 @@ func jsonAccessLog(region string) (*accesslogv3.AccessLog, error) {
 	logger, err := toAny(&streamv3.StdoutAccessLog{
 		AccessLogFormat: &streamv3.StdoutAccessLog_LogFormat{LogFormat: &corev3.SubstitutionFormatString{
 			Format: &corev3.SubstitutionFormatString_JsonFormat{JsonFormat: fields},
+			Formatters: []*corev3.TypedExtensionConfig{{
+				Name:        "envoy.formatter.req_without_query",
+				TypedConfig: withoutQuery,
+			}},
 		}},
 	})
 	if err != nil {
