@@ -88,6 +88,10 @@ callers:
     tokens: [{{.Digest "lim-gemini"}}]
     upstreams: [gemini]
     limits: [{requests: 1, per: hour}]
+  byok:
+    tokens: [{{.Digest "byok"}}]
+    upstreams: [gemini]
+    bring_your_own_key: true
 `
 
 // providerStyle is one provider API as its SDK calls it through the edge.
@@ -322,6 +326,28 @@ func TestCallerTokenNeverReachesProvider(t *testing.T) {
 	if reached == 0 {
 		t.Fatal("no request reached the provider: the test proved nothing")
 	}
+
+	t.Run("bring your own key", func(t *testing.T) {
+		// The caller's own Gemini key in ?key= is meant for the provider; its llmedge token,
+		// wherever else it is, is not.
+		up.Reset()
+		byok := s.tokens["byok"]
+		path := "/gemini/v1beta/models/m:generateContent?key=own-gemini-key&api_key=" + byok + "&access_token=" + byok
+		resp, body := send(t, http.MethodPost, s.edgeURL("hk", path), geminiBody, map[string][]string{
+			"Llmedge-Token": {byok}, "Cookie": {"t=" + byok}, "Content-Type": {"application/json"},
+		})
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("status %d: %s", resp.StatusCode, body)
+		}
+		got := up.Requests()[0]
+		raw, _ := json.Marshal(got)
+		if strings.Contains(string(raw), byok) {
+			t.Errorf("the BYOK caller's llmedge token reached the provider: %s", raw)
+		}
+		if got.RawQuery != "key=own-gemini-key" {
+			t.Errorf("provider query = %q, want only the caller's own key", got.RawQuery)
+		}
+	})
 }
 
 // errorReply is the union of the three providers' error shapes plus the request id.

@@ -81,11 +81,12 @@ func localReplies(region string) *hcmv3.LocalReplyConfig {
 		api   model.API
 		guess *accesslogv3.AccessLogFilter
 	}{{model.APIAnthropic, cel(guessAnthropic)}, {model.APIGemini, cel(guessGemini)}, {model.APIOpenAI, nil}} {
-		for _, c := range unrouted {
-			mappers = append(mappers,
-				&hcmv3.ResponseMapper{Filter: and(c.filter, g.guess, early), BodyFormatOverride: errorBody(g.api, c, uniqueID)},
-				&hcmv3.ResponseMapper{Filter: and(c.filter, g.guess), BodyFormatOverride: errorBody(g.api, c, requestIDFormat)},
-			)
+		for i, c := range unrouted {
+			// A request that got as far as routing (NR, the first case) always has its id.
+			if i > 0 {
+				mappers = append(mappers, &hcmv3.ResponseMapper{Filter: and(c.filter, g.guess, early), BodyFormatOverride: errorBody(g.api, c, uniqueID)})
+			}
+			mappers = append(mappers, &hcmv3.ResponseMapper{Filter: and(c.filter, g.guess), BodyFormatOverride: errorBody(g.api, c, requestIDFormat)})
 		}
 	}
 	return &hcmv3.LocalReplyConfig{
