@@ -10,6 +10,7 @@ import (
 
 	"github.com/llmedge/llmedge/controlplane/config"
 	"github.com/llmedge/llmedge/controlplane/model"
+	"github.com/llmedge/llmedge/controlplane/translate"
 	"github.com/llmedge/llmedge/controlplane/xds"
 )
 
@@ -60,27 +61,12 @@ type LimitStatus struct {
 	Shadow   bool   `json:"shadow,omitempty"`
 }
 
+// regionLimits lists what translate decided the region enforces; it does not decide itself.
 func regionLimits(cfg *model.Config, r model.Region) []LimitStatus {
 	out := []LimitStatus{}
-	if r.RateLimitHost == "" {
-		return out
-	}
-	for _, c := range cfg.Callers {
-		for _, l := range c.Limits {
-			if l.Upstream != "" && !slices.Contains(r.Upstreams, l.Upstream) {
-				continue
-			}
-			if l.Upstream == "" && !slices.ContainsFunc(c.Upstreams, func(u string) bool { return slices.Contains(r.Upstreams, u) }) {
-				continue
-			}
-			out = append(out, LimitStatus{Name: l.Name, Caller: c.Name, Upstream: l.Upstream, Requests: l.Requests, Per: string(l.Unit), Shadow: l.Shadow})
-		}
-	}
-	for _, name := range r.Upstreams {
-		u, _ := cfg.Upstream(name)
-		for _, l := range u.Limits {
-			out = append(out, LimitStatus{Name: l.Name, Upstream: name, Requests: l.Requests, Per: string(l.Unit), Shadow: l.Shadow})
-		}
+	for _, q := range translate.Quotas(cfg, r.Name) {
+		l := q.Limit
+		out = append(out, LimitStatus{Name: l.Name, Caller: q.Caller, Upstream: q.Upstream, Requests: l.Requests, Per: string(l.Unit), Shadow: l.Shadow})
 	}
 	return out
 }

@@ -131,14 +131,11 @@ func TestQuotaRefusesTheRequestPastTheLimit(t *testing.T) {
 			t.Errorf("retry-after = %q, want the reset %q", got, resp.Header.Get("x-ratelimit-reset"))
 		}
 		var e struct {
-			Error struct {
-				Type, Message, Limit string
-				Code                 int
-			}
+			Error struct{ Type, Message, Code string }
 		}
-		if err := json.Unmarshal([]byte(body), &e); err != nil || e.Error.Type != "rate_limit_exceeded" || e.Error.Code != 429 ||
-			!strings.Contains(e.Error.Message, "alice") || !strings.Contains(e.Error.Limit, "callers.alice.limits[0]") {
-			t.Errorf("429 body %s: want JSON naming the caller and the limit", body)
+		if err := json.Unmarshal([]byte(body), &e); err != nil || e.Error.Type != "requests" || e.Error.Code != "rate_limit_exceeded" ||
+			!strings.Contains(e.Error.Message, "alice") || !strings.Contains(e.Error.Message, "callers.alice.limits[0]") {
+			t.Errorf("429 body %s: want an OpenAI-shaped error naming the caller and the limit", body)
 		}
 		// Another caller is unaffected.
 		if resp := s.models(t, "hk", "bob"); resp.StatusCode != http.StatusOK {

@@ -46,6 +46,11 @@ type Upstream struct {
 	ResponseTimeout   time.Duration `mapstructure:"response_timeout"`
 	StreamIdleTimeout time.Duration `mapstructure:"stream_idle_timeout"`
 	AllowedRegions    []string      `mapstructure:"allowed_regions"`
+	// ForwardClientIP sends the caller's address to the provider as X-Forwarded-For, and
+	// ForwardRequestID the edge's request id as X-Request-Id. Both default to off: the
+	// provider learns nothing of the caller's network or of the edge.
+	ForwardClientIP  bool `mapstructure:"forward_client_ip"`
+	ForwardRequestID bool `mapstructure:"forward_request_id"`
 	// API is the provider's API family (openai, anthropic, gemini): it picks the default
 	// key header and shapes error bodies like the provider's own.
 	API       string `mapstructure:"api"`
@@ -112,10 +117,14 @@ type HeaderMatch struct {
 	Present bool   `mapstructure:"present"`
 }
 
-// Defaults applied where a field is absent.
+// Defaults applied where a field is absent. The response and idle timeouts must never cut a
+// request the caller's SDK would still wait for: the OpenAI and Anthropic SDKs wait 600 s
+// (for the whole non-streaming answer, and between bytes of a stream), reasoning models can
+// think silently for minutes, and Google's GenAI SDK sets no timeout at all. 15 minutes
+// leaves the SDK's own timeout, with its clear error and retry, to fire first.
 const (
 	DefaultConnectTimeout    = 10 * time.Second
-	DefaultResponseTimeout   = 120 * time.Second
-	DefaultStreamIdleTimeout = 60 * time.Second
+	DefaultResponseTimeout   = 15 * time.Minute
+	DefaultStreamIdleTimeout = 15 * time.Minute
 	DefaultCAFile            = "/etc/ssl/certs/ca-certificates.crt"
 )

@@ -255,6 +255,7 @@ func validateUpstream(p, name string, u Upstream, regions map[string]Region, c *
 		seen[r] = true
 	}
 	out.AllowedRegions = slices.Sorted(slices.Values(u.AllowedRegions))
+	out.ForwardClientIP, out.ForwardRequestID = u.ForwardClientIP, u.ForwardRequestID
 	validateKeyInjection(p, u, &out, c)
 	out.Limits = validateLimits(p, u.Limits, nil, false, c)
 	return out, len(c.errs) == n
@@ -401,7 +402,9 @@ func warnUnserved(cfg *model.Config) {
 
 // SortRoutes orders routes the way Envoy must try them, most specific first, so that the
 // outcome never depends on map or file order: exact paths before prefixes, longer prefixes
-// first, then routes with more header conditions, then by name.
+// first, then routes with more header conditions, then routes limited to named hosts
+// before routes for any host, then by name. It is the only place that orders routes:
+// translate emits them in this order.
 func SortRoutes(rs []model.Route) {
 	sort.SliceStable(rs, func(i, j int) bool {
 		a, b := rs[i], rs[j]
@@ -414,6 +417,9 @@ func SortRoutes(rs []model.Route) {
 		}
 		if len(a.Headers) != len(b.Headers) {
 			return len(a.Headers) > len(b.Headers)
+		}
+		if (len(a.Hosts) > 0) != (len(b.Hosts) > 0) {
+			return len(a.Hosts) > 0
 		}
 		return a.Name < b.Name
 	})

@@ -22,7 +22,7 @@ var wantValid = &model.Config{
 		{
 			Name: "gemini", Scheme: "http", Host: "gemini.internal", Port: 80, Authority: "gemini.internal",
 			ConnectHost: "gemini.internal", ConnectPort: 80, Protocol: model.ProtocolAuto,
-			ConnectTimeout: 10 * time.Second, ResponseTimeout: 120 * time.Second, StreamIdleTimeout: 60 * time.Second,
+			ConnectTimeout: 10 * time.Second, ResponseTimeout: 15 * time.Minute, StreamIdleTimeout: 15 * time.Minute,
 			AllowedRegions: []string{"sg"},
 			API:            model.APIOpenAI, KeyHeader: "authorization", KeyFormat: "Bearer {key}",
 		},
@@ -30,7 +30,7 @@ var wantValid = &model.Config{
 			Name: "groq", Scheme: "https", Host: "api.groq.com", Port: 443, BasePath: "/openai", Authority: "api.groq.com",
 			ConnectHost: "api.groq.com", ConnectPort: 443,
 			TLS:      &model.TLS{SNI: "api.groq.com", CAFile: "/etc/ssl/certs/ca-certificates.crt", Verify: true},
-			Protocol: model.ProtocolAuto, ConnectTimeout: 10 * time.Second, ResponseTimeout: 120 * time.Second, StreamIdleTimeout: 60 * time.Second,
+			Protocol: model.ProtocolAuto, ConnectTimeout: 10 * time.Second, ResponseTimeout: 15 * time.Minute, StreamIdleTimeout: 15 * time.Minute,
 			AllowedRegions: []string{"hk", "sg"},
 			API:            model.APIOpenAI, KeyHeader: "authorization", KeyFormat: "Bearer {key}",
 		},
@@ -38,14 +38,14 @@ var wantValid = &model.Config{
 			Name: "insecure", Scheme: "https", Host: "2001:db8::1", Port: 8443, Authority: "[2001:db8::1]:8443",
 			ConnectHost: "2001:db8::1", ConnectPort: 8443,
 			TLS:      &model.TLS{SNI: "", CAFile: "/etc/ssl/certs/ca-certificates.crt", Verify: false},
-			Protocol: model.ProtocolAuto, ConnectTimeout: 10 * time.Second, ResponseTimeout: 120 * time.Second, StreamIdleTimeout: 60 * time.Second,
+			Protocol: model.ProtocolAuto, ConnectTimeout: 10 * time.Second, ResponseTimeout: 15 * time.Minute, StreamIdleTimeout: 15 * time.Minute,
 			AllowedRegions: []string{"sg"},
 			API:            model.APIOpenAI, KeyHeader: "authorization", KeyFormat: "Bearer {key}",
 		},
 		{
 			Name: "local", Scheme: "http", Host: "127.0.0.1", Port: 8090, Authority: "127.0.0.1:8090",
 			ConnectHost: "127.0.0.1", ConnectPort: 8090, Protocol: model.ProtocolHTTP1,
-			ConnectTimeout: 10 * time.Second, ResponseTimeout: 120 * time.Second, StreamIdleTimeout: 60 * time.Second,
+			ConnectTimeout: 10 * time.Second, ResponseTimeout: 15 * time.Minute, StreamIdleTimeout: 15 * time.Minute,
 			AllowedRegions: []string{"sg"},
 			API:            model.APIOpenAI, KeyHeader: "authorization", KeyFormat: "Bearer {key}",
 		},
@@ -53,7 +53,7 @@ var wantValid = &model.Config{
 			Name: "openai", Scheme: "https", Host: "api.openai.com", Port: 443, Authority: "api.openai.com",
 			ConnectHost: "api.openai.com", ConnectPort: 443,
 			TLS:      &model.TLS{SNI: "api.openai.com", CAFile: "/etc/ssl/certs/ca-certificates.crt", Verify: true},
-			Protocol: model.ProtocolAuto, ConnectTimeout: 10 * time.Second, ResponseTimeout: 120 * time.Second, StreamIdleTimeout: 60 * time.Second,
+			Protocol: model.ProtocolAuto, ConnectTimeout: 10 * time.Second, ResponseTimeout: 15 * time.Minute, StreamIdleTimeout: 15 * time.Minute,
 			AllowedRegions: []string{"hk", "sg"},
 			API:            model.APIOpenAI, KeyHeader: "authorization", KeyFormat: "Bearer {key}",
 		},
@@ -75,8 +75,9 @@ var wantValid = &model.Config{
 		{Name: "insecure", Prefix: "/insecure", Upstream: "insecure"},
 		{Name: "private", Prefix: "/private/", Upstream: "private", Rewrite: "/v1/"},
 		{Name: "openai", Prefix: "/openai/", Upstream: "openai", Rewrite: "/"},
-		{Name: "groq", Prefix: "/groq", Upstream: "groq", Rewrite: "/openai/"},
+		// At equal specificity a route for named hosts comes first.
 		{Name: "groq-raw", Prefix: "/groq", Hosts: []string{"*.edge.example.com", "raw.example.com"}, Upstream: "groq", Rewrite: "/openai/groq"},
+		{Name: "groq", Prefix: "/groq", Upstream: "groq", Rewrite: "/openai/"},
 		// Same prefix: more header conditions first.
 		{Name: "v1-beta", Prefix: "/v1/", Headers: []model.HeaderMatch{{Name: "openai-beta", Present: true}, {Name: "x-tier", Prefix: "pro"}}, Upstream: "openai"},
 		{Name: "v1-premium", Prefix: "/v1/", Headers: []model.HeaderMatch{{Name: "x-tier", Exact: "premium"}}, Upstream: "openai"},
@@ -129,6 +130,12 @@ func TestUpstreamModel(t *testing.T) {
 			in:   config.Upstream{URL: "https://api.openai.com"},
 			want: model.Upstream{Scheme: "https", Host: "api.openai.com", Port: 443, Authority: "api.openai.com",
 				ConnectHost: "api.openai.com", ConnectPort: 443, TLS: defTLS("api.openai.com")},
+		},
+		{
+			name: "opt-ins to the client address and request id",
+			in:   config.Upstream{URL: "https://api.openai.com", ForwardClientIP: true, ForwardRequestID: true},
+			want: model.Upstream{Scheme: "https", Host: "api.openai.com", Port: 443, Authority: "api.openai.com",
+				ConnectHost: "api.openai.com", ConnectPort: 443, TLS: defTLS("api.openai.com"), ForwardClientIP: true, ForwardRequestID: true},
 		},
 		{
 			name: "host lower-cased, trailing slash of base path trimmed",
@@ -232,10 +239,10 @@ func TestUpstreamModel(t *testing.T) {
 				want.ConnectTimeout = 10 * time.Second
 			}
 			if want.ResponseTimeout == 0 {
-				want.ResponseTimeout = 120 * time.Second
+				want.ResponseTimeout = 15 * time.Minute
 			}
 			if want.StreamIdleTimeout == 0 {
-				want.StreamIdleTimeout = 60 * time.Second
+				want.StreamIdleTimeout = 15 * time.Minute
 			}
 			if want.API == "" {
 				want.API, want.KeyHeader, want.KeyFormat = model.APIOpenAI, "authorization", "Bearer {key}"
@@ -342,6 +349,15 @@ func TestSortRoutes(t *testing.T) {
 				{Name: "b", Prefix: "/v1/x"},
 			},
 			want: []string{"b", "a"},
+		},
+		{
+			name: "same prefix and headers: a route for named hosts first",
+			in: []model.Route{
+				{Name: "a-any", Prefix: "/v1/"},
+				{Name: "z-hosts", Prefix: "/v1/", Hosts: []string{"api.example.com"}},
+				{Name: "b-more-headers-any", Prefix: "/v1/", Headers: hdr(1)},
+			},
+			want: []string{"b-more-headers-any", "z-hosts", "a-any"},
 		},
 		{
 			name: "name breaks ties, not the prefix text",

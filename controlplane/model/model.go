@@ -9,7 +9,8 @@ import (
 )
 
 // Config is a whole-system view for all regions. Slices are sorted (regions and upstreams by
-// name, routes by match specificity) so everything derived from it is deterministic.
+// name, routes in the order Envoy must try them, see config.SortRoutes) so everything
+// derived from it is deterministic.
 type Config struct {
 	Regions   []Region
 	Upstreams []Upstream
@@ -73,6 +74,12 @@ type Upstream struct {
 	// StreamIdleTimeout is the longest silence allowed on a request or response stream.
 	StreamIdleTimeout time.Duration
 	AllowedRegions    []string // sorted
+
+	// ForwardClientIP and ForwardRequestID opt in to telling the provider the caller's
+	// address (X-Forwarded-For) and the edge's request id (X-Request-Id); by default it
+	// learns neither.
+	ForwardClientIP  bool
+	ForwardRequestID bool
 
 	API       API
 	KeyHeader string  // lower case

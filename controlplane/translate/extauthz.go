@@ -3,11 +3,9 @@ package translate
 import (
 	"time"
 
-	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	celfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
@@ -111,16 +109,4 @@ func grpcCluster(name, host string, port uint32) (*clusterv3.Cluster, error) {
 		c.DnsLookupFamily = clusterv3.Cluster_V4_PREFERRED
 	}
 	return c, nil
-}
-
-// authzDenied matches local replies carrying extauthz's own denial (as opposed to a
-// failure to reach it), by Envoy's response code details.
-func authzDenied() *accesslogv3.AccessLogFilter {
-	cel, _ := toAny(&celfilterv3.ExpressionFilter{Expression: "response.code_details == 'ext_authz_denied'"})
-	return &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ExtensionFilter{
-		ExtensionFilter: &accesslogv3.ExtensionFilter{
-			Name:       "envoy.access_loggers.extension_filters.cel",
-			ConfigType: &accesslogv3.ExtensionFilter_TypedConfig{TypedConfig: cel},
-		},
-	}}
 }

@@ -50,7 +50,12 @@ func listener(r model.Region) (*listenerv3.Listener, error) {
 }
 
 func connectionManager(r model.Region) (*anypb.Any, error) {
-	router, err := toAny(&routerv3.Router{})
+	// Envoy adds no x-envoy-* header of its own to what goes upstream (nor to responses).
+	router, err := toAny(&routerv3.Router{SuppressEnvoyHeaders: true})
+	if err != nil {
+		return nil, err
+	}
+	facts, err := requestFacts()
 	if err != nil {
 		return nil, err
 	}
@@ -58,7 +63,11 @@ func connectionManager(r model.Region) (*anypb.Any, error) {
 	if err != nil {
 		return nil, err
 	}
-	filters := []*hcmv3.HttpFilter{authz}
+	strip, err := upstreamHeaders()
+	if err != nil {
+		return nil, err
+	}
+	filters := []*hcmv3.HttpFilter{facts, authz}
 	if r.RateLimitHost != "" {
 		// After ext_authz: the quota descriptors are built from the caller it names.
 		rl, err := rateLimitFilter(r)
@@ -67,7 +76,7 @@ func connectionManager(r model.Region) (*anypb.Any, error) {
 		}
 		filters = append(filters, rl)
 	}
-	filters = append(filters, &hcmv3.HttpFilter{
+	filters = append(filters, strip, &hcmv3.HttpFilter{
 		Name:       "envoy.filters.http.router",
 		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router},
 	})
@@ -82,8 +91,8 @@ func connectionManager(r model.Region) (*anypb.Any, error) {
 			ConfigSource:    adsSource(),
 			RouteConfigName: RouteConfigName(r.Name),
 		}},
-		// ext_authz first: nothing reaches the quota filter or the router without a
-		// decision from the region's extauthz.
+		// ext_authz first after recording the request's facts: nothing reaches the quota
+		// filter or the router without a decision from the region's extauthz.
 		HttpFilters: filters,
 		// The edge sees callers directly (or through xff_trusted_hops proxies): the client
 		// address, not a header the client wrote, is the source of truth.
@@ -126,7 +135,8 @@ func connectionManager(r model.Region) (*anypb.Any, error) {
 
 // jsonAccessLog writes one JSON line per request to stdout. It names only fields that hold
 // no secret: the path without its query (Gemini's ?key= carries a credential) and no
-// request header that can carry a token.
+// request header that can carry a token. The request id and the caller's path come from
+// filter state (see requestFacts): the headers they were read from do not go upstream.
 func jsonAccessLog(region string) (*accesslogv3.AccessLog, error) {
 	withoutQuery, err := toAny(&reqwithoutqueryv3.ReqWithoutQuery{})
 	if err != nil {
@@ -135,15 +145,18 @@ func jsonAccessLog(region string) (*accesslogv3.AccessLog, error) {
 	fields, err := structpb.NewStruct(map[string]any{
 		"time":       "%START_TIME%",
 		"region":     region,
-		"request_id": "%REQ(X-REQUEST-ID)%",
+		"request_id": requestIDFormat,
 		"client":     "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
 		"method":     "%REQ(:METHOD)%",
-		"path":       "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH)%",
-		"protocol":   "%PROTOCOL%",
-		"status":     "%RESPONSE_CODE%",
-		"flags":      "%RESPONSE_FLAGS%",
-		"details":    "%RESPONSE_CODE_DETAILS%",
-		"route":      "%ROUTE_NAME%",
+		"path":       pathFormat,
+		// The path as sent upstream after the route's rewrite; for a request refused before
+		// the filters ran (malformed path), the only path there is.
+		"upstream_path": "%REQ_WITHOUT_QUERY(:PATH)%",
+		"protocol":      "%PROTOCOL%",
+		"status":        "%RESPONSE_CODE%",
+		"flags":         "%RESPONSE_FLAGS%",
+		"details":       "%RESPONSE_CODE_DETAILS%",
+		"route":         "%ROUTE_NAME%",
 		// Who, for usage per caller and tenant: what extauthz authenticated.
 		"caller":        "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:caller)%",
 		"tenant":        "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:tenant)%",
@@ -176,52 +189,6 @@ func jsonAccessLog(region string) (*accesslogv3.AccessLog, error) {
 	}, nil
 }
 
-// localReplies makes every reply Envoy itself generates (no route, upstream unreachable,
-// timeout, malformed request) a JSON error shaped like the providers' own
-// {"error": {...}}, so SDKs surface a readable message instead of failing to parse.
-func localReplies(region string) *hcmv3.LocalReplyConfig {
-	body := func(message string) *corev3.SubstitutionFormatString {
-		s, _ := structpb.NewStruct(map[string]any{
-			"error": map[string]any{
-				"type":       "llmedge_error",
-				"code":       "%RESPONSE_CODE%",
-				"message":    message,
-				"details":    "%RESPONSE_CODE_DETAILS%",
-				"region":     region,
-				"request_id": "%REQ(X-REQUEST-ID)%",
-			},
-		})
-		return &corev3.SubstitutionFormatString{
-			Format:      &corev3.SubstitutionFormatString_JsonFormat{JsonFormat: s},
-			ContentType: "application/json",
-		}
-	}
-	flag := func(flags ...string) *accesslogv3.AccessLogFilter {
-		return &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ResponseFlagFilter{
-			ResponseFlagFilter: &accesslogv3.ResponseFlagFilter{Flags: flags},
-		}}
-	}
-	return &hcmv3.LocalReplyConfig{
-		Mappers: []*hcmv3.ResponseMapper{
-			// extauthz's denials already carry a JSON body shaped like the provider's
-			// errors: pass it through untouched.
-			{Filter: authzDenied(), BodyFormatOverride: &corev3.SubstitutionFormatString{
-				Format:      &corev3.SubstitutionFormatString_TextFormat{TextFormat: "%LOCAL_REPLY_BODY%"},
-				ContentType: "application/json",
-			}},
-			// Any other UAEX reply means extauthz could not be asked (down, timed out).
-			{Filter: flag("UAEX"), BodyFormatOverride: body("the auth service is unavailable; the request was not forwarded")},
-			{Filter: flag("RL"), BodyFormatOverride: rateLimited(region)},
-			{Filter: flag("RLSE"), BodyFormatOverride: body("the rate-limit service is unavailable and region " + region + " refuses requests until it is back (ratelimit_failure: deny)")},
-			{Filter: flag("NR"), BodyFormatOverride: body("no route in region " + region + " matches this request (check the path prefix, and that the upstream is served in this region)")},
-			{Filter: flag("UT"), BodyFormatOverride: body("the upstream did not answer within its response_timeout")},
-			{Filter: flag("SI"), BodyFormatOverride: body("the stream was idle for longer than the upstream's stream_idle_timeout")},
-			{Filter: flag("UF", "UH", "URX", "UO", "UC", "UR"), BodyFormatOverride: body("the upstream is unavailable: %LOCAL_REPLY_BODY%")},
-		},
-		BodyFormat: body("%LOCAL_REPLY_BODY%"),
-	}
-}
-
 func adsSource() *corev3.ConfigSource {
 	return &corev3.ConfigSource{
 		ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
@@ -234,24 +201,4 @@ func socketAddress(ip string, port uint32) *corev3.Address {
 		Address:       ip,
 		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
 	}}}
-}
-
-// rateLimited is the 429 body: which caller, and the limits in force with their names (the
-// X-RateLimit-Limit quota policies, e.g. `60, 60;w=60;name="callers.alice.limits[0]"`).
-func rateLimited(region string) *corev3.SubstitutionFormatString {
-	s, _ := structpb.NewStruct(map[string]any{
-		"error": map[string]any{
-			"type":                "rate_limit_exceeded",
-			"code":                "%RESPONSE_CODE%",
-			"message":             "rate limit exceeded for caller %DYNAMIC_METADATA(envoy.filters.http.ext_authz:caller)%; retry after the reset",
-			"limit":               "%RESP(X-RATELIMIT-LIMIT)%",
-			"retry_after_seconds": "%RESP(X-RATELIMIT-RESET)%",
-			"region":              region,
-			"request_id":          "%REQ(X-REQUEST-ID)%",
-		},
-	})
-	return &corev3.SubstitutionFormatString{
-		Format:      &corev3.SubstitutionFormatString_JsonFormat{JsonFormat: s},
-		ContentType: "application/json",
-	}
 }

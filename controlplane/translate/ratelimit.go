@@ -113,18 +113,62 @@ func callerAction() *routev3.RateLimit_Action {
 	}}
 }
 
-// regionQuotas records which windows are limited, per scope, in one region.
+// regionQuotas records which windows are limited, per scope, in one region. It is the one
+// place that decides which limits a region enforces: route actions, the RateLimitConfig and
+// /status (Quotas) all read it.
 type regionQuotas struct {
 	caller         map[model.Unit]bool
 	callerUpstream map[string]map[model.Unit]bool
 	upstream       map[string]map[model.Unit]bool
 	callers        []model.Caller // those with limits on something the region serves
 	upstreams      []model.Upstream
+	served         map[string]bool
+}
+
+// applies reports whether a caller's limit counts in the region: a caller-wide limit does,
+// a limit on one upstream only where that upstream is served.
+func (q regionQuotas) applies(l model.Limit) bool {
+	return l.Upstream == "" || q.served[l.Upstream]
+}
+
+// Quota is one limit a region's ratelimit enforces, with the scope it counts in.
+type Quota struct {
+	// Caller is the caller the limit belongs to; "" for an upstream's own limit.
+	Caller string
+	// Upstream is the upstream counted: the one a caller's limit names ("" for a
+	// caller-wide limit), or the upstream whose own limit it is.
+	Upstream string
+	Limit    model.Limit
+}
+
+// Quotas lists the limits in force in a region, callers first, as the region's ratelimit
+// enforces them; none when the region has no rate-limit service.
+func Quotas(cfg *model.Config, region string) []Quota {
+	r, ok := cfg.Region(region)
+	if !ok || r.RateLimitHost == "" {
+		return nil
+	}
+	q := quotasFor(cfg, r)
+	var out []Quota
+	for _, c := range q.callers {
+		for _, l := range c.Limits {
+			if q.applies(l) {
+				out = append(out, Quota{Caller: c.Name, Upstream: l.Upstream, Limit: l})
+			}
+		}
+	}
+	for _, u := range q.upstreams {
+		for _, l := range u.Limits {
+			out = append(out, Quota{Upstream: u.Name, Limit: l})
+		}
+	}
+	return out
 }
 
 func quotasFor(cfg *model.Config, r model.Region) regionQuotas {
 	q := regionQuotas{caller: map[model.Unit]bool{}, callerUpstream: map[string]map[model.Unit]bool{}, upstream: map[string]map[model.Unit]bool{}}
 	served := map[string]bool{}
+	q.served = served
 	for _, name := range r.Upstreams {
 		served[name] = true
 		u, _ := cfg.Upstream(name)
@@ -146,9 +190,10 @@ func quotasFor(cfg *model.Config, r model.Region) regionQuotas {
 		q.callers = append(q.callers, c)
 		for _, l := range c.Limits {
 			switch {
+			case !q.applies(l):
 			case l.Upstream == "":
 				q.caller[l.Unit] = true
-			case served[l.Upstream]:
+			default:
 				mark(q.callerUpstream, l.Upstream, l.Unit)
 			}
 		}
@@ -171,7 +216,7 @@ var rlsUnits = map[model.Unit]rlsconfv3.RateLimitUnit{
 }
 
 // rateLimitConfig is what the region's envoyproxy/ratelimit enforces for those descriptors.
-func rateLimitConfig(region string, q regionQuotas, served map[string]bool) (*rlsconfv3.RateLimitConfig, error) {
+func rateLimitConfig(region string, q regionQuotas) (*rlsconfv3.RateLimitConfig, error) {
 	top := map[string]*rlsconfv3.RateLimitDescriptor{}
 	var order []string
 	scope := func(name string) *rlsconfv3.RateLimitDescriptor {
@@ -190,7 +235,7 @@ func rateLimitConfig(region string, q regionQuotas, served map[string]bool) (*rl
 		for _, c := range q.callers {
 			var scoped []*rlsconfv3.RateLimitDescriptor
 			for _, l := range c.Limits {
-				if l.Unit != unit {
+				if l.Unit != unit || !q.applies(l) {
 					continue
 				}
 				if l.Upstream == "" {
@@ -198,7 +243,7 @@ func rateLimitConfig(region string, q regionQuotas, served map[string]bool) (*rl
 					d.Descriptors = append(d.Descriptors, &rlsconfv3.RateLimitDescriptor{
 						Key: descCaller, Value: c.Name, RateLimit: policy(l), ShadowMode: l.Shadow,
 					})
-				} else if served[l.Upstream] {
+				} else {
 					scoped = append(scoped, &rlsconfv3.RateLimitDescriptor{
 						Key: descUpstream, Value: l.Upstream, RateLimit: policy(l), ShadowMode: l.Shadow,
 					})

@@ -2,14 +2,15 @@ package translate
 
 import (
 	"regexp"
-	"sort"
 	"strings"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/llmedge/llmedge/controlplane/model"
@@ -24,8 +25,8 @@ const (
 	retryMaxDelay = time.Second
 )
 
-// routeConfig is one virtual host matching any host, with the routes in the order Envoy
-// must try them. A route limited to hosts gets an :authority matcher per host instead of a
+// routeConfig is one virtual host matching any host, with the routes in the order of the
+// model, which is the order Envoy must try them. A route limited to hosts gets an :authority matcher per host instead of a
 // virtual host per host: otherwise every route without hosts would be copied into every
 // host's virtual host, multiplying the config (1,000 routes and 16 hosts made 15,400).
 func routeConfig(r model.Region, routes []model.Route, cfg *model.Config, limits func(upstream string) []*routev3.RateLimit) (*routev3.RouteConfiguration, error) {
@@ -42,21 +43,9 @@ func routeConfig(r model.Region, routes []model.Route, cfg *model.Config, limits
 			entries = append(entries, entry{rt: rt, host: h})
 		}
 	}
-	// routes arrive most specific first (config.SortRoutes); stable, so that at equal
-	// specificity a route for a named host wins over one for any host.
-	sort.SliceStable(entries, func(i, j int) bool {
-		a, b := entries[i], entries[j]
-		if (a.rt.Path != "") != (b.rt.Path != "") {
-			return a.rt.Path != ""
-		}
-		if la, lb := len(a.rt.Path)+len(a.rt.Prefix), len(b.rt.Path)+len(b.rt.Prefix); la != lb {
-			return la > lb
-		}
-		if len(a.rt.Headers) != len(b.rt.Headers) {
-			return len(a.rt.Headers) > len(b.rt.Headers)
-		}
-		return a.host != "" && b.host == ""
-	})
+	// No sorting here: routes arrive in the order Envoy must try them, including a route
+	// for named hosts before one for any host at equal specificity (config.SortRoutes owns
+	// that order), and each route's hosts stay together in that place.
 	vh := &routev3.VirtualHost{Name: "any", Domains: []string{"*"}}
 	for _, e := range entries {
 		u, _ := cfg.Upstream(e.rt.Upstream)
@@ -148,9 +137,14 @@ func route(region string, rt model.Route, u model.Upstream, limits []*routev3.Ra
 		return nil, err
 	}
 	return &routev3.Route{
-		Name:                 rt.Name,
-		Match:                match,
-		Action:               &routev3.Route_Route{Route: action},
+		Name:   rt.Name,
+		Match:  match,
+		Action: &routev3.Route_Route{Route: action},
+		// The API names the error shape of the route's local replies (localReplies).
+		Metadata: &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+			routeMetadataNamespace: {Fields: map[string]*structpb.Value{routeMetadataAPI: structpb.NewStringValue(string(u.API))}},
+		}},
+		RequestHeadersToAdd:  routeHeadersToAdd(u),
 		TypedPerFilterConfig: map[string]*anypb.Any{extAuthzFilterName: authz},
 	}, nil
 }

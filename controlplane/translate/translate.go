@@ -83,7 +83,7 @@ func Region(cfg *model.Config, region string) (*Resources, error) {
 			return nil, fmt.Errorf("translate region %q: %w", region, err)
 		}
 		clusters = append(clusters, c)
-		if rlc, err = rateLimitConfig(r.Name, quotas, served); err != nil {
+		if rlc, err = rateLimitConfig(r.Name, quotas); err != nil {
 			return nil, fmt.Errorf("translate region %q: %w", region, err)
 		}
 	}

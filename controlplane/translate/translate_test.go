@@ -2,6 +2,7 @@ package translate_test
 
 import (
 	"bytes"
+	"slices"
 	"strings"
 	"testing"
 
@@ -9,6 +10,8 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	rlsconfv3 "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
 
 	"github.com/llmedge/llmedge/controlplane/config"
 	"github.com/llmedge/llmedge/controlplane/model"
@@ -106,5 +109,79 @@ func TestRegionOnlyHoldsItsUpstreams(t *testing.T) {
 	}
 	if _, err := translate.Region(cfg, "mars"); err == nil {
 		t.Error("translating an unknown region succeeded")
+	}
+}
+
+// Route order has one owner, config.SortRoutes: translate emits routes in the model's order
+// (a route's hosts together in its place) and never re-sorts them, so a change to the
+// ordering rule shows in config's tests and in every golden at once.
+func TestRoutesFollowModelOrder(t *testing.T) {
+	cfg := load(t, "testdata/in/hosts-and-headers.yaml")
+	emitted := func(cfg *model.Config) []string {
+		res, err := translate.Region(cfg, "us")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, r := range res.Routes[0].GetVirtualHosts()[0].GetRoutes() {
+			if len(names) == 0 || names[len(names)-1] != r.GetName() {
+				names = append(names, r.GetName())
+			}
+		}
+		return names
+	}
+	var want []string
+	for _, r := range cfg.Routes {
+		want = append(want, r.Name)
+	}
+	if got := emitted(cfg); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("emitted routes %v, want the model's order %v", got, want)
+	}
+	// A model in another order is emitted in that order: translate has no ordering rule
+	// of its own that could drift from config's.
+	slices.Reverse(cfg.Routes)
+	slices.Reverse(want)
+	if got := emitted(cfg); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("emitted routes %v for a reversed model, want %v", got, want)
+	}
+}
+
+// Quotas (what /status shows) and the RateLimitConfig (what ratelimit enforces) come from
+// one decision: they name exactly the same limits, in every region, scoped limits of
+// upstreams a region does not serve left out of both.
+func TestQuotasAreWhatRatelimitEnforces(t *testing.T) {
+	cfg := load(t, "testdata/in/quotas.yaml")
+	for _, region := range cfg.RegionNames() {
+		res, err := translate.Region(cfg, region)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var enforced []string
+		var walk func(ds []*rlsconfv3.RateLimitDescriptor)
+		walk = func(ds []*rlsconfv3.RateLimitDescriptor) {
+			for _, d := range ds {
+				if p := d.GetRateLimit(); p != nil {
+					enforced = append(enforced, p.GetName())
+				}
+				walk(d.GetDescriptors())
+			}
+		}
+		for _, rl := range res.RateLimits {
+			walk(rl.GetDescriptors())
+		}
+		var listed []string
+		for _, q := range translate.Quotas(cfg, region) {
+			listed = append(listed, q.Limit.Name)
+		}
+		slices.Sort(enforced)
+		slices.Sort(listed)
+		if len(listed) == 0 || !slices.Equal(listed, enforced) {
+			t.Errorf("region %s: Quotas lists %v, ratelimit enforces %v", region, listed, enforced)
+		}
+		for _, name := range listed {
+			if region == "sg" && strings.Contains(name, "alice.limits[2]") {
+				t.Errorf("region sg lists alice's anthropic limit, but sg does not serve anthropic")
+			}
+		}
 	}
 }

@@ -127,7 +127,8 @@ type Decision struct {
 	// RemoveHeaders lists, on allow, the caller's credential headers and any x-llmedge-*
 	// headers the caller sent.
 	RemoveHeaders []string
-	// RemoveQueryParams lists, on allow, "key" when the request had a ?key= parameter.
+	// RemoveQueryParams lists, on allow, every query parameter that can carry a credential
+	// (see credentialQueryParams), under each raw spelling it has in the request.
 	RemoveQueryParams []string
 	// Caller and Tenant identify the caller once its token is known (for dynamic
 	// metadata), also on most denials.
@@ -265,6 +266,8 @@ func (c *Compiled) Decide(r Request, keys Keys) Decision {
 		}
 		d := allow(cl)
 		d.RemoveHeaders = removeHeaders(r.Headers, func(h string) bool { return h == HeaderLLMedgeToken })
+		// Gemini's ?key= is where a BYOK caller may put its own provider key.
+		d.RemoveQueryParams = credentialQueryParams(r.Path, up.api == APIGemini)
 		return d
 	}
 
@@ -289,14 +292,28 @@ func (c *Compiled) Decide(r Request, keys Keys) Decision {
 		}
 		return false
 	})
-	d.RemoveQueryParams = queryParamNames(r.Path, QueryKey)
+	d.RemoveQueryParams = credentialQueryParams(r.Path, false)
 	return d
 }
 
-// queryParamNames lists every spelling under which name occurs in path's query, as
-// written: Envoy removes query parameters by their raw name, so ?k%65y=... must be removed
-// as "k%65y" or the caller's token would travel on to the provider.
-func queryParamNames(path, name string) []string {
+// credentialQueryNames are query parameter names that carry credentials in some API,
+// compared after percent-decoding, lower-casing and dropping "-" and "_" (so api_key,
+// API-Key and %61pi_key are one name). No LLM API llmedge fronts uses them for anything
+// else; Gemini's pageToken and the like do not match.
+var credentialQueryNames = map[string]bool{
+	"key": true, "apikey": true, "xapikey": true, "xgoogapikey": true, "googapikey": true,
+	"token": true, "accesstoken": true, "authtoken": true, "idtoken": true, "sessiontoken": true,
+	"bearer": true, "auth": true, "authorization": true, "llmedgetoken": true,
+	"secret": true, "clientsecret": true, "password": true,
+}
+
+// credentialQueryParams lists the query parameters that must not reach the provider: those
+// named like credentials (except Gemini's key when keepKey, which then carries a
+// bring-your-own-key caller's provider key) and any whose name or value is shaped like an
+// llmedge token. Names are listed as written, once each: Envoy removes query parameters by
+// their raw name, so ?k%65y=... must be removed as "k%65y" or the caller's token would
+// travel on to the provider.
+func credentialQueryParams(path string, keepKey bool) []string {
 	_, q, ok := strings.Cut(path, "?")
 	if !ok {
 		return nil
@@ -308,17 +325,46 @@ func queryParamNames(path, name string) []string {
 	for q != "" {
 		var part string
 		part, q, _ = strings.Cut(q, "&")
-		k, _, _ := strings.Cut(part, "=")
-		if k != name {
-			if dk, err := url.QueryUnescape(k); err != nil || dk != name {
-				continue
-			}
+		k, v, _ := strings.Cut(part, "=")
+		name := normalizeQueryName(k)
+		credential := credentialQueryNames[name] && !(keepKey && name == QueryKey)
+		if !credential && !tokenShaped(k) && !tokenShaped(v) {
+			continue
 		}
 		if !slices.Contains(out, k) {
 			out = append(out, k)
 		}
 	}
 	return out
+}
+
+// normalizeQueryName decodes a raw parameter name (twice at most, for double encoding) and
+// folds case, "-" and "_".
+func normalizeQueryName(k string) string {
+	for range 2 {
+		dk, err := url.QueryUnescape(k)
+		if err != nil || dk == k {
+			break
+		}
+		k = dk
+	}
+	return strings.NewReplacer("-", "", "_", "").Replace(strings.ToLower(k))
+}
+
+// tokenShaped reports whether a raw query name or value holds something shaped like an
+// llmedge token (its prefix), however it is percent-encoded or cased.
+func tokenShaped(raw string) bool {
+	for range 3 {
+		if strings.Contains(strings.ToLower(raw), token.Prefix) {
+			return true
+		}
+		d, err := url.QueryUnescape(raw)
+		if err != nil || d == raw {
+			return false
+		}
+		raw = d
+	}
+	return strings.Contains(strings.ToLower(raw), token.Prefix)
 }
 
 func allow(cl *caller) Decision {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -1137,19 +1138,31 @@ func BenchmarkDecide(b *testing.B) {
 	}
 }
 
-func TestQueryParamNamesKeepsRawSpelling(t *testing.T) {
-	cases := map[string][]string{
-		"/p":                      nil,
-		"/p?alt=sse":              nil,
-		"/p?key=a":                {"key"},
-		"/p?k%65y=a&key=b&key=c":  {"k%65y", "key"},
-		"/p?%6B%65%79=a#key=frag": {"%6B%65%79"},
-		"/p?keys=a&monkey=b&ke=c": nil,
+func TestCredentialQueryParams(t *testing.T) {
+	tok := "llme_AbCdEf0123456789"
+	cases := []struct {
+		path    string
+		keepKey bool
+		want    []string
+	}{
+		{"/p", false, nil},
+		{"/p?alt=sse&pageToken=abc&beta=true", false, nil},
+		{"/p?key=a", false, []string{"key"}},
+		{"/p?key=a", true, nil},
+		{"/p?key=" + tok, true, []string{"key"}}, // a token is never a provider key
+		{"/p?k%65y=a&key=b&key=c", false, []string{"k%65y", "key"}},
+		{"/p?%6B%65%79=a#key=frag", false, []string{"%6B%65%79"}},
+		{"/p?keys=a&monkey=b&ke=c", false, nil},
+		{"/p?api_key=a&API-KEY=b&ApiKey=c&%61pi_key=d&api%255Fkey=e", false, []string{"api_key", "API-KEY", "ApiKey", "%61pi_key", "api%255Fkey"}},
+		{"/p?access_token=a&Token=b&x-api-key=c&llmedge-token=d", false, []string{"access_token", "Token", "x-api-key", "llmedge-token"}},
+		{"/p?q=" + tok + "&other=" + url.QueryEscape("Bearer "+tok), false, []string{"q", "other"}},
+		{"/p?q=LLME%5Fabc&r=llme%255fabc", false, []string{"q", "r"}},
+		{"/p?" + tok, false, []string{tok}},
 	}
-	for path, want := range cases {
-		got := queryParamNames(path, "key")
-		if strings.Join(got, ",") != strings.Join(want, ",") {
-			t.Errorf("queryParamNames(%q) = %q, want %q", path, got, want)
+	for _, c := range cases {
+		got := credentialQueryParams(c.path, c.keepKey)
+		if strings.Join(got, ",") != strings.Join(c.want, ",") {
+			t.Errorf("credentialQueryParams(%q, %v) = %q, want %q", c.path, c.keepKey, got, c.want)
 		}
 	}
 }

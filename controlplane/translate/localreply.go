@@ -1,0 +1,226 @@
+package translate
+
+import (
+	"fmt"
+
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	celfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/llmedge/llmedge/controlplane/model"
+	"github.com/llmedge/llmedge/internal/wire"
+)
+
+// Every reply Envoy itself generates (no route, upstream unreachable, timeout, quota,
+// malformed request) is a JSON error shaped like the provider's own errors, so the official
+// SDKs raise their usual exception with a readable message; each carries the request id of
+// the access log line.
+//
+// The shape follows the route's API (its metadata llmedge.api). A request that matched no
+// route, or was refused before routing (malformed path or headers), gets the shape its
+// headers and path suggest: Anthropic when it carries anthropic-version or x-api-key, Gemini
+// when it carries x-goog-api-key or a Gemini path (:generateContent, /v1beta/), OpenAI
+// otherwise — the same guess extauthz makes (decide.GuessAPI) when it has no route.
+
+// replyCase is one kind of local reply: which replies it covers, the status its shape names,
+// a machine-readable code and the message.
+type replyCase struct {
+	filter  *accesslogv3.AccessLogFilter
+	status  int
+	code    string
+	message string
+}
+
+// Local replies sent before the filter chain ran (Envoy refused the path or headers) have
+// no request id yet: Envoy assigns it after those checks. They get a fresh id instead,
+// which the access log line of the refusal does not carry.
+const (
+	uniqueID    = "%UNIQUE_ID%"
+	guessGemini = "'x-goog-api-key' in request.headers || request.url_path.contains(':generateContent') || " +
+		"request.url_path.contains(':streamGenerateContent') || request.url_path.contains('/v1beta/')"
+	guessAnthropic = "'anthropic-version' in request.headers || 'x-api-key' in request.headers"
+)
+
+func localReplies(region string) *hcmv3.LocalReplyConfig {
+	generic := []replyCase{
+		{statusIs(400), 400, "bad_request", "llmedge: the request was refused (%RESPONSE_CODE_DETAILS%): paths with encoded slashes and header names with underscores are not accepted"},
+		{statusIs(413), 413, "request_too_large", "llmedge: the request is too large"},
+		{statusIs(431), 431, "request_headers_too_large", "llmedge: the request headers are too large"},
+		{statusAtLeast(500), 500, "edge_error", "llmedge: the edge could not complete the request (%RESPONSE_CODE_DETAILS%) %LOCAL_REPLY_BODY%"},
+		{statusAtLeast(400), 400, "bad_request", "llmedge: the request was refused (%RESPONSE_CODE_DETAILS%) %LOCAL_REPLY_BODY%"},
+	}
+	routed := append([]replyCase{
+		// Any UAEX reply other than extauthz's own denial means extauthz could not be asked.
+		{flag("UAEX"), 503, "auth_unavailable", "llmedge: the auth service is unavailable; the request was not forwarded. Try again shortly."},
+		{flag("RL"), 429, "rate_limit_exceeded", "llmedge: rate limit exceeded for caller %DYNAMIC_METADATA(" + wire.MetadataNamespace + ":" + wire.MetadataCaller +
+			")% (limits: %RESP(X-RATELIMIT-LIMIT)%); retry after %RESP(X-RATELIMIT-RESET)% seconds."},
+		{flag("RLSE"), 500, "rate_limit_unavailable", "llmedge: the rate-limit service is unavailable and region " + region + " refuses requests until it is back (ratelimit_failure: deny)."},
+		{flag("UT"), 504, "upstream_timeout", "llmedge: the upstream did not answer within its response_timeout."},
+		{flag("SI"), 408, "stream_idle_timeout", "llmedge: the stream was idle for longer than the upstream's stream_idle_timeout."},
+		{flag("UF", "UH", "URX", "UO", "UC", "UR"), 503, "upstream_unavailable", "llmedge: the upstream is unavailable (%RESPONSE_CODE_DETAILS%): %LOCAL_REPLY_BODY%"},
+	}, generic...)
+	unrouted := append([]replyCase{
+		{flag("NR"), 404, "route_not_found", "llmedge: no route in region " + region + " matches this request (check the path prefix, and that the upstream is served in this region)."},
+	}, generic...)
+
+	// extauthz's denials already carry a body shaped like the provider's errors.
+	mappers := []*hcmv3.ResponseMapper{{Filter: cel("response.code_details == 'ext_authz_denied'"), BodyFormatOverride: &corev3.SubstitutionFormatString{
+		Format:      &corev3.SubstitutionFormatString_TextFormat{TextFormat: "%LOCAL_REPLY_BODY%"},
+		ContentType: "application/json",
+	}}}
+	for _, api := range []model.API{model.APIOpenAI, model.APIAnthropic, model.APIGemini} {
+		onRoute := cel(fmt.Sprintf("xds.route_metadata.filter_metadata['%s']['%s'] == '%s'", routeMetadataNamespace, routeMetadataAPI, api))
+		for _, c := range routed {
+			mappers = append(mappers, &hcmv3.ResponseMapper{Filter: and(c.filter, onRoute), BodyFormatOverride: errorBody(api, c, requestIDFormat)})
+		}
+	}
+	early := cel(fmt.Sprintf("!('%s' in filter_state)", requestIDState))
+	for _, g := range []struct {
+		api   model.API
+		guess *accesslogv3.AccessLogFilter
+	}{{model.APIAnthropic, cel(guessAnthropic)}, {model.APIGemini, cel(guessGemini)}, {model.APIOpenAI, nil}} {
+		for i, c := range unrouted {
+			// A request that got as far as routing (NR, the first case) always has its id.
+			if i > 0 {
+				mappers = append(mappers, &hcmv3.ResponseMapper{Filter: and(c.filter, g.guess, early), BodyFormatOverride: errorBody(g.api, c, uniqueID)})
+			}
+			mappers = append(mappers, &hcmv3.ResponseMapper{Filter: and(c.filter, g.guess), BodyFormatOverride: errorBody(g.api, c, requestIDFormat)})
+		}
+	}
+	return &hcmv3.LocalReplyConfig{
+		Mappers:    mappers,
+		BodyFormat: errorBody(model.APIOpenAI, replyCase{status: 500, code: "edge_error", message: "llmedge: %LOCAL_REPLY_BODY%"}, requestIDFormat),
+	}
+}
+
+// errorBody is a local reply body in api's error shape:
+//
+//	OpenAI:    {"error": {"message", "type", "code", "request_id"}}
+//	Anthropic: {"type": "error", "error": {"type", "message"}, "request_id"}
+//	Gemini:    {"error": {"code", "message", "status", "request_id"}}
+func errorBody(api model.API, c replyCase, requestID string) *corev3.SubstitutionFormatString {
+	var v map[string]any
+	switch api {
+	case model.APIAnthropic:
+		v = map[string]any{
+			"type":       "error",
+			"error":      map[string]any{"type": anthropicType(c.status), "message": c.message},
+			"request_id": requestID,
+		}
+	case model.APIGemini:
+		v = map[string]any{"error": map[string]any{
+			// A lone command keeps its type in json_format: the code is a number.
+			"code":       "%RESPONSE_CODE%",
+			"message":    c.message,
+			"status":     geminiStatus(c.status),
+			"request_id": requestID,
+		}}
+	default:
+		v = map[string]any{"error": map[string]any{
+			"message":    c.message,
+			"type":       openAIType(c.status),
+			"code":       c.code,
+			"request_id": requestID,
+		}}
+	}
+	s, _ := structpb.NewStruct(v) // plain strings and maps: cannot fail
+	return &corev3.SubstitutionFormatString{
+		Format:      &corev3.SubstitutionFormatString_JsonFormat{JsonFormat: s},
+		ContentType: "application/json",
+	}
+}
+
+// Error types and statuses as the providers document them for each HTTP status.
+func openAIType(status int) string {
+	switch {
+	case status == 429:
+		return "requests"
+	case status == 408 || status >= 500:
+		return "server_error"
+	}
+	return "invalid_request_error"
+}
+
+func anthropicType(status int) string {
+	switch {
+	case status == 404:
+		return "not_found_error"
+	case status == 413:
+		return "request_too_large"
+	case status == 429:
+		return "rate_limit_error"
+	case status == 408 || status == 504:
+		return "timeout_error"
+	case status >= 500:
+		return "api_error"
+	}
+	return "invalid_request_error"
+}
+
+func geminiStatus(status int) string {
+	switch status {
+	case 404:
+		return "NOT_FOUND"
+	case 429:
+		return "RESOURCE_EXHAUSTED"
+	case 503:
+		return "UNAVAILABLE"
+	case 408, 504:
+		return "DEADLINE_EXCEEDED"
+	}
+	if status >= 500 {
+		return "INTERNAL"
+	}
+	return "INVALID_ARGUMENT"
+}
+
+func flag(flags ...string) *accesslogv3.AccessLogFilter {
+	return &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ResponseFlagFilter{
+		ResponseFlagFilter: &accesslogv3.ResponseFlagFilter{Flags: flags},
+	}}
+}
+
+func statusIs(code uint32) *accesslogv3.AccessLogFilter {
+	return statusFilter(accesslogv3.ComparisonFilter_EQ, code)
+}
+
+func statusAtLeast(code uint32) *accesslogv3.AccessLogFilter {
+	return statusFilter(accesslogv3.ComparisonFilter_GE, code)
+}
+
+func statusFilter(op accesslogv3.ComparisonFilter_Op, code uint32) *accesslogv3.AccessLogFilter {
+	return &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_StatusCodeFilter{
+		StatusCodeFilter: &accesslogv3.StatusCodeFilter{Comparison: &accesslogv3.ComparisonFilter{
+			Op:    op,
+			Value: &corev3.RuntimeUInt32{DefaultValue: code, RuntimeKey: "llmedge.local_reply.status"},
+		}},
+	}}
+}
+
+func cel(expr string) *accesslogv3.AccessLogFilter {
+	a, _ := toAny(&celfilterv3.ExpressionFilter{Expression: expr}) // a string field: cannot fail
+	return &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ExtensionFilter{
+		ExtensionFilter: &accesslogv3.ExtensionFilter{
+			Name:       "envoy.access_loggers.extension_filters.cel",
+			ConfigType: &accesslogv3.ExtensionFilter_TypedConfig{TypedConfig: a},
+		},
+	}}
+}
+
+// and combines the non-nil filters.
+func and(fs ...*accesslogv3.AccessLogFilter) *accesslogv3.AccessLogFilter {
+	var set []*accesslogv3.AccessLogFilter
+	for _, f := range fs {
+		if f != nil {
+			set = append(set, f)
+		}
+	}
+	if len(set) == 1 {
+		return set[0]
+	}
+	return &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_AndFilter{
+		AndFilter: &accesslogv3.AndFilter{Filters: set},
+	}}
+}
