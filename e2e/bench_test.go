@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/llmedge/llmedge/controlplane"
+	"github.com/llmedge/llmedge/internal/benchconfig"
 	"github.com/llmedge/llmedge/internal/fakellm"
 	"github.com/llmedge/llmedge/internal/testenv"
 )
@@ -30,9 +31,9 @@ const benchPollInterval = 2 * time.Millisecond
 // percentiles of the iterations; run it with a fixed count, e.g. -benchtime 30x.
 //
 //   - routes=4: the twoRegions config of the e2e tests plus the renamed route.
-//   - routes=1000: the synthetic config of controlplane/xds/bench_test.go (5 regions, 20
-//     https upstreams, 1,000 routes, some bound to hosts or headers), of which hk and sg
-//     run an Envoy.
+//   - routes=1000: the shared benchmark config (internal/benchconfig: 5 regions, 20 https
+//     upstreams, routes r0000..r0998 plus the renamed route, some bound to hosts or
+//     headers), of which hk and sg run an Envoy.
 func BenchmarkWriteToACK(b *testing.B) {
 	up := startUpstream(b, fakellm.Options{})
 	b.Run("routes=4", func(b *testing.B) {
@@ -175,45 +176,17 @@ func benchPercentile(sorted []time.Duration, q float64) time.Duration {
 
 func benchMillis(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// benchRoutesTemplate is the routes YAML template of controlplane/xds/bench_test.go's
-// benchFile (5 regions, 20 https upstreams allowed everywhere, routes r0001..r<routes>), with
-// every upstream pointed at the fake's TLS address and CA. Its routes section comes last.
+// benchRoutesTemplate is the routes YAML template of the shared benchmark config
+// (internal/benchconfig: 5 regions, 20 https upstreams allowed everywhere, host- and
+// header-bound routes) with routes routes, every region's listener and extauthz taken from
+// the harness and every upstream pointed at the fake's TLS address and CA. Its routes
+// section comes last.
 func benchRoutesTemplate(routes int) string {
-	const hosts = 4
-	regions := []string{"eu", "hk", "jp", "sg", "us"}
-	ups := make([]string, 20)
-	for i := range ups {
-		ups[i] = fmt.Sprintf("up%02d", i)
-	}
-	var b strings.Builder
-	b.WriteString("version: 1\nregions:\n")
-	for _, r := range regions {
-		fmt.Fprintf(&b, "  %s:\n    listen: 127.0.0.1:{{.Port %q}}\n    extauthz: {{.ExtAuthz %q}}\n    upstreams: [%s]\n", r, r, r, strings.Join(ups, ", "))
-	}
-	b.WriteString("upstreams:\n")
-	for i, u := range ups {
-		url := "https://" + u + ".llmedge.test"
-		if i%4 == 3 {
-			url += "/v1beta"
-		}
-		fmt.Fprintf(&b, "  %s:\n    url: %s\n    endpoint: {{.Upstream}}\n    tls: {ca_file: {{.CA}}}\n    allowed_regions: [%s]\n",
-			u, url, strings.Join(regions, ", "))
-	}
-	b.WriteString("routes:\n")
-	for i := 1; i <= routes; i++ {
-		name := fmt.Sprintf("r%04d", i)
-		prefix, rewrite := "/"+name, "/"
-		if i%2 == 1 {
-			prefix, rewrite = "/"+name+"/", "/v1/"
-		}
-		fmt.Fprintf(&b, "  %s:\n    match: {prefix: %s", name, prefix)
-		if i%10 == 0 {
-			fmt.Fprintf(&b, ", hosts: [tenant-%d.llmedge.test]", (i/10)%hosts)
-		}
-		if i%7 == 0 {
-			fmt.Fprintf(&b, ", headers: [{name: x-llmedge-tenant, exact: t%d}]", i)
-		}
-		fmt.Fprintf(&b, "}\n    upstream: %s\n    prefix_rewrite: %s\n", ups[i%len(ups)], rewrite)
-	}
-	return b.String()
+	return benchconfig.YAML(benchconfig.Options{
+		Routes:   routes,
+		Listen:   func(r string, _ int) string { return fmt.Sprintf("127.0.0.1:{{.Port %q}}", r) },
+		ExtAuthz: func(r string) string { return fmt.Sprintf("{{.ExtAuthz %q}}", r) },
+		Endpoint: "{{.Upstream}}",
+		CAFile:   "{{.CA}}",
+	})
 }

@@ -16,6 +16,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+
+	"github.com/llmedge/llmedge/internal/benchconfig"
 )
 
 // simClient is one simulated Envoy on one SotW ADS stream. It behaves as an Envoy with
@@ -68,7 +70,7 @@ func startFleet(ctx context.Context, addr string, n, perConn int) (*fleet, error
 		f.conns = append(f.conns, cc)
 	}
 	for i := range n {
-		region := regionNames[i%len(regionNames)]
+		region := benchconfig.Regions[i%len(benchconfig.Regions)]
 		c := &simClient{
 			idx:    i,
 			region: region,
