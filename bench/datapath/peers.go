@@ -57,11 +57,11 @@ func installedVersion(dir string) string {
 // x-portkey-provider and x-portkey-custom-host headers its README documents. 127.0.0.1 is in
 // its default TRUSTED_CUSTOM_HOSTS. Its HTTP server binds every interface (the start script
 // takes no host option); the benchmark only sends to 127.0.0.1.
-func (s *stack) startPortkey(port int) *peer {
-	dir := filepath.Join(peersDir(s.root), "portkey")
+func startPortkey(r *runner, root, fakeAddr string, port int) *peer {
+	dir := filepath.Join(peersDir(root), "portkey")
 	pk := &peer{Name: "Portkey gateway", Package: "npm @portkey-ai/gateway"}
 	pk.Version = installedVersion(dir)
-	if e := installError(peersDir(s.root), "portkey"); e != "" {
+	if e := installError(peersDir(root), "portkey"); e != "" {
 		pk.Error = e
 		return pk
 	}
@@ -76,7 +76,7 @@ func (s *stack) startPortkey(port int) *peer {
 		return pk
 	}
 	env := append(os.Environ(), "NODE_ENV=production", "PORT="+strconv.Itoa(port))
-	pr, err := s.r.start("portkey", "peer", cpuEdge, env, "", node, entry, "--port="+strconv.Itoa(port), "--headless")
+	pr, err := r.start("portkey", "peer", cpuEdge, env, "", node, entry, "--port="+strconv.Itoa(port), "--headless")
 	if err != nil {
 		pk.Error = err.Error()
 		return pk
@@ -86,7 +86,7 @@ func (s *stack) startPortkey(port int) *peer {
 	pk.headers = map[string]string{
 		"authorization":         "Bearer sk-bench-fake-key",
 		"x-portkey-provider":    "openai",
-		"x-portkey-custom-host": "http://" + s.fakeAddr + "/v1",
+		"x-portkey-custom-host": "http://" + fakeAddr + "/v1",
 	}
 	if err := waitFor("portkey", pr, 60*time.Second, tcpOpen(fmt.Sprintf("127.0.0.1:%d", port))); err != nil {
 		pk.Error = err.Error()
@@ -108,11 +108,11 @@ litellm_settings:
 
 // startLiteLLM runs the LiteLLM proxy (one uvicorn worker, no database, no master key) with
 // a model that points at the fake as an OpenAI-compatible api_base.
-func (s *stack) startLiteLLM(port int) *peer {
-	dir := filepath.Join(peersDir(s.root), "litellm")
+func startLiteLLM(r *runner, root, fakeAddr string, port int) *peer {
+	dir := filepath.Join(peersDir(root), "litellm")
 	ll := &peer{Name: "LiteLLM proxy", Package: "PyPI litellm[proxy]"}
 	ll.Version = installedVersion(dir)
-	if e := installError(peersDir(s.root), "litellm"); e != "" {
+	if e := installError(peersDir(root), "litellm"); e != "" {
 		ll.Error = e
 		return ll
 	}
@@ -121,16 +121,16 @@ func (s *stack) startLiteLLM(port int) *peer {
 		ll.Error = "not installed (run bench/peers/install.sh): " + err.Error()
 		return ll
 	}
-	cfg := filepath.Join(s.r.dir, "litellm.yaml")
-	if err := os.WriteFile(cfg, fmt.Appendf(nil, litellmConfig, s.fakeAddr), 0o644); err != nil {
+	cfg := filepath.Join(r.dir, "litellm.yaml")
+	if err := os.WriteFile(cfg, fmt.Appendf(nil, litellmConfig, fakeAddr), 0o644); err != nil {
 		ll.Error = err.Error()
 		return ll
 	}
 	env := append(os.Environ(),
 		// No network here: use the bundled model cost map instead of fetching it.
 		"LITELLM_LOCAL_MODEL_COST_MAP=True", "LITELLM_LOG=ERROR", "DISABLE_ADMIN_UI=True",
-		"HOME="+s.r.dir)
-	pr, err := s.r.start("litellm", "peer", cpuEdge, env, "", bin, "--config", cfg, "--host", "127.0.0.1",
+		"HOME="+r.dir)
+	pr, err := r.start("litellm", "peer", cpuEdge, env, "", bin, "--config", cfg, "--host", "127.0.0.1",
 		"--port", strconv.Itoa(port), "--num_workers", "1", "--telemetry", "False")
 	if err != nil {
 		ll.Error = err.Error()

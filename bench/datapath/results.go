@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"math"
 	"os"
@@ -13,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/llmedge/llmedge/bench/host"
 )
 
 // Results is everything datapath.json holds.
@@ -216,18 +217,6 @@ func settingsOf(o options) Settings {
 	return s
 }
 
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
 func medianInt(xs []int) int {
 	if len(xs) == 0 {
 		return 0
@@ -246,7 +235,7 @@ func medianMaps(ms []map[string]float64) map[string]float64 {
 	}
 	out := map[string]float64{}
 	for k, v := range vals {
-		out[k] = median(v)
+		out[k] = host.Median(v)
 	}
 	return out
 }
@@ -276,8 +265,8 @@ func aggregate(res *Results, o options) {
 				a99 = append(a99, l.P99-direct.Latency[i].P99)
 			}
 		}
-		s.P50, s.P99 = median(p50), median(p99)
-		s.AddedP50, s.AddedP99 = median(a50), median(a99)
+		s.P50, s.P99 = host.Median(p50), host.Median(p99)
+		s.AddedP50, s.AddedP99 = host.Median(a50), host.Median(a99)
 		s.AddedP50Min, s.AddedP50Max = slices.Min(a50), slices.Max(a50)
 		s.AddedP99Min, s.AddedP99Max = slices.Min(a99), slices.Max(a99)
 		s.CPUc1 = medianMaps(cpu)
@@ -323,7 +312,7 @@ func aggregate(res *Results, o options) {
 				cpu = append(cpu, st.CPUPer1k)
 			}
 			if len(p50) > 0 {
-				s.StepMedians[rate] = stepMedian{Rounds: len(p50), P50: median(p50), P99: median(p99), Throughput: median(thr), CPU: medianMaps(cpu)}
+				s.StepMedians[rate] = stepMedian{Rounds: len(p50), P50: host.Median(p50), P99: host.Median(p99), Throughput: host.Median(thr), CPU: medianMaps(cpu)}
 			}
 		}
 		// CPU per 1,000 requests: at 1,000 rps, or below that the highest rate the scenario
@@ -363,7 +352,7 @@ func aggregate(res *Results, o options) {
 		}
 	}
 	if len(fk) > 0 {
-		res.Machine.ForeignKept = [2]float64{median(fk), slices.Max(fk)}
+		res.Machine.ForeignKept = [2]float64{host.Median(fk), slices.Max(fk)}
 	}
 }
 
@@ -449,7 +438,7 @@ func (st *StreamResult) aggregate() {
 			mn = append(mn, lo)
 			events = append(events, s.Events)
 		}
-		sum := streamSummary{N: n, HeadersUS: median(hdr), FirstChunkUS: median(first), MeanGapUS: median(mean), MaxGapUS: median(mx), MinGapUS: slices.Min(mn)}
+		sum := streamSummary{N: n, HeadersUS: host.Median(hdr), FirstChunkUS: host.Median(first), MeanGapUS: host.Median(mean), MaxGapUS: host.Median(mx), MinGapUS: slices.Min(mn)}
 		if n > 0 {
 			k := len(events[0])
 			for _, e := range events {
@@ -461,7 +450,7 @@ func (st *StreamResult) aggregate() {
 				for _, e := range events {
 					col = append(col, e[i])
 				}
-				sum.EventsUS = append(sum.EventsUS, median(col))
+				sum.EventsUS = append(sum.EventsUS, host.Median(col))
 			}
 		}
 		st.Summary[name] = sum
@@ -499,7 +488,7 @@ func (st *StreamResult) aggregate() {
 
 // --- machine description -------------------------------------------------------------
 
-func machineInfo(root string, s *stack) Machine {
+func machineInfo(root string, t tools) Machine {
 	m := Machine{NProc: runtime.NumCPU(), Go: runtime.Version()}
 	if out, err := exec.Command("nproc", "--all").Output(); err == nil {
 		m.NProc, _ = strconv.Atoi(strings.TrimSpace(string(out)))
@@ -544,8 +533,8 @@ func machineInfo(root string, s *stack) Machine {
 		return ""
 	}
 	m.Kernel = first("uname", "-r")
-	m.Envoy = strings.TrimSpace(strings.TrimPrefix(first(s.envoyBin, "--version"), s.envoyBin))
-	if out, err := exec.Command("go", "version", "-m", s.rlBin).Output(); err == nil {
+	m.Envoy = strings.TrimSpace(strings.TrimPrefix(first(t.envoy, "--version"), t.envoy))
+	if out, err := exec.Command("go", "version", "-m", t.ratelimit).Output(); err == nil {
 		for _, line := range strings.Split(string(out), "\n") {
 			f := strings.Fields(line)
 			if len(f) >= 3 && f[0] == "mod" {
@@ -553,7 +542,7 @@ func machineInfo(root string, s *stack) Machine {
 			}
 		}
 	}
-	m.Redis = first(s.redisBin, "--version")
+	m.Redis = first(t.redis, "--version")
 	m.Node = first("node", "--version")
 	if py := filepath.Join(peersDir(root), "litellm", "bin", "python"); fileExists(py) {
 		m.Python = first(py, "--version")
@@ -603,20 +592,10 @@ func machineBusy() (busy, steal float64) {
 	return busy / 100, v(8) / 100
 }
 
-func selfCPU() float64 {
-	f, err := procStatFields(os.Getpid())
-	if err != nil || len(f) < 15 {
-		return 0
-	}
-	u, _ := strconv.ParseFloat(f[13], 64)
-	s, _ := strconv.ParseFloat(f[14], 64)
-	return (u + s) / 100
-}
-
 func takeNoise(r *runner) noiseSnap {
 	n := noiseSnap{at: time.Now()}
 	n.busy, n.steal = machineBusy()
-	n.ours = selfCPU()
+	n.ours = host.SelfCPU()
 	for _, p := range r.all {
 		n.ours += r.cpuSeconds(p)
 	}
@@ -632,12 +611,4 @@ func otherCPU(start noiseSnap, r *runner) (other, steal float64) {
 	}
 	other = ((end.busy - start.busy) - (end.ours - start.ours)) / secs
 	return math.Max(0, other), (end.steal - start.steal) / secs
-}
-
-func writeJSON(path string, res *Results) error {
-	b, err := json.MarshalIndent(res, "", "  ")
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
