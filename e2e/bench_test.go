@@ -2,12 +2,10 @@ package e2e
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"math"
 	"os"
 	"slices"
-	"strings"
 	"testing"
 	"text/template"
 	"time"
@@ -100,17 +98,9 @@ func benchReloads(b *testing.B, s *stack, want int) []time.Duration {
 	b.Helper()
 	var took []time.Duration
 	testenv.Eventually(b, 10*time.Second, 10*time.Millisecond, func() error {
-		took = took[:0]
-		for _, line := range strings.Split(s.cp.Log(), "\n") {
-			var rec struct{ Msg, Took string }
-			if json.Unmarshal([]byte(line), &rec) != nil || rec.Msg != "routes config applied" {
-				continue
-			}
-			d, err := time.ParseDuration(rec.Took)
-			if err != nil {
-				return fmt.Errorf("control plane log: took %q: %v", rec.Took, err)
-			}
-			took = append(took, d)
+		var err error
+		if _, took, err = benchconfig.AppliedReloads(s.cp.Log()); err != nil {
+			return err
 		}
 		if len(took) != want {
 			return fmt.Errorf("control plane logged %d applied reloads, want %d", len(took), want)

@@ -474,27 +474,11 @@ func pct(ds []time.Duration, q float64) float64 { return ms(host.Pct(ds, q)) }
 
 func ms(d time.Duration) float64 { return host.Round1(host.Ms(d)) }
 
-// statusDoc is the part of /status the check reads.
-type statusDoc struct {
-	Config struct {
-		Valid bool `json:"valid"`
-	} `json:"config"`
-	Regions []struct {
-		Name     string            `json:"name"`
-		Versions map[string]string `json:"versions"`
-		InSync   bool              `json:"in_sync"`
-		Nodes    []struct {
-			ID     string `json:"id"`
-			InSync bool   `json:"in_sync"`
-		} `json:"nodes"`
-	} `json:"regions"`
-}
-
 // checkStatus polls /status (every 5 ms, for up to 5 s: a client's ACK is on the wire
 // before the control plane has read it) until the config is valid, every region has its
 // clients, all in sync, and each client's last ACKed routes version is the one served to
 // its region.
-func checkStatus(httpAddr string, f *fleet) (*statusDoc, error) {
+func checkStatus(httpAddr string, f *fleet) (*controlplane.Status, error) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		st, err := readStatus(httpAddr, f)
@@ -505,13 +489,13 @@ func checkStatus(httpAddr string, f *fleet) (*statusDoc, error) {
 	}
 }
 
-func readStatus(httpAddr string, f *fleet) (*statusDoc, error) {
+func readStatus(httpAddr string, f *fleet) (*controlplane.Status, error) {
 	resp, err := http.Get("http://" + httpAddr + "/status")
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	var st statusDoc
+	var st controlplane.Status
 	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
 		return nil, fmt.Errorf("/status: %w", err)
 	}
@@ -549,26 +533,9 @@ func appliedLog(path string, want int) ([]time.Time, []time.Duration, error) {
 		if err != nil {
 			return nil, nil, err
 		}
-		var at []time.Time
-		var took []time.Duration
-		for _, line := range strings.Split(string(b), "\n") {
-			var rec struct {
-				Time time.Time `json:"time"`
-				Msg  string    `json:"msg"`
-				Took string    `json:"took"`
-			}
-			if json.Unmarshal([]byte(line), &rec) != nil || rec.Msg != "routes config applied" {
-				continue
-			}
-			d, err := time.ParseDuration(rec.Took)
-			if err != nil {
-				return nil, nil, fmt.Errorf("control plane log: took %q: %v", rec.Took, err)
-			}
-			at = append(at, rec.Time)
-			took = append(took, d)
-		}
-		if len(at) == want {
-			return at, took, nil
+		at, took, err := benchconfig.AppliedReloads(string(b))
+		if err != nil || len(at) == want {
+			return at, took, err
 		}
 		if time.Now().After(deadline) {
 			return nil, nil, fmt.Errorf("control plane logged %d applied reloads, want %d", len(at), want)

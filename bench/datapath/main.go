@@ -245,9 +245,8 @@ func scenarioTargets(s *stack) []*target {
 // startPeers starts the peer gateways and adds a target for each.
 func startPeers(r *runner, root string, s *stack, targets []*target) ([]*peer, []*target) {
 	logf("starting peers (Portkey, LiteLLM)")
-	ports := mustPorts(2)
 	fake := s.variants[vDirect].procs[0]
-	peers := []*peer{startPortkey(r, root, s.fakeAddr, ports[0]), startLiteLLM(r, root, s.fakeAddr, ports[1])}
+	peers := []*peer{startPortkey(r, root, s.fakeAddr, s.port()), startLiteLLM(r, root, s.fakeAddr, s.port())}
 	for _, p := range peers {
 		t := &target{Name: peerKey(p.Name), Label: p.Name, Kind: "peer", URL: p.URL, Headers: p.headers, Error: p.Error, Steps: true}
 		if p.proc != nil {

@@ -7,11 +7,12 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"slices"
 	"strings"
 	"time"
 
 	vegeta "github.com/tsenart/vegeta/v12/lib"
+
+	"github.com/llmedge/llmedge/bench/host"
 )
 
 // chatBody is the request every scenario sends: a tiny non-streaming chat completion.
@@ -117,13 +118,8 @@ type seqResult struct {
 // sequential sends warmup then n requests one after another on one keep-alive connection
 // and returns the latency of the n (from writing the request to reading the whole body).
 func sequential(r *runner, t *target, c *http.Client, n, warmup int) seqResult {
-	body := []byte(chatBody)
 	one := func() (time.Duration, error) {
-		req, _ := http.NewRequest(http.MethodPost, t.URL, bytes.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		for k, v := range t.Headers {
-			req.Header.Set(k, v)
-		}
+		req := t.request(chatBody, nil)
 		t0 := time.Now()
 		resp, err := c.Do(req)
 		if err != nil {
@@ -167,32 +163,17 @@ func summarize(lat []time.Duration) seqResult {
 	if len(lat) == 0 {
 		return res
 	}
-	s := slices.Clone(lat)
-	slices.Sort(s)
 	var sum time.Duration
-	for _, d := range s {
+	for _, d := range lat {
 		sum += d
 	}
-	res.P50 = us(pct(s, 0.50))
-	res.P90 = us(pct(s, 0.90))
-	res.P99 = us(pct(s, 0.99))
-	res.P999 = us(pct(s, 0.999))
-	res.Max = us(s[len(s)-1])
-	res.Mean = us(sum / time.Duration(len(s)))
+	res.P50, res.P90, res.P99, res.P999 = us(lat, 0.50), us(lat, 0.90), us(lat, 0.99), us(lat, 0.999)
+	res.Max, res.Mean = us(lat, 1), host.Us(sum/time.Duration(len(lat)))
 	return res
 }
 
-// pct is the nearest-rank percentile of sorted durations.
-func pct(sorted []time.Duration, q float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	i := int(q*float64(len(sorted))+0.999999) - 1
-	i = max(0, min(i, len(sorted)-1))
-	return sorted[i]
-}
-
-func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+// us is the nearest-rank percentile q of the latencies, in µs.
+func us(lat []time.Duration, q float64) float64 { return host.Us(host.Pct(lat, q)) }
 
 type cpuSnap map[*proc]float64
 
@@ -317,7 +298,7 @@ func streamOnce(t *target, c *http.Client, chunks int, interval time.Duration) s
 		return streamSample{Err: err.Error()}
 	}
 	defer resp.Body.Close()
-	s := streamSample{Headers: us(time.Since(start))}
+	s := streamSample{Headers: host.Us(time.Since(start))}
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(resp.Body)
 		s.Err = fmt.Sprintf("HTTP %d: %.200s", resp.StatusCode, b)
@@ -327,7 +308,7 @@ func streamOnce(t *target, c *http.Client, chunks int, interval time.Duration) s
 	for {
 		line, err := br.ReadString('\n')
 		if strings.HasPrefix(line, "data: ") {
-			s.Events = append(s.Events, us(time.Since(start)))
+			s.Events = append(s.Events, host.Us(time.Since(start)))
 		}
 		if err != nil {
 			if err != io.EOF {

@@ -229,22 +229,6 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-func mustPorts(n int) []int {
-	ports := make([]int, 0, n)
-	seen := map[int]bool{}
-	for len(ports) < n {
-		p, err := freePort()
-		if err != nil {
-			fatalf("free port: %v", err)
-		}
-		if !seen[p] {
-			seen[p] = true
-			ports = append(ports, p)
-		}
-	}
-	return ports
-}
-
 var plainClient = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}
 
 // waitFor polls check until it succeeds, the process exits or timeout passes.

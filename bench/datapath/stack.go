@@ -106,10 +106,14 @@ func startStack(r *runner, root string, t tools, pipeWindow string, pipeLimit in
 	return s, nil
 }
 
-// port is a free loopback port not handed out before.
+// port is a free loopback port not handed out before (they are bound later, by the
+// processes, so the kernel could hand one out twice).
 func (s *stack) port() int {
 	for {
-		p := mustPorts(1)[0]
+		p, err := freePort()
+		if err != nil {
+			fatalf("free port: %v", err)
+		}
 		if !s.seen[p] {
 			s.seen[p] = true
 			return p
