@@ -105,11 +105,8 @@ func main() {
 
 // Report is what authz.json holds.
 type Report struct {
-	Machine host.Machine `json:"machine"`
-	Commit  string       `json:"commit"`
-	Date    time.Time    `json:"date"`
-	Command string       `json:"command"`
-	Setup   string       `json:"setup"`
+	host.Header
+	Setup   string `json:"setup"`
 	Targets struct {
 		P99Us          float64 `json:"p99_us"`
 		ChecksPerSCore float64 `json:"checks_per_s_per_core"`
@@ -234,10 +231,7 @@ func newReport(o options) Report {
 		return ""
 	}
 	rep := Report{
-		Machine: host.Describe(),
-		Commit:  host.GitCommit(),
-		Date:    time.Now().UTC().Truncate(time.Second),
-		Command: strings.Join(append([]string{"go run ./bench/authz"}, os.Args[1:]...), " "),
+		Header: host.NewHeader("./bench/authz"),
 		Setup: fmt.Sprintf("llmedge extauthz (GOMAXPROCS=1%s) with a %d-caller policy from llmedge controlplane; client: this process%s; "+
 			"%d sequential Checks per run (after %d warm-up) for latency; %d in flight over %d connections for %v for throughput; "+
 			"allowed OpenAI chat requests shaped like Envoy's CheckRequest, cycling through the callers' tokens; "+

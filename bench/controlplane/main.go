@@ -90,14 +90,11 @@ func fatalf(format string, args ...any) {
 
 // Report is what controlplane.json holds.
 type Report struct {
-	Machine      host.Machine `json:"machine"`
-	Commit       string       `json:"commit"`
-	Date         time.Time    `json:"date"`
-	Command      string       `json:"command"`
-	Config       string       `json:"config"`
-	WatchHoldoff string       `json:"watch_holdoff"`
-	Detection    string       `json:"ack_detection"`
-	Target       string       `json:"target"`
+	host.Header
+	Config       string `json:"config"`
+	WatchHoldoff string `json:"watch_holdoff"`
+	Detection    string `json:"ack_detection"`
+	Target       string `json:"target"`
 	// Repeated counts runs discarded and repeated because other processes used more than
 	// -max-other-load cores during their edits (the VM is shared).
 	Repeated  int        `json:"repeated_runs"`
@@ -191,10 +188,7 @@ func run(o options) error {
 
 func newReport(o options) Report {
 	return Report{
-		Machine:      host.Describe(),
-		Commit:       host.GitCommit(),
-		Date:         time.Now().UTC().Truncate(time.Second),
-		Command:      strings.Join(append([]string{"go run ./bench/controlplane"}, os.Args[1:]...), " "),
+		Header:       host.NewHeader("./bench/controlplane"),
 		Config:       fmt.Sprintf("%d routes (every 10th bound to one of %d hosts, every 7th matching a header), %d https upstreams, %d regions (%s); each edit renames route 0 (every region serves it)", benchconfig.Routes, benchconfig.Hosts, benchconfig.Upstreams, len(benchconfig.Regions), strings.Join(benchconfig.Regions, ", ")),
 		WatchHoldoff: o.holdoff.String(),
 		Detection:    "client side: the moment each simulated client hands gRPC its ACK of a routes response with a new version; the edit's figure is the last such moment minus the moment before the write; /status is then checked (served routes version = the version each client ACKed, every region in_sync)",

@@ -64,3 +64,21 @@ func SelfCPU() float64 {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
+
+// Header opens every benchmark report: where, from which commit, when and how it ran.
+type Header struct {
+	Machine Machine   `json:"machine"`
+	Commit  string    `json:"commit"`
+	Date    time.Time `json:"date"`
+	Command string    `json:"command"`
+}
+
+// NewHeader describes this run of the program at pkg (e.g. ./bench/authz).
+func NewHeader(pkg string) Header {
+	return Header{
+		Machine: Describe(),
+		Commit:  GitCommit(),
+		Date:    time.Now().UTC().Truncate(time.Second),
+		Command: strings.Join(append([]string{"go run " + pkg}, os.Args[1:]...), " "),
+	}
+}

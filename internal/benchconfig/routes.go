@@ -6,7 +6,8 @@ package benchconfig
 
 import (
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/llmedge/llmedge/controlplane/config"
@@ -115,18 +116,18 @@ func YAML(o Options) string {
 	f := File(o)
 	var b strings.Builder
 	fmt.Fprintf(&b, "version: %d\nregions:\n", f.Version)
-	for _, name := range sortedKeys(f.Regions) {
+	for _, name := range slices.Sorted(maps.Keys(f.Regions)) {
 		r := f.Regions[name]
 		fmt.Fprintf(&b, "  %s:\n    listen: %s\n    extauthz: %s\n    upstreams: [%s]\n", name, r.Listen, r.ExtAuthz, strings.Join(r.Upstreams, ", "))
 	}
 	b.WriteString("upstreams:\n")
-	for _, name := range sortedKeys(f.Upstreams) {
+	for _, name := range slices.Sorted(maps.Keys(f.Upstreams)) {
 		u := f.Upstreams[name]
 		fmt.Fprintf(&b, "  %s:\n    url: %s\n    endpoint: %s\n    tls: {ca_file: %s}\n    allowed_regions: [%s]\n",
 			name, u.URL, u.Endpoint, u.TLS.CAFile, strings.Join(u.AllowedRegions, ", "))
 	}
 	b.WriteString("routes:\n")
-	for _, name := range sortedKeys(f.Routes) {
+	for _, name := range slices.Sorted(maps.Keys(f.Routes)) {
 		r := f.Routes[name]
 		fmt.Fprintf(&b, "  %s:\n    match: {prefix: %s", name, r.Match.Prefix)
 		if len(r.Match.Hosts) > 0 {
@@ -142,13 +143,4 @@ func YAML(o Options) string {
 		fmt.Fprintf(&b, "}\n    upstream: %s\n    prefix_rewrite: %s\n", r.Upstream, r.PrefixRewrite)
 	}
 	return b.String()
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
