@@ -180,7 +180,7 @@ func run(root string, o options) error {
 		return err
 	}
 	res.Machine = machineInfo(root, t)
-	guard := &noiseGuard{r: r, budget: o.waitQuiet, tick: r.tick}
+	guard := &noiseGuard{r: r, budget: o.waitQuiet, tick: r.tick, ncpu: res.Machine.NProc}
 	if o.waitQuiet > 0 {
 		t0 := time.Now()
 		res.Machine.OtherCPUBefore = guard.waitQuiet()

@@ -22,14 +22,16 @@ const foreignLimit = 0.25 // cores
 const pfKthread = 0x00200000
 
 type cpuScan struct {
-	at  time.Time
-	cpu map[int]float64 // pid -> utime+stime+cutime+cstime, seconds
+	at   time.Time
+	cpu  map[int]float64 // pid -> utime+stime+cutime+cstime, seconds
+	ncpu int             // the machine's CPUs (not this process's affinity)
 }
 
 type noiseGuard struct {
 	r         *runner
 	budget    time.Duration
 	tick      float64
+	ncpu      int
 	redone    int
 	contended int
 	first     cpuScan
@@ -47,7 +49,7 @@ func (g *noiseGuard) ours() map[int]bool {
 
 func (g *noiseGuard) scan() cpuScan {
 	ours := g.ours()
-	s := cpuScan{at: time.Now(), cpu: map[int]float64{}}
+	s := cpuScan{at: time.Now(), cpu: map[int]float64{}, ncpu: g.ncpu}
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
@@ -88,11 +90,8 @@ func (a cpuScan) cores(b cpuScan) float64 {
 	}
 	// A parent reaping children adds their whole CPU time at once (cutime); never report
 	// more than the machine has.
-	return min(sum/secs, float64(ncpu))
+	return min(sum/secs, float64(max(b.ncpu, 1)))
 }
-
-// ncpu is the machine's CPU count (not this process's affinity); set by machineInfo.
-var ncpu = 2
 
 // top names the n foreign processes that used the most CPU between two scans.
 func (a cpuScan) top(b cpuScan, n int) string {

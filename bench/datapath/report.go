@@ -2,17 +2,12 @@ package main
 
 import (
 	"fmt"
-	"image/color"
 	"math"
 	"os"
 	"slices"
 	"sort"
 	"strings"
 
-	"gonum.org/v1/plot"
-	"gonum.org/v1/plot/plotter"
-	"gonum.org/v1/plot/vg"
-	"gonum.org/v1/plot/vg/draw"
 
 	"github.com/llmedge/llmedge/bench/host"
 )
@@ -612,135 +607,4 @@ func sortedKeys[K int | string, V any](m map[K]V) []K {
 	}
 	sort.Slice(keys, func(i, j int) bool { return keys[i] < keys[j] })
 	return keys
-}
-
-// writePlot draws added p50 and p99 at concurrency 1 per scenario and peer, on a log axis,
-// with the published figures in grey and the targets as dashed lines.
-func writePlot(path string, res *Results) error {
-	type row struct {
-		label     string
-		p50, p99  float64
-		published bool
-	}
-	var rows []row
-	for _, s := range res.Scenarios {
-		if s.Name == "direct" || s.Error != "" || len(s.Latency) == 0 {
-			continue
-		}
-		label := s.Label
-		if s.Kind == "peer" {
-			label += " (this run)"
-		}
-		rows = append(rows, row{label: label, p50: s.AddedP50, p99: s.AddedP99})
-	}
-	for _, p := range published {
-		rows = append(rows, row{label: "published: " + p.Name, p50: p.P50, p99: p.P99, published: true})
-	}
-	// Top to bottom in the order above.
-	slices.Reverse(rows)
-
-	p := plot.New()
-	p.Title.Text = "Added latency at concurrency 1 (vs direct to the fake), log scale"
-	p.X.Label.Text = "added latency (µs)"
-	p.X.Scale = plot.LogScale{}
-	lo, hi := 10.0, 10000.0
-	for _, r := range rows {
-		hi = math.Max(hi, r.p99*2.5)
-	}
-	p.X.Min, p.X.Max = lo, hi
-	var ticks []plot.Tick
-	for _, v := range []float64{10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000} {
-		if v <= hi {
-			ticks = append(ticks, plot.Tick{Value: v, Label: fmtTick(v)})
-		}
-	}
-	p.X.Tick.Marker = plot.ConstantTicks(ticks)
-	var names []string
-	blue := color.RGBA{R: 31, G: 119, B: 180, A: 255}
-	orange := color.RGBA{R: 255, G: 127, B: 14, A: 255}
-	grey50 := color.RGBA{R: 170, G: 170, B: 170, A: 255}
-	grey99 := color.RGBA{R: 120, G: 120, B: 120, A: 255}
-	bar := func(y, v float64, c color.Color) (*plotter.Polygon, error) {
-		x := math.Max(v, lo*1.01)
-		poly, err := plotter.NewPolygon(plotter.XYs{{X: lo, Y: y - 0.17}, {X: x, Y: y - 0.17}, {X: x, Y: y + 0.17}, {X: lo, Y: y + 0.17}})
-		if err != nil {
-			return nil, err
-		}
-		poly.Color = c
-		poly.LineStyle.Width = 0
-		return poly, nil
-	}
-	var lbl plotter.XYLabels
-	var leg50, leg99 *plotter.Polygon
-	for i, r := range rows {
-		names = append(names, r.label)
-		y := float64(i)
-		c50, c99 := blue, orange
-		if r.published {
-			c50, c99 = grey50, grey99
-		}
-		if r.p50 != 0 {
-			poly, err := bar(y+0.19, r.p50, c50)
-			if err != nil {
-				return err
-			}
-			p.Add(poly)
-			if !r.published {
-				leg50 = poly
-			}
-			lbl.XYs = append(lbl.XYs, plotter.XY{X: math.Max(r.p50, lo) * 1.05, Y: y + 0.19})
-			lbl.Labels = append(lbl.Labels, "p50 "+fmtAdded(r.p50))
-		}
-		poly, err := bar(y-0.19, r.p99, c99)
-		if err != nil {
-			return err
-		}
-		p.Add(poly)
-		if !r.published {
-			leg99 = poly
-		}
-		lbl.XYs = append(lbl.XYs, plotter.XY{X: math.Max(r.p99, lo) * 1.05, Y: y - 0.19})
-		lbl.Labels = append(lbl.Labels, "p99 "+fmtAdded(r.p99))
-	}
-	labels, err := plotter.NewLabels(lbl)
-	if err != nil {
-		return err
-	}
-	for i := range labels.TextStyle {
-		labels.TextStyle[i].Font.Size = vg.Points(7)
-		labels.TextStyle[i].YAlign = draw.YCenter
-	}
-	p.Add(labels)
-	for _, t := range []struct {
-		v    float64
-		name string
-		dash []vg.Length
-	}{{targetP50, "target p50 0.5 ms", []vg.Length{vg.Points(4), vg.Points(3)}}, {targetP99, "target p99 1 ms", []vg.Length{vg.Points(1), vg.Points(2)}}} {
-		line, err := plotter.NewLine(plotter.XYs{{X: t.v, Y: -0.6}, {X: t.v, Y: float64(len(rows)) - 0.4}})
-		if err != nil {
-			return err
-		}
-		line.LineStyle.Dashes = t.dash
-		line.LineStyle.Width = vg.Points(1)
-		p.Add(line)
-		p.Legend.Add(t.name, line)
-	}
-	if leg50 != nil {
-		p.Legend.Add("added p50 (this run)", leg50)
-	}
-	if leg99 != nil {
-		p.Legend.Add("added p99 (this run)", leg99)
-	}
-	p.Legend.Top = true
-	p.Legend.Left = false
-	p.NominalY(names...)
-	p.Y.Min, p.Y.Max = -0.6, float64(len(rows))-0.4
-	return p.Save(10*vg.Inch, vg.Length(1.1+0.42*float64(len(rows)))*vg.Inch, path)
-}
-
-func fmtTick(v float64) string {
-	if v >= 1000 {
-		return fmt.Sprintf("%g ms", v/1000)
-	}
-	return fmt.Sprintf("%g µs", v)
 }

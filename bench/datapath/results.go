@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"math"
 	"os"
@@ -494,50 +493,13 @@ func (st *StreamResult) summarize(name string, samples []streamSample) streamSum
 
 func machineInfo(root string, t tools) Machine {
 	m := Machine{NProc: runtime.NumCPU(), Go: runtime.Version()}
-	if out, err := exec.Command("nproc", "--all").Output(); err == nil {
-		m.NProc, _ = strconv.Atoi(strings.TrimSpace(string(out)))
+	if n, err := strconv.Atoi(host.FirstLine("nproc", "--all")); err == nil {
+		m.NProc = n
 	}
-	if m.NProc > 0 {
-		ncpu = m.NProc
-	}
-	if out, err := exec.Command("lscpu").Output(); err == nil {
-		for _, line := range strings.Split(string(out), "\n") {
-			k, v, ok := strings.Cut(line, ":")
-			if !ok {
-				continue
-			}
-			switch strings.TrimSpace(k) {
-			case "Model name":
-				m.CPUModel = strings.TrimSpace(v)
-			case "Hypervisor vendor":
-				m.Hypervisor = strings.TrimSpace(v)
-			}
-		}
-	}
-	if f, err := os.Open("/proc/meminfo"); err == nil {
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			if v, ok := strings.CutPrefix(sc.Text(), "MemTotal:"); ok {
-				kb, _ := strconv.ParseFloat(strings.Fields(v)[0], 64)
-				m.MemGiB = math.Round(kb/1024/1024*10) / 10
-			}
-		}
-		f.Close()
-	}
-	first := func(name string, args ...string) string {
-		out, err := exec.Command(name, args...).CombinedOutput()
-		if err != nil {
-			return ""
-		}
-		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-			if line = strings.TrimSpace(line); line != "" {
-				return line
-			}
-		}
-		return ""
-	}
-	m.Kernel = first("uname", "-r")
-	m.Envoy = strings.TrimSpace(strings.TrimPrefix(first(t.envoy, "--version"), t.envoy))
+	m.CPUModel, m.Hypervisor = host.CPUInfo()
+	m.MemGiB = math.Round(host.MemKiB()/1024/1024*10) / 10
+	m.Kernel = host.FirstLine("uname", "-r")
+	m.Envoy = strings.TrimSpace(strings.TrimPrefix(host.FirstLine(t.envoy, "--version"), t.envoy))
 	if out, err := exec.Command("go", "version", "-m", t.ratelimit).Output(); err == nil {
 		for _, line := range strings.Split(string(out), "\n") {
 			f := strings.Fields(line)
@@ -546,14 +508,14 @@ func machineInfo(root string, t tools) Machine {
 			}
 		}
 	}
-	m.Redis = first(t.redis, "--version")
-	m.Node = first("node", "--version")
+	m.Redis = host.FirstLine(t.redis, "--version")
+	m.Node = host.FirstLine("node", "--version")
 	if py := filepath.Join(peersDir(root), "litellm", "bin", "python"); fileExists(py) {
-		m.Python = first(py, "--version")
+		m.Python = host.FirstLine(py, "--version")
 	} else {
-		m.Python = first("python3", "--version")
+		m.Python = host.FirstLine("python3", "--version")
 	}
-	m.Commit = first("git", "-C", root, "rev-parse", "--short", "HEAD")
+	m.Commit = host.FirstLine("git", "-C", root, "rev-parse", "--short", "HEAD")
 	if out, err := exec.Command("git", "-C", root, "status", "--porcelain").Output(); err == nil {
 		m.Dirty = len(strings.TrimSpace(string(out))) > 0
 	}

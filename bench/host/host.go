@@ -22,27 +22,57 @@ type Machine struct {
 	GoVersion string `json:"go_version"`
 }
 
+// Describe describes this machine.
 func Describe() Machine {
 	m := Machine{NProc: runtime.NumCPU(), GoVersion: runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH}
-	if out, err := exec.Command("lscpu").Output(); err == nil {
-		for _, line := range strings.Split(string(out), "\n") {
-			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "Model name" {
-				m.CPUModel = strings.TrimSpace(v)
-			}
-		}
+	m.CPUModel, _ = CPUInfo()
+	if kb := MemKiB(); kb > 0 {
+		m.MemTotal = fmt.Sprintf("%.1f GiB", kb/1024/1024)
 	}
-	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
-		for _, line := range strings.Split(string(b), "\n") {
-			if f := strings.Fields(line); len(f) >= 2 && f[0] == "MemTotal:" {
-				kb, _ := strconv.ParseFloat(f[1], 64)
-				m.MemTotal = fmt.Sprintf("%.1f GiB", kb/1024/1024)
-			}
-		}
-	}
-	if out, err := exec.Command("uname", "-sr").Output(); err == nil {
-		m.Kernel = strings.TrimSpace(string(out))
-	}
+	m.Kernel = FirstLine("uname", "-sr")
 	return m
+}
+
+// CPUInfo is lscpu's model name and hypervisor vendor ("" on bare metal).
+func CPUInfo() (model, hypervisor string) {
+	out, _ := exec.Command("lscpu").Output()
+	for _, line := range strings.Split(string(out), "\n") {
+		k, v, _ := strings.Cut(line, ":")
+		switch strings.TrimSpace(k) {
+		case "Model name":
+			model = strings.TrimSpace(v)
+		case "Hypervisor vendor":
+			hypervisor = strings.TrimSpace(v)
+		}
+	}
+	return model, hypervisor
+}
+
+// MemKiB is the machine's memory (MemTotal in /proc/meminfo).
+func MemKiB() float64 {
+	b, _ := os.ReadFile("/proc/meminfo")
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "MemTotal:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb
+		}
+	}
+	return 0
+}
+
+// FirstLine is the first non-empty line a command prints (stdout and stderr), "" if it
+// fails: how tools report their version.
+func FirstLine(name string, args ...string) string {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if line = strings.TrimSpace(line); line != "" {
+			return line
+		}
+	}
+	return ""
 }
 
 func GitCommit() string {
