@@ -50,9 +50,7 @@ import (
 )
 
 type options struct {
-	out          string
-	llmedge      string
-	runs         int
+	host.Flags
 	checks       int
 	warmup       int
 	concurrency  int
@@ -64,14 +62,11 @@ type options struct {
 	floor        bool
 	serverEnv    []string
 	floorWorkers int
-	maxOther     float64
 }
 
 func main() {
 	var o options
-	flag.StringVar(&o.out, "out", "docs/bench", "directory for authz.json ('' writes nothing)")
-	flag.StringVar(&o.llmedge, "llmedge", "", "llmedge binary (default: go build ./cmd/llmedge into a temporary directory)")
-	flag.IntVar(&o.runs, "runs", 3, "runs, each with a fresh extauthz")
+	o.Register("authz.json", "runs, each with a fresh extauthz")
 	flag.IntVar(&o.checks, "checks", 50000, "sequential Checks timed per run")
 	flag.IntVar(&o.warmup, "warmup", 5000, "Checks before each measurement, not timed")
 	flag.IntVar(&o.concurrency, "concurrency", 32, "Checks in flight in the throughput phase")
@@ -81,7 +76,6 @@ func main() {
 	flag.BoolVar(&o.pin, "pin", runtime.NumCPU() >= 2, "pin extauthz to CPU 0 and this process to CPU 1")
 	flag.BoolVar(&o.gotest, "gotest", true, "also run the extauthz Check benchmarks (go test) and record their medians")
 	flag.BoolVar(&o.floor, "floor", true, "also measure the floor: a server answering every Check with a fixed response, run like extauthz")
-	flag.Float64Var(&o.maxOther, "max-other-load", 0.25, "a run during which other processes used more CPU than this (cores) is repeated, at most twice")
 	serverEnv := flag.String("server-env", "", "extra environment for the servers, comma-separated (e.g. GOGC=400), for experiments")
 	floorGRPC := flag.String("serve-floor", "", "internal: serve the floor Authorization service on this address")
 	floorHTTP := flag.String("serve-floor-http", "", "internal: its /readyz address")
@@ -192,8 +186,8 @@ func run(o options) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	if o.llmedge == "" {
-		if o.llmedge, err = host.BuildLLMedge(dir); err != nil {
+	if o.LLMedge == "" {
+		if o.LLMedge, err = host.BuildLLMedge(dir); err != nil {
 			return err
 		}
 	}
@@ -202,7 +196,7 @@ func run(o options) error {
 		return err
 	}
 	cp, cpAddrs, err := host.StartServer(dir, "controlplane", nil, func(a []string) []string {
-		return []string{o.llmedge, "controlplane", "--config", filepath.Join(dir, "routes.yaml"), "--xds-listen", a[0], "--http-listen", a[1]}
+		return []string{o.LLMedge, "controlplane", "--config", filepath.Join(dir, "routes.yaml"), "--xds-listen", a[0], "--http-listen", a[1]}
 	}, 2, 1)
 	if err != nil {
 		return err
@@ -220,7 +214,7 @@ func run(o options) error {
 		return err
 	}
 	printSummary(o, rep)
-	return host.WriteJSON(o.out, "authz.json", rep)
+	return host.WriteJSON(o.Out, "authz.json", rep)
 }
 
 func newReport(o options) Report {
@@ -245,9 +239,9 @@ func newReport(o options) Report {
 
 // runAll runs -runs fresh extauthz processes (repeating disturbed ones) and takes the medians.
 func runAll(o options, rep *Report, dir, cpXDS string, reqs []*authv3.CheckRequest) error {
-	for r := range o.runs {
-		fmt.Fprintf(os.Stderr, "run %d/%d\n", r+1, o.runs)
-		res, repeated, err := host.Repeat(o.maxOther, func() (Run, float64, error) {
+	for r := range o.Runs {
+		fmt.Fprintf(os.Stderr, "run %d/%d\n", r+1, o.Runs)
+		res, repeated, err := host.Repeat(o.MaxOther, func() (Run, float64, error) {
 			res, err := runOnce(o, dir, cpXDS, reqs)
 			return res, res.maxOther(), err
 		})
@@ -357,7 +351,7 @@ func runOnce(o options, dir, cpXDS string, reqs []*authv3.CheckRequest) (Run, er
 	}
 	// extauthz is ready once it holds the policy from the control plane.
 	ea, addrs, err := host.StartServer(dir, "extauthz", env, func(a []string) []string {
-		return pinned([]string{o.llmedge, "extauthz", "--region", benchconfig.CheckRegion, "--xds", cpXDS, "--grpc-listen", a[0],
+		return pinned([]string{o.LLMedge, "extauthz", "--region", benchconfig.CheckRegion, "--xds", cpXDS, "--grpc-listen", a[0],
 			"--http-listen", a[1], "--keys-dir", filepath.Join(dir, "keys")})
 	}, 2, 1)
 	if err != nil {

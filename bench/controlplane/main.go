@@ -45,30 +45,24 @@ import (
 )
 
 type options struct {
-	out        string
-	llmedge    string
+	host.Flags
 	clients    []int
-	runs       int
 	edits      int
 	perConn    int
 	holdoff    time.Duration
 	gap        time.Duration
 	cpuprofile string
-	maxOther   float64
 }
 
 func main() {
 	var o options
 	var clients string
-	flag.StringVar(&o.out, "out", "docs/bench", "directory for controlplane.json ('' writes nothing)")
-	flag.StringVar(&o.llmedge, "llmedge", "", "llmedge binary (default: go build ./cmd/llmedge into a temporary directory)")
+	o.Register("controlplane.json", "runs per client count, each with a fresh control plane")
 	flag.StringVar(&clients, "clients", "100,1000", "simulated ADS clients per scenario, comma-separated")
-	flag.IntVar(&o.runs, "runs", 3, "runs per client count, each with a fresh control plane")
 	flag.IntVar(&o.edits, "edits", 10, "routes YAML edits per run")
 	flag.IntVar(&o.perConn, "streams-per-conn", 100, "ADS streams per gRPC ClientConn")
 	flag.DurationVar(&o.holdoff, "watch-holdoff", 30*time.Millisecond, "passed to llmedge controlplane --watch-holdoff (30ms is its default)")
 	flag.DurationVar(&o.gap, "gap", 500*time.Millisecond, "pause between edits")
-	flag.Float64Var(&o.maxOther, "max-other-load", 0.25, "a run during whose edits other processes used more CPU than this (cores) is repeated, at most twice")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "run the control plane in-process and write a CPU profile of the edit phase to <value>-<clients>.pprof")
 	flag.Parse()
 	for _, s := range strings.Split(clients, ",") {
@@ -161,13 +155,13 @@ func run(o options) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	inProcess := o.cpuprofile != ""
-	if !inProcess && o.llmedge == "" {
+	if !inProcess && o.LLMedge == "" {
 		dir, err := os.MkdirTemp("", "llmedge-bench-bin-")
 		if err != nil {
 			return err
 		}
 		defer os.RemoveAll(dir)
-		if o.llmedge, err = host.BuildLLMedge(dir); err != nil {
+		if o.LLMedge, err = host.BuildLLMedge(dir); err != nil {
 			return err
 		}
 	}
@@ -183,7 +177,7 @@ func run(o options) error {
 	if inProcess {
 		return nil
 	}
-	return host.WriteJSON(o.out, "controlplane.json", rep)
+	return host.WriteJSON(o.Out, "controlplane.json", rep)
 }
 
 func newReport(o options) Report {
@@ -199,9 +193,9 @@ func newReport(o options) Report {
 // scenario runs -runs fresh control planes serving n clients (repeating disturbed runs).
 func scenario(ctx context.Context, o options, rep *Report, n int, inProcess bool) (Scenario, error) {
 	sc := Scenario{Clients: n, ClientConns: (n + o.perConn - 1) / o.perConn}
-	for r := range o.runs {
-		fmt.Fprintf(os.Stderr, "clients=%d run %d/%d\n", n, r+1, o.runs)
-		res, repeated, err := host.Repeat(o.maxOther, func() (Run, float64, error) {
+	for r := range o.Runs {
+		fmt.Fprintf(os.Stderr, "clients=%d run %d/%d\n", n, r+1, o.Runs)
+		res, repeated, err := host.Repeat(o.MaxOther, func() (Run, float64, error) {
 			res, err := runOnce(ctx, o, n, inProcess)
 			return res, res.OtherCPUCores, err
 		})
@@ -234,7 +228,7 @@ type cpProcess struct {
 func startControlPlane(ctx context.Context, o options, dir, cfgPath string, inProcess bool) (*cpProcess, error) {
 	if !inProcess {
 		p, addrs, err := host.StartServer(dir, "controlplane", nil, func(a []string) []string {
-			return []string{o.llmedge, "controlplane", "--config", cfgPath, "--xds-listen", a[0], "--http-listen", a[1],
+			return []string{o.LLMedge, "controlplane", "--config", cfgPath, "--xds-listen", a[0], "--http-listen", a[1],
 				"--watch-holdoff", o.holdoff.String(), "--log-format", "json", "--log-level", "info"}
 		}, 2, 1)
 		if err != nil {

@@ -8,7 +8,6 @@ import (
 	"sort"
 	"strings"
 
-
 	"github.com/llmedge/llmedge/bench/host"
 )
 
