@@ -178,23 +178,29 @@ func (c *simClient) run(ctx context.Context, cc *grpc.ClientConn, f *fleet) erro
 			if err := stream.Send(ack); err != nil {
 				return err
 			}
-			at := time.Now().UnixNano()
-			v := resp.GetVersionInfo()
-			if prev := c.routesVersion.Load(); *prev != v {
-				c.routesAckAt.Store(at)
-				c.routesVersion.Store(&v)
-				c.synced.Or(4)
-				f.routeChanges.Add(1)
-				select {
-				case f.poke <- struct{}{}:
-				default:
-				}
-			}
+			c.routesAcked(f, resp.GetVersionInfo())
 		default:
 			// Anything else (none expected) is ACKed as Envoy would.
 			if err := stream.Send(ack); err != nil {
 				return err
 			}
 		}
+	}
+}
+
+// routesAcked records that the client has just handed gRPC its ACK of routes version v;
+// a version other than the last one counts as a change for the fleet.
+func (c *simClient) routesAcked(f *fleet, v string) {
+	at := time.Now().UnixNano()
+	if prev := c.routesVersion.Load(); *prev == v {
+		return
+	}
+	c.routesAckAt.Store(at)
+	c.routesVersion.Store(&v)
+	c.synced.Or(4)
+	f.routeChanges.Add(1)
+	select {
+	case f.poke <- struct{}{}:
+	default:
 	}
 }

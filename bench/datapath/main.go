@@ -65,6 +65,30 @@ func logf(format string, args ...any) {
 }
 
 func main() {
+	o := parseFlags()
+	if o.render != "" {
+		if err := render(o); err != nil {
+			fatalf("%v", err)
+		}
+		return
+	}
+	if o.pin {
+		o.pin = pinSelf()
+	}
+	// Fewer GC pauses in the load generator's own timings.
+	debug.SetGCPercent(400)
+
+	root, err := repoRoot()
+	if err != nil {
+		fatalf("%v", err)
+	}
+	if err := run(root, o); err != nil {
+		fatalf("%v", err)
+	}
+}
+
+// parseFlags reads the command line.
+func parseFlags() options {
 	var o options
 	var rates, peerRates string
 	flag.StringVar(&o.out, "out", "docs/bench", "directory for datapath.json, datapath.md and datapath.png")
@@ -94,43 +118,31 @@ func main() {
 		o.rounds, o.n, o.warmup, o.stepRounds, o.rates, o.peerRates, o.stepDur = 1, 50, 10, 1, []int{100}, nil, time.Second
 		o.streamRounds, o.streamN, o.chunks, o.chunkGap, o.peers, o.waitQuiet = 1, 1, 3, 10*time.Millisecond, false, 0
 	}
+	return o
+}
 
-	if o.render != "" {
-		if err := render(o); err != nil {
-			fatalf("%v", err)
-		}
-		return
+// pinSelf pins this process (the load generator) to the world CPU by re-executing under
+// taskset; every child inherits it unless started with another CPU. It returns whether
+// the run is pinned (it does not return when it re-executes).
+func pinSelf() bool {
+	if os.Getenv("LLMEDGE_BENCH_PINNED") != "" {
+		return true
 	}
-	// Pin this process (the load generator) to the world CPU by re-executing under taskset;
-	// every child inherits it unless started with another CPU.
-	if o.pin && os.Getenv("LLMEDGE_BENCH_PINNED") == "" && runtime.NumCPU() < 2 {
+	if runtime.NumCPU() < 2 {
 		logf("fewer than 2 CPUs: not pinning")
-		o.pin = false
+		return false
 	}
-	if o.pin && os.Getenv("LLMEDGE_BENCH_PINNED") == "" {
-		ts, err := exec.LookPath("taskset")
-		if err != nil {
-			fatalf("taskset not found (util-linux); run with -pin=false")
-		}
-		self, err := os.Executable()
-		if err != nil {
-			fatalf("%v", err)
-		}
-		args := append([]string{"taskset", "-c", cpuWorld, self}, os.Args[1:]...)
-		if err := syscall.Exec(ts, args, append(os.Environ(), "LLMEDGE_BENCH_PINNED=1")); err != nil {
-			fatalf("re-exec under taskset: %v", err)
-		}
+	ts, err := exec.LookPath("taskset")
+	if err != nil {
+		fatalf("taskset not found (util-linux); run with -pin=false")
 	}
-	// Fewer GC pauses in the load generator's own timings.
-	debug.SetGCPercent(400)
-
-	root, err := repoRoot()
+	self, err := os.Executable()
 	if err != nil {
 		fatalf("%v", err)
 	}
-	if err := run(root, o); err != nil {
-		fatalf("%v", err)
-	}
+	args := append([]string{"taskset", "-c", cpuWorld, self}, os.Args[1:]...)
+	fatalf("re-exec under taskset: %v", syscall.Exec(ts, args, append(os.Environ(), "LLMEDGE_BENCH_PINNED=1")))
+	return false
 }
 
 func parseRates(flagName, list string) []int {
@@ -324,7 +336,7 @@ func finish(res *Results, s *stack, r *runner, noise noiseSnap, guard *noiseGuar
 		if !p.exited() {
 			res.PeakRSS[p.name] = peakRSS(p)
 		} else if p.role != "" {
-			res.Notes = append(res.Notes, fmt.Sprintf("%s exited during the run (%v); last log lines: %s", p.name, p.err, p.logTail(5)))
+			res.Notes = append(res.Notes, fmt.Sprintf("%s exited during the run (%v); last log lines: %s", p.name, p.Err, p.logTail(5)))
 		}
 	}
 	res.Machine.LoadAvgEnd = loadavg()

@@ -226,12 +226,7 @@ func (s stepResult) sustained() bool {
 func step(r *runner, t *target, tr *http.Transport, rate int, dur time.Duration) stepResult {
 	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
 	att := vegeta.NewAttacker(vegeta.Workers(8), vegeta.MaxWorkers(4096), vegeta.MaxBody(64<<10), vegeta.Client(client))
-	hdr := http.Header{}
-	hdr.Set("Content-Type", "application/json")
-	for k, v := range t.Headers {
-		hdr.Set(k, v)
-	}
-	targeter := vegeta.NewStaticTargeter(vegeta.Target{Method: http.MethodPost, URL: t.URL, Body: []byte(chatBody), Header: hdr})
+	targeter := vegeta.NewStaticTargeter(vegeta.Target{Method: http.MethodPost, URL: t.URL, Body: []byte(chatBody), Header: t.request(chatBody, nil).Header})
 	lat := make([]time.Duration, 0, int(float64(rate)*dur.Seconds())+16)
 	res := stepResult{Rate: rate}
 	var ovBefore map[string]int64
@@ -260,14 +255,7 @@ func step(r *runner, t *target, tr *http.Transport, rate int, dur time.Duration)
 	}
 	res.CPUPer1k = cpuPer1k(r, t.Procs, before, res.Sent)
 	if t.Overflows != nil {
-		for k, v := range t.Overflows() {
-			if d := v - ovBefore[k]; d != 0 {
-				if res.Overflows == nil {
-					res.Overflows = map[string]int64{}
-				}
-				res.Overflows[k] = d
-			}
-		}
+		res.Overflows = counterDeltas(ovBefore, t.Overflows())
 	}
 	if span := last.Sub(first).Seconds(); span > 0 {
 		res.Throughput = float64(res.OK) / span
@@ -318,4 +306,18 @@ func streamOnce(t *target, c *http.Client, chunks int, interval time.Duration) s
 		}
 	}
 	return s
+}
+
+// counterDeltas are the counters that moved from before to after (nil: none).
+func counterDeltas(before, after map[string]int64) map[string]int64 {
+	var out map[string]int64
+	for k, v := range after {
+		if d := v - before[k]; d != 0 {
+			if out == nil {
+				out = map[string]int64{}
+			}
+			out[k] = d
+		}
+	}
+	return out
 }

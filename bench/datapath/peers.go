@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/llmedge/llmedge/bench/host"
 )
 
 // peer is another LLM gateway measured with the same method, or the reason it could not be.
@@ -144,6 +146,6 @@ func startLiteLLM(r *runner, root, fakeAddr string, port int) *peer {
 		},
 		// No network here: use the bundled model cost map instead of fetching it.
 		env:   []string{"LITELLM_LOCAL_MODEL_COST_MAP=True", "LITELLM_LOG=ERROR", "DISABLE_ADMIN_UI=True", "HOME=" + r.dir},
-		ready: httpOK(fmt.Sprintf("http://127.0.0.1:%d/health/liveliness", port)), timeout: 120 * time.Second,
+		ready: host.HTTPOK(fmt.Sprintf("http://127.0.0.1:%d/health/liveliness", port)), timeout: 120 * time.Second,
 	}.start(r, root, p)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -12,19 +13,17 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/llmedge/llmedge/bench/host"
 )
 
 // proc is a child process in a process group of its own, so that its CPU time and memory can
 // be summed over everything it forks (LiteLLM's uvicorn, shell wrappers) and it can be
 // stopped as a whole.
 type proc struct {
+	*host.Proc
 	name string // e.g. envoy-full, extauthz-full, ratelimit, redis, fakellm
 	role string // envoy, extauthz, ratelimit, redis, fake, controlplane, peer
-	cpu  string // the CPU list it is pinned to ("" = not pinned)
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
-	err  error
 }
 
 // runner starts processes, pinned to a CPU with taskset when pinning is on.
@@ -35,72 +34,29 @@ type runner struct {
 	tick float64 // clock ticks per second (utime/stime unit)
 }
 
-// start runs args as a new process group. stdout goes to stdoutPath (the log when empty).
+// start runs args as a new process group with exactly env. stdout goes to stdoutPath (the
+// log when empty).
 func (r *runner) start(name, role, cpu string, env []string, stdoutPath string, args ...string) (*proc, error) {
-	logPath := filepath.Join(r.dir, "logs", name+".log")
-	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
-		return nil, err
-	}
-	lf, err := os.Create(logPath)
-	if err != nil {
+	logs := filepath.Join(r.dir, "logs")
+	if err := os.MkdirAll(logs, 0o755); err != nil {
 		return nil, err
 	}
 	if r.pin && cpu != "" {
 		args = append([]string{"taskset", "-c", cpu}, args...)
-	} else {
-		cpu = ""
 	}
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Dir = r.dir
-	cmd.Env = env
-	cmd.Stderr = lf
-	cmd.Stdout = lf
-	if stdoutPath != "" {
-		out, err := os.OpenFile(stdoutPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-		if err != nil {
-			lf.Close()
-			return nil, err
-		}
-		cmd.Stdout = out
+	hp, err := host.Run(host.Spec{Dir: logs, Name: name, Argv: args, Env: env, Stdout: stdoutPath, Group: true})
+	if err != nil {
+		return nil, err
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		lf.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &proc{name: name, role: role, cpu: cpu, cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		lf.Close()
-		close(p.done)
-	}()
+	p := &proc{Proc: hp, name: name, role: role}
 	r.all = append(r.all, p)
 	return p, nil
 }
 
-func (p *proc) pid() int { return p.cmd.Process.Pid }
+func (p *proc) pid() int     { return p.Pid }
+func (p *proc) exited() bool { return p.Done() }
 
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// stop sends SIGTERM to the group, then SIGKILL after grace.
-func (p *proc) stop(grace time.Duration) {
-	if !p.exited() {
-		_ = syscall.Kill(-p.pid(), syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(grace):
-		}
-	}
-	_ = syscall.Kill(-p.pid(), syscall.SIGKILL)
-	<-p.done
-}
+func (p *proc) stop(grace time.Duration) { p.StopWithin(grace) }
 
 // freeze stops (SIGSTOP) or resumes (SIGCONT) the whole process group: a peer gateway that
 // is not being measured must not do background work on the edge's CPU while others are.
@@ -112,7 +68,7 @@ func (p *proc) freeze(on bool) {
 	if on {
 		sig = syscall.SIGSTOP
 	}
-	_ = syscall.Kill(-p.pid(), sig)
+	p.Signal(sig)
 }
 
 func (r *runner) stopAll() {
@@ -124,7 +80,7 @@ func (r *runner) stopAll() {
 
 // logTail returns the last n lines of the process log.
 func (p *proc) logTail(n int) string {
-	b, _ := os.ReadFile(p.log)
+	b, _ := os.ReadFile(p.LogPath)
 	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
@@ -233,32 +189,13 @@ var plainClient = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transp
 
 // waitFor polls check until it succeeds, the process exits or timeout passes.
 func waitFor(what string, p *proc, timeout time.Duration, check func() error) error {
-	deadline := time.Now().Add(timeout)
-	var last error
-	for time.Now().Before(deadline) {
-		if p != nil && p.exited() {
-			return fmt.Errorf("%s: %s exited (%v):\n%s", what, p.name, p.err, p.logTail(20))
-		}
-		if last = check(); last == nil {
-			return nil
-		}
-		time.Sleep(50 * time.Millisecond)
+	switch err := host.Poll(check, timeout, p.Exited); {
+	case errors.Is(err, host.ErrExited):
+		return fmt.Errorf("%s: %s exited (%v):\n%s", what, p.name, p.Err, p.logTail(20))
+	case err != nil:
+		return fmt.Errorf("%s: %w", what, err)
 	}
-	return fmt.Errorf("%s: not ready after %s: %v", what, timeout, last)
-}
-
-func httpOK(url string) func() error {
-	return func() error {
-		resp, err := plainClient.Get(url)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("GET %s: %d", url, resp.StatusCode)
-		}
-		return nil
-	}
+	return nil
 }
 
 func tcpOpen(addr string) func() error {

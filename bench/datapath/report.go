@@ -444,31 +444,11 @@ func (b *report) peersTable() {
 
 // overflowSteps writes the ladder steps in which Envoy's overflow counters moved.
 func (b *report) overflowSteps() {
-	res := b.res
 	b.w("## Circuit breakers and overflows\n\n")
 	b.w("Envoy counters for circuit-breaker overflows, pending-request failures, retries and upstream timeouts, read before and " +
 		"after every ladder step. llmedge's translated clusters (upstream, extauthz, ratelimit) keep Envoy's default circuit " +
 		"breakers (1,024 connections / pending / requests / 3 retries); the static configs raise the upstream's out of the way.\n\n")
-	var inPassing, inFailing []string
-	for _, s := range res.Scenarios {
-		for ri, round := range s.Steps {
-			for _, st := range round {
-				if len(st.Overflows) == 0 {
-					continue
-				}
-				var kv []string
-				for _, k := range sortedKeys(st.Overflows) {
-					kv = append(kv, fmt.Sprintf("`%s` %d", k, st.Overflows[k]))
-				}
-				line := fmt.Sprintf("%s, round %d, %s rps (p99 %s, %d errors): %s", s.Label, ri+1, fmtInt(st.Rate), fmtUS(st.P99), st.Errors, strings.Join(kv, ", "))
-				if st.Pass50 {
-					inPassing = append(inPassing, line)
-				} else {
-					inFailing = append(inFailing, line)
-				}
-			}
-		}
-	}
+	inPassing, inFailing := overflowLines(b.res)
 	switch {
 	case len(inPassing) == 0 && len(inFailing) == 0:
 		b.w("None moved in any step: the default circuit breakers never interfered.\n\n")
@@ -606,4 +586,29 @@ func sortedKeys[K int | string, V any](m map[K]V) []K {
 	}
 	sort.Slice(keys, func(i, j int) bool { return keys[i] < keys[j] })
 	return keys
+}
+
+// overflowLines describes each ladder step in which overflow counters moved, split by
+// whether the step passed (p99 < 50 ms).
+func overflowLines(res *Results) (inPassing, inFailing []string) {
+	for _, s := range res.Scenarios {
+		for ri, round := range s.Steps {
+			for _, st := range round {
+				if len(st.Overflows) == 0 {
+					continue
+				}
+				var kv []string
+				for _, k := range sortedKeys(st.Overflows) {
+					kv = append(kv, fmt.Sprintf("`%s` %d", k, st.Overflows[k]))
+				}
+				line := fmt.Sprintf("%s, round %d, %s rps (p99 %s, %d errors): %s", s.Label, ri+1, fmtInt(st.Rate), fmtUS(st.P99), st.Errors, strings.Join(kv, ", "))
+				if st.Pass50 {
+					inPassing = append(inPassing, line)
+				} else {
+					inFailing = append(inFailing, line)
+				}
+			}
+		}
+	}
+	return inPassing, inFailing
 }

@@ -19,6 +19,8 @@ import (
 
 	"github.com/llmedge/llmedge/controlplane/config"
 	"github.com/llmedge/llmedge/internal/token"
+
+	"github.com/llmedge/llmedge/bench/host"
 )
 
 // CPU placement on the 2-core machine (-pin): the load generator (this program), the fake
@@ -147,7 +149,7 @@ func (s *stack) startFake() error {
 	}
 	fakeKey := map[string]string{"authorization": "Bearer sk-bench-fake-key"}
 	s.variants[vDirect] = variant{url: "http://" + s.fakeAddr + "/v1/chat/completions", headers: fakeKey, procs: []*proc{s.fake}}
-	return waitFor("fakellm", s.fake, 15*time.Second, httpOK("http://"+s.fakeAddr+"/_fake/healthz"))
+	return waitFor("fakellm", s.fake, 15*time.Second, host.HTTPOK("http://"+s.fakeAddr+"/_fake/healthz"))
 }
 
 // writeKeys writes the key extauthz injects for the upstream (the fake accepts any) and
@@ -252,7 +254,7 @@ func (s *stack) startRegions(name, cfg string, regions ...region) error {
 	if err != nil {
 		return err
 	}
-	if err := waitFor(name, cp, 20*time.Second, httpOK(fmt.Sprintf("http://%s/readyz", addr(httpPort)))); err != nil {
+	if err := waitFor(name, cp, 20*time.Second, host.HTTPOK(fmt.Sprintf("http://%s/readyz", addr(httpPort)))); err != nil {
 		return err
 	}
 	for _, r := range regions {
@@ -290,7 +292,7 @@ func (s *stack) startExtAuthz(r region, xds int) (*proc, error) {
 	if err != nil {
 		return nil, err
 	}
-	return p, waitFor("extauthz "+r.name, p, 20*time.Second, httpOK(fmt.Sprintf("http://%s/readyz", addr(httpPort))))
+	return p, waitFor("extauthz "+r.name, p, 20*time.Second, host.HTTPOK(fmt.Sprintf("http://%s/readyz", addr(httpPort))))
 }
 
 // startRateLimit starts envoyproxy/ratelimit configured as compose.yaml does (Prometheus
@@ -318,7 +320,7 @@ func (s *stack) startRateLimit(r region, xds int) (*proc, error) {
 	if err != nil {
 		return nil, err
 	}
-	return p, waitFor(name, p, 30*time.Second, httpOK(fmt.Sprintf("http://127.0.0.1:%d/healthcheck", httpPort)))
+	return p, waitFor(name, p, 30*time.Second, host.HTTPOK(fmt.Sprintf("http://127.0.0.1:%d/healthcheck", httpPort)))
 }
 
 // bootstrapEnvoy writes `llmedge bootstrap`'s config for the region; it returns the
@@ -365,7 +367,7 @@ func (s *stack) startEnvoy(name, path string, listen int, v variant) error {
 	}
 	v.procs = append(append([]*proc{p}, v.procs...), s.fake)
 	s.variants[name] = v
-	if err := waitFor("envoy "+name, p, 30*time.Second, httpOK(fmt.Sprintf("http://127.0.0.1:%d/ready", v.admin))); err != nil {
+	if err := waitFor("envoy "+name, p, 30*time.Second, host.HTTPOK(fmt.Sprintf("http://127.0.0.1:%d/ready", v.admin))); err != nil {
 		return err
 	}
 	return waitFor("envoy "+name+" listener", p, 30*time.Second, tcpOpen(addr(listen)))

@@ -116,28 +116,51 @@ func FreeAddr() (string, error) {
 	return ln.Addr().String(), nil
 }
 
-// WaitHTTP polls url until it answers 200, the timeout passes or exited is closed.
-func WaitHTTP(url string, timeout time.Duration, exited <-chan struct{}) error {
+// ErrExited is Poll's error when the process it waits for exits.
+var ErrExited = errors.New("exited")
+
+// Poll calls check every 20 ms until it succeeds, exited is closed (ErrExited) or the
+// timeout passes.
+func Poll(check func() error, timeout time.Duration, exited <-chan struct{}) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		select {
 		case <-exited:
-			return errors.New("exited")
+			return ErrExited
 		default:
 		}
-		resp, err := http.Get(url)
+		err := check()
 		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			err = fmt.Errorf("%s: %s", url, resp.Status)
+			return nil
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("not ready within %v: %v", timeout, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// loopback is an HTTP client that never goes through a proxy.
+var loopback = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}
+
+// HTTPOK is a check that GET url answers 200.
+func HTTPOK(url string) func() error {
+	return func() error {
+		resp, err := loopback.Get(url)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET %s: %s", url, resp.Status)
+		}
+		return nil
+	}
+}
+
+// WaitHTTP polls url until it answers 200, the timeout passes or exited is closed.
+func WaitHTTP(url string, timeout time.Duration, exited <-chan struct{}) error {
+	return Poll(HTTPOK(url), timeout, exited)
 }
 
 // BuildLLMedge builds ./cmd/llmedge (run from the repository root) into dir and returns
@@ -153,46 +176,102 @@ func BuildLLMedge(dir string) (string, error) {
 	return path, nil
 }
 
-// Proc is a child process with its output in a log file.
+// Spec describes a child process.
+type Spec struct {
+	Dir, Name string   // its output goes to Dir/Name.log
+	Argv      []string // command and arguments
+	Env       []string // its whole environment
+	Stdout    string   // file for its standard output ("" = the log)
+	Group     bool     // a process group of its own: signals reach everything it forks
+}
+
+// Proc is a running child process, which dies with this process.
 type Proc struct {
 	Pid     int
 	LogPath string
 	Exited  chan struct{}
+	Err     error // how it exited, once Exited is closed
 	cmd     *exec.Cmd
-	logf    *os.File
+	group   bool
 }
 
-// Start runs argv with env added to this process's environment, output to dir/name.log.
-// The child dies with this process.
-func Start(dir, name string, env, argv []string) (*Proc, error) {
-	logPath := filepath.Join(dir, name+".log")
+// Run starts the process the spec describes.
+func Run(s Spec) (*Proc, error) {
+	logPath := filepath.Join(s.Dir, s.Name+".log")
 	logf, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
+	files := []*os.File{logf}
+	cmd := exec.Command(s.Argv[0], s.Argv[1:]...)
+	cmd.Dir, cmd.Env, cmd.Stdout, cmd.Stderr = s.Dir, s.Env, logf, logf
+	if s.Stdout != "" {
+		out, err := os.OpenFile(s.Stdout, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		if err != nil {
+			logf.Close()
+			return nil, err
+		}
+		cmd.Stdout, files = out, append(files, out)
 	}
-	p := &Proc{Pid: cmd.Process.Pid, LogPath: logPath, Exited: make(chan struct{}), cmd: cmd, logf: logf}
-	go func() { _ = cmd.Wait(); close(p.Exited) }()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: s.Group, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		for _, f := range files {
+			f.Close()
+		}
+		return nil, fmt.Errorf("start %s: %w", s.Name, err)
+	}
+	p := &Proc{Pid: cmd.Process.Pid, LogPath: logPath, Exited: make(chan struct{}), cmd: cmd, group: s.Group}
+	go func() {
+		p.Err = cmd.Wait()
+		for _, f := range files {
+			f.Close()
+		}
+		close(p.Exited)
+	}()
 	return p, nil
 }
 
+// Start runs argv in dir with env added to this process's environment, output to
+// dir/name.log.
+func Start(dir, name string, env, argv []string) (*Proc, error) {
+	return Run(Spec{Dir: dir, Name: name, Argv: argv, Env: append(os.Environ(), env...)})
+}
+
+// Signal sends sig to the process, or to its whole group.
+func (p *Proc) Signal(sig syscall.Signal) {
+	if p.group {
+		_ = syscall.Kill(-p.Pid, sig)
+	} else {
+		_ = p.cmd.Process.Signal(sig)
+	}
+}
+
 // Stop sends SIGTERM and, after 10 s, SIGKILL.
-func (p *Proc) Stop() {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+func (p *Proc) Stop() { p.StopWithin(10 * time.Second) }
+
+// StopWithin sends SIGTERM and, after grace (at once to a group's leftovers), SIGKILL.
+func (p *Proc) StopWithin(grace time.Duration) {
+	p.Signal(syscall.SIGTERM)
 	select {
 	case <-p.Exited:
-	case <-time.After(10 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.Exited
+	case <-time.After(grace):
 	}
-	p.logf.Close()
+	if p.group {
+		p.Signal(syscall.SIGKILL)
+	} else if !p.Done() {
+		_ = p.cmd.Process.Kill()
+	}
+	<-p.Exited
+}
+
+// Done reports whether the process has exited.
+func (p *Proc) Done() bool {
+	select {
+	case <-p.Exited:
+		return true
+	default:
+		return false
+	}
 }
 
 // Log is the end of the process's output.
