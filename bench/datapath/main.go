@@ -185,14 +185,14 @@ func run(root string, o options) error {
 	} else {
 		defer os.RemoveAll(dir)
 	}
-	r := &runner{dir: dir, pin: o.pin, tick: clockTicks()}
+	r := &runner{dir: dir, pin: o.pin}
 	defer r.stopAll()
 	t, err := findTools(root)
 	if err != nil {
 		return err
 	}
 	res.Machine = machineInfo(root, t)
-	guard := &noiseGuard{r: r, budget: o.waitQuiet, tick: r.tick, ncpu: res.Machine.NProc}
+	guard := &noiseGuard{r: r, budget: o.waitQuiet, ncpu: res.Machine.NProc}
 	if o.waitQuiet > 0 {
 		t0 := time.Now()
 		res.Machine.OtherCPUBefore = guard.waitQuiet()

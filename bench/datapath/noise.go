@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/llmedge/llmedge/bench/host"
 )
 
 // The machine is shared: other engineers run builds and benchmarks on it. Each measurement
@@ -30,7 +32,6 @@ type cpuScan struct {
 type noiseGuard struct {
 	r         *runner
 	budget    time.Duration
-	tick      float64
 	ncpu      int
 	redone    int
 	contended int
@@ -56,7 +57,7 @@ func (g *noiseGuard) scan() cpuScan {
 		if err != nil {
 			continue
 		}
-		f, err := procStatFields(pid)
+		f, err := host.StatFields(pid)
 		if err != nil || len(f) < 17 {
 			continue
 		}
@@ -70,7 +71,7 @@ func (g *noiseGuard) scan() cpuScan {
 			v, _ := strconv.ParseFloat(f[i], 64)
 			ticks += v
 		}
-		s.cpu[pid] = ticks / g.tick
+		s.cpu[pid] = ticks / host.ClkTck
 	}
 	return s
 }
@@ -109,7 +110,7 @@ func (a cpuScan) top(b cpuScan, n int) string {
 	var parts []string
 	for i := 0; i < len(us) && i < n; i++ {
 		comm := "?"
-		if f, err := procStatFields(us[i].pid); err == nil {
+		if f, err := host.StatFields(us[i].pid); err == nil {
 			comm = f[1]
 		}
 		parts = append(parts, fmt.Sprintf("%s[%d] %.2fs", comm, us[i].pid, us[i].s))

@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -28,10 +26,9 @@ type proc struct {
 
 // runner starts processes, pinned to a CPU with taskset when pinning is on.
 type runner struct {
-	dir  string // logs go to dir/logs
-	pin  bool
-	all  []*proc
-	tick float64 // clock ticks per second (utime/stime unit)
+	dir string // logs go to dir/logs
+	pin bool
+	all []*proc
 }
 
 // start runs args as a new process group with exactly env. stdout goes to stdoutPath (the
@@ -100,7 +97,7 @@ func (p *proc) groupPIDs() []int {
 		if err != nil {
 			continue
 		}
-		f, err := procStatFields(pid)
+		f, err := host.StatFields(pid)
 		if err != nil || len(f) < 5 {
 			continue
 		}
@@ -111,78 +108,23 @@ func (p *proc) groupPIDs() []int {
 	return pids
 }
 
-// procStatFields splits /proc/<pid>/stat into its fields (comm, which may hold spaces, is
-// field 2 between the parentheses).
-func procStatFields(pid int) ([]string, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return nil, err
-	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return nil, fmt.Errorf("/proc/%d/stat: no comm", pid)
-	}
-	head := strings.SplitN(string(b[:i]), " (", 2)
-	rest := strings.Fields(string(b[i+1:]))
-	return append([]string{head[0], head[1]}, rest...), nil
-}
-
-// cpuSeconds is utime+stime of every live process of the group, in seconds (field 14 and 15
-// of /proc/<pid>/stat; they include the process's exited threads).
+// cpuSeconds is the CPU time of every live process of the group, in seconds.
 func (r *runner) cpuSeconds(p *proc) float64 {
-	var ticks float64
+	var secs float64
 	for _, pid := range p.groupPIDs() {
-		f, err := procStatFields(pid)
-		if err != nil || len(f) < 15 {
-			continue
-		}
-		u, _ := strconv.ParseFloat(f[13], 64)
-		s, _ := strconv.ParseFloat(f[14], 64)
-		ticks += u + s
+		secs += host.ProcCPU(pid)
 	}
-	return ticks / r.tick
+	return secs
 }
 
 // peakRSS is VmHWM (peak resident set) summed over the group's live processes, in MiB.
 func peakRSS(p *proc) float64 {
-	var kb float64
+	var mib float64
 	for _, pid := range p.groupPIDs() {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-				f := strings.Fields(v)
-				if len(f) > 0 {
-					n, _ := strconv.ParseFloat(f[0], 64)
-					kb += n
-				}
-			}
-		}
+		hwm, _ := host.RSS(pid)
+		mib += hwm
 	}
-	return kb / 1024
-}
-
-// clockTicks is sysconf(_SC_CLK_TCK); Linux fixes USER_HZ at 100 on every architecture
-// Go supports, and getconf confirms it when present.
-func clockTicks() float64 {
-	if out, err := exec.Command("getconf", "CLK_TCK").Output(); err == nil {
-		if n, err := strconv.ParseFloat(strings.TrimSpace(string(out)), 64); err == nil && n > 0 {
-			return n
-		}
-	}
-	return 100
-}
-
-// freePort asks the kernel for a free loopback port.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return mib
 }
 
 var plainClient = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}

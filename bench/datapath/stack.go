@@ -112,7 +112,7 @@ func startStack(r *runner, root string, t tools, pipeWindow string, pipeLimit in
 // processes, so the kernel could hand one out twice).
 func (s *stack) port() int {
 	for {
-		p, err := freePort()
+		p, err := host.FreePort()
 		if err != nil {
 			fatalf("free port: %v", err)
 		}

@@ -14,25 +14,39 @@ import (
 	"time"
 )
 
-// clkTck is sysconf(_SC_CLK_TCK), the unit of /proc's CPU times: 100 on Linux.
-const clkTck = 100
+// ClkTck is sysconf(_SC_CLK_TCK), the unit of /proc's CPU times: Linux fixes USER_HZ at
+// 100 on every architecture Go supports.
+const ClkTck = 100
 
-// ProcCPU is a process's user+system CPU seconds (/proc/<pid>/stat); pid 0 is this process.
+// StatFields splits /proc/<pid>/stat into its fields, numbered from 0 (field 1 of
+// proc(5) is [0]; comm, which may hold spaces, is [1]).
+func StatFields(pid int) ([]string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	head := strings.SplitN(s[:max(i, 0)], " (", 2)
+	if i < 0 || len(head) != 2 {
+		return nil, fmt.Errorf("/proc/%d/stat: no comm", pid)
+	}
+	return append(head, strings.Fields(s[i+1:])...), nil
+}
+
+// ProcCPU is a process's user+system CPU seconds (utime and stime, fields 14 and 15 of
+// /proc/<pid>/stat; they include its exited threads); pid 0 is this process.
 func ProcCPU(pid int) float64 {
 	if pid == 0 {
 		return SelfCPU()
 	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
+	f, err := StatFields(pid)
+	if err != nil || len(f) < 15 {
 		return 0
 	}
-	// The fields after the command name (which may hold spaces) start after ") "; utime
-	// and stime are fields 14 and 15 of stat, 12 and 13 from there.
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	ut, _ := strconv.ParseFloat(f[11], 64)
-	st, _ := strconv.ParseFloat(f[12], 64)
-	return (ut + st) / clkTck
+	ut, _ := strconv.ParseFloat(f[13], 64)
+	st, _ := strconv.ParseFloat(f[14], 64)
+	return (ut + st) / ClkTck
 }
 
 // SysBusy is the machine's busy CPU seconds since boot (/proc/stat: all but idle, iowait
@@ -51,7 +65,7 @@ func SysBusy() float64 {
 		x, _ := strconv.ParseFloat(v, 64)
 		busy += x
 	}
-	return busy / clkTck
+	return busy / ClkTck
 }
 
 // RSS returns a process's peak (VmHWM) and current (VmRSS) resident set in MiB.
@@ -106,14 +120,20 @@ func (m CPUMark) Since() (child, self, otherCores float64) {
 	return child, self, max(0, n.machine-m.machine-child-self) / secs
 }
 
-// FreeAddr is a loopback address that was free a moment ago.
-func FreeAddr() (string, error) {
+// FreePort is a loopback port that was free a moment ago.
+func FreePort() (int, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return "", err
+		return 0, err
 	}
 	defer ln.Close()
-	return ln.Addr().String(), nil
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// FreeAddr is FreePort's address.
+func FreeAddr() (string, error) {
+	p, err := FreePort()
+	return fmt.Sprintf("127.0.0.1:%d", p), err
 }
 
 // ErrExited is Poll's error when the process it waits for exits.
