@@ -3,13 +3,11 @@ package e2e
 import (
 	"bytes"
 	"fmt"
-	"math"
-	"os"
-	"slices"
 	"testing"
 	"text/template"
 	"time"
 
+	"github.com/llmedge/llmedge/bench/host"
 	"github.com/llmedge/llmedge/controlplane"
 	"github.com/llmedge/llmedge/internal/benchconfig"
 	"github.com/llmedge/llmedge/internal/fakellm"
@@ -78,18 +76,16 @@ func benchWriteToACK(b *testing.B, up *upstream, tmpl, probeUpstream string) {
 			prev[r] = s.region(acked, r).Versions["routes"]
 		}
 	}
-	slices.Sort(took)
 	for _, p := range []struct {
 		unit string
 		q    float64
 	}{{"p50-ms", 0.50}, {"p90-ms", 0.90}, {"p99-ms", 0.99}, {"max-ms", 1}} {
-		b.ReportMetric(benchMillis(benchPercentile(took, p.q)), p.unit)
+		b.ReportMetric(host.Ms(host.Pct(took, p.q)), p.unit)
 	}
 	// The control plane's own share: the reload (load, validate, translate, snapshot
 	// update) it logs for every applied edit, one per iteration after the initial load.
 	reloads := benchReloads(b, s, 1+len(took))[1:]
-	slices.Sort(reloads)
-	b.ReportMetric(benchMillis(benchPercentile(reloads, 0.50)), "reload-p50-ms")
+	b.ReportMetric(host.Ms(host.Pct(reloads, 0.50)), "reload-p50-ms")
 }
 
 // benchReloads waits until the control plane has logged want applied reloads and returns
@@ -114,11 +110,7 @@ func benchReloads(b *testing.B, s *stack, want int) []time.Duration {
 // rename it over the old one.
 func benchReplace(b *testing.B, path string, doc []byte) {
 	b.Helper()
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, doc, 0o644); err != nil {
-		b.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := host.ReplaceFile(path, doc); err != nil {
 		b.Fatal(err)
 	}
 }
@@ -154,17 +146,6 @@ func benchWaitACK(b *testing.B, s *stack, prev map[string]string, nodes map[stri
 		time.Sleep(benchPollInterval)
 	}
 }
-
-// benchPercentile is the nearest-rank percentile of sorted durations.
-func benchPercentile(sorted []time.Duration, q float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	i := int(math.Ceil(q*float64(len(sorted)))) - 1
-	return sorted[max(0, min(i, len(sorted)-1))]
-}
-
-func benchMillis(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // benchRoutesTemplate is the routes YAML template of the shared benchmark config
 // (internal/benchconfig: 5 regions, 20 https upstreams allowed everywhere, host- and

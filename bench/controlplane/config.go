@@ -1,10 +1,6 @@
 package main
 
-import (
-	"os"
-
-	"github.com/llmedge/llmedge/internal/benchconfig"
-)
+import "github.com/llmedge/llmedge/internal/benchconfig"
 
 // routesYAML is the shared benchmark config (internal/benchconfig: 5 regions, 20 https
 // upstreams, 1,000 routes, some bound to hosts or headers; no callers, no quotas). rename,
@@ -12,13 +8,4 @@ import (
 // the routes version of every region.
 func routesYAML(rename string) []byte {
 	return []byte(benchconfig.YAML(benchconfig.Options{Rename: rename}))
-}
-
-// replaceFile writes doc to a temporary file and renames it over path, as editors do.
-func replaceFile(path string, doc []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, doc, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }

@@ -384,7 +384,7 @@ func runEdits(o options, cp *cpProcess, f *fleet, cfgPath string, n int) ([]edit
 		doc := routesYAML(fmt.Sprintf("r0000-e%d", k))
 		base := f.routeChanges.Load()
 		t0 := time.Now()
-		if err := replaceFile(cfgPath, doc); err != nil {
+		if err := host.ReplaceFile(cfgPath, doc); err != nil {
 			return nil, err
 		}
 		if err := waitAcks(f, base+int64(n), 60*time.Second); err != nil {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -51,20 +50,11 @@ func (g *noiseGuard) ours() map[int]bool {
 func (g *noiseGuard) scan() cpuScan {
 	ours := g.ours()
 	s := cpuScan{at: time.Now(), cpu: map[int]float64{}, ncpu: g.ncpu}
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		f, err := host.StatFields(pid)
-		if err != nil || len(f) < 17 {
-			continue
-		}
+	host.EachProcess(func(pid int, f []string) {
 		pgrp, _ := strconv.Atoi(f[4])
 		flags, _ := strconv.ParseUint(f[8], 10, 64)
 		if ours[pgrp] || flags&pfKthread != 0 {
-			continue
+			return
 		}
 		var ticks float64
 		for _, i := range []int{13, 14, 15, 16} { // utime stime cutime cstime
@@ -72,7 +62,7 @@ func (g *noiseGuard) scan() cpuScan {
 			ticks += v
 		}
 		s.cpu[pid] = ticks / host.ClkTck
-	}
+	})
 	return s
 }
 

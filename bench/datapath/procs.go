@@ -88,23 +88,11 @@ func (p *proc) logTail(n int) string {
 // groupPIDs lists the live processes of p's process group.
 func (p *proc) groupPIDs() []int {
 	pids := []int{}
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return pids
-	}
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		f, err := host.StatFields(pid)
-		if err != nil || len(f) < 5 {
-			continue
-		}
+	host.EachProcess(func(pid int, f []string) {
 		if pgrp, _ := strconv.Atoi(f[4]); pgrp == p.pid() {
 			pids = append(pids, pid)
 		}
-	}
+	})
 	return pids
 }
 

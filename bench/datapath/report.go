@@ -129,6 +129,9 @@ func (b *report) w(format string, args ...any) { fmt.Fprintf(&b.Builder, format,
 
 func (b *report) find(name string) *ScenarioResult { return find(b.res, name) }
 
+// all are llmedge's scenarios, then the peers.
+func (b *report) all() []*ScenarioResult { return append(slices.Clone(b.own), b.peers...) }
+
 func writeMarkdown(path string, res *Results) error {
 	b := &report{res: res}
 	for _, s := range res.Scenarios {
@@ -219,12 +222,10 @@ func (b *report) published() {
 // scenarios writes every scenario's latency and maximum rates.
 func (b *report) scenarios() {
 	res := b.res
-	own := b.own
-	peers := b.peers
 	b.w("## Scenarios\n\n")
 	b.w("| scenario | p50 / p99 at c=1 | added p50 | added p99 | added p50 over rounds (min–max) | max rps, p99 < 10 ms | max rps, p99 < 50 ms | errors at c=1 |\n")
 	b.w("|---|---:|---:|---:|---:|---:|---:|---:|\n")
-	for _, s := range append(slices.Clone(own), peers...) {
+	for _, s := range b.all() {
 		if s.Error != "" || len(s.Latency) == 0 {
 			b.w("| %s | not measured: %s | | | | | | |\n", s.Label, oneLine(s.Error))
 			continue
@@ -303,56 +304,49 @@ func (b *report) pipelining() {
 
 // cpuAtRate writes CPU per 1,000 requests per process role, from the ladder.
 func (b *report) cpuAtRate() {
-	own := b.own
-	peers := b.peers
 	b.w("## CPU and memory per process\n\n")
 	b.w("CPU seconds per 1,000 requests, from utime+stime in `/proc/<pid>/stat` (10 ms ticks) before and after a ladder step, " +
 		"at 1,000 rps (or, for a scenario that could not sustain it, the highest rate it did; column \"at\"); median over rounds. " +
 		"Processes that a scenario does not use are blank. The fake upstream is the same process in every scenario.\n\n")
 	b.w("| scenario | at | %s | edge total (without fake) |\n|---|---:|%s---:|\n", strings.Join(roles, " | "), strings.Repeat("---:|", len(roles)))
-	for _, s := range append(slices.Clone(own), peers...) {
-		if s.Error != "" || s.CPU == nil {
-			continue
+	for _, s := range b.all() {
+		if s.Error == "" && s.CPU != nil {
+			cells, total := roleCells(s.CPU)
+			b.w("| %s | %s rps | %s | %.3f |\n", s.Label, fmtInt(s.CPURate), cells, total)
 		}
-		r := byRole(s.CPU)
-		var cells []string
-		total := 0.0
-		for _, role := range roles {
-			v, ok := r[role]
-			if !ok {
-				cells = append(cells, "")
-				continue
-			}
-			cells = append(cells, fmt.Sprintf("%.3f", v))
-			if role != "fake" {
-				total += v
-			}
-		}
-		b.w("| %s | %s rps | %s | %.3f |\n", s.Label, fmtInt(s.CPURate), strings.Join(cells, " | "), total)
 	}
 }
 
 // cpuC1 writes CPU per 1,000 requests per process role at concurrency 1.
 func (b *report) cpuC1() {
-	own := b.own
-	peers := b.peers
 	b.w("\nAt concurrency 1 (sequential; includes idle wake-ups, so higher per request):\n\n")
 	b.w("| scenario | %s |\n|---|%s\n", strings.Join(roles, " | "), strings.Repeat("---:|", len(roles)))
-	for _, s := range append(slices.Clone(own), peers...) {
-		if s.Error != "" || s.CPUc1 == nil {
+	for _, s := range b.all() {
+		if s.Error == "" && s.CPUc1 != nil {
+			cells, _ := roleCells(s.CPUc1)
+			b.w("| %s | %s |\n", s.Label, cells)
+		}
+	}
+}
+
+// roleCells are a table's cells of CPU per process role (blank for a role without a
+// process), and the sum of all but the fake's.
+func roleCells(cpu map[string]float64) (string, float64) {
+	r := byRole(cpu)
+	var cells []string
+	total := 0.0
+	for _, role := range roles {
+		v, ok := r[role]
+		if !ok {
+			cells = append(cells, "")
 			continue
 		}
-		r := byRole(s.CPUc1)
-		var cells []string
-		for _, role := range roles {
-			if v, ok := r[role]; ok {
-				cells = append(cells, fmt.Sprintf("%.3f", v))
-			} else {
-				cells = append(cells, "")
-			}
+		cells = append(cells, fmt.Sprintf("%.3f", v))
+		if role != "fake" {
+			total += v
 		}
-		b.w("| %s | %s |\n", s.Label, strings.Join(cells, " | "))
 	}
+	return strings.Join(cells, " | "), total
 }
 
 // memory writes peak RSS and idle CPU per process.

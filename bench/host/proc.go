@@ -34,6 +34,21 @@ func StatFields(pid int) ([]string, error) {
 	return append(head, strings.Fields(s[i+1:])...), nil
 }
 
+// EachProcess calls fn with the pid and the /proc/<pid>/stat fields (StatFields) of
+// every process (at least 17 fields: up to cstime).
+func EachProcess(fn func(pid int, stat []string)) {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if f, err := StatFields(pid); err == nil && len(f) >= 17 {
+			fn(pid, f)
+		}
+	}
+}
+
 // ProcCPU is a process's user+system CPU seconds (utime and stime, fields 14 and 15 of
 // /proc/<pid>/stat; they include its exited threads); pid 0 is this process.
 func ProcCPU(pid int) float64 {

@@ -90,3 +90,13 @@ func Repeat[T any](maxOther float64, measure func() (T, float64, error)) (T, int
 		fmt.Fprintf(os.Stderr, "  other processes used %.2f cores during the run; repeating it\n", other)
 	}
 }
+
+// ReplaceFile writes doc to a temporary file and renames it over path, as editors do:
+// how the benchmarks edit a watched routes YAML.
+func ReplaceFile(path string, doc []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, doc, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
