@@ -1,10 +1,19 @@
 package main
 
-// This file is the benchmark's seam to the processes under test: the rest of the program
-// sees only startStack, the variants it returns (URL, headers, the processes on the data
-// path for CPU and RSS accounting, the Envoy admin port) and the tool paths. When a shared
-// stack package owns processes, ports, tool paths and component settings, this is the one
-// file to rewrite on top of it.
+// This file is the benchmark's one seam to the processes under test. The rest of the
+// program uses only:
+//   - findTools(root): the Envoy, ratelimit and Redis binaries;
+//   - startStack(r, root, tools, pipeWindow, pipeLimit): builds llmedge and fakellm and
+//     starts every component;
+//   - stack.variants[vDirect, vBare, vAuthz, vRateLimit, vFull, vFullPipe]: URL, headers,
+//     the processes on the data path (for CPU and RSS accounting) and the Envoy admin port
+//     (read with envoyCounters and envoyOverflows);
+//   - stack.fakeAddr and stack.port() for the peer gateways.
+//
+// Component settings (routes YAMLs, extauthz and ratelimit settings, Envoy flags) are
+// written here only. When a shared stack package owns processes, ports, tool paths,
+// builds and settings, this is the file to rewrite on top of it: its processes become
+// *proc values (runner, procs.go) by their process group.
 
 import (
 	"fmt"
