@@ -1,5 +1,7 @@
-// Package host describes the machine a benchmark ran on and reads the benchmark
-// process's own CPU time, the same way for every benchmark program under bench/.
+// Package host is what the benchmark programs under bench/ (and the e2e benchmark's
+// helpers) share: the machine description and report header, their common flags, child
+// processes (start, poll until ready, stop), CPU and memory readings from /proc, and
+// percentiles, medians and the JSON report.
 package host
 
 import (
