@@ -56,12 +56,24 @@ func benchMain(b *testing.B) (*Main, []string) {
 	case <-time.After(10 * time.Second):
 		b.Fatal("extauthz did not start")
 	}
+	ext, toks := benchPolicy(b, benchCallers)
+	if err := m.apply("bench", []*anypb.Any{ext}); err != nil {
+		b.Fatalf("apply: %v", err)
+	}
+	return m, toks
+}
+
+// benchPolicy is the policy resource of n callers (one token each, all allowed openai) and
+// their tokens.
+func benchPolicy(b *testing.B, n int) (*anypb.Any, []string) {
+	b.Helper()
 	policy := &authzv1.Policy{
 		Region:    benchconfig.CheckRegion,
 		Upstreams: []*authzv1.Upstream{{Name: benchconfig.CheckUpstream, KeyHeader: "authorization", KeyFormat: "Bearer {key}", Api: "openai"}},
 	}
-	toks := make([]string, benchCallers)
+	toks := make([]string, n)
 	for i := range toks {
+		var err error
 		if toks[i], err = token.New(); err != nil {
 			b.Fatal(err)
 		}
@@ -79,10 +91,7 @@ func benchMain(b *testing.B) (*Main, []string) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := m.apply("bench", []*anypb.Any{ext}); err != nil {
-		b.Fatalf("apply: %v", err)
-	}
-	return m, toks
+	return ext, toks
 }
 
 func benchAllowed(b *testing.B, resp *authv3.CheckResponse) {
