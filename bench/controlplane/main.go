@@ -323,7 +323,8 @@ func runOnce(ctx context.Context, o options, n int, inProcess bool) (Run, error)
 	res.OtherCPUCores = host.Round3(res.OtherCPUCores)
 	res.CPUPerEditS = res.CPUEditsS / float64(o.edits)
 	if cp.pid != 0 {
-		res.PeakRSSMiB, res.RSSMiB = host.RSS(cp.pid)
+		hwm, rss := host.RSS(cp.pid)
+		res.PeakRSSMiB, res.RSSMiB = host.Round1(hwm), host.Round1(rss)
 	} else {
 		// In-process, this process's CPU includes the clients': not the control plane's.
 		res.CPUInitialSyncS, res.CPUEditsS, res.CPUPerEditS, res.OtherCPUCores = 0, 0, 0, 0
@@ -353,7 +354,7 @@ func initialSync(ctx context.Context, o options, cp *cpProcess, n int, res *Run)
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
-	res.InitialSyncMs = host.Ms(time.Since(start))
+	res.InitialSyncMs = ms(time.Since(start))
 	res.CPUInitialSyncS, _, _ = mark.Since()
 	if _, err := checkStatus(cp.httpAddr, f); err != nil {
 		return f, fmt.Errorf("after the initial sync: %w", err)
