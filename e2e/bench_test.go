@@ -2,17 +2,14 @@ package e2e
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
-	"math"
-	"os"
-	"slices"
-	"strings"
 	"testing"
 	"text/template"
 	"time"
 
+	"github.com/llmedge/llmedge/bench/host"
 	"github.com/llmedge/llmedge/controlplane"
+	"github.com/llmedge/llmedge/internal/benchconfig"
 	"github.com/llmedge/llmedge/internal/fakellm"
 	"github.com/llmedge/llmedge/internal/testenv"
 )
@@ -30,9 +27,9 @@ const benchPollInterval = 2 * time.Millisecond
 // percentiles of the iterations; run it with a fixed count, e.g. -benchtime 30x.
 //
 //   - routes=4: the twoRegions config of the e2e tests plus the renamed route.
-//   - routes=1000: the synthetic config of controlplane/xds/bench_test.go (5 regions, 20
-//     https upstreams, 1,000 routes, some bound to hosts or headers), of which hk and sg
-//     run an Envoy.
+//   - routes=1000: the shared benchmark config (internal/benchconfig: 5 regions, 20 https
+//     upstreams, routes r0000..r0998 plus the renamed route, some bound to hosts or
+//     headers), of which hk and sg run an Envoy.
 func BenchmarkWriteToACK(b *testing.B) {
 	up := startUpstream(b, fakellm.Options{})
 	b.Run("routes=4", func(b *testing.B) {
@@ -79,18 +76,16 @@ func benchWriteToACK(b *testing.B, up *upstream, tmpl, probeUpstream string) {
 			prev[r] = s.region(acked, r).Versions["routes"]
 		}
 	}
-	slices.Sort(took)
 	for _, p := range []struct {
 		unit string
 		q    float64
 	}{{"p50-ms", 0.50}, {"p90-ms", 0.90}, {"p99-ms", 0.99}, {"max-ms", 1}} {
-		b.ReportMetric(benchMillis(benchPercentile(took, p.q)), p.unit)
+		b.ReportMetric(host.Ms(host.Pct(took, p.q)), p.unit)
 	}
 	// The control plane's own share: the reload (load, validate, translate, snapshot
 	// update) it logs for every applied edit, one per iteration after the initial load.
 	reloads := benchReloads(b, s, 1+len(took))[1:]
-	slices.Sort(reloads)
-	b.ReportMetric(benchMillis(benchPercentile(reloads, 0.50)), "reload-p50-ms")
+	b.ReportMetric(host.Ms(host.Pct(reloads, 0.50)), "reload-p50-ms")
 }
 
 // benchReloads waits until the control plane has logged want applied reloads and returns
@@ -99,17 +94,9 @@ func benchReloads(b *testing.B, s *stack, want int) []time.Duration {
 	b.Helper()
 	var took []time.Duration
 	testenv.Eventually(b, 10*time.Second, 10*time.Millisecond, func() error {
-		took = took[:0]
-		for _, line := range strings.Split(s.cp.Log(), "\n") {
-			var rec struct{ Msg, Took string }
-			if json.Unmarshal([]byte(line), &rec) != nil || rec.Msg != "routes config applied" {
-				continue
-			}
-			d, err := time.ParseDuration(rec.Took)
-			if err != nil {
-				return fmt.Errorf("control plane log: took %q: %v", rec.Took, err)
-			}
-			took = append(took, d)
+		var err error
+		if _, took, err = benchconfig.AppliedReloads(s.cp.Log()); err != nil {
+			return err
 		}
 		if len(took) != want {
 			return fmt.Errorf("control plane logged %d applied reloads, want %d", len(took), want)
@@ -123,11 +110,7 @@ func benchReloads(b *testing.B, s *stack, want int) []time.Duration {
 // rename it over the old one.
 func benchReplace(b *testing.B, path string, doc []byte) {
 	b.Helper()
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, doc, 0o644); err != nil {
-		b.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := host.ReplaceFile(path, doc); err != nil {
 		b.Fatal(err)
 	}
 }
@@ -164,56 +147,17 @@ func benchWaitACK(b *testing.B, s *stack, prev map[string]string, nodes map[stri
 	}
 }
 
-// benchPercentile is the nearest-rank percentile of sorted durations.
-func benchPercentile(sorted []time.Duration, q float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	i := int(math.Ceil(q*float64(len(sorted)))) - 1
-	return sorted[max(0, min(i, len(sorted)-1))]
-}
-
-func benchMillis(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-
-// benchRoutesTemplate is the routes YAML template of controlplane/xds/bench_test.go's
-// benchFile (5 regions, 20 https upstreams allowed everywhere, routes r0001..r<routes>), with
-// every upstream pointed at the fake's TLS address and CA. Its routes section comes last.
+// benchRoutesTemplate is the routes YAML template of the shared benchmark config
+// (internal/benchconfig: 5 regions, 20 https upstreams allowed everywhere, host- and
+// header-bound routes) with routes routes, every region's listener and extauthz taken from
+// the harness and every upstream pointed at the fake's TLS address and CA. Its routes
+// section comes last.
 func benchRoutesTemplate(routes int) string {
-	const hosts = 4
-	regions := []string{"eu", "hk", "jp", "sg", "us"}
-	ups := make([]string, 20)
-	for i := range ups {
-		ups[i] = fmt.Sprintf("up%02d", i)
-	}
-	var b strings.Builder
-	b.WriteString("version: 1\nregions:\n")
-	for _, r := range regions {
-		fmt.Fprintf(&b, "  %s:\n    listen: 127.0.0.1:{{.Port %q}}\n    extauthz: {{.ExtAuthz %q}}\n    upstreams: [%s]\n", r, r, r, strings.Join(ups, ", "))
-	}
-	b.WriteString("upstreams:\n")
-	for i, u := range ups {
-		url := "https://" + u + ".llmedge.test"
-		if i%4 == 3 {
-			url += "/v1beta"
-		}
-		fmt.Fprintf(&b, "  %s:\n    url: %s\n    endpoint: {{.Upstream}}\n    tls: {ca_file: {{.CA}}}\n    allowed_regions: [%s]\n",
-			u, url, strings.Join(regions, ", "))
-	}
-	b.WriteString("routes:\n")
-	for i := 1; i <= routes; i++ {
-		name := fmt.Sprintf("r%04d", i)
-		prefix, rewrite := "/"+name, "/"
-		if i%2 == 1 {
-			prefix, rewrite = "/"+name+"/", "/v1/"
-		}
-		fmt.Fprintf(&b, "  %s:\n    match: {prefix: %s", name, prefix)
-		if i%10 == 0 {
-			fmt.Fprintf(&b, ", hosts: [tenant-%d.llmedge.test]", (i/10)%hosts)
-		}
-		if i%7 == 0 {
-			fmt.Fprintf(&b, ", headers: [{name: x-llmedge-tenant, exact: t%d}]", i)
-		}
-		fmt.Fprintf(&b, "}\n    upstream: %s\n    prefix_rewrite: %s\n", ups[i%len(ups)], rewrite)
-	}
-	return b.String()
+	return benchconfig.YAML(benchconfig.Options{
+		Routes:   routes,
+		Listen:   func(r string, _ int) string { return fmt.Sprintf("127.0.0.1:{{.Port %q}}", r) },
+		ExtAuthz: func(r string) string { return fmt.Sprintf("{{.ExtAuthz %q}}", r) },
+		Endpoint: "{{.Upstream}}",
+		CAFile:   "{{.CA}}",
+	})
 }

@@ -6,7 +6,6 @@ package extauthz
 // at GOMAXPROCS=1 come from `go run ./bench/authz`; results are in docs/bench/authz.md.
 
 import (
-	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -17,11 +16,10 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/anypb"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/llmedge/llmedge/internal/benchconfig"
 	"github.com/llmedge/llmedge/internal/token"
 	"github.com/llmedge/llmedge/internal/wire"
 	authzv1 "github.com/llmedge/llmedge/proto/llmedge/authz/v1"
@@ -42,13 +40,13 @@ func benchMain(b *testing.B) (*Main, []string) {
 	dead := ln.Addr().String()
 	ln.Close()
 	keys := b.TempDir()
-	if err := os.MkdirAll(filepath.Join(keys, "openai"), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(keys, benchconfig.CheckUpstream), 0o755); err != nil {
 		b.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(keys, "openai", "k1"), []byte("sk-bench-key"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(keys, benchconfig.CheckUpstream, "k1"), []byte(benchconfig.CheckKey), 0o600); err != nil {
 		b.Fatal(err)
 	}
-	m, err := New(Options{Region: "hk", XDSServer: dead, GRPCAddress: "127.0.0.1:0", HTTPAddress: "127.0.0.1:0", KeysDir: keys})
+	m, err := New(Options{Region: benchconfig.CheckRegion, XDSServer: dead, GRPCAddress: "127.0.0.1:0", HTTPAddress: "127.0.0.1:0", KeysDir: keys})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -58,18 +56,31 @@ func benchMain(b *testing.B) (*Main, []string) {
 	case <-time.After(10 * time.Second):
 		b.Fatal("extauthz did not start")
 	}
-	policy := &authzv1.Policy{
-		Region:    "hk",
-		Upstreams: []*authzv1.Upstream{{Name: "openai", KeyHeader: "authorization", KeyFormat: "Bearer {key}", Api: "openai"}},
+	ext, toks := benchPolicy(b, benchCallers)
+	if err := m.apply("bench", []*anypb.Any{ext}); err != nil {
+		b.Fatalf("apply: %v", err)
 	}
-	toks := make([]string, benchCallers)
+	return m, toks
+}
+
+// benchPolicy is the policy resource of n callers (one token each, all allowed openai) and
+// their tokens.
+func benchPolicy(b *testing.B, n int) (*anypb.Any, []string) {
+	b.Helper()
+	policy := &authzv1.Policy{
+		Region:    benchconfig.CheckRegion,
+		Upstreams: []*authzv1.Upstream{{Name: benchconfig.CheckUpstream, KeyHeader: "authorization", KeyFormat: "Bearer {key}", Api: "openai"}},
+	}
+	toks := make([]string, n)
 	for i := range toks {
+		var err error
 		if toks[i], err = token.New(); err != nil {
 			b.Fatal(err)
 		}
+		name, tenant := benchconfig.Caller(i)
 		policy.Callers = append(policy.Callers, &authzv1.Caller{
-			Name: fmt.Sprintf("caller-%04d", i), Tenant: fmt.Sprintf("tenant-%02d", i%50),
-			TokenSha256: []string{token.Digest(toks[i])}, AllowedUpstreams: []string{"openai"},
+			Name: name, Tenant: tenant,
+			TokenSha256: []string{token.Digest(toks[i])}, AllowedUpstreams: []string{benchconfig.CheckUpstream},
 		})
 	}
 	p, err := anypb.New(policy)
@@ -80,51 +91,12 @@ func benchMain(b *testing.B) (*Main, []string) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := m.apply("bench", []*anypb.Any{ext}); err != nil {
-		b.Fatalf("apply: %v", err)
-	}
-	return m, toks
-}
-
-// benchRequest is an allowed request shaped like the CheckRequest Envoy sends for an
-// OpenAI chat call through the edge: source and destination addresses, request time, id,
-// method, path, host, the credential header, and the route's context extensions.
-func benchRequest(tok string) *authv3.CheckRequest {
-	addr := func(ip string, port uint32) *corev3.Address {
-		return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
-			Address: ip, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
-		}}}
-	}
-	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
-		Source:            &authv3.AttributeContext_Peer{Address: addr("10.1.2.3", 51234)},
-		Destination:       &authv3.AttributeContext_Peer{Address: addr("127.0.0.1", 10000)},
-		ContextExtensions: map[string]string{wire.ContextRegion: "hk", wire.ContextUpstream: "openai", wire.ContextRoute: "openai-chat"},
-		Request: &authv3.AttributeContext_Request{Time: timestamppb.Now(), Http: &authv3.AttributeContext_HttpRequest{
-			Id:     "5f0c7f1e-7a0d-4f0e-9c1b-1c2d3e4f5a6b",
-			Method: "POST",
-			// The edge's ext_authz filter sends only the credential headers and x-llmedge-*
-			// (allowed_headers in controlplane/translate/extauthz.go).
-			Headers:  map[string]string{"authorization": "Bearer " + tok},
-			Path:     "/openai/v1/chat/completions",
-			Host:     "edge.example.com",
-			Scheme:   "https",
-			Protocol: "HTTP/1.1",
-			Size:     97,
-		}},
-	}}
-}
-
-func benchRequests(toks []string) []*authv3.CheckRequest {
-	reqs := make([]*authv3.CheckRequest, len(toks))
-	for i, t := range toks {
-		reqs[i] = benchRequest(t)
-	}
-	return reqs
+	return ext, toks
 }
 
 func benchAllowed(b *testing.B, resp *authv3.CheckResponse) {
-	if resp.GetStatus().GetCode() != int32(codes.OK) || resp.GetOkResponse() == nil {
-		b.Fatalf("check denied: %v", resp)
+	if err := benchconfig.Allowed(resp); err != nil {
+		b.Fatal(err)
 	}
 }
 
@@ -133,7 +105,7 @@ func benchAllowed(b *testing.B, resp *authv3.CheckResponse) {
 // caller lookup, key injection), the checks metric, and building the response.
 func BenchmarkCheckInProcess(b *testing.B) {
 	m, toks := benchMain(b)
-	reqs := benchRequests(toks)
+	reqs := benchconfig.CheckRequests(toks)
 	ctx := b.Context()
 	b.ReportAllocs()
 	i := 0
@@ -154,7 +126,7 @@ func BenchmarkCheckInProcess(b *testing.B) {
 // `go tool pprof -tagignore side=client` shows the server alone.
 func BenchmarkCheckGRPC(b *testing.B) {
 	m, toks := benchMain(b)
-	reqs := benchRequests(toks)
+	reqs := benchconfig.CheckRequests(toks)
 	// After benchMain: the server's goroutines must not inherit the label.
 	defer pprof.SetGoroutineLabels(b.Context())
 	pprof.SetGoroutineLabels(pprof.WithLabels(b.Context(), pprof.Labels("side", "client")))

@@ -16,6 +16,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+
+	"github.com/llmedge/llmedge/internal/benchconfig"
 )
 
 // simClient is one simulated Envoy on one SotW ADS stream. It behaves as an Envoy with
@@ -68,7 +70,7 @@ func startFleet(ctx context.Context, addr string, n, perConn int) (*fleet, error
 		f.conns = append(f.conns, cc)
 	}
 	for i := range n {
-		region := regionNames[i%len(regionNames)]
+		region := benchconfig.Regions[i%len(benchconfig.Regions)]
 		c := &simClient{
 			idx:    i,
 			region: region,
@@ -176,23 +178,29 @@ func (c *simClient) run(ctx context.Context, cc *grpc.ClientConn, f *fleet) erro
 			if err := stream.Send(ack); err != nil {
 				return err
 			}
-			at := time.Now().UnixNano()
-			v := resp.GetVersionInfo()
-			if prev := c.routesVersion.Load(); *prev != v {
-				c.routesAckAt.Store(at)
-				c.routesVersion.Store(&v)
-				c.synced.Or(4)
-				f.routeChanges.Add(1)
-				select {
-				case f.poke <- struct{}{}:
-				default:
-				}
-			}
+			c.routesAcked(f, resp.GetVersionInfo())
 		default:
 			// Anything else (none expected) is ACKed as Envoy would.
 			if err := stream.Send(ack); err != nil {
 				return err
 			}
 		}
+	}
+}
+
+// routesAcked records that the client has just handed gRPC its ACK of routes version v;
+// a version other than the last one counts as a change for the fleet.
+func (c *simClient) routesAcked(f *fleet, v string) {
+	at := time.Now().UnixNano()
+	if prev := c.routesVersion.Load(); *prev == v {
+		return
+	}
+	c.routesAckAt.Store(at)
+	c.routesVersion.Store(&v)
+	c.synced.Or(4)
+	f.routeChanges.Add(1)
+	select {
+	case f.poke <- struct{}{}:
+	default:
 	}
 }

@@ -69,8 +69,30 @@ func writeStaticBootstrap(path string, res *translate.Resources, name string, li
 		return err
 	}
 	b.DynamicResources = nil
-	b.StaticResources.Clusters = nil // only the xDS cluster was there
+	l, err := staticListener(res, name, listenPort, staticRoutes(res, mode, caller), mode)
+	if err != nil {
+		return err
+	}
+	b.StaticResources.Listeners = []*listenerv3.Listener{l}
+	b.StaticResources.Clusters = staticClusters(res, mode) // only the xDS cluster was there
+	if err := b.ValidateAll(); err != nil {
+		return fmt.Errorf("static bootstrap %s: %w", name, err)
+	}
+	out, err := protojson.MarshalOptions{UseProtoNames: true, Indent: "  "}.Marshal(b)
+	if err != nil {
+		return err
+	}
+	// Round-trip through encoding/json only to check the output is plain JSON.
+	var check map[string]any
+	if err := json.Unmarshal(out, &check); err != nil {
+		return err
+	}
+	return os.WriteFile(path, out, 0o644)
+}
 
+// staticRoutes is the region's route configuration without ext_authz, and without rate
+// limits (staticBare) or with the caller's descriptor a constant (staticRateLimit).
+func staticRoutes(res *translate.Resources, mode staticMode, caller string) *routev3.RouteConfiguration {
 	rc := proto.Clone(res.Routes[0]).(*routev3.RouteConfiguration)
 	for _, vh := range rc.VirtualHosts {
 		delete(vh.TypedPerFilterConfig, extAuthzFilter)
@@ -95,14 +117,19 @@ func writeStaticBootstrap(path string, res *translate.Resources, name string, li
 			}
 		}
 	}
+	return rc
+}
 
+// staticListener is the region's listener on listenPort with rc inline and the filters
+// the mode removes taken out of its HCM.
+func staticListener(res *translate.Resources, name string, listenPort int, rc *routev3.RouteConfiguration, mode staticMode) (*listenerv3.Listener, error) {
 	l := proto.Clone(res.Listeners[0]).(*listenerv3.Listener)
 	l.Name = "bench-" + name
 	l.Address.GetSocketAddress().PortSpecifier = &corev3.SocketAddress_PortValue{PortValue: uint32(listenPort)}
 	f := l.FilterChains[0].Filters[0]
 	hcm := &hcmv3.HttpConnectionManager{}
 	if err := f.GetTypedConfig().UnmarshalTo(hcm); err != nil {
-		return fmt.Errorf("unpack HCM: %w", err)
+		return nil, fmt.Errorf("unpack HCM: %w", err)
 	}
 	var filters []*hcmv3.HttpFilter
 	for _, hf := range hcm.HttpFilters {
@@ -114,18 +141,23 @@ func writeStaticBootstrap(path string, res *translate.Resources, name string, li
 		}
 	}
 	if mode == staticRateLimit && len(filters) != 2 {
-		return fmt.Errorf("region %s has no rate-limit filter to keep", res.Region)
+		return nil, fmt.Errorf("region %s has no rate-limit filter to keep", res.Region)
 	}
 	hcm.HttpFilters = filters
 	hcm.RouteSpecifier = &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: rc}
 	hcm.StatPrefix = "bench_" + name
 	anyHCM, err := anypb.New(hcm)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: anyHCM}
-	b.StaticResources.Listeners = []*listenerv3.Listener{l}
+	return l, nil
+}
 
+// staticClusters are the region's clusters the mode needs, the upstream's circuit
+// breakers raised out of the way (the fake is one endpoint).
+func staticClusters(res *translate.Resources, mode staticMode) []*clusterv3.Cluster {
+	var out []*clusterv3.Cluster
 	for _, c := range res.Clusters {
 		switch c.Name {
 		case wire.ExtAuthzClusterName:
@@ -141,19 +173,7 @@ func writeStaticBootstrap(path string, res *translate.Resources, name string, li
 				MaxConnections: big, MaxPendingRequests: big, MaxRequests: big, MaxRetries: big,
 			}}}
 		}
-		b.StaticResources.Clusters = append(b.StaticResources.Clusters, c)
+		out = append(out, c)
 	}
-	if err := b.ValidateAll(); err != nil {
-		return fmt.Errorf("static bootstrap %s: %w", name, err)
-	}
-	out, err := protojson.MarshalOptions{UseProtoNames: true, Indent: "  "}.Marshal(b)
-	if err != nil {
-		return err
-	}
-	// Round-trip through encoding/json only to check the output is plain JSON.
-	var check map[string]any
-	if err := json.Unmarshal(out, &check); err != nil {
-		return err
-	}
-	return os.WriteFile(path, out, 0o644)
+	return out
 }

@@ -28,6 +28,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/llmedge/llmedge/bench/host"
 )
 
 type options struct {
@@ -63,6 +65,30 @@ func logf(format string, args ...any) {
 }
 
 func main() {
+	o := parseFlags()
+	if o.render != "" {
+		if err := render(o); err != nil {
+			fatalf("%v", err)
+		}
+		return
+	}
+	if o.pin {
+		o.pin = pinSelf()
+	}
+	// Fewer GC pauses in the load generator's own timings.
+	debug.SetGCPercent(400)
+
+	root, err := repoRoot()
+	if err != nil {
+		fatalf("%v", err)
+	}
+	if err := run(root, o); err != nil {
+		fatalf("%v", err)
+	}
+}
+
+// parseFlags reads the command line.
+func parseFlags() options {
 	var o options
 	var rates, peerRates string
 	flag.StringVar(&o.out, "out", "docs/bench", "directory for datapath.json, datapath.md and datapath.png")
@@ -85,45 +111,38 @@ func main() {
 	flag.BoolVar(&o.keep, "keep", false, "keep the run directory (configs, logs)")
 	flag.StringVar(&o.render, "render", "", "measure nothing: rewrite datapath.{json,md,png} in -out from this datapath.json (after a change to the report)")
 	flag.DurationVar(&o.waitQuiet, "wait-quiet", 3*time.Minute, "wait at most this long in all (before the start, and before repeating a measurement other processes disturbed) for them to use < 0.25 cores; 0: never wait")
+	quick := flag.Bool("quick", false, "smoke run of a few seconds: one short round of each measurement, no peers, no waiting for a quiet machine (the figures mean nothing; use with -out on a temporary directory)")
 	flag.Parse()
 	o.rates, o.peerRates = parseRates("rates", rates), parseRates("peer-rates", peerRates)
-
-	if o.render != "" {
-		if err := render(o); err != nil {
-			fatalf("%v", err)
-		}
-		return
+	if *quick {
+		o.rounds, o.n, o.warmup, o.stepRounds, o.rates, o.peerRates, o.stepDur = 1, 50, 10, 1, []int{100}, nil, time.Second
+		o.streamRounds, o.streamN, o.chunks, o.chunkGap, o.peers, o.waitQuiet = 1, 1, 3, 10*time.Millisecond, false, 0
 	}
-	// Pin this process (the load generator) to the world CPU by re-executing under taskset;
-	// every child inherits it unless started with another CPU.
-	if o.pin && os.Getenv("LLMEDGE_BENCH_PINNED") == "" && runtime.NumCPU() < 2 {
+	return o
+}
+
+// pinSelf pins this process (the load generator) to the world CPU by re-executing under
+// taskset; every child inherits it unless started with another CPU. It returns whether
+// the run is pinned (it does not return when it re-executes).
+func pinSelf() bool {
+	if os.Getenv("LLMEDGE_BENCH_PINNED") != "" {
+		return true
+	}
+	if runtime.NumCPU() < 2 {
 		logf("fewer than 2 CPUs: not pinning")
-		o.pin = false
+		return false
 	}
-	if o.pin && os.Getenv("LLMEDGE_BENCH_PINNED") == "" {
-		ts, err := exec.LookPath("taskset")
-		if err != nil {
-			fatalf("taskset not found (util-linux); run with -pin=false")
-		}
-		self, err := os.Executable()
-		if err != nil {
-			fatalf("%v", err)
-		}
-		args := append([]string{"taskset", "-c", cpuWorld, self}, os.Args[1:]...)
-		if err := syscall.Exec(ts, args, append(os.Environ(), "LLMEDGE_BENCH_PINNED=1")); err != nil {
-			fatalf("re-exec under taskset: %v", err)
-		}
+	ts, err := exec.LookPath("taskset")
+	if err != nil {
+		fatalf("taskset not found (util-linux); run with -pin=false")
 	}
-	// Fewer GC pauses in the load generator's own timings.
-	debug.SetGCPercent(400)
-
-	root, err := repoRoot()
+	self, err := os.Executable()
 	if err != nil {
 		fatalf("%v", err)
 	}
-	if err := run(root, o); err != nil {
-		fatalf("%v", err)
-	}
+	args := append([]string{"taskset", "-c", cpuWorld, self}, os.Args[1:]...)
+	fatalf("re-exec under taskset: %v", syscall.Exec(ts, args, append(os.Environ(), "LLMEDGE_BENCH_PINNED=1")))
+	return false
 }
 
 func parseRates(flagName, list string) []int {
@@ -156,12 +175,7 @@ func repoRoot() (string, error) {
 
 func run(root string, o options) error {
 	began := time.Now()
-	res := &Results{Generated: began.UTC().Format(time.RFC3339), Command: commandLine()}
-	res.Settings = settingsOf(o)
-	tools := filepath.Join(root, ".tools", "bin")
-	if d := os.Getenv("LLMEDGE_TOOLS"); d != "" {
-		tools = filepath.Join(d, "bin")
-	}
+	res := &Results{Generated: began.UTC().Format(time.RFC3339), Command: commandLine(), Settings: settingsOf(o)}
 	dir, err := os.MkdirTemp("", "llmedge-bench-")
 	if err != nil {
 		return err
@@ -171,197 +185,145 @@ func run(root string, o options) error {
 	} else {
 		defer os.RemoveAll(dir)
 	}
-	r := &runner{dir: dir, pin: o.pin, tick: clockTicks()}
+	r := &runner{dir: dir, pin: o.pin}
 	defer r.stopAll()
-	s := &stack{r: r, root: root, bin: filepath.Join(dir, "bin"),
-		envoyBin: filepath.Join(tools, "envoy"), rlBin: filepath.Join(tools, "ratelimit"), redisBin: filepath.Join(tools, "redis-server")}
-	for _, b := range []string{s.envoyBin, s.rlBin, s.redisBin} {
-		if _, err := os.Stat(b); err != nil {
-			return fmt.Errorf("%s missing: run make tools", b)
-		}
+	t, err := findTools(root)
+	if err != nil {
+		return err
 	}
-	res.Machine = machineInfo(root, s)
-	guard := &noiseGuard{r: r, budget: o.waitQuiet, tick: r.tick}
+	res.Machine = machineInfo(root, t)
+	guard := &noiseGuard{r: r, budget: o.waitQuiet, ncpu: res.Machine.NProc}
 	if o.waitQuiet > 0 {
 		t0 := time.Now()
 		res.Machine.OtherCPUBefore = guard.waitQuiet()
 		res.Machine.WaitedS = time.Since(t0).Seconds()
 		logf("other processes used %.2f cores before the start (waited %s)", res.Machine.OtherCPUBefore, time.Since(t0).Round(time.Second))
 	}
-	logf("building llmedge and fakellm")
-	if err := build(root, s.bin); err != nil {
+	s, err := startStack(r, root, t, o.pipeWindow, o.pipeLimit)
+	if err != nil {
 		return err
 	}
-	logf("starting fake upstream, Redis, control planes, extauthz, ratelimit and 5 Envoys")
-	if err := s.startAll(newPorts(), o.pipeWindow, o.pipeLimit); err != nil {
-		return err
-	}
-	ports := mustPorts(2)
-	var peers []*peer
+	targets := scenarioTargets(s)
 	if o.peers {
-		logf("starting peers (Portkey, LiteLLM)")
-		peers = append(peers, s.startPortkey(ports[0]), s.startLiteLLM(ports[1]))
+		res.Peers, targets = startPeers(r, root, s, targets)
 	}
+	if err := probeAll(targets); err != nil {
+		return err
+	}
+	res.IdleCPU = idleCPU(r, 3*time.Second)
+	// From here on a peer runs only while it is measured: an idle peer that does background
+	// work would otherwise take CPU from the edge under test (see idle_cpu_cores).
+	freezePeers(targets)
+	res.Sanity = sanityChecks(s, targets)
+	for _, c := range res.Sanity {
+		logf("check: %s", c)
+	}
+	noise := takeNoise(r)
+	guard.first = guard.scan()
+	measureRounds(r, guard, targets, res, o)
+	finish(res, s, r, noise, guard)
+	res.DurationSec = time.Since(began).Seconds()
+	aggregate(res, o)
+	res.Streaming.aggregate()
+	return writeOutputs(o.out, res)
+}
 
-	fakeKey := map[string]string{"authorization": "Bearer sk-bench-fake-key"}
-	edgeTok := map[string]string{"authorization": "Bearer " + s.token}
-	edgeURL := func(name string) string {
-		return fmt.Sprintf("http://127.0.0.1:%d/openai/v1/chat/completions", s.listen[name])
-	}
-	rlFull := s.rl["ratelimit-full"]
-	envoyOf := map[string]string{"envoy_bare": "bare", "envoy_extauthz": "authz", "envoy_ratelimit": "ratelimit", "edge_full": "full", "edge_full_pipelined": "fullpipe"}
-	targets := []*target{
-		{Name: "direct", Label: "direct to the fake", Kind: "llmedge", URL: "http://" + s.fakeAddr + "/v1/chat/completions",
-			Headers: fakeKey, Procs: []*proc{s.fake}, Stream: true, Steps: true},
-		{Name: "envoy_bare", Label: "bare Envoy (router only)", Kind: "llmedge", URL: edgeURL("bare"),
-			Headers: fakeKey, Procs: []*proc{s.envoys["bare"], s.fake}, Steps: true},
-		{Name: "envoy_extauthz", Label: "Envoy + ext_authz", Kind: "llmedge", URL: edgeURL("authz"),
-			Headers: edgeTok, Procs: []*proc{s.envoys["authz"], s.extauthz["authz"], s.fake}, Steps: true},
-		{Name: "envoy_ratelimit", Label: "Envoy + rate limit", Kind: "llmedge", URL: edgeURL("ratelimit"),
-			Headers: fakeKey, Procs: []*proc{s.envoys["ratelimit"], rlFull, s.redis, s.fake}, Steps: true, Check: "x-ratelimit-limit"},
-		{Name: "edge_full", Label: "full edge (ext_authz + rate limit)", Kind: "llmedge", URL: edgeURL("full"),
-			Headers: edgeTok, Procs: []*proc{s.envoys["full"], s.extauthz["full"], rlFull, s.redis, s.fake}, Stream: true, Steps: true, Check: "x-ratelimit-limit"},
-		{Name: "edge_full_pipelined", Label: "full edge, ratelimit with Redis pipelining", Kind: "llmedge", URL: edgeURL("fullpipe"),
-			Headers: edgeTok, Procs: []*proc{s.envoys["fullpipe"], s.extauthz["fullpipe"], s.rl["ratelimit-fullpipe"], s.redis, s.fake}, Steps: true, Check: "x-ratelimit-limit"},
-	}
-	for _, t := range targets {
-		if name, ok := envoyOf[t.Name]; ok {
-			t.Overflows = func() map[string]int64 { return s.envoyOverflows(name) }
+// scenarioTargets are llmedge's own scenarios over the stack's variants.
+func scenarioTargets(s *stack) []*target {
+	var out []*target
+	for _, sc := range []struct {
+		name, label, variant string
+		stream               bool
+		check                string
+	}{
+		{"direct", "direct to the fake", vDirect, true, ""},
+		{"envoy_bare", "bare Envoy (router only)", vBare, false, ""},
+		{"envoy_extauthz", "Envoy + ext_authz", vAuthz, false, ""},
+		{"envoy_ratelimit", "Envoy + rate limit", vRateLimit, false, "x-ratelimit-limit"},
+		{"edge_full", "full edge (ext_authz + rate limit)", vFull, true, "x-ratelimit-limit"},
+		{"edge_full_pipelined", "full edge, ratelimit with Redis pipelining", vFullPipe, false, "x-ratelimit-limit"},
+	} {
+		v := s.variants[sc.variant]
+		t := &target{Name: sc.name, Label: sc.label, Kind: "llmedge", URL: v.url, Headers: v.headers, Procs: v.procs,
+			Stream: sc.stream, Steps: true, Check: sc.check}
+		if v.admin != 0 {
+			t.Overflows = func() map[string]int64 { return envoyOverflows(v.admin) }
 		}
+		out = append(out, t)
 	}
+	return out
+}
+
+// startPeers starts the peer gateways and adds a target for each.
+func startPeers(r *runner, root string, s *stack, targets []*target) ([]*peer, []*target) {
+	logf("starting peers (Portkey, LiteLLM)")
+	fake := s.variants[vDirect].procs[0]
+	peers := []*peer{startPortkey(r, root, s.fakeAddr, s.port()), startLiteLLM(r, root, s.fakeAddr, s.port())}
 	for _, p := range peers {
 		t := &target{Name: peerKey(p.Name), Label: p.Name, Kind: "peer", URL: p.URL, Headers: p.headers, Error: p.Error, Steps: true}
 		if p.proc != nil {
-			t.Procs = []*proc{p.proc, s.fake}
+			t.Procs = []*proc{p.proc, fake}
 			t.Frozen = []*proc{p.proc}
 		}
 		targets = append(targets, t)
 	}
-	res.Peers = peers
+	return peers, targets
+}
 
-	// Probe every target once; a failing llmedge scenario is fatal, a failing peer is reported.
+// probeAll sends every target one request; a failing llmedge scenario is fatal, a failing
+// peer is reported.
+func probeAll(targets []*target) error {
 	probe := &http.Client{Transport: newTransport(2), Timeout: 30 * time.Second}
 	for _, t := range targets {
 		if t.Error != "" {
 			continue
 		}
 		var err error
-		for i := 0; i < 50; i++ { // the Envoys may still be taking their first xDS config
+		for range 50 { // the Envoys may still be taking their first xDS config
 			if err = t.probe(probe); err == nil {
 				break
 			}
 			time.Sleep(200 * time.Millisecond)
 		}
-		if err != nil {
-			if t.Kind == "peer" {
-				t.Error = "probe failed: " + err.Error()
-				continue
-			}
+		if err != nil && t.Kind != "peer" {
 			return err
 		}
+		if err != nil {
+			t.Error = "probe failed: " + err.Error()
+		}
 	}
-	// Idle CPU of every process (no traffic), over 3 s.
+	return nil
+}
+
+// idleCPU is every process's CPU use with no traffic, in cores.
+func idleCPU(r *runner, d time.Duration) map[string]float64 {
 	idle0 := cpuSnapshot(r, r.all)
-	time.Sleep(3 * time.Second)
-	res.IdleCPU = map[string]float64{}
+	time.Sleep(d)
+	out := map[string]float64{}
 	for _, p := range r.all {
-		res.IdleCPU[p.name] = (r.cpuSeconds(p) - idle0[p]) / 3
+		out[p.name] = (r.cpuSeconds(p) - idle0[p]) / d.Seconds()
 	}
-	// From here on a peer runs only while it is measured: an idle peer that does background
-	// work would otherwise take CPU from the edge under test (see idle_cpu_cores).
+	return out
+}
+
+func freezePeers(targets []*target) {
 	for _, t := range targets {
 		for _, p := range t.Frozen {
 			p.freeze(true)
 		}
 	}
-	res.Sanity = sanityChecks(s, targets, edgeURL)
-	for _, c := range res.Sanity {
-		logf("check: %s", c)
-	}
+}
 
-	sr := map[string]*ScenarioResult{}
-	for _, t := range targets {
-		x := &ScenarioResult{Name: t.Name, Label: t.Label, Kind: t.Kind, Error: t.Error, URL: t.URL, Rates: ratesFor(t, o)}
-		for _, p := range t.Procs {
-			x.Processes = append(x.Processes, p.name)
-		}
-		res.Scenarios = append(res.Scenarios, x)
-		sr[t.Name] = x
-	}
-	live := func(pred func(*target) bool) []*target {
-		var out []*target
-		for _, t := range targets {
-			if t.Error == "" && pred(t) {
-				out = append(out, t)
-			}
-		}
-		return out
-	}
-	clients := map[string]*http.Client{}
-	for _, t := range targets {
-		clients[t.Name] = &http.Client{Transport: newTransport(1), Timeout: 30 * time.Second}
-	}
-	stream := &StreamResult{Chunks: o.chunks, IntervalMS: float64(o.chunkGap.Milliseconds()), ToleranceMS: float64(o.tolerance.Milliseconds()),
-		Samples: map[string][]streamSample{}}
-	res.Streaming = stream
-
-	noise := takeNoise(r)
-	guard.first = guard.scan()
-	rounds := max(o.rounds, o.stepRounds, o.streamRounds)
-	for round := 0; round < rounds; round++ {
-		if round < o.rounds {
-			order := rotate(live(func(*target) bool { return true }), round)
-			logf("round %d/%d: concurrency-1 latency, %d requests each: %s", round+1, o.rounds, o.n, names(order))
-			for _, t := range order {
-				x, other := guarded(guard, t.Name+" c=1", func() seqResult {
-					refreeze := t.thaw()
-					defer refreeze()
-					return sequential(r, t, clients[t.Name], o.n, o.warmup)
-				})
-				x.Foreign = other
-				sr[t.Name].Latency = append(sr[t.Name].Latency, x)
-				logf("  %-22s p50 %7.0f us  p99 %7.0f us  errors %d", t.Name, x.P50, x.P99, x.Errors)
-			}
-		}
-		if round < o.streamRounds {
-			st := live(func(t *target) bool { return t.Stream })
-			logf("round %d/%d: streaming, %d answers of %d chunks %s apart each: %s", round+1, o.streamRounds, o.streamN, o.chunks, o.chunkGap, names(st))
-			got, _ := guarded(guard, "streams", func() map[string][]streamSample {
-				m := map[string][]streamSample{}
-				for i := 0; i < o.streamN; i++ {
-					for _, t := range rotate(st, round+i) {
-						m[t.Name] = append(m[t.Name], streamOnce(t, clients[t.Name], o.chunks, o.chunkGap))
-					}
-				}
-				return m
-			})
-			for name, samples := range got {
-				stream.Samples[name] = append(stream.Samples[name], samples...)
-			}
-		}
-		if round == 0 {
-			res.PeakRSSLight = map[string]float64{}
-			for _, p := range r.all {
-				p.freeze(false)
-				res.PeakRSSLight[p.name] = peakRSS(p)
-			}
-			for _, t := range targets {
-				for _, p := range t.Frozen {
-					p.freeze(true)
-				}
-			}
-		}
-		if round < o.stepRounds {
-			st := rotate(live(func(t *target) bool { return t.Steps }), round)
-			logf("round %d/%d: open-loop rate ladder %v (peers also %v), %s per step: %s", round+1, o.stepRounds, o.rates, o.peerRates, o.stepDur, names(st))
-			ladder(r, guard, st, sr, o)
-		}
-	}
-
+// finish reads what the run leaves behind: Envoy counters, peak RSS, exits, machine noise.
+func finish(res *Results, s *stack, r *runner, noise noiseSnap, guard *noiseGuard) {
 	res.Connections = map[string]map[string]int64{}
-	for name := range s.envoys {
-		res.Connections["envoy-"+name] = s.envoyCounters(name)
-		if ov := s.envoyOverflows(name); len(ov) > 0 {
+	for _, name := range sortedKeys(s.variants) {
+		v := s.variants[name]
+		if v.admin == 0 {
+			continue
+		}
+		res.Connections["envoy-"+name] = envoyCounters(v.admin)
+		if ov := envoyOverflows(v.admin); len(ov) > 0 {
 			if res.Overflows == nil {
 				res.Overflows = map[string]map[string]int64{}
 			}
@@ -374,30 +336,31 @@ func run(root string, o options) error {
 		if !p.exited() {
 			res.PeakRSS[p.name] = peakRSS(p)
 		} else if p.role != "" {
-			res.Notes = append(res.Notes, fmt.Sprintf("%s exited during the run (%v); last log lines: %s", p.name, p.err, p.logTail(5)))
+			res.Notes = append(res.Notes, fmt.Sprintf("%s exited during the run (%v); last log lines: %s", p.name, p.Err, p.logTail(5)))
 		}
 	}
 	res.Machine.LoadAvgEnd = loadavg()
 	res.Machine.OtherCPU, res.Machine.StealCPU = otherCPU(noise, r)
 	res.Machine.Foreign = guard.first.cores(guard.scan())
 	res.Machine.Redone, res.Machine.Contended = guard.redone, guard.contended
-	res.DurationSec = time.Since(began).Seconds()
-	aggregate(res, o)
-	stream.aggregate()
-	if err := os.MkdirAll(o.out, 0o755); err != nil {
+}
+
+// writeOutputs writes datapath.json, datapath.png and datapath.md into dir.
+func writeOutputs(dir string, res *Results) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	if err := writeJSON(filepath.Join(o.out, "datapath.json"), res); err != nil {
+	if err := host.WriteJSON(dir, "datapath.json", res); err != nil {
 		return err
 	}
-	if err := writePlot(filepath.Join(o.out, "datapath.png"), res); err != nil {
+	if err := writePlot(filepath.Join(dir, "datapath.png"), res); err != nil {
 		logf("plot: %v", err)
 		res.Notes = append(res.Notes, "plot failed: "+err.Error())
 	}
-	if err := writeMarkdown(filepath.Join(o.out, "datapath.md"), res); err != nil {
+	if err := writeMarkdown(filepath.Join(dir, "datapath.md"), res); err != nil {
 		return err
 	}
-	logf("done in %.0f s: %s/datapath.{json,md,png}", res.DurationSec, o.out)
+	logf("done in %.0f s: %s/datapath.{json,md,png}", res.DurationSec, dir)
 	return nil
 }
 
@@ -417,85 +380,7 @@ func render(o options) error {
 	if res.Streaming != nil {
 		res.Streaming.aggregate()
 	}
-	if err := os.MkdirAll(o.out, 0o755); err != nil {
-		return err
-	}
-	if err := writeJSON(filepath.Join(o.out, "datapath.json"), &res); err != nil {
-		return err
-	}
-	if err := writePlot(filepath.Join(o.out, "datapath.png"), &res); err != nil {
-		return err
-	}
-	return writeMarkdown(filepath.Join(o.out, "datapath.md"), &res)
-}
-
-// ladder steps every target through the rates, interleaved: at each rate every target that
-// is still in the race runs one step before the next rate starts. A target leaves the race
-// at its first step with p99 >= 50 ms, an error or a rate it could not sustain.
-func ladder(r *runner, guard *noiseGuard, order []*target, sr map[string]*ScenarioResult, o options) {
-	all := map[int]bool{}
-	for _, t := range order {
-		for _, rate := range ratesFor(t, o) {
-			all[rate] = true
-		}
-	}
-	rates := sortedKeys(all)
-	alive := map[string]bool{}
-	steps := map[string][]stepResult{}
-	transports := map[string]*http.Transport{}
-	for _, t := range order {
-		alive[t.Name] = true
-		transports[t.Name] = newTransport(4096)
-	}
-	for _, rate := range rates {
-		for _, t := range order {
-			if !alive[t.Name] || !slices.Contains(ratesFor(t, o), rate) {
-				continue
-			}
-			refreeze := t.thaw()
-			x := step(r, t, transports[t.Name], rate, o.stepDur)
-			steps[t.Name] = append(steps[t.Name], x)
-			status, pause := "ok", 300*time.Millisecond
-			if !x.Pass50 {
-				// Let a saturated scenario drain (queued checks, retries) before the next runs.
-				alive[t.Name] = false
-				status, pause = "stop", 3*time.Second
-			}
-			time.Sleep(pause)
-			refreeze()
-			logf("  %-22s %5d rps: got %7.0f/s p50 %7.0f us p99 %8.0f us errors %d %s", t.Name, rate, x.Throughput, x.P50, x.P99, x.Errors, status)
-		}
-	}
-	for _, t := range order {
-		transports[t.Name].CloseIdleConnections()
-		sr[t.Name].Steps = append(sr[t.Name].Steps, steps[t.Name])
-	}
-}
-
-// ratesFor is a target's ladder: the peers get lower rungs first.
-func ratesFor(t *target, o options) []int {
-	if t.Kind != "peer" {
-		return o.rates
-	}
-	r := append(slices.Clone(o.peerRates), o.rates...)
-	slices.Sort(r)
-	return slices.Compact(r)
-}
-
-func rotate(ts []*target, k int) []*target {
-	if len(ts) == 0 {
-		return ts
-	}
-	k %= len(ts)
-	return append(slices.Clone(ts[k:]), ts[:k]...)
-}
-
-func names(ts []*target) string {
-	var n []string
-	for _, t := range ts {
-		n = append(n, t.Name)
-	}
-	return strings.Join(n, ", ")
+	return writeOutputs(o.out, &res)
 }
 
 func peerKey(name string) string {
@@ -519,7 +404,7 @@ func commandLine() string {
 // sanityChecks proves the scenarios are what they claim: ext_authz refuses a request without
 // a token, the rate-limit filter answers with X-RateLimit headers, the bare Envoy does
 // neither.
-func sanityChecks(s *stack, targets []*target, edgeURL func(string) string) []string {
+func sanityChecks(s *stack, targets []*target) []string {
 	var out []string
 	c := &http.Client{Transport: newTransport(1), Timeout: 10 * time.Second}
 	get := func(url string, hdr map[string]string) (*http.Response, error) {
@@ -530,8 +415,8 @@ func sanityChecks(s *stack, targets []*target, edgeURL func(string) string) []st
 		}
 		return resp, err
 	}
-	for _, name := range []string{"authz", "full", "fullpipe"} {
-		resp, err := get(edgeURL(name), nil)
+	for _, name := range []string{vAuthz, vFull, vFullPipe} {
+		resp, err := get(s.variants[name].url, nil)
 		switch {
 		case err != nil:
 			out = append(out, fmt.Sprintf("FAIL %s without a token: %v", name, err))

@@ -7,11 +7,12 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"slices"
 	"strings"
 	"time"
 
 	vegeta "github.com/tsenart/vegeta/v12/lib"
+
+	"github.com/llmedge/llmedge/bench/host"
 )
 
 // chatBody is the request every scenario sends: a tiny non-streaming chat completion.
@@ -117,13 +118,8 @@ type seqResult struct {
 // sequential sends warmup then n requests one after another on one keep-alive connection
 // and returns the latency of the n (from writing the request to reading the whole body).
 func sequential(r *runner, t *target, c *http.Client, n, warmup int) seqResult {
-	body := []byte(chatBody)
 	one := func() (time.Duration, error) {
-		req, _ := http.NewRequest(http.MethodPost, t.URL, bytes.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		for k, v := range t.Headers {
-			req.Header.Set(k, v)
-		}
+		req := t.request(chatBody, nil)
 		t0 := time.Now()
 		resp, err := c.Do(req)
 		if err != nil {
@@ -167,32 +163,17 @@ func summarize(lat []time.Duration) seqResult {
 	if len(lat) == 0 {
 		return res
 	}
-	s := slices.Clone(lat)
-	slices.Sort(s)
 	var sum time.Duration
-	for _, d := range s {
+	for _, d := range lat {
 		sum += d
 	}
-	res.P50 = us(pct(s, 0.50))
-	res.P90 = us(pct(s, 0.90))
-	res.P99 = us(pct(s, 0.99))
-	res.P999 = us(pct(s, 0.999))
-	res.Max = us(s[len(s)-1])
-	res.Mean = us(sum / time.Duration(len(s)))
+	res.P50, res.P90, res.P99, res.P999 = us(lat, 0.50), us(lat, 0.90), us(lat, 0.99), us(lat, 0.999)
+	res.Max, res.Mean = us(lat, 1), host.Us(sum/time.Duration(len(lat)))
 	return res
 }
 
-// pct is the nearest-rank percentile of sorted durations.
-func pct(sorted []time.Duration, q float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	i := int(q*float64(len(sorted))+0.999999) - 1
-	i = max(0, min(i, len(sorted)-1))
-	return sorted[i]
-}
-
-func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+// us is the nearest-rank percentile q of the latencies, in µs.
+func us(lat []time.Duration, q float64) float64 { return host.Us(host.Pct(lat, q)) }
 
 type cpuSnap map[*proc]float64
 
@@ -245,12 +226,7 @@ func (s stepResult) sustained() bool {
 func step(r *runner, t *target, tr *http.Transport, rate int, dur time.Duration) stepResult {
 	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
 	att := vegeta.NewAttacker(vegeta.Workers(8), vegeta.MaxWorkers(4096), vegeta.MaxBody(64<<10), vegeta.Client(client))
-	hdr := http.Header{}
-	hdr.Set("Content-Type", "application/json")
-	for k, v := range t.Headers {
-		hdr.Set(k, v)
-	}
-	targeter := vegeta.NewStaticTargeter(vegeta.Target{Method: http.MethodPost, URL: t.URL, Body: []byte(chatBody), Header: hdr})
+	targeter := vegeta.NewStaticTargeter(vegeta.Target{Method: http.MethodPost, URL: t.URL, Body: []byte(chatBody), Header: t.request(chatBody, nil).Header})
 	lat := make([]time.Duration, 0, int(float64(rate)*dur.Seconds())+16)
 	res := stepResult{Rate: rate}
 	var ovBefore map[string]int64
@@ -279,14 +255,7 @@ func step(r *runner, t *target, tr *http.Transport, rate int, dur time.Duration)
 	}
 	res.CPUPer1k = cpuPer1k(r, t.Procs, before, res.Sent)
 	if t.Overflows != nil {
-		for k, v := range t.Overflows() {
-			if d := v - ovBefore[k]; d != 0 {
-				if res.Overflows == nil {
-					res.Overflows = map[string]int64{}
-				}
-				res.Overflows[k] = d
-			}
-		}
+		res.Overflows = counterDeltas(ovBefore, t.Overflows())
 	}
 	if span := last.Sub(first).Seconds(); span > 0 {
 		res.Throughput = float64(res.OK) / span
@@ -317,7 +286,7 @@ func streamOnce(t *target, c *http.Client, chunks int, interval time.Duration) s
 		return streamSample{Err: err.Error()}
 	}
 	defer resp.Body.Close()
-	s := streamSample{Headers: us(time.Since(start))}
+	s := streamSample{Headers: host.Us(time.Since(start))}
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(resp.Body)
 		s.Err = fmt.Sprintf("HTTP %d: %.200s", resp.StatusCode, b)
@@ -327,7 +296,7 @@ func streamOnce(t *target, c *http.Client, chunks int, interval time.Duration) s
 	for {
 		line, err := br.ReadString('\n')
 		if strings.HasPrefix(line, "data: ") {
-			s.Events = append(s.Events, us(time.Since(start)))
+			s.Events = append(s.Events, host.Us(time.Since(start)))
 		}
 		if err != nil {
 			if err != io.EOF {
@@ -337,4 +306,18 @@ func streamOnce(t *target, c *http.Client, chunks int, interval time.Duration) s
 		}
 	}
 	return s
+}
+
+// counterDeltas are the counters that moved from before to after (nil: none).
+func counterDeltas(before, after map[string]int64) map[string]int64 {
+	var out map[string]int64
+	for k, v := range after {
+		if d := v - before[k]; d != 0 {
+			if out == nil {
+				out = map[string]int64{}
+			}
+			out[k] = d
+		}
+	}
+	return out
 }

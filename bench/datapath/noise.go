@@ -2,12 +2,13 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/llmedge/llmedge/bench/host"
 )
 
 // The machine is shared: other engineers run builds and benchmarks on it. Each measurement
@@ -22,14 +23,15 @@ const foreignLimit = 0.25 // cores
 const pfKthread = 0x00200000
 
 type cpuScan struct {
-	at  time.Time
-	cpu map[int]float64 // pid -> utime+stime+cutime+cstime, seconds
+	at   time.Time
+	cpu  map[int]float64 // pid -> utime+stime+cutime+cstime, seconds
+	ncpu int             // the machine's CPUs (not this process's affinity)
 }
 
 type noiseGuard struct {
 	r         *runner
 	budget    time.Duration
-	tick      float64
+	ncpu      int
 	redone    int
 	contended int
 	first     cpuScan
@@ -47,29 +49,20 @@ func (g *noiseGuard) ours() map[int]bool {
 
 func (g *noiseGuard) scan() cpuScan {
 	ours := g.ours()
-	s := cpuScan{at: time.Now(), cpu: map[int]float64{}}
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		f, err := procStatFields(pid)
-		if err != nil || len(f) < 17 {
-			continue
-		}
+	s := cpuScan{at: time.Now(), cpu: map[int]float64{}, ncpu: g.ncpu}
+	host.EachProcess(func(pid int, f []string) {
 		pgrp, _ := strconv.Atoi(f[4])
 		flags, _ := strconv.ParseUint(f[8], 10, 64)
 		if ours[pgrp] || flags&pfKthread != 0 {
-			continue
+			return
 		}
 		var ticks float64
 		for _, i := range []int{13, 14, 15, 16} { // utime stime cutime cstime
 			v, _ := strconv.ParseFloat(f[i], 64)
 			ticks += v
 		}
-		s.cpu[pid] = ticks / g.tick
-	}
+		s.cpu[pid] = ticks / host.ClkTck
+	})
 	return s
 }
 
@@ -88,11 +81,8 @@ func (a cpuScan) cores(b cpuScan) float64 {
 	}
 	// A parent reaping children adds their whole CPU time at once (cutime); never report
 	// more than the machine has.
-	return min(sum/secs, float64(ncpu))
+	return min(sum/secs, float64(max(b.ncpu, 1)))
 }
-
-// ncpu is the machine's CPU count (not this process's affinity); set by machineInfo.
-var ncpu = 2
 
 // top names the n foreign processes that used the most CPU between two scans.
 func (a cpuScan) top(b cpuScan, n int) string {
@@ -110,7 +100,7 @@ func (a cpuScan) top(b cpuScan, n int) string {
 	var parts []string
 	for i := 0; i < len(us) && i < n; i++ {
 		comm := "?"
-		if f, err := procStatFields(us[i].pid); err == nil {
+		if f, err := host.StatFields(us[i].pid); err == nil {
 			comm = f[1]
 		}
 		parts = append(parts, fmt.Sprintf("%s[%d] %.2fs", comm, us[i].pid, us[i].s))

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/llmedge/llmedge/bench/host"
 )
 
 // peer is another LLM gateway measured with the same method, or the reason it could not be.
@@ -52,48 +54,73 @@ func installedVersion(dir string) string {
 	return ""
 }
 
+// peerRun is how to run an installed peer: its entry file under the peer's install
+// directory, the command line, and the check that says it is ready.
+type peerRun struct {
+	key, entry string
+	argv       func(entry string) ([]string, error)
+	env        []string
+	ready      func() error
+	timeout    time.Duration
+}
+
+// start runs the peer on CPU 1, or records in p why it could not.
+func (pr peerRun) start(r *runner, root string, p *peer) *peer {
+	defer func() {
+		if p.Error != "" {
+			p.URL = "" // nothing to send to
+		}
+	}()
+	dir := filepath.Join(peersDir(root), pr.key)
+	p.Version = installedVersion(dir)
+	if e := installError(peersDir(root), pr.key); e != "" {
+		p.Error = e
+		return p
+	}
+	entry := filepath.Join(dir, pr.entry)
+	if _, err := os.Stat(entry); err != nil {
+		p.Error = "not installed (run bench/peers/install.sh): " + err.Error()
+		return p
+	}
+	argv, err := pr.argv(entry)
+	if err == nil {
+		p.proc, err = r.start(pr.key, "peer", cpuEdge, append(os.Environ(), pr.env...), "", argv...)
+	}
+	if err == nil {
+		if err = waitFor(pr.key, p.proc, pr.timeout, pr.ready); err != nil {
+			p.proc.stop(2 * time.Second)
+			p.proc = nil
+		}
+	}
+	if err != nil {
+		p.Error = err.Error()
+	}
+	return p
+}
+
 // startPortkey runs the Portkey gateway (node build/start-server.js) on a loopback port. It
 // forwards to the fake as its "openai" provider with a custom host: per request, with the
 // x-portkey-provider and x-portkey-custom-host headers its README documents. 127.0.0.1 is in
 // its default TRUSTED_CUSTOM_HOSTS. Its HTTP server binds every interface (the start script
 // takes no host option); the benchmark only sends to 127.0.0.1.
-func (s *stack) startPortkey(port int) *peer {
-	dir := filepath.Join(peersDir(s.root), "portkey")
-	pk := &peer{Name: "Portkey gateway", Package: "npm @portkey-ai/gateway"}
-	pk.Version = installedVersion(dir)
-	if e := installError(peersDir(s.root), "portkey"); e != "" {
-		pk.Error = e
-		return pk
-	}
-	entry := filepath.Join(dir, "node_modules", "@portkey-ai", "gateway", "build", "start-server.js")
-	if _, err := os.Stat(entry); err != nil {
-		pk.Error = "not installed (run bench/peers/install.sh): " + err.Error()
-		return pk
-	}
-	node, err := exec.LookPath("node")
-	if err != nil {
-		pk.Error = "node not found: " + err.Error()
-		return pk
-	}
-	env := append(os.Environ(), "NODE_ENV=production", "PORT="+strconv.Itoa(port))
-	pr, err := s.r.start("portkey", "peer", cpuEdge, env, "", node, entry, "--port="+strconv.Itoa(port), "--headless")
-	if err != nil {
-		pk.Error = err.Error()
-		return pk
-	}
-	pk.proc = pr
-	pk.URL = fmt.Sprintf("http://127.0.0.1:%d/v1/chat/completions", port)
-	pk.headers = map[string]string{
-		"authorization":         "Bearer sk-bench-fake-key",
-		"x-portkey-provider":    "openai",
-		"x-portkey-custom-host": "http://" + s.fakeAddr + "/v1",
-	}
-	if err := waitFor("portkey", pr, 60*time.Second, tcpOpen(fmt.Sprintf("127.0.0.1:%d", port))); err != nil {
-		pk.Error = err.Error()
-		pr.stop(2 * time.Second)
-		pk.proc = nil
-	}
-	return pk
+func startPortkey(r *runner, root, fakeAddr string, port int) *peer {
+	p := &peer{Name: "Portkey gateway", Package: "npm @portkey-ai/gateway", URL: fmt.Sprintf("http://127.0.0.1:%d/v1/chat/completions", port),
+		headers: map[string]string{
+			"authorization":         "Bearer sk-bench-fake-key",
+			"x-portkey-provider":    "openai",
+			"x-portkey-custom-host": "http://" + fakeAddr + "/v1",
+		}}
+	return peerRun{key: "portkey", entry: "node_modules/@portkey-ai/gateway/build/start-server.js",
+		argv: func(entry string) ([]string, error) {
+			node, err := exec.LookPath("node")
+			if err != nil {
+				return nil, fmt.Errorf("node not found: %w", err)
+			}
+			return []string{node, entry, "--port=" + strconv.Itoa(port), "--headless"}, nil
+		},
+		env:   []string{"NODE_ENV=production", "PORT=" + strconv.Itoa(port)},
+		ready: tcpOpen(fmt.Sprintf("127.0.0.1:%d", port)), timeout: 60 * time.Second,
+	}.start(r, root, p)
 }
 
 const litellmConfig = `model_list:
@@ -108,41 +135,17 @@ litellm_settings:
 
 // startLiteLLM runs the LiteLLM proxy (one uvicorn worker, no database, no master key) with
 // a model that points at the fake as an OpenAI-compatible api_base.
-func (s *stack) startLiteLLM(port int) *peer {
-	dir := filepath.Join(peersDir(s.root), "litellm")
-	ll := &peer{Name: "LiteLLM proxy", Package: "PyPI litellm[proxy]"}
-	ll.Version = installedVersion(dir)
-	if e := installError(peersDir(s.root), "litellm"); e != "" {
-		ll.Error = e
-		return ll
-	}
-	bin := filepath.Join(dir, "bin", "litellm")
-	if _, err := os.Stat(bin); err != nil {
-		ll.Error = "not installed (run bench/peers/install.sh): " + err.Error()
-		return ll
-	}
-	cfg := filepath.Join(s.r.dir, "litellm.yaml")
-	if err := os.WriteFile(cfg, fmt.Appendf(nil, litellmConfig, s.fakeAddr), 0o644); err != nil {
-		ll.Error = err.Error()
-		return ll
-	}
-	env := append(os.Environ(),
+func startLiteLLM(r *runner, root, fakeAddr string, port int) *peer {
+	p := &peer{Name: "LiteLLM proxy", Package: "PyPI litellm[proxy]", URL: fmt.Sprintf("http://127.0.0.1:%d/v1/chat/completions", port),
+		headers: map[string]string{"authorization": "Bearer sk-bench-any"}}
+	cfg := filepath.Join(r.dir, "litellm.yaml")
+	return peerRun{key: "litellm", entry: "bin/litellm",
+		argv: func(bin string) ([]string, error) {
+			return []string{bin, "--config", cfg, "--host", "127.0.0.1", "--port", strconv.Itoa(port), "--num_workers", "1", "--telemetry", "False"},
+				os.WriteFile(cfg, fmt.Appendf(nil, litellmConfig, fakeAddr), 0o644)
+		},
 		// No network here: use the bundled model cost map instead of fetching it.
-		"LITELLM_LOCAL_MODEL_COST_MAP=True", "LITELLM_LOG=ERROR", "DISABLE_ADMIN_UI=True",
-		"HOME="+s.r.dir)
-	pr, err := s.r.start("litellm", "peer", cpuEdge, env, "", bin, "--config", cfg, "--host", "127.0.0.1",
-		"--port", strconv.Itoa(port), "--num_workers", "1", "--telemetry", "False")
-	if err != nil {
-		ll.Error = err.Error()
-		return ll
-	}
-	ll.proc = pr
-	ll.URL = fmt.Sprintf("http://127.0.0.1:%d/v1/chat/completions", port)
-	ll.headers = map[string]string{"authorization": "Bearer sk-bench-any"}
-	if err := waitFor("litellm", pr, 120*time.Second, httpOK(fmt.Sprintf("http://127.0.0.1:%d/health/liveliness", port))); err != nil {
-		ll.Error = err.Error()
-		pr.stop(2 * time.Second)
-		ll.proc = nil
-	}
-	return ll
+		env:   []string{"LITELLM_LOCAL_MODEL_COST_MAP=True", "LITELLM_LOG=ERROR", "DISABLE_ADMIN_UI=True", "HOME=" + r.dir},
+		ready: host.HTTPOK(fmt.Sprintf("http://127.0.0.1:%d/health/liveliness", port)), timeout: 120 * time.Second,
+	}.start(r, root, p)
 }

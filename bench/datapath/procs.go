@@ -1,106 +1,59 @@
 package main
 
 import (
-	"bytes"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/llmedge/llmedge/bench/host"
 )
 
 // proc is a child process in a process group of its own, so that its CPU time and memory can
 // be summed over everything it forks (LiteLLM's uvicorn, shell wrappers) and it can be
 // stopped as a whole.
 type proc struct {
+	*host.Proc
 	name string // e.g. envoy-full, extauthz-full, ratelimit, redis, fakellm
 	role string // envoy, extauthz, ratelimit, redis, fake, controlplane, peer
-	cpu  string // the CPU list it is pinned to ("" = not pinned)
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
-	err  error
 }
 
 // runner starts processes, pinned to a CPU with taskset when pinning is on.
 type runner struct {
-	dir  string // logs go to dir/logs
-	pin  bool
-	all  []*proc
-	tick float64 // clock ticks per second (utime/stime unit)
+	dir string // logs go to dir/logs
+	pin bool
+	all []*proc
 }
 
-// start runs args as a new process group. stdout goes to stdoutPath (the log when empty).
+// start runs args as a new process group with exactly env. stdout goes to stdoutPath (the
+// log when empty).
 func (r *runner) start(name, role, cpu string, env []string, stdoutPath string, args ...string) (*proc, error) {
-	logPath := filepath.Join(r.dir, "logs", name+".log")
-	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
-		return nil, err
-	}
-	lf, err := os.Create(logPath)
-	if err != nil {
+	logs := filepath.Join(r.dir, "logs")
+	if err := os.MkdirAll(logs, 0o755); err != nil {
 		return nil, err
 	}
 	if r.pin && cpu != "" {
 		args = append([]string{"taskset", "-c", cpu}, args...)
-	} else {
-		cpu = ""
 	}
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Dir = r.dir
-	cmd.Env = env
-	cmd.Stderr = lf
-	cmd.Stdout = lf
-	if stdoutPath != "" {
-		out, err := os.OpenFile(stdoutPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-		if err != nil {
-			lf.Close()
-			return nil, err
-		}
-		cmd.Stdout = out
+	hp, err := host.Run(host.Spec{Dir: logs, Name: name, Argv: args, Env: env, Stdout: stdoutPath, Group: true})
+	if err != nil {
+		return nil, err
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		lf.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &proc{name: name, role: role, cpu: cpu, cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		lf.Close()
-		close(p.done)
-	}()
+	p := &proc{Proc: hp, name: name, role: role}
 	r.all = append(r.all, p)
 	return p, nil
 }
 
-func (p *proc) pid() int { return p.cmd.Process.Pid }
+func (p *proc) pid() int     { return p.Pid }
+func (p *proc) exited() bool { return p.Done() }
 
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// stop sends SIGTERM to the group, then SIGKILL after grace.
-func (p *proc) stop(grace time.Duration) {
-	if !p.exited() {
-		_ = syscall.Kill(-p.pid(), syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(grace):
-		}
-	}
-	_ = syscall.Kill(-p.pid(), syscall.SIGKILL)
-	<-p.done
-}
+func (p *proc) stop(grace time.Duration) { p.StopWithin(grace) }
 
 // freeze stops (SIGSTOP) or resumes (SIGCONT) the whole process group: a peer gateway that
 // is not being measured must not do background work on the edge's CPU while others are.
@@ -112,7 +65,7 @@ func (p *proc) freeze(on bool) {
 	if on {
 		sig = syscall.SIGSTOP
 	}
-	_ = syscall.Kill(-p.pid(), sig)
+	p.Signal(sig)
 }
 
 func (r *runner) stopAll() {
@@ -124,7 +77,7 @@ func (r *runner) stopAll() {
 
 // logTail returns the last n lines of the process log.
 func (p *proc) logTail(n int) string {
-	b, _ := os.ReadFile(p.log)
+	b, _ := os.ReadFile(p.LogPath)
 	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
@@ -135,146 +88,44 @@ func (p *proc) logTail(n int) string {
 // groupPIDs lists the live processes of p's process group.
 func (p *proc) groupPIDs() []int {
 	pids := []int{}
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return pids
-	}
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		f, err := procStatFields(pid)
-		if err != nil || len(f) < 5 {
-			continue
-		}
+	host.EachProcess(func(pid int, f []string) {
 		if pgrp, _ := strconv.Atoi(f[4]); pgrp == p.pid() {
 			pids = append(pids, pid)
 		}
-	}
+	})
 	return pids
 }
 
-// procStatFields splits /proc/<pid>/stat into its fields (comm, which may hold spaces, is
-// field 2 between the parentheses).
-func procStatFields(pid int) ([]string, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return nil, err
-	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return nil, fmt.Errorf("/proc/%d/stat: no comm", pid)
-	}
-	head := strings.SplitN(string(b[:i]), " (", 2)
-	rest := strings.Fields(string(b[i+1:]))
-	return append([]string{head[0], head[1]}, rest...), nil
-}
-
-// cpuSeconds is utime+stime of every live process of the group, in seconds (field 14 and 15
-// of /proc/<pid>/stat; they include the process's exited threads).
+// cpuSeconds is the CPU time of every live process of the group, in seconds.
 func (r *runner) cpuSeconds(p *proc) float64 {
-	var ticks float64
+	var secs float64
 	for _, pid := range p.groupPIDs() {
-		f, err := procStatFields(pid)
-		if err != nil || len(f) < 15 {
-			continue
-		}
-		u, _ := strconv.ParseFloat(f[13], 64)
-		s, _ := strconv.ParseFloat(f[14], 64)
-		ticks += u + s
+		secs += host.ProcCPU(pid)
 	}
-	return ticks / r.tick
+	return secs
 }
 
 // peakRSS is VmHWM (peak resident set) summed over the group's live processes, in MiB.
 func peakRSS(p *proc) float64 {
-	var kb float64
+	var mib float64
 	for _, pid := range p.groupPIDs() {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-				f := strings.Fields(v)
-				if len(f) > 0 {
-					n, _ := strconv.ParseFloat(f[0], 64)
-					kb += n
-				}
-			}
-		}
+		hwm, _ := host.RSS(pid)
+		mib += hwm
 	}
-	return kb / 1024
-}
-
-// clockTicks is sysconf(_SC_CLK_TCK); Linux fixes USER_HZ at 100 on every architecture
-// Go supports, and getconf confirms it when present.
-func clockTicks() float64 {
-	if out, err := exec.Command("getconf", "CLK_TCK").Output(); err == nil {
-		if n, err := strconv.ParseFloat(strings.TrimSpace(string(out)), 64); err == nil && n > 0 {
-			return n
-		}
-	}
-	return 100
-}
-
-// freePort asks the kernel for a free loopback port.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-func mustPorts(n int) []int {
-	ports := make([]int, 0, n)
-	seen := map[int]bool{}
-	for len(ports) < n {
-		p, err := freePort()
-		if err != nil {
-			fatalf("free port: %v", err)
-		}
-		if !seen[p] {
-			seen[p] = true
-			ports = append(ports, p)
-		}
-	}
-	return ports
+	return mib
 }
 
 var plainClient = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}
 
 // waitFor polls check until it succeeds, the process exits or timeout passes.
 func waitFor(what string, p *proc, timeout time.Duration, check func() error) error {
-	deadline := time.Now().Add(timeout)
-	var last error
-	for time.Now().Before(deadline) {
-		if p != nil && p.exited() {
-			return fmt.Errorf("%s: %s exited (%v):\n%s", what, p.name, p.err, p.logTail(20))
-		}
-		if last = check(); last == nil {
-			return nil
-		}
-		time.Sleep(50 * time.Millisecond)
+	switch err := host.Poll(check, timeout, p.Exited); {
+	case errors.Is(err, host.ErrExited):
+		return fmt.Errorf("%s: %s exited (%v):\n%s", what, p.name, p.Err, p.logTail(20))
+	case err != nil:
+		return fmt.Errorf("%s: %w", what, err)
 	}
-	return fmt.Errorf("%s: not ready after %s: %v", what, timeout, last)
-}
-
-func httpOK(url string) func() error {
-	return func() error {
-		resp, err := plainClient.Get(url)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("GET %s: %d", url, resp.StatusCode)
-		}
-		return nil
-	}
+	return nil
 }
 
 func tcpOpen(addr string) func() error {

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
 	"fmt"
 	"math"
 	"os"
@@ -13,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/llmedge/llmedge/bench/host"
 )
 
 // Results is everything datapath.json holds.
@@ -216,18 +216,6 @@ func settingsOf(o options) Settings {
 	return s
 }
 
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
 func medianInt(xs []int) int {
 	if len(xs) == 0 {
 		return 0
@@ -246,108 +234,25 @@ func medianMaps(ms []map[string]float64) map[string]float64 {
 	}
 	out := map[string]float64{}
 	for k, v := range vals {
-		out[k] = median(v)
+		out[k] = host.Median(v)
 	}
 	return out
 }
 
+// aggregate computes every scenario's medians over the rounds, the pipelining comparison
+// and the foreign load over the kept measurements.
 func aggregate(res *Results, o options) {
-	var direct *ScenarioResult
-	for _, s := range res.Scenarios {
-		if s.Name == "direct" {
-			direct = s
-		}
-	}
+	direct := find(res, "direct")
 	for _, s := range res.Scenarios {
 		if s.Error != "" || len(s.Latency) == 0 {
 			continue
 		}
-		s.ErrorsTotal = 0
-		s.MaxRPS10, s.MaxRPS50 = nil, nil
-		var p50, p99, a50, a99 []float64
-		var cpu []map[string]float64
-		for i, l := range s.Latency {
-			s.ErrorsTotal += l.Errors
-			p50 = append(p50, l.P50)
-			p99 = append(p99, l.P99)
-			cpu = append(cpu, l.CPUPer1k)
-			if direct != nil && i < len(direct.Latency) {
-				a50 = append(a50, l.P50-direct.Latency[i].P50)
-				a99 = append(a99, l.P99-direct.Latency[i].P99)
-			}
-		}
-		s.P50, s.P99 = median(p50), median(p99)
-		s.AddedP50, s.AddedP99 = median(a50), median(a99)
-		s.AddedP50Min, s.AddedP50Max = slices.Min(a50), slices.Max(a50)
-		s.AddedP99Min, s.AddedP99Max = slices.Min(a99), slices.Max(a99)
-		s.CPUc1 = medianMaps(cpu)
-
-		// Ladder: per round, the highest rate before the first step that missed.
-		byRate := map[int][]stepResult{}
-		for _, round := range s.Steps {
-			m10, m50, all10, all50 := 0, 0, true, true
-			for _, st := range round {
-				s.ErrorsTotal += st.Errors
-				byRate[st.Rate] = append(byRate[st.Rate], st)
-				if all10 && st.Pass10 {
-					m10 = st.Rate
-				} else {
-					all10 = false
-				}
-				if all50 && st.Pass50 {
-					m50 = st.Rate
-				} else {
-					all50 = false
-				}
-			}
-			s.MaxRPS10 = append(s.MaxRPS10, m10)
-			s.MaxRPS50 = append(s.MaxRPS50, m50)
-		}
-		s.MedRPS10, s.MedRPS50 = medianInt(s.MaxRPS10), medianInt(s.MaxRPS50)
-		top := 0
-		if len(s.Rates) > 0 {
-			top = s.Rates[len(s.Rates)-1]
-		}
-		s.Ceiling10, s.Ceiling50 = s.MedRPS10 == top, s.MedRPS50 == top
-		s.StepMedians = map[int]stepMedian{}
-		for rate, sts := range byRate {
-			var p50, p99, thr []float64
-			var cpu []map[string]float64
-			for _, st := range sts {
-				if !st.sustained() {
-					continue
-				}
-				p50 = append(p50, st.P50)
-				p99 = append(p99, st.P99)
-				thr = append(thr, st.Throughput)
-				cpu = append(cpu, st.CPUPer1k)
-			}
-			if len(p50) > 0 {
-				s.StepMedians[rate] = stepMedian{Rounds: len(p50), P50: median(p50), P99: median(p99), Throughput: median(thr), CPU: medianMaps(cpu)}
-			}
-		}
-		// CPU per 1,000 requests: at 1,000 rps, or below that the highest rate the scenario
-		// passed (p99 < 50 ms) in the lower-median round; median over the rounds that passed it.
-		ref := min(s.MedRPS50, 1000)
-		if ref > 0 && !slices.Contains(s.Rates, ref) {
-			ref = 0
-		}
-		var passCPU []map[string]float64
-		for _, st := range byRate[ref] {
-			if st.Pass50 {
-				passCPU = append(passCPU, st.CPUPer1k)
-			}
-		}
-		if len(passCPU) > 0 {
-			s.CPURate, s.CPU = ref, medianMaps(passCPU)
-		}
+		s.aggregateLatency(direct)
+		byRate := s.aggregateLadder()
+		s.cpuAtReference(byRate)
 		s.PeakRSS = map[string]float64{}
 		for _, p := range s.Processes {
 			s.PeakRSS[p] = res.PeakRSS[p]
-		}
-		s.ErrorsC1 = 0
-		for _, l := range s.Latency {
-			s.ErrorsC1 += l.Errors
 		}
 	}
 	res.Pipelining = pipelining(res, o)
@@ -363,7 +268,93 @@ func aggregate(res *Results, o options) {
 		}
 	}
 	if len(fk) > 0 {
-		res.Machine.ForeignKept = [2]float64{median(fk), slices.Max(fk)}
+		res.Machine.ForeignKept = [2]float64{host.Median(fk), slices.Max(fk)}
+	}
+}
+
+// aggregateLatency takes the medians of the concurrency-1 rounds, and of the per-round
+// differences to direct (measured in the same round).
+func (s *ScenarioResult) aggregateLatency(direct *ScenarioResult) {
+	var p50, p99, a50, a99 []float64
+	var cpu []map[string]float64
+	s.ErrorsC1 = 0
+	for i, l := range s.Latency {
+		s.ErrorsC1 += l.Errors
+		p50 = append(p50, l.P50)
+		p99 = append(p99, l.P99)
+		cpu = append(cpu, l.CPUPer1k)
+		if direct != nil && i < len(direct.Latency) {
+			a50 = append(a50, l.P50-direct.Latency[i].P50)
+			a99 = append(a99, l.P99-direct.Latency[i].P99)
+		}
+	}
+	s.P50, s.P99 = host.Median(p50), host.Median(p99)
+	s.AddedP50, s.AddedP99 = host.Median(a50), host.Median(a99)
+	s.AddedP50Min, s.AddedP50Max = slices.Min(a50), slices.Max(a50)
+	s.AddedP99Min, s.AddedP99Max = slices.Min(a99), slices.Max(a99)
+	s.CPUc1 = medianMaps(cpu)
+}
+
+// aggregateLadder finds, per round, the highest rate before the first step that missed,
+// and the medians of each rate's sustained steps; it returns the steps by rate.
+func (s *ScenarioResult) aggregateLadder() map[int][]stepResult {
+	s.ErrorsTotal = s.ErrorsC1
+	s.MaxRPS10, s.MaxRPS50 = nil, nil
+	byRate := map[int][]stepResult{}
+	for _, round := range s.Steps {
+		m10, m50, all10, all50 := 0, 0, true, true
+		for _, st := range round {
+			s.ErrorsTotal += st.Errors
+			byRate[st.Rate] = append(byRate[st.Rate], st)
+			if all10 = all10 && st.Pass10; all10 {
+				m10 = st.Rate
+			}
+			if all50 = all50 && st.Pass50; all50 {
+				m50 = st.Rate
+			}
+		}
+		s.MaxRPS10 = append(s.MaxRPS10, m10)
+		s.MaxRPS50 = append(s.MaxRPS50, m50)
+	}
+	s.MedRPS10, s.MedRPS50 = medianInt(s.MaxRPS10), medianInt(s.MaxRPS50)
+	top := 0
+	if len(s.Rates) > 0 {
+		top = s.Rates[len(s.Rates)-1]
+	}
+	s.Ceiling10, s.Ceiling50 = s.MedRPS10 == top, s.MedRPS50 == top
+	s.StepMedians = map[int]stepMedian{}
+	for rate, sts := range byRate {
+		var p50, p99, thr []float64
+		var cpu []map[string]float64
+		for _, st := range sts {
+			if st.sustained() {
+				p50, p99 = append(p50, st.P50), append(p99, st.P99)
+				thr, cpu = append(thr, st.Throughput), append(cpu, st.CPUPer1k)
+			}
+		}
+		if len(p50) > 0 {
+			s.StepMedians[rate] = stepMedian{Rounds: len(p50), P50: host.Median(p50), P99: host.Median(p99), Throughput: host.Median(thr), CPU: medianMaps(cpu)}
+		}
+	}
+	return byRate
+}
+
+// cpuAtReference is CPU per 1,000 requests at 1,000 rps, or below that the highest rate the
+// scenario passed (p99 < 50 ms) in the lower-median round; median over the rounds that
+// passed it.
+func (s *ScenarioResult) cpuAtReference(byRate map[int][]stepResult) {
+	ref := min(s.MedRPS50, 1000)
+	if ref > 0 && !slices.Contains(s.Rates, ref) {
+		ref = 0
+	}
+	var passCPU []map[string]float64
+	for _, st := range byRate[ref] {
+		if st.Pass50 {
+			passCPU = append(passCPU, st.CPUPer1k)
+		}
+	}
+	if len(passCPU) > 0 {
+		s.CPURate, s.CPU = ref, medianMaps(passCPU)
 	}
 }
 
@@ -414,57 +405,14 @@ func pipelining(res *Results, o options) *PipelineResult {
 	return p
 }
 
+// aggregate summarizes each target's streamed answers and compares the full edge with
+// direct, event by event.
 func (st *StreamResult) aggregate() {
 	st.Summary = map[string]streamSummary{}
 	st.Errors, st.PerChunkAddedUS = nil, nil
 	st.WorstChunkAddedUS, st.WorstBeyondFirstUS, st.WorstSingleUS = 0, 0, 0
 	for name, samples := range st.Samples {
-		var hdr, first, mean, mx, mn []float64
-		var events [][]float64
-		n := 0
-		for _, s := range samples {
-			if s.Err != "" {
-				st.Errors = append(st.Errors, name+": "+s.Err)
-				continue
-			}
-			// data events: 0 = role, 1..chunks = content, then finish and [DONE].
-			if len(s.Events) < st.Chunks+1 {
-				st.Errors = append(st.Errors, fmt.Sprintf("%s: %d events, want at least %d", name, len(s.Events), st.Chunks+1))
-				continue
-			}
-			n++
-			hdr = append(hdr, s.Headers)
-			content := s.Events[1 : st.Chunks+1]
-			first = append(first, content[0])
-			var sum, m float64
-			lo := math.Inf(1)
-			for i := 1; i < len(content); i++ {
-				g := content[i] - content[i-1]
-				sum += g
-				m = math.Max(m, g)
-				lo = math.Min(lo, g)
-			}
-			mean = append(mean, sum/float64(len(content)-1))
-			mx = append(mx, m)
-			mn = append(mn, lo)
-			events = append(events, s.Events)
-		}
-		sum := streamSummary{N: n, HeadersUS: median(hdr), FirstChunkUS: median(first), MeanGapUS: median(mean), MaxGapUS: median(mx), MinGapUS: slices.Min(mn)}
-		if n > 0 {
-			k := len(events[0])
-			for _, e := range events {
-				k = min(k, len(e))
-			}
-			sum.Events = k
-			for i := 0; i < k; i++ {
-				var col []float64
-				for _, e := range events {
-					col = append(col, e[i])
-				}
-				sum.EventsUS = append(sum.EventsUS, median(col))
-			}
-		}
-		st.Summary[name] = sum
+		st.Summary[name] = st.summarize(name, samples)
 	}
 	d, okD := st.Summary["direct"]
 	e, okE := st.Summary["edge_full"]
@@ -477,7 +425,6 @@ func (st *StreamResult) aggregate() {
 	st.AddedMaxGapUS = e.MaxGapUS - d.MaxGapUS
 	st.MinGapEdgeUS = e.MinGapUS
 	k := min(len(d.EventsUS), len(e.EventsUS))
-	st.NoneHeldBack = true
 	for i := 0; i < k; i++ {
 		a := e.EventsUS[i] - d.EventsUS[i]
 		st.PerChunkAddedUS = append(st.PerChunkAddedUS, a)
@@ -486,9 +433,8 @@ func (st *StreamResult) aggregate() {
 		// by more than the tolerance.
 		st.WorstBeyondFirstUS = math.Max(st.WorstBeyondFirstUS, a-(e.EventsUS[0]-d.EventsUS[0]))
 	}
-	st.NoneHeldBack = st.WorstBeyondFirstUS <= st.ToleranceMS*1000
 	st.MinGapOK = st.MinGapEdgeUS > st.IntervalMS*1000/2
-	st.NoneHeldBack = st.NoneHeldBack && st.MinGapOK
+	st.NoneHeldBack = st.WorstBeyondFirstUS <= st.ToleranceMS*1000 && st.MinGapOK
 	// Worst single sample: each edge sample against the direct median.
 	for _, s := range st.Samples["edge_full"] {
 		for i := 0; i < min(len(s.Events), k); i++ {
@@ -497,55 +443,64 @@ func (st *StreamResult) aggregate() {
 	}
 }
 
+// summarize is the medians of one target's complete answers; it records the others in
+// st.Errors.
+func (st *StreamResult) summarize(name string, samples []streamSample) streamSummary {
+	var hdr, first, mean, mx, mn []float64
+	var events [][]float64
+	for _, s := range samples {
+		if s.Err != "" {
+			st.Errors = append(st.Errors, name+": "+s.Err)
+			continue
+		}
+		// data events: 0 = role, 1..chunks = content, then finish and [DONE].
+		if len(s.Events) < st.Chunks+1 {
+			st.Errors = append(st.Errors, fmt.Sprintf("%s: %d events, want at least %d", name, len(s.Events), st.Chunks+1))
+			continue
+		}
+		hdr = append(hdr, s.Headers)
+		content := s.Events[1 : st.Chunks+1]
+		first = append(first, content[0])
+		var sum, m float64
+		lo := math.Inf(1)
+		for i := 1; i < len(content); i++ {
+			g := content[i] - content[i-1]
+			sum, m, lo = sum+g, math.Max(m, g), math.Min(lo, g)
+		}
+		mean = append(mean, sum/float64(len(content)-1))
+		mx, mn = append(mx, m), append(mn, lo)
+		events = append(events, s.Events)
+	}
+	if len(events) == 0 {
+		return streamSummary{}
+	}
+	sum := streamSummary{N: len(events), HeadersUS: host.Median(hdr), FirstChunkUS: host.Median(first), MeanGapUS: host.Median(mean), MaxGapUS: host.Median(mx), MinGapUS: slices.Min(mn)}
+	sum.Events = len(events[0])
+	for _, e := range events {
+		sum.Events = min(sum.Events, len(e))
+	}
+	for i := range sum.Events {
+		var col []float64
+		for _, e := range events {
+			col = append(col, e[i])
+		}
+		sum.EventsUS = append(sum.EventsUS, host.Median(col))
+	}
+	return sum
+}
+
 // --- machine description -------------------------------------------------------------
 
-func machineInfo(root string, s *stack) Machine {
+func machineInfo(root string, t tools) Machine {
 	m := Machine{NProc: runtime.NumCPU(), Go: runtime.Version()}
-	if out, err := exec.Command("nproc", "--all").Output(); err == nil {
-		m.NProc, _ = strconv.Atoi(strings.TrimSpace(string(out)))
+	if n, err := strconv.Atoi(host.FirstLine("nproc", "--all")); err == nil {
+		m.NProc = n
 	}
-	if m.NProc > 0 {
-		ncpu = m.NProc
-	}
-	if out, err := exec.Command("lscpu").Output(); err == nil {
-		for _, line := range strings.Split(string(out), "\n") {
-			k, v, ok := strings.Cut(line, ":")
-			if !ok {
-				continue
-			}
-			switch strings.TrimSpace(k) {
-			case "Model name":
-				m.CPUModel = strings.TrimSpace(v)
-			case "Hypervisor vendor":
-				m.Hypervisor = strings.TrimSpace(v)
-			}
-		}
-	}
-	if f, err := os.Open("/proc/meminfo"); err == nil {
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			if v, ok := strings.CutPrefix(sc.Text(), "MemTotal:"); ok {
-				kb, _ := strconv.ParseFloat(strings.Fields(v)[0], 64)
-				m.MemGiB = math.Round(kb/1024/1024*10) / 10
-			}
-		}
-		f.Close()
-	}
-	first := func(name string, args ...string) string {
-		out, err := exec.Command(name, args...).CombinedOutput()
-		if err != nil {
-			return ""
-		}
-		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-			if line = strings.TrimSpace(line); line != "" {
-				return line
-			}
-		}
-		return ""
-	}
-	m.Kernel = first("uname", "-r")
-	m.Envoy = strings.TrimSpace(strings.TrimPrefix(first(s.envoyBin, "--version"), s.envoyBin))
-	if out, err := exec.Command("go", "version", "-m", s.rlBin).Output(); err == nil {
+	m.CPUModel, m.Hypervisor = host.CPUInfo()
+	m.MemGiB = math.Round(host.MemKiB()/1024/1024*10) / 10
+	m.Kernel = host.FirstLine("uname", "-r")
+	m.Envoy = strings.TrimSpace(strings.TrimPrefix(host.FirstLine(t.envoy, "--version"), t.envoy))
+	if out, err := exec.Command("go", "version", "-m", t.ratelimit).Output(); err == nil {
 		for _, line := range strings.Split(string(out), "\n") {
 			f := strings.Fields(line)
 			if len(f) >= 3 && f[0] == "mod" {
@@ -553,14 +508,14 @@ func machineInfo(root string, s *stack) Machine {
 			}
 		}
 	}
-	m.Redis = first(s.redisBin, "--version")
-	m.Node = first("node", "--version")
+	m.Redis = host.FirstLine(t.redis, "--version")
+	m.Node = host.FirstLine("node", "--version")
 	if py := filepath.Join(peersDir(root), "litellm", "bin", "python"); fileExists(py) {
-		m.Python = first(py, "--version")
+		m.Python = host.FirstLine(py, "--version")
 	} else {
-		m.Python = first("python3", "--version")
+		m.Python = host.FirstLine("python3", "--version")
 	}
-	m.Commit = first("git", "-C", root, "rev-parse", "--short", "HEAD")
+	m.Commit = host.FirstLine("git", "-C", root, "rev-parse", "--short", "HEAD")
 	if out, err := exec.Command("git", "-C", root, "status", "--porcelain").Output(); err == nil {
 		m.Dirty = len(strings.TrimSpace(string(out))) > 0
 	}
@@ -603,20 +558,10 @@ func machineBusy() (busy, steal float64) {
 	return busy / 100, v(8) / 100
 }
 
-func selfCPU() float64 {
-	f, err := procStatFields(os.Getpid())
-	if err != nil || len(f) < 15 {
-		return 0
-	}
-	u, _ := strconv.ParseFloat(f[13], 64)
-	s, _ := strconv.ParseFloat(f[14], 64)
-	return (u + s) / 100
-}
-
 func takeNoise(r *runner) noiseSnap {
 	n := noiseSnap{at: time.Now()}
 	n.busy, n.steal = machineBusy()
-	n.ours = selfCPU()
+	n.ours = host.SelfCPU()
 	for _, p := range r.all {
 		n.ours += r.cpuSeconds(p)
 	}
@@ -632,12 +577,4 @@ func otherCPU(start noiseSnap, r *runner) (other, steal float64) {
 	}
 	other = ((end.busy - start.busy) - (end.ours - start.ours)) / secs
 	return math.Max(0, other), (end.steal - start.steal) / secs
-}
-
-func writeJSON(path string, res *Results) error {
-	b, err := json.MarshalIndent(res, "", "  ")
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(path, append(b, '\n'), 0o644)
 }

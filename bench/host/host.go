@@ -1,5 +1,7 @@
-// Package host describes the machine a benchmark ran on and reads the benchmark
-// process's own CPU time, the same way for every benchmark program under bench/.
+// Package host is what the benchmark programs under bench/ (and the e2e benchmark's
+// helpers) share: the machine description and report header, their common flags, child
+// processes (start, poll until ready, stop), CPU and memory readings from /proc, and
+// percentiles, medians and the JSON report.
 package host
 
 import (
@@ -22,27 +24,57 @@ type Machine struct {
 	GoVersion string `json:"go_version"`
 }
 
+// Describe describes this machine.
 func Describe() Machine {
 	m := Machine{NProc: runtime.NumCPU(), GoVersion: runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH}
-	if out, err := exec.Command("lscpu").Output(); err == nil {
-		for _, line := range strings.Split(string(out), "\n") {
-			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "Model name" {
-				m.CPUModel = strings.TrimSpace(v)
-			}
-		}
+	m.CPUModel, _ = CPUInfo()
+	if kb := MemKiB(); kb > 0 {
+		m.MemTotal = fmt.Sprintf("%.1f GiB", kb/1024/1024)
 	}
-	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
-		for _, line := range strings.Split(string(b), "\n") {
-			if f := strings.Fields(line); len(f) >= 2 && f[0] == "MemTotal:" {
-				kb, _ := strconv.ParseFloat(f[1], 64)
-				m.MemTotal = fmt.Sprintf("%.1f GiB", kb/1024/1024)
-			}
-		}
-	}
-	if out, err := exec.Command("uname", "-sr").Output(); err == nil {
-		m.Kernel = strings.TrimSpace(string(out))
-	}
+	m.Kernel = FirstLine("uname", "-sr")
 	return m
+}
+
+// CPUInfo is lscpu's model name and hypervisor vendor ("" on bare metal).
+func CPUInfo() (model, hypervisor string) {
+	out, _ := exec.Command("lscpu").Output()
+	for _, line := range strings.Split(string(out), "\n") {
+		k, v, _ := strings.Cut(line, ":")
+		switch strings.TrimSpace(k) {
+		case "Model name":
+			model = strings.TrimSpace(v)
+		case "Hypervisor vendor":
+			hypervisor = strings.TrimSpace(v)
+		}
+	}
+	return model, hypervisor
+}
+
+// MemKiB is the machine's memory (MemTotal in /proc/meminfo).
+func MemKiB() float64 {
+	b, _ := os.ReadFile("/proc/meminfo")
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "MemTotal:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb
+		}
+	}
+	return 0
+}
+
+// FirstLine is the first non-empty line a command prints (stdout and stderr), "" if it
+// fails: how tools report their version.
+func FirstLine(name string, args ...string) string {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if line = strings.TrimSpace(line); line != "" {
+			return line
+		}
+	}
+	return ""
 }
 
 func GitCommit() string {
@@ -63,4 +95,22 @@ func SelfCPU() float64 {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
+// Header opens every benchmark report: where, from which commit, when and how it ran.
+type Header struct {
+	Machine Machine   `json:"machine"`
+	Commit  string    `json:"commit"`
+	Date    time.Time `json:"date"`
+	Command string    `json:"command"`
+}
+
+// NewHeader describes this run of the program at pkg (e.g. ./bench/authz).
+func NewHeader(pkg string) Header {
+	return Header{
+		Machine: Describe(),
+		Commit:  GitCommit(),
+		Date:    time.Now().UTC().Truncate(time.Second),
+		Command: strings.Join(append([]string{"go run " + pkg}, os.Args[1:]...), " "),
+	}
 }

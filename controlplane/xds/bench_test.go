@@ -11,8 +11,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sort"
-	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -22,115 +20,20 @@ import (
 	"github.com/llmedge/llmedge/controlplane/model"
 	"github.com/llmedge/llmedge/controlplane/translate"
 	"github.com/llmedge/llmedge/controlplane/xds"
+	"github.com/llmedge/llmedge/internal/benchconfig"
 )
 
-const (
-	benchRoutes    = 1000
-	benchUpstreams = 20
-	benchHosts     = 4 // distinct host names among the routes that set match.hosts
-)
-
-var benchRegionNames = []string{"eu", "hk", "jp", "sg", "us"}
-
-// benchFile builds the synthetic routes document (no callers, no quotas): every region
-// names an extauthz address and serves every upstream (all https, allowed in all regions,
-// every fourth with a base path), and routes r0000..r(n-1) have distinct prefixes,
-// alternating "/rNNNN" (path-separated, regex rewrite) and "/rNNNN/" (prefix rewrite). Every
-// 10th route is bound to one of `hosts` host names and every 7th matches a header. rename
-// changes the name and prefix of route 0, which every region serves: the smallest edit that
-// changes the routes version of every region.
-func benchFile(routes, hosts int, rename string) config.File {
-	f := config.File{
-		Version:   config.SchemaVersion,
-		Regions:   map[string]config.Region{},
-		Upstreams: map[string]config.Upstream{},
-		Routes:    map[string]config.Route{},
-	}
-	ups := make([]string, benchUpstreams)
-	for i := range ups {
-		ups[i] = fmt.Sprintf("up%02d", i)
-	}
-	for i, r := range benchRegionNames {
-		f.Regions[r] = config.Region{Listen: fmt.Sprintf("127.0.0.1:%d", 10000+i), ExtAuthz: "127.0.0.1:10100", Upstreams: ups}
-	}
-	for i, u := range ups {
-		url := "https://" + u + ".llmedge.test"
-		if i%4 == 3 {
-			url += "/v1beta"
-		}
-		f.Upstreams[u] = config.Upstream{
-			URL:            url,
-			Endpoint:       "127.0.0.1:8443",
-			TLS:            config.TLS{CAFile: "/etc/llmedge/upstream-ca.pem"},
-			AllowedRegions: benchRegionNames,
-		}
-	}
-	for i := 0; i < routes; i++ {
-		name := fmt.Sprintf("r%04d", i)
-		if i == 0 && rename != "" {
-			name = rename
-		}
-		rt := config.Route{Upstream: ups[i%len(ups)]}
-		if i%2 == 0 {
-			rt.Match.Prefix, rt.PrefixRewrite = "/"+name, "/"
-		} else {
-			rt.Match.Prefix, rt.PrefixRewrite = "/"+name+"/", "/v1/"
-		}
-		if hosts > 0 && i%10 == 0 {
-			rt.Match.Hosts = []string{fmt.Sprintf("tenant-%d.llmedge.test", (i/10)%hosts)}
-		}
-		if i%7 == 0 {
-			rt.Match.Headers = []config.HeaderMatch{{Name: "x-llmedge-tenant", Exact: fmt.Sprintf("t%d", i)}}
-		}
-		f.Routes[name] = rt
-	}
-	return f
+// benchFile is the shared benchmark document with hosts host names (0: no host-bound
+// route) and route 0 renamed to rename when set.
+func benchFile(hosts int, rename string) config.File {
+	return benchconfig.File(benchOpts(hosts, rename))
 }
 
-// benchYAML writes f as routes YAML (only the fields benchFile sets).
-func benchYAML(f config.File) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "version: %d\nregions:\n", f.Version)
-	for _, name := range benchKeys(f.Regions) {
-		r := f.Regions[name]
-		fmt.Fprintf(&b, "  %s:\n    listen: %s\n    extauthz: %s\n    upstreams: [%s]\n", name, r.Listen, r.ExtAuthz, strings.Join(r.Upstreams, ", "))
+func benchOpts(hosts int, rename string) benchconfig.Options {
+	if hosts == 0 {
+		hosts = -1
 	}
-	b.WriteString("upstreams:\n")
-	for _, name := range benchKeys(f.Upstreams) {
-		u := f.Upstreams[name]
-		fmt.Fprintf(&b, "  %s:\n    url: %s\n    endpoint: %s\n    tls: {ca_file: %s}\n    allowed_regions: [%s]\n",
-			name, u.URL, u.Endpoint, u.TLS.CAFile, strings.Join(u.AllowedRegions, ", "))
-	}
-	b.WriteString("routes:\n")
-	for _, name := range benchKeys(f.Routes) {
-		r := f.Routes[name]
-		fmt.Fprintf(&b, "  %s:\n    match: {prefix: %s", name, r.Match.Prefix)
-		if len(r.Match.Hosts) > 0 {
-			fmt.Fprintf(&b, ", hosts: [%s]", strings.Join(r.Match.Hosts, ", "))
-		}
-		for i, h := range r.Match.Headers {
-			if i == 0 {
-				b.WriteString(", headers: [")
-			} else {
-				b.WriteString(", ")
-			}
-			fmt.Fprintf(&b, "{name: %s, exact: %s}", h.Name, h.Exact)
-			if i == len(r.Match.Headers)-1 {
-				b.WriteString("]")
-			}
-		}
-		fmt.Fprintf(&b, "}\n    upstream: %s\n    prefix_rewrite: %s\n", r.Upstream, r.PrefixRewrite)
-	}
-	return b.String()
-}
-
-func benchKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
+	return benchconfig.Options{Hosts: hosts, Rename: rename}
 }
 
 func benchValidate(b *testing.B, f config.File) *model.Config {
@@ -154,11 +57,14 @@ func benchTranslate(b *testing.B, cfg *model.Config) map[string]*translate.Resou
 	return all
 }
 
-// benchWrite writes f's YAML into a fresh directory and checks that it loads back as f.
-func benchWrite(b *testing.B, f config.File) string {
+// benchWrite writes the document's YAML into a fresh directory and checks that it loads
+// back as the document.
+func benchWrite(b *testing.B, hosts int, rename string) string {
 	b.Helper()
+	opts := benchOpts(hosts, rename)
+	f := benchconfig.File(opts)
 	path := filepath.Join(b.TempDir(), "routes.yaml")
-	if err := os.WriteFile(path, []byte(benchYAML(f)), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(benchconfig.YAML(opts)), 0o644); err != nil {
 		b.Fatal(err)
 	}
 	src, err := config.Load(path)
@@ -178,7 +84,7 @@ func newBenchServer(ctx context.Context) *xds.Server {
 // reportShape records the size of what one region's Envoys receive (all regions are alike).
 // Call it after the b.Loop loop: the timer reset at the loop's start drops earlier metrics.
 func reportShape(b *testing.B, all map[string]*translate.Resources) {
-	res := all[benchRegionNames[0]]
+	res := all[benchconfig.Regions[0]]
 	routes, size := 0, 0
 	for _, rc := range res.Routes {
 		for _, vh := range rc.VirtualHosts {
@@ -192,7 +98,7 @@ func reportShape(b *testing.B, all map[string]*translate.Resources) {
 
 // BenchmarkValidate is config.Validate: the decoded document to the model.
 func BenchmarkValidate(b *testing.B) {
-	f := benchFile(benchRoutes, benchHosts, "")
+	f := benchFile(benchconfig.Hosts, "")
 	benchValidate(b, f)
 	for b.Loop() {
 		if _, err := config.Validate(f); err != nil {
@@ -205,7 +111,7 @@ func BenchmarkValidate(b *testing.B) {
 // check names, validate. The reload runs it on every watcher event, even before it knows
 // the content is unchanged.
 func BenchmarkLoadConfig(b *testing.B) {
-	path := benchWrite(b, benchFile(benchRoutes, benchHosts, ""))
+	path := benchWrite(b, benchconfig.Hosts, "")
 	for b.Loop() {
 		if _, _, err := config.LoadConfig(path); err != nil {
 			b.Fatal(err)
@@ -216,7 +122,7 @@ func BenchmarkLoadConfig(b *testing.B) {
 // BenchmarkTranslateAll is translate.All for every region, which includes the deep
 // validation of every resource; validated=true adds config.Validate in front.
 func BenchmarkTranslateAll(b *testing.B) {
-	f := benchFile(benchRoutes, benchHosts, "")
+	f := benchFile(benchconfig.Hosts, "")
 	b.Run("validated=false", func(b *testing.B) {
 		cfg := benchValidate(b, f)
 		for b.Loop() {
@@ -243,9 +149,9 @@ func BenchmarkTranslateAll(b *testing.B) {
 // BenchmarkTranslateHostFanout shows how host-bound routes multiply the route table: each
 // host name gets a virtual host holding its own routes plus every host-less route.
 func BenchmarkTranslateHostFanout(b *testing.B) {
-	for _, hosts := range []int{0, benchHosts, 16} {
+	for _, hosts := range []int{0, benchconfig.Hosts, 16} {
 		b.Run(fmt.Sprintf("hosts=%d", hosts), func(b *testing.B) {
-			cfg := benchValidate(b, benchFile(benchRoutes, hosts, ""))
+			cfg := benchValidate(b, benchFile(hosts, ""))
 			for b.Loop() {
 				if _, err := translate.All(cfg); err != nil {
 					b.Fatal(err)
@@ -265,7 +171,7 @@ func BenchmarkTranslateHostFanout(b *testing.B) {
 //
 // No Envoy is connected, so no response is sent (see BenchmarkWriteToACK in e2e for that).
 func BenchmarkSnapshotBuild(b *testing.B) {
-	all := benchTranslate(b, benchValidate(b, benchFile(benchRoutes, benchHosts, "")))
+	all := benchTranslate(b, benchValidate(b, benchFile(benchconfig.Hosts, "")))
 	b.Run("fresh", func(b *testing.B) {
 		for b.Loop() {
 			b.StopTimer()
@@ -275,8 +181,8 @@ func BenchmarkSnapshotBuild(b *testing.B) {
 			changed, err := s.Update(all)
 			b.StopTimer()
 			cancel()
-			if err != nil || len(changed) != len(benchRegionNames) {
-				b.Fatalf("Update changed %v, err %v; want all %d regions", changed, err, len(benchRegionNames))
+			if err != nil || len(changed) != len(benchconfig.Regions) {
+				b.Fatalf("Update changed %v, err %v; want all %d regions", changed, err, len(benchconfig.Regions))
 			}
 			b.StartTimer()
 		}
@@ -294,7 +200,7 @@ func BenchmarkSnapshotBuild(b *testing.B) {
 		}
 	})
 	b.Run("one-route-changed", func(b *testing.B) {
-		other := benchTranslate(b, benchValidate(b, benchFile(benchRoutes, benchHosts, "r0000-renamed")))
+		other := benchTranslate(b, benchValidate(b, benchFile(benchconfig.Hosts, "r0000-renamed")))
 		inputs := []map[string]*translate.Resources{all, other}
 		s := newBenchServer(b.Context())
 		if _, err := s.Update(all); err != nil {
@@ -304,8 +210,8 @@ func BenchmarkSnapshotBuild(b *testing.B) {
 		for b.Loop() {
 			i++
 			changed, err := s.Update(inputs[i%2])
-			if err != nil || len(changed) != len(benchRegionNames) {
-				b.Fatalf("Update changed %v, err %v; want all %d regions", changed, err, len(benchRegionNames))
+			if err != nil || len(changed) != len(benchconfig.Regions) {
+				b.Fatalf("Update changed %v, err %v; want all %d regions", changed, err, len(benchconfig.Regions))
 			}
 		}
 	})
@@ -317,11 +223,11 @@ func BenchmarkSnapshotBuild(b *testing.B) {
 // that every iteration pushes every region. hosts=4 is the benchmark config; hosts=0 is the
 // same 1,000 routes with no host-bound route (no virtual-host fan-out).
 func BenchmarkFullRebuild(b *testing.B) {
-	for _, hosts := range []int{benchHosts, 0} {
+	for _, hosts := range []int{benchconfig.Hosts, 0} {
 		b.Run(fmt.Sprintf("hosts=%d", hosts), func(b *testing.B) {
 			paths := []string{
-				benchWrite(b, benchFile(benchRoutes, hosts, "")),
-				benchWrite(b, benchFile(benchRoutes, hosts, "r0000-renamed")),
+				benchWrite(b, hosts, ""),
+				benchWrite(b, hosts, "r0000-renamed"),
 			}
 			s := newBenchServer(b.Context())
 			i := 0
@@ -335,8 +241,8 @@ func BenchmarkFullRebuild(b *testing.B) {
 					b.Fatal(err)
 				}
 				changed, err := s.Update(all)
-				if err != nil || len(changed) != len(benchRegionNames) {
-					b.Fatalf("Update changed %v, err %v; want all %d regions", changed, err, len(benchRegionNames))
+				if err != nil || len(changed) != len(benchconfig.Regions) {
+					b.Fatalf("Update changed %v, err %v; want all %d regions", changed, err, len(benchconfig.Regions))
 				}
 				i++
 			}
