@@ -62,7 +62,7 @@ type LimitStatus struct {
 
 func regionLimits(cfg *model.Config, r model.Region) []LimitStatus {
 	out := []LimitStatus{}
-	if r.RateLimitHost == "" {
+	if r.RateLimit.IsZero() {
 		return out
 	}
 	for _, c := range cfg.Callers {

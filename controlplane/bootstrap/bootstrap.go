@@ -18,13 +18,17 @@ import (
 	overloadv3 "github.com/envoyproxy/go-control-plane/envoy/config/overload/v3"
 	downstreamconnsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/downstream_connections/v3"
 	fixedheapv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/fixed_heap/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"sigs.k8s.io/yaml"
+
+	"github.com/llmedge/llmedge/internal/transport"
 )
 
 // XDSClusterName is the static cluster the ADS stream uses. The control plane
@@ -71,6 +75,13 @@ type Options struct {
 	// XDSHost is an IP (STATIC cluster) or a hostname (STRICT_DNS cluster).
 	XDSHost string
 	XDSPort int
+	// XDSPipe, when set, is the absolute path of the control plane's unix socket and
+	// replaces XDSHost/XDSPort (co-located control plane, guarded by the socket's directory).
+	XDSPipe string
+	// XDSTLS, when set for a TCP control plane, makes Envoy present XDSTLS.Cert and accept
+	// only a server certificate for XDSHost chaining to XDSTLS.CA. Envoy reads the files at
+	// start-up.
+	XDSTLS transport.Files
 	// MaxHeapBytes feeds the fixed_heap overload monitor.
 	MaxHeapBytes uint64
 	// MaxDownstreamConnections caps active downstream connections across all listeners.
@@ -101,6 +112,17 @@ func (o Options) withDefaults() (Options, error) {
 		o.AdminPort = 0
 	case o.AdminPort < 0 || o.AdminPort > 65535:
 		errs = append(errs, fmt.Errorf("AdminPort %d out of range", o.AdminPort))
+	}
+	if o.XDSPipe != "" {
+		if _, err := transport.Parse(transport.UnixPrefix + o.XDSPipe); err != nil {
+			errs = append(errs, fmt.Errorf("XDSPipe: %w", err))
+		}
+		if !o.XDSTLS.IsZero() {
+			errs = append(errs, errors.New("XDSTLS applies to a TCP control plane, not to a unix socket"))
+		}
+	}
+	if !o.XDSTLS.IsZero() && (o.XDSTLS.Cert == "" || o.XDSTLS.Key == "" || o.XDSTLS.CA == "") {
+		errs = append(errs, errors.New("XDSTLS needs a certificate, a private key and a CA bundle"))
 	}
 	if o.XDSHost == "" {
 		o.XDSHost = DefaultXDSHost
@@ -247,10 +269,21 @@ func buildXDSCluster(o Options) (*clusterv3.Cluster, error) {
 	// STATIC clusters reject hostnames at config load; STRICT_DNS accepts
 	// both, but resolving an IP literal is pointless.
 	discovery := clusterv3.Cluster_STATIC
-	if net.ParseIP(o.XDSHost) == nil {
+	addr := socketAddress(o.XDSHost, o.XDSPort)
+	switch {
+	case o.XDSPipe != "":
+		addr = &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: o.XDSPipe}}}
+	case net.ParseIP(o.XDSHost) == nil:
 		discovery = clusterv3.Cluster_STRICT_DNS
 	}
+	var ts *corev3.TransportSocket
+	if !o.XDSTLS.IsZero() && o.XDSPipe == "" {
+		if ts, err = xdsTLS(o); err != nil {
+			return nil, err
+		}
+	}
 	return &clusterv3.Cluster{
+		TransportSocket:      ts,
 		Name:                 XDSClusterName,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: discovery},
 		ConnectTimeout:       durationpb.New(time.Second),
@@ -262,11 +295,50 @@ func buildXDSCluster(o Options) (*clusterv3.Cluster, error) {
 			Endpoints: []*endpointv3.LocalityLbEndpoints{{
 				LbEndpoints: []*endpointv3.LbEndpoint{{
 					HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
-						Address: socketAddress(o.XDSHost, o.XDSPort),
+						Address: addr,
 					}},
 				}},
 			}},
 		},
+	}, nil
+}
+
+// xdsTLS is mutual TLS to the control plane: Envoy's client certificate, and the control
+// plane's certificate checked against the operator's CA and the name Envoy dials.
+func xdsTLS(o Options) (*corev3.TransportSocket, error) {
+	file := func(p string) *corev3.DataSource {
+		return &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: p}}
+	}
+	san := &tlsv3.SubjectAltNameMatcher{
+		SanType: tlsv3.SubjectAltNameMatcher_DNS,
+		Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: o.XDSHost}},
+	}
+	sni := o.XDSHost
+	if net.ParseIP(o.XDSHost) != nil {
+		san.SanType = tlsv3.SubjectAltNameMatcher_IP_ADDRESS
+		sni = ""
+	}
+	ctx, err := anypb.New(&tlsv3.UpstreamTlsContext{
+		Sni: sni,
+		CommonTlsContext: &tlsv3.CommonTlsContext{
+			AlpnProtocols: []string{"h2"},
+			TlsParams:     &tlsv3.TlsParameters{TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_2},
+			TlsCertificates: []*tlsv3.TlsCertificate{{
+				CertificateChain: file(o.XDSTLS.Cert),
+				PrivateKey:       file(o.XDSTLS.Key),
+			}},
+			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+				TrustedCa:                 file(o.XDSTLS.CA),
+				MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{san},
+			}},
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &corev3.TransportSocket{
+		Name:       "envoy.transport_sockets.tls",
+		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: ctx},
 	}, nil
 }
 

@@ -258,6 +258,6 @@ func checkRateLimitConfig(rc *rlsconfv3.RateLimitConfig) error {
 }
 
 // rateLimitCluster reaches the region's rate-limit service over HTTP/2 (gRPC).
-func rateLimitCluster(r model.Region) (*clusterv3.Cluster, error) {
-	return grpcCluster(wire.RateLimitClusterName, r.RateLimitHost, r.RateLimitPort)
+func rateLimitCluster(r model.Region, secrets secretSet) (*clusterv3.Cluster, error) {
+	return grpcCluster(wire.RateLimitClusterName, r.RateLimit, r.InternalTLS, secrets)
 }
