@@ -78,9 +78,9 @@ func (a Address) IsLoopback() bool {
 // name; callers add the field path or flag.
 func Parse(s string) (Address, error) { return parse(s, false) }
 
-// parse optionally accepts an empty host (":18000", every interface), which only makes
-// sense for a listener.
-func parse(s string, emptyHost bool) (Address, error) {
+// parse for a listener also accepts an empty host (":18000", every interface) and port 0
+// (any free port, for tests).
+func parse(s string, listen bool) (Address, error) {
 	if rest, ok := strings.CutPrefix(s, UnixPrefix); ok {
 		// Tolerate the URL form unix:///abs/path too, since gRPC and Envoy users write it.
 		if strings.HasPrefix(rest, "//") {
@@ -101,11 +101,11 @@ func parse(s string, emptyHost bool) (Address, error) {
 		return Address{Path: rest}, nil
 	}
 	h, port, err := net.SplitHostPort(s)
-	if err != nil || (h == "" && !emptyHost) {
+	if err != nil || (h == "" && !listen) {
 		return Address{}, fmt.Errorf("must be host:port or unix:/absolute/path.sock")
 	}
 	pn, err := strconv.ParseUint(port, 10, 16)
-	if err != nil || pn == 0 {
+	if err != nil || (pn == 0 && !listen) {
 		return Address{}, fmt.Errorf("port must be 1-65535")
 	}
 	return Address{Host: strings.ToLower(h), Port: uint32(pn)}, nil
