@@ -121,8 +121,10 @@ func (o Options) withDefaults() (Options, error) {
 			errs = append(errs, errors.New("XDSTLS applies to a TCP control plane, not to a unix socket"))
 		}
 	}
-	if !o.XDSTLS.IsZero() && (o.XDSTLS.Cert == "" || o.XDSTLS.Key == "" || o.XDSTLS.CA == "") {
-		errs = append(errs, errors.New("XDSTLS needs a certificate, a private key and a CA bundle"))
+	if !o.XDSTLS.IsZero() {
+		if err := o.XDSTLS.Check(); err != nil {
+			errs = append(errs, fmt.Errorf("XDSTLS: %w", err))
+		}
 	}
 	if o.XDSHost == "" {
 		o.XDSHost = DefaultXDSHost

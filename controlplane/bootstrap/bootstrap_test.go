@@ -230,7 +230,7 @@ func TestOptionsErrors(t *testing.T) {
 		{"max conns overflow", Options{NodeID: "n", Region: "hk", MaxDownstreamConnections: 1 << 63}, "MaxDownstreamConnections"},
 		{"relative pipe", Options{NodeID: "n", Region: "hk", XDSPipe: "run/xds.sock"}, "must be absolute"},
 		{"TLS on a pipe", Options{NodeID: "n", Region: "hk", XDSPipe: "/run/xds.sock", XDSTLS: transport.Files{Cert: "/c", Key: "/k", CA: "/ca"}}, "not to a unix socket"},
-		{"TLS incomplete", Options{NodeID: "n", Region: "hk", XDSTLS: transport.Files{Cert: "/c"}}, "needs a certificate, a private key and a CA bundle"},
+		{"TLS incomplete", Options{NodeID: "n", Region: "hk", XDSTLS: transport.Files{Cert: "/c"}}, "missing: private key, CA bundle"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

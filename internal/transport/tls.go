@@ -24,8 +24,8 @@ type Files struct {
 // IsZero reports whether no file is set (plain transport).
 func (f Files) IsZero() bool { return f == Files{} }
 
-// check requires all three files: llmedge's mutual TLS always authenticates both sides.
-func (f Files) check() error {
+// Check requires all three files: llmedge's mutual TLS always authenticates both sides.
+func (f Files) Check() error {
 	var missing []string
 	if f.Cert == "" {
 		missing = append(missing, "certificate")
@@ -56,7 +56,7 @@ type reloader struct {
 }
 
 func newReloader(f Files, log *slog.Logger) (*reloader, error) {
-	if err := f.check(); err != nil {
+	if err := f.Check(); err != nil {
 		return nil, err
 	}
 	if log == nil {
