@@ -102,6 +102,10 @@ type sockOptions struct {
 	authzArgs []string // more llmedge extauthz flags (TLS files)
 	region    string   // more YAML lines under regions.hk (indented 4)
 	caller    string   // more YAML lines under callers.alice (indented 4)
+	// xdsTLS, when set, makes the control plane also listen on a loopback TCP port with
+	// mutual TLS (server certificate, key, client CA), and Envoy connect there with
+	// envoyTLS (its certificate, key, and the CA of the control plane's certificate).
+	xdsTLS, envoyTLS *transport.Files
 }
 
 func newSockEdge(t *testing.T, o sockOptions) *sockEdge {
@@ -155,12 +159,21 @@ callers:
 		t.Fatal(err)
 	}
 
-	e.cp = testenv.Start(t, "controlplane", exec.Command(llmedgeBin, "controlplane",
+	cpArgs := []string{"controlplane",
 		"--config", e.routes,
-		"--xds-listen", "unix:"+e.cpSock,
+		"--xds-listen", "unix:" + e.cpSock,
 		"--http-listen", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
 		"--log-level", "debug",
-	))
+	}
+	bootstrapArgs := []string{"bootstrap", "--region", "hk", "--admin-port", "0", "--xds", "unix:" + e.cpSock}
+	if o.xdsTLS != nil {
+		tcp := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+		cpArgs[4] += "," + tcp
+		cpArgs = append(cpArgs, "--tls-cert", o.xdsTLS.Cert, "--tls-key", o.xdsTLS.Key, "--tls-client-ca", o.xdsTLS.CA)
+		bootstrapArgs = []string{"bootstrap", "--region", "hk", "--admin-port", "0", "--xds", tcp,
+			"--xds-tls-cert", o.envoyTLS.Cert, "--xds-tls-key", o.envoyTLS.Key, "--xds-tls-ca", o.envoyTLS.CA}
+	}
+	e.cp = testenv.Start(t, "controlplane", exec.Command(llmedgeBin, cpArgs...))
 	testenv.Eventually(t, 15*time.Second, 20*time.Millisecond, func() error {
 		_, err := os.Stat(e.cpSock)
 		return err
@@ -186,11 +199,11 @@ callers:
 		return nil
 	})
 
-	out, err := exec.Command(llmedgeBin, "bootstrap", "--region", "hk", "--admin-port", "0", "--xds", "unix:"+e.cpSock).Output()
+	out, err := exec.Command(llmedgeBin, bootstrapArgs...).Output()
 	if err != nil {
 		t.Fatalf("bootstrap: %v", err)
 	}
-	if !strings.Contains(string(out), "pipe:") {
+	if o.xdsTLS == nil && !strings.Contains(string(out), "pipe:") {
 		t.Fatalf("bootstrap for a unix xDS address has no pipe cluster:\n%s", out)
 	}
 	bootstrap := filepath.Join(e.dir, "envoy.yaml")
@@ -396,8 +409,9 @@ func TestSocketsRatelimitOverPipe(t *testing.T) {
 	}
 }
 
-// TestMTLSExtAuthz: extauthz across the network: TCP with mutual TLS. Envoy presents the
-// client certificate from regions.hk.internal_tls and works; a client without a
+// TestMTLSExtAuthz: extauthz and the control plane across the network: TCP with mutual
+// TLS. Envoy presents the client certificate from regions.hk.internal_tls to extauthz and
+// the one from its bootstrap to the control plane, and works; a client without a
 // certificate, or with one from another CA, gets no answer.
 func TestMTLSExtAuthz(t *testing.T) {
 	pki, err := fakellm.NewPKI([]string{"api.openai.test"})
@@ -415,16 +429,24 @@ func TestMTLSExtAuthz(t *testing.T) {
 	other := pkitest.NewCA(t, tlsDir, "other")
 	srv := ca.Server(t, "extauthz", "127.0.0.1")
 	envoyCert := ca.Client(t, "envoy", "envoy-hk")
+	cpCert := ca.Server(t, "controlplane", "127.0.0.1")
 	authzAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	e := newSockEdge(t, sockOptions{
 		upstream: up.addr, caFile: caFile, authzAddr: authzAddr,
+		xdsTLS:    &transport.Files{Cert: cpCert.Cert, Key: cpCert.Key, CA: ca.CertFile},
+		envoyTLS:  &transport.Files{Cert: envoyCert.Cert, Key: envoyCert.Key, CA: ca.CertFile},
 		authzArgs: []string{"--tls-cert", srv.Cert, "--tls-key", srv.Key, "--tls-client-ca", ca.CertFile},
 		region: fmt.Sprintf("    internal_tls: {cert_file: %s, key_file: %s, ca_file: %s}",
 			envoyCert.Cert, envoyCert.Key, ca.CertFile),
 	})
 	e.waitChatOK()
-	if !strings.Contains(e.authz.Log(), "listening with mutual TLS") {
-		t.Errorf("extauthz did not log its mutual-TLS listener:\n%s", e.authz.Log())
+	for _, p := range []*testenv.Process{e.authz, e.cp} {
+		if !strings.Contains(p.Log(), "listening with mutual TLS") {
+			t.Errorf("%s did not log a mutual-TLS listener:\n%s", p.Name, p.Log())
+		}
+	}
+	if !strings.Contains(e.cp.Log(), `"node_id":"envoy-hk-1"`) {
+		t.Errorf("Envoy's xDS stream did not reach the control plane over mutual TLS")
 	}
 
 	checkWith := func(creds grpc.DialOption) error {
