@@ -25,6 +25,9 @@ func Listen(a Address, f Files, log *slog.Logger) (net.Listener, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	if a.IsUnix() {
+		if !f.IsZero() {
+			log.Info("TLS files apply to TCP listeners; the unix socket is guarded by its directory", "address", a.String())
+		}
 		return listenUnix(a.Path, log)
 	}
 	switch {
