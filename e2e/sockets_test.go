@@ -92,6 +92,7 @@ type sockEdge struct {
 	port              int
 	token             string
 	cp, authz         *testenv.Process
+	cpArgs            []string
 	envoy             *testenv.EnvoyProcess
 }
 
@@ -106,6 +107,9 @@ type sockOptions struct {
 	// mutual TLS (server certificate, key, client CA), and Envoy connect there with
 	// envoyTLS (its certificate, key, and the CA of the control plane's certificate).
 	xdsTLS, envoyTLS *transport.Files
+	// envoySDSDir has Envoy take envoyTLS through SDS documents in this directory
+	// (llmedge bootstrap --xds-tls-sds-dir), so it picks up replaced files.
+	envoySDSDir string
 }
 
 func newSockEdge(t *testing.T, o sockOptions) *sockEdge {
@@ -172,7 +176,11 @@ callers:
 		cpArgs = append(cpArgs, "--tls-cert", o.xdsTLS.Cert, "--tls-key", o.xdsTLS.Key, "--tls-client-ca", o.xdsTLS.CA)
 		bootstrapArgs = []string{"bootstrap", "--region", "hk", "--admin-port", "0", "--xds", tcp,
 			"--xds-tls-cert", o.envoyTLS.Cert, "--xds-tls-key", o.envoyTLS.Key, "--xds-tls-ca", o.envoyTLS.CA}
+		if o.envoySDSDir != "" {
+			bootstrapArgs = append(bootstrapArgs, "--xds-tls-sds-dir", o.envoySDSDir)
+		}
 	}
+	e.cpArgs = cpArgs
 	e.cp = testenv.Start(t, "controlplane", exec.Command(llmedgeBin, cpArgs...))
 	testenv.Eventually(t, 15*time.Second, 20*time.Millisecond, func() error {
 		_, err := os.Stat(e.cpSock)
@@ -540,5 +548,71 @@ func TestCAFileRotationIsPickedUp(t *testing.T) {
 	e.waitChatOK()
 	if n := strings.Count(e.cp.Log(), "routes config applied"); n != 1 {
 		t.Errorf("the control plane applied %d configs; want the first only (no config change)", n)
+	}
+}
+
+// TestMTLSXDSClientCertRotation: Envoy's own certificate for the control plane, taken
+// through SDS documents, is replaced on disk together with the control plane's client CA;
+// after the control plane restarts (so Envoy must connect afresh) only the new
+// certificate is accepted, and Envoy comes back with it, without a restart of its own.
+func TestMTLSXDSClientCertRotation(t *testing.T) {
+	pki, err := fakellm.NewPKI([]string{"api.openai.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsDir := t.TempDir()
+	caFile := filepath.Join(tlsDir, "upstream-ca.pem")
+	if err := os.WriteFile(caFile, pki.CACertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	up := startRotatingUpstream(t, pki)
+
+	ca := pkitest.NewCA(t, tlsDir, "internal")
+	cpCert := ca.Server(t, "controlplane", "127.0.0.1")
+	envoyCert := ca.Client(t, "envoy", "envoy-hk")
+	clientCA := filepath.Join(tlsDir, "clients-ca.pem")
+	replaceFile(t, ca.CertFile, clientCA)
+	sdsDir := filepath.Join(t.TempDir(), "sds")
+	if err := os.Mkdir(sdsDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	e := newSockEdge(t, sockOptions{
+		upstream: up.addr, caFile: caFile,
+		xdsTLS:      &transport.Files{Cert: cpCert.Cert, Key: cpCert.Key, CA: clientCA},
+		envoyTLS:    &transport.Files{Cert: envoyCert.Cert, Key: envoyCert.Key, CA: ca.CertFile},
+		envoySDSDir: sdsDir,
+	})
+	e.waitChatOK()
+
+	// Rotate to a new client CA: Envoy's certificate files and the control plane's client
+	// CA are replaced (by renames), then the control plane restarts.
+	next := pkitest.NewCA(t, t.TempDir(), "clients-2")
+	newEnvoy := next.Client(t, "envoy-2", "envoy-hk")
+	replaceFile(t, newEnvoy.Key, envoyCert.Key)
+	replaceFile(t, newEnvoy.Cert, envoyCert.Cert)
+	replaceFile(t, next.CertFile, clientCA)
+	e.cp.Stop()
+	e.cp = testenv.Start(t, "controlplane-2", exec.Command(llmedgeBin, e.cpArgs...))
+	testenv.Eventually(t, 30*time.Second, 50*time.Millisecond, func() error {
+		if !strings.Contains(e.cp.Log(), `"node_id":"envoy-hk-1"`) {
+			return fmt.Errorf("Envoy has not reconnected to the restarted control plane")
+		}
+		return nil
+	})
+	e.waitChatOK()
+}
+
+// replaceFile copies src over dst by a rename, as certificate tooling does.
+func replaceFile(t *testing.T, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst+".tmp", b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(dst+".tmp", dst); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -222,6 +223,7 @@ func runBootstrap(args []string, stdout, stderr io.Writer) error {
 	adminPort := fs.Int("admin-port", 9901, "admin port (0 = ephemeral)")
 	xds := fs.String("xds", "127.0.0.1:18000", "control plane xDS address: host:port or unix:/abs/path.sock")
 	xdsTLS := xdsClientTLSFlags(fs)
+	sdsDir := fs.String("xds-tls-sds-dir", "", "with --xds-tls-*: write two SDS documents naming those files to this directory and refer to them, so Envoy picks up replaced files without a restart")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -240,12 +242,27 @@ func runBootstrap(args []string, stdout, stderr io.Writer) error {
 	if ap == 0 {
 		ap = bootstrap.EphemeralAdminPort
 	}
-	b, err := bootstrap.Render(bootstrap.Options{
+	o := bootstrap.Options{
 		NodeID: *nodeID, Region: *region, AdminAddress: *adminAddr, AdminPort: ap,
-		XDSHost: xdsAddr.Host, XDSPort: int(xdsAddr.Port), XDSPipe: xdsAddr.Path, XDSTLS: *xdsTLS,
-	})
+		XDSHost: xdsAddr.Host, XDSPort: int(xdsAddr.Port), XDSPipe: xdsAddr.Path, XDSTLS: *xdsTLS, XDSTLSSDSDir: *sdsDir,
+	}
+	b, err := bootstrap.Render(o)
 	if err != nil {
 		return err
+	}
+	docs, err := bootstrap.SDSDocuments(o)
+	if err != nil {
+		return err
+	}
+	for name, doc := range docs {
+		// Written next to, then renamed over, the old one: Envoy reacts to the rename.
+		p := filepath.Join(*sdsDir, name)
+		if err := os.WriteFile(p+".tmp", doc, 0o644); err != nil {
+			return err
+		}
+		if err := os.Rename(p+".tmp", p); err != nil {
+			return err
+		}
 	}
 	_, err = stdout.Write(b)
 	return err
