@@ -353,6 +353,8 @@ func xdsTLS(o Options) (*corev3.TransportSocket, error) {
 	}, nil
 }
 
+const sdsHeader = "# Written by llmedge bootstrap --xds-tls-sds-dir: the files Envoy uses for the control plane connection.\n"
+
 // Names of the SDS secrets for the xDS connection, and of their documents in XDSTLSSDSDir.
 const (
 	xdsCertSecret = "xds_client_cert"
@@ -417,7 +419,7 @@ func SDSDocuments(o Options) (map[string][]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		out[name+".yaml"] = append([]byte(header), y...)
+		out[name+".yaml"] = append([]byte(sdsHeader), y...)
 	}
 	return out, nil
 }
