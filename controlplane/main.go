@@ -24,12 +24,18 @@ import (
 	"github.com/llmedge/llmedge/controlplane/translate"
 	"github.com/llmedge/llmedge/controlplane/watch"
 	"github.com/llmedge/llmedge/controlplane/xds"
+	"github.com/llmedge/llmedge/internal/transport"
 )
 
 // Options configure the control plane.
 type Options struct {
-	ConfigPath  string // routes YAML file or directory
-	XDSAddress  string // gRPC ADS listen address, default 127.0.0.1:18000
+	ConfigPath string // routes YAML file or directory
+	// XDSAddress is the gRPC ADS listen address, default 127.0.0.1:18000: one or more
+	// comma-separated unix:/path or host:port. The stream carries each region's caller
+	// policy, so plain TCP is refused on anything but loopback; XDSTLS makes TCP
+	// addresses mutual TLS (unix sockets are guarded by their directory).
+	XDSAddress  string
+	XDSTLS      transport.Files
 	HTTPAddress string // status/health/metrics listen address, default 127.0.0.1:18080
 	Watch       watch.Options
 	Logger      *slog.Logger
@@ -43,8 +49,10 @@ type Main struct {
 	xds     *xds.Server
 	metrics *reloadMetrics
 
-	xdsLn, httpLn net.Listener
-	ready         chan struct{}
+	xdsAddrs []transport.Address
+	xdsLns   []net.Listener
+	httpLn   net.Listener
+	ready    chan struct{}
 
 	mu    sync.Mutex
 	state state
@@ -75,16 +83,35 @@ func New(o Options) (*Main, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	addrs, err := transport.ParseListen(o.XDSAddress)
+	if err != nil {
+		return nil, fmt.Errorf("controlplane: --xds-listen %q: %w", o.XDSAddress, err)
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return &Main{opts: o, log: o.Logger, reg: reg, metrics: newReloadMetrics(reg), ready: make(chan struct{})}, nil
+	return &Main{opts: o, log: o.Logger, reg: reg, metrics: newReloadMetrics(reg), xdsAddrs: addrs, ready: make(chan struct{})}, nil
 }
 
 // Ready is closed once both listeners are bound.
 func (m *Main) Ready() <-chan struct{} { return m.ready }
 
 // XDSAddr and HTTPAddr are the bound addresses (useful with port 0); valid after Ready.
-func (m *Main) XDSAddr() string  { return m.xdsLn.Addr().String() }
+// XDSAddr is the first xDS address, in internal/transport's syntax.
+func (m *Main) XDSAddr() string { return m.XDSAddrs()[0] }
+
+// XDSAddrs are all bound xDS addresses.
+func (m *Main) XDSAddrs() []string {
+	out := make([]string, len(m.xdsLns))
+	for i, ln := range m.xdsLns {
+		if m.xdsAddrs[i].IsUnix() {
+			out[i] = m.xdsAddrs[i].String()
+		} else {
+			out[i] = ln.Addr().String()
+		}
+	}
+	return out
+}
+
 func (m *Main) HTTPAddr() string { return m.httpLn.Addr().String() }
 
 // Run serves until ctx ends, then stops gracefully.
@@ -93,12 +120,22 @@ func (m *Main) Run(ctx context.Context) error {
 	defer cancel()
 	m.xds = xds.New(ctx, m.log, m.reg)
 
-	var err error
-	if m.xdsLn, err = net.Listen("tcp", m.opts.XDSAddress); err != nil {
-		return fmt.Errorf("listen xds %s: %w", m.opts.XDSAddress, err)
+	closeAll := func() {
+		for _, ln := range m.xdsLns {
+			ln.Close()
+		}
 	}
+	for _, a := range m.xdsAddrs {
+		ln, err := transport.Listen(a, m.opts.XDSTLS, m.log.With("component", "xds"))
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("listen xds: %w", err)
+		}
+		m.xdsLns = append(m.xdsLns, ln)
+	}
+	var err error
 	if m.httpLn, err = net.Listen("tcp", m.opts.HTTPAddress); err != nil {
-		m.xdsLn.Close()
+		closeAll()
 		return fmt.Errorf("listen http %s: %w", m.opts.HTTPAddress, err)
 	}
 	g := grpc.NewServer(
@@ -112,8 +149,10 @@ func (m *Main) Run(ctx context.Context) error {
 	// Load before serving, so the first Envoy to connect gets config at once.
 	m.reload()
 
-	errc := make(chan error, 3)
-	go func() { errc <- g.Serve(m.xdsLn) }()
+	errc := make(chan error, 2+len(m.xdsLns))
+	for _, ln := range m.xdsLns {
+		go func() { errc <- g.Serve(ln) }()
+	}
 	go func() {
 		if err := hs.Serve(m.httpLn); !errors.Is(err, http.ErrServerClosed) {
 			errc <- err
@@ -123,7 +162,7 @@ func (m *Main) Run(ctx context.Context) error {
 	}()
 	changed := make(chan struct{}, 1)
 	go func() { errc <- watch.Run(ctx, m.opts.ConfigPath, m.opts.Watch, m.log, changed) }()
-	m.log.Info("control plane serving", "xds", m.XDSAddr(), "http", m.HTTPAddr(), "config", m.opts.ConfigPath)
+	m.log.Info("control plane serving", "xds", m.XDSAddrs(), "http", m.HTTPAddr(), "config", m.opts.ConfigPath)
 	close(m.ready)
 
 	var runErr error

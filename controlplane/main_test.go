@@ -297,8 +297,8 @@ func TestHealthReadyStatus(t *testing.T) {
 	served := c.m.xds.Versions()
 	for i := range want {
 		want[i].Versions = served[want[i].Name]
-		if len(want[i].Versions) != 5 {
-			t.Errorf("region %s serves versions %v, want listeners, routes, clusters, authz_policy and ratelimit_config", want[i].Name, want[i].Versions)
+		if len(want[i].Versions) != 6 {
+			t.Errorf("region %s serves versions %v, want listeners, routes, clusters, secrets, authz_policy and ratelimit_config", want[i].Name, want[i].Versions)
 		}
 	}
 	if diff := cmp.Diff(want, st.Regions); diff != "" {

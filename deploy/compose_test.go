@@ -678,11 +678,11 @@ func TestComposeRoutes(t *testing.T) {
 				if r.Name == v.region {
 					found = true
 				}
-				if r.ExtAuthzHost != "extauthz" || r.ExtAuthzPort != eaPort {
-					t.Errorf("regions.%s.extauthz = %s:%d, want extauthz:%d", r.Name, r.ExtAuthzHost, r.ExtAuthzPort, eaPort)
+				if r.ExtAuthz.Host != "extauthz" || r.ExtAuthz.Port != eaPort {
+					t.Errorf("regions.%s.extauthz = %s:%d, want extauthz:%d", r.Name, r.ExtAuthz.Host, r.ExtAuthz.Port, eaPort)
 				}
-				if r.RateLimitHost != "ratelimit" || r.RateLimitPort != uint32(rlPort) {
-					t.Errorf("regions.%s.ratelimit = %s:%d, want ratelimit:%d", r.Name, r.RateLimitHost, r.RateLimitPort, rlPort)
+				if r.RateLimit.Host != "ratelimit" || r.RateLimit.Port != uint32(rlPort) {
+					t.Errorf("regions.%s.ratelimit = %s:%d, want ratelimit:%d", r.Name, r.RateLimit.Host, r.RateLimit.Port, rlPort)
 				}
 				if r.ListenAddress != "0.0.0.0" || !slices.Contains(edgeTargets, r.ListenPort) {
 					t.Errorf("regions.%s.listen = %s:%d, want 0.0.0.0 and a port envoy publishes (%v)", r.Name, r.ListenAddress, r.ListenPort, edgeTargets)

@@ -29,6 +29,7 @@ import (
 
 	"github.com/llmedge/llmedge/extauthz/decide"
 	"github.com/llmedge/llmedge/extauthz/keystore"
+	"github.com/llmedge/llmedge/internal/transport"
 	"github.com/llmedge/llmedge/internal/wire"
 	"github.com/llmedge/llmedge/internal/xdsclient"
 	authzv1 "github.com/llmedge/llmedge/proto/llmedge/authz/v1"
@@ -36,10 +37,17 @@ import (
 
 // Options configure one extauthz.
 type Options struct {
-	Region      string // the region whose policy to enforce (node.locality.region)
-	NodeID      string // default "extauthz-<region>"
-	XDSServer   string // control plane ADS address
-	GRPCAddress string // where Envoy's ext_authz filter connects
+	Region    string // the region whose policy to enforce (node.locality.region)
+	NodeID    string // default "extauthz-<region>"
+	XDSServer string // control plane ADS address: host:port or unix:/path
+	// XDSTLS are the client certificate and CA for a control plane reached over TCP with
+	// mutual TLS.
+	XDSTLS transport.Files
+	// GRPCAddress is where Envoy's ext_authz filter connects: unix:/path (a directory only
+	// this user can open) or host:port. Its answers carry provider keys, so plain TCP is
+	// refused on anything but loopback; TLS makes it mutual TLS.
+	GRPCAddress string
+	TLS         transport.Files
 	HTTPAddress string // /healthz, /readyz, /metrics
 	KeysDir     string // <dir>/<upstream>/<key name>
 	KeysPoll    time.Duration
@@ -57,6 +65,7 @@ type Main struct {
 	xds    *xdsclient.Client
 	policy atomic.Pointer[decide.Compiled]
 
+	grpcAddr       transport.Address
 	grpcLn, httpLn net.Listener
 	ready          chan struct{}
 	checks         *prometheus.CounterVec
@@ -76,6 +85,10 @@ func New(o Options) (*Main, error) {
 	if o.HTTPAddress == "" {
 		o.HTTPAddress = "127.0.0.1:10200"
 	}
+	grpcAddr, err := transport.ParseListenAddress(o.GRPCAddress)
+	if err != nil {
+		return nil, fmt.Errorf("extauthz: --grpc-listen %q: %w", o.GRPCAddress, err)
+	}
 	if o.KeysPoll <= 0 {
 		o.KeysPoll = 5 * time.Second
 	}
@@ -87,7 +100,7 @@ func New(o Options) (*Main, error) {
 	if err != nil {
 		return nil, fmt.Errorf("extauthz: keys: %w", err)
 	}
-	m := &Main{opts: o, log: log, reg: prometheus.NewRegistry(), keys: keys, ready: make(chan struct{})}
+	m := &Main{opts: o, log: log, reg: prometheus.NewRegistry(), keys: keys, grpcAddr: grpcAddr, ready: make(chan struct{})}
 	m.checks = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "llmedge_extauthz_checks_total",
 		Help: "Requests checked, by upstream and outcome (ok, missing_token, unknown_token, ...).",
@@ -103,6 +116,7 @@ func New(o Options) (*Main, error) {
 		}))
 	m.xds, err = xdsclient.New(xdsclient.Options{
 		Server: o.XDSServer,
+		TLS:    o.XDSTLS,
 		Node: &corev3.Node{
 			Id:       o.NodeID,
 			Cluster:  "llmedge-extauthz-" + o.Region,
@@ -121,16 +135,21 @@ func New(o Options) (*Main, error) {
 
 // Ready is closed once the listeners are bound; GRPCAddr/HTTPAddr are valid after it.
 func (m *Main) Ready() <-chan struct{} { return m.ready }
-func (m *Main) GRPCAddr() string       { return m.grpcLn.Addr().String() }
-func (m *Main) HTTPAddr() string       { return m.httpLn.Addr().String() }
+func (m *Main) GRPCAddr() string {
+	if m.grpcAddr.IsUnix() {
+		return m.grpcAddr.String()
+	}
+	return m.grpcLn.Addr().String()
+}
+func (m *Main) HTTPAddr() string { return m.httpLn.Addr().String() }
 
 // Run serves until ctx ends.
 func (m *Main) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var err error
-	if m.grpcLn, err = net.Listen("tcp", m.opts.GRPCAddress); err != nil {
-		return fmt.Errorf("listen grpc %s: %w", m.opts.GRPCAddress, err)
+	if m.grpcLn, err = transport.Listen(m.grpcAddr, m.opts.TLS, m.log.With("component", "grpc")); err != nil {
+		return fmt.Errorf("listen grpc: %w", err)
 	}
 	if m.httpLn, err = net.Listen("tcp", m.opts.HTTPAddress); err != nil {
 		m.grpcLn.Close()

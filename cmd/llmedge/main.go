@@ -18,7 +18,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strconv"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -31,6 +31,7 @@ import (
 	"github.com/llmedge/llmedge/controlplane/watch"
 	"github.com/llmedge/llmedge/extauthz"
 	"github.com/llmedge/llmedge/internal/token"
+	"github.com/llmedge/llmedge/internal/transport"
 )
 
 const usage = `llmedge — a self-hosted edge for LLM APIs
@@ -140,10 +141,29 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format %q: want json or text", format)
 }
 
+// serverTLSFlags are the mutual-TLS files of a server that carries or guards secrets.
+func serverTLSFlags(fs *flag.FlagSet) *transport.Files {
+	f := &transport.Files{}
+	fs.StringVar(&f.Cert, "tls-cert", os.Getenv("LLMEDGE_TLS_CERT"), "server certificate (PEM) for TCP listeners: turns on mutual TLS, re-read on change (env LLMEDGE_TLS_CERT)")
+	fs.StringVar(&f.Key, "tls-key", os.Getenv("LLMEDGE_TLS_KEY"), "private key of --tls-cert (env LLMEDGE_TLS_KEY)")
+	fs.StringVar(&f.CA, "tls-client-ca", os.Getenv("LLMEDGE_TLS_CLIENT_CA"), "CA bundle client certificates must chain to (env LLMEDGE_TLS_CLIENT_CA)")
+	return f
+}
+
+// xdsClientTLSFlags are the files a client of the control plane presents over mutual TLS.
+func xdsClientTLSFlags(fs *flag.FlagSet) *transport.Files {
+	f := &transport.Files{}
+	fs.StringVar(&f.Cert, "xds-tls-cert", os.Getenv("LLMEDGE_XDS_TLS_CERT"), "client certificate (PEM) for a TCP control plane with mutual TLS (env LLMEDGE_XDS_TLS_CERT)")
+	fs.StringVar(&f.Key, "xds-tls-key", os.Getenv("LLMEDGE_XDS_TLS_KEY"), "private key of --xds-tls-cert (env LLMEDGE_XDS_TLS_KEY)")
+	fs.StringVar(&f.CA, "xds-tls-ca", os.Getenv("LLMEDGE_XDS_TLS_CA"), "CA bundle the control plane's certificate must chain to (env LLMEDGE_XDS_TLS_CA)")
+	return f
+}
+
 func runControlPlane(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlags("controlplane", stderr)
 	cfgPath := fs.String("config", envOr("LLMEDGE_CONFIG", "examples/routes.yaml"), "routes YAML file or directory (env LLMEDGE_CONFIG)")
-	xdsAddr := fs.String("xds-listen", envOr("LLMEDGE_XDS_LISTEN", "127.0.0.1:18000"), "gRPC ADS listen address (env LLMEDGE_XDS_LISTEN)")
+	xdsAddr := fs.String("xds-listen", envOr("LLMEDGE_XDS_LISTEN", "127.0.0.1:18000"), "gRPC ADS listen addresses, comma-separated: unix:/dir/xds.sock (dir mode 0700) and/or host:port; plain TCP only on loopback (env LLMEDGE_XDS_LISTEN)")
+	xdsTLS := serverTLSFlags(fs)
 	httpAddr := fs.String("http-listen", envOr("LLMEDGE_HTTP_LISTEN", "127.0.0.1:18080"), "status/health/metrics listen address (env LLMEDGE_HTTP_LISTEN)")
 	logFormat := fs.String("log-format", envOr("LLMEDGE_LOG_FORMAT", "json"), "json or text")
 	logLevel := fs.String("log-level", envOr("LLMEDGE_LOG_LEVEL", "info"), "debug, info, warn or error")
@@ -159,6 +179,7 @@ func runControlPlane(ctx context.Context, args []string, stderr io.Writer) error
 	m, err := controlplane.New(controlplane.Options{
 		ConfigPath:  *cfgPath,
 		XDSAddress:  *xdsAddr,
+		XDSTLS:      *xdsTLS,
 		HTTPAddress: *httpAddr,
 		Watch:       watch.Options{Holdoff: *holdoff, Poll: *poll},
 		Logger:      log,
@@ -200,7 +221,9 @@ func runBootstrap(args []string, stdout, stderr io.Writer) error {
 	nodeID := fs.String("node-id", "", "Envoy node id (default envoy-<region>-1)")
 	adminAddr := fs.String("admin-address", bootstrap.DefaultAdminAddress, "admin listen IP")
 	adminPort := fs.Int("admin-port", 9901, "admin port (0 = ephemeral)")
-	xds := fs.String("xds", "127.0.0.1:18000", "control plane xDS address host:port")
+	xds := fs.String("xds", "127.0.0.1:18000", "control plane xDS address: host:port or unix:/abs/path.sock")
+	xdsTLS := xdsClientTLSFlags(fs)
+	sdsDir := fs.String("xds-tls-sds-dir", "", "with --xds-tls-*: write two SDS documents naming those files to this directory and refer to them, so Envoy picks up replaced files without a restart")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -211,20 +234,35 @@ func runBootstrap(args []string, stdout, stderr io.Writer) error {
 	if *nodeID == "" {
 		*nodeID = "envoy-" + *region + "-1"
 	}
-	host, portStr, ok := strings.Cut(*xds, ":")
-	port, err := strconv.Atoi(portStr)
-	if !ok || err != nil {
-		return fmt.Errorf("--xds %q: want host:port", *xds)
+	xdsAddr, err := transport.Parse(*xds)
+	if err != nil {
+		return fmt.Errorf("--xds %q: %w", *xds, err)
 	}
 	ap := *adminPort
 	if ap == 0 {
 		ap = bootstrap.EphemeralAdminPort
 	}
-	b, err := bootstrap.Render(bootstrap.Options{
-		NodeID: *nodeID, Region: *region, AdminAddress: *adminAddr, AdminPort: ap, XDSHost: host, XDSPort: port,
-	})
+	o := bootstrap.Options{
+		NodeID: *nodeID, Region: *region, AdminAddress: *adminAddr, AdminPort: ap,
+		XDSHost: xdsAddr.Host, XDSPort: int(xdsAddr.Port), XDSPipe: xdsAddr.Path, XDSTLS: *xdsTLS, XDSTLSSDSDir: *sdsDir,
+	}
+	b, err := bootstrap.Render(o)
 	if err != nil {
 		return err
+	}
+	docs, err := bootstrap.SDSDocuments(o)
+	if err != nil {
+		return err
+	}
+	for name, doc := range docs {
+		// Written next to, then renamed over, the old one: Envoy reacts to the rename.
+		p := filepath.Join(*sdsDir, name)
+		if err := os.WriteFile(p+".tmp", doc, 0o644); err != nil {
+			return err
+		}
+		if err := os.Rename(p+".tmp", p); err != nil {
+			return err
+		}
 	}
 	_, err = stdout.Write(b)
 	return err
@@ -285,8 +323,10 @@ func runExtAuthz(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlags("extauthz", stderr)
 	region := fs.String("region", os.Getenv("LLMEDGE_REGION"), "region whose caller policy to enforce (env LLMEDGE_REGION)")
 	nodeID := fs.String("node-id", os.Getenv("LLMEDGE_NODE_ID"), "xDS node id (default extauthz-<region>)")
-	xdsAddr := fs.String("xds", envOr("LLMEDGE_XDS", "127.0.0.1:18000"), "control plane xDS address (env LLMEDGE_XDS)")
-	grpcAddr := fs.String("grpc-listen", envOr("LLMEDGE_GRPC_LISTEN", "127.0.0.1:10100"), "ext_authz gRPC listen address, as regions.<name>.extauthz in the routes YAML")
+	xdsAddr := fs.String("xds", envOr("LLMEDGE_XDS", "127.0.0.1:18000"), "control plane xDS address: host:port or unix:/abs/path.sock (env LLMEDGE_XDS)")
+	xdsTLS := xdsClientTLSFlags(fs)
+	grpcAddr := fs.String("grpc-listen", envOr("LLMEDGE_GRPC_LISTEN", "127.0.0.1:10100"), "ext_authz gRPC listen address, as regions.<name>.extauthz in the routes YAML: unix:/dir/extauthz.sock (dir mode 0700) or host:port; plain TCP only on loopback (env LLMEDGE_GRPC_LISTEN)")
+	grpcTLS := serverTLSFlags(fs)
 	httpAddr := fs.String("http-listen", envOr("LLMEDGE_HTTP_LISTEN", "127.0.0.1:10200"), "health/readiness/metrics listen address")
 	keysDir := fs.String("keys-dir", os.Getenv("LLMEDGE_KEYS_DIR"), "upstream keys, one file per key: <dir>/<upstream>/<name> (env LLMEDGE_KEYS_DIR)")
 	keysPoll := fs.Duration("keys-poll", 0, "fallback poll interval for the keys directory (default 5s)")
@@ -300,7 +340,7 @@ func runExtAuthz(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	m, err := extauthz.New(extauthz.Options{
-		Region: *region, NodeID: *nodeID, XDSServer: *xdsAddr, GRPCAddress: *grpcAddr,
+		Region: *region, NodeID: *nodeID, XDSServer: *xdsAddr, XDSTLS: *xdsTLS, GRPCAddress: *grpcAddr, TLS: *grpcTLS,
 		HTTPAddress: *httpAddr, KeysDir: *keysDir, KeysPoll: *keysPoll, Logger: log,
 	})
 	if err != nil {

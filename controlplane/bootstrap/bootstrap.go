@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"path/filepath"
 	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
@@ -18,13 +19,18 @@ import (
 	overloadv3 "github.com/envoyproxy/go-control-plane/envoy/config/overload/v3"
 	downstreamconnsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/downstream_connections/v3"
 	fixedheapv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/fixed_heap/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"sigs.k8s.io/yaml"
+
+	"github.com/llmedge/llmedge/internal/transport"
 )
 
 // XDSClusterName is the static cluster the ADS stream uses. The control plane
@@ -71,6 +77,18 @@ type Options struct {
 	// XDSHost is an IP (STATIC cluster) or a hostname (STRICT_DNS cluster).
 	XDSHost string
 	XDSPort int
+	// XDSPipe, when set, is the absolute path of the control plane's unix socket and
+	// replaces XDSHost/XDSPort (co-located control plane, guarded by the socket's directory).
+	XDSPipe string
+	// XDSTLS, when set for a TCP control plane, makes Envoy present XDSTLS.Cert and accept
+	// only a server certificate for XDSHost chaining to XDSTLS.CA. Envoy reads the files at
+	// start-up, unless XDSTLSSDSDir is set.
+	XDSTLS transport.Files
+	// XDSTLSSDSDir, with XDSTLS, makes Envoy take those files through two SDS documents in
+	// this directory (SDSDocuments renders them) instead of from the bootstrap: Envoy
+	// watches the files an SDS secret names, so replacing them by a rename takes effect at
+	// the next connection to the control plane, without a restart.
+	XDSTLSSDSDir string
 	// MaxHeapBytes feeds the fixed_heap overload monitor.
 	MaxHeapBytes uint64
 	// MaxDownstreamConnections caps active downstream connections across all listeners.
@@ -101,6 +119,22 @@ func (o Options) withDefaults() (Options, error) {
 		o.AdminPort = 0
 	case o.AdminPort < 0 || o.AdminPort > 65535:
 		errs = append(errs, fmt.Errorf("AdminPort %d out of range", o.AdminPort))
+	}
+	if o.XDSPipe != "" {
+		if _, err := transport.Parse(transport.UnixPrefix + o.XDSPipe); err != nil {
+			errs = append(errs, fmt.Errorf("XDSPipe: %w", err))
+		}
+		if !o.XDSTLS.IsZero() {
+			errs = append(errs, errors.New("XDSTLS applies to a TCP control plane, not to a unix socket"))
+		}
+	}
+	if !o.XDSTLS.IsZero() {
+		if err := o.XDSTLS.Check(); err != nil {
+			errs = append(errs, fmt.Errorf("XDSTLS: %w", err))
+		}
+	}
+	if o.XDSTLSSDSDir != "" && (o.XDSTLS.IsZero() || !filepath.IsAbs(o.XDSTLSSDSDir)) {
+		errs = append(errs, errors.New("XDSTLSSDSDir must be an absolute directory, and needs XDSTLS"))
 	}
 	if o.XDSHost == "" {
 		o.XDSHost = DefaultXDSHost
@@ -247,10 +281,21 @@ func buildXDSCluster(o Options) (*clusterv3.Cluster, error) {
 	// STATIC clusters reject hostnames at config load; STRICT_DNS accepts
 	// both, but resolving an IP literal is pointless.
 	discovery := clusterv3.Cluster_STATIC
-	if net.ParseIP(o.XDSHost) == nil {
+	addr := socketAddress(o.XDSHost, o.XDSPort)
+	switch {
+	case o.XDSPipe != "":
+		addr = &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: o.XDSPipe}}}
+	case net.ParseIP(o.XDSHost) == nil:
 		discovery = clusterv3.Cluster_STRICT_DNS
 	}
+	var ts *corev3.TransportSocket
+	if !o.XDSTLS.IsZero() && o.XDSPipe == "" {
+		if ts, err = xdsTLS(o); err != nil {
+			return nil, err
+		}
+	}
 	return &clusterv3.Cluster{
+		TransportSocket:      ts,
 		Name:                 XDSClusterName,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: discovery},
 		ConnectTimeout:       durationpb.New(time.Second),
@@ -262,12 +307,121 @@ func buildXDSCluster(o Options) (*clusterv3.Cluster, error) {
 			Endpoints: []*endpointv3.LocalityLbEndpoints{{
 				LbEndpoints: []*endpointv3.LbEndpoint{{
 					HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
-						Address: socketAddress(o.XDSHost, o.XDSPort),
+						Address: addr,
 					}},
 				}},
 			}},
 		},
 	}, nil
+}
+
+// xdsTLS is mutual TLS to the control plane: Envoy's client certificate, and the control
+// plane's certificate checked against the operator's CA and the name Envoy dials.
+func xdsTLS(o Options) (*corev3.TransportSocket, error) {
+	san := &tlsv3.SubjectAltNameMatcher{
+		SanType: tlsv3.SubjectAltNameMatcher_DNS,
+		Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: o.XDSHost}},
+	}
+	sni := o.XDSHost
+	if net.ParseIP(o.XDSHost) != nil {
+		san.SanType = tlsv3.SubjectAltNameMatcher_IP_ADDRESS
+		sni = ""
+	}
+	common := &tlsv3.CommonTlsContext{
+		AlpnProtocols: []string{"h2"},
+		TlsParams:     &tlsv3.TlsParameters{TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_2},
+	}
+	if o.XDSTLSSDSDir == "" {
+		common.TlsCertificates = []*tlsv3.TlsCertificate{clientCert(o.XDSTLS)}
+		ca := caContext(o.XDSTLS)
+		ca.MatchTypedSubjectAltNames = []*tlsv3.SubjectAltNameMatcher{san}
+		common.ValidationContextType = &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: ca}
+	} else {
+		common.TlsCertificateSdsSecretConfigs = []*tlsv3.SdsSecretConfig{sdsFile(o.XDSTLSSDSDir, xdsCertSecret)}
+		common.ValidationContextType = &tlsv3.CommonTlsContext_CombinedValidationContext{CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+			DefaultValidationContext:         &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{san}},
+			ValidationContextSdsSecretConfig: sdsFile(o.XDSTLSSDSDir, xdsCASecret),
+		}}
+	}
+	ctx, err := anypb.New(&tlsv3.UpstreamTlsContext{Sni: sni, CommonTlsContext: common})
+	if err != nil {
+		return nil, err
+	}
+	return &corev3.TransportSocket{
+		Name:       "envoy.transport_sockets.tls",
+		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: ctx},
+	}, nil
+}
+
+const sdsHeader = "# Written by llmedge bootstrap --xds-tls-sds-dir: the files Envoy uses for the control plane connection.\n"
+
+// Names of the SDS secrets for the xDS connection, and of their documents in XDSTLSSDSDir.
+const (
+	xdsCertSecret = "xds_client_cert"
+	xdsCASecret   = "xds_ca"
+)
+
+func fileSource(p string) *corev3.DataSource {
+	return &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: p}}
+}
+
+func clientCert(f transport.Files) *tlsv3.TlsCertificate {
+	return &tlsv3.TlsCertificate{CertificateChain: fileSource(f.Cert), PrivateKey: fileSource(f.Key)}
+}
+
+func caContext(f transport.Files) *tlsv3.CertificateValidationContext {
+	return &tlsv3.CertificateValidationContext{TrustedCa: fileSource(f.CA)}
+}
+
+// sdsFile refers to the SDS document of secret name in dir, which Envoy watches too.
+func sdsFile(dir, name string) *tlsv3.SdsSecretConfig {
+	return &tlsv3.SdsSecretConfig{Name: name, SdsConfig: &corev3.ConfigSource{
+		ConfigSourceSpecifier: &corev3.ConfigSource_PathConfigSource{PathConfigSource: &corev3.PathConfigSource{
+			Path:             filepath.Join(dir, name+".yaml"),
+			WatchedDirectory: &corev3.WatchedDirectory{Path: dir},
+		}},
+		ResourceApiVersion: corev3.ApiVersion_V3,
+	}}
+}
+
+// SDSDocuments renders the SDS documents a bootstrap with XDSTLSSDSDir refers to, by file
+// name (to be written in that directory). They name the certificate, key and CA files,
+// whose directories Envoy watches; nil when XDSTLSSDSDir is unset.
+func SDSDocuments(o Options) (map[string][]byte, error) {
+	o, err := o.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if o.XDSTLSSDSDir == "" {
+		return nil, nil
+	}
+	cert := clientCert(o.XDSTLS)
+	cert.WatchedDirectory = &corev3.WatchedDirectory{Path: filepath.Dir(o.XDSTLS.Cert)}
+	ca := caContext(o.XDSTLS)
+	ca.WatchedDirectory = &corev3.WatchedDirectory{Path: filepath.Dir(o.XDSTLS.CA)}
+	out := map[string][]byte{}
+	for name, sec := range map[string]*tlsv3.Secret{
+		xdsCertSecret: {Name: xdsCertSecret, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: cert}},
+		xdsCASecret:   {Name: xdsCASecret, Type: &tlsv3.Secret_ValidationContext{ValidationContext: ca}},
+	} {
+		if err := validateDeep(sec); err != nil {
+			return nil, err
+		}
+		a, err := anypb.New(sec)
+		if err != nil {
+			return nil, err
+		}
+		js, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(&discoveryv3.DiscoveryResponse{Resources: []*anypb.Any{a}})
+		if err != nil {
+			return nil, err
+		}
+		y, err := yaml.JSONToYAML(js)
+		if err != nil {
+			return nil, err
+		}
+		out[name+".yaml"] = append([]byte(sdsHeader), y...)
+	}
+	return out, nil
 }
 
 func socketAddress(host string, port int) *corev3.Address {

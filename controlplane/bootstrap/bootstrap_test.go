@@ -17,6 +17,8 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/llmedge/llmedge/internal/testenv"
+	"github.com/llmedge/llmedge/internal/transport"
+	"github.com/llmedge/llmedge/internal/transport/pkitest"
 )
 
 var update = flag.Bool("update", false, "rewrite envoy/*.yaml from Render")
@@ -106,7 +108,43 @@ func TestBootstrapEnvoyValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A co-located control plane on a unix socket, and a remote one over mutual TLS.
+	pki := pkitest.NewCA(t, t.TempDir(), "internal")
+	cli := pki.Client(t, "envoy", "envoy-hk")
+	sdsDir := t.TempDir()
+	variants := map[string]Options{
+		"xds-pipe":     {NodeID: "envoy-hk-1", Region: "hk", XDSPipe: "/run/llmedge/xds.sock"},
+		"xds-mtls":     {NodeID: "envoy-hk-1", Region: "hk", XDSHost: "cp.internal", XDSTLS: transport.Files{Cert: cli.Cert, Key: cli.Key, CA: pki.CertFile}},
+		"xds-mtls-sds": {NodeID: "envoy-hk-1", Region: "hk", XDSHost: "10.0.0.9", XDSTLS: transport.Files{Cert: cli.Cert, Key: cli.Key, CA: pki.CertFile}, XDSTLSSDSDir: sdsDir},
+	}
+	variantPaths := map[string]string{}
+	for name, o := range variants {
+		b, err := Render(o)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		docs, err := SDSDocuments(o)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if (len(docs) == 2) != (o.XDSTLSSDSDir != "") {
+			t.Fatalf("%s: %d SDS documents", name, len(docs))
+		}
+		for file, doc := range docs {
+			if err := os.WriteFile(filepath.Join(o.XDSTLSSDSDir, file), doc, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		variantPaths[name] = filepath.Join(t.TempDir(), name+".yaml")
+		if err := os.WriteFile(variantPaths[name], b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
 	for name, path := range map[string]string{
+		"xds-pipe":        variantPaths["xds-pipe"],
+		"xds-mtls":        variantPaths["xds-mtls"],
+		"xds-mtls-sds":    variantPaths["xds-mtls-sds"],
 		"hk.yaml":         filepath.Join(dir, "hk.yaml"),
 		"sg.yaml":         filepath.Join(dir, "sg.yaml"),
 		"compose-hk.yaml": filepath.Join(dir, "compose-hk.yaml"),
@@ -205,6 +243,10 @@ func TestOptionsErrors(t *testing.T) {
 		{"xds port negative", Options{NodeID: "n", Region: "hk", XDSPort: -1}, "XDSPort"},
 		{"xds port too big", Options{NodeID: "n", Region: "hk", XDSPort: 65536}, "XDSPort"},
 		{"max conns overflow", Options{NodeID: "n", Region: "hk", MaxDownstreamConnections: 1 << 63}, "MaxDownstreamConnections"},
+		{"relative pipe", Options{NodeID: "n", Region: "hk", XDSPipe: "run/xds.sock"}, "must be absolute"},
+		{"TLS on a pipe", Options{NodeID: "n", Region: "hk", XDSPipe: "/run/xds.sock", XDSTLS: transport.Files{Cert: "/c", Key: "/k", CA: "/ca"}}, "not to a unix socket"},
+		{"SDS dir without TLS", Options{NodeID: "n", Region: "hk", XDSTLSSDSDir: "/etc/envoy/sds"}, "needs XDSTLS"},
+		{"TLS incomplete", Options{NodeID: "n", Region: "hk", XDSTLS: transport.Files{Cert: "/c"}}, "missing: private key, CA bundle"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -215,6 +257,18 @@ func TestOptionsErrors(t *testing.T) {
 				t.Error("Render() succeeded, want error")
 			}
 		})
+	}
+}
+
+func TestXDSPipeCluster(t *testing.T) {
+	b, err := Build(Options{NodeID: "n", Region: "hk", XDSPipe: "/run/llmedge/xds.sock"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := b.GetStaticResources().GetClusters()[0]
+	addr := c.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress()
+	if c.GetType() != clusterv3.Cluster_STATIC || addr.GetPipe().GetPath() != "/run/llmedge/xds.sock" || c.GetTransportSocket() != nil {
+		t.Errorf("pipe cluster = %v", c)
 	}
 }
 

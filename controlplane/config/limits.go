@@ -70,15 +70,15 @@ func validateRateLimitService(f File, cfg *model.Config, c *collector) {
 		}
 		if in.RateLimit == "" {
 			if need {
-				c.add(p+".ratelimit", "required because limits are configured: host:port of this region's envoyproxy/ratelimit (for example 127.0.0.1:8081)")
+				c.add(p+".ratelimit", "required because limits are configured: this region's envoyproxy/ratelimit, unix:/abs/path.sock or host:port (for example 127.0.0.1:8081)")
 			}
 			continue
 		}
-		h, port, err := splitHostPort(in.RateLimit)
+		a, err := internalAddress(in.RateLimit)
 		if err != nil {
 			c.add(p+".ratelimit", "%v", err)
 			continue
 		}
-		r.RateLimitHost, r.RateLimitPort = h, port
+		r.RateLimit = a
 	}
 }

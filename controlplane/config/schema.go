@@ -25,15 +25,25 @@ type Region struct {
 	EgressAddress  string   `mapstructure:"egress_address"`
 	XFFTrustedHops int      `mapstructure:"xff_trusted_hops"`
 	Upstreams      []string `mapstructure:"upstreams"`
-	// ExtAuthz is host:port of the region's extauthz service. Every request is checked
-	// by it; Envoy fails closed when it is unreachable.
+	// ExtAuthz is the region's extauthz service: unix:/abs/path.sock or host:port. Every
+	// request is checked by it; Envoy fails closed when it is unreachable.
 	ExtAuthz string `mapstructure:"extauthz"`
-	// RateLimit is host:port of the region's envoyproxy/ratelimit (gRPC); required once any
-	// caller or upstream has limits.
+	// RateLimit is the region's envoyproxy/ratelimit (gRPC): unix:/abs/path.sock or
+	// host:port; required once any caller or upstream has limits.
 	RateLimit string `mapstructure:"ratelimit"`
+	// InternalTLS makes Envoy use mutual TLS to extauthz and ratelimit when they are
+	// reached over TCP.
+	InternalTLS *InternalTLS `mapstructure:"internal_tls"`
 	// RateLimitFailure says what happens when the rate-limit service cannot answer:
 	// "allow" (default, fail open) or "deny" (refuse the request).
 	RateLimitFailure string `mapstructure:"ratelimit_failure"`
+}
+
+// InternalTLS are PEM files on the Envoy host for mutual TLS to the region's own services.
+type InternalTLS struct {
+	CertFile string `mapstructure:"cert_file"`
+	KeyFile  string `mapstructure:"key_file"`
+	CAFile   string `mapstructure:"ca_file"`
 }
 
 // Upstream is one LLM provider endpoint.

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/llmedge/llmedge/controlplane/model"
+	"github.com/llmedge/llmedge/internal/transport"
 )
 
 var (
@@ -78,6 +79,7 @@ func Validate(f File) (*model.Config, error) {
 	}
 	SortRoutes(cfg.Routes)
 	warnUnserved(cfg)
+	warnInternalTransport(cfg)
 	sort.Strings(cfg.Warnings)
 	return cfg, nil
 }
@@ -108,11 +110,14 @@ func validateRegion(p, name string, r Region, ups map[string]Upstream, c *collec
 		out.XFFTrustedHops = uint32(r.XFFTrustedHops)
 	}
 	if r.ExtAuthz == "" {
-		c.add(p+".extauthz", "required: host:port of this region's extauthz service, which checks every request (for example 127.0.0.1:10100)")
-	} else if h, port, err := splitHostPort(r.ExtAuthz); err != nil {
+		c.add(p+".extauthz", "required: this region's extauthz service, which checks every request: unix:/abs/path.sock (for example unix:/run/llmedge/extauthz.sock) or host:port")
+	} else if a, err := internalAddress(r.ExtAuthz); err != nil {
 		c.add(p+".extauthz", "%v", err)
 	} else {
-		out.ExtAuthzHost, out.ExtAuthzPort = h, port
+		out.ExtAuthz = a
+	}
+	if r.InternalTLS != nil {
+		out.InternalTLS = validateInternalTLS(p+".internal_tls", *r.InternalTLS, c)
 	}
 	seen := map[string]bool{}
 	for i, u := range r.Upstreams {
@@ -436,5 +441,54 @@ func checkRouteConflicts(rs []model.Route, c *collector) {
 			continue
 		}
 		seen[key] = r.Name
+	}
+}
+
+// internalAddress reads the address of one of the region's own services in
+// internal/transport's syntax, the one extauthz and ratelimit are started with.
+func internalAddress(v string) (model.Address, error) {
+	a, err := transport.Parse(v)
+	if err != nil {
+		return model.Address{}, err
+	}
+	return model.Address{Pipe: a.Path, Host: a.Host, Port: a.Port}, nil
+}
+
+func validateInternalTLS(p string, t InternalTLS, c *collector) *model.InternalTLS {
+	n := len(c.errs)
+	for _, f := range []struct{ key, val string }{{"cert_file", t.CertFile}, {"key_file", t.KeyFile}, {"ca_file", t.CAFile}} {
+		switch {
+		case f.val == "":
+			c.add(p+"."+f.key, "required: mutual TLS needs Envoy's client certificate, its key and the CA of the services' certificates")
+		case !path.IsAbs(f.val):
+			c.add(p+"."+f.key, "must be an absolute path on the Envoy host, not %q", f.val)
+		}
+	}
+	if len(c.errs) != n {
+		return nil
+	}
+	return &model.InternalTLS{CertFile: t.CertFile, KeyFile: t.KeyFile, CAFile: t.CAFile}
+}
+
+// warnInternalTransport flags hops to a region's own services that nothing authenticates:
+// extauthz answers with provider keys, and refuses such a listener itself.
+func warnInternalTransport(cfg *model.Config) {
+	for _, r := range cfg.Regions {
+		p := "regions." + r.Name
+		for _, hop := range []struct {
+			key string
+			a   model.Address
+		}{{"extauthz", r.ExtAuthz}, {"ratelimit", r.RateLimit}} {
+			if hop.a.IsZero() || hop.a.Pipe != "" || r.InternalTLS != nil {
+				continue
+			}
+			if (transport.Address{Host: hop.a.Host, Port: hop.a.Port}).IsLoopback() {
+				continue
+			}
+			cfg.Warnings = append(cfg.Warnings, fmt.Sprintf("%s.%s: plain TCP to %s is unauthenticated; use unix:/path or set %s.internal_tls", p, hop.key, hop.a.Host, p))
+		}
+		if r.InternalTLS != nil && r.ExtAuthz.Pipe != "" && (r.RateLimit.IsZero() || r.RateLimit.Pipe != "") {
+			cfg.Warnings = append(cfg.Warnings, p+".internal_tls: unused; extauthz and ratelimit are reached over unix sockets")
+		}
 	}
 }

@@ -14,9 +14,9 @@ import (
 // wantValid is the model testdata/valid.yaml (and testdata/split/) must produce.
 var wantValid = &model.Config{
 	Regions: []model.Region{
-		{Name: "hk", ListenAddress: "0.0.0.0", ListenPort: 10000, XFFTrustedHops: 1, Upstreams: []string{"groq", "openai"}, ExtAuthzHost: "127.0.0.1", ExtAuthzPort: 10100},
-		{Name: "idle", ListenAddress: "127.0.0.1", ListenPort: 10002, ExtAuthzHost: "127.0.0.1", ExtAuthzPort: 10100},
-		{Name: "sg", ListenAddress: "::", ListenPort: 10001, EgressAddress: "198.51.100.7", Upstreams: []string{"gemini", "groq", "local", "openai", "private"}, ExtAuthzHost: "127.0.0.1", ExtAuthzPort: 10100},
+		{Name: "hk", ListenAddress: "0.0.0.0", ListenPort: 10000, XFFTrustedHops: 1, Upstreams: []string{"groq", "openai"}, ExtAuthz: model.Address{Host: "127.0.0.1", Port: 10100}},
+		{Name: "idle", ListenAddress: "127.0.0.1", ListenPort: 10002, ExtAuthz: model.Address{Host: "127.0.0.1", Port: 10100}},
+		{Name: "sg", ListenAddress: "::", ListenPort: 10001, EgressAddress: "198.51.100.7", Upstreams: []string{"gemini", "groq", "local", "openai", "private"}, ExtAuthz: model.Address{Host: "127.0.0.1", Port: 10100}},
 	},
 	Upstreams: []model.Upstream{
 		{

@@ -31,14 +31,35 @@ type Region struct {
 	EgressAddress  string
 	XFFTrustedHops uint32
 	Upstreams      []string // sorted; every name is an upstream whose AllowedRegions has this region
-	// ExtAuthzHost/Port is the region's extauthz service.
-	ExtAuthzHost string
-	ExtAuthzPort uint32
-	// RateLimitHost/Port is the region's envoyproxy/ratelimit; empty when the config has
-	// no limits at all. RateLimitFailClosed refuses requests when it cannot answer.
-	RateLimitHost       string
-	RateLimitPort       uint32
+	// ExtAuthz is the region's extauthz service.
+	ExtAuthz Address
+	// RateLimit is the region's envoyproxy/ratelimit; zero when the config has no limits
+	// at all. RateLimitFailClosed refuses requests when it cannot answer.
+	RateLimit           Address
 	RateLimitFailClosed bool
+	// InternalTLS, when set, is mutual TLS from Envoy to the region's own services
+	// (extauthz, ratelimit) when they are reached over TCP.
+	InternalTLS *InternalTLS
+}
+
+// Address is where Envoy reaches one of the region's own services: a unix domain socket
+// (Pipe, an absolute path) or Host:Port. The zero value means no address.
+type Address struct {
+	Pipe string
+	Host string // IP literal or host name
+	Port uint32
+}
+
+// IsZero reports whether no address is set.
+func (a Address) IsZero() bool { return a == Address{} }
+
+// InternalTLS are PEM files on the Envoy host: the client certificate Envoy presents to
+// the region's own services, its key, and the CA their server certificates chain to.
+// Envoy re-reads them when they are replaced.
+type InternalTLS struct {
+	CertFile string
+	KeyFile  string
+	CAFile   string
 }
 
 // Protocol selects how Envoy speaks to an upstream.

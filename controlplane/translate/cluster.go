@@ -19,7 +19,7 @@ import (
 
 const upstreamConnectionIdle = 60 * time.Second
 
-func cluster(r model.Region, u model.Upstream) (*clusterv3.Cluster, error) {
+func cluster(r model.Region, u model.Upstream, secrets secretSet) (*clusterv3.Cluster, error) {
 	c := &clusterv3.Cluster{
 		Name:                          ClusterName(u.Name),
 		ConnectTimeout:                durationpb.New(u.ConnectTimeout),
@@ -59,7 +59,7 @@ func cluster(r model.Region, u model.Upstream) (*clusterv3.Cluster, error) {
 		"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts,
 	}
 	if u.TLS != nil {
-		ts, err := upstreamTLS(u)
+		ts, err := upstreamTLS(u, secrets)
 		if err != nil {
 			return nil, err
 		}
@@ -97,7 +97,7 @@ func protocolOptions(u model.Upstream) (*anypb.Any, error) {
 	return toAny(o)
 }
 
-func upstreamTLS(u model.Upstream) (*corev3.TransportSocket, error) {
+func upstreamTLS(u model.Upstream, secrets secretSet) (*corev3.TransportSocket, error) {
 	alpn := []string{"h2", "http/1.1"}
 	switch u.Protocol {
 	case model.ProtocolHTTP1:
@@ -110,14 +110,17 @@ func upstreamTLS(u model.Upstream) (*corev3.TransportSocket, error) {
 		TlsParams:     &tlsv3.TlsParameters{TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_2},
 	}
 	if u.TLS.Verify {
-		// A trusted CA alone checks the chain, not the name: without the SAN matcher any
-		// certificate from a public CA would be accepted for any provider.
-		common.ValidationContextType = &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-			TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: u.TLS.CAFile}},
-			MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{
-				SanType: tlsv3.SubjectAltNameMatcher_DNS,
-				Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: u.TLS.SNI}},
-			}},
+		// The CA bundle comes over SDS so a replaced ca_file is trusted without a restart;
+		// the name check stays on the cluster (the CA alone would accept any certificate
+		// it issued, for any provider).
+		common.ValidationContextType = &tlsv3.CommonTlsContext_CombinedValidationContext{CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+			DefaultValidationContext: &tlsv3.CertificateValidationContext{
+				MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{
+					SanType: tlsv3.SubjectAltNameMatcher_DNS,
+					Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: u.TLS.SNI}},
+				}},
+			},
+			ValidationContextSdsSecretConfig: secrets.ca(u.TLS.CAFile),
 		}}
 	}
 	ctx, err := toAny(&tlsv3.UpstreamTlsContext{Sni: u.TLS.SNI, CommonTlsContext: common})

@@ -71,12 +71,14 @@ func extAuthzPerRoute(region string, rt model.Route) (*anypb.Any, error) {
 }
 
 // extAuthzCluster reaches the region's extauthz over HTTP/2 (gRPC).
-func extAuthzCluster(r model.Region) (*clusterv3.Cluster, error) {
-	return grpcCluster(wire.ExtAuthzClusterName, r.ExtAuthzHost, r.ExtAuthzPort)
+func extAuthzCluster(r model.Region, secrets secretSet) (*clusterv3.Cluster, error) {
+	return grpcCluster(wire.ExtAuthzClusterName, r.ExtAuthz, r.InternalTLS, secrets)
 }
 
-// grpcCluster is a plain HTTP/2 cluster for one of the region's own gRPC services.
-func grpcCluster(name, host string, port uint32) (*clusterv3.Cluster, error) {
+// grpcCluster is an HTTP/2 cluster for one of the region's own gRPC services: a unix
+// socket (its directory is the guard), or TCP, with mutual TLS when the region sets
+// internal_tls.
+func grpcCluster(name string, addr model.Address, mtls *model.InternalTLS, secrets secretSet) (*clusterv3.Cluster, error) {
 	opts, err := toAny(&httpv3.HttpProtocolOptions{
 		UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
 			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}},
@@ -93,7 +95,7 @@ func grpcCluster(name, host string, port uint32) (*clusterv3.Cluster, error) {
 			Endpoints: []*endpointv3.LocalityLbEndpoints{{
 				LbEndpoints: []*endpointv3.LbEndpoint{{
 					HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
-						Address: socketAddress(host, port),
+						Address: serviceAddress(addr),
 					}},
 				}},
 			}},
@@ -102,11 +104,18 @@ func grpcCluster(name, host string, port uint32) (*clusterv3.Cluster, error) {
 			"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts,
 		},
 	}
-	if isIP(host) {
+	if addr.Pipe != "" || isIP(addr.Host) {
 		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}
 	} else {
 		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STRICT_DNS}
 		c.DnsLookupFamily = clusterv3.Cluster_V4_PREFERRED
+	}
+	if addr.Pipe == "" && mtls != nil {
+		ts, err := internalTLS(addr.Host, mtls, secrets)
+		if err != nil {
+			return nil, err
+		}
+		c.TransportSocket = ts
 	}
 	return c, nil
 }

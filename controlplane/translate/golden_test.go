@@ -47,11 +47,11 @@ func TestGolden(t *testing.T) {
 				if err := res.ValidateDeep(); err != nil {
 					t.Errorf("region %s: %v", region, err)
 				}
-				l, r, c, pol, rls, err := res.YAML()
+				l, r, c, sec, pol, rls, err := res.YAML()
 				if err != nil {
 					t.Fatal(err)
 				}
-				for kind, got := range map[string][]byte{"listeners": l, "routes": r, "clusters": c, "policy": pol, "ratelimits": rls} {
+				for kind, got := range map[string][]byte{"listeners": l, "routes": r, "clusters": c, "secrets": sec, "policy": pol, "ratelimits": rls} {
 					file := filepath.Join(outDir, region+"."+kind+".yaml")
 					want[file] = true
 					if *update {

@@ -68,7 +68,7 @@ func connectionManager(r model.Region) (*anypb.Any, error) {
 		return nil, err
 	}
 	filters := []*hcmv3.HttpFilter{facts, authz}
-	if r.RateLimitHost != "" {
+	if !r.RateLimit.IsZero() {
 		// After ext_authz: the quota descriptors are built from the caller it names.
 		rl, err := rateLimitFilter(r)
 		if err != nil {

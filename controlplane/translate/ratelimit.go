@@ -145,7 +145,7 @@ type Quota struct {
 // enforces them; none when the region has no rate-limit service.
 func Quotas(cfg *model.Config, region string) []Quota {
 	r, ok := cfg.Region(region)
-	if !ok || r.RateLimitHost == "" {
+	if !ok || r.RateLimit.IsZero() {
 		return nil
 	}
 	q := quotasFor(cfg, r)
@@ -303,6 +303,6 @@ func checkRateLimitConfig(rc *rlsconfv3.RateLimitConfig) error {
 }
 
 // rateLimitCluster reaches the region's rate-limit service over HTTP/2 (gRPC).
-func rateLimitCluster(r model.Region) (*clusterv3.Cluster, error) {
-	return grpcCluster(wire.RateLimitClusterName, r.RateLimitHost, r.RateLimitPort)
+func rateLimitCluster(r model.Region, secrets secretSet) (*clusterv3.Cluster, error) {
+	return grpcCluster(wire.RateLimitClusterName, r.RateLimit, r.InternalTLS, secrets)
 }

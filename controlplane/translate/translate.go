@@ -14,6 +14,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"sigs.k8s.io/yaml"
@@ -29,6 +30,10 @@ type Resources struct {
 	Listeners []*listenerv3.Listener
 	Routes    []*routev3.RouteConfiguration
 	Clusters  []*clusterv3.Cluster
+	// Secrets are the certificates and CA bundles the clusters reference over SDS, as
+	// file names on the Envoy host: Envoy watches the files and uses new contents without
+	// any other config change. Sorted by name.
+	Secrets []*tlsv3.Secret
 	// Policy is served to the region's extauthz, not to Envoy.
 	Policy *corev3.TypedExtensionConfig
 	// RateLimits is served to the region's envoyproxy/ratelimit; empty when the region has
@@ -49,6 +54,7 @@ func Region(cfg *model.Config, region string) (*Resources, error) {
 		return nil, fmt.Errorf("translate: unknown region %q", region)
 	}
 	served := map[string]bool{}
+	secrets := secretSet{}
 	var clusters []*clusterv3.Cluster
 	for _, name := range r.Upstreams {
 		u, ok := cfg.Upstream(name)
@@ -56,13 +62,13 @@ func Region(cfg *model.Config, region string) (*Resources, error) {
 			return nil, fmt.Errorf("translate region %q: unknown upstream %q", region, name)
 		}
 		served[name] = true
-		c, err := cluster(r, u)
+		c, err := cluster(r, u, secrets)
 		if err != nil {
 			return nil, fmt.Errorf("translate region %q upstream %q: %w", region, name, err)
 		}
 		clusters = append(clusters, c)
 	}
-	authz, err := extAuthzCluster(r)
+	authz, err := extAuthzCluster(r, secrets)
 	if err != nil {
 		return nil, fmt.Errorf("translate region %q: %w", region, err)
 	}
@@ -76,9 +82,9 @@ func Region(cfg *model.Config, region string) (*Resources, error) {
 	quotas := quotasFor(cfg, r)
 	limits := func(string) []*routev3.RateLimit { return nil }
 	var rlc *rlsconfv3.RateLimitConfig
-	if r.RateLimitHost != "" {
+	if !r.RateLimit.IsZero() {
 		limits = func(upstream string) []*routev3.RateLimit { return routeRateLimits(quotas, upstream) }
-		c, err := rateLimitCluster(r)
+		c, err := rateLimitCluster(r, secrets)
 		if err != nil {
 			return nil, fmt.Errorf("translate region %q: %w", region, err)
 		}
@@ -104,6 +110,7 @@ func Region(cfg *model.Config, region string) (*Resources, error) {
 		Listeners: []*listenerv3.Listener{l},
 		Routes:    []*routev3.RouteConfiguration{rc},
 		Clusters:  clusters,
+		Secrets:   secrets.sorted(),
 		Policy:    policy,
 	}
 	if rlc != nil {
@@ -174,6 +181,9 @@ func (r *Resources) messages() []proto.Message {
 	for _, c := range r.Clusters {
 		ms = append(ms, c)
 	}
+	for _, s := range r.Secrets {
+		ms = append(ms, s)
+	}
 	if r.Policy != nil {
 		ms = append(ms, r.Policy)
 	}
@@ -185,7 +195,7 @@ func (r *Resources) messages() []proto.Message {
 
 // YAML renders each resource list as YAML (protojson field names), for golden files and
 // for operators comparing what the control plane emits with Envoy's /config_dump.
-func (r *Resources) YAML() (listeners, routes, clusters, policy, ratelimits []byte, err error) {
+func (r *Resources) YAML() (listeners, routes, clusters, secrets, policy, ratelimits []byte, err error) {
 	render := func(items []proto.Message) ([]byte, error) {
 		var docs []any
 		for _, m := range items {
@@ -212,24 +222,31 @@ func (r *Resources) YAML() (listeners, routes, clusters, policy, ratelimits []by
 		cs = append(cs, c)
 	}
 	if listeners, err = render(ls); err != nil {
-		return nil, nil, nil, nil, nil, err
+		return nil, nil, nil, nil, nil, nil, err
 	}
 	if routes, err = render(rs); err != nil {
-		return nil, nil, nil, nil, nil, err
+		return nil, nil, nil, nil, nil, nil, err
 	}
 	if clusters, err = render(cs); err != nil {
-		return nil, nil, nil, nil, nil, err
+		return nil, nil, nil, nil, nil, nil, err
+	}
+	var ss []proto.Message
+	for _, sec := range r.Secrets {
+		ss = append(ss, sec)
+	}
+	if secrets, err = render(ss); err != nil {
+		return nil, nil, nil, nil, nil, nil, err
 	}
 	var ps, rls []proto.Message
 	if r.Policy != nil {
 		ps = append(ps, r.Policy)
 	}
 	if policy, err = render(ps); err != nil {
-		return nil, nil, nil, nil, nil, err
+		return nil, nil, nil, nil, nil, nil, err
 	}
 	for _, rl := range r.RateLimits {
 		rls = append(rls, rl)
 	}
 	ratelimits, err = render(rls)
-	return listeners, routes, clusters, policy, ratelimits, err
+	return listeners, routes, clusters, secrets, policy, ratelimits, err
 }

@@ -38,6 +38,8 @@ var typeNames = map[string]string{
 	resourcev3.ListenerType: "listeners",
 	resourcev3.RouteType:    "routes",
 	resourcev3.ClusterType:  "clusters",
+	// Certificates and CA bundles as file references, which Envoy watches.
+	resourcev3.SecretType: "secrets",
 	// The region's caller policy, for its extauthz (an llmedge.authz.v1.Policy inside a
 	// TypedExtensionConfig).
 	resourcev3.ExtensionConfigType: "authz_policy",
@@ -187,6 +189,7 @@ func snapshot(res *translate.Resources) (*cachev3.Snapshot, map[string]string, e
 		resourcev3.ListenerType: toResources(res.Listeners),
 		resourcev3.RouteType:    routes,
 		resourcev3.ClusterType:  toResources(res.Clusters),
+		resourcev3.SecretType:   toResources(res.Secrets),
 	}
 	if res.Policy != nil {
 		byType[resourcev3.ExtensionConfigType] = []types.Resource{res.Policy}

@@ -37,10 +37,11 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/llmedge/llmedge/internal/transport"
 )
 
 // Defaults for Options.
@@ -59,8 +60,13 @@ const (
 
 // Options configure a Client.
 type Options struct {
-	// Server is the host:port of the control plane's gRPC ADS endpoint. Required.
+	// Server is the control plane's gRPC ADS endpoint: host:port or unix:/abs/path.sock
+	// (internal/transport's syntax). Required.
 	Server string
+	// TLS, when set, makes the client present TLS.Cert and accept only a server
+	// certificate for the server's host chaining to TLS.CA (mutual TLS; the files are
+	// re-read when they change). Ignored for a unix socket, which its directory guards.
+	TLS transport.Files
 	// Node identifies this client: id, cluster, and locality.region (which the llmedge
 	// control plane keys its config on). Sent on the first request of each stream. It is
 	// copied; user_agent_name defaults to "llmedge-xdsclient".
@@ -80,8 +86,8 @@ type Options struct {
 	// BackoffMin and BackoffMax bound the jittered exponential delay between reconnects
 	// (and between repeated NACKs of one version); defaults 250ms and 5s.
 	BackoffMin, BackoffMax time.Duration
-	// DialOptions are added after the defaults (insecure transport credentials, keepalive,
-	// connect backoff), so they can override them, e.g. with TLS credentials.
+	// DialOptions are added after the defaults (transport credentials from Server and TLS,
+	// keepalive, connect backoff), so they can override them.
 	DialOptions []grpc.DialOption
 }
 
@@ -105,6 +111,8 @@ type Status struct {
 // Client is an ADS client for one resource type. Create it with New and start it with Run.
 type Client struct {
 	o       Options
+	target  string
+	creds   grpc.DialOption
 	log     *slog.Logger
 	node    *corev3.Node
 	running atomic.Bool
@@ -148,10 +156,20 @@ func New(o Options) (*Client, error) {
 	if node.UserAgentName == "" {
 		node.UserAgentName = userAgent
 	}
+	addr, err := transport.Parse(o.Server)
+	if err != nil {
+		return nil, fmt.Errorf("xdsclient: server %q: %w", o.Server, err)
+	}
+	target, creds, err := transport.GRPCClient(addr, o.TLS, log.With("component", "xdsclient"))
+	if err != nil {
+		return nil, fmt.Errorf("xdsclient: server %s: %w", o.Server, err)
+	}
 	return &Client{
-		o:    o,
-		node: node,
-		log:  log.With("component", "xdsclient", "server", o.Server, "type_url", o.TypeURL),
+		o:      o,
+		target: target,
+		creds:  creds,
+		node:   node,
+		log:    log.With("component", "xdsclient", "server", o.Server, "type_url", o.TypeURL),
 	}, nil
 }
 
@@ -182,7 +200,7 @@ func (c *Client) Run(ctx context.Context) error {
 	defer c.running.Store(false)
 
 	opts := append([]grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		c.creds,
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{
 			Time: keepaliveTime, Timeout: keepaliveTimeout, PermitWithoutStream: true,
 		}),
@@ -196,7 +214,7 @@ func (c *Client) Run(ctx context.Context) error {
 		}),
 		grpc.WithUserAgent(userAgent),
 	}, c.o.DialOptions...)
-	conn, err := grpc.NewClient(c.o.Server, opts...)
+	conn, err := grpc.NewClient(c.target, opts...)
 	if err != nil {
 		return fmt.Errorf("xdsclient: %w", err)
 	}

@@ -70,7 +70,13 @@ func startServer(t *testing.T, addr string, cache cachev3.Cache) *xdsServer {
 		ln, err = net.Listen("tcp", addr)
 		return err == nil
 	})
-	s := &xdsServer{addr: ln.Addr().String(), served: make(chan error, 1)}
+	return startServerOn(t, ln, ln.Addr().String(), cache)
+}
+
+// startServerOn serves cache over ADS on ln; addr is what clients dial.
+func startServerOn(t *testing.T, ln net.Listener, addr string, cache cachev3.Cache) *xdsServer {
+	t.Helper()
+	s := &xdsServer{addr: addr, served: make(chan error, 1)}
 	cb := serverv3.CallbackFuncs{
 		StreamRequestFunc: func(id int64, req *discoveryv3.DiscoveryRequest) error {
 			s.mu.Lock()
