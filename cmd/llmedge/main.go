@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -27,6 +28,7 @@ import (
 	"github.com/llmedge/llmedge/controlplane"
 	"github.com/llmedge/llmedge/controlplane/bootstrap"
 	"github.com/llmedge/llmedge/controlplane/config"
+	"github.com/llmedge/llmedge/controlplane/model"
 	"github.com/llmedge/llmedge/controlplane/translate"
 	"github.com/llmedge/llmedge/controlplane/watch"
 	"github.com/llmedge/llmedge/extauthz"
@@ -142,13 +144,18 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 
 func runControlPlane(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlags("controlplane", stderr)
-	cfgPath := fs.String("config", envOr("LLMEDGE_CONFIG", "examples/routes.yaml"), "routes YAML file or directory (env LLMEDGE_CONFIG)")
+	cfgPath := fs.String("config", envOr("LLMEDGE_CONFIG", DefaultConfig), "routes YAML file or directory (env LLMEDGE_CONFIG)")
 	xdsAddr := fs.String("xds-listen", envOr("LLMEDGE_XDS_LISTEN", "127.0.0.1:18000"), "gRPC ADS listen address (env LLMEDGE_XDS_LISTEN)")
 	httpAddr := fs.String("http-listen", envOr("LLMEDGE_HTTP_LISTEN", "127.0.0.1:18080"), "status/health/metrics listen address (env LLMEDGE_HTTP_LISTEN)")
 	logFormat := fs.String("log-format", envOr("LLMEDGE_LOG_FORMAT", "json"), "json or text")
 	logLevel := fs.String("log-level", envOr("LLMEDGE_LOG_LEVEL", "info"), "debug, info, warn or error")
 	holdoff := fs.Duration("watch-holdoff", 0, "quiet time after a file event before reloading (default 30ms)")
 	poll := fs.Duration("watch-poll", 0, "fallback poll interval (default 10s)")
+	settle, err := envDuration("LLMEDGE_WATCH_SETTLE")
+	if err != nil {
+		return err
+	}
+	fs.DurationVar(&settle, "watch-settle", settle, "how long the routes must stay unchanged before a destructive edit (one that removes more than half of the callers, routes or upstreams, or leaves a region with none) is applied (env LLMEDGE_WATCH_SETTLE, default 5s)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -161,6 +168,7 @@ func runControlPlane(ctx context.Context, args []string, stderr io.Writer) error
 		XDSAddress:  *xdsAddr,
 		HTTPAddress: *httpAddr,
 		Watch:       watch.Options{Holdoff: *holdoff, Poll: *poll},
+		Settle:      settle,
 		Logger:      log,
 	})
 	if err != nil {
@@ -171,15 +179,12 @@ func runControlPlane(ctx context.Context, args []string, stderr io.Writer) error
 
 func runValidate(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("validate", stderr)
-	cfgPath := fs.String("config", envOr("LLMEDGE_CONFIG", "examples/routes.yaml"), "routes YAML file or directory")
+	cfgPath := fs.String("config", envOr("LLMEDGE_CONFIG", DefaultConfig), "routes YAML file or directory")
+	against := fs.String("against", "", "the routes YAML now serving (file or directory): warn when the edit is destructive, as the control plane would hold it back for the settle period")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	_, cfg, err := config.LoadConfig(*cfgPath)
-	if err == nil {
-		// Translation checks what the YAML schema cannot (Envoy's own field rules).
-		_, err = translate.All(cfg)
-	}
+	_, cfg, err := load(*cfgPath)
 	if err != nil {
 		errs := config.AsErrors(err)
 		for _, e := range errs {
@@ -190,8 +195,67 @@ func runValidate(args []string, stdout, stderr io.Writer) error {
 	for _, w := range cfg.Warnings {
 		fmt.Fprintln(stderr, "warning: "+w)
 	}
-	fmt.Fprintf(stdout, "%s: ok (%d regions, %d upstreams, %d routes)\n", *cfgPath, len(cfg.Regions), len(cfg.Upstreams), len(cfg.Routes))
+	for _, w := range config.Hazards(cfg) {
+		fmt.Fprintln(stderr, "warning: "+w)
+	}
+	if *against != "" {
+		_, old, err := load(*against)
+		if err != nil {
+			return fmt.Errorf("--against %s: %d problem(s) in the old routes; cannot compare:\n%v", *against, len(config.AsErrors(err)), err)
+		}
+		if r := config.Compare(old, cfg); r.Destructive() {
+			for _, reason := range r.Reasons() {
+				fmt.Fprintf(stderr, "warning: destructive edit against %s: %s\n", *against, reason)
+			}
+			fmt.Fprintln(stderr, "warning: the control plane applies a destructive edit only once the files have stayed unchanged for its settle period (--watch-settle)")
+		}
+	}
+	fmt.Fprintf(stdout, "%s: ok (%d regions, %d upstreams, %d routes, %d callers)\n", *cfgPath, len(cfg.Regions), len(cfg.Upstreams), len(cfg.Routes), len(cfg.Callers))
 	return nil
+}
+
+// DefaultConfig is where a packaged control plane finds its routes (a file or a directory),
+// as compose.yaml mounts them.
+const DefaultConfig = "/etc/llmedge/routes"
+
+// load reads, validates and translates the routes at path as the control plane would:
+// translation checks what the YAML schema cannot (Envoy's own field rules).
+func load(path string) (*config.Source, *model.Config, error) {
+	ctx := context.Background()
+	snap, err := config.NewProvider(path, config.Limits{}, watch.Options{}, nil).Load(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	src, cfg, err := config.Build(ctx, snap, config.Limits{})
+	if err == nil {
+		_, err = translate.All(cfg)
+	}
+	if err != nil {
+		return src, nil, err
+	}
+	return src, cfg, nil
+}
+
+func envDuration(key string) (time.Duration, error) {
+	v := os.Getenv(key)
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("%s=%q: want a duration such as 5s", key, v)
+	}
+	return d, nil
+}
+
+// hostPort splits a host:port flag value; IPv6 addresses come in brackets ([::1]:18000).
+func hostPort(flagName, v string) (string, int, error) {
+	host, p, err := net.SplitHostPort(v)
+	port, perr := strconv.Atoi(p)
+	if err != nil || perr != nil || host == "" || port < 1 || port > 65535 {
+		return "", 0, fmt.Errorf("--%s %q: want host:port, with an IPv6 address in brackets ([::1]:18000)", flagName, v)
+	}
+	return host, port, nil
 }
 
 func runBootstrap(args []string, stdout, stderr io.Writer) error {
@@ -211,10 +275,9 @@ func runBootstrap(args []string, stdout, stderr io.Writer) error {
 	if *nodeID == "" {
 		*nodeID = "envoy-" + *region + "-1"
 	}
-	host, portStr, ok := strings.Cut(*xds, ":")
-	port, err := strconv.Atoi(portStr)
-	if !ok || err != nil {
-		return fmt.Errorf("--xds %q: want host:port", *xds)
+	host, port, err := hostPort("xds", *xds)
+	if err != nil {
+		return err
 	}
 	ap := *adminPort
 	if ap == 0 {
@@ -293,6 +356,9 @@ func runExtAuthz(ctx context.Context, args []string, stderr io.Writer) error {
 	logFormat := fs.String("log-format", envOr("LLMEDGE_LOG_FORMAT", "json"), "json or text")
 	logLevel := fs.String("log-level", envOr("LLMEDGE_LOG_LEVEL", "info"), "debug, info, warn or error")
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if _, _, err := hostPort("xds", *xdsAddr); err != nil {
 		return err
 	}
 	log, err := newLogger(stderr, *logFormat, *logLevel)

@@ -41,7 +41,7 @@ upstreams:
 	}
 
 	code, out, _ = runCLI(t, "validate", "--config", "../../examples/routes.yaml")
-	if code != 0 || !strings.Contains(out, "ok (2 regions, 3 upstreams, 3 routes)") {
+	if code != 0 || !strings.Contains(out, "ok (2 regions, 3 upstreams, 3 routes, 0 callers)") {
 		t.Errorf("examples/routes.yaml: exit %d, %q", code, out)
 	}
 }
