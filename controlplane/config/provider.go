@@ -96,7 +96,7 @@ func (p *FileProvider) Load(ctx context.Context) (*Snapshot, error) {
 		return nil, err
 	}
 	l := p.Limits.withDefaults()
-	b, err := readLimited(p.Path, l.MaxBytes)
+	b, err := readLimited(p.Path, l.MaxBytes, l.MaxBytes)
 	if err != nil {
 		return nil, Errors{{Path: p.Path, Msg: err.Error()}}
 	}
@@ -134,7 +134,7 @@ func (p *DirProvider) Load(ctx context.Context) (*Snapshot, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		b, err := readLimited(f, left)
+		b, err := readLimited(f, left, l.MaxBytes)
 		if err != nil {
 			c.add(f, "%v", err)
 			continue
@@ -152,20 +152,20 @@ func (p *DirProvider) Watch(ctx context.Context, changed chan<- struct{}) error 
 	return watch.Run(ctx, filepath.Clean(p.Path), p.WatchOptions, p.Log, changed)
 }
 
-// readLimited reads a file of at most max bytes. The size is checked while reading, not
-// only from Stat, because the file may grow between the two.
-func readLimited(path string, max int64) ([]byte, error) {
+// readLimited reads a file of at most left bytes, what remains of the limit max for all
+// files. The size is checked while reading: a file may grow while it is read.
+func readLimited(path string, left, max int64) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("read routes %q: %w", path, err)
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	b, err := io.ReadAll(io.LimitReader(f, left+1))
 	if err != nil {
 		return nil, fmt.Errorf("read routes %q: %w", path, err)
 	}
-	if int64(len(b)) > max {
-		return nil, fmt.Errorf("the routes YAML is larger than %s, the most the control plane reads (see docs/CONFIG.md#limits)", byteSize(max))
+	if int64(len(b)) > left {
+		return nil, fmt.Errorf("the routes YAML (all files together) is larger than %s, the most the control plane reads (see docs/CONFIG.md#limits)", byteSize(max))
 	}
 	return b, nil
 }
