@@ -85,7 +85,7 @@ type Limits struct {
 	MaxEntries int   // names in each of regions, upstreams, routes and callers (default 100,000)
 }
 
-// The default limits; docs/CONFIG.md#limits documents them.
+// The default limits; docs/CONFIG.md#size-limits documents them.
 const (
 	DefaultMaxBytes   = 32 << 20
 	DefaultMaxFiles   = 1000
@@ -140,7 +140,7 @@ func Parse(ctx context.Context, snap *Snapshot, limits Limits) (*Source, error) 
 	}
 	for _, s := range sections {
 		if n := entries[s]; n > limits.MaxEntries {
-			c.add(s, "%d entries; at most %d are accepted (see docs/CONFIG.md#limits)", n, limits.MaxEntries)
+			c.add(s, "%d entries; at most %d are accepted (see docs/CONFIG.md#size-limits)", n, limits.MaxEntries)
 		}
 	}
 	if err := c.err(); err != nil {

@@ -125,7 +125,7 @@ func (p *DirProvider) Load(ctx context.Context) (*Snapshot, error) {
 		return nil, Errors{{Path: p.Path, Msg: err.Error()}}
 	}
 	if len(files) > l.MaxFiles {
-		return nil, Errors{{Path: p.Path, Msg: fmt.Sprintf("%d YAML files; at most %d are read (see docs/CONFIG.md#limits)", len(files), l.MaxFiles)}}
+		return nil, Errors{{Path: p.Path, Msg: fmt.Sprintf("%d YAML files; at most %d are read (see docs/CONFIG.md#size-limits)", len(files), l.MaxFiles)}}
 	}
 	var c collector
 	docs := make([]Document, 0, len(files))
@@ -165,7 +165,7 @@ func readLimited(path string, left, max int64) ([]byte, error) {
 		return nil, fmt.Errorf("read routes %q: %w", path, err)
 	}
 	if int64(len(b)) > left {
-		return nil, fmt.Errorf("the routes YAML (all files together) is larger than %s, the most the control plane reads (see docs/CONFIG.md#limits)", byteSize(max))
+		return nil, fmt.Errorf("the routes YAML (all files together) is larger than %s, the most the control plane reads (see docs/CONFIG.md#size-limits)", byteSize(max))
 	}
 	return b, nil
 }

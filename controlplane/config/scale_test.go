@@ -110,7 +110,7 @@ func TestLimits(t *testing.T) {
 			if len(es) != 1 || !strings.HasSuffix(es[0].Path, tt.wantPath) || !strings.Contains(es[0].Msg, tt.wantMsg) {
 				t.Errorf("errors %v; want one at %q saying %q", es, tt.wantPath, tt.wantMsg)
 			}
-			if !strings.Contains(err.Error(), "docs/CONFIG.md#limits") {
+			if !strings.Contains(err.Error(), "docs/CONFIG.md#size-limits") {
 				t.Errorf("error %q does not point at the documentation", err)
 			}
 		})
