@@ -26,20 +26,6 @@ const (
 `
 )
 
-// waitChecked waits until the control plane has checked an edit made after prev.
-func waitChecked(t *testing.T, c *cp, prev *time.Time) Status {
-	t.Helper()
-	var st Status
-	eventually(t, waitFor, func() error {
-		st = c.status(t)
-		if st.Config.CheckedAt == nil || (prev != nil && !st.Config.CheckedAt.After(*prev)) {
-			return fmt.Errorf("edit not checked yet")
-		}
-		return nil
-	})
-	return st
-}
-
 // TestDestructiveEditIsHeld: the first half of a torn write (everything before callers:)
 // is valid but would refuse every request; it is held, shown as pending, and dropped once
 // the second half lands.
@@ -87,12 +73,13 @@ func TestDestructiveEditIsHeld(t *testing.T) {
 	}
 
 	// The second half lands: the whole file is the old one plus nothing; pending is gone.
-	prev := st.Config.CheckedAt
 	c.write(t, withCallers)
-	st = waitChecked(t, c, prev)
-	if st.Config.Pending != nil {
-		t.Errorf("still pending after the file was completed: %+v", st.Config.Pending)
-	}
+	eventually(t, waitFor, func() error {
+		if st = c.status(t); st.Config.Pending != nil {
+			return fmt.Errorf("still pending after the file was completed")
+		}
+		return nil
+	})
 	if fmt.Sprint(regionVersions(good)) != fmt.Sprint(regionVersions(st)) {
 		t.Errorf("versions changed by a torn write: %v -> %v", regionVersions(good), regionVersions(st))
 	}
@@ -113,7 +100,7 @@ func TestDestructiveEditAppliesAfterSettle(t *testing.T) {
 	eventually(t, waitFor, func() error {
 		st := c.status(t)
 		if st.Config.Hash == good.Config.Hash || st.Config.Pending != nil {
-			return fmt.Errorf("not applied yet (pending %v)", st.Config.Pending != nil)
+			return fmt.Errorf("not applied yet (pending %v, errors %v)", st.Config.Pending != nil, st.Config.Errors)
 		}
 		return nil
 	})
@@ -297,8 +284,14 @@ func TestRoutesPastLimitKeepLastGood(t *testing.T) {
 	c := startWith(t, routesYAML, func(o *Options) { o.Limits = config.Limits{MaxEntries: 3} })
 	good := c.status(t)
 	c.write(t, strings.Replace(routesYAML, "routes:\n", "routes:\n  extra: {match: {prefix: /extra}, upstream: openai}\n", 1))
-	st := waitChecked(t, c, good.Config.CheckedAt)
-	if st.Config.Valid || st.Config.Hash != good.Config.Hash {
+	var st Status
+	eventually(t, waitFor, func() error {
+		if st = c.status(t); st.Config.Valid {
+			return fmt.Errorf("the edit was not rejected (yet)")
+		}
+		return nil
+	})
+	if st.Config.Hash != good.Config.Hash {
 		t.Fatalf("a file past the limit was applied: %+v", st.Config)
 	}
 	if len(st.Config.Errors) != 1 || st.Config.Errors[0].Path != "routes" || !strings.Contains(st.Config.Errors[0].Msg, "4 entries; at most 3") {

@@ -80,13 +80,17 @@ func Run(ctx context.Context, dir string, o Options, log *slog.Logger, changed c
 		}
 		watching = true
 	}
-	add()
-
 	notify := func() {
 		select {
 		case changed <- struct{}{}:
 		default: // a reload is already pending; it will read the latest files
 		}
+	}
+	add()
+	if watching {
+		// The caller loaded the files before calling Run: an edit made before the watch was
+		// in place would otherwise wait for the next poll.
+		notify()
 	}
 	poll := time.NewTicker(o.Poll)
 	defer poll.Stop()
