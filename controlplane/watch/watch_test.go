@@ -315,6 +315,9 @@ func (c *fakeClock) ready(t *testing.T, dir string, ch <-chan struct{}) {
 	if !within(ch, deadline) {
 		t.Fatalf("no notification after the ready timers fired")
 	}
+	// Run's first notification (the watch is in place) and the fired timer's may both
+	// come: drain them so the test starts idle.
+	quiesce(ch, clockQuiet)
 	c.mu.Lock()
 	c.armed = 0
 	c.mu.Unlock()
