@@ -346,3 +346,40 @@ func TestRegionCallersMatchPolicy(t *testing.T) {
 		}
 	}
 }
+
+// TestCancelDuringHugeReload: the routes YAML is replaced by a 100,000-route file and the
+// control plane is stopped while it reloads: Run returns within a deadline, without waiting
+// for the reload (the process stops promptly on SIGTERM, which cancels this context).
+func TestCancelDuringHugeReload(t *testing.T) {
+	var b strings.Builder
+	b.WriteString(routesYAML)
+	for i := range 100_000 {
+		fmt.Fprintf(&b, "  r%d:\n    match: {prefix: /r%d/}\n    upstream: openai\n", i, i)
+	}
+	huge := b.String()
+	c := start(t, routesYAML)
+	// Run's first check of the watched files (unchanged) is over before the edit.
+	eventually(t, waitFor, func() error {
+		if c.count(t, "llmedge_config_reloads_total", reloads("unchanged")) < 1 {
+			return fmt.Errorf("the first check has not run")
+		}
+		return nil
+	})
+	c.write(t, huge)
+	eventually(t, waitFor, func() error {
+		if st := c.status(t); st.Config.Reloading == nil {
+			return fmt.Errorf("no reload in progress")
+		}
+		return nil
+	})
+	c.cancel()
+	select {
+	case err := <-c.done:
+		if err != nil {
+			t.Errorf("Run = %v", err)
+		}
+		c.done <- err // for the cleanup
+	case <-time.After(waitFor):
+		t.Fatal("Run did not return while reloading a 100,000-route file")
+	}
+}

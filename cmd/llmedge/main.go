@@ -450,6 +450,19 @@ func printStatus(w io.Writer, st controlplane.Status) error {
 	for _, wn := range st.Config.Warnings {
 		fmt.Fprintf(tw, "  warning\t%s\n", wn)
 	}
+	if p := st.Config.Pending; p != nil {
+		h := p.Hash
+		if len(h) > 16 {
+			h = h[:16]
+		}
+		fmt.Fprintf(tw, "  pending\t%s applies at %s if the files stay unchanged: %s\n", h, p.AppliesAt.Format(time.RFC3339), strings.Join(p.Reasons, "; "))
+	}
+	if r := st.Config.Reloading; r != nil {
+		fmt.Fprintf(tw, "  reloading\tsince %s\n", r.Since.Format(time.RFC3339Nano))
+	}
+	for _, u := range st.Upstreams {
+		fmt.Fprintf(tw, "upstream %s\t%s\tconnect %s\n", u.Name, u.URL, u.Connect)
+	}
 	problems := !st.Config.Valid
 	for _, r := range st.Regions {
 		fmt.Fprintf(tw, "region %s\t%s\tupstreams %s\tin_sync=%v\n", r.Name, r.Listen, strings.Join(r.Upstreams, ","), r.InSync)

@@ -79,6 +79,14 @@ func TestStatusExitsNonZeroOnProblems(t *testing.T) {
 	if err := printStatus(&out, ok); err != nil || !strings.Contains(out.String(), "envoy-hk-1") {
 		t.Errorf("healthy status: err %v, output %q", err, out.String())
 	}
+	held := ok
+	held.Config.Pending = &controlplane.PendingStatus{Hash: strings.Repeat("ab", 32), Reasons: []string{"removes 2 of 2 callers (alice, bob)"}}
+	held.Upstreams = []controlplane.UpstreamStatus{{Name: "openai", URL: "https://proxy.example.com/v1", Connect: "proxy.example.com:443"}}
+	out.Reset()
+	if err := printStatus(&out, held); err != nil || !strings.Contains(out.String(), "pending") || !strings.Contains(out.String(), "removes 2 of 2 callers") ||
+		!strings.Contains(out.String(), "https://proxy.example.com/v1") {
+		t.Errorf("pending edit: err %v, output %q", err, out.String())
+	}
 	bad := ok
 	bad.Config.Valid = false
 	bad.Config.Errors = []config.FieldError{{Path: "upstreams.x.url", Msg: "required"}}
