@@ -321,8 +321,23 @@ func (r *reloader) finish(res reloadResult) {
 	err := res.err
 	if err == nil {
 		m.mu.Lock()
-		applied := m.state.applied
+		applied, appliedHash := m.state.applied, m.state.appliedHash
 		prev := m.state.pending
+		if res.hash == appliedHash {
+			// Back to the bytes that are serving (the second half of a torn write landed, or
+			// a bad edit was undone): nothing to push, and the serving config keeps its
+			// applied_at.
+			m.state.pending, m.state.errors = nil, nil
+			m.state.checkedAt, m.state.checkedHash = now, res.hash
+			m.mu.Unlock()
+			m.metrics.valid.Set(1)
+			m.metrics.errors.Set(0)
+			m.metrics.reloads.WithLabelValues("unchanged").Inc()
+			if prev != nil {
+				m.log.Info("held destructive edit withdrawn: the files are back to the serving config", "config", m.src.String(), "hash", res.hash[:16])
+			}
+			return
+		}
 		m.mu.Unlock()
 		if removal := config.Compare(applied, res.cfg); removal.Destructive() {
 			p := &pendingEdit{hash: res.hash, files: res.src.Files, since: now, removal: removal, cfg: res.cfg, all: res.all}

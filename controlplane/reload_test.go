@@ -83,6 +83,13 @@ func TestDestructiveEditIsHeld(t *testing.T) {
 	if fmt.Sprint(regionVersions(good)) != fmt.Sprint(regionVersions(st)) {
 		t.Errorf("versions changed by a torn write: %v -> %v", regionVersions(good), regionVersions(st))
 	}
+	if st.Config.Hash != good.Config.Hash || !st.Config.AppliedAt.Equal(*good.Config.AppliedAt) || !st.Config.Valid {
+		t.Errorf("the completed file is the serving one, yet status says hash %s applied %v valid %v (was %s %v)",
+			st.Config.Hash, st.Config.AppliedAt, st.Config.Valid, good.Config.Hash, good.Config.AppliedAt)
+	}
+	if !strings.Contains(c.logs.String(), "held destructive edit withdrawn") {
+		t.Errorf("the log does not say the held edit was withdrawn")
+	}
 }
 
 // TestDestructiveEditAppliesAfterSettle: a deliberate mass removal is applied once the
