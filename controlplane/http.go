@@ -18,6 +18,9 @@ import (
 type Status struct {
 	Config  ConfigStatus   `json:"config"`
 	Regions []RegionStatus `json:"regions"`
+	// Upstreams are the serving config's upstreams as Envoy reaches them, environment
+	// overrides (LLMEDGE_UPSTREAMS_<NAME>_URL) applied.
+	Upstreams []UpstreamStatus `json:"upstreams"`
 	// Unassigned lists connected nodes whose region the serving config does not define;
 	// they receive no configuration.
 	Unassigned []xds.Node `json:"unassigned_nodes"`
@@ -35,6 +38,44 @@ type ConfigStatus struct {
 	Valid    bool                `json:"valid"`
 	Errors   []config.FieldError `json:"errors"`
 	Warnings []string            `json:"warnings"`
+	// Pending is a valid but destructive edit held back until the files have stayed
+	// unchanged for the settle period; the config described by Hash keeps serving.
+	Pending *PendingStatus `json:"pending,omitempty"`
+	// Reloading is set while a reload runs (a newer edit abandons it and starts another).
+	Reloading *ReloadingStatus `json:"reloading,omitempty"`
+}
+
+// PendingStatus is a destructive edit waiting to be applied.
+type PendingStatus struct {
+	Hash      string         `json:"hash"`
+	Since     time.Time      `json:"since"`
+	AppliesAt time.Time      `json:"applies_at"` // if the files stay unchanged until then
+	Reasons   []string       `json:"reasons"`
+	Removes   config.Removal `json:"removes"`
+}
+
+// ReloadingStatus is the reload in progress.
+type ReloadingStatus struct {
+	Since time.Time `json:"since"`
+}
+
+// UpstreamStatus is where one upstream's requests go. URL is the effective URL (never
+// with credentials: the config refuses them); Connect is where Envoy connects when an
+// endpoint overrides the URL's host. Keys are never part of it.
+type UpstreamStatus struct {
+	Name           string   `json:"name"`
+	URL            string   `json:"url"`
+	Connect        string   `json:"connect"`
+	API            string   `json:"api,omitempty"`
+	AllowedRegions []string `json:"allowed_regions"`
+}
+
+func upstreamStatus(u model.Upstream) UpstreamStatus {
+	url := u.Scheme + "://" + u.Authority + u.BasePath
+	return UpstreamStatus{
+		Name: u.Name, URL: url, Connect: joinHostPort(u.ConnectHost, u.ConnectPort),
+		API: string(u.API), AllowedRegions: append([]string{}, u.AllowedRegions...),
+	}
 }
 
 // RegionStatus is one region: the versions served and every connected node.
@@ -84,14 +125,24 @@ func (m *Main) Status() Status {
 	m.mu.Unlock()
 	out := Status{
 		Config: ConfigStatus{
-			Path:     m.opts.ConfigPath,
+			Path:     m.src.String(),
 			Files:    st.files,
 			Valid:    st.errors == nil && st.applied != nil,
 			Errors:   []config.FieldError(st.errors),
 			Warnings: []string{},
 		},
 		Regions:    []RegionStatus{},
+		Upstreams:  []UpstreamStatus{},
 		Unassigned: []xds.Node{},
+	}
+	if !st.reloadingSince.IsZero() {
+		out.Config.Reloading = &ReloadingStatus{Since: st.reloadingSince}
+	}
+	if p := st.pending; p != nil {
+		out.Config.Pending = &PendingStatus{
+			Hash: p.hash, Since: p.since, AppliesAt: p.since.Add(m.opts.Settle),
+			Reasons: p.removal.Reasons(), Removes: p.removal,
+		}
 	}
 	if out.Config.Errors == nil {
 		out.Config.Errors = []config.FieldError{}
@@ -107,6 +158,9 @@ func (m *Main) Status() Status {
 		out.Config.AppliedAt = &t
 		out.Config.Hash = st.appliedHash
 		out.Config.Warnings = append(out.Config.Warnings, st.applied.Warnings...)
+		for _, u := range st.applied.Upstreams {
+			out.Upstreams = append(out.Upstreams, upstreamStatus(u))
+		}
 		for _, r := range st.applied.Regions {
 			rs := RegionStatus{
 				Name:      r.Name,

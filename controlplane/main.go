@@ -29,7 +29,10 @@ import (
 
 // Options configure the control plane.
 type Options struct {
-	ConfigPath string // routes YAML file or directory
+	// Provider is where the routes YAML comes from. When nil, ConfigPath (a file or a
+	// directory) is read with config.NewProvider.
+	Provider   config.Provider
+	ConfigPath string
 	// XDSAddress is the gRPC ADS listen address, default 127.0.0.1:18000: one or more
 	// comma-separated unix:/path or host:port. The stream carries each region's caller
 	// policy, so plain TCP is refused on anything but loopback; XDSTLS makes TCP
@@ -38,12 +41,21 @@ type Options struct {
 	XDSTLS      transport.Files
 	HTTPAddress string // status/health/metrics listen address, default 127.0.0.1:18080
 	Watch       watch.Options
-	Logger      *slog.Logger
+	Limits      config.Limits
+	// Settle is how long the routes YAML must stay unchanged before a destructive edit
+	// (see config.Removal) is applied; ordinary edits apply at once. Default DefaultSettle.
+	Settle time.Duration
+	Logger *slog.Logger
 }
+
+// DefaultSettle covers a generator or a copy over a network file system that writes the
+// routes YAML in more than one step, and is short enough for a deliberate removal.
+const DefaultSettle = 5 * time.Second
 
 // Main is one running control plane.
 type Main struct {
 	opts    Options
+	src     config.Provider
 	log     *slog.Logger
 	reg     *prometheus.Registry
 	xds     *xds.Server
@@ -67,11 +79,25 @@ type state struct {
 	checkedAt   time.Time
 	checkedHash string        // content hash of the files the last attempt read
 	errors      config.Errors // of the last attempt; nil when it was good
+	// reloadingSince is when the reload now running started; zero when none runs.
+	reloadingSince time.Time
+	// pending is a destructive edit waiting for the file to stay unchanged.
+	pending *pendingEdit
+}
+
+// pendingEdit is a valid, translated, destructive edit held back for the settle period.
+type pendingEdit struct {
+	hash    string
+	files   []string
+	since   time.Time
+	removal config.Removal
+	cfg     *model.Config
+	all     map[string]*translate.Resources
 }
 
 // New validates the options; Run starts everything.
 func New(o Options) (*Main, error) {
-	if o.ConfigPath == "" {
+	if o.Provider == nil && o.ConfigPath == "" {
 		return nil, errors.New("controlplane: a routes YAML path is required (--config)")
 	}
 	if o.XDSAddress == "" {
@@ -80,6 +106,9 @@ func New(o Options) (*Main, error) {
 	if o.HTTPAddress == "" {
 		o.HTTPAddress = "127.0.0.1:18080"
 	}
+	if o.Settle <= 0 {
+		o.Settle = DefaultSettle
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -87,9 +116,13 @@ func New(o Options) (*Main, error) {
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: --xds-listen %q: %w", o.XDSAddress, err)
 	}
+	src := o.Provider
+	if src == nil {
+		src = config.NewProvider(o.ConfigPath, o.Limits, o.Watch, o.Logger)
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return &Main{opts: o, log: o.Logger, reg: reg, metrics: newReloadMetrics(reg), xdsAddrs: addrs, ready: make(chan struct{})}, nil
+	return &Main{opts: o, src: src, log: o.Logger, reg: reg, metrics: newReloadMetrics(reg), xdsAddrs: addrs, ready: make(chan struct{})}, nil
 }
 
 // Ready is closed once both listeners are bound.
@@ -114,7 +147,8 @@ func (m *Main) XDSAddrs() []string {
 
 func (m *Main) HTTPAddr() string { return m.httpLn.Addr().String() }
 
-// Run serves until ctx ends, then stops gracefully.
+// Run serves until ctx ends, then stops gracefully. It returns promptly even in the middle
+// of a long reload: reloads run beside the loop and are abandoned, not awaited.
 func (m *Main) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -146,8 +180,22 @@ func (m *Main) Run(ctx context.Context) error {
 	m.xds.Register(g)
 	hs := &http.Server{Handler: m.handler(), ReadHeaderTimeout: 5 * time.Second}
 
-	// Load before serving, so the first Envoy to connect gets config at once.
-	m.reload()
+	r := &reloader{m: m, ctx: ctx, results: make(chan reloadResult)}
+	// Load before serving, so the first Envoy to connect gets config at once; but a stop
+	// request during that first load is honoured at once too.
+	r.start()
+	select {
+	case res := <-r.results:
+		r.finish(res)
+	case <-ctx.Done():
+		r.abandon()
+		for _, ln := range m.xdsLns {
+			ln.Close()
+		}
+		m.httpLn.Close()
+		m.log.Info("control plane stopped during its first load")
+		return nil
+	}
 
 	errc := make(chan error, 2+len(m.xdsLns))
 	for _, ln := range m.xdsLns {
@@ -161,8 +209,8 @@ func (m *Main) Run(ctx context.Context) error {
 		errc <- nil
 	}()
 	changed := make(chan struct{}, 1)
-	go func() { errc <- watch.Run(ctx, m.opts.ConfigPath, m.opts.Watch, m.log, changed) }()
-	m.log.Info("control plane serving", "xds", m.XDSAddrs(), "http", m.HTTPAddr(), "config", m.opts.ConfigPath)
+	go func() { errc <- m.src.Watch(ctx, changed) }()
+	m.log.Info("control plane serving", "xds", m.XDSAddrs(), "http", m.HTTPAddr(), "config", m.src.String(), "settle", m.opts.Settle.String())
 	close(m.ready)
 
 	var runErr error
@@ -172,7 +220,12 @@ loop:
 		case <-ctx.Done():
 			break loop
 		case <-changed:
-			m.reload()
+			r.start() // abandons a reload still running: its files are out of date
+		case <-r.settleC:
+			r.settleC = nil
+			r.start()
+		case res := <-r.results:
+			r.finish(res)
 		case err := <-errc:
 			if err != nil {
 				runErr = err
@@ -180,6 +233,7 @@ loop:
 			}
 		}
 	}
+	r.abandon()
 	cancel()
 	shutdownCtx, stop := context.WithTimeout(context.Background(), 5*time.Second)
 	defer stop()
@@ -190,55 +244,205 @@ loop:
 	return runErr
 }
 
-// reload loads, validates, translates and pushes the routes YAML. Any failure rejects the
-// whole edit: nothing is pushed and the last good config keeps serving.
-func (m *Main) reload() {
-	start := time.Now()
-	if hash, err := config.Hash(m.opts.ConfigPath); err == nil {
-		m.mu.Lock()
-		same := hash == m.state.checkedHash
-		if same {
-			m.state.checkedAt = time.Now().UTC()
-		}
-		m.mu.Unlock()
-		if same {
-			// The same bytes were applied or rejected already: nothing to push, nothing
-			// new to report, and no need to parse them again.
-			m.metrics.reloads.WithLabelValues("unchanged").Inc()
-			return
-		}
+// reloader runs one reload at a time beside Run's loop. Only the loop touches it.
+type reloader struct {
+	m       *Main
+	ctx     context.Context
+	results chan reloadResult
+	gen     int
+	cancel  context.CancelFunc
+	settle  *time.Timer
+	settleC <-chan time.Time
+}
+
+// reloadResult is what one reload found; apply decisions are taken by finish, in the loop.
+type reloadResult struct {
+	gen       int
+	start     time.Time
+	unchanged bool
+	hash      string
+	src       *config.Source
+	cfg       *model.Config
+	all       map[string]*translate.Resources
+	err       error
+}
+
+// start begins a reload of the current files, abandoning the one running.
+func (r *reloader) start() {
+	if r.cancel != nil {
+		r.cancel()
+		r.m.metrics.reloads.WithLabelValues("abandoned").Inc()
 	}
-	src, cfg, err := config.LoadConfig(m.opts.ConfigPath)
+	r.gen++
+	ctx, cancel := context.WithCancel(r.ctx)
+	r.cancel = cancel
+	gen, now := r.gen, time.Now()
+	r.m.mu.Lock()
+	r.m.state.reloadingSince = now.UTC()
+	checked := r.m.state.checkedHash
+	r.m.mu.Unlock()
+	go func() {
+		res := r.m.load(ctx, checked)
+		res.gen, res.start = gen, now
+		select {
+		case r.results <- res:
+		case <-r.ctx.Done():
+		}
+	}()
+}
+
+// abandon cancels the running reload, if any.
+func (r *reloader) abandon() {
+	if r.cancel != nil {
+		r.cancel()
+		r.cancel = nil
+	}
+	if r.settle != nil {
+		r.settle.Stop()
+	}
+}
+
+// load reads, decodes, validates and translates the routes; it never touches the state
+// that is served. checked is the hash of the last files checked: the same bytes again
+// need no parsing.
+func (m *Main) load(ctx context.Context, checked string) reloadResult {
+	snap, err := m.src.Load(ctx)
+	if err != nil {
+		return reloadResult{err: err}
+	}
+	if snap.Hash == checked {
+		return reloadResult{unchanged: true, hash: snap.Hash}
+	}
+	src, cfg, err := config.Build(ctx, snap, m.opts.Limits)
 	var all map[string]*translate.Resources
 	if err == nil {
 		all, err = translate.All(cfg)
 	}
-	var changed []string
-	if err == nil {
-		changed, err = m.xds.Update(all)
+	if ctx.Err() != nil {
+		err = ctx.Err()
 	}
+	return reloadResult{hash: snap.Hash, src: src, cfg: cfg, all: all, err: err}
+}
+
+// finish takes a reload's result: nothing for the same bytes, reject a bad edit, hold a
+// destructive one back until the files have stayed unchanged for the settle period, apply
+// anything else. Any failure rejects the whole edit: the last good config keeps serving.
+func (r *reloader) finish(res reloadResult) {
+	if res.gen != r.gen {
+		return // abandoned
+	}
+	m := r.m
+	r.cancel() // releases the reload's context; it has finished
+	r.cancel = nil
+	now := time.Now().UTC()
+	m.mu.Lock()
+	m.state.reloadingSince = time.Time{}
+	m.mu.Unlock()
+	if errors.Is(res.err, context.Canceled) {
+		return // shutting down
+	}
+	if res.unchanged {
+		m.mu.Lock()
+		m.state.checkedAt = now
+		p := m.state.pending
+		m.mu.Unlock()
+		if p != nil && p.hash == res.hash {
+			if wait := p.since.Add(m.opts.Settle).Sub(now); wait > 0 {
+				r.armSettle(wait)
+				return
+			}
+			r.apply(res.start, p.hash, p.files, p.cfg, p.all, p.removal)
+			return
+		}
+		// The same bytes were applied or rejected already: nothing to push, nothing new to
+		// report, and no need to parse them again.
+		m.metrics.reloads.WithLabelValues("unchanged").Inc()
+		return
+	}
+	err := res.err
+	if err == nil {
+		m.mu.Lock()
+		applied, appliedHash := m.state.applied, m.state.appliedHash
+		prev := m.state.pending
+		if res.hash == appliedHash {
+			// Back to the bytes that are serving (the second half of a torn write landed, or
+			// a bad edit was undone): nothing to push, and the serving config keeps its
+			// applied_at.
+			m.state.pending, m.state.errors = nil, nil
+			m.state.checkedAt, m.state.checkedHash = now, res.hash
+			m.mu.Unlock()
+			m.metrics.valid.Set(1)
+			m.metrics.errors.Set(0)
+			m.metrics.reloads.WithLabelValues("unchanged").Inc()
+			if prev != nil {
+				m.log.Info("held destructive edit withdrawn: the files are back to the serving config", "config", m.src.String(), "hash", res.hash[:16])
+			}
+			return
+		}
+		m.mu.Unlock()
+		if removal := config.Compare(applied, res.cfg); removal.Destructive() {
+			p := &pendingEdit{hash: res.hash, files: res.src.Files, since: now, removal: removal, cfg: res.cfg, all: res.all}
+			if prev != nil && prev.hash == res.hash {
+				p.since = prev.since
+			}
+			m.mu.Lock()
+			m.state.pending = p
+			m.state.checkedAt, m.state.checkedHash = now, res.hash
+			m.mu.Unlock()
+			m.metrics.reloads.WithLabelValues("pending").Inc()
+			m.log.Warn("destructive routes edit held back until the files stay unchanged for the settle period",
+				"config", m.src.String(), "hash", res.hash[:16], "settle", m.opts.Settle.String(),
+				"applies_at", p.since.Add(m.opts.Settle), "removes", removal.Reasons())
+			r.armSettle(p.since.Add(m.opts.Settle).Sub(now))
+			return
+		}
+		r.apply(res.start, res.hash, res.src.Files, res.cfg, res.all, config.Removal{})
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.state.pending = nil // the files changed: whatever was pending is gone
+	m.state.checkedAt = now
+	m.state.checkedHash = res.hash
+	m.state.errors = config.AsErrors(err)
+	m.metrics.reloads.WithLabelValues("error").Inc()
+	m.metrics.valid.Set(0)
+	m.metrics.errors.Set(float64(len(m.state.errors)))
+	msgs := make([]string, len(m.state.errors))
+	for i, e := range m.state.errors {
+		msgs[i] = e.Error()
+	}
+	m.log.Error("routes config rejected; the last good config keeps serving", "config", m.src.String(), "errors", msgs)
+}
+
+func (r *reloader) armSettle(d time.Duration) {
+	if r.settle == nil {
+		r.settle = time.NewTimer(d)
+	} else {
+		r.settle.Reset(d)
+	}
+	r.settleC = r.settle.C
+}
+
+// apply pushes a translated config to every region and records it as serving.
+func (r *reloader) apply(start time.Time, hash string, files []string, cfg *model.Config, all map[string]*translate.Resources, removal config.Removal) {
+	m := r.m
+	changed, err := m.xds.Update(all)
 	now := time.Now().UTC()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.state.checkedAt = now
-	m.state.checkedHash = ""
-	if src != nil {
-		m.state.checkedHash = src.Hash
-	}
+	m.state.pending = nil
+	m.state.checkedAt, m.state.checkedHash = now, hash
 	if err != nil {
 		m.state.errors = config.AsErrors(err)
 		m.metrics.reloads.WithLabelValues("error").Inc()
 		m.metrics.valid.Set(0)
 		m.metrics.errors.Set(float64(len(m.state.errors)))
-		msgs := make([]string, len(m.state.errors))
-		for i, e := range m.state.errors {
-			msgs[i] = e.Error()
-		}
-		m.log.Error("routes config rejected; the last good config keeps serving", "config", m.opts.ConfigPath, "errors", msgs)
+		m.log.Error("routes config rejected; the last good config keeps serving", "config", m.src.String(), "errors", []string{err.Error()})
 		return
 	}
 	m.state.errors = nil
-	m.state.applied, m.state.appliedHash, m.state.appliedAt, m.state.files = cfg, src.Hash, now, src.Files
+	m.state.applied, m.state.appliedHash, m.state.appliedAt, m.state.files = cfg, hash, now, files
 	m.metrics.reloads.WithLabelValues("applied").Inc()
 	m.metrics.valid.Set(1)
 	m.metrics.errors.Set(0)
@@ -246,7 +450,11 @@ func (m *Main) reload() {
 	for _, w := range cfg.Warnings {
 		m.log.Warn("routes config warning", "warning", w)
 	}
-	m.log.Info("routes config applied", "config", m.opts.ConfigPath, "hash", src.Hash[:16], "regions", cfg.RegionNames(), "changed_regions", changed, "took", time.Since(start).String())
+	attrs := []any{"config", m.src.String(), "hash", hash[:16], "regions", cfg.RegionNames(), "changed_regions", changed, "took", time.Since(start).String()}
+	if removal.Destructive() {
+		attrs = append(attrs, "removed", removal.Reasons())
+	}
+	m.log.Info("routes config applied", attrs...)
 }
 
 type reloadMetrics struct {
@@ -259,7 +467,7 @@ type reloadMetrics struct {
 func newReloadMetrics(reg prometheus.Registerer) *reloadMetrics {
 	m := &reloadMetrics{
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "llmedge_config_reloads_total", Help: "Routes YAML load attempts by result (applied, unchanged, error).",
+			Name: "llmedge_config_reloads_total", Help: "Routes YAML load attempts by result (applied, unchanged, error, pending: a destructive edit held for the settle period, abandoned: superseded by a newer edit).",
 		}, []string{"result"}),
 		valid: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "llmedge_config_valid", Help: "1 when the last routes YAML load succeeded, 0 when it was rejected.",

@@ -108,19 +108,27 @@ type cp struct {
 
 func start(t *testing.T, routes string) *cp {
 	t.Helper()
+	return startWith(t, routes, func(*Options) {})
+}
+
+// startWith is start with options changed by set before New.
+func startWith(t *testing.T, routes string, set func(*Options)) *cp {
+	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "routes.yaml")
 	if err := os.WriteFile(path, []byte(routes), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	logs := &lockedBuffer{}
-	m, err := New(Options{
+	o := Options{
 		ConfigPath:  path,
 		XDSAddress:  "127.0.0.1:0",
 		HTTPAddress: "127.0.0.1:0",
 		Watch:       watch.Options{Holdoff: 20 * time.Millisecond, Poll: time.Hour},
 		Logger:      slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
+	}
+	set(&o)
+	m, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}

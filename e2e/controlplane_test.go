@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/llmedge/llmedge/controlplane"
 	"github.com/llmedge/llmedge/internal/fakellm"
 	"github.com/llmedge/llmedge/internal/testenv"
 )
@@ -196,6 +198,11 @@ routes:
 	}
 }
 
+// applyBound is how long an edit may take from the file write to the route serving. The
+// README promises "usually within 100 ms"; the bound is generous so that only a real
+// regression (a reload that waits for a poll, a hold-off gone wrong) fails it.
+const applyBound = 5 * time.Second
+
 func TestAddedRouteServesWithinDeadline(t *testing.T) {
 	t.Parallel()
 	s := newStack(t, startUpstream(t, fakellm.Options{}), twoRegions, "hk", "sg")
@@ -208,23 +215,29 @@ func TestAddedRouteServesWithinDeadline(t *testing.T) {
 	edited := strings.Replace(twoRegions, "routes:\n", "routes:\n  openai-v2:\n    match: {prefix: /v2/}\n    upstream: openai\n    prefix_rewrite: /v1/\n", 1)
 	start := time.Now()
 	s.writeRoutes(edited)
-	var st = s.waitInSync(10 * time.Second)
-	testenv.Eventually(t, 10*time.Second, 5*time.Millisecond, func() error {
-		st = s.waitInSync(10 * time.Second)
+	// Both waits share one deadline, applyBound after the write: missing it fails the test.
+	var st controlplane.Status
+	testenv.Eventually(t, applyBound, 5*time.Millisecond, func() error {
+		st = s.status()
 		if s.region(st, "hk").Versions["routes"] == s.region(before, "hk").Versions["routes"] {
 			return fmt.Errorf("routes version unchanged")
+		}
+		for _, r := range []string{"hk", "sg"} {
+			if !s.region(st, r).InSync {
+				return fmt.Errorf("region %s not in sync", r)
+			}
 		}
 		return nil
 	})
 	acked := time.Since(start)
-	testenv.Eventually(t, 10*time.Second, 5*time.Millisecond, func() error {
+	testenv.Eventually(t, max(applyBound-time.Since(start), 10*time.Millisecond), 5*time.Millisecond, func() error {
 		resp, body := post(t, s.edgeURL("hk", "/v2/chat/completions"), chatBody, s.auth(nil))
 		if resp.StatusCode != http.StatusOK {
 			return fmt.Errorf("status %d: %s", resp.StatusCode, body)
 		}
 		return nil
 	})
-	t.Logf("file write -> all Envoys ACKed: %v; -> route serving: %v", acked, time.Since(start))
+	t.Logf("file write -> all Envoys ACKed: %v; -> route serving: %v (bound %v)", acked, time.Since(start), applyBound)
 
 	// Only the routes changed: listeners and clusters keep their versions.
 	for _, typ := range []string{"listeners", "clusters"} {
@@ -232,6 +245,127 @@ func TestAddedRouteServesWithinDeadline(t *testing.T) {
 			t.Errorf("%s version changed from %s to %s for a route-only edit", typ, a, b)
 		}
 	}
+}
+
+// TestTornWriteRefusesNothing: a writer that stops mid-file, right before callers:, leaves
+// a valid config with no callers on disk. The control plane holds it back as destructive
+// instead of applying it, so steady traffic sees no refusal, and the completed file
+// changes nothing.
+func TestTornWriteRefusesNothing(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, startUpstream(t, fakellm.Options{}), twoRegions, "hk", "sg")
+	before := s.status()
+	if len(before.Config.Files) != 1 {
+		t.Fatalf("files %v; want the one routes YAML", before.Config.Files)
+	}
+	path := before.Config.Files[0]
+	full, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := bytes.Index(full, []byte("\ncallers:"))
+	if cut < 0 {
+		t.Fatalf("the routes YAML has no callers: section:\n%s", full)
+	}
+	l := startLoad(t, s.edgeURL("hk", "/openai/v1/models"), s.auth(nil), 2)
+	l.waitRequests(t, 20)
+
+	// Written in place, in two steps, as `>` redirection or a generator does.
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(full[:cut+1]); err != nil {
+		t.Fatal(err)
+	}
+	// The writer pauses until the control plane has seen the first half and held it.
+	var st controlplane.Status
+	testenv.Eventually(t, 10*time.Second, 10*time.Millisecond, func() error {
+		st = s.status()
+		if st.Config.Pending == nil {
+			return fmt.Errorf("the first half is not pending (valid %v, errors %v)", st.Config.Valid, st.Config.Errors)
+		}
+		return nil
+	})
+	if got := st.Config.Pending.Removes.RegionsWithoutCallers; fmt.Sprint(got) != "[hk sg]" {
+		t.Errorf("pending edit leaves %v without callers; want [hk sg]", got)
+	}
+	l.waitRequests(t, 20) // traffic flows while the half-written file sits on disk
+	if _, err := f.Write(full[cut+1:]); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if st = s.status(); st.Config.Pending != nil {
+			return fmt.Errorf("still pending after the file was completed")
+		}
+		return nil
+	})
+	l.waitRequests(t, 20)
+	l.halt()
+	if n := l.failed.Load(); n != 0 {
+		t.Errorf("%d of %d requests failed around the torn write: %v", n, n+l.ok.Load(), l.failures)
+	}
+	for _, r := range []string{"hk", "sg"} {
+		if got, want := s.region(st, r).Versions, s.region(before, r).Versions; fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("region %s versions changed from %v to %v by a torn write of the same file", r, want, got)
+		}
+	}
+	t.Logf("%d requests served around the torn write, none refused", l.ok.Load())
+}
+
+// TestMassRemovalAppliesAfterSettle: a deliberate destructive edit (hk loses its only
+// route) is held, then applied once the file has stayed unchanged for the settle period.
+func TestMassRemovalAppliesAfterSettle(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, startUpstream(t, fakellm.Options{}), twoRegions, "hk", "sg")
+	before := s.status()
+	edited := strings.Replace(twoRegions, "  openai:\n    match: {prefix: /openai}\n    upstream: openai\n    prefix_rewrite: /\n", "", 1)
+	if edited == twoRegions {
+		t.Fatal("the edit removed nothing")
+	}
+	s.writeRoutes(edited)
+	var pending *controlplane.PendingStatus
+	testenv.Eventually(t, 10*time.Second, 10*time.Millisecond, func() error {
+		st := s.status()
+		if st.Config.Hash != before.Config.Hash {
+			return nil // applied already: checked below
+		}
+		if pending = st.Config.Pending; pending == nil {
+			return fmt.Errorf("edit not pending yet")
+		}
+		return nil
+	})
+	if pending == nil {
+		t.Fatal("the removal was applied without being held")
+	}
+	if fmt.Sprint(pending.Removes.RegionsWithoutRoutes) != "[hk]" {
+		t.Errorf("pending removes %+v; want hk left without routes", pending.Removes)
+	}
+	resp, _ := post(t, s.edgeURL("hk", "/openai/v1/chat/completions"), chatBody, s.auth(nil))
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("while the removal is pending: status %d, want the old route serving", resp.StatusCode)
+	}
+	var st controlplane.Status
+	testenv.Eventually(t, controlplane.DefaultSettle+10*time.Second, 20*time.Millisecond, func() error {
+		if st = s.status(); st.Config.Hash == before.Config.Hash || st.Config.Pending != nil {
+			return fmt.Errorf("removal not applied yet")
+		}
+		return nil
+	})
+	if st.Config.AppliedAt.Before(pending.Since.Add(controlplane.DefaultSettle)) {
+		t.Errorf("applied at %v, before the settle period from %v ended", st.Config.AppliedAt, pending.Since)
+	}
+	testenv.Eventually(t, 10*time.Second, 10*time.Millisecond, func() error {
+		resp, body := post(t, s.edgeURL("hk", "/openai/v1/chat/completions"), chatBody, s.auth(nil))
+		if resp.StatusCode != http.StatusNotFound {
+			return fmt.Errorf("status %d: %s; want 404 once the route is gone", resp.StatusCode, body)
+		}
+		return nil
+	})
 }
 
 func TestBrokenEditsKeepLastGoodConfigServing(t *testing.T) {

@@ -27,6 +27,7 @@ import (
 	"github.com/llmedge/llmedge/controlplane"
 	"github.com/llmedge/llmedge/controlplane/bootstrap"
 	"github.com/llmedge/llmedge/controlplane/config"
+	"github.com/llmedge/llmedge/controlplane/model"
 	"github.com/llmedge/llmedge/controlplane/translate"
 	"github.com/llmedge/llmedge/controlplane/watch"
 	"github.com/llmedge/llmedge/extauthz"
@@ -161,7 +162,7 @@ func xdsClientTLSFlags(fs *flag.FlagSet) *transport.Files {
 
 func runControlPlane(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlags("controlplane", stderr)
-	cfgPath := fs.String("config", envOr("LLMEDGE_CONFIG", "examples/routes.yaml"), "routes YAML file or directory (env LLMEDGE_CONFIG)")
+	cfgPath := fs.String("config", envOr("LLMEDGE_CONFIG", DefaultConfig), "routes YAML file or directory (env LLMEDGE_CONFIG)")
 	xdsAddr := fs.String("xds-listen", envOr("LLMEDGE_XDS_LISTEN", "127.0.0.1:18000"), "gRPC ADS listen addresses, comma-separated: unix:/dir/xds.sock (dir mode 0700) and/or host:port; plain TCP only on loopback (env LLMEDGE_XDS_LISTEN)")
 	xdsTLS := serverTLSFlags(fs)
 	httpAddr := fs.String("http-listen", envOr("LLMEDGE_HTTP_LISTEN", "127.0.0.1:18080"), "status/health/metrics listen address (env LLMEDGE_HTTP_LISTEN)")
@@ -169,6 +170,11 @@ func runControlPlane(ctx context.Context, args []string, stderr io.Writer) error
 	logLevel := fs.String("log-level", envOr("LLMEDGE_LOG_LEVEL", "info"), "debug, info, warn or error")
 	holdoff := fs.Duration("watch-holdoff", 0, "quiet time after a file event before reloading (default 30ms)")
 	poll := fs.Duration("watch-poll", 0, "fallback poll interval (default 10s)")
+	settle, err := envDuration("LLMEDGE_WATCH_SETTLE")
+	if err != nil {
+		return err
+	}
+	fs.DurationVar(&settle, "watch-settle", settle, "how long the routes must stay unchanged before a destructive edit (one that removes more than half of the callers, routes or upstreams, or leaves a region with none) is applied (env LLMEDGE_WATCH_SETTLE, default 5s)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -182,6 +188,7 @@ func runControlPlane(ctx context.Context, args []string, stderr io.Writer) error
 		XDSTLS:      *xdsTLS,
 		HTTPAddress: *httpAddr,
 		Watch:       watch.Options{Holdoff: *holdoff, Poll: *poll},
+		Settle:      settle,
 		Logger:      log,
 	})
 	if err != nil {
@@ -192,15 +199,12 @@ func runControlPlane(ctx context.Context, args []string, stderr io.Writer) error
 
 func runValidate(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("validate", stderr)
-	cfgPath := fs.String("config", envOr("LLMEDGE_CONFIG", "examples/routes.yaml"), "routes YAML file or directory")
+	cfgPath := fs.String("config", envOr("LLMEDGE_CONFIG", DefaultConfig), "routes YAML file or directory")
+	against := fs.String("against", "", "the routes YAML now serving (file or directory): warn when the edit is destructive, as the control plane would hold it back for the settle period")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	_, cfg, err := config.LoadConfig(*cfgPath)
-	if err == nil {
-		// Translation checks what the YAML schema cannot (Envoy's own field rules).
-		_, err = translate.All(cfg)
-	}
+	_, cfg, err := load(*cfgPath)
 	if err != nil {
 		errs := config.AsErrors(err)
 		for _, e := range errs {
@@ -211,8 +215,57 @@ func runValidate(args []string, stdout, stderr io.Writer) error {
 	for _, w := range cfg.Warnings {
 		fmt.Fprintln(stderr, "warning: "+w)
 	}
-	fmt.Fprintf(stdout, "%s: ok (%d regions, %d upstreams, %d routes)\n", *cfgPath, len(cfg.Regions), len(cfg.Upstreams), len(cfg.Routes))
+	for _, w := range config.Hazards(cfg) {
+		fmt.Fprintln(stderr, "warning: "+w)
+	}
+	if *against != "" {
+		_, old, err := load(*against)
+		if err != nil {
+			return fmt.Errorf("--against %s: %d problem(s) in the old routes; cannot compare:\n%v", *against, len(config.AsErrors(err)), err)
+		}
+		if r := config.Compare(old, cfg); r.Destructive() {
+			for _, reason := range r.Reasons() {
+				fmt.Fprintf(stderr, "warning: destructive edit against %s: %s\n", *against, reason)
+			}
+			fmt.Fprintln(stderr, "warning: the control plane applies a destructive edit only once the files have stayed unchanged for its settle period (--watch-settle)")
+		}
+	}
+	fmt.Fprintf(stdout, "%s: ok (%d regions, %d upstreams, %d routes, %d callers)\n", *cfgPath, len(cfg.Regions), len(cfg.Upstreams), len(cfg.Routes), len(cfg.Callers))
 	return nil
+}
+
+// DefaultConfig is where a packaged control plane finds its routes (a file or a directory),
+// as compose.yaml mounts them.
+const DefaultConfig = "/etc/llmedge/routes"
+
+// load reads, validates and translates the routes at path as the control plane would:
+// translation checks what the YAML schema cannot (Envoy's own field rules).
+func load(path string) (*config.Source, *model.Config, error) {
+	ctx := context.Background()
+	snap, err := config.NewProvider(path, config.Limits{}, watch.Options{}, nil).Load(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	src, cfg, err := config.Build(ctx, snap, config.Limits{})
+	if err == nil {
+		_, err = translate.All(cfg)
+	}
+	if err != nil {
+		return src, nil, err
+	}
+	return src, cfg, nil
+}
+
+func envDuration(key string) (time.Duration, error) {
+	v := os.Getenv(key)
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("%s=%q: want a duration such as 5s", key, v)
+	}
+	return d, nil
 }
 
 func runBootstrap(args []string, stdout, stderr io.Writer) error {
@@ -335,6 +388,9 @@ func runExtAuthz(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	if _, err := transport.Parse(*xdsAddr); err != nil {
+		return fmt.Errorf("--xds %q: %w", *xdsAddr, err)
+	}
 	log, err := newLogger(stderr, *logFormat, *logLevel)
 	if err != nil {
 		return err
@@ -423,6 +479,19 @@ func printStatus(w io.Writer, st controlplane.Status) error {
 	}
 	for _, wn := range st.Config.Warnings {
 		fmt.Fprintf(tw, "  warning\t%s\n", wn)
+	}
+	if p := st.Config.Pending; p != nil {
+		h := p.Hash
+		if len(h) > 16 {
+			h = h[:16]
+		}
+		fmt.Fprintf(tw, "  pending\t%s applies at %s if the files stay unchanged: %s\n", h, p.AppliesAt.Format(time.RFC3339), strings.Join(p.Reasons, "; "))
+	}
+	if r := st.Config.Reloading; r != nil {
+		fmt.Fprintf(tw, "  reloading\tsince %s\n", r.Since.Format(time.RFC3339Nano))
+	}
+	for _, u := range st.Upstreams {
+		fmt.Fprintf(tw, "upstream %s\t%s\tconnect %s\n", u.Name, u.URL, u.Connect)
 	}
 	problems := !st.Config.Valid
 	for _, r := range st.Regions {

@@ -41,7 +41,7 @@ upstreams:
 	}
 
 	code, out, _ = runCLI(t, "validate", "--config", "../../examples/routes.yaml")
-	if code != 0 || !strings.Contains(out, "ok (2 regions, 3 upstreams, 3 routes)") {
+	if code != 0 || !strings.Contains(out, "ok (2 regions, 3 upstreams, 3 routes, 0 callers)") {
 		t.Errorf("examples/routes.yaml: exit %d, %q", code, out)
 	}
 }
@@ -79,6 +79,14 @@ func TestStatusExitsNonZeroOnProblems(t *testing.T) {
 	if err := printStatus(&out, ok); err != nil || !strings.Contains(out.String(), "envoy-hk-1") {
 		t.Errorf("healthy status: err %v, output %q", err, out.String())
 	}
+	held := ok
+	held.Config.Pending = &controlplane.PendingStatus{Hash: strings.Repeat("ab", 32), Reasons: []string{"removes 2 of 2 callers (alice, bob)"}}
+	held.Upstreams = []controlplane.UpstreamStatus{{Name: "openai", URL: "https://proxy.example.com/v1", Connect: "proxy.example.com:443"}}
+	out.Reset()
+	if err := printStatus(&out, held); err != nil || !strings.Contains(out.String(), "pending") || !strings.Contains(out.String(), "removes 2 of 2 callers") ||
+		!strings.Contains(out.String(), "https://proxy.example.com/v1") {
+		t.Errorf("pending edit: err %v, output %q", err, out.String())
+	}
 	bad := ok
 	bad.Config.Valid = false
 	bad.Config.Errors = []config.FieldError{{Path: "upstreams.x.url", Msg: "required"}}
@@ -91,5 +99,85 @@ func TestStatusExitsNonZeroOnProblems(t *testing.T) {
 func TestUnknownCommand(t *testing.T) {
 	if code, _, errs := runCLI(t, "frobnicate"); code != 2 || !strings.Contains(errs, "unknown command") {
 		t.Errorf("exit %d, %q", code, errs)
+	}
+}
+
+func TestBootstrapXDSAddress(t *testing.T) {
+	tests := []struct {
+		xds      string
+		wantCode int
+		wantOut  string // in the bootstrap on success, in stderr on failure
+	}{
+		{"127.0.0.1:18000", 0, "port_value: 18000"},
+		{"[::1]:18000", 0, "address: ::1"},
+		{"controlplane:18000", 0, "address: controlplane"},
+		{"::1:18000", 1, "with an IPv6 address in brackets"},
+		{"127.0.0.1", 1, "want host:port"},
+		{"127.0.0.1:http", 1, "want host:port"},
+		{":18000", 1, "want host:port"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.xds, func(t *testing.T) {
+			code, out, errs := runCLI(t, "bootstrap", "--region", "hk", "--xds", tt.xds)
+			if code != tt.wantCode {
+				t.Fatalf("exit %d, want %d: %s", code, tt.wantCode, errs)
+			}
+			if got := out + errs; !strings.Contains(got, tt.wantOut) {
+				t.Errorf("output lacks %q:\n%s", tt.wantOut, got)
+			}
+		})
+	}
+}
+
+func TestExtAuthzRejectsBadXDSAddress(t *testing.T) {
+	code, _, errs := runCLI(t, "extauthz", "--region", "hk", "--keys-dir", t.TempDir(), "--xds", "::1:18000")
+	if code != 1 || !strings.Contains(errs, `--xds "::1:18000": want host:port`) {
+		t.Errorf("exit %d, stderr %q", code, errs)
+	}
+}
+
+func TestValidateWarnsAboutDestructiveEdits(t *testing.T) {
+	dir := t.TempDir()
+	old, err := os.ReadFile("../../examples/routes.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	withCaller := string(old) + "callers:\n  alice: {tokens: [sha256:" + strings.Repeat("a", 64) + "], upstreams: [openai]}\n"
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	oldPath := write("old.yaml", withCaller)
+	torn := write("torn.yaml", string(old)) // cut before callers:
+
+	code, out, errs := runCLI(t, "validate", "--config", torn)
+	if code != 0 || !strings.Contains(out, "0 callers") || !strings.Contains(errs, "warning: callers: none defined") {
+		t.Errorf("without --against: exit %d, stdout %q, stderr %q; want ok with a warning about zero callers", code, out, errs)
+	}
+	code, _, errs = runCLI(t, "validate", "--config", torn, "--against", oldPath)
+	for _, want := range []string{"destructive edit against " + oldPath, "removes 1 of 1 callers (alice)", "leaves region(s) hk, sg with no caller", "--watch-settle"} {
+		if code != 0 || !strings.Contains(errs, want) {
+			t.Errorf("--against: exit %d; stderr lacks %q:\n%s", code, want, errs)
+		}
+	}
+	// Adding a route is not destructive.
+	grown := write("grown.yaml", strings.Replace(withCaller, "routes:\n", "routes:\n  extra: {match: {prefix: /extra}, upstream: openai}\n", 1))
+	code, _, errs = runCLI(t, "validate", "--config", grown, "--against", oldPath)
+	if code != 0 || strings.Contains(errs, "warning") {
+		t.Errorf("an ordinary edit: exit %d, stderr %q", code, errs)
+	}
+	if code, _, errs := runCLI(t, "validate", "--config", grown, "--against", filepath.Join(dir, "missing.yaml")); code != 1 || !strings.Contains(errs, "--against") {
+		t.Errorf("a missing --against file: exit %d, stderr %q", code, errs)
+	}
+}
+
+func TestConfigDefaultIsNotARepositoryPath(t *testing.T) {
+	t.Setenv("LLMEDGE_CONFIG", "")
+	_, out, errs := runCLI(t, "validate")
+	if !strings.Contains(out+errs, DefaultConfig) || strings.Contains(out+errs, "examples/") {
+		t.Errorf("validate without --config: %q; want it to read %s", out+errs, DefaultConfig)
 	}
 }

@@ -2,12 +2,13 @@ package config
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"sort"
 	"strings"
@@ -16,6 +17,9 @@ import (
 	"github.com/go-viper/mapstructure/v2"
 	"github.com/spf13/viper"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/llmedge/llmedge/controlplane/model"
+	"github.com/llmedge/llmedge/controlplane/watch"
 )
 
 // EnvPrefix prefixes environment overrides: LLMEDGE_UPSTREAMS_OPENAI_URL overrides
@@ -73,29 +77,32 @@ func Files(path string) ([]string, error) {
 	return files, nil
 }
 
-// Hash is the content hash Load would report for path, without parsing anything: the
-// control plane compares it first, so an unchanged file costs a read, not a decode.
-func Hash(path string) (string, error) {
-	files, err := Files(path)
-	if err != nil {
-		return "", err
-	}
-	h := sha256.New()
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return "", err
-		}
-		hashFile(h, f, b)
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+// Limits bound what one load reads, so that a runaway generator or a pasted dump is refused
+// with a clear error instead of stalling the control plane. Zero fields take the defaults.
+type Limits struct {
+	MaxBytes   int64 // all files together (default 32 MiB)
+	MaxFiles   int   // files in a directory (default 1,000)
+	MaxEntries int   // names in each of regions, upstreams, routes and callers (default 100,000)
 }
 
-// hashFile adds one file to a content hash: its name matters (a rename in a directory is
-// an edit), and the length prefix keeps file boundaries unambiguous.
-func hashFile(h io.Writer, name string, b []byte) {
-	fmt.Fprintf(h, "%s\x00%d\x00", filepath.Base(name), len(b))
-	h.Write(b)
+// The default limits; docs/CONFIG.md#size-limits documents them.
+const (
+	DefaultMaxBytes   = 32 << 20
+	DefaultMaxFiles   = 1000
+	DefaultMaxEntries = 100_000
+)
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxBytes <= 0 {
+		l.MaxBytes = DefaultMaxBytes
+	}
+	if l.MaxFiles <= 0 {
+		l.MaxFiles = DefaultMaxFiles
+	}
+	if l.MaxEntries <= 0 {
+		l.MaxEntries = DefaultMaxEntries
+	}
+	return l
 }
 
 // Load reads and strictly decodes the routes YAML at path (a file or a directory). It does
@@ -103,53 +110,102 @@ func hashFile(h io.Writer, name string, b []byte) {
 // Source (files and content hash) is returned with the error whenever the files could be
 // read, so callers can tell an unchanged broken file from a new edit.
 func Load(path string) (*Source, error) {
-	files, err := Files(path)
+	ctx := context.Background()
+	snap, err := NewProvider(path, Limits{}, watch.Options{}, nil).Load(ctx)
 	if err != nil {
-		return nil, Errors{{Path: path, Msg: err.Error()}}
+		return nil, err
 	}
+	return Parse(ctx, snap, Limits{})
+}
+
+// Parse strictly decodes the documents of a snapshot into one File. It takes time linear in
+// the documents' size, stops early when ctx ends (returning ctx's error), and refuses
+// documents past the entry limits. The Source it returns (files and hash) comes back with
+// decoding errors too.
+func Parse(ctx context.Context, snap *Snapshot, limits Limits) (*Source, error) {
+	limits = limits.withDefaults()
+	src := &Source{Files: snap.Files(), Hash: snap.Hash}
 	var c collector
-	h := sha256.New()
+	owner := map[string]string{} // "section.name" -> file that defines it
+	entries := map[string]int{}  // section -> names across files
+	roots := make([]*yaml.Node, len(snap.Docs))
+	for i, d := range snap.Docs {
+		if err := ctx.Err(); err != nil {
+			return src, err
+		}
+		doc, ok := checkNames(d.Name, d.Data, owner, entries, &c)
+		if ok {
+			roots[i] = doc
+		}
+	}
+	for _, s := range sections {
+		if n := entries[s]; n > limits.MaxEntries {
+			c.add(s, "%d entries; at most %d are accepted (see docs/CONFIG.md#size-limits)", n, limits.MaxEntries)
+		}
+	}
+	if err := c.err(); err != nil {
+		return src, err
+	}
 	v := viper.New()
 	v.SetConfigType("yaml")
-	owner := map[string]string{} // "section.name" -> file that defines it
-	for _, f := range files {
-		b, err := os.ReadFile(f)
+	for i, doc := range roots {
+		if doc == nil {
+			continue
+		}
+		name := snap.Docs[i].Name
+		// Hand viper a tree built here rather than yaml.v3's Decode into a map: yaml.v3
+		// checks mapping keys for duplicates pair by pair, quadratic in the number of
+		// routes (a 10,000-route file spent most of a second there).
+		cv := converter{ctx: ctx, budget: 2*len(snap.Docs[i].Data) + 1024}
+		m, err := cv.mapping(doc)
+		if err := ctx.Err(); err != nil {
+			return src, err
+		}
+		if len(cv.errs) > 0 {
+			for _, e := range cv.errs {
+				c.add(name, "%s", e)
+			}
+			continue
+		}
 		if err != nil {
-			c.add(f, "%v", err)
-			continue
-		}
-		hashFile(h, f, b)
-		doc, ok := checkNames(f, b, owner, &c)
-		if !ok || doc == nil {
-			continue
-		}
-		// Hand viper the tree yaml.v3 already parsed rather than the text: at 1,000
-		// routes, parsing the YAML once instead of twice is a good part of a reload.
-		var m map[string]any
-		if err := doc.Decode(&m); err != nil {
-			c.add(f, "%v", err)
+			c.add(name, "%v", err)
 			continue
 		}
 		if err := v.MergeConfigMap(m); err != nil {
-			c.add(f, "%v", err)
+			c.add(name, "%v", err)
 		}
 	}
-	src := &Source{Files: files, Hash: hex.EncodeToString(h.Sum(nil))}
 	if err := c.err(); err != nil {
+		return src, err
+	}
+	if err := ctx.Err(); err != nil {
 		return src, err
 	}
 	v.SetEnvPrefix(EnvPrefix)
 	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_", "-", "_"))
 	v.AutomaticEnv()
+	// mapstructure calls hooks for every value it decodes: the one place a long decode can
+	// notice that a newer edit (or shutdown) has made it pointless.
+	calls := 0
+	cancelled := func(reflect.Type, reflect.Type, any) error {
+		if calls++; calls%1024 == 0 {
+			return ctx.Err()
+		}
+		return nil
+	}
 	var doc File
-	err = v.Unmarshal(&doc, func(dc *mapstructure.DecoderConfig) {
+	err := v.Unmarshal(&doc, func(dc *mapstructure.DecoderConfig) {
 		dc.ErrorUnused = true
 		dc.ZeroFields = true
 		dc.DecodeHook = mapstructure.ComposeDecodeHookFunc(
+			func(f, t reflect.Type, data any) (any, error) { return data, cancelled(f, t, data) },
 			mapstructure.StringToTimeDurationHookFunc(),
 			mapstructure.StringToTimeHookFunc(time.RFC3339),
 		)
 	})
+	if err := ctx.Err(); err != nil {
+		return src, err
+	}
 	if err != nil {
 		decodeErrors(err, &c)
 		return src, c.err()
@@ -158,10 +214,127 @@ func Load(path string) (*Source, error) {
 	return src, nil
 }
 
+// converter turns a yaml.v3 node tree into the maps, slices and scalars viper merges. It
+// reports duplicate keys as yaml.v3 would, but with a map (linear), and bounds alias
+// expansion by budget so that a "billion laughs" document cannot blow up memory.
+type converter struct {
+	ctx    context.Context
+	budget int // nodes left to produce
+	errs   []string
+}
+
+var errTooLarge = errors.New("YAML aliases expand to more than twice the document's size")
+
+func (cv *converter) value(n *yaml.Node) (any, error) {
+	if cv.budget--; cv.budget < 0 {
+		return nil, errTooLarge
+	}
+	if cv.budget%4096 == 0 {
+		if err := cv.ctx.Err(); err != nil {
+			return nil, err
+		}
+	}
+	switch n.Kind {
+	case yaml.DocumentNode:
+		if len(n.Content) == 0 {
+			return nil, nil
+		}
+		return cv.value(n.Content[0])
+	case yaml.AliasNode:
+		return cv.value(n.Alias)
+	case yaml.SequenceNode:
+		out := make([]any, len(n.Content))
+		for i, e := range n.Content {
+			v, err := cv.value(e)
+			if err != nil {
+				return nil, err
+			}
+			out[i] = v
+		}
+		return out, nil
+	case yaml.MappingNode:
+		return cv.mapping(n)
+	case yaml.ScalarNode:
+		switch n.ShortTag() {
+		case "!!str":
+			return n.Value, nil
+		case "!!null":
+			return nil, nil
+		}
+		// Numbers, booleans, timestamps, binary: yaml.v3's own resolution, which involves
+		// no mapping and so no pairwise key check.
+		var v any
+		if err := n.Decode(&v); err != nil {
+			return nil, err
+		}
+		return v, nil
+	}
+	return nil, fmt.Errorf("line %d: unsupported YAML node", n.Line)
+}
+
+func (cv *converter) mapping(n *yaml.Node) (map[string]any, error) {
+	if n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	if n.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("line %d: want a mapping", n.Line)
+	}
+	out := make(map[string]any, len(n.Content)/2)
+	lines := make(map[string]int, len(n.Content)/2)
+	var merges []*yaml.Node
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, val := n.Content[i], n.Content[i+1]
+		if k.Kind == yaml.AliasNode {
+			k = k.Alias
+		}
+		if k.Kind != yaml.ScalarNode {
+			cv.errs = append(cv.errs, fmt.Sprintf("line %d: a mapping key must be a plain value", k.Line))
+			continue
+		}
+		if k.ShortTag() == "!!merge" {
+			merges = append(merges, val)
+			continue
+		}
+		if first, dup := lines[k.Value]; dup {
+			cv.errs = append(cv.errs, fmt.Sprintf("line %d: mapping key %#v already defined at line %d", k.Line, k.Value, first))
+			continue
+		}
+		lines[k.Value] = k.Line
+		v, err := cv.value(val)
+		if err != nil {
+			return nil, err
+		}
+		out[k.Value] = v
+	}
+	// YAML merge keys (<<: *base): explicit keys win over merged ones, and earlier merged
+	// mappings over later ones.
+	for _, m := range merges {
+		if m.Kind == yaml.AliasNode {
+			m = m.Alias
+		}
+		list := []*yaml.Node{m}
+		if m.Kind == yaml.SequenceNode {
+			list = m.Content
+		}
+		for _, item := range list {
+			mm, err := cv.mapping(item)
+			if err != nil {
+				return nil, err
+			}
+			for k, v := range mm {
+				if _, set := out[k]; !set {
+					out[k] = v
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
 // checkNames parses one file with yaml.v3 (for syntax errors with line numbers) and checks
 // what viper would silently hide: it lower-cases keys and deep-merges files, so an upper-case
 // name or one defined in two files would otherwise change meaning without a word.
-func checkNames(file string, b []byte, owner map[string]string, c *collector) (*yaml.Node, bool) {
+func checkNames(file string, b []byte, owner map[string]string, entries map[string]int, c *collector) (*yaml.Node, bool) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	var root yaml.Node
 	if err := dec.Decode(&root); err == io.EOF {
@@ -205,6 +378,7 @@ func checkNames(file string, b []byte, owner map[string]string, c *collector) (*
 			ok = false
 			continue
 		}
+		entries[section] += len(val.Content) / 2
 		for j := 0; j+1 < len(val.Content); j += 2 {
 			name := val.Content[j].Value
 			path := section + "." + name
@@ -232,4 +406,18 @@ func isSection(k string) bool {
 		}
 	}
 	return false
+}
+
+// Build parses and validates a snapshot: what the control plane and `llmedge validate` run
+// on every edit. Like Parse, it returns the Source with any error once the snapshot is read.
+func Build(ctx context.Context, snap *Snapshot, limits Limits) (*Source, *model.Config, error) {
+	src, err := Parse(ctx, snap, limits)
+	if err != nil {
+		return src, nil, err
+	}
+	cfg, err := Validate(src.File)
+	if err != nil {
+		return src, nil, err
+	}
+	return src, cfg, nil
 }

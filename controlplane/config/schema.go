@@ -2,6 +2,11 @@
 // it strictly, applies defaults and validates it whole, producing a model.Config. Every
 // mistake is reported in one run with its field path, e.g.
 // "upstreams.gemini.url: must be an absolute http(s) URL".
+//
+// The bytes come from a Provider (FileProvider, DirProvider; a ConfigMap or HTTP source
+// would be one more implementation of Load and Watch); Parse and Build turn any provider's
+// snapshot into the model, so viper and its quirks stay in this package. Compare says what
+// an edit removes, which the control plane uses to hold destructive edits back.
 package config
 
 import "time"

@@ -1,14 +1,14 @@
-// Package watch tells the control plane when the routes YAML may have changed. It watches
-// the directory that holds the file (so editors that save by writing a temporary file and
-// renaming it, and Kubernetes' symlink swaps, are seen), coalesces bursts of events with a
-// hold-off and a maximum delay, and polls as a fallback for file systems without inotify.
-// It never reads the files: the reload decides by content hash whether anything changed.
+// Package watch tells the routes providers (config.FileProvider, config.DirProvider) when
+// the files in a directory may have changed. Watching the directory rather than a file sees
+// editors that save by writing a temporary file and renaming it, and Kubernetes' symlink
+// swaps. It coalesces bursts of events with a hold-off and a maximum delay, and polls as a
+// fallback for file systems without inotify. It never reads the files: the reload decides
+// by content hash whether anything changed.
 package watch
 
 import (
 	"context"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -24,6 +24,22 @@ type Options struct {
 	MaxDelay time.Duration
 	// Poll triggers a reload check this often even without events (default 10s).
 	Poll time.Duration
+	// Clock makes the hold-off and max-delay timers; nil is the real clock. Tests inject
+	// one to count notifications without racing real timers.
+	Clock Clock
+}
+
+// Clock starts timers. After returns a channel that receives once d has passed, and a
+// function that stops the timer.
+type Clock interface {
+	After(d time.Duration) (<-chan time.Time, func())
+}
+
+type realClock struct{}
+
+func (realClock) After(d time.Duration) (<-chan time.Time, func()) {
+	t := time.NewTimer(d)
+	return t.C, func() { t.Stop() }
 }
 
 func (o *Options) defaults() {
@@ -36,18 +52,18 @@ func (o *Options) defaults() {
 	if o.Poll <= 0 {
 		o.Poll = 10 * time.Second
 	}
+	if o.Clock == nil {
+		o.Clock = realClock{}
+	}
 }
 
-// Run watches path (a file or directory) and sends on changed, without blocking, whenever a
-// reload is due. It returns when ctx ends.
-func Run(ctx context.Context, path string, o Options, log *slog.Logger, changed chan<- struct{}) error {
+// Run watches the directory dir (which may not exist yet: it is then polled until it does)
+// and sends on changed, without blocking, whenever a reload is due. It returns when ctx ends.
+func Run(ctx context.Context, dir string, o Options, log *slog.Logger, changed chan<- struct{}) error {
 	o.defaults()
 	// Clean, so that "routes.d/" compares equal to the event names fsnotify reports for the
 	// directory itself (it cleans the path it watches).
-	dir := filepath.Clean(path)
-	if fi, err := os.Stat(path); err != nil || !fi.IsDir() {
-		dir = filepath.Dir(path)
-	}
+	dir = filepath.Clean(dir)
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
 		return err
@@ -64,25 +80,31 @@ func Run(ctx context.Context, path string, o Options, log *slog.Logger, changed 
 		}
 		watching = true
 	}
-	add()
-
 	notify := func() {
 		select {
 		case changed <- struct{}{}:
 		default: // a reload is already pending; it will read the latest files
 		}
 	}
+	add()
+	if watching {
+		// The caller loaded the files before calling Run: an edit made before the watch was
+		// in place would otherwise wait for the next poll.
+		notify()
+	}
 	poll := time.NewTicker(o.Poll)
 	defer poll.Stop()
 	var (
-		holdoff  *time.Timer
-		holdC    <-chan time.Time
-		pending  bool
-		maxTimer <-chan time.Time
+		holdC, maxC       <-chan time.Time
+		stopHold, stopMax = func() {}, func() {}
+		pending           bool
 	)
+	defer func() { stopHold(); stopMax() }()
 	fire := func() {
 		pending = false
-		holdC, maxTimer = nil, nil
+		stopHold()
+		stopMax()
+		holdC, maxC = nil, nil
 		notify()
 	}
 	for {
@@ -98,17 +120,13 @@ func Run(ctx context.Context, path string, o Options, log *slog.Logger, changed 
 			}
 			if !pending {
 				pending = true
-				maxTimer = time.After(o.MaxDelay)
+				maxC, stopMax = o.Clock.After(o.MaxDelay)
 			}
-			if holdoff == nil {
-				holdoff = time.NewTimer(o.Holdoff)
-			} else {
-				holdoff.Reset(o.Holdoff)
-			}
-			holdC = holdoff.C
+			stopHold()
+			holdC, stopHold = o.Clock.After(o.Holdoff)
 		case <-holdC:
 			fire()
-		case <-maxTimer:
+		case <-maxC:
 			fire()
 		case err, ok := <-w.Errors:
 			if !ok {
