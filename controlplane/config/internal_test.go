@@ -104,7 +104,7 @@ func TestInternalAddressErrors(t *testing.T) {
 		{
 			name:   "not an address",
 			region: config.Region{ExtAuthz: "extauthz"},
-			want:   "regions.hk.extauthz: must be host:port or unix:/absolute/path.sock",
+			want:   "regions.hk.extauthz: want host:port, with an IPv6 address in brackets ([::1]:18000), or unix:/absolute/path.sock",
 		},
 		{
 			name: "internal_tls incomplete and relative",

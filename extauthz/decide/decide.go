@@ -477,13 +477,18 @@ func (c *Compiled) tokenBoundUpstream(r Request, up *upstream) (string, bool) {
 	for q != "" {
 		var part string
 		part, q, _ = strings.Cut(q, "&")
-		_, v, _ := strings.Cut(part, "=")
+		k, v, _ := strings.Cut(part, "=")
+		// Only Gemini's key passes through to the provider; any other parameter holding a
+		// token is removed on the way (credentialQueryParams), so it needs no refusal.
+		if normalizeQueryName(k) != QueryKey {
+			continue
+		}
 		if dv, err := url.QueryUnescape(v); err == nil {
 			v = dv
 		}
 		if isToken(v) {
 			// The parameter's name is the caller's text: not echoed either.
-			return "a query parameter", true
+			return "the key query parameter", true
 		}
 	}
 	return "", false

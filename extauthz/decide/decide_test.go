@@ -528,8 +528,8 @@ func TestBYOK(t *testing.T) {
 			map[string]string{"llmedge-token": tokByok, "x-goog-api-key": tokAlice}, "", ReasonBYOKTokenAsKey, nil},
 		{"token in ?key=", "gemini",
 			map[string]string{"llmedge-token": tokByok}, "?key=" + tokStale, ReasonBYOKTokenAsKey, nil},
-		{"own key right, a token in another query parameter", "gemini",
-			map[string]string{"llmedge-token": tokByok, "x-goog-api-key": ownKey}, "?alt=sse&api%5Fkey=" + strings.ReplaceAll(tokByok, "-", "%2D"), ReasonBYOKTokenAsKey, nil},
+		{"own key right, a token in a percent-encoded ?key=", "gemini",
+			map[string]string{"llmedge-token": tokByok, "x-goog-api-key": ownKey}, "?alt=sse&k%65y=" + strings.ReplaceAll(tokByok, "-", "%2D"), ReasonBYOKTokenAsKey, nil},
 		{"token in a custom key header", "azure",
 			map[string]string{"llmedge-token": tokByok, "api-key": tokStale}, "", ReasonBYOKTokenAsKey, nil},
 	}

@@ -78,6 +78,9 @@ func (a Address) IsLoopback() bool {
 // name; callers add the field path or flag.
 func Parse(s string) (Address, error) { return parse(s, false) }
 
+// wantAddress is the syntax every address error states.
+const wantAddress = "want host:port, with an IPv6 address in brackets ([::1]:18000), or unix:/absolute/path.sock"
+
 // parse for a listener also accepts an empty host (":18000", every interface) and port 0
 // (any free port, for tests).
 func parse(s string, listen bool) (Address, error) {
@@ -102,11 +105,11 @@ func parse(s string, listen bool) (Address, error) {
 	}
 	h, port, err := net.SplitHostPort(s)
 	if err != nil || (h == "" && !listen) {
-		return Address{}, fmt.Errorf("must be host:port or unix:/absolute/path.sock")
+		return Address{}, errors.New(wantAddress)
 	}
 	pn, err := strconv.ParseUint(port, 10, 16)
 	if err != nil || (pn == 0 && !listen) {
-		return Address{}, fmt.Errorf("port must be 1-65535")
+		return Address{}, errors.New(wantAddress + " (port 1-65535)")
 	}
 	return Address{Host: strings.ToLower(h), Port: uint32(pn)}, nil
 }

@@ -30,9 +30,9 @@ func TestParse(t *testing.T) {
 		{in: "unix:", wantErr: "needs an absolute socket path"},
 		{in: "unix:/a/../b.sock", wantErr: "must be clean"},
 		{in: "unix:/" + strings.Repeat("x", transport.MaxUnixPath), wantErr: "the kernel allows at most 107"},
-		{in: "localhost", wantErr: "must be host:port or unix:"},
-		{in: ":18000", wantErr: "must be host:port"},
-		{in: "127.0.0.1:0", wantErr: "port must be 1-65535"},
+		{in: "localhost", wantErr: "want host:port"},
+		{in: ":18000", wantErr: "want host:port"},
+		{in: "127.0.0.1:0", wantErr: "(port 1-65535)"},
 	}
 	for _, tt := range tests {
 		got, err := transport.Parse(tt.in)
