@@ -292,16 +292,6 @@ func TestADSRegionRemovedAndRestored(t *testing.T) {
 		return nil
 	})
 
-	withoutSG := func(f *config.File) {
-		delete(f.Regions, "sg")
-		delete(f.Upstreams, "gemini")
-		delete(f.Routes, "gemini")
-		for _, n := range []string{"openai", "anthropic"} {
-			u := f.Upstreams[n]
-			u.AllowedRegions = []string{"hk"}
-			f.Upstreams[n] = u
-		}
-	}
 	if changed, err := s.Update(resources(t, edited(withoutSG))); err != nil || !cmp.Equal(changed, []string{"sg"}) {
 		t.Fatalf("remove sg: changed %v, err %v", changed, err)
 	}

@@ -69,6 +69,18 @@ func edited(edit func(*config.File)) config.File {
 	return f
 }
 
+// withoutSG removes region sg from testFile, and what only sg served.
+func withoutSG(f *config.File) {
+	delete(f.Regions, "sg")
+	delete(f.Upstreams, "gemini")
+	delete(f.Routes, "gemini")
+	for _, n := range []string{"openai", "anthropic"} {
+		u := f.Upstreams[n]
+		u.AllowedRegions = []string{"hk"}
+		f.Upstreams[n] = u
+	}
+}
+
 func newServer(t *testing.T, reg prometheus.Registerer) *Server {
 	t.Helper()
 	return New(t.Context(), slog.New(slog.DiscardHandler), reg)
