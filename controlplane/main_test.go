@@ -31,6 +31,7 @@ import (
 
 	"github.com/llmedge/llmedge/controlplane/config"
 	"github.com/llmedge/llmedge/controlplane/watch"
+	"github.com/llmedge/llmedge/controlplane/xds/xdstest"
 )
 
 const waitFor = 5 * time.Second
@@ -543,13 +544,6 @@ func TestIdenticalRewrite(t *testing.T) {
 	}
 }
 
-// adsStream is a minimal ADS client: a goroutine moves responses into resps.
-type adsStream struct {
-	stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
-	resps  chan *discoveryv3.DiscoveryResponse
-	ended  chan error
-}
-
 func dialADS(t *testing.T, addr string) *grpc.ClientConn {
 	t.Helper()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -558,63 +552,6 @@ func dialADS(t *testing.T, addr string) *grpc.ClientConn {
 	}
 	t.Cleanup(func() { conn.Close() })
 	return conn
-}
-
-func openStream(t *testing.T, conn *grpc.ClientConn) *adsStream {
-	t.Helper()
-	ctx, cancel := context.WithCancel(t.Context())
-	t.Cleanup(cancel)
-	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &adsStream{stream: st, resps: make(chan *discoveryv3.DiscoveryResponse, 16), ended: make(chan error, 1)}
-	go func() {
-		for {
-			r, err := st.Recv()
-			if err != nil {
-				s.ended <- err
-				return
-			}
-			select {
-			case s.resps <- r:
-			case <-ctx.Done():
-				s.ended <- ctx.Err()
-				return
-			}
-		}
-	}()
-	return s
-}
-
-// request sends a request and returns the response, which it then ACKs.
-func (s *adsStream) requestAndAck(t *testing.T, req *discoveryv3.DiscoveryRequest) *discoveryv3.DiscoveryResponse {
-	t.Helper()
-	if err := s.stream.Send(req); err != nil {
-		t.Fatal(err)
-	}
-	timer := time.NewTimer(waitFor)
-	defer timer.Stop()
-	var resp *discoveryv3.DiscoveryResponse
-	select {
-	case resp = <-s.resps:
-	case err := <-s.ended:
-		t.Fatalf("stream ended: %v", err)
-	case <-timer.C:
-		t.Fatalf("no %s response within %s", req.GetTypeUrl(), waitFor)
-	}
-	if resp.GetTypeUrl() != req.GetTypeUrl() || len(resp.GetResources()) == 0 {
-		t.Fatalf("asked for %s, got %s with %d resources", req.GetTypeUrl(), resp.GetTypeUrl(), len(resp.GetResources()))
-	}
-	if err := s.stream.Send(&discoveryv3.DiscoveryRequest{
-		TypeUrl:       resp.GetTypeUrl(),
-		VersionInfo:   resp.GetVersionInfo(),
-		ResponseNonce: resp.GetNonce(),
-		ResourceNames: req.GetResourceNames(),
-	}); err != nil {
-		t.Fatal(err)
-	}
-	return resp
 }
 
 func regionNamed(st Status, name string) (RegionStatus, bool) {
@@ -629,11 +566,11 @@ func regionNamed(st Status, name string) (RegionStatus, bool) {
 func TestStatusWithADSNode(t *testing.T) {
 	c := start(t, routesYAML)
 	conn := dialADS(t, c.m.XDSAddr())
-	hk := openStream(t, conn)
+	hk := xdstest.Open(t, conn)
 	node := &corev3.Node{Id: "envoy-hk-1", Cluster: "edge-hk", Locality: &corev3.Locality{Region: "hk"}}
 
-	hk.requestAndAck(t, &discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType})
-	hk.requestAndAck(t, &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ListenerType})
+	hk.RequestAndAck(t, &discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType}, waitFor)
+	hk.RequestAndAck(t, &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ListenerType}, waitFor)
 
 	// Two of three types ACKed: listed, not in sync.
 	eventually(t, waitFor, func() error {
@@ -651,7 +588,7 @@ func TestStatusWithADSNode(t *testing.T) {
 		return nil
 	})
 
-	hk.requestAndAck(t, &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.RouteType, ResourceNames: []string{"llmedge-hk"}})
+	hk.RequestAndAck(t, &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.RouteType, ResourceNames: []string{"llmedge-hk"}}, waitFor)
 	eventually(t, waitFor, func() error {
 		st := c.status(t)
 		r, ok := regionNamed(st, "hk")
@@ -676,13 +613,11 @@ func TestStatusWithADSNode(t *testing.T) {
 	})
 
 	// A node of a region the config does not define is listed as unassigned.
-	mars := openStream(t, conn)
-	if err := mars.stream.Send(&discoveryv3.DiscoveryRequest{
+	mars := xdstest.Open(t, conn)
+	mars.Send(t, &discoveryv3.DiscoveryRequest{
 		Node:    &corev3.Node{Id: "envoy-mars-1", Locality: &corev3.Locality{Region: "mars"}},
 		TypeUrl: resourcev3.ListenerType,
-	}); err != nil {
-		t.Fatal(err)
-	}
+	})
 	eventually(t, waitFor, func() error {
 		st := c.status(t)
 		if len(st.Unassigned) != 1 || st.Unassigned[0].ID != "envoy-mars-1" || st.Unassigned[0].Region != "mars" {
@@ -709,11 +644,11 @@ func TestRunStopsOnCancel(t *testing.T) {
 		conn.Close()
 	}
 	// An open ADS stream must not hold shutdown up.
-	stream := openStream(t, dialADS(t, c.m.XDSAddr()))
-	stream.requestAndAck(t, &discoveryv3.DiscoveryRequest{
+	stream := xdstest.Open(t, dialADS(t, c.m.XDSAddr()))
+	stream.RequestAndAck(t, &discoveryv3.DiscoveryRequest{
 		Node:    &corev3.Node{Id: "n1", Locality: &corev3.Locality{Region: "hk"}},
 		TypeUrl: resourcev3.ListenerType,
-	})
+	}, waitFor)
 
 	c.cancel()
 	timer := time.NewTimer(waitFor)

@@ -69,6 +69,21 @@ func startRotatingUpstream(t *testing.T, pki *fakellm.PKI) *rotatingUpstream {
 	return u
 }
 
+// startTrustedUpstream starts a rotating upstream for api.openai.test with a fresh PKI and
+// writes that PKI's CA to dir/upstream-ca.pem, the ca_file the edge trusts it by.
+func startTrustedUpstream(t *testing.T, dir string) (up *rotatingUpstream, caFile string) {
+	t.Helper()
+	pki, err := fakellm.NewPKI([]string{"api.openai.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile = filepath.Join(dir, "upstream-ca.pem")
+	if err := os.WriteFile(caFile, pki.CACertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return startRotatingUpstream(t, pki), caFile
+}
+
 // use makes the upstream present pki's server certificate from the next handshake on.
 func (u *rotatingUpstream) use(t *testing.T, pki *fakellm.PKI) {
 	t.Helper()
@@ -281,15 +296,7 @@ print("connected")`
 }
 
 func TestSocketsEdge(t *testing.T) {
-	pki, err := fakellm.NewPKI([]string{"api.openai.test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(caFile, pki.CACertPEM, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	up := startRotatingUpstream(t, pki)
+	up, caFile := startTrustedUpstream(t, t.TempDir())
 	e := newSockEdge(t, sockOptions{upstream: up.addr, caFile: caFile})
 
 	t.Run("request through the edge gets the key injected", func(t *testing.T) {
@@ -370,15 +377,7 @@ func TestSocketsEdge(t *testing.T) {
 // TestSocketsRatelimitOverPipe: Envoy reaches envoyproxy/ratelimit on a unix socket
 // (GRPC_UDS), and ratelimit reads its config from the control plane's unix socket.
 func TestSocketsRatelimitOverPipe(t *testing.T) {
-	pki, err := fakellm.NewPKI([]string{"api.openai.test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(caFile, pki.CACertPEM, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	up := startRotatingUpstream(t, pki)
+	up, caFile := startTrustedUpstream(t, t.TempDir())
 	rlDir := filepath.Join(t.TempDir(), "rl")
 	if err := os.Mkdir(rlDir, 0o700); err != nil {
 		t.Fatal(err)
@@ -421,16 +420,8 @@ func TestSocketsRatelimitOverPipe(t *testing.T) {
 // the one from its bootstrap to the control plane, and works; a client without a
 // certificate, or with one from another CA, gets no answer.
 func TestMTLSExtAuthz(t *testing.T) {
-	pki, err := fakellm.NewPKI([]string{"api.openai.test"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	tlsDir := t.TempDir()
-	caFile := filepath.Join(tlsDir, "upstream-ca.pem")
-	if err := os.WriteFile(caFile, pki.CACertPEM, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	up := startRotatingUpstream(t, pki)
+	up, caFile := startTrustedUpstream(t, tlsDir)
 
 	ca := pkitest.NewCA(t, tlsDir, "internal")
 	other := pkitest.NewCA(t, tlsDir, "other")
@@ -555,16 +546,8 @@ func TestCAFileRotationIsPickedUp(t *testing.T) {
 // after the control plane restarts (so Envoy must connect afresh) only the new
 // certificate is accepted, and Envoy comes back with it, without a restart of its own.
 func TestMTLSXDSClientCertRotation(t *testing.T) {
-	pki, err := fakellm.NewPKI([]string{"api.openai.test"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	tlsDir := t.TempDir()
-	caFile := filepath.Join(tlsDir, "upstream-ca.pem")
-	if err := os.WriteFile(caFile, pki.CACertPEM, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	up := startRotatingUpstream(t, pki)
+	up, caFile := startTrustedUpstream(t, tlsDir)
 
 	ca := pkitest.NewCA(t, tlsDir, "internal")
 	cpCert := ca.Server(t, "controlplane", "127.0.0.1")

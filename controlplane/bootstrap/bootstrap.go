@@ -15,21 +15,19 @@ import (
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	overloadv3 "github.com/envoyproxy/go-control-plane/envoy/config/overload/v3"
 	downstreamconnsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/downstream_connections/v3"
 	fixedheapv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/fixed_heap/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
-	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"sigs.k8s.io/yaml"
 
+	"github.com/llmedge/llmedge/controlplane/model"
+	"github.com/llmedge/llmedge/controlplane/translate"
 	"github.com/llmedge/llmedge/internal/transport"
 )
 
@@ -251,68 +249,35 @@ func Build(o Options) (*bootstrapv3.Bootstrap, error) {
 			},
 		},
 	}
-	if err := validateDeep(b); err != nil {
+	if err := translate.ValidateDeep(b); err != nil {
 		return nil, fmt.Errorf("bootstrap for node %q: %w", o.NodeID, err)
 	}
 	return b, nil
 }
 
+// buildXDSCluster is translate's gRPC cluster for the control plane, with HTTP/2 keepalive:
+// the ADS stream is long-lived and mostly idle, and PINGs detect a control plane that
+// vanished without a FIN (NAT/LB timeouts) so Envoy reconnects.
 func buildXDSCluster(o Options) (*clusterv3.Cluster, error) {
-	protoOpts, err := anypb.New(&upstreamhttpv3.HttpProtocolOptions{
-		UpstreamProtocolOptions: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_{
-			ExplicitHttpConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig{
-				ProtocolConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
-					Http2ProtocolOptions: &corev3.Http2ProtocolOptions{
-						// The ADS stream is long-lived and mostly idle; PINGs
-						// detect a control plane that vanished without a FIN
-						// (NAT/LB timeouts) so Envoy reconnects.
-						ConnectionKeepalive: &corev3.KeepaliveSettings{
-							Interval: durationpb.New(30 * time.Second),
-							Timeout:  durationpb.New(5 * time.Second),
-						},
-					},
-				},
-			},
+	addr := model.Address{Host: o.XDSHost, Port: uint32(o.XDSPort)}
+	if o.XDSPipe != "" {
+		addr = model.Address{Pipe: o.XDSPipe}
+	}
+	c, err := translate.GRPCCluster(XDSClusterName, addr, clusterv3.Cluster_AUTO, &corev3.Http2ProtocolOptions{
+		ConnectionKeepalive: &corev3.KeepaliveSettings{
+			Interval: durationpb.New(30 * time.Second),
+			Timeout:  durationpb.New(5 * time.Second),
 		},
 	})
 	if err != nil {
 		return nil, err
 	}
-	// STATIC clusters reject hostnames at config load; STRICT_DNS accepts
-	// both, but resolving an IP literal is pointless.
-	discovery := clusterv3.Cluster_STATIC
-	addr := socketAddress(o.XDSHost, o.XDSPort)
-	switch {
-	case o.XDSPipe != "":
-		addr = &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: o.XDSPipe}}}
-	case net.ParseIP(o.XDSHost) == nil:
-		discovery = clusterv3.Cluster_STRICT_DNS
-	}
-	var ts *corev3.TransportSocket
 	if !o.XDSTLS.IsZero() && o.XDSPipe == "" {
-		if ts, err = xdsTLS(o); err != nil {
+		if c.TransportSocket, err = xdsTLS(o); err != nil {
 			return nil, err
 		}
 	}
-	return &clusterv3.Cluster{
-		TransportSocket:      ts,
-		Name:                 XDSClusterName,
-		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: discovery},
-		ConnectTimeout:       durationpb.New(time.Second),
-		TypedExtensionProtocolOptions: map[string]*anypb.Any{
-			"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": protoOpts,
-		},
-		LoadAssignment: &endpointv3.ClusterLoadAssignment{
-			ClusterName: XDSClusterName,
-			Endpoints: []*endpointv3.LocalityLbEndpoints{{
-				LbEndpoints: []*endpointv3.LbEndpoint{{
-					HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
-						Address: addr,
-					}},
-				}},
-			}},
-		},
-	}, nil
+	return c, nil
 }
 
 // xdsTLS is mutual TLS to the control plane: Envoy's client certificate, and the control
@@ -404,7 +369,7 @@ func SDSDocuments(o Options) (map[string][]byte, error) {
 		xdsCertSecret: {Name: xdsCertSecret, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: cert}},
 		xdsCASecret:   {Name: xdsCASecret, Type: &tlsv3.Secret_ValidationContext{ValidationContext: ca}},
 	} {
-		if err := validateDeep(sec); err != nil {
+		if err := translate.ValidateDeep(sec); err != nil {
 			return nil, err
 		}
 		a, err := anypb.New(sec)
@@ -448,59 +413,4 @@ func Render(o Options) ([]byte, error) {
 		return nil, fmt.Errorf("bootstrap: json to yaml: %w", err)
 	}
 	return append([]byte(header), y...), nil
-}
-
-type validatorAll interface{ ValidateAll() error }
-
-// validateDeep runs the PGV rules on m and on every message packed in an Any
-// below it: ValidateAll stops at Any fields, so a bad typed_config would
-// otherwise only be caught by Envoy at startup.
-func validateDeep(m proto.Message) error {
-	if v, ok := m.(validatorAll); ok {
-		if err := v.ValidateAll(); err != nil {
-			return err
-		}
-	}
-	return walkAnys(m.ProtoReflect(), func(a *anypb.Any) error {
-		inner, err := a.UnmarshalNew()
-		if err != nil {
-			return fmt.Errorf("unpack %s: %w", a.GetTypeUrl(), err)
-		}
-		if err := validateDeep(inner); err != nil {
-			return fmt.Errorf("%s: %w", a.GetTypeUrl(), err)
-		}
-		return nil
-	})
-}
-
-// walkAnys calls fn for each Any directly reachable from m (not inside another Any).
-func walkAnys(m protoreflect.Message, fn func(*anypb.Any) error) error {
-	if a, ok := m.Interface().(*anypb.Any); ok {
-		return fn(a)
-	}
-	var err error
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		visit := func(v protoreflect.Value) bool {
-			err = walkAnys(v.Message(), fn)
-			return err == nil
-		}
-		switch {
-		case fd.IsList() && fd.Message() != nil:
-			l := v.List()
-			for i := 0; i < l.Len(); i++ {
-				if !visit(l.Get(i)) {
-					return false
-				}
-			}
-		case fd.IsMap() && fd.MapValue().Message() != nil:
-			v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
-				return visit(mv)
-			})
-			return err == nil
-		case fd.Message() != nil && !fd.IsMap():
-			return visit(v)
-		}
-		return true
-	})
-	return err
 }

@@ -13,9 +13,13 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/llmedge/llmedge/controlplane/model"
+	"github.com/llmedge/llmedge/controlplane/translate"
 	"github.com/llmedge/llmedge/internal/testenv"
 	"github.com/llmedge/llmedge/internal/transport"
 	"github.com/llmedge/llmedge/internal/transport/pkitest"
@@ -290,6 +294,36 @@ func TestXDSClusterDiscoveryType(t *testing.T) {
 	}
 }
 
+// The xDS cluster is translate's gRPC cluster (one owner for how Envoy reaches llmedge's
+// services) plus the ADS keepalive and, over TCP, mutual TLS: a second implementation here
+// would drift from it.
+func TestXDSClusterIsTranslates(t *testing.T) {
+	keepalive := &corev3.Http2ProtocolOptions{ConnectionKeepalive: &corev3.KeepaliveSettings{
+		Interval: durationpb.New(30 * time.Second),
+		Timeout:  durationpb.New(5 * time.Second),
+	}}
+	for _, tc := range []struct {
+		opts Options
+		addr model.Address
+	}{
+		{Options{NodeID: "n", Region: "hk"}, model.Address{Host: DefaultXDSHost, Port: DefaultXDSPort}},
+		{Options{NodeID: "n", Region: "hk", XDSHost: "cp.internal", XDSPort: 443}, model.Address{Host: "cp.internal", Port: 443}},
+		{Options{NodeID: "n", Region: "hk", XDSPipe: "/run/llmedge/xds.sock"}, model.Address{Pipe: "/run/llmedge/xds.sock"}},
+	} {
+		b, err := Build(tc.opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := translate.GRPCCluster(XDSClusterName, tc.addr, clusterv3.Cluster_AUTO, keepalive)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(want, b.GetStaticResources().GetClusters()[0], protocmp.Transform()); diff != "" {
+			t.Errorf("%+v: xDS cluster differs from translate.GRPCCluster (-want +got):\n%s", tc.addr, diff)
+		}
+	}
+}
+
 // The validation must reach inside Any: PGV's ValidateAll stops there.
 func TestValidateDeepChecksTypedConfig(t *testing.T) {
 	b, err := Build(Options{NodeID: "n", Region: "hk"})
@@ -318,8 +352,8 @@ func TestValidateDeepChecksTypedConfig(t *testing.T) {
 	if err := b.ValidateAll(); err != nil {
 		t.Fatalf("PGV unexpectedly looked inside Any: %v", err)
 	}
-	if err := validateDeep(b); err == nil || !strings.Contains(err.Error(), "Timeout") {
-		t.Fatalf("validateDeep() = %v, want a Timeout error", err)
+	if err := translate.ValidateDeep(b); err == nil || !strings.Contains(err.Error(), "Timeout") {
+		t.Fatalf("ValidateDeep() = %v, want a Timeout error", err)
 	}
 }
 

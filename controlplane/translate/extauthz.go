@@ -5,10 +5,8 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -23,8 +21,7 @@ const (
 	// extauthz runs next to Envoy (same host or region): a check takes well under a
 	// millisecond, so 250 ms only trips when it is stuck, and then the request fails
 	// closed with 503 rather than waiting.
-	extAuthzTimeout    = 250 * time.Millisecond
-	grpcConnectTimeout = time.Second
+	extAuthzTimeout = 250 * time.Millisecond
 )
 
 // extAuthzFilter checks every request with the region's extauthz over gRPC. It fails
@@ -73,49 +70,4 @@ func extAuthzPerRoute(region string, rt model.Route) (*anypb.Any, error) {
 // extAuthzCluster reaches the region's extauthz over HTTP/2 (gRPC).
 func extAuthzCluster(r model.Region, secrets secretSet) (*clusterv3.Cluster, error) {
 	return grpcCluster(wire.ExtAuthzClusterName, r.ExtAuthz, r.InternalTLS, secrets)
-}
-
-// grpcCluster is an HTTP/2 cluster for one of the region's own gRPC services: a unix
-// socket (its directory is the guard), or TCP, with mutual TLS when the region sets
-// internal_tls.
-func grpcCluster(name string, addr model.Address, mtls *model.InternalTLS, secrets secretSet) (*clusterv3.Cluster, error) {
-	opts, err := toAny(&httpv3.HttpProtocolOptions{
-		UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
-			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}},
-		}},
-	})
-	if err != nil {
-		return nil, err
-	}
-	c := &clusterv3.Cluster{
-		Name:           name,
-		ConnectTimeout: durationpb.New(grpcConnectTimeout),
-		LoadAssignment: &endpointv3.ClusterLoadAssignment{
-			ClusterName: name,
-			Endpoints: []*endpointv3.LocalityLbEndpoints{{
-				LbEndpoints: []*endpointv3.LbEndpoint{{
-					HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
-						Address: serviceAddress(addr),
-					}},
-				}},
-			}},
-		},
-		TypedExtensionProtocolOptions: map[string]*anypb.Any{
-			"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts,
-		},
-	}
-	if addr.Pipe != "" || isIP(addr.Host) {
-		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}
-	} else {
-		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STRICT_DNS}
-		c.DnsLookupFamily = clusterv3.Cluster_V4_PREFERRED
-	}
-	if addr.Pipe == "" && mtls != nil {
-		ts, err := internalTLS(addr.Host, mtls, secrets)
-		if err != nil {
-			return nil, err
-		}
-		c.TransportSocket = ts
-	}
-	return c, nil
 }

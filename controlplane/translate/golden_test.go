@@ -16,7 +16,9 @@ import (
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/out")
 
 // TestGolden translates every testdata/in/<case>.yaml and compares each region's listeners,
-// routes and clusters with testdata/out/<case>/<region>.<kind>.yaml.
+// routes and clusters with testdata/out/<case>/<region>.<kind>.yaml. Each input exercises
+// one feature on the smallest config that shows it (basic.yaml is the baseline), so a
+// change to one feature rewrites only the goldens of that feature and of what it touches.
 func TestGolden(t *testing.T) {
 	cases, err := filepath.Glob("testdata/in/*.yaml")
 	if err != nil || len(cases) == 0 {

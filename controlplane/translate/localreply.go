@@ -2,6 +2,7 @@ package translate
 
 import (
 	"fmt"
+	"strings"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -22,7 +23,8 @@ import (
 // route, or was refused before routing (malformed path or headers), gets the shape its
 // headers and path suggest: Anthropic when it carries anthropic-version or x-api-key, Gemini
 // when it carries x-goog-api-key or a Gemini path (:generateContent, /v1beta/), OpenAI
-// otherwise — the same guess extauthz makes (decide.GuessAPI) when it has no route.
+// otherwise: internal/wire's APIGuesses, the same guess extauthz makes (decide.GuessAPI)
+// when it has no route.
 
 // replyCase is one kind of local reply: which replies it covers, the status its shape names,
 // a machine-readable code and the message.
@@ -36,12 +38,21 @@ type replyCase struct {
 // Local replies sent before the filter chain ran (Envoy refused the path or headers) have
 // no request id yet: Envoy assigns it after those checks. They get a fresh id instead,
 // which the access log line of the refusal does not carry.
-const (
-	uniqueID    = "%UNIQUE_ID%"
-	guessGemini = "'x-goog-api-key' in request.headers || request.url_path.contains(':generateContent') || " +
-		"request.url_path.contains(':streamGenerateContent') || request.url_path.contains('/v1beta/')"
-	guessAnthropic = "'anthropic-version' in request.headers || 'x-api-key' in request.headers"
-)
+const uniqueID = "%UNIQUE_ID%"
+
+// guessExpr compiles one of internal/wire's API signs into a CEL condition on the request.
+// Query parameters are left out: CEL sees the query only as raw text, and a match on it
+// would be looser than extauthz's; such a request gets OpenAI's shape from Envoy.
+func guessExpr(g wire.APISign) string {
+	var terms []string
+	for _, h := range g.Headers {
+		terms = append(terms, fmt.Sprintf("'%s' in request.headers", h))
+	}
+	for _, p := range g.PathContains {
+		terms = append(terms, fmt.Sprintf("request.url_path.contains('%s')", p))
+	}
+	return strings.Join(terms, " || ")
+}
 
 func localReplies(region string) *hcmv3.LocalReplyConfig {
 	generic := []replyCase{
@@ -77,10 +88,15 @@ func localReplies(region string) *hcmv3.LocalReplyConfig {
 		}
 	}
 	early := cel(fmt.Sprintf("!('%s' in filter_state)", requestIDState))
-	for _, g := range []struct {
+	type guess struct {
 		api   model.API
 		guess *accesslogv3.AccessLogFilter
-	}{{model.APIAnthropic, cel(guessAnthropic)}, {model.APIGemini, cel(guessGemini)}, {model.APIOpenAI, nil}} {
+	}
+	var guesses []guess
+	for _, g := range wire.APIGuesses() {
+		guesses = append(guesses, guess{model.API(g.API), cel(guessExpr(g))})
+	}
+	for _, g := range append(guesses, guess{model.APIOpenAI, nil}) {
 		for i, c := range unrouted {
 			// A request that got as far as routing (NR, the first case) always has its id.
 			if i > 0 {

@@ -2,12 +2,15 @@ package translate_test
 
 import (
 	"bytes"
+	"encoding/json"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -16,6 +19,7 @@ import (
 	"github.com/llmedge/llmedge/controlplane/config"
 	"github.com/llmedge/llmedge/controlplane/model"
 	"github.com/llmedge/llmedge/controlplane/translate"
+	"github.com/llmedge/llmedge/internal/wire"
 )
 
 func load(t *testing.T, path string) *model.Config {
@@ -53,7 +57,7 @@ func TestValidateDeepDescendsIntoAny(t *testing.T) {
 // Translation must be byte-for-byte deterministic, or content-hashed versions would change
 // on every reload and every Envoy would be re-pushed an unchanged config.
 func TestTranslationIsDeterministic(t *testing.T) {
-	cfg := load(t, "testdata/in/two-regions.yaml")
+	cfg := load(t, "testdata/in/compliance-regions.yaml")
 	enc := func() map[string][]byte {
 		all, err := translate.All(cfg)
 		if err != nil {
@@ -88,7 +92,7 @@ func TestTranslationIsDeterministic(t *testing.T) {
 }
 
 func TestRegionOnlyHoldsItsUpstreams(t *testing.T) {
-	cfg := load(t, "testdata/in/two-regions.yaml")
+	cfg := load(t, "testdata/in/compliance-regions.yaml")
 	res, err := translate.Region(cfg, "hk")
 	if err != nil {
 		t.Fatal(err)
@@ -150,7 +154,7 @@ func TestRoutesFollowModelOrder(t *testing.T) {
 // one decision: they name exactly the same limits, in every region, scoped limits of
 // upstreams a region does not serve left out of both.
 func TestQuotasAreWhatRatelimitEnforces(t *testing.T) {
-	cfg := load(t, "testdata/in/quotas.yaml")
+	cfg := load(t, "testdata/in/quotas-scoping.yaml")
 	for _, region := range cfg.RegionNames() {
 		res, err := translate.Region(cfg, region)
 		if err != nil {
@@ -178,10 +182,98 @@ func TestQuotasAreWhatRatelimitEnforces(t *testing.T) {
 		if len(listed) == 0 || !slices.Equal(listed, enforced) {
 			t.Errorf("region %s: Quotas lists %v, ratelimit enforces %v", region, listed, enforced)
 		}
-		for _, name := range listed {
-			if region == "sg" && strings.Contains(name, "alice.limits[2]") {
-				t.Errorf("region sg lists alice's anthropic limit, but sg does not serve anthropic")
+		// alice.limits[1] is her anthropic limit: hk serves anthropic, sg does not.
+		anthropic := slices.ContainsFunc(listed, func(n string) bool { return strings.Contains(n, "alice.limits[1]") })
+		if anthropic != (region == "hk") {
+			t.Errorf("region %s lists alice's anthropic limit: %v, want %v", region, anthropic, region == "hk")
+		}
+	}
+}
+
+// The local replies of a request no route shaped follow internal/wire's API signs, in their
+// order, before OpenAI's catch-all shape: the guess extauthz makes too (decide.GuessAPI).
+func TestLocalReplyGuessFollowsWire(t *testing.T) {
+	if model.APIOpenAI != wire.APIOpenAI || model.APIAnthropic != wire.APIAnthropic || model.APIGemini != wire.APIGemini {
+		t.Fatal("model's API names differ from internal/wire's")
+	}
+	cfg := load(t, "testdata/in/hosts-and-headers.yaml")
+	res, err := translate.Region(cfg, cfg.Regions[0].Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := protojson.Marshal(res.Listeners[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Mappers in order, each as the CEL conditions it checks.
+	var mappers []string
+	var walk func(v any, out *[]string)
+	walk = func(v any, out *[]string) {
+		switch v := v.(type) {
+		case map[string]any:
+			if e, ok := v["expression"].(string); ok {
+				*out = append(*out, e)
+			}
+			for _, k := range slices.Sorted(maps.Keys(v)) {
+				walk(v[k], out)
+			}
+		case []any:
+			for _, x := range v {
+				walk(x, out)
 			}
 		}
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(js, &doc); err != nil {
+		t.Fatal(err)
+	}
+	var find func(v any)
+	find = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			if ms, ok := v["mappers"].([]any); ok {
+				for _, m := range ms {
+					var exprs []string
+					walk(m.(map[string]any)["filter"], &exprs)
+					mappers = append(mappers, strings.Join(exprs, " && "))
+				}
+				return
+			}
+			for _, x := range v {
+				find(x)
+			}
+		case []any:
+			for _, x := range v {
+				find(x)
+			}
+		}
+	}
+	find(doc)
+	first := func(sub string) int {
+		return slices.IndexFunc(mappers, func(m string) bool { return strings.Contains(m, sub) })
+	}
+	last := -1
+	for _, g := range wire.APIGuesses() {
+		var signs []string
+		for _, h := range g.Headers {
+			signs = append(signs, "'"+h+"' in request.headers")
+		}
+		for _, p := range g.PathContains {
+			signs = append(signs, "request.url_path.contains('"+p+"')")
+		}
+		for _, sign := range signs {
+			i := first(sign)
+			if i < 0 {
+				t.Errorf("%s: no local reply mapper checks %s", g.API, sign)
+				continue
+			}
+			if i < last {
+				t.Errorf("%s: %s is tried before the previous family's signs", g.API, sign)
+			}
+		}
+		last = first(signs[0])
+	}
+	if len(mappers) == 0 {
+		t.Fatal("no local reply mappers found")
 	}
 }

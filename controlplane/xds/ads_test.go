@@ -19,6 +19,7 @@ import (
 
 	"github.com/llmedge/llmedge/controlplane/config"
 	"github.com/llmedge/llmedge/controlplane/translate"
+	"github.com/llmedge/llmedge/controlplane/xds/xdstest"
 )
 
 const (
@@ -55,10 +56,10 @@ func TestADSAckNack(t *testing.T) {
 	}
 	v1 := s.Versions()["hk"]["listeners"]
 	conn := serve(t, s)
-	st := openStream(t, conn)
+	st := xdstest.Open(t, conn)
 
-	st.send(t, &discoveryv3.DiscoveryRequest{Node: node("n1", "hk"), TypeUrl: resourcev3.ListenerType})
-	resp := st.recv(t, waitFor)
+	st.Send(t, &discoveryv3.DiscoveryRequest{Node: node("n1", "hk"), TypeUrl: resourcev3.ListenerType})
+	resp := st.Recv(t, waitFor)
 	if resp.GetTypeUrl() != resourcev3.ListenerType || resp.GetVersionInfo() != v1 {
 		t.Fatalf("got %s version %q, want %s version %q", resp.GetTypeUrl(), resp.GetVersionInfo(), resourcev3.ListenerType, v1)
 	}
@@ -83,7 +84,7 @@ func TestADSAckNack(t *testing.T) {
 	}
 
 	// ACK.
-	st.ack(t, resp)
+	st.Ack(t, resp)
 	eventually(t, waitFor, func() error {
 		n, err := findNode(s, "n1")
 		if err != nil {
@@ -112,7 +113,7 @@ func TestADSAckNack(t *testing.T) {
 		t.Fatalf("changed (-want +got):\n%s", diff)
 	}
 	v2 := s.Versions()["hk"]["listeners"]
-	push := st.recv(t, waitFor)
+	push := st.Recv(t, waitFor)
 	if push.GetVersionInfo() != v2 || push.GetNonce() == resp.GetNonce() {
 		t.Fatalf("push: version %q nonce %q; want version %q and a new nonce", push.GetVersionInfo(), push.GetNonce(), v2)
 	}
@@ -120,7 +121,7 @@ func TestADSAckNack(t *testing.T) {
 		t.Errorf("pushed listeners (-translator +ADS):\n%s", diff)
 	}
 	const reason = "Error adding/updating listener(s) llmedge-hk: cannot bind 127.0.0.1:10100"
-	st.send(t, &discoveryv3.DiscoveryRequest{
+	st.Send(t, &discoveryv3.DiscoveryRequest{
 		TypeUrl:       resourcev3.ListenerType,
 		VersionInfo:   v1, // Envoy names the version it still runs
 		ResponseNonce: push.GetNonce(),
@@ -154,7 +155,7 @@ func TestADSAckNack(t *testing.T) {
 	}
 
 	// Hanging up removes the node and its gauge.
-	if err := st.stream.CloseSend(); err != nil {
+	if err := st.CloseSend(); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, waitFor, func() error {
@@ -173,9 +174,9 @@ func TestADSUnknownRegion(t *testing.T) {
 	if _, err := s.Update(resources(t, testFile())); err != nil {
 		t.Fatal(err)
 	}
-	st := openStream(t, serve(t, s))
-	st.send(t, &discoveryv3.DiscoveryRequest{Node: node("m1", "mars"), TypeUrl: resourcev3.ListenerType})
-	st.expectNone(t, absence)
+	st := xdstest.Open(t, serve(t, s))
+	st.Send(t, &discoveryv3.DiscoveryRequest{Node: node("m1", "mars"), TypeUrl: resourcev3.ListenerType})
+	st.ExpectNone(t, absence)
 
 	eventually(t, waitFor, func() error {
 		n, err := findNode(s, "m1")
@@ -201,12 +202,12 @@ func TestADSUnknownRegion(t *testing.T) {
 	if diff := cmp.Diff([]string{"mars"}, changed); diff != "" {
 		t.Fatalf("changed (-want +got):\n%s", diff)
 	}
-	resp := st.recv(t, waitFor)
+	resp := st.Recv(t, waitFor)
 	if diff := cmp.Diff(withMars["mars"].Listeners, unpack(t, resp, func() *listenerv3.Listener { return &listenerv3.Listener{} }), protocmp.Transform()); diff != "" {
 		t.Errorf("listeners pushed once mars exists (-translator +ADS):\n%s", diff)
 	}
 
-	st.cancel()
+	st.Close()
 	eventually(t, waitFor, func() error {
 		if _, err := findNode(s, "m1"); err == nil {
 			return fmt.Errorf("m1 still listed after its stream was cancelled")
@@ -224,15 +225,15 @@ func TestADSNodeOnFirstMessageOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	conn := serve(t, s)
-	a, b := openStream(t, conn), openStream(t, conn)
+	a, b := xdstest.Open(t, conn), xdstest.Open(t, conn)
 
-	subscribe := func(st *adsStream, id, region string) {
+	subscribe := func(st *xdstest.Stream, id, region string) {
 		t.Helper()
-		st.send(t, &discoveryv3.DiscoveryRequest{Node: node(id, region), TypeUrl: resourcev3.ListenerType})
-		lds := st.recv(t, waitFor)
-		st.ack(t, lds)
-		st.send(t, &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType}) // no node
-		cds := st.recv(t, waitFor)
+		st.Send(t, &discoveryv3.DiscoveryRequest{Node: node(id, region), TypeUrl: resourcev3.ListenerType})
+		lds := st.Recv(t, waitFor)
+		st.Ack(t, lds)
+		st.Send(t, &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType}) // no node
+		cds := st.Recv(t, waitFor)
 		if cds.GetTypeUrl() != resourcev3.ClusterType {
 			t.Fatalf("%s: got %s, want clusters", id, cds.GetTypeUrl())
 		}
@@ -240,13 +241,13 @@ func TestADSNodeOnFirstMessageOnly(t *testing.T) {
 		if diff := cmp.Diff(base[region].Clusters, got, protocmp.Transform(), cmpopts.SortSlices(byName[*clusterv3.Cluster])); diff != "" {
 			t.Errorf("%s: clusters served without a node on the request (-%s +ADS):\n%s", id, region, diff)
 		}
-		st.ack(t, cds)
-		st.send(t, &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.RouteType, ResourceNames: []string{translate.RouteConfigName(region)}})
-		rds := st.recv(t, waitFor)
+		st.Ack(t, cds)
+		st.Send(t, &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.RouteType, ResourceNames: []string{translate.RouteConfigName(region)}})
+		rds := st.Recv(t, waitFor)
 		if diff := cmp.Diff(base[region].Routes, unpack(t, rds, func() *routev3.RouteConfiguration { return &routev3.RouteConfiguration{} }), protocmp.Transform()); diff != "" {
 			t.Errorf("%s: routes served without a node on the request (-%s +ADS):\n%s", id, region, diff)
 		}
-		st.ack(t, rds, translate.RouteConfigName(region))
+		st.Ack(t, rds, translate.RouteConfigName(region))
 	}
 	subscribe(a, "a", "hk")
 	subscribe(b, "b", "sg")
@@ -277,9 +278,9 @@ func TestADSRegionRemovedAndRestored(t *testing.T) {
 	if _, err := s.Update(resources(t, testFile())); err != nil {
 		t.Fatal(err)
 	}
-	st := openStream(t, serve(t, s))
-	st.send(t, &discoveryv3.DiscoveryRequest{Node: node("n1", "sg"), TypeUrl: resourcev3.ListenerType})
-	st.ack(t, st.recv(t, waitFor))
+	st := xdstest.Open(t, serve(t, s))
+	st.Send(t, &discoveryv3.DiscoveryRequest{Node: node("n1", "sg"), TypeUrl: resourcev3.ListenerType})
+	st.Ack(t, st.Recv(t, waitFor))
 	eventually(t, waitFor, func() error {
 		n, err := findNode(s, "n1")
 		if err != nil {
@@ -291,27 +292,17 @@ func TestADSRegionRemovedAndRestored(t *testing.T) {
 		return nil
 	})
 
-	withoutSG := func(f *config.File) {
-		delete(f.Regions, "sg")
-		delete(f.Upstreams, "gemini")
-		delete(f.Routes, "gemini")
-		for _, n := range []string{"openai", "anthropic"} {
-			u := f.Upstreams[n]
-			u.AllowedRegions = []string{"hk"}
-			f.Upstreams[n] = u
-		}
-	}
 	if changed, err := s.Update(resources(t, edited(withoutSG))); err != nil || !cmp.Equal(changed, []string{"sg"}) {
 		t.Fatalf("remove sg: changed %v, err %v", changed, err)
 	}
 	if v, ok := s.Versions()["sg"]; ok {
 		t.Errorf("removed region still has versions %v", v)
 	}
-	cleared := st.recv(t, waitFor)
+	cleared := st.Recv(t, waitFor)
 	if n := len(cleared.GetResources()); n != 0 || cleared.GetTypeUrl() != resourcev3.ListenerType {
 		t.Fatalf("after removing sg: got %s with %d resources, want empty listeners", cleared.GetTypeUrl(), n)
 	}
-	st.ack(t, cleared)
+	st.Ack(t, cleared)
 	eventually(t, waitFor, func() error {
 		n, err := findNode(s, "n1")
 		if err != nil {
@@ -331,7 +322,7 @@ func TestADSRegionRemovedAndRestored(t *testing.T) {
 	if _, err := s.Update(restored); err != nil {
 		t.Fatal(err)
 	}
-	resp := st.recv(t, waitFor)
+	resp := st.Recv(t, waitFor)
 	if diff := cmp.Diff(restored["sg"].Listeners, unpack(t, resp, func() *listenerv3.Listener { return &listenerv3.Listener{} }), protocmp.Transform()); diff != "" {
 		t.Errorf("listeners pushed after sg came back (-translator +ADS):\n%s", diff)
 	}

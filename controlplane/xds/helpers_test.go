@@ -1,7 +1,6 @@
 package xds
 
 import (
-	"context"
 	"fmt"
 	"github.com/llmedge/llmedge/internal/testenv"
 	"log/slog"
@@ -12,7 +11,6 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -71,6 +69,18 @@ func edited(edit func(*config.File)) config.File {
 	return f
 }
 
+// withoutSG removes region sg from testFile, and what only sg served.
+func withoutSG(f *config.File) {
+	delete(f.Regions, "sg")
+	delete(f.Upstreams, "gemini")
+	delete(f.Routes, "gemini")
+	for _, n := range []string{"openai", "anthropic"} {
+		u := f.Upstreams[n]
+		u.AllowedRegions = []string{"hk"}
+		f.Upstreams[n] = u
+	}
+}
+
 func newServer(t *testing.T, reg prometheus.Registerer) *Server {
 	t.Helper()
 	return New(t.Context(), slog.New(slog.DiscardHandler), reg)
@@ -100,91 +110,6 @@ func serve(t *testing.T, s *Server) *grpc.ClientConn {
 	}
 	t.Cleanup(func() { conn.Close() })
 	return conn
-}
-
-// adsStream is one ADS stream; a goroutine moves every response into resps so tests can
-// wait for one with a deadline, or assert that none comes.
-type adsStream struct {
-	stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
-	cancel context.CancelFunc
-	resps  chan *discoveryv3.DiscoveryResponse
-	ended  chan error // receives the Recv error that ended the stream
-}
-
-func openStream(t *testing.T, conn *grpc.ClientConn) *adsStream {
-	t.Helper()
-	ctx, cancel := context.WithCancel(t.Context())
-	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	s := &adsStream{stream: st, cancel: cancel, resps: make(chan *discoveryv3.DiscoveryResponse, 16), ended: make(chan error, 1)}
-	go func() {
-		for {
-			r, err := st.Recv()
-			if err != nil {
-				s.ended <- err
-				return
-			}
-			select {
-			case s.resps <- r:
-			case <-ctx.Done():
-				s.ended <- ctx.Err()
-				return
-			}
-		}
-	}()
-	t.Cleanup(cancel)
-	return s
-}
-
-func (s *adsStream) send(t *testing.T, req *discoveryv3.DiscoveryRequest) {
-	t.Helper()
-	if err := s.stream.Send(req); err != nil {
-		t.Fatalf("send %s: %v", req.GetTypeUrl(), err)
-	}
-}
-
-func (s *adsStream) recv(t *testing.T, timeout time.Duration) *discoveryv3.DiscoveryResponse {
-	t.Helper()
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	select {
-	case r := <-s.resps:
-		return r
-	case err := <-s.ended:
-		t.Fatalf("stream ended while waiting for a response: %v", err)
-	case <-timer.C:
-		t.Fatalf("no response within %s", timeout)
-	}
-	return nil
-}
-
-// expectNone asserts that no response arrives within window: an assertion of absence, the
-// one place a bounded wait is the point of the test.
-func (s *adsStream) expectNone(t *testing.T, window time.Duration) {
-	t.Helper()
-	timer := time.NewTimer(window)
-	defer timer.Stop()
-	select {
-	case r := <-s.resps:
-		t.Fatalf("unexpected response: type %s version %s with %d resources", r.GetTypeUrl(), r.GetVersionInfo(), len(r.GetResources()))
-	case err := <-s.ended:
-		t.Fatalf("stream ended: %v", err)
-	case <-timer.C:
-	}
-}
-
-// ack accepts resp, as Envoy does: same version, the response's nonce.
-func (s *adsStream) ack(t *testing.T, resp *discoveryv3.DiscoveryResponse, names ...string) {
-	t.Helper()
-	s.send(t, &discoveryv3.DiscoveryRequest{
-		TypeUrl:       resp.GetTypeUrl(),
-		VersionInfo:   resp.GetVersionInfo(),
-		ResponseNonce: resp.GetNonce(),
-		ResourceNames: names,
-	})
 }
 
 func node(id, region string) *corev3.Node {

@@ -109,17 +109,8 @@ func TestUpdateVersions(t *testing.T) {
 			wantDiff:    map[string][]string{"sg": {"clusters"}},
 		},
 		{
-			name: "remove sg",
-			edit: func(f *config.File) {
-				delete(f.Regions, "sg")
-				delete(f.Upstreams, "gemini")
-				delete(f.Routes, "gemini")
-				for _, n := range []string{"openai", "anthropic"} {
-					u := f.Upstreams[n]
-					u.AllowedRegions = []string{"hk"}
-					f.Upstreams[n] = u
-				}
-			},
+			name:        "remove sg",
+			edit:        withoutSG,
 			wantChanged: []string{"sg"},
 			wantDiff:    map[string][]string{"sg": {"removed"}},
 		},

@@ -21,9 +21,9 @@ import (
 
 // API families, which shape error bodies.
 const (
-	APIOpenAI    = "openai"
-	APIAnthropic = "anthropic"
-	APIGemini    = "gemini"
+	APIOpenAI    = wire.APIOpenAI
+	APIAnthropic = wire.APIAnthropic
+	APIGemini    = wire.APIGemini
 )
 
 // Credential headers a caller may send, in the order they are looked at. The names are
@@ -556,23 +556,24 @@ func validKey(k string) bool {
 
 // GuessAPI picks the API family whose error shape a client most likely understands, from
 // the request alone, for when the policy cannot say (no policy yet, or an unknown
-// upstream): the Anthropic SDKs send anthropic-version and x-api-key, the Gemini ones
-// x-goog-api-key or ?key=; anything else is treated as OpenAI-style.
+// upstream), by internal/wire's signs, the ones Envoy's own local replies follow.
 func GuessAPI(r Request) string {
-	if _, ok := r.Headers["anthropic-version"]; ok {
-		return APIAnthropic
-	}
-	if _, ok := r.Headers[HeaderAPIKey]; ok {
-		return APIAnthropic
-	}
-	if _, ok := r.Headers[HeaderGoogAPIKey]; ok {
-		return APIGemini
-	}
-	if _, ok := queryParam(r.Path, QueryKey); ok {
-		return APIGemini
-	}
-	if strings.Contains(r.Path, "/v1beta/") || strings.Contains(r.Path, ":generateContent") || strings.Contains(r.Path, ":streamGenerateContent") {
-		return APIGemini
+	for _, g := range wire.APIGuesses() {
+		for _, h := range g.Headers {
+			if _, ok := r.Headers[h]; ok {
+				return g.API
+			}
+		}
+		for _, q := range g.QueryParams {
+			if _, ok := queryParam(r.Path, q); ok {
+				return g.API
+			}
+		}
+		for _, sub := range g.PathContains {
+			if strings.Contains(r.Path, sub) {
+				return g.API
+			}
+		}
 	}
 	return APIOpenAI
 }

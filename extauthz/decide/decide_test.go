@@ -1176,3 +1176,28 @@ func TestEnvoyForwardsEveryCredentialHeader(t *testing.T) {
 		}
 	}
 }
+
+// GuessAPI follows internal/wire's signs, the ones Envoy's local replies are compiled from:
+// each sign alone names its family, and a request with none is OpenAI's.
+func TestGuessAPIFollowsWire(t *testing.T) {
+	for _, g := range wire.APIGuesses() {
+		for _, h := range g.Headers {
+			if got := GuessAPI(Request{Path: "/v1/x", Headers: map[string]string{h: "v"}}); got != g.API {
+				t.Errorf("header %s: GuessAPI = %s, want %s", h, got, g.API)
+			}
+		}
+		for _, q := range g.QueryParams {
+			if got := GuessAPI(Request{Path: "/v1/x?" + q + "=v"}); got != g.API {
+				t.Errorf("query %s: GuessAPI = %s, want %s", q, got, g.API)
+			}
+		}
+		for _, p := range g.PathContains {
+			if got := GuessAPI(Request{Path: "/x" + p + "y"}); got != g.API {
+				t.Errorf("path %s: GuessAPI = %s, want %s", p, got, g.API)
+			}
+		}
+	}
+	if got := GuessAPI(Request{Path: "/v1/chat/completions", Headers: map[string]string{"authorization": "Bearer x"}}); got != APIOpenAI {
+		t.Errorf("no sign: GuessAPI = %s, want %s", got, APIOpenAI)
+	}
+}

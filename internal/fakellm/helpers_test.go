@@ -26,8 +26,8 @@ func newTestServer(t *testing.T, opts fakellm.Options) (*fakellm.Server, *httpte
 	return s, ts
 }
 
-// do sends a request and returns the response with its body fully read.
-func do(t *testing.T, c *http.Client, method, url, body string, hdr map[string]string) (*http.Response, []byte) {
+// send sends a request with headers hdr; the caller closes the response body.
+func send(t *testing.T, c *http.Client, method, url, body string, hdr map[string]string) *http.Response {
 	t.Helper()
 	req, err := http.NewRequest(method, url, strings.NewReader(body))
 	if err != nil {
@@ -40,6 +40,13 @@ func do(t *testing.T, c *http.Client, method, url, body string, hdr map[string]s
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
 	}
+	return resp
+}
+
+// do sends a request and returns the response with its body fully read.
+func do(t *testing.T, c *http.Client, method, url, body string, hdr map[string]string) (*http.Response, []byte) {
+	t.Helper()
+	resp := send(t, c, method, url, body, hdr)
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {

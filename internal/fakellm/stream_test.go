@@ -16,17 +16,7 @@ import (
 // postStream sends a streaming request and parses the whole event stream.
 func postStream(t *testing.T, c *http.Client, url, body string, hdr map[string]string) (*http.Response, []sseEvent) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for k, v := range hdr {
-		req.Header.Set(k, v)
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := send(t, c, http.MethodPost, url, body, hdr)
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("status = %d", resp.StatusCode)

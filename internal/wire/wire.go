@@ -63,3 +63,39 @@ const (
 	RateLimitDomain      = "llmedge"
 	RateLimitClusterName = "llmedge_ratelimit"
 )
+
+// API families, which shape error bodies.
+const (
+	APIOpenAI    = "openai"
+	APIAnthropic = "anthropic"
+	APIGemini    = "gemini"
+)
+
+// APISign is what in a request names one API family: the headers its native SDKs send, a
+// query parameter, or a substring of the path.
+type APISign struct {
+	API          string
+	Headers      []string
+	QueryParams  []string
+	PathContains []string
+}
+
+// APIGuesses are the signs, in the order they are tried, by which a reply that no route or
+// policy shapes (no route matched, the request was refused before routing, extauthz has no
+// policy yet) picks the error shape the client most likely understands; a request with none
+// of them gets APIOpenAI's shape. extauthz evaluates them on the request (decide.GuessAPI),
+// the control plane compiles them into Envoy's local reply mappers: one list, so the two
+// never answer the same request in different shapes.
+func APIGuesses() []APISign {
+	return []APISign{
+		// The Anthropic SDKs send anthropic-version and x-api-key.
+		{API: APIAnthropic, Headers: []string{"anthropic-version", HeaderAPIKey}},
+		// The Gemini SDKs send x-goog-api-key or ?key=, to paths only Gemini uses.
+		{
+			API:          APIGemini,
+			Headers:      []string{HeaderGoogAPIKey},
+			QueryParams:  []string{KeyQueryParam},
+			PathContains: []string{":generateContent", ":streamGenerateContent", "/v1beta/"},
+		},
+	}
+}

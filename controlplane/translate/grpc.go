@@ -1,0 +1,77 @@
+package translate
+
+import (
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/llmedge/llmedge/controlplane/model"
+)
+
+const grpcConnectTimeout = time.Second
+
+// GRPCCluster is how Envoy reaches one of llmedge's own gRPC services (the control plane's
+// ADS stream, extauthz, ratelimit): HTTP/2 only, one endpoint, STATIC for a unix socket or
+// an IP literal (STATIC clusters reject host names at config load) and STRICT_DNS with
+// family for a host name. The bootstrap's static xDS cluster is built here too, so the two
+// cannot drift. h2 carries extra HTTP/2 settings (the ADS stream's keepalive); the caller
+// adds the transport socket, since the bootstrap has no SDS yet.
+func GRPCCluster(name string, addr model.Address, family clusterv3.Cluster_DnsLookupFamily, h2 *corev3.Http2ProtocolOptions) (*clusterv3.Cluster, error) {
+	if h2 == nil {
+		h2 = &corev3.Http2ProtocolOptions{}
+	}
+	opts, err := toAny(&httpv3.HttpProtocolOptions{
+		UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
+			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: h2},
+		}},
+	})
+	if err != nil {
+		return nil, err
+	}
+	c := &clusterv3.Cluster{
+		Name:           name,
+		ConnectTimeout: durationpb.New(grpcConnectTimeout),
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{
+			ClusterName: name,
+			Endpoints: []*endpointv3.LocalityLbEndpoints{{
+				LbEndpoints: []*endpointv3.LbEndpoint{{
+					HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+						Address: serviceAddress(addr),
+					}},
+				}},
+			}},
+		},
+		TypedExtensionProtocolOptions: map[string]*anypb.Any{
+			"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts,
+		},
+	}
+	if addr.Pipe != "" || isIP(addr.Host) {
+		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}
+	} else {
+		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STRICT_DNS}
+		c.DnsLookupFamily = family
+	}
+	return c, nil
+}
+
+// grpcCluster is GRPCCluster for one of the region's own services: a unix socket (its
+// directory is the guard), or TCP, with mutual TLS when the region sets internal_tls.
+func grpcCluster(name string, addr model.Address, mtls *model.InternalTLS, secrets secretSet) (*clusterv3.Cluster, error) {
+	c, err := GRPCCluster(name, addr, clusterv3.Cluster_V4_PREFERRED, nil)
+	if err != nil {
+		return nil, err
+	}
+	if addr.Pipe == "" && mtls != nil {
+		ts, err := internalTLS(addr.Host, mtls, secrets)
+		if err != nil {
+			return nil, err
+		}
+		c.TransportSocket = ts
+	}
+	return c, nil
+}

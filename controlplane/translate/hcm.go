@@ -1,0 +1,119 @@
+package translate
+
+import (
+	"time"
+
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/llmedge/llmedge/controlplane/model"
+)
+
+// Edge hardening figures, after Envoy's "configuring Envoy as an edge proxy" guidance.
+const (
+	bufferLimitBytes       = 32 * 1024
+	h2MaxConcurrentStreams = 100
+	h2StreamWindow         = 64 * 1024
+	h2ConnectionWindow     = 1024 * 1024
+	requestHeadersTimeout  = 10 * time.Second
+	// The HCM-wide stream idle timeout is a backstop; each route sets the idle timeout of
+	// its upstream, which takes precedence.
+	hcmStreamIdleTimeout = 5 * time.Minute
+	connectionIdle       = time.Hour
+)
+
+func connectionManager(r model.Region) (*anypb.Any, error) {
+	// Envoy adds no x-envoy-* header of its own to what goes upstream (nor to responses).
+	router, err := toAny(&routerv3.Router{SuppressEnvoyHeaders: true})
+	if err != nil {
+		return nil, err
+	}
+	facts, err := requestFacts()
+	if err != nil {
+		return nil, err
+	}
+	authz, err := extAuthzFilter()
+	if err != nil {
+		return nil, err
+	}
+	strip, err := upstreamHeaders()
+	if err != nil {
+		return nil, err
+	}
+	filters := []*hcmv3.HttpFilter{facts, authz}
+	if !r.RateLimit.IsZero() {
+		// After ext_authz: the quota descriptors are built from the caller it names.
+		rl, err := rateLimitFilter(r)
+		if err != nil {
+			return nil, err
+		}
+		filters = append(filters, rl)
+	}
+	filters = append(filters, strip, &hcmv3.HttpFilter{
+		Name:       "envoy.filters.http.router",
+		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router},
+	})
+	accessLog, err := jsonAccessLog(r.Name)
+	if err != nil {
+		return nil, err
+	}
+	hcm := &hcmv3.HttpConnectionManager{
+		CodecType:  hcmv3.HttpConnectionManager_AUTO,
+		StatPrefix: "ingress_" + r.Name,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+			ConfigSource:    adsSource(),
+			RouteConfigName: RouteConfigName(r.Name),
+		}},
+		// ext_authz first after recording the request's facts: nothing reaches the quota
+		// filter or the router without a decision from the region's extauthz.
+		HttpFilters: filters,
+		// The edge sees callers directly (or through xff_trusted_hops proxies): the client
+		// address, not a header the client wrote, is the source of truth.
+		UseRemoteAddress:  wrapperspb.Bool(true),
+		XffNumTrustedHops: r.XFFTrustedHops,
+		// No caller counts as internal, loopback and private networks included: Envoy obeys
+		// x-envoy-* control headers (timeouts, retries) from internal callers. An empty
+		// cidr_ranges would mean "RFC1918 and loopback", so list only the unspecified
+		// addresses, which can never be a peer.
+		InternalAddressConfig: &hcmv3.HttpConnectionManager_InternalAddressConfig{
+			CidrRanges: []*corev3.CidrRange{
+				{AddressPrefix: "0.0.0.0", PrefixLen: wrapperspb.UInt32(32)},
+				{AddressPrefix: "::", PrefixLen: wrapperspb.UInt32(128)},
+			},
+		},
+		NormalizePath: wrapperspb.Bool(true),
+		MergeSlashes:  true,
+		// LLM APIs never need an encoded slash; refusing them closes path-confusion tricks.
+		PathWithEscapedSlashesAction: hcmv3.HttpConnectionManager_REJECT_REQUEST,
+		// Hosts match without the port, so "api.example.com:10000" reaches the
+		// api.example.com routes.
+		StripPortMode: &hcmv3.HttpConnectionManager_StripAnyHostPort{StripAnyHostPort: true},
+		CommonHttpProtocolOptions: &corev3.HttpProtocolOptions{
+			IdleTimeout:                  durationpb.New(connectionIdle),
+			HeadersWithUnderscoresAction: corev3.HttpProtocolOptions_REJECT_REQUEST,
+		},
+		Http2ProtocolOptions: &corev3.Http2ProtocolOptions{
+			MaxConcurrentStreams:        wrapperspb.UInt32(h2MaxConcurrentStreams),
+			InitialStreamWindowSize:     wrapperspb.UInt32(h2StreamWindow),
+			InitialConnectionWindowSize: wrapperspb.UInt32(h2ConnectionWindow),
+		},
+		RequestHeadersTimeout: durationpb.New(requestHeadersTimeout),
+		StreamIdleTimeout:     durationpb.New(hcmStreamIdleTimeout),
+		ServerName:            "llmedge",
+		AccessLog:             []*accesslogv3.AccessLog{accessLog},
+		LocalReplyConfig:      localReplies(r.Name),
+	}
+	return toAny(hcm)
+}
+
+func adsSource() *corev3.ConfigSource {
+	return &corev3.ConfigSource{
+		ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+		ResourceApiVersion:    corev3.ApiVersion_V3,
+	}
+}
