@@ -43,9 +43,12 @@ LABEL org.opencontainers.image.title="llmedge" \
       org.opencontainers.image.description="Self-hosted edge for LLM APIs: control plane, extauthz, fakellm" \
       org.opencontainers.image.source="https://github.com/llmedge/llmedge"
 COPY --from=build /out/llmedge /out/fakellm /usr/local/bin/
-# Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
+# Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd. It is
+# also the owner of compose's socket volume (/run/llmedge, a tmpfs created with this
+# uid/gid and mode 0700), so the image needs no socket directory of its own.
 USER 65532:65532
-# xDS, status (controlplane); ext_authz gRPC, health (extauthz); fake upstream (fakellm).
-EXPOSE 18000 18080 10100 10200 8090
+# Status (controlplane), health (extauthz), fake upstream (fakellm). xDS and ext_authz are
+# unix sockets on the shared volume: no port for them.
+EXPOSE 18080 10200 8090
 ENTRYPOINT ["/usr/local/bin/llmedge"]
 CMD ["help"]

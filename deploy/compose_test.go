@@ -35,6 +35,9 @@ var components = []string{"controlplane", "envoy", "extauthz", "fakellm", "ratel
 // Services running llmedge's own image (built from ./Dockerfile).
 var ownImage = []string{"controlplane", "extauthz", "fakellm"}
 
+// mounted are the stack's sockets where compose mounts the socket volume.
+var mounted = stack.Sockets{Dir: stack.SocketMount}
+
 // In-container paths compose.yaml mounts things at.
 const (
 	routesTarget    = "/etc/llmedge/routes"
@@ -611,10 +614,9 @@ func TestComposeEnvoyBootstrap(t *testing.T) {
 			if admin.GetAddress() != "0.0.0.0" || admin.GetPortValue() != 9901 {
 				t.Errorf("%s: admin %s:%d, want 0.0.0.0:9901 (published on the host's loopback only)", m.Source, admin.GetAddress(), admin.GetPortValue())
 			}
-			xds := b.GetStaticResources().GetClusters()[0].GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress()
-			cpXDS := port(t, "controlplane --xds-listen", flagValue(service(t, p, "controlplane").Command, "--xds-listen"))
-			if xds.GetAddress() != "controlplane" || xds.GetPortValue() != cpXDS {
-				t.Errorf("%s: xDS at %s:%d, want controlplane:%d", m.Source, xds.GetAddress(), xds.GetPortValue(), cpXDS)
+			xds := b.GetStaticResources().GetClusters()[0].GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetPipe().GetPath()
+			if cpXDS := flagValue(service(t, p, "controlplane").Command, "--xds-listen"); stack.Unix(xds) != cpXDS || xds != mounted.XDS() {
+				t.Errorf("%s: xDS at pipe %q, want the control plane's --xds-listen %s, %s", m.Source, xds, cpXDS, mounted.XDS())
 			}
 		})
 	}
@@ -653,22 +655,19 @@ func TestComposeRoutes(t *testing.T) {
 			if got := env(rl, "CONFIG_GRPC_XDS_NODE_METADATA"); got != "region="+v.region {
 				t.Errorf("ratelimit CONFIG_GRPC_XDS_NODE_METADATA = %q, want region=%s", got, v.region)
 			}
-			xds := "controlplane:" + strconv.Itoa(int(port(t, "--xds-listen", flagValue(cp.Command, "--xds-listen"))))
+			xds := flagValue(cp.Command, "--xds-listen")
 			if got := env(ea, "LLMEDGE_XDS"); got != xds {
 				t.Errorf("extauthz LLMEDGE_XDS = %q, want %q", got, xds)
 			}
 			if got := env(rl, "CONFIG_GRPC_XDS_SERVER_URL"); got != xds {
 				t.Errorf("ratelimit CONFIG_GRPC_XDS_SERVER_URL = %q, want %q", got, xds)
 			}
-			if got := env(rl, "REDIS_URL"); got != "redis:6379" {
-				t.Errorf("ratelimit REDIS_URL = %q, want redis:6379", got)
+			if got, want := env(rl, "REDIS_URL"), flagValue(service(t, p, "redis").Command, "--unixsocket"); got != want || env(rl, "REDIS_SOCKET_TYPE") != "unix" {
+				t.Errorf("ratelimit REDIS_SOCKET_TYPE=%s REDIS_URL=%q, want unix and redis's --unixsocket %q", env(rl, "REDIS_SOCKET_TYPE"), got, want)
 			}
 
-			eaPort := port(t, "extauthz LLMEDGE_GRPC_LISTEN", env(ea, "LLMEDGE_GRPC_LISTEN"))
-			rlPort, err := strconv.ParseUint(env(rl, "GRPC_PORT"), 10, 16)
-			if err != nil {
-				t.Fatalf("ratelimit GRPC_PORT: %v", err)
-			}
+			eaSock := env(ea, "LLMEDGE_GRPC_LISTEN")
+			rlSock := stack.Unix(env(rl, "GRPC_UDS"))
 			var edgeTargets []uint32
 			for _, pc := range envoy.Ports {
 				edgeTargets = append(edgeTargets, pc.Target)
@@ -678,11 +677,13 @@ func TestComposeRoutes(t *testing.T) {
 				if r.Name == v.region {
 					found = true
 				}
-				if r.ExtAuthz.Host != "extauthz" || r.ExtAuthz.Port != eaPort {
-					t.Errorf("regions.%s.extauthz = %s:%d, want extauthz:%d", r.Name, r.ExtAuthz.Host, r.ExtAuthz.Port, eaPort)
+				// Each region's sockets, under the stack's names; this project's are the
+				// ones its extauthz and ratelimit listen on.
+				if r.ExtAuthz.Pipe != mounted.ExtAuthz(r.Name) || (r.Name == v.region && stack.Unix(r.ExtAuthz.Pipe) != eaSock) {
+					t.Errorf("regions.%s.extauthz = pipe %q, want %s (extauthz listens on %s)", r.Name, r.ExtAuthz.Pipe, mounted.ExtAuthz(r.Name), eaSock)
 				}
-				if r.RateLimit.Host != "ratelimit" || r.RateLimit.Port != uint32(rlPort) {
-					t.Errorf("regions.%s.ratelimit = %s:%d, want ratelimit:%d", r.Name, r.RateLimit.Host, r.RateLimit.Port, rlPort)
+				if r.RateLimit.Pipe != mounted.Ratelimit(r.Name) || (r.Name == v.region && stack.Unix(r.RateLimit.Pipe) != rlSock) {
+					t.Errorf("regions.%s.ratelimit = pipe %q, want %s (ratelimit listens on %s)", r.Name, r.RateLimit.Pipe, mounted.Ratelimit(r.Name), rlSock)
 				}
 				if r.ListenAddress != "0.0.0.0" || !slices.Contains(edgeTargets, r.ListenPort) {
 					t.Errorf("regions.%s.listen = %s:%d, want 0.0.0.0 and a port envoy publishes (%v)", r.Name, r.ListenAddress, r.ListenPort, edgeTargets)
@@ -755,8 +756,9 @@ func TestTopologyMatchesProcessStack(t *testing.T) {
 }
 
 // TestComposeRatelimitSettings: compose's ratelimit runs with the settings of
-// stack.Ratelimit, the one place they are written. Only addresses differ, by design:
-// containers listen on 0.0.0.0 and reach the others by service name.
+// stack.Ratelimit, the one place they are written, on the stack's sockets under
+// stack.SocketMount. Only the HTTP listeners' addresses differ, by design: containers
+// listen on 0.0.0.0 so that Docker can publish the debug port.
 func TestComposeRatelimitSettings(t *testing.T) {
 	for _, v := range variants(t) {
 		t.Run(v.name, func(t *testing.T) {
@@ -769,15 +771,13 @@ func TestComposeRatelimitSettings(t *testing.T) {
 				return n
 			}
 			want := stack.Ratelimit{
-				Region: v.region, XDSAddr: env(rl, "CONFIG_GRPC_XDS_SERVER_URL"), RedisAddr: env(rl, "REDIS_URL"),
-				Host:     "0.0.0.0",
-				GRPCPort: port("GRPC_PORT"), HTTPPort: port("PORT"), DebugPort: port("DEBUG_PORT"),
+				Region: v.region, XDSAddr: stack.Unix(mounted.XDS()), RedisAddr: stack.Unix(mounted.Redis()),
+				GRPCSocket: mounted.Ratelimit(v.region),
+				Host:       "0.0.0.0",
+				HTTPPort:   port("PORT"), DebugPort: port("DEBUG_PORT"),
 				MetricsPort: 9090,
 			}.Env()
-			addresses := map[string]bool{
-				"CONFIG_GRPC_XDS_SERVER_URL": true, "REDIS_URL": true, "PROMETHEUS_ADDR": true,
-				"HOST": true, "GRPC_HOST": true, "DEBUG_HOST": true,
-			}
+			addresses := map[string]bool{"PROMETHEUS_ADDR": true, "HOST": true, "DEBUG_HOST": true}
 			var wantKeys []string
 			for _, kv := range want {
 				k, val, _ := strings.Cut(kv, "=")
@@ -830,6 +830,13 @@ func TestDockerfile(t *testing.T) {
 			t.Errorf("Dockerfile lacks %q", want)
 		}
 	}
+	for _, m := range regexp.MustCompile(`(?m)^EXPOSE (.*)$`).FindAllStringSubmatch(df, -1) {
+		for _, p := range strings.Fields(m[1]) {
+			if p == "18000" || p == "10100" {
+				t.Errorf("Dockerfile exposes %s: xDS and ext_authz are unix sockets, not ports", p)
+			}
+		}
+	}
 	users := regexp.MustCompile(`(?m)^USER (\S+)$`).FindAllStringSubmatch(df, -1)
 	if len(users) == 0 || users[len(users)-1][1] == "root" || strings.HasPrefix(users[len(users)-1][1], "0") {
 		t.Errorf("Dockerfile: the runtime stage must end with a non-root USER (got %v)", users)
@@ -844,4 +851,114 @@ func TestDockerfile(t *testing.T) {
 			t.Errorf(".dockerignore lacks %s", want)
 		}
 	}
+}
+
+// socketVolume is the top-level volume holding the internal hops' sockets.
+const socketVolume = "sockets"
+
+// TestComposeSockets: the internal hops are unix sockets on one volume, a tmpfs owned by
+// the uid every service on it runs as and closed to everyone else, mounted where the
+// stack's settings put them in exactly the services that serve or dial them; none of
+// them has a TCP port, published or exposed.
+func TestComposeSockets(t *testing.T) {
+	for _, v := range variants(t) {
+		t.Run(v.name, func(t *testing.T) {
+			p := load(t, v.envFile)
+			vol, ok := p.Volumes[socketVolume]
+			if !ok {
+				t.Fatalf("no top-level volume %q", socketVolume)
+			}
+			opts := vol.DriverOpts
+			if vol.Driver != "local" || opts["type"] != "tmpfs" || opts["device"] != "tmpfs" {
+				t.Errorf("volume %s = %+v, want a local tmpfs", socketVolume, vol)
+			}
+			m := regexp.MustCompile(`^uid=(\d+),gid=(\d+),mode=0?700$`).FindStringSubmatch(opts["o"])
+			if m == nil || m[1] != m[2] {
+				t.Fatalf("volume %s o=%q, want uid=N,gid=N,mode=0700", socketVolume, opts["o"])
+			}
+			uid := m[1]
+
+			// The services with a socket of their own (stack.Topology), and Envoy, which
+			// dials them.
+			want := []string{"envoy"}
+			for _, c := range stack.Topology() {
+				if c.Socket != "" {
+					want = append(want, c.Name)
+				}
+			}
+			slices.Sort(want)
+			var mounting []string
+			for _, name := range slices.Sorted(maps.Keys(p.Services)) {
+				s := p.Services[name]
+				for _, vm := range s.Volumes {
+					if vm.Source != socketVolume {
+						continue
+					}
+					mounting = append(mounting, name)
+					if vm.Type != types.VolumeTypeVolume || vm.Target != stack.SocketMount || vm.ReadOnly {
+						t.Errorf("%s mounts %s as %s at %s (read_only %v), want a writable volume at %s", name, socketVolume, vm.Type, vm.Target, vm.ReadOnly, stack.SocketMount)
+					}
+				}
+				if !slices.Contains(want, name) {
+					continue
+				}
+				// Every one runs as the volume's owner: llmedge's image by its USER.
+				user := s.User
+				if user == "" && slices.Contains(ownImage, name) {
+					user = dockerfileUser(t)
+				}
+				if user != uid+":"+uid {
+					t.Errorf("%s runs as %q, want %s:%s, the socket volume's owner", name, user, uid, uid)
+				}
+			}
+			if !slices.Equal(mounting, want) {
+				t.Errorf("services mounting %s: %v, want exactly %v", socketVolume, mounting, want)
+			}
+
+			// No TCP port for an internal hop: nothing published but health/debug/status
+			// (TestComposePorts), nothing exposed.
+			for _, name := range []string{"extauthz", "redis", "ratelimit", "controlplane"} {
+				if s := service(t, p, name); len(s.Expose) > 0 {
+					t.Errorf("%s exposes %v", name, s.Expose)
+				}
+			}
+			if ports := service(t, p, "extauthz").Ports; len(ports) > 0 {
+				t.Errorf("extauthz publishes %+v", ports)
+			}
+
+			// Every socket address in compose is the stack's.
+			cp, ea, rl, redis := service(t, p, "controlplane"), service(t, p, "extauthz"), service(t, p, "ratelimit"), service(t, p, "redis")
+			for what, c := range map[string][2]string{
+				"controlplane --xds-listen":  {flagValue(cp.Command, "--xds-listen"), stack.Unix(mounted.XDS())},
+				"extauthz LLMEDGE_XDS":       {env(ea, "LLMEDGE_XDS"), stack.Unix(mounted.XDS())},
+				"extauthz LLMEDGE_GRPC":      {env(ea, "LLMEDGE_GRPC_LISTEN"), stack.Unix(mounted.ExtAuthz(v.region))},
+				"ratelimit GRPC_UDS":         {env(rl, "GRPC_UDS"), mounted.Ratelimit(v.region)},
+				"ratelimit xDS":              {env(rl, "CONFIG_GRPC_XDS_SERVER_URL"), stack.Unix(mounted.XDS())},
+				"ratelimit REDIS_URL":        {env(rl, "REDIS_URL"), mounted.Redis()},
+				"redis --unixsocket":         {flagValue(redis.Command, "--unixsocket"), mounted.Redis()},
+				"redis --port":               {flagValue(redis.Command, "--port"), "0"},
+				"redis --unixsocketperm":     {flagValue(redis.Command, "--unixsocketperm"), "600"},
+				"redis healthcheck":          {strings.Join(redis.HealthCheck.Test, " "), "CMD-SHELL redis-cli -s " + mounted.Redis() + " ping | grep -q PONG"},
+				"ratelimit removes its sock": {strings.Join(rl.Command, " "), `/bin/sh -c rm -f "$GRPC_UDS" && exec /bin/ratelimit`},
+			} {
+				if c[0] != c[1] {
+					t.Errorf("%s = %q, want %q", what, c[0], c[1])
+				}
+			}
+		})
+	}
+}
+
+// dockerfileUser is the USER the llmedge image runs as.
+func dockerfileUser(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot(t), "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	users := regexp.MustCompile(`(?m)^USER (\S+)$`).FindAllStringSubmatch(string(b), -1)
+	if len(users) == 0 {
+		t.Fatal("Dockerfile has no USER")
+	}
+	return users[len(users)-1][1]
 }

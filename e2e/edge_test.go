@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/llmedge/llmedge/internal/fakellm"
+	stk "github.com/llmedge/llmedge/internal/stack"
 	"github.com/llmedge/llmedge/internal/testenv"
 )
 
@@ -140,7 +141,7 @@ func TestEnvoyOfUnknownRegionGetsNoConfig(t *testing.T) {
 	t.Parallel()
 	s := newStack(t, startUpstream(t, fakellm.Options{}), twoRegions, "hk")
 	out, err := exec.Command(llmedgeBin, "bootstrap", "--region", "mars", "--admin-port", "0",
-		"--xds", fmt.Sprintf("127.0.0.1:%d", s.xdsPort)).Output()
+		"--xds", stk.Unix(s.sock.XDS())).Output()
 	if err != nil {
 		t.Fatal(err)
 	}

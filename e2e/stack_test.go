@@ -101,12 +101,14 @@ func startUpstream(t testing.TB, opts fakellm.Options) *upstream {
 	return u
 }
 
-// stack is one control plane and one Envoy per region, on free loopback ports.
+// stack is one control plane and one Envoy per region: the edge and health ports on free
+// loopback ports, the internal hops (xDS, extauthz, ratelimit, Redis) on unix sockets in
+// a private directory, as `make run` (internal/stack) has them.
 type stack struct {
 	t        testing.TB
 	dir      string
 	routes   string // path of the routes YAML
-	xdsPort  int
+	sock     stk.Sockets
 	httpPort int
 	cp       *testenv.Process
 	envoys   map[string]*testenv.EnvoyProcess
@@ -116,17 +118,16 @@ type stack struct {
 	// extauthz per region, its ports, the keys directory it reads, and the token of the
 	// caller "tester" that newStack adds to every routes YAML (allowed every upstream).
 	authz     map[string]*testenv.Process
-	authzPort map[string]int // region -> gRPC port
-	authzHTTP map[string]int // region -> health/metrics port
+	authzHTTP map[string]int // region -> health/metrics port; set for each region that has an extauthz
 	keysDir   string
 	token     string
 	tokens    map[string]string // caller -> token, for callers a template declares
 
 	// Quotas: one Redis per stack, one envoyproxy/ratelimit per region that the template
 	// gives a {{.RateLimit "region"}} address.
-	redis  *testenv.Redis
-	rl     map[string]*testenv.RatelimitProcess
-	rlPort map[string]int
+	redis     *testenv.Redis
+	rl        map[string]*testenv.RatelimitProcess
+	rlRegions map[string]bool
 }
 
 // upstreamKey is the provider key the test keys directory holds for an upstream.
@@ -146,13 +147,12 @@ func (d routesData) Port(region string) int {
 	return d.s.ports[region]
 }
 
-// ExtAuthz is the address of a region's extauthz, allocated on first use.
+// ExtAuthz is the address of a region's extauthz: its socket in the stack's directory.
 func (d routesData) ExtAuthz(region string) string {
-	if _, ok := d.s.authzPort[region]; !ok {
-		d.s.authzPort[region] = testenv.FreePort(d.s.t)
+	if _, ok := d.s.authzHTTP[region]; !ok {
 		d.s.authzHTTP[region] = testenv.FreePort(d.s.t)
 	}
-	return fmt.Sprintf("127.0.0.1:%d", d.s.authzPort[region])
+	return stk.Unix(d.s.sock.ExtAuthz(region))
 }
 
 // Digest mints a token for the named caller (once per stack) and returns the digest line
@@ -168,13 +168,11 @@ func (d routesData) Digest(caller string) string {
 	return token.DigestRef(d.s.tokens[caller])
 }
 
-// RateLimit is the address of a region's envoyproxy/ratelimit, allocated on first use; a
-// region named here gets one (and the stack a Redis).
+// RateLimit is the address of a region's envoyproxy/ratelimit (its socket); a region
+// named here gets one (and the stack a Redis).
 func (d routesData) RateLimit(region string) string {
-	if _, ok := d.s.rlPort[region]; !ok {
-		d.s.rlPort[region] = testenv.FreePort(d.s.t)
-	}
-	return fmt.Sprintf("127.0.0.1:%d", d.s.rlPort[region])
+	d.s.rlRegions[region] = true
+	return stk.Unix(d.s.sock.Ratelimit(region))
 }
 func (d routesData) Upstream() string      { return d.s.up.tlsAddr }
 func (d routesData) PlainUpstream() string { return d.s.up.httpAddr }
@@ -187,17 +185,16 @@ func newStack(t testing.TB, up *upstream, tmpl string, regions ...string) *stack
 	s := &stack{
 		t:         t,
 		dir:       t.TempDir(),
-		xdsPort:   testenv.FreePort(t),
+		sock:      testenv.Sockets(t, regions...),
 		httpPort:  testenv.FreePort(t),
 		envoys:    map[string]*testenv.EnvoyProcess{},
 		ports:     map[string]int{},
 		up:        up,
 		authz:     map[string]*testenv.Process{},
-		authzPort: map[string]int{},
 		authzHTTP: map[string]int{},
 		tokens:    map[string]string{},
 		rl:        map[string]*testenv.RatelimitProcess{},
-		rlPort:    map[string]int{},
+		rlRegions: map[string]bool{},
 	}
 	for _, r := range regions {
 		s.ports[r] = testenv.FreePort(t)
@@ -213,13 +210,13 @@ func newStack(t testing.TB, up *upstream, tmpl string, regions ...string) *stack
 	s.startControlPlane()
 	for _, r := range regions {
 		s.startExtAuthz(r)
-		if _, ok := s.rlPort[r]; ok {
+		if s.rlRegions[r] {
 			s.startRatelimit(r)
 		}
 	}
 	for _, r := range regions {
 		s.envoys[r] = testenv.StartRegionEnvoy(t, llmedgeBin, stk.ProcessName("envoy", r), stk.Envoy{
-			Region: r, XDSAddr: stk.Loopback(s.xdsPort), // admin port 0: the kernel picks
+			Region: r, XDSAddr: stk.Unix(s.sock.XDS()), // admin port 0: the kernel picks
 		})
 	}
 	s.waitInSync(30 * time.Second)
@@ -234,7 +231,7 @@ func (s *stack) startControlPlane() {
 	s.t.Helper()
 	s.cp = testenv.StartControlPlane(s.t, llmedgeBin, "controlplane", stk.ControlPlane{
 		Config:       s.routes,
-		XDSAddr:      stk.Loopback(s.xdsPort),
+		XDSAddr:      stk.Unix(s.sock.XDS()),
 		HTTPAddr:     stk.Loopback(s.httpPort),
 		WatchHoldoff: 50 * time.Millisecond,
 		LogLevel:     "debug",
@@ -248,8 +245,8 @@ func (s *stack) startExtAuthz(region string) {
 	routesData{s}.ExtAuthz(region)
 	s.authz[region] = testenv.StartExtAuthz(s.t, llmedgeBin, stk.ProcessName("extauthz", region), stk.ExtAuthz{
 		Region:   region,
-		XDSAddr:  stk.Loopback(s.xdsPort),
-		GRPCAddr: stk.Loopback(s.authzPort[region]),
+		XDSAddr:  stk.Unix(s.sock.XDS()),
+		GRPCAddr: stk.Unix(s.sock.ExtAuthz(region)),
 		HTTPAddr: stk.Loopback(s.authzHTTP[region]),
 		KeysDir:  s.keysDir,
 		KeysPoll: 200 * time.Millisecond,
@@ -262,13 +259,13 @@ func (s *stack) startExtAuthz(region string) {
 func (s *stack) startRatelimit(region string) {
 	s.t.Helper()
 	if s.redis == nil {
-		s.redis = testenv.StartRedis(s.t)
+		s.redis = testenv.StartRedisSocket(s.t, s.sock.Redis())
 	}
 	s.rl[region] = testenv.StartRatelimit(s.t, testenv.RatelimitOptions{
-		Region:    region,
-		XDSAddr:   stk.Loopback(s.xdsPort),
-		RedisAddr: s.redis.Addr(),
-		GRPCPort:  s.rlPort[region],
+		Region:     region,
+		XDSAddr:    stk.Unix(s.sock.XDS()),
+		RedisAddr:  s.redis.Addr(),
+		GRPCSocket: s.sock.Ratelimit(region),
 	})
 	s.rl[region].WaitHealthy(s.t)
 }

@@ -18,11 +18,15 @@ func (d *demo) addr(component, region, role string) string {
 	return stack.Loopback(d.ports[stack.PortKey{Component: component, Region: region, Role: role}])
 }
 
+// regionFacts: edge, admin and the health/debug ports are loopback URLs; the internal
+// hops are unix: addresses.
 type regionFacts struct {
 	Edge           string `json:"edge"`
 	Admin          string `json:"admin"`
 	ExtAuthz       string `json:"extauthz"`
+	ExtAuthzHealth string `json:"extauthz_health"`
 	Ratelimit      string `json:"ratelimit"`
+	RatelimitHTTP  string `json:"ratelimit_health"`
 	RatelimitDebug string `json:"ratelimit_debug"`
 }
 
@@ -37,6 +41,7 @@ func writeFacts(d *demo) error {
 		} `json:"control_plane"`
 		FakeUpstream string `json:"fake_upstream"`
 		Redis        string `json:"redis"`
+		Sockets      string `json:"sockets"`
 		RoutesYAML   string `json:"routes_yaml"`
 		KeysDir      string `json:"keys_dir"`
 		Logs         string `json:"logs"`
@@ -45,15 +50,18 @@ func writeFacts(d *demo) error {
 		facts.Regions[r] = regionFacts{
 			Edge:           d.url("envoy", r, stack.RoleEdge),
 			Admin:          d.url("envoy", r, stack.RoleAdmin),
-			ExtAuthz:       d.url("extauthz", r, stack.RoleHTTP),
-			Ratelimit:      d.url("ratelimit", r, stack.RoleHTTP),
+			ExtAuthz:       stack.Unix(d.sockets.ExtAuthz(r)),
+			ExtAuthzHealth: d.url("extauthz", r, stack.RoleHTTP),
+			Ratelimit:      stack.Unix(d.sockets.Ratelimit(r)),
+			RatelimitHTTP:  d.url("ratelimit", r, stack.RoleHTTP),
 			RatelimitDebug: d.url("ratelimit", r, stack.RoleDebug),
 		}
 	}
-	facts.ControlPlane.XDS = d.addr("controlplane", "", stack.RoleXDS)
+	facts.ControlPlane.XDS = stack.Unix(d.sockets.XDS())
 	facts.ControlPlane.Status = d.url("controlplane", "", stack.RoleHTTP) + "/status"
 	facts.FakeUpstream = d.url("fakellm", "", stack.RoleHTTP)
-	facts.Redis = d.addr("redis", "", stack.RoleRedis)
+	facts.Redis = stack.Unix(d.sockets.Redis())
+	facts.Sockets = d.sockets.Dir
 	facts.RoutesYAML, facts.KeysDir, facts.Logs = d.routes, d.keysDir, filepath.Join(d.runDir, "logs")
 	b, err := json.MarshalIndent(facts, "", "  ")
 	if err != nil {
@@ -76,6 +84,7 @@ func banner(w io.Writer, d *demo) {
   region hk   edge http://%s    admin %s
   region sg   edge http://%s    admin %s
   status      %s/status   (metrics: /metrics; limits: %s/rlconfig)
+  sockets     %s/  (xDS, extauthz, ratelimit, Redis: only your user can open them)
   routes YAML %s  (edit it: changes go live on save)
   logs        %s/      facts for scripts: %s
 
@@ -94,6 +103,6 @@ func banner(w io.Writer, d *demo) {
 		hk, d.url("envoy", "hk", stack.RoleAdmin),
 		sg, d.url("envoy", "sg", stack.RoleAdmin),
 		d.url("controlplane", "", stack.RoleHTTP), d.url("ratelimit", "hk", stack.RoleDebug),
-		d.routes, filepath.Join(d.runDir, "logs"), filepath.Join(d.runDir, "edge.json"),
+		d.sockets.Dir, d.routes, filepath.Join(d.runDir, "logs"), filepath.Join(d.runDir, "edge.json"),
 		d.token, hk, sg, hk, hk, sg)
 }

@@ -4,6 +4,10 @@
 // internal/stack runs the components; this command adds what is particular to the demo:
 // the .run/ directory, the token, the routes copy, the keys and the banner.
 //
+// The internal hops (xDS, extauthz, ratelimit, Redis) are unix sockets in <run dir>/sock
+// (mode 0700; stack.MakeSockets), so no other local user can ask extauthz for a provider
+// key or read the caller policy; only the edge, admin and health ports are on loopback TCP.
+//
 // Environment: LLMEDGE_*_PORT move ports (stack.LocalPorts), LLMEDGE_RUN_DIR (default
 // .run), LLMEDGE_BIN_DIR (default bin), LLMEDGE_ROUTES (default examples/routes.yaml).
 // OPENAI_API_KEY, ANTHROPIC_API_KEY or GEMINI_API_KEY switch that upstream to the real
@@ -37,6 +41,7 @@ func main() {
 type demo struct {
 	root, runDir, binDir, routesSrc, routes, keysDir string
 	ports                                            map[stack.PortKey]int
+	sockets                                          stack.Sockets
 	paths                                            stack.Paths
 	token, digest                                    string
 	real                                             []string // upstreams sent to the real provider
@@ -52,6 +57,7 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 		Runner:           stack.Runner{Paths: d.paths, Dir: d.runDir, LogDir: filepath.Join(d.runDir, "logs")},
 		Regions:          stack.LocalRegions(),
 		Ports:            d.ports,
+		Sockets:          d.sockets,
 		Routes:           d.routes,
 		KeysDir:          d.keysDir,
 		EnvoyConcurrency: 2,
@@ -115,6 +121,9 @@ func prepare(ctx context.Context, getenv func(string) string, stdout, stderr io.
 	if err := os.MkdirAll(filepath.Join(d.runDir, "logs"), 0o755); err != nil {
 		return nil, err
 	}
+	if d.sockets, err = stack.MakeSockets(d.runDir, stack.LocalRegions()); err != nil {
+		return nil, err
+	}
 	if err := d.demoToken(ctx); err != nil {
 		return nil, err
 	}
@@ -164,7 +173,8 @@ func (d *demo) demoToken(ctx context.Context) error {
 
 // writeRoutes (re)writes the routes copy when it is missing, LLMEDGE_ROUTES names a
 // source, the source is newer, or the copy lacks the demo token; otherwise the operator's
-// live edits stay. Either way provider upstreams then point where the keys say.
+// live edits stay. Either way provider upstreams then point where the keys say, and the
+// regions' extauthz and ratelimit at this stack's sockets.
 func (d *demo) writeRoutes(explicitSource bool) error {
 	src, err := os.Stat(d.routesSrc)
 	if err != nil {
@@ -194,7 +204,11 @@ func (d *demo) writeRoutes(explicitSource bool) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", d.routes, err)
 	}
-	if !fresh && !changed {
+	out, moved, err := pointSockets(out, d.sockets)
+	if err != nil {
+		return fmt.Errorf("%s: %w", d.routes, err)
+	}
+	if !fresh && !changed && !moved {
 		return nil
 	}
 	return os.WriteFile(d.routes, out, 0o644)

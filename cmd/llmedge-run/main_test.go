@@ -71,7 +71,7 @@ func ports(t *testing.T, env map[string]string) map[stack.PortKey]int {
 
 func TestRoutesCopy(t *testing.T) {
 	// hk's edge moves onto sg's default port and sg's elsewhere: nothing moves twice.
-	p := ports(t, map[string]string{"LLMEDGE_HK_PORT": "10001", "LLMEDGE_SG_PORT": "20001", "LLMEDGE_FAKE_PORT": "20090", "LLMEDGE_SG_RATELIMIT_PORT": "20301"})
+	p := ports(t, map[string]string{"LLMEDGE_HK_PORT": "10001", "LLMEDGE_SG_PORT": "20001", "LLMEDGE_FAKE_PORT": "20090"})
 	out, err := routesCopy(example(t), p, digest)
 	if err != nil {
 		t.Fatal(err)
@@ -81,8 +81,12 @@ func TestRoutesCopy(t *testing.T) {
 	if got.Regions["hk"].Listen != "127.0.0.1:10001" || got.Regions["sg"].Listen != "127.0.0.1:20001" {
 		t.Errorf("listen hk %s, sg %s", got.Regions["hk"].Listen, got.Regions["sg"].Listen)
 	}
-	if got.Regions["sg"].RateLimit != "127.0.0.1:20301" || got.Regions["hk"].ExtAuthz != "127.0.0.1:10100" {
-		t.Errorf("sg ratelimit %s, hk extauthz %s", got.Regions["sg"].RateLimit, got.Regions["hk"].ExtAuthz)
+	// The example names the sockets where compose mounts them, with the stack's file names.
+	mount := stack.Sockets{Dir: stack.SocketMount}
+	for _, r := range stack.LocalRegions() {
+		if got.Regions[r].ExtAuthz != stack.Unix(mount.ExtAuthz(r)) || got.Regions[r].RateLimit != stack.Unix(mount.Ratelimit(r)) {
+			t.Errorf("regions.%s: extauthz %s, ratelimit %s; want the sockets under %s", r, got.Regions[r].ExtAuthz, got.Regions[r].RateLimit, stack.SocketMount)
+		}
 	}
 	for name, u := range got.Upstreams {
 		if u.URL != "http://127.0.0.1:20090" {
@@ -113,6 +117,37 @@ func TestRoutesCopy(t *testing.T) {
 	again, err := routesCopy(out, p, digest)
 	if err != nil || len(parse(t, again).Callers) != 2 {
 		t.Errorf("a second copy: %v, %+v", err, parse(t, again).Callers)
+	}
+}
+
+func TestPointSockets(t *testing.T) {
+	base, err := routesCopy(example(t), ports(t, nil), digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := stack.Sockets{Dir: "/home/dev/llmedge/.run/sock"}
+	out, changed, err := pointSockets(base, sock)
+	if err != nil || !changed {
+		t.Fatalf("pointSockets: changed %v, %v", changed, err)
+	}
+	load(t, out)
+	got := parse(t, out)
+	for _, r := range stack.LocalRegions() {
+		if got.Regions[r].ExtAuthz != "unix:"+sock.ExtAuthz(r) || got.Regions[r].RateLimit != "unix:"+sock.Ratelimit(r) {
+			t.Errorf("regions.%s: extauthz %s, ratelimit %s", r, got.Regions[r].ExtAuthz, got.Regions[r].RateLimit)
+		}
+	}
+	if !strings.Contains(string(out), "# envoyproxy/ratelimit; fail open") {
+		t.Error("the comment next to ratelimit was lost")
+	}
+	// A copy from an earlier run that already points there is left alone.
+	if same, changed, err := pointSockets(out, sock); err != nil || changed || string(same) != string(out) {
+		t.Errorf("unchanged sockets rewrote the file (changed %v, %v)", changed, err)
+	}
+	// A copy an older make run wrote with TCP ports is moved onto the sockets.
+	old := strings.ReplaceAll(string(base), "unix:/run/llmedge/extauthz-hk.sock", "127.0.0.1:10100")
+	if out, changed, err := pointSockets([]byte(old), sock); err != nil || !changed || parse(t, out).Regions["hk"].ExtAuthz != "unix:"+sock.ExtAuthz("hk") {
+		t.Errorf("old copy: changed %v, %v", changed, err)
 	}
 }
 

@@ -75,16 +75,14 @@ func routesCopy(src []byte, ports map[stack.PortKey]int, digest string) ([]byte,
 	return encode(&doc)
 }
 
-// movedAddresses maps the example's default loopback addresses (regions' listen,
-// extauthz and ratelimit, the fake upstream) to the ports in use.
+// movedAddresses maps the example's default loopback addresses (regions' listen, the
+// fake upstream) to the ports in use.
 func movedAddresses(ports map[stack.PortKey]int) map[string]string {
 	named := map[stack.PortKey]bool{
 		{Component: "fakellm", Role: stack.RoleHTTP}: true,
 	}
 	for _, r := range stack.LocalRegions() {
 		named[stack.PortKey{Component: "envoy", Region: r, Role: stack.RoleEdge}] = true
-		named[stack.PortKey{Component: "extauthz", Region: r, Role: stack.RoleGRPC}] = true
-		named[stack.PortKey{Component: "ratelimit", Region: r, Role: stack.RoleGRPC}] = true
 	}
 	out := map[string]string{}
 	for _, p := range stack.LocalPorts() {
@@ -93,6 +91,41 @@ func movedAddresses(ports map[stack.PortKey]int) map[string]string {
 		}
 	}
 	return out
+}
+
+// pointSockets sets regions.<r>.extauthz and .ratelimit of make run's regions to the
+// stack's sockets, whatever the source says (the example names them under
+// stack.SocketMount, as compose mounts them; a copy from an earlier run may name another
+// directory). It reports whether anything changed.
+func pointSockets(src []byte, sock stack.Sockets) ([]byte, bool, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(src, &doc); err != nil {
+		return nil, false, err
+	}
+	root := docMap(&doc)
+	if root == nil {
+		return nil, false, fmt.Errorf("not a YAML mapping")
+	}
+	regions := mapValue(root, "regions")
+	changed := false
+	for _, r := range stack.LocalRegions() {
+		region := mapValue(regions, r)
+		if region == nil || region.Kind != yaml.MappingNode {
+			continue
+		}
+		for key, path := range map[string]string{"extauthz": sock.ExtAuthz(r), "ratelimit": sock.Ratelimit(r)} {
+			if cur := mapValue(region, key); cur != nil && cur.Value == stack.Unix(path) {
+				continue
+			}
+			setMapValue(region, key, scalar(stack.Unix(path)))
+			changed = true
+		}
+	}
+	if !changed {
+		return src, false, nil
+	}
+	out, err := encode(&doc)
+	return out, true, err
 }
 
 // pointUpstreams sets the url of every provider upstream the document has: the real

@@ -20,6 +20,7 @@ import (
 
 	"github.com/llmedge/llmedge/controlplane/model"
 	"github.com/llmedge/llmedge/controlplane/translate"
+	"github.com/llmedge/llmedge/internal/stack"
 	"github.com/llmedge/llmedge/internal/testenv"
 	"github.com/llmedge/llmedge/internal/transport"
 	"github.com/llmedge/llmedge/internal/transport/pkitest"
@@ -34,12 +35,16 @@ var checkedIn = []struct {
 }{
 	{"hk.yaml", Options{NodeID: "envoy-hk-1", Region: "hk", AdminPort: 9901}},
 	{"sg.yaml", Options{NodeID: "envoy-sg-1", Region: "sg", AdminPort: 9902}},
-	// compose.yaml: the control plane is the compose service "controlplane"; admin
-	// listens on all of the container's interfaces, and compose publishes it on the
-	// host's 127.0.0.1 only. Both regions use 9901 inside their own container.
-	{"compose-hk.yaml", Options{NodeID: "envoy-hk-compose", Region: "hk", AdminAddress: "0.0.0.0", AdminPort: 9901, XDSHost: "controlplane"}},
-	{"compose-sg.yaml", Options{NodeID: "envoy-sg-compose", Region: "sg", AdminAddress: "0.0.0.0", AdminPort: 9901, XDSHost: "controlplane"}},
+	// compose.yaml: the control plane's xDS socket on the volume every internal hop shares
+	// (stack.SocketMount); admin listens on all of the container's interfaces, and compose
+	// publishes it on the host's 127.0.0.1 only. Both regions use 9901 inside their own
+	// container.
+	{"compose-hk.yaml", Options{NodeID: "envoy-hk-compose", Region: "hk", AdminAddress: "0.0.0.0", AdminPort: 9901, XDSPipe: composeXDS}},
+	{"compose-sg.yaml", Options{NodeID: "envoy-sg-compose", Region: "sg", AdminAddress: "0.0.0.0", AdminPort: 9901, XDSPipe: composeXDS}},
 }
+
+// composeXDS is the control plane's socket in the compose containers.
+var composeXDS = stack.Sockets{Dir: stack.SocketMount}.XDS()
 
 func envoyDir(t *testing.T) string {
 	t.Helper()

@@ -11,6 +11,10 @@
 // start function, an entry in Topology and in Edge's starters (a test checks the two
 // agree), and its compose service.
 //
+// The internal hops (xDS, extauthz, ratelimit, Redis) are unix sockets in one private
+// directory per stack (Sockets, MakeSockets); only the edge, Envoy admin and health/metrics
+// listeners are loopback TCP ports.
+//
 // Everything here returns errors instead of failing a test, so programs can use it.
 //
 // Children never inherit the caller's environment: each gets BaseEnv plus the settings

@@ -10,11 +10,15 @@ import (
 )
 
 // Edge is a whole edge as local processes: every component of Topology, the PerRegion
-// ones once for each of Regions, on the ports of Ports. `make run` is an Edge.
+// ones once for each of Regions, on the loopback ports of Ports, their internal hops on
+// the unix sockets of Sockets. `make run` is an Edge.
 type Edge struct {
 	Runner
 	Regions []string
 	Ports   map[PortKey]int
+	// Sockets is the directory of the internal hops' sockets (MakeSockets); the routes
+	// YAML names the same extauthz and ratelimit sockets.
+	Sockets Sockets
 	// Routes is the routes YAML the control plane watches; KeysDir the provider keys
 	// extauthz injects (<dir>/<upstream>/<name>).
 	Routes, KeysDir string
@@ -32,6 +36,9 @@ type Edge struct {
 func (e *Edge) Start(ctx context.Context) error {
 	if missing := e.missingPorts(); len(missing) > 0 {
 		return fmt.Errorf("stack: no port for %v", missing)
+	}
+	if e.Sockets.Dir == "" {
+		return fmt.Errorf("stack: Edge.Sockets is not set (MakeSockets)")
 	}
 	starters := e.starters()
 	for _, c := range Topology() {
@@ -81,10 +88,10 @@ func (e *Edge) add(p *Process) {
 
 // starters start one component (for one region) and wait until it is ready.
 func (e *Edge) starters() map[string]func(ctx context.Context, region string) error {
-	xds := e.addr("controlplane", "", RoleXDS)
+	xds, sock := Unix(e.Sockets.XDS()), e.Sockets
 	return map[string]func(context.Context, string) error{
 		"redis": func(ctx context.Context, _ string) error {
-			rp, err := e.StartRedis(ctx, Redis{Port: e.port("redis", "", RoleRedis), Dir: filepath.Join(e.Dir, "redis")})
+			rp, err := e.StartRedis(ctx, Redis{Socket: sock.Redis(), Dir: filepath.Join(e.Dir, "redis")})
 			if err != nil {
 				return err
 			}
@@ -112,7 +119,7 @@ func (e *Edge) starters() map[string]func(ctx context.Context, region string) er
 		"extauthz": func(ctx context.Context, r string) error {
 			p, err := e.StartExtAuthz(ctx, ProcessName("extauthz", r), ExtAuthz{
 				Region: r, XDSAddr: xds, KeysDir: e.KeysDir,
-				GRPCAddr: e.addr("extauthz", r, RoleGRPC), HTTPAddr: e.addr("extauthz", r, RoleHTTP),
+				GRPCAddr: Unix(sock.ExtAuthz(r)), HTTPAddr: e.addr("extauthz", r, RoleHTTP),
 			})
 			if err != nil {
 				return err
@@ -122,8 +129,8 @@ func (e *Edge) starters() map[string]func(ctx context.Context, region string) er
 		},
 		"ratelimit": func(ctx context.Context, r string) error {
 			rl, err := e.StartRatelimit(ctx, ProcessName("ratelimit", r), Ratelimit{
-				Region: r, XDSAddr: xds, RedisAddr: e.addr("redis", "", RoleRedis),
-				GRPCPort: e.port("ratelimit", r, RoleGRPC), HTTPPort: e.port("ratelimit", r, RoleHTTP),
+				Region: r, XDSAddr: xds, RedisAddr: Unix(sock.Redis()),
+				GRPCSocket: sock.Ratelimit(r), HTTPPort: e.port("ratelimit", r, RoleHTTP),
 				DebugPort: e.port("ratelimit", r, RoleDebug), MetricsPort: e.port("ratelimit", r, RoleMetrics),
 			})
 			if err != nil {

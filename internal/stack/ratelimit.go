@@ -2,24 +2,33 @@ package stack
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/llmedge/llmedge/internal/transport"
 )
 
 // Ratelimit is how envoyproxy/ratelimit runs for one region: limits over xDS from the
-// control plane (CONFIG_TYPE=GRPC_XDS_SOTW), counters in Redis over TCP. The zero values
+// control plane (CONFIG_TYPE=GRPC_XDS_SOTW), counters in Redis. The zero values
 // of the knobs are the production settings compose.yaml uses too (deploy/compose_test.go
 // compares them); tests override a few to be quicker.
 type Ratelimit struct {
 	Region string // sent as node metadata region=<Region>: ratelimit sends no locality
 	NodeID string // node.id; default ratelimit-<Region>
-	// XDSAddr is the control plane's ADS host:port; RedisAddr is Redis's host:port.
-	// Redis must answer before ratelimit starts: it PINGs once and exits if that fails.
+	// XDSAddr is the control plane's ADS (unix:/path or host:port); RedisAddr is
+	// Redis's (unix:/path, sent as REDIS_SOCKET_TYPE=unix, or host:port). Redis must
+	// answer before ratelimit starts: it PINGs once and exits if that fails.
 	XDSAddr, RedisAddr string
+	// GRPCSocket, when set, is where RateLimitService listens (GRPC_UDS) instead of
+	// Host:GRPCPort.
+	GRPCSocket string
 	// Host is the address every listener binds; default 127.0.0.1 (ratelimit's own
 	// default is 0.0.0.0).
 	Host string
@@ -42,6 +51,10 @@ type Ratelimit struct {
 // order. This is the one place they are written.
 func (r Ratelimit) Env() []string {
 	host := or(r.Host, "127.0.0.1")
+	redisType, redisURL := "tcp", r.RedisAddr
+	if path, ok := strings.CutPrefix(r.RedisAddr, transport.UnixPrefix); ok {
+		redisType, redisURL = "unix", path
+	}
 	env := []string{
 		"CONFIG_TYPE=GRPC_XDS_SOTW",
 		"CONFIG_GRPC_XDS_SERVER_URL=" + r.XDSAddr,
@@ -55,9 +68,9 @@ func (r Ratelimit) Env() []string {
 		// Listen at once; /healthcheck is 500 until a config with a domain is loaded.
 		"FORCE_START_WITHOUT_INITIAL_CONFIG=true",
 		"HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED=true",
-		"REDIS_SOCKET_TYPE=tcp",
+		"REDIS_SOCKET_TYPE=" + redisType,
 		"REDIS_TYPE=SINGLE",
-		"REDIS_URL=" + r.RedisAddr,
+		"REDIS_URL=" + redisURL,
 		// Stats go to a Prometheus endpoint instead of statsd or the default logging
 		// sink, which writes every counter to stderr.
 		"USE_STATSD=false",
@@ -67,10 +80,14 @@ func (r Ratelimit) Env() []string {
 		"LOG_FORMAT=json",
 		"HOST=" + host,
 		"PORT=" + strconv.Itoa(r.HTTPPort),
-		"GRPC_HOST=" + host,
-		"GRPC_PORT=" + strconv.Itoa(r.GRPCPort),
 		"DEBUG_HOST=" + host,
 		"DEBUG_PORT=" + strconv.Itoa(r.DebugPort),
+	}
+	if r.GRPCSocket != "" {
+		// ratelimit then ignores GRPC_HOST and GRPC_PORT.
+		env = append(env, "GRPC_UDS="+r.GRPCSocket)
+	} else {
+		env = append(env, "GRPC_HOST="+host, "GRPC_PORT="+strconv.Itoa(r.GRPCPort))
 	}
 	if r.StatsFlush > 0 {
 		env = append(env, "STATS_FLUSH_INTERVAL="+r.StatsFlush.String())
@@ -91,8 +108,13 @@ func (r Ratelimit) ForceStart() bool {
 
 func (r Ratelimit) host() string { return or(r.Host, "127.0.0.1") }
 
-// GRPCAddr is the RateLimitService address.
-func (r Ratelimit) GRPCAddr() string { return net.JoinHostPort(r.host(), strconv.Itoa(r.GRPCPort)) }
+// GRPCAddr is the RateLimitService address: unix:<GRPCSocket> or host:port.
+func (r Ratelimit) GRPCAddr() string {
+	if r.GRPCSocket != "" {
+		return Unix(r.GRPCSocket)
+	}
+	return net.JoinHostPort(r.host(), strconv.Itoa(r.GRPCPort))
+}
 
 // HTTPAddr serves /healthcheck and /json.
 func (r Ratelimit) HTTPAddr() string { return net.JoinHostPort(r.host(), strconv.Itoa(r.HTTPPort)) }
@@ -103,6 +125,22 @@ func (r Ratelimit) DebugAddr() string { return net.JoinHostPort(r.host(), strcon
 // MetricsURL is the Prometheus endpoint.
 func (r Ratelimit) MetricsURL() string {
 	return "http://" + net.JoinHostPort(r.host(), strconv.Itoa(r.MetricsPort)) + "/metrics"
+}
+
+// removeSocket deletes a socket file (a stale one: the caller is about to bind it), and
+// refuses to delete anything else.
+func removeSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Type() != fs.ModeSocket {
+		return fmt.Errorf("%s exists and is not a socket", path)
+	}
+	return os.Remove(path)
 }
 
 // EnvValue returns the value of the last KEY= entry, as os/exec does.
@@ -155,12 +193,18 @@ func (r *Runner) StartRatelimit(ctx context.Context, name string, s Ratelimit) (
 		return nil, fmt.Errorf("stack: ratelimit %s: Region, XDSAddr and RedisAddr are required", name)
 	}
 	for _, p := range []*int{&s.GRPCPort, &s.HTTPPort, &s.DebugPort, &s.MetricsPort} {
-		if *p == 0 {
+		if *p == 0 && (p != &s.GRPCPort || s.GRPCSocket == "") {
 			port, err := FreePort()
 			if err != nil {
 				return nil, err
 			}
 			*p = port
+		}
+	}
+	if s.GRPCSocket != "" {
+		// ratelimit binds the path without removing a socket a killed predecessor left.
+		if err := removeSocket(s.GRPCSocket); err != nil {
+			return nil, fmt.Errorf("stack: ratelimit %s: %w", name, err)
 		}
 	}
 	c := s.Cmd(r.Paths.Ratelimit)

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/llmedge/llmedge/internal/transport"
 )
 
 // Check is one readiness probe: nil once the thing it probes is ready.
@@ -90,16 +92,24 @@ func HTTPAnswers(url string) Check {
 	}
 }
 
-// TCPOpen passes once addr accepts a connection.
+// TCPOpen passes once addr (host:port, or unix:/path for a socket) accepts a connection.
 func TCPOpen(addr string) Check {
 	return func(ctx context.Context) error {
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp", addr)
+		c, err := dial(ctx, addr, 0)
 		if err != nil {
 			return err
 		}
 		return c.Close()
 	}
+}
+
+// dial connects to host:port or to the socket of unix:/path.
+func dial(ctx context.Context, addr string, timeout time.Duration) (net.Conn, error) {
+	d := net.Dialer{Timeout: timeout}
+	if path, ok := strings.CutPrefix(addr, transport.UnixPrefix); ok {
+		return d.DialContext(ctx, "unix", path)
+	}
+	return d.DialContext(ctx, "tcp", addr)
 }
 
 // RedisPONG passes once the Redis at addr answers PING.
@@ -145,10 +155,9 @@ func Get(ctx context.Context, url string) (int, []byte, error) {
 
 // RedisDo sends one command and returns its reply: string for simple and bulk strings,
 // int64 for integers, []any for arrays, nil for a null reply; a Redis error reply is an
-// error.
+// error. addr is host:port or unix:/path.
 func RedisDo(ctx context.Context, addr string, args ...string) (any, error) {
-	d := net.Dialer{Timeout: time.Second}
-	conn, err := d.DialContext(ctx, "tcp", addr)
+	conn, err := dial(ctx, addr, time.Second)
 	if err != nil {
 		return nil, err
 	}

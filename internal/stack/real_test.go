@@ -55,3 +55,30 @@ func TestEnvoyThatExitsIsReported(t *testing.T) {
 		t.Fatalf("StartEnvoy on a bad bootstrap: %v, want an error naming the process and its log", err)
 	}
 }
+
+func TestRedisOnASocket(t *testing.T) {
+	r := realRunner(t)
+	sock, err := MakeSockets(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp, err := r.StartRedis(t.Context(), Redis{Socket: sock.Redis()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { rp.Stop() }()
+	if rp.Addr() != "unix:"+sock.Redis() {
+		t.Errorf("Addr = %s", rp.Addr())
+	}
+	fi, err := os.Stat(sock.Redis())
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("redis.sock: %v, %v; want mode 0600", fi, err)
+	}
+	// Restart reuses the path (redis-server replaces its stale socket).
+	if err := rp.Restart(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := rp.Do(t.Context(), "PING"); err != nil || v != "PONG" {
+		t.Errorf("PING after restart = %v, %v", v, err)
+	}
+}

@@ -9,31 +9,44 @@ import (
 	"sync"
 )
 
-// Redis is how redis-server runs: loopback only, nothing persisted (the counters are
-// fixed windows of at most a day; a restart only resets the current window).
+// Redis is how redis-server runs: on a unix socket (or loopback TCP), nothing persisted
+// (the counters are fixed windows of at most a day; a restart only resets the current
+// window).
 type Redis struct {
-	Port int
-	Dir  string // its working directory (--dir)
+	// Socket, when set, is the only listener (--port 0): a unix socket, 0600, in a
+	// directory only the stack's user can open. Otherwise Redis listens on
+	// 127.0.0.1:Port.
+	Socket string
+	Port   int
+	Dir    string // its working directory (--dir)
 }
 
-// Addr returns 127.0.0.1:<Port> (REDIS_URL for ratelimit).
-func (r Redis) Addr() string { return Loopback(r.Port) }
+// Addr returns unix:<Socket> or 127.0.0.1:<Port> (ratelimit's RedisAddr).
+func (r Redis) Addr() string {
+	if r.Socket != "" {
+		return Unix(r.Socket)
+	}
+	return Loopback(r.Port)
+}
 
 // Cmd returns the command line of redis-server.
 func (r Redis) Cmd(redisServer string) Cmd {
-	return Cmd{Path: redisServer, Dir: r.Dir, Env: BaseEnv(), Args: []string{
-		"--bind", "127.0.0.1",
-		"--port", strconv.Itoa(r.Port),
+	listen := []string{"--bind", "127.0.0.1", "--port", strconv.Itoa(r.Port)}
+	if r.Socket != "" {
+		listen = []string{"--port", "0", "--unixsocket", r.Socket, "--unixsocketperm", "600"}
+	}
+	return Cmd{Path: redisServer, Dir: r.Dir, Env: BaseEnv(), Args: append(listen,
 		"--save", "",
 		"--appendonly", "no",
 		"--dir", r.Dir,
 		"--daemonize", "no",
 		"--logfile", "", // stdout, which goes to the log file
-	}}
+	)}
 }
 
-// RedisProcess is a running redis-server. It keeps its port across Restart, so clients
-// configured with Addr reconnect to the new process; a restarted Redis starts empty.
+// RedisProcess is a running redis-server. It keeps its address across Restart, so
+// clients configured with Addr reconnect to the new process; a restarted Redis starts
+// empty.
 type RedisProcess struct {
 	Redis
 	r *Runner
@@ -91,7 +104,7 @@ func (rp *RedisProcess) Stop() { rp.Process().Stop() }
 func (rp *RedisProcess) Kill() { rp.Process().Kill() }
 
 // Restart stops the current process if it still runs and starts a new one on the same
-// port, returning once it answers PING. Its data is gone.
+// address, returning once it answers PING. Its data is gone.
 func (rp *RedisProcess) Restart(ctx context.Context) error {
 	rp.Stop()
 	return rp.start(ctx)

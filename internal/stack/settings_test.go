@@ -66,6 +66,27 @@ func TestRatelimitEnv(t *testing.T) {
 	}
 }
 
+func TestRatelimitEnvOnSockets(t *testing.T) {
+	r := Ratelimit{Region: "hk", XDSAddr: "unix:/s/xds.sock", RedisAddr: "unix:/s/redis.sock",
+		GRPCSocket: "/s/ratelimit-hk.sock", HTTPPort: 10400, DebugPort: 10500, MetricsPort: 10600}
+	env := r.Env()
+	for k, v := range map[string]string{
+		"CONFIG_GRPC_XDS_SERVER_URL": "unix:/s/xds.sock",
+		"REDIS_SOCKET_TYPE":          "unix",
+		"REDIS_URL":                  "/s/redis.sock",
+		"GRPC_UDS":                   "/s/ratelimit-hk.sock",
+		"GRPC_PORT":                  "",
+		"GRPC_HOST":                  "",
+	} {
+		if got := EnvValue(env, k); got != v {
+			t.Errorf("%s = %q, want %q", k, got, v)
+		}
+	}
+	if r.GRPCAddr() != "unix:/s/ratelimit-hk.sock" {
+		t.Errorf("GRPCAddr = %q", r.GRPCAddr())
+	}
+}
+
 func TestCommandLines(t *testing.T) {
 	for name, c := range map[string]struct {
 		cmd  Cmd
@@ -79,6 +100,8 @@ func TestCommandLines(t *testing.T) {
 			[]string{"--listen", "127.0.0.1:8090", "--name", "fakellm", "--chunks", "5"}},
 		"redis": {Redis{Port: 6379, Dir: "/d"}.Cmd("redis-server"),
 			[]string{"--bind", "127.0.0.1", "--port", "6379", "--save", "", "--appendonly", "no", "--dir", "/d", "--daemonize", "no", "--logfile", ""}},
+		"redis on a socket": {Redis{Socket: "/s/redis.sock", Dir: "/d"}.Cmd("redis-server"),
+			[]string{"--port", "0", "--unixsocket", "/s/redis.sock", "--unixsocketperm", "600", "--save", "", "--appendonly", "no", "--dir", "/d", "--daemonize", "no", "--logfile", ""}},
 		"envoy": {Envoy{Concurrency: 2}.Cmd("envoy", "/b.yaml", "/b.admin"),
 			[]string{"-c", "/b.yaml", "--disable-hot-restart", "--concurrency", "2", "--admin-address-path", "/b.admin", "-l", "warning"}},
 		"bootstrap": {Envoy{Region: "hk", XDSAddr: "127.0.0.1:18000", AdminPort: 9901}.BootstrapCmd("llmedge"),

@@ -18,21 +18,21 @@ const (
 )
 
 // Component is one kind of process of an llmedge edge. Its Name is also its compose
-// service; Ports are the roles of the ports it listens on.
+// service; Ports are the roles of the loopback TCP ports it listens on (health, metrics,
+// the edge itself: nothing that carries or guards a secret); Socket, if set, names the
+// unix socket of its internal hop (SocketFile).
 type Component struct {
-	Name  string
-	Scope Scope
-	Ports []string
+	Name   string
+	Scope  Scope
+	Ports  []string
+	Socket string
 	// Demo components stand in for the providers (compose profile "demo").
 	Demo bool
 }
 
 // Port roles.
 const (
-	RoleRedis   = "redis"   // Redis protocol
 	RoleHTTP    = "http"    // health, status, metrics (or the fake upstream's API)
-	RoleXDS     = "xds"     // the control plane's ADS
-	RoleGRPC    = "grpc"    // extauthz's ext_authz, ratelimit's RateLimitService
 	RoleDebug   = "debug"   // ratelimit /rlconfig
 	RoleMetrics = "metrics" // ratelimit Prometheus
 	RoleEdge    = "edge"    // Envoy's listener for callers (regions.<r>.listen)
@@ -46,11 +46,11 @@ const (
 // and to compose.yaml (deploy/compose_test.go checks that).
 func Topology() []Component {
 	return []Component{
-		{Name: "redis", Scope: Shared, Ports: []string{RoleRedis}},
+		{Name: "redis", Scope: Shared, Socket: "redis"},
 		{Name: "fakellm", Scope: Shared, Ports: []string{RoleHTTP}, Demo: true},
-		{Name: "controlplane", Scope: Shared, Ports: []string{RoleXDS, RoleHTTP}},
-		{Name: "extauthz", Scope: PerRegion, Ports: []string{RoleGRPC, RoleHTTP}},
-		{Name: "ratelimit", Scope: PerRegion, Ports: []string{RoleGRPC, RoleHTTP, RoleDebug, RoleMetrics}},
+		{Name: "controlplane", Scope: Shared, Ports: []string{RoleHTTP}, Socket: "xds"},
+		{Name: "extauthz", Scope: PerRegion, Ports: []string{RoleHTTP}, Socket: "extauthz"},
+		{Name: "ratelimit", Scope: PerRegion, Ports: []string{RoleHTTP, RoleDebug, RoleMetrics}, Socket: "ratelimit"},
 		{Name: "envoy", Scope: PerRegion, Ports: []string{RoleEdge, RoleAdmin}},
 	}
 }
@@ -103,12 +103,11 @@ type LocalPort struct {
 
 // LocalPorts is `make run`'s port plan for LocalRegions: region i gets the defaults
 // below plus i (hk 10000, sg 10001...). compose.yaml publishes the same defaults for a
-// region, which deploy/compose_test.go checks.
+// region, which deploy/compose_test.go checks. The internal hops (xDS, extauthz,
+// ratelimit, Redis) have no port: they are unix sockets (Sockets).
 func LocalPorts() []LocalPort {
 	ports := []LocalPort{
-		{PortKey{"redis", "", RoleRedis}, "LLMEDGE_REDIS_PORT", 16379},
 		{PortKey{"fakellm", "", RoleHTTP}, "LLMEDGE_FAKE_PORT", 8090},
-		{PortKey{"controlplane", "", RoleXDS}, "LLMEDGE_XDS_PORT", 18000},
 		{PortKey{"controlplane", "", RoleHTTP}, "LLMEDGE_HTTP_PORT", 18080},
 	}
 	perRegion := []struct {
@@ -117,9 +116,7 @@ func LocalPorts() []LocalPort {
 	}{
 		{"envoy", RoleEdge, "PORT", 10000},
 		{"envoy", RoleAdmin, "ADMIN_PORT", 9901},
-		{"extauthz", RoleGRPC, "AUTHZ_PORT", 10100},
 		{"extauthz", RoleHTTP, "AUTHZ_HTTP_PORT", 10200},
-		{"ratelimit", RoleGRPC, "RATELIMIT_PORT", 10300},
 		{"ratelimit", RoleHTTP, "RATELIMIT_HTTP_PORT", 10400},
 		{"ratelimit", RoleDebug, "RATELIMIT_DEBUG_PORT", 10500},
 		{"ratelimit", RoleMetrics, "RATELIMIT_METRICS_PORT", 10600},
@@ -133,11 +130,21 @@ func LocalPorts() []LocalPort {
 	return ports
 }
 
+// obsoletePortVars moved internal hops that are unix sockets now.
+var obsoletePortVars = []string{"LLMEDGE_REDIS_PORT", "LLMEDGE_XDS_PORT",
+	"LLMEDGE_HK_AUTHZ_PORT", "LLMEDGE_SG_AUTHZ_PORT", "LLMEDGE_HK_RATELIMIT_PORT", "LLMEDGE_SG_RATELIMIT_PORT"}
+
 // ResolveLocalPorts applies the LLMEDGE_*_PORT variables (looked up with getenv) to
-// LocalPorts' defaults. Every bad value is reported, naming its variable.
+// LocalPorts' defaults. Every bad value is reported, naming its variable; so is a
+// variable of a port that is a unix socket now, rather than silently ignored.
 func ResolveLocalPorts(getenv func(string) string) (map[PortKey]int, error) {
 	out := map[PortKey]int{}
 	var bad []string
+	for _, v := range obsoletePortVars {
+		if getenv(v) != "" {
+			bad = append(bad, v+": no longer used: xDS, extauthz, ratelimit and Redis listen on unix sockets in the run directory's sock/")
+		}
+	}
 	for _, p := range LocalPorts() {
 		out[p.Key] = p.Default
 		if v := getenv(p.Env); v != "" {

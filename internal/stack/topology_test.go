@@ -59,8 +59,8 @@ func TestLocalPorts(t *testing.T) {
 	}
 	for k, want := range map[PortKey]int{
 		{"envoy", "hk", RoleEdge}: 10000, {"envoy", "sg", RoleEdge}: 10001, {"envoy", "sg", RoleAdmin}: 9902,
-		{"controlplane", "", RoleXDS}: 18000, {"controlplane", "", RoleHTTP}: 18080, {"fakellm", "", RoleHTTP}: 8090,
-		{"ratelimit", "hk", RoleDebug}: 10500, {"redis", "", RoleRedis}: 16379,
+		{"controlplane", "", RoleHTTP}: 18080, {"fakellm", "", RoleHTTP}: 8090,
+		{"ratelimit", "hk", RoleDebug}: 10500, {"extauthz", "sg", RoleHTTP}: 10201,
 	} {
 		if ports[k] != want {
 			t.Errorf("%s = %d, want %d", k, ports[k], want)
@@ -69,13 +69,16 @@ func TestLocalPorts(t *testing.T) {
 }
 
 func TestResolveLocalPorts(t *testing.T) {
-	env := map[string]string{"LLMEDGE_HK_PORT": "20000", "LLMEDGE_SG_ADMIN_PORT": "nope", "LLMEDGE_REDIS_PORT": "70000"}
+	env := map[string]string{"LLMEDGE_HK_PORT": "20000", "LLMEDGE_SG_ADMIN_PORT": "nope", "LLMEDGE_FAKE_PORT": "70000", "LLMEDGE_XDS_PORT": "18000"}
 	_, err := ResolveLocalPorts(func(k string) string { return env[k] })
-	if err == nil || !strings.Contains(err.Error(), "LLMEDGE_SG_ADMIN_PORT") || !strings.Contains(err.Error(), "LLMEDGE_REDIS_PORT") {
-		t.Errorf("bad ports: %v, want both variables named", err)
+	for _, v := range []string{"LLMEDGE_SG_ADMIN_PORT", "LLMEDGE_FAKE_PORT", "LLMEDGE_XDS_PORT: no longer used"} {
+		if err == nil || !strings.Contains(err.Error(), v) {
+			t.Errorf("bad ports: %v, want %s named", err, v)
+		}
 	}
 	delete(env, "LLMEDGE_SG_ADMIN_PORT")
-	delete(env, "LLMEDGE_REDIS_PORT")
+	delete(env, "LLMEDGE_FAKE_PORT")
+	delete(env, "LLMEDGE_XDS_PORT")
 	ports, err := ResolveLocalPorts(func(k string) string { return env[k] })
 	if err != nil || ports[PortKey{"envoy", "hk", RoleEdge}] != 20000 || ports[PortKey{"envoy", "sg", RoleEdge}] != 10001 {
 		t.Errorf("override: %v, %v", ports, err)
@@ -83,10 +86,17 @@ func TestResolveLocalPorts(t *testing.T) {
 }
 
 func TestEdgeNeedsEveryPort(t *testing.T) {
-	e := &Edge{Regions: []string{"hk"}, Ports: map[PortKey]int{{"redis", "", RoleRedis}: 1}}
+	e := &Edge{Regions: []string{"hk"}, Ports: map[PortKey]int{{"fakellm", "", RoleHTTP}: 1}}
 	err := e.Start(t.Context())
 	if err == nil || !strings.Contains(err.Error(), "envoy-hk admin") {
 		t.Errorf("Start with missing ports: %v", err)
+	}
+	e.Ports = map[PortKey]int{}
+	for _, k := range PortKeys(e.Regions) {
+		e.Ports[k] = 1
+	}
+	if err := e.Start(t.Context()); err == nil || !strings.Contains(err.Error(), "Sockets") {
+		t.Errorf("Start without a socket directory: %v", err)
 	}
 }
 

@@ -27,8 +27,20 @@ type Redis struct {
 // and returns once it answers PING.
 func StartRedis(t testing.TB) *Redis {
 	t.Helper()
+	return startRedis(t, stack.Redis{Port: FreePort(t), Dir: t.TempDir()})
+}
+
+// StartRedisSocket runs redis-server on the unix socket path only (no TCP port), as
+// a stack does (stack.Sockets.Redis); the path's directory must exist and be private.
+func StartRedisSocket(t testing.TB, path string) *Redis {
+	t.Helper()
+	return startRedis(t, stack.Redis{Socket: path, Dir: t.TempDir()})
+}
+
+func startRedis(t testing.TB, s stack.Redis) *Redis {
+	t.Helper()
 	run := runner(t, stack.Paths{RedisServer: RedisServer(t)})
-	rp, err := run.StartRedis(t.Context(), stack.Redis{Port: FreePort(t), Dir: t.TempDir()})
+	rp, err := run.StartRedis(t.Context(), s)
 	if err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
@@ -40,7 +52,7 @@ func StartRedis(t testing.TB) *Redis {
 // adopt stops the current process when the test ends.
 func (r *Redis) adopt(t testing.TB) { adopt(t, r.r.Process()) }
 
-// Addr returns host:port, e.g. 127.0.0.1:23456 (REDIS_URL for ratelimit).
+// Addr returns host:port, e.g. 127.0.0.1:23456, or unix:/path (ratelimit's RedisAddr).
 func (r *Redis) Addr() string { return r.r.Addr() }
 
 // Port returns the TCP port; it stays the same across Restart.
@@ -85,6 +97,8 @@ type RatelimitOptions struct {
 	RedisAddr string
 	// GRPCPort, when set, is the port Envoy reaches it on; default a FreePort.
 	GRPCPort int
+	// GRPCSocket, when set, is the unix socket Envoy reaches it on (GRPC_UDS) instead.
+	GRPCSocket string
 	// ExtraEnv entries (KEY=VALUE) come last and so override the defaults,
 	// e.g. "LIMIT_RESPONSE_HEADERS_ENABLED=true" or
 	// "FORCE_START_WITHOUT_INITIAL_CONFIG=false".
@@ -98,6 +112,7 @@ func (o RatelimitOptions) Settings() stack.Ratelimit {
 	return stack.Ratelimit{
 		Region: o.Region, NodeID: o.NodeID, XDSAddr: o.XDSAddr, RedisAddr: o.RedisAddr,
 		GRPCPort:       o.GRPCPort,
+		GRPCSocket:     o.GRPCSocket,
 		LogLevel:       "info",
 		BackoffInitial: 200 * time.Millisecond,
 		BackoffMax:     2 * time.Second,

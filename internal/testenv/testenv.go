@@ -8,6 +8,7 @@
 package testenv
 
 import (
+	"os"
 	"testing"
 	"time"
 
@@ -80,4 +81,16 @@ func Eventually(t testing.TB, timeout, interval time.Duration, cond func() error
 // runner is a stack.Runner whose files go to a fresh t.TempDir().
 func runner(t testing.TB, paths stack.Paths) *stack.Runner {
 	return &stack.Runner{Paths: paths, Dir: t.TempDir()}
+}
+
+// Sockets makes a test's socket directory (stack.MakeSockets in a fresh t.TempDir()),
+// removed when the test ends even when it had to fall back to a short one outside it.
+func Sockets(t testing.TB, regions ...string) stack.Sockets {
+	t.Helper()
+	s, err := stack.MakeSockets(t.TempDir(), regions)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(s.Dir) })
+	return s
 }
