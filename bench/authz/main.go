@@ -203,7 +203,7 @@ func run(o options) error {
 		return err
 	}
 	r := &stack.Runner{Paths: stack.Paths{Llmedge: o.LLMedge}, Dir: dir, Override: o.override}
-	a, err := freeAddrs(2)
+	a, err := host.FreeAddrs(2)
 	if err != nil {
 		return err
 	}
@@ -371,7 +371,7 @@ func (o options) override(name string, c stack.Cmd) (stack.Cmd, error) {
 func runOnce(o options, r *stack.Runner, cpXDS string, reqs []*authv3.CheckRequest) (Run, error) {
 	var res Run
 	ctx := context.Background()
-	a, err := freeAddrs(4)
+	a, err := host.FreeAddrs(4)
 	if err != nil {
 		return res, err
 	}
@@ -402,18 +402,6 @@ func runOnce(o options, r *stack.Runner, cpXDS string, reqs []*authv3.CheckReque
 	m, err := measure(o, fl.Pid(), a[2], reqs)
 	res.Floor = &m
 	return res, err
-}
-
-func freeAddrs(n int) ([]string, error) {
-	out := make([]string, n)
-	for i := range out {
-		p, err := stack.FreePort()
-		if err != nil {
-			return nil, err
-		}
-		out[i] = stack.Loopback(p)
-	}
-	return out, nil
 }
 
 func dial(addr string) (authv3.AuthorizationClient, func(), error) {

@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/llmedge/llmedge/bench/host"
 	"github.com/llmedge/llmedge/internal/stack"
 	"github.com/llmedge/llmedge/internal/token"
 )
@@ -220,7 +221,7 @@ func (s *rig) startEdge(ctx context.Context) error {
 // YAML without limits (a control plane that serves limits requires a ratelimit address
 // in every region), extauthz and Envoy, with the settings the edge uses.
 func (s *rig) startAuthz(ctx context.Context) error {
-	a, err := freeAddrs(6)
+	a, err := host.FreeAddrs(6)
 	if err != nil {
 		return err
 	}
@@ -302,18 +303,6 @@ func (s *rig) startEnvoy(ctx context.Context, name string, e stack.Envoy) (*stac
 	}
 	s.adopt(ep.Process)
 	return ep, ep.WaitLive(ctx)
-}
-
-func freeAddrs(n int) ([]string, error) {
-	out := make([]string, n)
-	for i := range out {
-		p, err := stack.FreePort()
-		if err != nil {
-			return nil, err
-		}
-		out[i] = stack.Loopback(p)
-	}
-	return out, nil
 }
 
 // region is one llmedge region of a benchmark routes YAML: its listener, extauthz and
