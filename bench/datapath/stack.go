@@ -11,7 +11,9 @@ package main
 //
 // The full edge (vFull) is a stack.Edge, which is what `make run` runs: the same
 // components with the same settings and Envoy worker count. Every other variant is the
-// stack's settings plus a difference named here: runner.override lists them all.
+// stack's settings plus a difference named here: runner.override changes commands (one
+// ratelimit setting, the fake's pacing, the CPUs), startAuthz runs a region without
+// limits, startStatics runs Envoys on static bootstraps.
 
 import (
 	"context"
