@@ -45,6 +45,7 @@ import (
 
 	"github.com/llmedge/llmedge/bench/host"
 	"github.com/llmedge/llmedge/internal/benchconfig"
+	"github.com/llmedge/llmedge/internal/stack"
 	"github.com/llmedge/llmedge/internal/token"
 )
 
@@ -185,8 +186,15 @@ func run(o options) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
+	ctx := context.Background()
 	if o.LLMedge == "" {
-		if o.LLMedge, err = host.BuildLLMedge(dir); err != nil {
+		root, err := stack.RepoRoot()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(os.Stderr, "building llmedge")
+		o.LLMedge = filepath.Join(dir, "llmedge")
+		if err := stack.GoBuild(ctx, root, "./cmd/llmedge", o.LLMedge); err != nil {
 			return err
 		}
 	}
@@ -194,13 +202,20 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	cp, cpAddrs, err := host.StartServer(dir, "controlplane", nil, func(a []string) []string {
-		return []string{o.LLMedge, "controlplane", "--config", filepath.Join(dir, "routes.yaml"), "--xds-listen", a[0], "--http-listen", a[1]}
-	}, 2, 1)
+	r := &stack.Runner{Paths: stack.Paths{Llmedge: o.LLMedge}, Dir: dir, Override: o.override}
+	a, err := host.FreeAddrs(2)
 	if err != nil {
 		return err
 	}
-	defer cp.Stop()
+	cp := stack.ControlPlane{Config: filepath.Join(dir, "routes.yaml"), XDSAddr: a[0], HTTPAddr: a[1]}
+	p, err := r.StartControlPlane(ctx, "controlplane", cp)
+	if err != nil {
+		return err
+	}
+	defer p.Stop()
+	if err := p.Await(ctx, stack.LlmedgeStartTimeout, stack.HTTPStatus(cp.StatusURL()+"/readyz", 200)); err != nil {
+		return err
+	}
 	// Pin only now: children inherit the affinity, and go test, go build and the control
 	// plane should not be confined to one CPU.
 	if o.pin {
@@ -209,7 +224,7 @@ func run(o options) error {
 		}
 		runtime.GOMAXPROCS(1)
 	}
-	if err := runAll(o, &rep, dir, cpAddrs[0], benchconfig.CheckRequests(toks)); err != nil {
+	if err := runAll(o, &rep, r, cp.XDSAddr, benchconfig.CheckRequests(toks)); err != nil {
 		return err
 	}
 	printSummary(o, rep)
@@ -237,15 +252,15 @@ func newReport(o options) Report {
 }
 
 // runAll runs -runs fresh extauthz processes (repeating disturbed ones) and takes the medians.
-func runAll(o options, rep *Report, dir, cpXDS string, reqs []*authv3.CheckRequest) error {
-	for r := range o.Runs {
-		fmt.Fprintf(os.Stderr, "run %d/%d\n", r+1, o.Runs)
+func runAll(o options, rep *Report, r *stack.Runner, cpXDS string, reqs []*authv3.CheckRequest) error {
+	for i := range o.Runs {
+		fmt.Fprintf(os.Stderr, "run %d/%d\n", i+1, o.Runs)
 		res, repeated, err := host.Repeat(o.MaxOther, func() (Run, float64, error) {
-			res, err := runOnce(o, dir, cpXDS, reqs)
+			res, err := runOnce(o, r, cpXDS, reqs)
 			return res, res.maxOther(), err
 		})
 		if err != nil {
-			return fmt.Errorf("run %d: %w", r+1, err)
+			return fmt.Errorf("run %d: %w", i+1, err)
 		}
 		rep.Repeated += repeated
 		logMeasure("extauthz", &res.Measure)
@@ -337,26 +352,36 @@ callers:
 	return toks, os.WriteFile(filepath.Join(dir, "routes.yaml"), []byte(b.String()), 0o644)
 }
 
-// runOnce measures a fresh extauthz, then (with -floor) the floor server, each pinned and
-// at GOMAXPROCS=1 as set.
-func runOnce(o options, dir, cpXDS string, reqs []*authv3.CheckRequest) (Run, error) {
-	var res Run
-	env := append([]string{"GOMAXPROCS=1"}, o.serverEnv...)
-	pinned := func(argv []string) []string {
-		if o.pin {
-			return append([]string{"taskset", "-c", "0"}, argv...)
-		}
-		return argv
+// override is what this benchmark changes on top of the stack's settings: extauthz and
+// the floor get GOMAXPROCS=1 and -server-env, and with -pin run on CPU 0; the control
+// plane keeps both CPUs.
+func (o options) override(name string, c stack.Cmd) (stack.Cmd, error) {
+	if name == "controlplane" {
+		return c, nil
 	}
-	// extauthz is ready once it holds the policy from the control plane.
-	ea, addrs, err := host.StartServer(dir, "extauthz", env, func(a []string) []string {
-		return pinned([]string{o.LLMedge, "extauthz", "--region", benchconfig.CheckRegion, "--xds", cpXDS, "--grpc-listen", a[0],
-			"--http-listen", a[1], "--keys-dir", filepath.Join(dir, "keys")})
-	}, 2, 1)
+	c = c.WithEnv(append([]string{"GOMAXPROCS=1"}, o.serverEnv...)...)
+	if !o.pin {
+		return c, nil
+	}
+	return c.OnCPUs("0")
+}
+
+// runOnce measures a fresh extauthz, run as `make run` runs it, then (with -floor) the
+// floor server, each pinned and at GOMAXPROCS=1 as set.
+func runOnce(o options, r *stack.Runner, cpXDS string, reqs []*authv3.CheckRequest) (Run, error) {
+	var res Run
+	ctx := context.Background()
+	a, err := host.FreeAddrs(4)
 	if err != nil {
 		return res, err
 	}
-	res.Measure, err = measure(o, ea.Pid, addrs[0], reqs)
+	// Ready once it holds the policy from the control plane.
+	ea, err := r.StartExtAuthz(ctx, "extauthz", stack.ExtAuthz{Region: benchconfig.CheckRegion, XDSAddr: cpXDS,
+		GRPCAddr: a[0], HTTPAddr: a[1], KeysDir: filepath.Join(r.Dir, "keys")})
+	if err != nil {
+		return res, err
+	}
+	res.Measure, err = measure(o, ea.Pid(), a[0], reqs)
 	ea.Stop()
 	if err != nil || !o.floor {
 		return res, err
@@ -365,14 +390,16 @@ func runOnce(o options, dir, cpXDS string, reqs []*authv3.CheckRequest) (Run, er
 	if err != nil {
 		return res, err
 	}
-	fl, addrs, err := host.StartServer(dir, "floor", env, func(a []string) []string {
-		return pinned([]string{self, "-serve-floor", a[0], "-serve-floor-http", a[1], "-floor-stream-workers", strconv.Itoa(o.floorWorkers)})
-	}, 2, 1)
+	fl, err := r.Start("floor", stack.Cmd{Path: self, Env: stack.BaseEnv(),
+		Args: []string{"-serve-floor", a[2], "-serve-floor-http", a[3], "-floor-stream-workers", strconv.Itoa(o.floorWorkers)}})
 	if err != nil {
 		return res, err
 	}
 	defer fl.Stop()
-	m, err := measure(o, fl.Pid, addrs[0], reqs)
+	if err := fl.Await(ctx, stack.LlmedgeStartTimeout, stack.HTTPStatus("http://"+a[3]+"/readyz", 200)); err != nil {
+		return res, err
+	}
+	m, err := measure(o, fl.Pid(), a[2], reqs)
 	res.Floor = &m
 	return res, err
 }

@@ -42,6 +42,7 @@ import (
 	"github.com/llmedge/llmedge/controlplane"
 	"github.com/llmedge/llmedge/controlplane/watch"
 	"github.com/llmedge/llmedge/internal/benchconfig"
+	"github.com/llmedge/llmedge/internal/stack"
 )
 
 type options struct {
@@ -61,7 +62,7 @@ func main() {
 	flag.StringVar(&clients, "clients", "100,1000", "simulated ADS clients per scenario, comma-separated")
 	flag.IntVar(&o.edits, "edits", 10, "routes YAML edits per run")
 	flag.IntVar(&o.perConn, "streams-per-conn", 100, "ADS streams per gRPC ClientConn")
-	flag.DurationVar(&o.holdoff, "watch-holdoff", 30*time.Millisecond, "passed to llmedge controlplane --watch-holdoff (30ms is its default)")
+	flag.DurationVar(&o.holdoff, "watch-holdoff", 0, "passed to llmedge controlplane --watch-holdoff (0: its default, as make run runs it)")
 	flag.DurationVar(&o.gap, "gap", 500*time.Millisecond, "pause between edits")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "run the control plane in-process and write a CPU profile of the edit phase to <value>-<clients>.pprof")
 	flag.Parse()
@@ -161,7 +162,13 @@ func run(o options) error {
 			return err
 		}
 		defer os.RemoveAll(dir)
-		if o.LLMedge, err = host.BuildLLMedge(dir); err != nil {
+		root, err := stack.RepoRoot()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(os.Stderr, "building llmedge")
+		o.LLMedge = filepath.Join(dir, "llmedge")
+		if err := stack.GoBuild(ctx, root, "./cmd/llmedge", o.LLMedge); err != nil {
 			return err
 		}
 	}
@@ -184,7 +191,7 @@ func newReport(o options) Report {
 	return Report{
 		Header:       host.NewHeader("./bench/controlplane"),
 		Config:       fmt.Sprintf("%d routes (every 10th bound to one of %d hosts, every 7th matching a header), %d https upstreams, %d regions (%s); each edit renames route 0 (every region serves it)", benchconfig.Routes, benchconfig.Hosts, benchconfig.Upstreams, len(benchconfig.Regions), strings.Join(benchconfig.Regions, ", ")),
-		WatchHoldoff: o.holdoff.String(),
+		WatchHoldoff: holdoffText(o.holdoff),
 		Detection:    "client side: the moment each simulated client hands gRPC its ACK of a routes response with a new version; the edit's figure is the last such moment minus the moment before the write; /status is then checked (served routes version = the version each client ACKed, every region in_sync)",
 		Target:       "write-to-all-ACKed p99 <= 200 ms for 100 clients",
 	}
@@ -216,6 +223,13 @@ func scenario(ctx context.Context, o options, rep *Report, n int, inProcess bool
 	return sc, nil
 }
 
+func holdoffText(d time.Duration) string {
+	if d == 0 {
+		return "default"
+	}
+	return d.String()
+}
+
 // cpProcess is a running control plane: a child process, or in-process for profiling.
 type cpProcess struct {
 	pid      int // 0 in-process
@@ -227,14 +241,22 @@ type cpProcess struct {
 
 func startControlPlane(ctx context.Context, o options, dir, cfgPath string, inProcess bool) (*cpProcess, error) {
 	if !inProcess {
-		p, addrs, err := host.StartServer(dir, "controlplane", nil, func(a []string) []string {
-			return []string{o.LLMedge, "controlplane", "--config", cfgPath, "--xds-listen", a[0], "--http-listen", a[1],
-				"--watch-holdoff", o.holdoff.String(), "--log-format", "json", "--log-level", "info"}
-		}, 2, 1)
+		a, err := host.FreeAddrs(2)
 		if err != nil {
 			return nil, err
 		}
-		return &cpProcess{pid: p.Pid, xdsAddr: addrs[0], httpAddr: addrs[1], logPath: p.LogPath, stop: p.Stop}, nil
+		// make run's settings; the holdoff only if -watch-holdoff asks for another.
+		cp := stack.ControlPlane{Config: cfgPath, XDSAddr: a[0], HTTPAddr: a[1], WatchHoldoff: o.holdoff}
+		r := &stack.Runner{Paths: stack.Paths{Llmedge: o.LLMedge}, Dir: dir}
+		p, err := r.StartControlPlane(ctx, "controlplane", cp)
+		if err != nil {
+			return nil, err
+		}
+		if err := p.Await(ctx, stack.LlmedgeStartTimeout, stack.HTTPStatus(cp.StatusURL()+"/readyz", 200)); err != nil {
+			p.Stop()
+			return nil, err
+		}
+		return &cpProcess{pid: p.Pid(), xdsAddr: cp.XDSAddr, httpAddr: cp.HTTPAddr, logPath: p.LogPath(), stop: p.Stop}, nil
 	}
 	logPath := filepath.Join(dir, "controlplane.log")
 	logf, err := os.Create(logPath)
@@ -268,7 +290,15 @@ func startControlPlane(ctx context.Context, o options, dir, cfgPath string, inPr
 		return nil, errors.New("control plane exited at start")
 	}
 	p.xdsAddr, p.httpAddr = m.XDSAddr(), m.HTTPAddr()
-	if err := host.WaitHTTP("http://"+p.httpAddr+"/readyz", 30*time.Second, done); err != nil {
+	ready := stack.HTTPStatus("http://"+p.httpAddr+"/readyz", 200)
+	if err := stack.Poll(ctx, stack.LlmedgeStartTimeout, 20*time.Millisecond, func(ctx context.Context) error {
+		select {
+		case <-done:
+			return stack.Permanent(errors.New("control plane exited at start"))
+		default:
+			return ready(ctx)
+		}
+	}); err != nil {
 		p.stop()
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -37,7 +38,7 @@ const (
 type staticMode int
 
 const (
-	staticBare      staticMode = iota // router only
+	staticBare      staticMode = iota // no side calls: the edge's header filters and the router
 	staticRateLimit                   // rate limit + router; the caller descriptor is a constant
 )
 
@@ -140,7 +141,10 @@ func staticListener(res *translate.Resources, name string, listenPort int, rc *r
 			filters = append(filters, hf)
 		}
 	}
-	if mode == staticRateLimit && len(filters) != 2 {
+	// The edge's own header filters (request facts, upstream header removal) stay: the
+	// variants differ only in their side calls.
+	kept := slices.ContainsFunc(filters, func(hf *hcmv3.HttpFilter) bool { return hf.Name == rateLimitFilter })
+	if mode == staticRateLimit && !kept {
 		return nil, fmt.Errorf("region %s has no rate-limit filter to keep", res.Region)
 	}
 	hcm.HttpFilters = filters

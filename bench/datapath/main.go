@@ -14,6 +14,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -30,6 +31,7 @@ import (
 	"time"
 
 	"github.com/llmedge/llmedge/bench/host"
+	"github.com/llmedge/llmedge/internal/stack"
 )
 
 type options struct {
@@ -185,13 +187,14 @@ func run(root string, o options) error {
 	} else {
 		defer os.RemoveAll(dir)
 	}
-	r := &runner{dir: dir, pin: o.pin}
-	defer r.stopAll()
-	t, err := findTools(root)
+	ctx := context.Background()
+	paths, err := findPaths(ctx, root, filepath.Join(dir, "bin"))
 	if err != nil {
 		return err
 	}
-	res.Machine = machineInfo(root, t)
+	r := newRunner(dir, paths, o.pin, o.pipeWindow, o.pipeLimit)
+	defer r.stopAll()
+	res.Machine = machineInfo(root, paths)
 	guard := &noiseGuard{r: r, budget: o.waitQuiet, ncpu: res.Machine.NProc}
 	if o.waitQuiet > 0 {
 		t0 := time.Now()
@@ -199,7 +202,7 @@ func run(root string, o options) error {
 		res.Machine.WaitedS = time.Since(t0).Seconds()
 		logf("other processes used %.2f cores before the start (waited %s)", res.Machine.OtherCPUBefore, time.Since(t0).Round(time.Second))
 	}
-	s, err := startStack(r, root, t, o.pipeWindow, o.pipeLimit)
+	s, err := startRig(ctx, r)
 	if err != nil {
 		return err
 	}
@@ -229,7 +232,7 @@ func run(root string, o options) error {
 }
 
 // scenarioTargets are llmedge's own scenarios over the stack's variants.
-func scenarioTargets(s *stack) []*target {
+func scenarioTargets(s *rig) []*target {
 	var out []*target
 	for _, sc := range []struct {
 		name, label, variant string
@@ -237,7 +240,7 @@ func scenarioTargets(s *stack) []*target {
 		check                string
 	}{
 		{"direct", "direct to the fake", vDirect, true, ""},
-		{"envoy_bare", "bare Envoy (router only)", vBare, false, ""},
+		{"envoy_bare", "bare Envoy (no side calls)", vBare, false, ""},
 		{"envoy_extauthz", "Envoy + ext_authz", vAuthz, false, ""},
 		{"envoy_ratelimit", "Envoy + rate limit", vRateLimit, false, "x-ratelimit-limit"},
 		{"edge_full", "full edge (ext_authz + rate limit)", vFull, true, "x-ratelimit-limit"},
@@ -246,7 +249,7 @@ func scenarioTargets(s *stack) []*target {
 		v := s.variants[sc.variant]
 		t := &target{Name: sc.name, Label: sc.label, Kind: "llmedge", URL: v.url, Headers: v.headers, Procs: v.procs,
 			Stream: sc.stream, Steps: true, Check: sc.check}
-		if v.admin != 0 {
+		if v.admin != "" {
 			t.Overflows = func() map[string]int64 { return envoyOverflows(v.admin) }
 		}
 		out = append(out, t)
@@ -255,10 +258,14 @@ func scenarioTargets(s *stack) []*target {
 }
 
 // startPeers starts the peer gateways and adds a target for each.
-func startPeers(r *runner, root string, s *stack, targets []*target) ([]*peer, []*target) {
+func startPeers(r *runner, root string, s *rig, targets []*target) ([]*peer, []*target) {
 	logf("starting peers (Portkey, LiteLLM)")
 	fake := s.variants[vDirect].procs[0]
-	peers := []*peer{startPortkey(r, root, s.fakeAddr, s.port()), startLiteLLM(r, root, s.fakeAddr, s.port())}
+	var ports [2]int
+	for i := range ports {
+		ports[i], _ = stack.FreePort() // a failed start names the port
+	}
+	peers := []*peer{startPortkey(r, root, s.fakeAddr, ports[0]), startLiteLLM(r, root, s.fakeAddr, ports[1])}
 	for _, p := range peers {
 		t := &target{Name: peerKey(p.Name), Label: p.Name, Kind: "peer", URL: p.URL, Headers: p.headers, Error: p.Error, Steps: true}
 		if p.proc != nil {
@@ -301,7 +308,7 @@ func idleCPU(r *runner, d time.Duration) map[string]float64 {
 	time.Sleep(d)
 	out := map[string]float64{}
 	for _, p := range r.all {
-		out[p.name] = (r.cpuSeconds(p) - idle0[p]) / d.Seconds()
+		out[p.Name] = (r.cpuSeconds(p) - idle0[p]) / d.Seconds()
 	}
 	return out
 }
@@ -315,11 +322,11 @@ func freezePeers(targets []*target) {
 }
 
 // finish reads what the run leaves behind: Envoy counters, peak RSS, exits, machine noise.
-func finish(res *Results, s *stack, r *runner, noise noiseSnap, guard *noiseGuard) {
+func finish(res *Results, s *rig, r *runner, noise noiseSnap, guard *noiseGuard) {
 	res.Connections = map[string]map[string]int64{}
 	for _, name := range sortedKeys(s.variants) {
 		v := s.variants[name]
-		if v.admin == 0 {
+		if v.admin == "" {
 			continue
 		}
 		res.Connections["envoy-"+name] = envoyCounters(v.admin)
@@ -333,10 +340,10 @@ func finish(res *Results, s *stack, r *runner, noise noiseSnap, guard *noiseGuar
 	res.PeakRSS = map[string]float64{}
 	for _, p := range r.all {
 		p.freeze(false)
-		if !p.exited() {
-			res.PeakRSS[p.name] = peakRSS(p)
-		} else if p.role != "" {
-			res.Notes = append(res.Notes, fmt.Sprintf("%s exited during the run (%v); last log lines: %s", p.name, p.Err, p.logTail(5)))
+		if !p.Exited() {
+			res.PeakRSS[p.Name] = peakRSS(p)
+		} else {
+			res.Notes = append(res.Notes, fmt.Sprintf("%v; last log lines: %s", p.ExitError(), p.LogTail(5)))
 		}
 	}
 	res.Machine.LoadAvgEnd = loadavg()
@@ -404,7 +411,7 @@ func commandLine() string {
 // sanityChecks proves the scenarios are what they claim: ext_authz refuses a request without
 // a token, the rate-limit filter answers with X-RateLimit headers, the bare Envoy does
 // neither.
-func sanityChecks(s *stack, targets []*target) []string {
+func sanityChecks(s *rig, targets []*target) []string {
 	var out []string
 	c := &http.Client{Transport: newTransport(1), Timeout: 10 * time.Second}
 	get := func(url string, hdr map[string]string) (*http.Response, error) {

@@ -191,7 +191,7 @@ func cpuPer1k(r *runner, procs []*proc, before cpuSnap, requests int) map[string
 		return out
 	}
 	for _, p := range procs {
-		out[p.name] = (r.cpuSeconds(p) - before[p]) / (float64(requests) / 1000)
+		out[p.Name] = (r.cpuSeconds(p) - before[p]) / (float64(requests) / 1000)
 	}
 	return out
 }

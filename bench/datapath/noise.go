@@ -42,7 +42,7 @@ type noiseGuard struct {
 func (g *noiseGuard) ours() map[int]bool {
 	m := map[int]bool{syscall.Getpgrp(): true}
 	for _, p := range g.r.all {
-		m[p.pid()] = true
+		m[p.Pid()] = true
 	}
 	return m
 }

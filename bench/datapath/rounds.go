@@ -25,7 +25,7 @@ func measureRounds(r *runner, guard *noiseGuard, targets []*target, res *Results
 	for _, t := range targets {
 		x := &ScenarioResult{Name: t.Name, Label: t.Label, Kind: t.Kind, Error: t.Error, URL: t.URL, Rates: ratesFor(t, o)}
 		for _, p := range t.Procs {
-			x.Processes = append(x.Processes, p.name)
+			x.Processes = append(x.Processes, p.Name)
 		}
 		res.Scenarios = append(res.Scenarios, x)
 		m.sr[t.Name] = x
@@ -103,7 +103,7 @@ func peakRSSNow(r *runner, targets []*target) map[string]float64 {
 	out := map[string]float64{}
 	for _, p := range r.all {
 		p.freeze(false)
-		out[p.name] = peakRSS(p)
+		out[p.Name] = peakRSS(p)
 	}
 	freezePeers(targets)
 	return out

@@ -1,7 +1,7 @@
 // Package host is what the benchmark programs under bench/ (and the e2e benchmark's
-// helpers) share: the machine description and report header, their common flags, child
-// processes (start, poll until ready, stop), CPU and memory readings from /proc, and
-// percentiles, medians and the JSON report.
+// helpers) share: the machine description and report header, their common flags, CPU
+// and memory readings from /proc, and percentiles, medians and the JSON report.
+// Processes are started, watched and stopped by internal/stack.
 package host
 
 import (

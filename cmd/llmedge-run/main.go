@@ -60,7 +60,7 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 		Sockets:          d.sockets,
 		Routes:           d.routes,
 		KeysDir:          d.keysDir,
-		EnvoyConcurrency: 2,
+		EnvoyConcurrency: stack.LocalEnvoyConcurrency,
 	}
 	if err := edge.Start(ctx); err != nil {
 		if ctx.Err() != nil { // Ctrl-C while starting

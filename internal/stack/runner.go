@@ -21,6 +21,9 @@ type Runner struct {
 	Dir string
 	// LogDir holds <name>.log for every process; default Dir.
 	LogDir string
+	// Override, if set, may change every command Start runs; nil runs the settings as
+	// they are.
+	Override Override
 }
 
 func (r *Runner) logPath(name string) string {
@@ -33,6 +36,12 @@ func (r *Runner) logPath(name string) string {
 
 // Start runs c as name with its log in LogDir.
 func (r *Runner) Start(name string, c Cmd) (*Process, error) {
+	if r.Override != nil {
+		var err error
+		if c, err = r.Override(name, c); err != nil {
+			return nil, err
+		}
+	}
 	return Start(name, r.logPath(name), c)
 }
 

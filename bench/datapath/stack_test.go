@@ -1,0 +1,47 @@
+package main
+
+import (
+	"reflect"
+	"slices"
+	"testing"
+
+	"github.com/llmedge/llmedge/internal/stack"
+)
+
+// The full edge row is make run's configuration: the benchmark's override leaves every
+// process of that region as the stack starts it, and changes the pipelined variant's
+// ratelimit by its two settings only.
+func TestOverrideLeavesTheFullEdgeAlone(t *testing.T) {
+	r := newRunner(t.TempDir(), stack.Paths{}, false, "150us", 8)
+	rl := stack.Ratelimit{Region: vFull, XDSAddr: "127.0.0.1:1", RedisAddr: "127.0.0.1:2"}.Cmd("/bin/ratelimit")
+	for name, c := range map[string]stack.Cmd{
+		"controlplane":                        stack.ControlPlane{Config: "r.yaml", XDSAddr: "127.0.0.1:1", HTTPAddr: "127.0.0.1:2"}.Cmd("/bin/llmedge"),
+		stack.ProcessName("extauthz", vFull):  stack.ExtAuthz{Region: vFull, XDSAddr: "127.0.0.1:1"}.Cmd("/bin/llmedge"),
+		stack.ProcessName("ratelimit", vFull): rl,
+		stack.ProcessName("envoy", vFull):     stack.Envoy{Region: vFull, Concurrency: stack.LocalEnvoyConcurrency}.Cmd("/bin/envoy", "b.yaml", "a"),
+		"redis":                               stack.Redis{Port: 3, Dir: "d"}.Cmd("/bin/redis-server"),
+	} {
+		got, err := r.override(name, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, c) {
+			t.Errorf("override changed %s:\n got %+v\nwant %+v", name, got, c)
+		}
+	}
+
+	got, err := r.override(stack.ProcessName("ratelimit", vFullPipe), rl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if extra, ok := cutPrefix(got.Env, rl.Env); !ok || !slices.Equal(extra, r.pipe) || got.Path != rl.Path {
+		t.Errorf("pipelined ratelimit = %+v, want the stack's command plus %v", got, r.pipe)
+	}
+}
+
+func cutPrefix(s, prefix []string) ([]string, bool) {
+	if len(s) < len(prefix) || !slices.Equal(s[:len(prefix)], prefix) {
+		return nil, false
+	}
+	return s[len(prefix):], true
+}
