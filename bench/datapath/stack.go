@@ -192,17 +192,22 @@ func (s *rig) startEdge(ctx context.Context) error {
 		return stack.Loopback(ports[stack.PortKey{Component: component, Region: region, Role: role}])
 	}
 	s.fakeAddr = at("fakellm", "", stack.RoleHTTP)
+	// The internal hops on unix sockets, as make run has them.
+	socks, err := stack.MakeSockets(s.r.Dir, regions)
+	if err != nil {
+		return err
+	}
 	var rs []region
 	for _, name := range regions {
 		rs = append(rs, region{name: name, listen: at("envoy", name, stack.RoleEdge),
-			authz: at("extauthz", name, stack.RoleGRPC), ratelimit: at("ratelimit", name, stack.RoleGRPC)})
+			authz: stack.Unix(socks.ExtAuthz(name)), ratelimit: stack.Unix(socks.Ratelimit(name))})
 	}
 	routes, err := s.writeRoutes("routes-full.yaml", callerLimit, rs...)
 	if err != nil {
 		return err
 	}
 	edge := &stack.Edge{Runner: s.r.Runner, Regions: regions, Ports: ports, Routes: routes, KeysDir: s.keys,
-		EnvoyConcurrency: stack.LocalEnvoyConcurrency}
+		Sockets: socks, EnvoyConcurrency: stack.LocalEnvoyConcurrency}
 	err = edge.Start(ctx)
 	for _, p := range edge.Processes() {
 		s.adopt(p)
@@ -223,15 +228,20 @@ func (s *rig) startEdge(ctx context.Context) error {
 // YAML without limits (a control plane that serves limits requires a ratelimit address
 // in every region), extauthz and Envoy, with the settings the edge uses.
 func (s *rig) startAuthz(ctx context.Context) error {
-	a, err := host.FreeAddrs(6)
+	a, err := host.FreeAddrs(3)
 	if err != nil {
 		return err
 	}
-	routes, err := s.writeRoutes("routes-authz.yaml", 0, region{name: vAuthz, listen: a[0], authz: a[1]})
+	socks, err := stack.MakeSockets(filepath.Join(s.r.Dir, vAuthz), []string{vAuthz})
 	if err != nil {
 		return err
 	}
-	cp := stack.ControlPlane{Config: routes, XDSAddr: a[2], HTTPAddr: a[3]}
+	authz := stack.Unix(socks.ExtAuthz(vAuthz))
+	routes, err := s.writeRoutes("routes-authz.yaml", 0, region{name: vAuthz, listen: a[0], authz: authz})
+	if err != nil {
+		return err
+	}
+	cp := stack.ControlPlane{Config: routes, XDSAddr: stack.Unix(socks.XDS()), HTTPAddr: a[1]}
 	p, err := s.r.StartControlPlane(ctx, "controlplane-"+vAuthz, cp)
 	if err != nil {
 		return err
@@ -241,7 +251,7 @@ func (s *rig) startAuthz(ctx context.Context) error {
 		return err
 	}
 	ea, err := s.r.StartExtAuthz(ctx, stack.ProcessName("extauthz", vAuthz), stack.ExtAuthz{
-		Region: vAuthz, XDSAddr: cp.XDSAddr, GRPCAddr: a[1], HTTPAddr: a[4], KeysDir: s.keys})
+		Region: vAuthz, XDSAddr: cp.XDSAddr, GRPCAddr: authz, HTTPAddr: a[2], KeysDir: s.keys})
 	if err != nil {
 		return err
 	}
