@@ -232,7 +232,12 @@ func (m *Main) handler() http.Handler {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": "no valid routes config has been loaded yet; see /status"})
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ready", "source": source})
+		if source == SourceSaved {
+			writeJSON(w, http.StatusOK, map[string]string{"status": "ready", "source": source,
+				"reason": "serving the last good config saved in --state-dir: the routes YAML was unusable at start-up; see /status"})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
