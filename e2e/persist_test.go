@@ -103,7 +103,7 @@ func TestExtAuthzRestartWithoutControlPlane(t *testing.T) {
 		t.Error("extauthz metrics do not report the saved policy")
 	}
 
-	failedBack := l.failed.Load()
+	failedBack, okBack := l.failed.Load(), l.ok.Load()
 	l.waitRequests(t, 200)
 	if n := l.failed.Load() - failedBack; n != 0 {
 		t.Errorf("%d requests failed after extauthz was back on its saved policy: %v", n, l.failures)
@@ -124,8 +124,8 @@ func TestExtAuthzRestartWithoutControlPlane(t *testing.T) {
 	if n := l.failed.Load() - failedCPBack; n != 0 {
 		t.Errorf("%d requests failed while the control plane came back: %v", n, l.failures)
 	}
-	t.Logf("extauthz restart with the control plane down: %v from stop to ready; in that window %d requests served, %d failed (first: %v); after: %d served in total, %d failed",
-		window.Round(time.Millisecond), windowOK, windowFailed, l.failures, l.ok.Load(), l.failed.Load()-failedBack)
+	t.Logf("extauthz restart with the control plane down: %v from stop to ready; in that window %d requests served, %d failed (first: %v); after it was back: %d served, %d failed",
+		window.Round(time.Millisecond), windowOK, windowFailed, l.failures, l.ok.Load()-okBack, l.failed.Load()-failedBack)
 }
 
 // TestControlPlaneServesSavedConfigToFreshEnvoy: a control plane restarted on a broken
@@ -189,6 +189,62 @@ func TestControlPlaneServesSavedConfigToFreshEnvoy(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if st := s.status(); st.Config.Source != controlplane.SourceRoutes || !st.Config.Valid {
 			return fmt.Errorf("source %q valid %v", st.Config.Source, st.Config.Valid)
+		}
+		return nil
+	})
+}
+
+// TestRatelimitRestartWithoutControlPlane pins what envoyproxy/ratelimit, which cannot
+// persist its xDS config, does: it keeps its limits while the control plane is away, but
+// restarted meanwhile it runs with none, so a fail-open region (hk) admits past the quota
+// and a fail-closed one (sg) refuses everything, until the control plane returns.
+func TestRatelimitRestartWithoutControlPlane(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, startUpstream(t, fakellm.Options{}), quotaYAML(2, 100), "hk", "sg")
+	codes := func(region, caller string, n int) []int {
+		var out []int
+		for range n {
+			resp := s.models(t, region, caller)
+			resp.Body.Close()
+			out = append(out, resp.StatusCode)
+		}
+		return out
+	}
+	// alice may make 2 requests an hour; the third in hk is refused.
+	if got := codes("hk", "alice", 3); got[2] != http.StatusTooManyRequests {
+		t.Fatalf("hk alice before any fault: %v, want the third refused", got)
+	}
+
+	s.cp.Kill()
+	if got := codes("hk", "alice", 1); got[0] != http.StatusTooManyRequests {
+		t.Errorf("hk alice with the control plane down: %v, want 429 (limits kept in memory)", got)
+	}
+
+	for _, r := range []string{"hk", "sg"} {
+		s.rl[r].Stop()
+		s.rl[r] = testenv.StartRatelimit(t, testenv.RatelimitOptions{
+			Region: r, XDSAddr: stk.Loopback(s.xdsPort), RedisAddr: s.redis.Addr(), GRPCPort: s.rlPort[r],
+		}) // FORCE_START_WITHOUT_INITIAL_CONFIG=true: it serves, with no limits
+	}
+	hk, sg := codes("hk", "alice", 5), codes("sg", "bob", 5)
+	t.Logf("ratelimit restarted with the control plane down: hk (fail open) alice past her quota %v; sg (fail closed) bob %v", hk, sg)
+	for i := range 5 {
+		if hk[i] != http.StatusOK {
+			t.Errorf("hk alice request %d = %d, want 200 (no limits loaded, fail open)", i, hk[i])
+		}
+		if sg[i] != http.StatusInternalServerError {
+			t.Errorf("sg bob request %d = %d, want 500 (no limits loaded, fail closed)", i, sg[i])
+		}
+	}
+
+	s.startControlPlane()
+	s.waitInSync(30 * time.Second)
+	testenv.Eventually(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if got := codes("hk", "alice", 1); got[0] != http.StatusTooManyRequests {
+			return fmt.Errorf("hk alice = %v, want 429 again", got)
+		}
+		if got := codes("sg", "bob", 1); got[0] != http.StatusOK {
+			return fmt.Errorf("sg bob = %v, want 200 again", got)
 		}
 		return nil
 	})
