@@ -29,6 +29,7 @@ import (
 
 	"github.com/llmedge/llmedge/extauthz/decide"
 	"github.com/llmedge/llmedge/extauthz/keystore"
+	"github.com/llmedge/llmedge/internal/statefile"
 	"github.com/llmedge/llmedge/internal/transport"
 	"github.com/llmedge/llmedge/internal/wire"
 	"github.com/llmedge/llmedge/internal/xdsclient"
@@ -91,6 +92,11 @@ func New(o Options) (*Main, error) {
 	grpcAddr, err := transport.ParseListenAddress(o.GRPCAddress)
 	if err != nil {
 		return nil, fmt.Errorf("extauthz: --grpc-listen %q: %w", o.GRPCAddress, err)
+	}
+	if o.StateDir != "" {
+		if err := statefile.Dir(o.StateDir); err != nil {
+			return nil, fmt.Errorf("extauthz: --state-dir: %w", err)
+		}
 	}
 	if o.KeysPoll <= 0 {
 		o.KeysPoll = 5 * time.Second
