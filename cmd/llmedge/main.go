@@ -174,6 +174,7 @@ func runControlPlane(ctx context.Context, args []string, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
+	stateDir := fs.String("state-dir", os.Getenv("LLMEDGE_STATE_DIR"), "keep the last applied routes YAML here (dir 0700, file 0600) and serve it at start-up when the routes YAML is missing or invalid; empty: keep nothing (env LLMEDGE_STATE_DIR)")
 	fs.DurationVar(&settle, "watch-settle", settle, "how long the routes must stay unchanged before a destructive edit (one that removes more than half of the callers, routes or upstreams, or leaves a region with none) is applied (env LLMEDGE_WATCH_SETTLE, default 5s)")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -189,6 +190,7 @@ func runControlPlane(ctx context.Context, args []string, stderr io.Writer) error
 		HTTPAddress: *httpAddr,
 		Watch:       watch.Options{Holdoff: *holdoff, Poll: *poll},
 		Settle:      settle,
+		StateDir:    *stateDir,
 		Logger:      log,
 	})
 	if err != nil {
@@ -383,6 +385,7 @@ func runExtAuthz(ctx context.Context, args []string, stderr io.Writer) error {
 	httpAddr := fs.String("http-listen", envOr("LLMEDGE_HTTP_LISTEN", "127.0.0.1:10200"), "health/readiness/metrics listen address")
 	keysDir := fs.String("keys-dir", os.Getenv("LLMEDGE_KEYS_DIR"), "upstream keys, one file per key: <dir>/<upstream>/<name> (env LLMEDGE_KEYS_DIR)")
 	keysPoll := fs.Duration("keys-poll", 0, "fallback poll interval for the keys directory (default 5s)")
+	stateDir := fs.String("state-dir", os.Getenv("LLMEDGE_STATE_DIR"), "keep the last caller policy from the control plane here (token digests, never keys; dir 0700, file 0600) and start on it when the control plane is away; empty: keep nothing (env LLMEDGE_STATE_DIR)")
 	logFormat := fs.String("log-format", envOr("LLMEDGE_LOG_FORMAT", "json"), "json or text")
 	logLevel := fs.String("log-level", envOr("LLMEDGE_LOG_LEVEL", "info"), "debug, info, warn or error")
 	if err := parse(fs, args); err != nil {
@@ -397,7 +400,7 @@ func runExtAuthz(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	m, err := extauthz.New(extauthz.Options{
 		Region: *region, NodeID: *nodeID, XDSServer: *xdsAddr, XDSTLS: *xdsTLS, GRPCAddress: *grpcAddr, TLS: *grpcTLS,
-		HTTPAddress: *httpAddr, KeysDir: *keysDir, KeysPoll: *keysPoll, Logger: log,
+		HTTPAddress: *httpAddr, KeysDir: *keysDir, KeysPoll: *keysPoll, StateDir: *stateDir, Logger: log,
 	})
 	if err != nil {
 		return err
