@@ -22,6 +22,7 @@ import (
 	"github.com/llmedge/llmedge/controlplane/config"
 	"github.com/llmedge/llmedge/controlplane/model"
 	"github.com/llmedge/llmedge/controlplane/translate"
+	"github.com/llmedge/llmedge/controlplane/usage"
 	"github.com/llmedge/llmedge/controlplane/watch"
 	"github.com/llmedge/llmedge/controlplane/xds"
 	"github.com/llmedge/llmedge/internal/transport"
@@ -45,7 +46,10 @@ type Options struct {
 	// Settle is how long the routes YAML must stay unchanged before a destructive edit
 	// (see config.Removal) is applied; ordinary edits apply at once. Default DefaultSettle.
 	Settle time.Duration
-	Logger *slog.Logger
+	// StateDir holds the usage ledger (SQLite file, spool) unless the routes YAML's usage
+	// section names absolute paths. Empty turns the ledger off.
+	StateDir string
+	Logger   *slog.Logger
 }
 
 // DefaultSettle covers a generator or a copy over a network file system that writes the
@@ -65,6 +69,10 @@ type Main struct {
 	xdsLns   []net.Listener
 	httpLn   net.Listener
 	ready    chan struct{}
+	// ledger and its settings are set once, before serving; nil when StateDir is empty.
+	ledger      *usage.Ledger
+	ledgerUsage model.Usage
+	usageHTTP   http.Handler
 
 	mu    sync.Mutex
 	state state
@@ -197,6 +205,14 @@ func (m *Main) Run(ctx context.Context) error {
 		return nil
 	}
 
+	ledgerDone := make(chan error, 1)
+	if err := m.startLedger(ctx, g, ledgerDone); err != nil {
+		for _, ln := range m.xdsLns {
+			ln.Close()
+		}
+		m.httpLn.Close()
+		return err
+	}
 	errc := make(chan error, 2+len(m.xdsLns))
 	for _, ln := range m.xdsLns {
 		go func() { errc <- g.Serve(ln) }()
@@ -240,6 +256,11 @@ loop:
 	_ = hs.Shutdown(shutdownCtx)
 	// GracefulStop would wait for every Envoy to hang up its never-ending ADS stream.
 	g.Stop()
+	if m.ledger != nil {
+		if err := <-ledgerDone; err != nil {
+			m.log.Error("usage ledger stopped with an error", "err", err.Error())
+		}
+	}
 	m.log.Info("control plane stopped")
 	return runErr
 }
@@ -442,6 +463,7 @@ func (r *reloader) apply(start time.Time, hash string, files []string, cfg *mode
 		return
 	}
 	m.state.errors = nil
+	m.updateLedger(cfg.Usage)
 	m.state.applied, m.state.appliedHash, m.state.appliedAt, m.state.files = cfg, hash, now, files
 	m.metrics.reloads.WithLabelValues("applied").Inc()
 	m.metrics.valid.Set(1)
