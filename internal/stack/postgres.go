@@ -70,7 +70,14 @@ func PostgresTools() (initdb, postgres string, err error) {
 	for _, d := range dirs {
 		i, p := filepath.Join(d, "initdb"), filepath.Join(d, "postgres")
 		if executable(i) && executable(p) {
-			return i, p, nil
+			// Run the real files: the unprivileged server user may not be able to reach a
+			// link inside the repository, and PostgreSQL finds its share dir from its path.
+			ri, err1 := filepath.EvalSymlinks(i)
+			rp, err2 := filepath.EvalSymlinks(p)
+			if err := errors.Join(err1, err2); err != nil {
+				return "", "", fmt.Errorf("stack: %w", err)
+			}
+			return ri, rp, nil
 		}
 	}
 	return "", "", fmt.Errorf("stack: PostgreSQL's initdb and postgres not found in %v; run `make tools` (Debian package postgresql) or set LLMEDGE_POSTGRES_BIN", dirs)
