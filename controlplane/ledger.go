@@ -13,7 +13,9 @@ import (
 )
 
 // startLedger starts the usage ledger with the settings of the config loaded first (the
-// defaults when none was valid) and registers Envoy's Access Log Service beside xDS.
+// defaults when none was valid) and registers Envoy's Access Log Service beside xDS. Run
+// ends ctx only after the gRPC server has stopped, so no access log stream is still
+// adding records while the ledger flushes.
 func (m *Main) startLedger(ctx context.Context, g *grpc.Server, done chan<- error) error {
 	if m.opts.StateDir == "" {
 		return nil

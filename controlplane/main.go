@@ -206,7 +206,9 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 
 	ledgerDone := make(chan error, 1)
-	if err := m.startLedger(ctx, g, ledgerDone); err != nil {
+	ledgerCtx, stopLedger := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopLedger()
+	if err := m.startLedger(ledgerCtx, g, ledgerDone); err != nil {
 		for _, ln := range m.xdsLns {
 			ln.Close()
 		}
@@ -256,6 +258,7 @@ loop:
 	_ = hs.Shutdown(shutdownCtx)
 	// GracefulStop would wait for every Envoy to hang up its never-ending ADS stream.
 	g.Stop()
+	stopLedger()
 	if m.ledger != nil {
 		if err := <-ledgerDone; err != nil {
 			m.log.Error("usage ledger stopped with an error", "err", err.Error())
