@@ -253,3 +253,22 @@ func TestLedgerRetentionDeletes(t *testing.T) {
 		return err == nil && len(rs) == 1 && rs[0].RequestID == "recent"
 	})
 }
+
+// The requested model comes from callers: their invented names cannot grow the metrics
+// without bound, nor the records.
+func TestLedgerModelLabelsBounded(t *testing.T) {
+	h := newHarness(t, 1<<20, []model.Price{{Upstream: "openai", Model: "gpt-4o", Input: 1, Output: 1, Cached: 1, Currency: "USD"}})
+	for i := range maxModelLabels + 50 {
+		h.l.Add(rec(fmt.Sprint("junk-", i), "mallory", "t", fmt.Sprint("model-", i), time.Now(), 1, 1, nil))
+	}
+	h.l.Add(rec("priced", "mallory", "t", "gpt-4o", time.Now(), 1, 1, nil))
+	if got := testutil.ToFloat64(h.l.m.requests.WithLabelValues("hk", "mallory", "openai", "other", "2xx")); got != 50 {
+		t.Errorf("requests labelled other: %v, want 50", got)
+	}
+	if got := testutil.ToFloat64(h.l.m.requests.WithLabelValues("hk", "mallory", "openai", "gpt-4o", "2xx")); got != 1 {
+		t.Errorf("a priced model keeps its label: %v", got)
+	}
+	if n := len(clip(strings.Repeat("é", 1000))); n > maxField {
+		t.Errorf("clipped to %d bytes", n)
+	}
+}

@@ -2,11 +2,18 @@ package usage
 
 import (
 	"strconv"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// maxModelLabels bounds the model label's values: the requested model comes from the
+// caller's request body, and each new name would otherwise be a new series forever.
+const maxModelLabels = 256
+
 type metrics struct {
+	modelsMu   sync.Mutex
+	models     map[string]struct{}
 	requests   *prometheus.CounterVec
 	tokens     *prometheus.CounterVec
 	cost       *prometheus.CounterVec
@@ -27,6 +34,7 @@ var labels = []string{"region", "caller", "upstream", "model"}
 func newMetrics(reg prometheus.Registerer, spool *Spool) *metrics {
 	buckets := []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320}
 	m := &metrics{
+		models: map[string]struct{}{},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "llmedge_usage_requests_total",
 			Help: "Requests recorded in the usage ledger, by status class (2xx, 4xx, 5xx, other)."}, append(labels, "status_class")),
 		tokens: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "llmedge_usage_tokens_total",
@@ -63,8 +71,28 @@ func newMetrics(reg prometheus.Registerer, spool *Spool) *metrics {
 	return m
 }
 
+// modelLabel is the model, or "other" once maxModelLabels names have been seen. Priced
+// models always keep their name: the operator listed them.
+func (m *metrics) modelLabel(r Record) string {
+	name := r.Model()
+	if r.Cost != nil || name == "" {
+		return name
+	}
+	m.modelsMu.Lock()
+	defer m.modelsMu.Unlock()
+	if _, ok := m.models[name]; ok {
+		return name
+	}
+	if len(m.models) >= maxModelLabels {
+		return "other"
+	}
+	m.models[name] = struct{}{}
+	return name
+}
+
 func (m *metrics) observe(r Record) {
-	l := []string{r.Region, r.Caller, r.Upstream, r.Model()}
+	model := m.modelLabel(r)
+	l := []string{r.Region, r.Caller, r.Upstream, model}
 	m.requests.WithLabelValues(append(l, statusClass(r.Status))...).Inc()
 	for kind, n := range map[string]int64{"input": r.InputTokens, "output": r.OutputTokens, "cached": r.CachedTokens, "reasoning": r.ReasoningTok} {
 		if n > 0 {
@@ -75,7 +103,7 @@ func (m *metrics) observe(r Record) {
 		m.cost.WithLabelValues(append(l, r.Currency)...).Add(*r.Cost)
 	}
 	if r.PriceMissing {
-		m.noPrice.WithLabelValues(r.Upstream, r.Model()).Inc()
+		m.noPrice.WithLabelValues(r.Upstream, model).Inc()
 	}
 	m.duration.WithLabelValues(l...).Observe(r.Duration.Seconds())
 	if r.TTFB > 0 {

@@ -12,6 +12,7 @@ package usage
 import (
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	accesslogdatav3 "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
 	aidatav3 "github.com/envoyproxy/go-control-plane/envoy/data/ai/v3"
@@ -104,7 +105,7 @@ func RecordFromEntry(region string, e *accesslogdatav3.HTTPAccessLogEntry) Recor
 		var info aidatav3.RequestInfo
 		if a.UnmarshalTo(&info) == nil {
 			if r.RequestedModel == "" {
-				r.RequestedModel = info.GetModel()
+				r.RequestedModel = clip(info.GetModel())
 			}
 			if !streamSet && info.GetStream() != nil {
 				r.Stream = info.GetStream().GetValue()
@@ -121,7 +122,7 @@ func RecordFromEntry(region string, e *accesslogdatav3.HTTPAccessLogEntry) Recor
 		if err := a.UnmarshalTo(&u); err != nil {
 			r.Extraction = ExtractionFailed
 		} else {
-			r.ReportedModel = u.GetModel()
+			r.ReportedModel = clip(u.GetModel())
 			r.InputTokens = u64(u.GetInputTokens())
 			r.OutputTokens = u64(u.GetOutputTokens())
 			r.CachedTokens = u64(u.GetInputTokenDetails().GetCachedTokens())
@@ -144,14 +145,29 @@ func RecordFromEntry(region string, e *accesslogdatav3.HTTPAccessLogEntry) Recor
 	if r.RequestID == "" {
 		r.RequestID = e.GetRequest().GetRequestHeaders()["x-request-id"]
 	}
+	r.RequestID = clip(r.RequestID)
 	return r
 }
+
+// maxField bounds the strings a record keeps: the model comes from the caller's body.
+const maxField = 256
 
 func str(v *structpb.Value) string {
 	if v == nil {
 		return ""
 	}
-	return strings.TrimSpace(v.GetStringValue())
+	return clip(strings.TrimSpace(v.GetStringValue()))
+}
+
+func clip(s string) string {
+	if len(s) <= maxField {
+		return s
+	}
+	s = s[:maxField]
+	for !utf8.ValidString(s) { // do not cut a character in half
+		s = s[:len(s)-1]
+	}
+	return s
 }
 
 // boolean reads a JSON boolean (json_to_metadata keeps its type) or its string form.
