@@ -27,6 +27,11 @@ func runUsage(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	by := fs.String("by", "", "group by, comma-separated: caller, tenant, upstream, model, region, route, day")
 	asJSON := fs.Bool("json", false, "print the /usage JSON")
 	asCSV := fs.Bool("csv", false, "print CSV")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: llmedge usage [flags]                              totals from the control plane's /usage")
+		fmt.Fprintln(stderr, "       llmedge usage export --month YYYY-MM --tenant NAME  a tenant's records for the month, CSV")
+		fs.PrintDefaults()
+	}
 	if err := parse(fs, args); err != nil {
 		return err
 	}
