@@ -240,9 +240,11 @@ func (m *Main) handler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /usage/", m.serveUsage)
+	mux.HandleFunc("GET /usage", m.serveUsage)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]any{"error": map[string]string{
-			"message": "not found; endpoints: /status, /healthz, /readyz, /metrics",
+			"message": "not found; endpoints: /status, /healthz, /readyz, /metrics, /usage, /usage/export",
 		}})
 	})
 	return mux
@@ -254,4 +256,15 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(v)
+}
+
+// serveUsage answers the usage ledger's queries; the ledger is set before serving starts.
+func (m *Main) serveUsage(w http.ResponseWriter, r *http.Request) {
+	if m.ledger == nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"error": map[string]string{
+			"message": "the usage ledger is off (the control plane runs without --state-dir)",
+		}})
+		return
+	}
+	m.usageHTTP.ServeHTTP(w, r)
 }

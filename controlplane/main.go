@@ -22,6 +22,7 @@ import (
 	"github.com/llmedge/llmedge/controlplane/config"
 	"github.com/llmedge/llmedge/controlplane/model"
 	"github.com/llmedge/llmedge/controlplane/translate"
+	"github.com/llmedge/llmedge/controlplane/usage"
 	"github.com/llmedge/llmedge/controlplane/watch"
 	"github.com/llmedge/llmedge/controlplane/xds"
 	"github.com/llmedge/llmedge/internal/statefile"
@@ -47,8 +48,10 @@ type Options struct {
 	// (see config.Removal) is applied; ordinary edits apply at once. Default DefaultSettle.
 	Settle time.Duration
 	// StateDir, when set, keeps the last applied routes YAML (one file, mode 0600, in a
-	// directory created 0700); at start-up, when the routes YAML is missing or invalid,
-	// that saved copy is served instead of nothing until a valid edit replaces it.
+	// directory created 0700), served at start-up when the routes YAML is missing or invalid
+	// until a valid edit replaces it, and holds the usage ledger (SQLite file, spool) unless
+	// the routes YAML's usage section names absolute paths. Empty keeps nothing and turns
+	// the ledger off.
 	StateDir string
 	Logger   *slog.Logger
 }
@@ -70,6 +73,10 @@ type Main struct {
 	xdsLns   []net.Listener
 	httpLn   net.Listener
 	ready    chan struct{}
+	// ledger and its settings are set once, before serving; nil when StateDir is empty.
+	ledger      *usage.Ledger
+	ledgerUsage model.Usage
+	usageHTTP   http.Handler
 
 	mu    sync.Mutex
 	state state
@@ -224,6 +231,16 @@ func (m *Main) Run(ctx context.Context) error {
 		return nil
 	}
 
+	ledgerDone := make(chan error, 1)
+	ledgerCtx, stopLedger := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopLedger()
+	if err := m.startLedger(ledgerCtx, g, ledgerDone); err != nil {
+		for _, ln := range m.xdsLns {
+			ln.Close()
+		}
+		m.httpLn.Close()
+		return err
+	}
 	errc := make(chan error, 2+len(m.xdsLns))
 	for _, ln := range m.xdsLns {
 		go func() { errc <- g.Serve(ln) }()
@@ -267,6 +284,12 @@ loop:
 	_ = hs.Shutdown(shutdownCtx)
 	// GracefulStop would wait for every Envoy to hang up its never-ending ADS stream.
 	g.Stop()
+	stopLedger()
+	if m.ledger != nil {
+		if err := <-ledgerDone; err != nil {
+			m.log.Error("usage ledger stopped with an error", "err", err.Error())
+		}
+	}
 	m.log.Info("control plane stopped")
 	return runErr
 }
@@ -471,6 +494,7 @@ func (r *reloader) apply(start time.Time, hash string, files []string, cfg *mode
 		return
 	}
 	m.state.errors = nil
+	m.updateLedger(cfg.Usage)
 	m.state.applied, m.state.appliedHash, m.state.appliedAt, m.state.files = cfg, hash, now, files
 	m.fromRoutesLocked()
 	m.saveLocked(snap)
