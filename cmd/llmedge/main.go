@@ -5,6 +5,7 @@
 //	llmedge validate --config routes.yaml       check a routes YAML (exit 1 on errors)
 //	llmedge bootstrap --region hk ...           print an Envoy bootstrap for a region
 //	llmedge token new --caller alice            mint a caller token
+//	llmedge certs issue --region hk ...          issue a region certificate
 package main
 
 import (
@@ -44,6 +45,7 @@ Usage:
   llmedge bootstrap [flags]      print the Envoy bootstrap YAML for one region
   llmedge token new --caller NAME   mint a caller token; prints it once plus the YAML line
   llmedge token hash             read a token on stdin, print its digest for the YAML
+  llmedge certs init|issue       a small CA for the internal hops: region certificates
   llmedge status [--url URL]     summarise the control plane's /status (regions, nodes, errors)
   llmedge probe URL              exit 0 if URL answers 2xx within 2 s (container health checks)
 
@@ -76,6 +78,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runBootstrap(args[1:], stdout, stderr)
 	case "token":
 		err = runToken(args[1:], os.Stdin, stdout, stderr)
+	case "certs":
+		err = runCerts(args[1:], stdout, stderr, time.Now())
 	case "status":
 		err = runStatus(ctx, args[1:], stdout, stderr)
 	case "probe":
@@ -165,6 +169,7 @@ func runControlPlane(ctx context.Context, args []string, stderr io.Writer) error
 	cfgPath := fs.String("config", envOr("LLMEDGE_CONFIG", DefaultConfig), "routes YAML file or directory (env LLMEDGE_CONFIG)")
 	xdsAddr := fs.String("xds-listen", envOr("LLMEDGE_XDS_LISTEN", "127.0.0.1:18000"), "gRPC ADS listen addresses, comma-separated: unix:/dir/xds.sock (dir mode 0700) and/or host:port; plain TCP only on loopback (env LLMEDGE_XDS_LISTEN)")
 	xdsTLS := serverTLSFlags(fs)
+	allowNoRegion := fs.Bool("xds-allow-certs-without-region", os.Getenv("LLMEDGE_XDS_ALLOW_CERTS_WITHOUT_REGION") == "true", "rollout aid: admit mutual-TLS xDS clients whose certificate names no region, trusting the region their node claims (default: refuse them; env LLMEDGE_XDS_ALLOW_CERTS_WITHOUT_REGION=true)")
 	httpAddr := fs.String("http-listen", envOr("LLMEDGE_HTTP_LISTEN", "127.0.0.1:18080"), "status/health/metrics listen address (env LLMEDGE_HTTP_LISTEN)")
 	logFormat := fs.String("log-format", envOr("LLMEDGE_LOG_FORMAT", "json"), "json or text")
 	logLevel := fs.String("log-level", envOr("LLMEDGE_LOG_LEVEL", "info"), "debug, info, warn or error")
@@ -183,13 +188,14 @@ func runControlPlane(ctx context.Context, args []string, stderr io.Writer) error
 		return err
 	}
 	m, err := controlplane.New(controlplane.Options{
-		ConfigPath:  *cfgPath,
-		XDSAddress:  *xdsAddr,
-		XDSTLS:      *xdsTLS,
-		HTTPAddress: *httpAddr,
-		Watch:       watch.Options{Holdoff: *holdoff, Poll: *poll},
-		Settle:      settle,
-		Logger:      log,
+		ConfigPath:                 *cfgPath,
+		XDSAddress:                 *xdsAddr,
+		XDSTLS:                     *xdsTLS,
+		XDSAllowCertsWithoutRegion: *allowNoRegion,
+		HTTPAddress:                *httpAddr,
+		Watch:                      watch.Options{Holdoff: *holdoff, Poll: *poll},
+		Settle:                     settle,
+		Logger:                     log,
 	})
 	if err != nil {
 		return err
