@@ -79,8 +79,11 @@ func runCerts(args []string, stdout, stderr io.Writer, now time.Time) error {
 	if *component == "" {
 		missing = append(missing, "--component")
 	}
+	if *region == "" && *component != transport.ComponentControlPlane {
+		missing = append(missing, "--region")
+	}
 	if len(missing) > 0 {
-		fmt.Fprintf(stderr, "%s required\n", strings.Join(missing, " and "))
+		fmt.Fprintf(stderr, "%s required\n%s", strings.Join(missing, ", "), certsUsage)
 		return errUsage
 	}
 	r := certs.Request{
