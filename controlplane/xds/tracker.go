@@ -241,6 +241,8 @@ func (t *Tracker) onRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
 			t.log.Warn("xds client has no node.locality.region; it gets no config (set it in the Envoy bootstrap)", "node_id", node.ID, "stream", id)
 		case !t.known(node.Region):
 			t.log.Warn("xds client is in a region the routes YAML does not define; it gets no config until the region is added", "node_id", node.ID, "region", node.Region, "stream", id)
+		case node.Identity != "":
+			t.log.Info("xds client connected", "node_id", node.ID, "region", node.Region, "identity", node.Identity, "stream", id)
 		default:
 			t.log.Info("xds client connected", "node_id", node.ID, "region", node.Region, "stream", id)
 		}
