@@ -14,6 +14,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
@@ -217,6 +218,13 @@ func TestRegionIdentity(t *testing.T) {
 		if resp != nil || status.Code(err) != codes.PermissionDenied {
 			t.Errorf("delta sg claiming hk: resp %v, err %v; want PermissionDenied", resp, err)
 		}
+	})
+
+	t.Run("a unary fetch is held to the same rule", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(t.Context(), waitFor)
+		defer cancel()
+		resp, err := listenerservice.NewListenerDiscoveryServiceClient(f.dial(t, &sg)).FetchListeners(ctx, listenersOf(t, "hk"))
+		wantDenied(t, resp, err, "fetch sg claiming hk")
 	})
 
 	t.Run("unix-socket clients are trusted as co-located", func(t *testing.T) {

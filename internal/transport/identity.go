@@ -38,11 +38,11 @@ const (
 	ComponentControlPlane = "controlplane"
 )
 
-// Components lists every component name an identity may carry.
-var Components = []string{ComponentEnvoy, ComponentExtAuthz, ComponentRatelimit, ComponentControlPlane}
+// components lists every component name an identity may carry.
+var components = [...]string{ComponentEnvoy, ComponentExtAuthz, ComponentRatelimit, ComponentControlPlane}
 
-// namePattern is what a region (as the routes YAML names it) or a component may look like
-// inside the URI: one path segment, nothing to escape.
+// namePattern is what a region may look like inside the URI: one path segment, nothing to
+// escape. It admits every name the routes YAML accepts for a region.
 var namePattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9_-]{0,62})$`)
 
 // Identity is who a certificate says its holder is. Region is empty for the control plane.
@@ -57,7 +57,7 @@ var ErrNoIdentity = errors.New("the certificate carries no llmedge identity (URI
 // Check reports a malformed identity.
 func (id Identity) Check() error {
 	if !isComponent(id.Component) {
-		return fmt.Errorf("component %q: want one of %s", id.Component, strings.Join(Components, ", "))
+		return fmt.Errorf("component %q: want one of %s", id.Component, strings.Join(components[:], ", "))
 	}
 	if id.Component == ComponentControlPlane {
 		if id.Region != "" {
@@ -72,7 +72,7 @@ func (id Identity) Check() error {
 }
 
 func isComponent(c string) bool {
-	for _, k := range Components {
+	for _, k := range components {
 		if c == k {
 			return true
 		}
