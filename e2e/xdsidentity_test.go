@@ -43,17 +43,17 @@ const idCPName = "xds.llmedge.test"
 // idEdge is a control plane serving regions hk and sg, on a unix socket and on a loopback
 // port with mutual TLS, with every certificate issued by `llmedge certs`.
 type idEdge struct {
-	t          *testing.T
-	dir, run   string
-	pki        string // llmedge certs --dir
-	routes     string
-	xdsTLS     string // 127.0.0.1:port of the mutual-TLS listener
-	httpAddr   string
-	hkPort     int    // hk's Envoy listener
-	hkRatelimt string // hk's ratelimit gRPC address in the routes
-	upstream   *rotatingUpstream
-	token      string
-	cp         *testenv.Process
+	t           *testing.T
+	dir, run    string
+	pki         string // llmedge certs --dir
+	routes      string
+	xdsTLS      string // 127.0.0.1:port of the mutual-TLS listener
+	httpAddr    string
+	hkPort      int    // hk's Envoy listener
+	hkRatelimit string // hk's ratelimit gRPC address in the routes
+	upstream    *rotatingUpstream
+	token       string
+	cp          *testenv.Process
 }
 
 // certs runs llmedge certs with args against e.pki and returns its output.
@@ -102,7 +102,7 @@ func newIDEdge(t *testing.T) *idEdge {
 	if err := os.WriteFile(filepath.Join(keys, "k1"), []byte(idKey), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	e.hkRatelimt = fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	e.hkRatelimit = fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	// alice may use openai (hk only) and bob gemini (sg only), each with a limit, so each
 	// region's caller policy and quotas name a different caller.
 	doc := fmt.Sprintf(`version: 1
@@ -144,7 +144,7 @@ callers:
     upstreams: [gemini]
     limits:
       - {requests: 7, per: minute}
-`, e.hkPort, filepath.Join(e.run, "extauthz-hk.sock"), e.hkRatelimt,
+`, e.hkPort, filepath.Join(e.run, "extauthz-hk.sock"), e.hkRatelimit,
 		testenv.FreePort(t), filepath.Join(e.run, "extauthz-sg.sock"), testenv.FreePort(t),
 		e.upstream.addr, caFile, e.upstream.addr, caFile,
 		token.DigestRef(tok), token.DigestRef("bob-"+tok))
@@ -481,7 +481,7 @@ func TestXDSIdentityRatelimit(t *testing.T) {
 	}
 	spy.Stop()
 
-	_, port, _ := net.SplitHostPort(e.hkRatelimt)
+	_, port, _ := net.SplitHostPort(e.hkRatelimit)
 	var grpcPort int
 	fmt.Sscanf(port, "%d", &grpcPort)
 	rl := testenv.StartRatelimit(t, testenv.RatelimitOptions{

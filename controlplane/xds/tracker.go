@@ -70,9 +70,8 @@ type Tracker struct {
 }
 
 type deltaState struct {
-	peer   transport.Peer
-	node   *corev3.Node // the last node sent: later requests may omit it
-	region string
+	peer transport.Peer
+	node *corev3.Node // the last node sent: later requests may omit it
 }
 
 func newTracker(log *slog.Logger, reg prometheus.Registerer, known func(string) bool, admit func(transport.Peer, string) *refusal) *Tracker {
@@ -157,15 +156,17 @@ func (t *Tracker) callbacks() serverv3.CallbackFuncs {
 		StreamDeltaRequestFunc: func(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
 			t.mu.Lock()
 			st := t.deltas[id]
-			if st != nil && req.GetNode() != nil {
-				st.node = req.GetNode()
-			}
-			t.mu.Unlock()
 			if st == nil {
+				t.mu.Unlock()
 				return nil
 			}
 			// go-control-plane fills in an omitted node only after this callback.
-			return t.check(st.peer, st.node, id)
+			if req.GetNode() != nil {
+				st.node = req.GetNode()
+			}
+			peer, n := st.peer, st.node
+			t.mu.Unlock()
+			return t.check(peer, n, id)
 		},
 		FetchRequestFunc: func(ctx context.Context, req *discoveryv3.DiscoveryRequest) error {
 			return t.check(transport.PeerOf(ctx), req.GetNode(), 0)
