@@ -79,7 +79,7 @@ func TestXDSOnUnixSocketAndMutualTLS(t *testing.T) {
 		t.Fatalf("XDSAddrs = %v", addrs)
 	}
 	_, port, _ := cutLast(addrs[1])
-	cli := ca.Client(t, "extauthz", "extauthz-hk")
+	cli := ca.Region(t, "extauthz", "hk", transport.ComponentExtAuthz)
 	for name, o := range map[string]xdsclient.Options{
 		"unix socket": {Server: sock},
 		"mutual TLS":  {Server: "127.0.0.1:" + port, TLS: transport.Files{Cert: cli.Cert, Key: cli.Key, CA: ca.CertFile}},

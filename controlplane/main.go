@@ -39,11 +39,16 @@ type Options struct {
 	// comma-separated unix:/path or host:port. The stream carries each region's caller
 	// policy, so plain TCP is refused on anything but loopback; XDSTLS makes TCP
 	// addresses mutual TLS (unix sockets are guarded by their directory).
-	XDSAddress  string
-	XDSTLS      transport.Files
-	HTTPAddress string // status/health/metrics listen address, default 127.0.0.1:18080
-	Watch       watch.Options
-	Limits      config.Limits
+	XDSAddress string
+	XDSTLS     transport.Files
+	// XDSAllowCertsWithoutRegion admits mutual-TLS clients whose certificate names no
+	// region (see transport.Identity), trusting their node's claim: a rollout aid only.
+	// By default such a client is refused, and a certificate naming a region is always
+	// held to it.
+	XDSAllowCertsWithoutRegion bool
+	HTTPAddress                string // status/health/metrics listen address, default 127.0.0.1:18080
+	Watch                      watch.Options
+	Limits                     config.Limits
 	// Settle is how long the routes YAML must stay unchanged before a destructive edit
 	// (see config.Removal) is applied; ordinary edits apply at once. Default DefaultSettle.
 	Settle time.Duration
@@ -180,7 +185,12 @@ func (m *Main) HTTPAddr() string { return m.httpLn.Addr().String() }
 func (m *Main) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	m.xds = xds.New(ctx, m.log, m.reg)
+	var xdsOpts []xds.Option
+	if m.opts.XDSAllowCertsWithoutRegion {
+		xdsOpts = append(xdsOpts, xds.AllowCertificatesWithoutRegion())
+		m.log.Warn("xds clients whose certificate names no region are trusted with the region their node claims (--xds-allow-certs-without-region); issue region certificates and drop the flag")
+	}
+	m.xds = xds.New(ctx, m.log, m.reg, xdsOpts...)
 
 	closeAll := func() {
 		for _, ln := range m.xdsLns {
@@ -201,6 +211,9 @@ func (m *Main) Run(ctx context.Context) error {
 		return fmt.Errorf("listen http %s: %w", m.opts.HTTPAddress, err)
 	}
 	g := grpc.NewServer(
+		// The listeners do the TLS; these hand the client certificate to the xDS server,
+		// which holds each client to the region it certifies.
+		grpc.Creds(transport.ServerCredentials()),
 		grpc.MaxConcurrentStreams(100000),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),

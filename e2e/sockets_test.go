@@ -426,7 +426,7 @@ func TestMTLSExtAuthz(t *testing.T) {
 	ca := pkitest.NewCA(t, tlsDir, "internal")
 	other := pkitest.NewCA(t, tlsDir, "other")
 	srv := ca.Server(t, "extauthz", "127.0.0.1")
-	envoyCert := ca.Client(t, "envoy", "envoy-hk")
+	envoyCert := ca.Region(t, "envoy", "hk", transport.ComponentEnvoy)
 	cpCert := ca.Server(t, "controlplane", "127.0.0.1")
 	authzAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	e := newSockEdge(t, sockOptions{
@@ -551,7 +551,7 @@ func TestMTLSXDSClientCertRotation(t *testing.T) {
 
 	ca := pkitest.NewCA(t, tlsDir, "internal")
 	cpCert := ca.Server(t, "controlplane", "127.0.0.1")
-	envoyCert := ca.Client(t, "envoy", "envoy-hk")
+	envoyCert := ca.Region(t, "envoy", "hk", transport.ComponentEnvoy)
 	clientCA := filepath.Join(tlsDir, "clients-ca.pem")
 	replaceFile(t, ca.CertFile, clientCA)
 	sdsDir := filepath.Join(t.TempDir(), "sds")
@@ -569,7 +569,7 @@ func TestMTLSXDSClientCertRotation(t *testing.T) {
 	// Rotate to a new client CA: Envoy's certificate files and the control plane's client
 	// CA are replaced (by renames), then the control plane restarts.
 	next := pkitest.NewCA(t, t.TempDir(), "clients-2")
-	newEnvoy := next.Client(t, "envoy-2", "envoy-hk")
+	newEnvoy := next.Region(t, "envoy-2", "hk", transport.ComponentEnvoy)
 	replaceFile(t, newEnvoy.Key, envoyCert.Key)
 	replaceFile(t, newEnvoy.Cert, envoyCert.Cert)
 	replaceFile(t, next.CertFile, clientCA)

@@ -6,6 +6,7 @@
 //	llmedge bootstrap --region hk ...           print an Envoy bootstrap for a region
 //	llmedge token new --caller alice            mint a caller token
 //	llmedge usage --since 24h --by caller,model  usage totals from the control plane
+//	llmedge certs issue --region hk ...          issue a region certificate
 package main
 
 import (
@@ -45,6 +46,7 @@ Usage:
   llmedge bootstrap [flags]      print the Envoy bootstrap YAML for one region
   llmedge token new --caller NAME   mint a caller token; prints it once plus the YAML line
   llmedge token hash             read a token on stdin, print its digest for the YAML
+  llmedge certs init|issue       a small CA for the internal hops: region certificates
   llmedge status [--url URL]     summarise the control plane's /status (regions, nodes, errors)
   llmedge usage [--since 24h] [--by caller,model] [--json|--csv]
                                  usage totals (requests, tokens, cost) from the control plane's /usage
@@ -80,6 +82,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runBootstrap(args[1:], stdout, stderr)
 	case "token":
 		err = runToken(args[1:], os.Stdin, stdout, stderr)
+	case "certs":
+		err = runCerts(args[1:], stdout, stderr, time.Now())
 	case "status":
 		err = runStatus(ctx, args[1:], stdout, stderr)
 	case "usage":
@@ -171,6 +175,7 @@ func runControlPlane(ctx context.Context, args []string, stderr io.Writer) error
 	cfgPath := fs.String("config", envOr("LLMEDGE_CONFIG", DefaultConfig), "routes YAML file or directory (env LLMEDGE_CONFIG)")
 	xdsAddr := fs.String("xds-listen", envOr("LLMEDGE_XDS_LISTEN", "127.0.0.1:18000"), "gRPC ADS listen addresses, comma-separated: unix:/dir/xds.sock (dir mode 0700) and/or host:port; plain TCP only on loopback (env LLMEDGE_XDS_LISTEN)")
 	xdsTLS := serverTLSFlags(fs)
+	allowNoRegion := fs.Bool("xds-allow-certs-without-region", os.Getenv("LLMEDGE_XDS_ALLOW_CERTS_WITHOUT_REGION") == "true", "rollout aid: admit mutual-TLS xDS clients whose certificate names no region, trusting the region their node claims (default: refuse them; env LLMEDGE_XDS_ALLOW_CERTS_WITHOUT_REGION=true)")
 	httpAddr := fs.String("http-listen", envOr("LLMEDGE_HTTP_LISTEN", "127.0.0.1:18080"), "status/health/metrics listen address (env LLMEDGE_HTTP_LISTEN)")
 	logFormat := fs.String("log-format", envOr("LLMEDGE_LOG_FORMAT", "json"), "json or text")
 	logLevel := fs.String("log-level", envOr("LLMEDGE_LOG_LEVEL", "info"), "debug, info, warn or error")
@@ -190,14 +195,15 @@ func runControlPlane(ctx context.Context, args []string, stderr io.Writer) error
 		return err
 	}
 	m, err := controlplane.New(controlplane.Options{
-		ConfigPath:  *cfgPath,
-		XDSAddress:  *xdsAddr,
-		XDSTLS:      *xdsTLS,
-		HTTPAddress: *httpAddr,
-		Watch:       watch.Options{Holdoff: *holdoff, Poll: *poll},
-		Settle:      settle,
-		StateDir:    *stateDir,
-		Logger:      log,
+		ConfigPath:                 *cfgPath,
+		XDSAddress:                 *xdsAddr,
+		XDSTLS:                     *xdsTLS,
+		XDSAllowCertsWithoutRegion: *allowNoRegion,
+		HTTPAddress:                *httpAddr,
+		Watch:                      watch.Options{Holdoff: *holdoff, Poll: *poll},
+		Settle:                     settle,
+		StateDir:                   *stateDir,
+		Logger:                     log,
 	})
 	if err != nil {
 		return err

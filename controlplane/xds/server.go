@@ -78,18 +78,26 @@ type Server struct {
 	xds     serverv3.Server
 	tracker *Tracker
 
+	// allowUnnamed admits mutual-TLS clients whose certificate names no region.
+	allowUnnamed bool
+
 	mu       sync.Mutex
 	versions map[string]map[string]string // region -> short type -> version
 }
 
 // New builds a Server. ctx bounds the lifetime of the xDS server's internal goroutines.
-func New(ctx context.Context, log *slog.Logger, reg prometheus.Registerer) *Server {
+// Register it on a grpc.Server built with transport.ServerCredentials, so every stream
+// arriving over mutual TLS is held to the region its client certificate names.
+func New(ctx context.Context, log *slog.Logger, reg prometheus.Registerer, opts ...Option) *Server {
 	s := &Server{
 		log:      log,
 		cache:    cachev3.NewSnapshotCache(true, regionHash{}, slogAdapter{log.With("component", "go-control-plane")}),
 		versions: map[string]map[string]string{},
 	}
-	s.tracker = newTracker(log, reg, s.knownRegion)
+	for _, o := range opts {
+		o(s)
+	}
+	s.tracker = newTracker(log, reg, s.knownRegion, s.admit)
 	s.xds = serverv3.NewServer(ctx, s.cache, s.tracker.callbacks())
 	return s
 }

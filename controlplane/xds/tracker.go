@@ -13,6 +13,8 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/llmedge/llmedge/internal/transport"
 )
 
 // Nack is the last configuration a node rejected.
@@ -25,9 +27,11 @@ type Nack struct {
 
 // Node is one connected xDS client as the status endpoint shows it.
 type Node struct {
-	ID          string    `json:"id"`
-	Cluster     string    `json:"cluster,omitempty"`
-	Region      string    `json:"region"`
+	ID      string `json:"id"`
+	Cluster string `json:"cluster,omitempty"`
+	Region  string `json:"region"`
+	// Identity is the region identity its client certificate carries (mutual TLS only).
+	Identity    string    `json:"identity,omitempty"`
 	Stream      int64     `json:"stream"`
 	ConnectedAt time.Time `json:"connected_at"`
 	// Subscribed lists the types the node asked for (Envoys: listeners, routes, clusters;
@@ -39,6 +43,7 @@ type Node struct {
 }
 
 type streamState struct {
+	peer transport.Peer
 	node Node
 	sent map[string]string // type URL -> version last sent on this stream
 	warn bool
@@ -50,20 +55,32 @@ type streamState struct {
 type Tracker struct {
 	log   *slog.Logger
 	known func(region string) bool
+	admit func(p transport.Peer, claimed string) *refusal
 
 	mu      sync.Mutex
 	streams map[int64]*streamState
+	// deltas are incremental streams: never tracked for status (llmedge's clients use
+	// state of the world), but held to the same region rule, since ADS serves both.
+	deltas map[int64]*deltaState
 
 	connected *prometheus.GaugeVec
 	acks      *prometheus.CounterVec
 	nacks     *prometheus.CounterVec
+	refused   *prometheus.CounterVec
 }
 
-func newTracker(log *slog.Logger, reg prometheus.Registerer, known func(string) bool) *Tracker {
+type deltaState struct {
+	peer transport.Peer
+	node *corev3.Node // the last node sent: later requests may omit it
+}
+
+func newTracker(log *slog.Logger, reg prometheus.Registerer, known func(string) bool, admit func(transport.Peer, string) *refusal) *Tracker {
 	t := &Tracker{
 		log:     log,
 		known:   known,
+		admit:   admit,
 		streams: map[int64]*streamState{},
+		deltas:  map[int64]*deltaState{},
 		connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "llmedge_xds_connected_nodes", Help: "xDS clients connected, by region.",
 		}, []string{"region"}),
@@ -73,18 +90,42 @@ func newTracker(log *slog.Logger, reg prometheus.Registerer, known func(string) 
 		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "llmedge_xds_nacks_total", Help: "Configurations rejected by xDS clients.",
 		}, []string{"region", "type"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llmedge_xds_refused_total", Help: "xDS streams and fetches refused because the client certificate does not certify the region the node claims (reason region_mismatch or no_identity).",
+		}, []string{"reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(t.connected, t.acks, t.nacks)
+		reg.MustRegister(t.connected, t.acks, t.nacks, t.refused)
 	}
 	return t
 }
 
+// check refuses a client whose certificate does not certify the region its node claims,
+// logging the claimed and the certified region. It runs before go-control-plane opens a
+// watch, so a refused client is sent nothing.
+func (t *Tracker) check(p transport.Peer, node *corev3.Node, stream int64) error {
+	claimed := NodeRegion(node)
+	r := t.admit(p, claimed)
+	if r == nil {
+		return nil
+	}
+	t.refused.WithLabelValues(r.reason).Inc()
+	attrs := []any{"node_id", node.GetId(), "region", claimed, "stream", stream, "reason", r.reason}
+	if p.IdentityErr == nil {
+		attrs = append(attrs, "cert_region", p.Identity.Region, "identity", p.Identity.String())
+	} else {
+		attrs = append(attrs, "error", p.IdentityErr.Error())
+	}
+	t.log.Warn("xds client refused: its certificate does not certify the region its node claims", attrs...)
+	return r.err
+}
+
 func (t *Tracker) callbacks() serverv3.CallbackFuncs {
 	return serverv3.CallbackFuncs{
-		StreamOpenFunc: func(_ context.Context, id int64, _ string) error {
+		StreamOpenFunc: func(ctx context.Context, id int64, _ string) error {
+			p := transport.PeerOf(ctx)
 			t.mu.Lock()
-			t.streams[id] = &streamState{sent: map[string]string{}}
+			t.streams[id] = &streamState{peer: p, sent: map[string]string{}}
 			t.mu.Unlock()
 			return nil
 		},
@@ -100,6 +141,36 @@ func (t *Tracker) callbacks() serverv3.CallbackFuncs {
 		},
 		StreamRequestFunc:  t.onRequest,
 		StreamResponseFunc: t.onResponse,
+		DeltaStreamOpenFunc: func(ctx context.Context, id int64, _ string) error {
+			p := transport.PeerOf(ctx)
+			t.mu.Lock()
+			t.deltas[id] = &deltaState{peer: p}
+			t.mu.Unlock()
+			return nil
+		},
+		DeltaStreamClosedFunc: func(id int64, _ *corev3.Node) {
+			t.mu.Lock()
+			delete(t.deltas, id)
+			t.mu.Unlock()
+		},
+		StreamDeltaRequestFunc: func(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
+			t.mu.Lock()
+			st := t.deltas[id]
+			if st == nil {
+				t.mu.Unlock()
+				return nil
+			}
+			// go-control-plane fills in an omitted node only after this callback.
+			if req.GetNode() != nil {
+				st.node = req.GetNode()
+			}
+			peer, n := st.peer, st.node
+			t.mu.Unlock()
+			return t.check(peer, n, id)
+		},
+		FetchRequestFunc: func(ctx context.Context, req *discoveryv3.DiscoveryRequest) error {
+			return t.check(transport.PeerOf(ctx), req.GetNode(), 0)
+		},
 	}
 }
 
@@ -107,6 +178,18 @@ func (t *Tracker) onRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
 	t.mu.Lock()
 	st := t.streams[id]
 	if st == nil {
+		t.mu.Unlock()
+		return nil
+	}
+	peer := st.peer
+	t.mu.Unlock()
+	// Every request, not only the first: the node (filled in by go-control-plane when a
+	// request omits it) is what the snapshot is chosen by.
+	if err := t.check(peer, req.GetNode(), id); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	if st = t.streams[id]; st == nil {
 		t.mu.Unlock()
 		return nil
 	}
@@ -123,6 +206,9 @@ func (t *Tracker) onRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
 		}
 		if st.node.ID == "" {
 			st.node.ID = "(no node id)"
+		}
+		if peer.Kind == transport.PeerTLS && peer.IdentityErr == nil {
+			st.node.Identity = peer.Identity.String()
 		}
 	}
 	if typ := ShortType(req.GetTypeUrl()); typ != "" && !slices.Contains(st.node.Subscribed, typ) {
@@ -156,6 +242,8 @@ func (t *Tracker) onRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
 			t.log.Warn("xds client has no node.locality.region; it gets no config (set it in the Envoy bootstrap)", "node_id", node.ID, "stream", id)
 		case !t.known(node.Region):
 			t.log.Warn("xds client is in a region the routes YAML does not define; it gets no config until the region is added", "node_id", node.ID, "region", node.Region, "stream", id)
+		case node.Identity != "":
+			t.log.Info("xds client connected", "node_id", node.ID, "region", node.Region, "identity", node.Identity, "stream", id)
 		default:
 			t.log.Info("xds client connected", "node_id", node.ID, "region", node.Region, "stream", id)
 		}

@@ -6,7 +6,9 @@
 //   - unix:/abs/path.sock: a unix domain socket in a directory only the process's user can
 //     open (the directory is the guard; the socket is also made 0600);
 //   - host:port with mutual TLS: a server certificate, and client certificates checked
-//     against an operator-configured CA; every file is re-read when it changes;
+//     against an operator-configured CA; every file is re-read when it changes. A client
+//     certificate names its holder's region and component (Identity, a URI SAN), which
+//     servers read with PeerOf to decide what that client may see;
 //   - host:port in plain TCP: allowed on loopback only (development), logged as
 //     unauthenticated, and refused on any other address.
 package transport

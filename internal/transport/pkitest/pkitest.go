@@ -11,10 +11,13 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/llmedge/llmedge/internal/transport"
 )
 
 // CA is a test certificate authority; CertFile is its certificate as PEM.
@@ -64,7 +67,22 @@ func (ca *CA) Client(t testing.TB, file, cn string) Pair {
 	return ca.issue(t, file, x509.ExtKeyUsageClientAuth, []string{cn})
 }
 
+// Region issues a client certificate carrying the region identity of component in region
+// (the URI SAN transport.IdentityOf reads), as llmedge certs issue does.
+func (ca *CA) Region(t testing.TB, file, region, component string) Pair {
+	t.Helper()
+	id := transport.Identity{Region: region, Component: component}
+	return ca.issueWith(t, file, x509.ExtKeyUsageClientAuth, []string{component + "-" + region}, func(c *x509.Certificate) {
+		c.URIs = []*url.URL{id.URI()}
+	})
+}
+
 func (ca *CA) issue(t testing.TB, file string, usage x509.ExtKeyUsage, names []string) Pair {
+	t.Helper()
+	return ca.issueWith(t, file, usage, names, nil)
+}
+
+func (ca *CA) issueWith(t testing.TB, file string, usage x509.ExtKeyUsage, names []string, edit func(*x509.Certificate)) Pair {
 	t.Helper()
 	key := newKey(t)
 	tmpl := &x509.Certificate{
@@ -81,6 +99,9 @@ func (ca *CA) issue(t testing.TB, file string, usage x509.ExtKeyUsage, names []s
 		} else {
 			tmpl.DNSNames = append(tmpl.DNSNames, n)
 		}
+	}
+	if edit != nil {
+		edit(tmpl)
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
