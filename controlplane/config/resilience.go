@@ -49,11 +49,13 @@ var retryConditions = []string{"5xx", "connect-failure", "gateway-error", "refus
 
 // DefaultRetries is the retry policy of an upstream that does not set one: transient
 // provider answers (429, 502, 503, 504, Anthropic's 529 "overloaded") and connections
-// that failed or were reset before an answer.
+// that failed or were reset before the request went out. Not "reset": to Envoy a
+// response_timeout expiry is a reset too, and a provider that kept a request for
+// response_timeout has likely billed it and would keep the retry as long.
 func DefaultRetries() model.Retries {
 	return model.Retries{
 		Attempts:      DefaultRetryAttempts,
-		On:            []string{"connect-failure", "refused-stream", "reset"},
+		On:            []string{"connect-failure", "refused-stream", "reset-before-request"},
 		StatusCodes:   []uint32{429, 502, 503, 504, 529},
 		BackoffBase:   DefaultRetryBase,
 		BackoffMax:    DefaultRetryMax,
