@@ -43,6 +43,13 @@ type ConfigStatus struct {
 	Pending *PendingStatus `json:"pending,omitempty"`
 	// Reloading is set while a reload runs (a newer edit abandons it and starts another).
 	Reloading *ReloadingStatus `json:"reloading,omitempty"`
+	// Source is where the serving config came from: "routes" (the routes YAML) or "saved"
+	// (the last good copy in --state-dir, served because the routes YAML was missing or
+	// invalid at start-up; SavedAt says when it was saved); "" while nothing serves.
+	Source  string     `json:"source"`
+	SavedAt *time.Time `json:"saved_at,omitempty"`
+	// SaveError is the last failure to keep the applied config in --state-dir.
+	SaveError string `json:"save_error,omitempty"`
 }
 
 // PendingStatus is a destructive edit waiting to be applied.
@@ -125,11 +132,13 @@ func (m *Main) Status() Status {
 	m.mu.Unlock()
 	out := Status{
 		Config: ConfigStatus{
-			Path:     m.src.String(),
-			Files:    st.files,
-			Valid:    st.errors == nil && st.applied != nil,
-			Errors:   []config.FieldError(st.errors),
-			Warnings: []string{},
+			Path:      m.src.String(),
+			Files:     st.files,
+			Valid:     st.errors == nil && st.applied != nil,
+			Errors:    []config.FieldError(st.errors),
+			Warnings:  []string{},
+			Source:    st.source,
+			SaveError: st.saveError,
 		},
 		Regions:    []RegionStatus{},
 		Upstreams:  []UpstreamStatus{},
@@ -143,6 +152,10 @@ func (m *Main) Status() Status {
 			Hash: p.hash, Since: p.since, AppliesAt: p.since.Add(m.opts.Settle),
 			Reasons: p.removal.Reasons(), Removes: p.removal,
 		}
+	}
+	if !st.savedAt.IsZero() {
+		t := st.savedAt
+		out.Config.SavedAt = &t
 	}
 	if out.Config.Errors == nil {
 		out.Config.Errors = []config.FieldError{}
@@ -213,18 +226,25 @@ func (m *Main) handler() http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		m.mu.Lock()
-		ready := m.state.applied != nil
+		ready, source := m.state.applied != nil, m.state.source
 		m.mu.Unlock()
 		if !ready {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": "no valid routes config has been loaded yet; see /status"})
 			return
 		}
+		if source == SourceSaved {
+			writeJSON(w, http.StatusOK, map[string]string{"status": "ready", "source": source,
+				"reason": "serving the last good config saved in --state-dir: the routes YAML was unusable at start-up; see /status"})
+			return
+		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /usage/", m.serveUsage)
+	mux.HandleFunc("GET /usage", m.serveUsage)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]any{"error": map[string]string{
-			"message": "not found; endpoints: /status, /healthz, /readyz, /metrics",
+			"message": "not found; endpoints: /status, /healthz, /readyz, /metrics, /usage, /usage/export",
 		}})
 	})
 	return mux
@@ -236,4 +256,15 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(v)
+}
+
+// serveUsage answers the usage ledger's queries; the ledger is set before serving starts.
+func (m *Main) serveUsage(w http.ResponseWriter, r *http.Request) {
+	if m.ledger == nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"error": map[string]string{
+			"message": "the usage ledger is off (the control plane runs without --state-dir)",
+		}})
+		return
+	}
+	m.usageHTTP.ServeHTTP(w, r)
 }

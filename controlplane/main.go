@@ -22,8 +22,10 @@ import (
 	"github.com/llmedge/llmedge/controlplane/config"
 	"github.com/llmedge/llmedge/controlplane/model"
 	"github.com/llmedge/llmedge/controlplane/translate"
+	"github.com/llmedge/llmedge/controlplane/usage"
 	"github.com/llmedge/llmedge/controlplane/watch"
 	"github.com/llmedge/llmedge/controlplane/xds"
+	"github.com/llmedge/llmedge/internal/statefile"
 	"github.com/llmedge/llmedge/internal/transport"
 )
 
@@ -45,7 +47,13 @@ type Options struct {
 	// Settle is how long the routes YAML must stay unchanged before a destructive edit
 	// (see config.Removal) is applied; ordinary edits apply at once. Default DefaultSettle.
 	Settle time.Duration
-	Logger *slog.Logger
+	// StateDir, when set, keeps the last applied routes YAML (one file, mode 0600, in a
+	// directory created 0700), served at start-up when the routes YAML is missing or invalid
+	// until a valid edit replaces it, and holds the usage ledger (SQLite file, spool) unless
+	// the routes YAML's usage section names absolute paths. Empty keeps nothing and turns
+	// the ledger off.
+	StateDir string
+	Logger   *slog.Logger
 }
 
 // DefaultSettle covers a generator or a copy over a network file system that writes the
@@ -65,6 +73,10 @@ type Main struct {
 	xdsLns   []net.Listener
 	httpLn   net.Listener
 	ready    chan struct{}
+	// ledger and its settings are set once, before serving; nil when StateDir is empty.
+	ledger      *usage.Ledger
+	ledgerUsage model.Usage
+	usageHTTP   http.Handler
 
 	mu    sync.Mutex
 	state state
@@ -83,6 +95,14 @@ type state struct {
 	reloadingSince time.Time
 	// pending is a destructive edit waiting for the file to stay unchanged.
 	pending *pendingEdit
+	// source is where the serving config came from: SourceRoutes or SourceSaved; savedAt
+	// is when a served saved copy was written.
+	source  string
+	savedAt time.Time
+	// savedHash is the hash of the copy in the state dir; saveError the last failure to
+	// write it.
+	savedHash string
+	saveError string
 }
 
 // pendingEdit is a valid, translated, destructive edit held back for the settle period.
@@ -93,6 +113,7 @@ type pendingEdit struct {
 	removal config.Removal
 	cfg     *model.Config
 	all     map[string]*translate.Resources
+	snap    *config.Snapshot
 }
 
 // New validates the options; Run starts everything.
@@ -116,13 +137,20 @@ func New(o Options) (*Main, error) {
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: --xds-listen %q: %w", o.XDSAddress, err)
 	}
+	if o.StateDir != "" {
+		if err := statefile.Dir(o.StateDir); err != nil {
+			return nil, fmt.Errorf("controlplane: --state-dir: %w", err)
+		}
+	}
 	src := o.Provider
 	if src == nil {
 		src = config.NewProvider(o.ConfigPath, o.Limits, o.Watch, o.Logger)
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return &Main{opts: o, src: src, log: o.Logger, reg: reg, metrics: newReloadMetrics(reg), xdsAddrs: addrs, ready: make(chan struct{})}, nil
+	m := &Main{opts: o, src: src, log: o.Logger, reg: reg, xdsAddrs: addrs, ready: make(chan struct{})}
+	m.metrics = newReloadMetrics(reg, m.configSource)
+	return m, nil
 }
 
 // Ready is closed once both listeners are bound.
@@ -187,6 +215,12 @@ func (m *Main) Run(ctx context.Context) error {
 	select {
 	case res := <-r.results:
 		r.finish(res)
+		m.mu.Lock()
+		none := m.state.applied == nil
+		m.mu.Unlock()
+		if none && m.opts.StateDir != "" {
+			m.serveSaved(ctx)
+		}
 	case <-ctx.Done():
 		r.abandon()
 		for _, ln := range m.xdsLns {
@@ -197,6 +231,16 @@ func (m *Main) Run(ctx context.Context) error {
 		return nil
 	}
 
+	ledgerDone := make(chan error, 1)
+	ledgerCtx, stopLedger := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopLedger()
+	if err := m.startLedger(ledgerCtx, g, ledgerDone); err != nil {
+		for _, ln := range m.xdsLns {
+			ln.Close()
+		}
+		m.httpLn.Close()
+		return err
+	}
 	errc := make(chan error, 2+len(m.xdsLns))
 	for _, ln := range m.xdsLns {
 		go func() { errc <- g.Serve(ln) }()
@@ -240,6 +284,12 @@ loop:
 	_ = hs.Shutdown(shutdownCtx)
 	// GracefulStop would wait for every Envoy to hang up its never-ending ADS stream.
 	g.Stop()
+	stopLedger()
+	if m.ledger != nil {
+		if err := <-ledgerDone; err != nil {
+			m.log.Error("usage ledger stopped with an error", "err", err.Error())
+		}
+	}
 	m.log.Info("control plane stopped")
 	return runErr
 }
@@ -264,6 +314,7 @@ type reloadResult struct {
 	src       *config.Source
 	cfg       *model.Config
 	all       map[string]*translate.Resources
+	snap      *config.Snapshot
 	err       error
 }
 
@@ -321,7 +372,7 @@ func (m *Main) load(ctx context.Context, checked string) reloadResult {
 	if ctx.Err() != nil {
 		err = ctx.Err()
 	}
-	return reloadResult{hash: snap.Hash, src: src, cfg: cfg, all: all, err: err}
+	return reloadResult{hash: snap.Hash, src: src, cfg: cfg, all: all, snap: snap, err: err}
 }
 
 // finish takes a reload's result: nothing for the same bytes, reject a bad edit, hold a
@@ -351,7 +402,7 @@ func (r *reloader) finish(res reloadResult) {
 				r.armSettle(wait)
 				return
 			}
-			r.apply(res.start, p.hash, p.files, p.cfg, p.all, p.removal)
+			r.apply(res.start, p.hash, p.files, p.cfg, p.all, p.snap, p.removal)
 			return
 		}
 		// The same bytes were applied or rejected already: nothing to push, nothing new to
@@ -370,6 +421,7 @@ func (r *reloader) finish(res reloadResult) {
 			// applied_at.
 			m.state.pending, m.state.errors = nil, nil
 			m.state.checkedAt, m.state.checkedHash = now, res.hash
+			m.fromRoutesLocked()
 			m.mu.Unlock()
 			m.metrics.valid.Set(1)
 			m.metrics.errors.Set(0)
@@ -381,7 +433,7 @@ func (r *reloader) finish(res reloadResult) {
 		}
 		m.mu.Unlock()
 		if removal := config.Compare(applied, res.cfg); removal.Destructive() {
-			p := &pendingEdit{hash: res.hash, files: res.src.Files, since: now, removal: removal, cfg: res.cfg, all: res.all}
+			p := &pendingEdit{hash: res.hash, files: res.src.Files, since: now, removal: removal, cfg: res.cfg, all: res.all, snap: res.snap}
 			if prev != nil && prev.hash == res.hash {
 				p.since = prev.since
 			}
@@ -396,7 +448,7 @@ func (r *reloader) finish(res reloadResult) {
 			r.armSettle(p.since.Add(m.opts.Settle).Sub(now))
 			return
 		}
-		r.apply(res.start, res.hash, res.src.Files, res.cfg, res.all, config.Removal{})
+		r.apply(res.start, res.hash, res.src.Files, res.cfg, res.all, res.snap, config.Removal{})
 		return
 	}
 	m.mu.Lock()
@@ -425,7 +477,7 @@ func (r *reloader) armSettle(d time.Duration) {
 }
 
 // apply pushes a translated config to every region and records it as serving.
-func (r *reloader) apply(start time.Time, hash string, files []string, cfg *model.Config, all map[string]*translate.Resources, removal config.Removal) {
+func (r *reloader) apply(start time.Time, hash string, files []string, cfg *model.Config, all map[string]*translate.Resources, snap *config.Snapshot, removal config.Removal) {
 	m := r.m
 	changed, err := m.xds.Update(all)
 	now := time.Now().UTC()
@@ -442,7 +494,10 @@ func (r *reloader) apply(start time.Time, hash string, files []string, cfg *mode
 		return
 	}
 	m.state.errors = nil
+	m.updateLedger(cfg.Usage)
 	m.state.applied, m.state.appliedHash, m.state.appliedAt, m.state.files = cfg, hash, now, files
+	m.fromRoutesLocked()
+	m.saveLocked(snap)
 	m.metrics.reloads.WithLabelValues("applied").Inc()
 	m.metrics.valid.Set(1)
 	m.metrics.errors.Set(0)
@@ -464,7 +519,7 @@ type reloadMetrics struct {
 	appliedAt prometheus.Gauge
 }
 
-func newReloadMetrics(reg prometheus.Registerer) *reloadMetrics {
+func newReloadMetrics(reg prometheus.Registerer, source func() string) *reloadMetrics {
 	m := &reloadMetrics{
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "llmedge_config_reloads_total", Help: "Routes YAML load attempts by result (applied, unchanged, error, pending: a destructive edit held for the settle period, abandoned: superseded by a newer edit).",
@@ -480,6 +535,18 @@ func newReloadMetrics(reg prometheus.Registerer) *reloadMetrics {
 		}),
 	}
 	reg.MustRegister(m.reloads, m.valid, m.errors, m.appliedAt)
+	for _, s := range []string{SourceRoutes, SourceSaved} {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "llmedge_config_source",
+			Help:        "1 for where the serving config came from: routes (the routes YAML), or saved (the last good copy in --state-dir, served because the routes YAML was missing or invalid at start-up).",
+			ConstLabels: prometheus.Labels{"source": s},
+		}, func() float64 {
+			if source() == s {
+				return 1
+			}
+			return 0
+		}))
+	}
 	return m
 }
 

@@ -723,9 +723,12 @@ func TestStatusHidesURLCredentials(t *testing.T) {
 					}
 				}
 			}
-			if !strings.Contains(c.logs.String(), "routes config rejected") {
-				t.Errorf("the rejection was not logged (so the log check proves nothing):\n%s", c.logs.String())
-			}
+			eventually(t, waitFor, func() error {
+				if !strings.Contains(c.logs.String(), "routes config rejected") {
+					return fmt.Errorf("the rejection was not logged (so the log check proves nothing):\n%s", c.logs.String())
+				}
+				return nil
+			})
 		})
 	}
 }

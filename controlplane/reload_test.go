@@ -62,10 +62,14 @@ func TestDestructiveEditIsHeld(t *testing.T) {
 	if diff := fmt.Sprint(regionVersions(good)); diff != fmt.Sprint(regionVersions(st)) {
 		t.Errorf("versions changed while the edit was held: %v -> %v", regionVersions(good), regionVersions(st))
 	}
-	logs := c.logs.String()
-	if !strings.Contains(logs, "destructive routes edit held back") || !strings.Contains(logs, "alice") {
-		t.Errorf("the log does not report the held edit and what it removes:\n%s", logs)
-	}
+	// The log line follows the status update: poll for it.
+	var logs string
+	eventually(t, waitFor, func() error {
+		if logs = c.logs.String(); !strings.Contains(logs, "destructive routes edit held back") || !strings.Contains(logs, "alice") {
+			return fmt.Errorf("the log does not report the held edit and what it removes:\n%s", logs)
+		}
+		return nil
+	})
 	for _, secret := range []string{aliceDigest[7:], bobDigest[7:]} {
 		if strings.Contains(logs, secret) {
 			t.Errorf("the log holds a token digest")
@@ -87,9 +91,12 @@ func TestDestructiveEditIsHeld(t *testing.T) {
 		t.Errorf("the completed file is the serving one, yet status says hash %s applied %v valid %v (was %s %v)",
 			st.Config.Hash, st.Config.AppliedAt, st.Config.Valid, good.Config.Hash, good.Config.AppliedAt)
 	}
-	if !strings.Contains(c.logs.String(), "held destructive edit withdrawn") {
-		t.Errorf("the log does not say the held edit was withdrawn")
-	}
+	eventually(t, waitFor, func() error {
+		if !strings.Contains(c.logs.String(), "held destructive edit withdrawn") {
+			return fmt.Errorf("the log does not say the held edit was withdrawn")
+		}
+		return nil
+	})
 }
 
 // TestDestructiveEditAppliesAfterSettle: a deliberate mass removal is applied once the
@@ -114,9 +121,12 @@ func TestDestructiveEditAppliesAfterSettle(t *testing.T) {
 	if got := c.count(t, "llmedge_config_reloads_total", reloads("pending")); got < 1 {
 		t.Errorf("reloads{result=pending} = %v: the removal was applied without being held", got)
 	}
-	if !strings.Contains(c.logs.String(), "leaves region(s) hk with no route") {
-		t.Errorf("the log does not say what the applied edit removed:\n%s", c.logs.String())
-	}
+	eventually(t, waitFor, func() error {
+		if !strings.Contains(c.logs.String(), "leaves region(s) hk with no route") {
+			return fmt.Errorf("the log does not say what the applied edit removed:\n%s", c.logs.String())
+		}
+		return nil
+	})
 }
 
 // TestOrdinaryEditIsNotHeld: removing one route of three, or one caller of two that

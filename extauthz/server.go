@@ -29,6 +29,7 @@ import (
 
 	"github.com/llmedge/llmedge/extauthz/decide"
 	"github.com/llmedge/llmedge/extauthz/keystore"
+	"github.com/llmedge/llmedge/internal/statefile"
 	"github.com/llmedge/llmedge/internal/transport"
 	"github.com/llmedge/llmedge/internal/wire"
 	"github.com/llmedge/llmedge/internal/xdsclient"
@@ -51,7 +52,10 @@ type Options struct {
 	HTTPAddress string // /healthz, /readyz, /metrics
 	KeysDir     string // <dir>/<upstream>/<key name>
 	KeysPoll    time.Duration
-	Logger      *slog.Logger
+	// StateDir, when set, keeps the last caller policy the control plane sent (token
+	// digests, never keys) so a restart while the control plane is away starts on it.
+	StateDir string
+	Logger   *slog.Logger
 }
 
 // Main is a running extauthz.
@@ -89,6 +93,11 @@ func New(o Options) (*Main, error) {
 	if err != nil {
 		return nil, fmt.Errorf("extauthz: --grpc-listen %q: %w", o.GRPCAddress, err)
 	}
+	if o.StateDir != "" {
+		if err := statefile.Dir(o.StateDir); err != nil {
+			return nil, fmt.Errorf("extauthz: --state-dir: %w", err)
+		}
+	}
 	if o.KeysPoll <= 0 {
 		o.KeysPoll = 5 * time.Second
 	}
@@ -113,7 +122,8 @@ func New(o Options) (*Main, error) {
 				return 0
 			}
 			return 1
-		}))
+		}),
+		policySource(m, xdsclient.SourceSaved), policySource(m, xdsclient.SourceControlPlane))
 	m.xds, err = xdsclient.New(xdsclient.Options{
 		Server: o.XDSServer,
 		TLS:    o.XDSTLS,
@@ -122,15 +132,30 @@ func New(o Options) (*Main, error) {
 			Cluster:  "llmedge-extauthz-" + o.Region,
 			Locality: &corev3.Locality{Region: o.Region},
 		},
-		TypeURL: resourcev3.ExtensionConfigType,
-		Names:   []string{wire.PolicyResourceName},
-		Apply:   m.apply,
-		Logger:  log.With("component", "xds"),
+		TypeURL:  resourcev3.ExtensionConfigType,
+		Names:    []string{wire.PolicyResourceName},
+		Apply:    m.apply,
+		StateDir: o.StateDir,
+		Logger:   log.With("component", "xds"),
 	})
 	if err != nil {
 		return nil, err
 	}
 	return m, nil
+}
+
+// policySource is 1 while the policy in force came from source.
+func policySource(m *Main, source string) prometheus.GaugeFunc {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name:        "llmedge_extauthz_policy_source",
+		Help:        "1 for where the caller policy in force came from: control_plane, or saved (the copy in --state-dir, while the control plane has not answered since start-up).",
+		ConstLabels: prometheus.Labels{"source": source},
+	}, func() float64 {
+		if m.xds.Status().Source == source {
+			return 1
+		}
+		return 0
+	})
 }
 
 // Ready is closed once the listeners are bound; GRPCAddr/HTTPAddr are valid after it.
@@ -147,6 +172,9 @@ func (m *Main) HTTPAddr() string { return m.httpLn.Addr().String() }
 func (m *Main) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// The saved policy, if any, is in force before the first check arrives: Envoy
+	// reconnects as soon as the socket accepts.
+	m.xds.LoadSaved()
 	var err error
 	if m.grpcLn, err = transport.Listen(m.grpcAddr, m.opts.TLS, m.log.With("component", "grpc")); err != nil {
 		return fmt.Errorf("listen grpc: %w", err)
@@ -352,7 +380,15 @@ func (m *Main) handler() http.Handler {
 			})
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "policy_version": st.Version, "xds_connected": st.Connected, "keys": keys})
+		body := map[string]any{"status": "ready", "policy_version": st.Version, "policy_source": st.Source, "xds_connected": st.Connected, "keys": keys}
+		if st.Source == xdsclient.SourceSaved {
+			body["policy_saved_at"] = st.SavedAt
+			body["reason"] = "serving the caller policy saved in the state dir; the control plane has not answered since start-up"
+		}
+		if st.SaveError != "" {
+			body["policy_save_error"] = st.SaveError
+		}
+		writeJSON(w, http.StatusOK, body)
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	return mux

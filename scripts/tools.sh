@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the real binaries the tests run (Envoy, envoyproxy/ratelimit,
-# redis-server, and protoc for scripts/proto.sh and its drift check), and the
+# redis-server, PostgreSQL, and protoc for scripts/proto.sh and its drift check), and the
 # official Python SDKs the e2e suite drives through the edge, into the
 # git-ignored .tools/ folder. Idempotent: a re-run with everything present only
 # checks versions and takes well under a second.
@@ -131,6 +131,27 @@ redis_path="$(command -v redis-server)"
 redis_ver="$("$BIN/redis-server" --version 2>&1)" || die "$BIN/redis-server --version failed: $redis_ver"
 redis_ver="$(grep -o 'v=[0-9.]*' <<<"$redis_ver" | head -1)"
 say redis-server "$redis_state (${redis_ver#v=})"
+
+# --- PostgreSQL (the usage ledger's shared store; tests run a throwaway cluster) -
+# Debian's postgresql package pulls the distribution's major version (bookworm: 15)
+# and keeps its programs off PATH, under /usr/lib/postgresql/<major>/bin; link the
+# three the stack runs. policy-rc.d (apt_install) keeps the packaged cluster stopped.
+pg_bindir() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
+if [ -z "$(pg_bindir)" ] || [ ! -x "$(pg_bindir)/initdb" ]; then
+	echo "  postgresql    installing the Debian package..."
+	apt_install postgresql
+	[ -x "$(pg_bindir)/initdb" ] || die "initdb still not found under /usr/lib/postgresql/*/bin after apt-get install"
+	pg_state="installed"
+else
+	pg_state="already present"
+fi
+pg_dir="$(pg_bindir)"
+for pg_tool in initdb postgres pg_ctl; do
+	[ "$(readlink "$BIN/$pg_tool" 2>/dev/null)" = "$pg_dir/$pg_tool" ] || ln -sfn "$pg_dir/$pg_tool" "$BIN/$pg_tool"
+done
+pg_ver="$("$BIN/postgres" --version 2>&1)" || die "$BIN/postgres --version failed: $pg_ver"
+pg_ver="$(grep -o "[0-9][0-9.]*" <<<"$pg_ver" | head -1)"
+say postgresql "$pg_state ($pg_ver)"
 
 # --- protoc (Debian's protobuf-compiler; the well-known types such as
 # google/protobuf/timestamp.proto ship in libprotobuf-dev, which

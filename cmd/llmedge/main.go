@@ -5,6 +5,7 @@
 //	llmedge validate --config routes.yaml       check a routes YAML (exit 1 on errors)
 //	llmedge bootstrap --region hk ...           print an Envoy bootstrap for a region
 //	llmedge token new --caller alice            mint a caller token
+//	llmedge usage --since 24h --by caller,model  usage totals from the control plane
 package main
 
 import (
@@ -35,7 +36,7 @@ import (
 	"github.com/llmedge/llmedge/internal/transport"
 )
 
-const usage = `llmedge — a self-hosted edge for LLM APIs
+const helpText = `llmedge — a self-hosted edge for LLM APIs
 
 Usage:
   llmedge controlplane [flags]   serve xDS to the regions' Envoys, plus /status, /metrics
@@ -45,6 +46,9 @@ Usage:
   llmedge token new --caller NAME   mint a caller token; prints it once plus the YAML line
   llmedge token hash             read a token on stdin, print its digest for the YAML
   llmedge status [--url URL]     summarise the control plane's /status (regions, nodes, errors)
+  llmedge usage [--since 24h] [--by caller,model] [--json|--csv]
+                                 usage totals (requests, tokens, cost) from the control plane's /usage
+  llmedge usage export --month 2026-11 --tenant NAME   a tenant's records for the month, as CSV
   llmedge probe URL              exit 0 if URL answers 2xx within 2 s (container health checks)
 
 Run "llmedge <command> -h" for a command's flags.
@@ -61,7 +65,7 @@ var errUsage = errors.New("usage")
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		fmt.Fprint(stderr, helpText)
 		return 2
 	}
 	var err error
@@ -78,13 +82,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runToken(args[1:], os.Stdin, stdout, stderr)
 	case "status":
 		err = runStatus(ctx, args[1:], stdout, stderr)
+	case "usage":
+		err = runUsage(ctx, args[1:], stdout, stderr)
 	case "probe":
 		err = runProbe(ctx, args[1:], stderr)
 	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
+		fmt.Fprint(stdout, helpText)
 		return 0
 	default:
-		fmt.Fprintf(stderr, "llmedge: unknown command %q\n\n%s", args[0], usage)
+		fmt.Fprintf(stderr, "llmedge: unknown command %q\n\n%s", args[0], helpText)
 		return 2
 	}
 	switch {
@@ -174,6 +180,7 @@ func runControlPlane(ctx context.Context, args []string, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
+	stateDir := fs.String("state-dir", os.Getenv("LLMEDGE_STATE_DIR"), "the control plane's state (dir 0700, files 0600): the last applied routes YAML, served at start-up when the routes YAML is missing or invalid, and the usage ledger (SQLite file, spool); empty: keep nothing, no ledger (env LLMEDGE_STATE_DIR)")
 	fs.DurationVar(&settle, "watch-settle", settle, "how long the routes must stay unchanged before a destructive edit (one that removes more than half of the callers, routes or upstreams, or leaves a region with none) is applied (env LLMEDGE_WATCH_SETTLE, default 5s)")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -189,6 +196,7 @@ func runControlPlane(ctx context.Context, args []string, stderr io.Writer) error
 		HTTPAddress: *httpAddr,
 		Watch:       watch.Options{Holdoff: *holdoff, Poll: *poll},
 		Settle:      settle,
+		StateDir:    *stateDir,
 		Logger:      log,
 	})
 	if err != nil {
@@ -383,6 +391,7 @@ func runExtAuthz(ctx context.Context, args []string, stderr io.Writer) error {
 	httpAddr := fs.String("http-listen", envOr("LLMEDGE_HTTP_LISTEN", "127.0.0.1:10200"), "health/readiness/metrics listen address")
 	keysDir := fs.String("keys-dir", os.Getenv("LLMEDGE_KEYS_DIR"), "upstream keys, one file per key: <dir>/<upstream>/<name> (env LLMEDGE_KEYS_DIR)")
 	keysPoll := fs.Duration("keys-poll", 0, "fallback poll interval for the keys directory (default 5s)")
+	stateDir := fs.String("state-dir", os.Getenv("LLMEDGE_STATE_DIR"), "keep the last caller policy from the control plane here (token digests, never keys; dir 0700, file 0600) and start on it when the control plane is away; empty: keep nothing (env LLMEDGE_STATE_DIR)")
 	logFormat := fs.String("log-format", envOr("LLMEDGE_LOG_FORMAT", "json"), "json or text")
 	logLevel := fs.String("log-level", envOr("LLMEDGE_LOG_LEVEL", "info"), "debug, info, warn or error")
 	if err := parse(fs, args); err != nil {
@@ -397,7 +406,7 @@ func runExtAuthz(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	m, err := extauthz.New(extauthz.Options{
 		Region: *region, NodeID: *nodeID, XDSServer: *xdsAddr, XDSTLS: *xdsTLS, GRPCAddress: *grpcAddr, TLS: *grpcTLS,
-		HTTPAddress: *httpAddr, KeysDir: *keysDir, KeysPoll: *keysPoll, Logger: log,
+		HTTPAddress: *httpAddr, KeysDir: *keysDir, KeysPoll: *keysPoll, StateDir: *stateDir, Logger: log,
 	})
 	if err != nil {
 		return err

@@ -181,3 +181,23 @@ func TestConfigDefaultIsNotARepositoryPath(t *testing.T) {
 		t.Errorf("validate without --config: %q; want it to read %s", out+errs, DefaultConfig)
 	}
 }
+
+// TestStateDirOthersCanWriteIsRefused: whoever can replace a state file chooses the config
+// a component starts on, so both refuse a state dir other users may write, naming the flag.
+func TestStateDirOthersCanWriteIsRefused(t *testing.T) {
+	state := t.TempDir()
+	if err := os.Chmod(state, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	routes := filepath.Join(t.TempDir(), "routes.yaml")
+	os.WriteFile(routes, []byte("version: 1\n"), 0o644)
+	for name, args := range map[string][]string{
+		"controlplane": {"controlplane", "--config", routes, "--xds-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--state-dir", state},
+		"extauthz":     {"extauthz", "--region", "hk", "--keys-dir", t.TempDir(), "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--state-dir", state},
+	} {
+		code, _, errs := runCLI(t, args...)
+		if code != 1 || !strings.Contains(errs, "--state-dir") || !strings.Contains(errs, "lets other users write") {
+			t.Errorf("%s with a 0777 state dir: exit %d, stderr %q", name, code, errs)
+		}
+	}
+}

@@ -22,6 +22,7 @@ type File struct {
 	Upstreams map[string]Upstream `mapstructure:"upstreams"`
 	Routes    map[string]Route    `mapstructure:"routes"`
 	Callers   map[string]Caller   `mapstructure:"callers"`
+	Usage     *Usage              `mapstructure:"usage"`
 }
 
 // Region is one regional edge.
@@ -183,3 +184,44 @@ const (
 	DefaultStreamIdleTimeout = 15 * time.Minute
 	DefaultCAFile            = "/etc/ssl/certs/ca-certificates.crt"
 )
+
+// Usage configures the usage ledger (docs/USAGE.md).
+type Usage struct {
+	// Store is "sqlite" (default) or "postgres".
+	Store    string        `mapstructure:"store"`
+	SQLite   UsageSQLite   `mapstructure:"sqlite"`
+	Postgres UsagePostgres `mapstructure:"postgres"`
+	// RetentionDays is how long records are kept (default 400).
+	RetentionDays int        `mapstructure:"retention_days"`
+	Spool         UsageSpool `mapstructure:"spool"`
+	// Prices are listed, not keyed by model: model names hold dots, which viper would read
+	// as nesting.
+	Prices []Price `mapstructure:"prices"`
+}
+
+// UsageSQLite is the embedded store.
+type UsageSQLite struct {
+	Path string `mapstructure:"path"` // default usage.db in the state dir
+}
+
+// UsagePostgres is a shared store. The DSN carries a password, so the YAML names the file
+// holding it.
+type UsagePostgres struct {
+	DSNFile string `mapstructure:"dsn_file"`
+}
+
+// UsageSpool is where records wait while the store is down.
+type UsageSpool struct {
+	Dir      string `mapstructure:"dir"`       // default usage-spool in the state dir
+	MaxBytes int64  `mapstructure:"max_bytes"` // default 1 GiB
+}
+
+// Price is one upstream's price for one model, per million tokens.
+type Price struct {
+	Upstream string   `mapstructure:"upstream"`
+	Model    string   `mapstructure:"model"`
+	Input    *float64 `mapstructure:"input"`
+	Output   *float64 `mapstructure:"output"`
+	Cached   *float64 `mapstructure:"cached"`
+	Currency string   `mapstructure:"currency"`
+}

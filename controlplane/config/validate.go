@@ -67,6 +67,7 @@ func Validate(f File) (*model.Config, error) {
 	checkRouteConflicts(cfg.Routes, &c)
 	cfg.Callers = validateCallers(f.Callers, f.Upstreams, &c)
 	validateRateLimitService(f, cfg, &c)
+	cfg.Usage = validateUsage(f.Usage, f.Upstreams, &c)
 	if err := c.err(); err != nil {
 		return nil, err
 	}

@@ -86,6 +86,7 @@ var wantValid = &model.Config{
 		{Name: "zeta", Prefix: "/aa", Upstream: "gemini"},
 		{Name: "default", Prefix: "/", Upstream: "openai"},
 	},
+	Usage: config.DefaultUsage(),
 	Warnings: []string{
 		"regions.idle.upstreams: empty; this region serves no upstream",
 		`routes.insecure: upstream "insecure" is served by no region, so this route is not emitted anywhere`,

@@ -16,6 +16,8 @@ type Config struct {
 	Upstreams []Upstream
 	Routes    []Route
 	Callers   []Caller // sorted by name
+	// Usage is the usage ledger's settings; defaults when the YAML has no usage section.
+	Usage Usage
 	// Warnings are accepted-but-suspicious settings (plain-HTTP upstreams, TLS verification
 	// off, routes no region serves). They are logged and shown on the status endpoint.
 	Warnings []string
@@ -267,4 +269,25 @@ func (c *Config) RegionNames() []string {
 		names[i] = r.Name
 	}
 	return names
+}
+
+// Usage configures the usage ledger (the control plane's store of one record per request).
+type Usage struct {
+	Store           string // "sqlite" or "postgres"
+	SQLitePath      string // relative paths are resolved against the control plane's state dir
+	PostgresDSNFile string // the file holding the DSN (it carries a password), not the DSN
+	RetentionDays   int
+	SpoolDir        string
+	SpoolMaxBytes   int64
+	Prices          []Price // sorted by upstream, model
+}
+
+// Price is what one upstream charges for one model, per million tokens.
+type Price struct {
+	Upstream string
+	Model    string
+	Input    float64
+	Output   float64
+	Cached   float64 // the input price when the YAML gives none
+	Currency string
 }

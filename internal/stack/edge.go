@@ -108,7 +108,8 @@ func (e *Edge) starters() map[string]func(ctx context.Context, region string) er
 			return nil
 		},
 		"controlplane": func(ctx context.Context, _ string) error {
-			cp := ControlPlane{Config: e.Routes, XDSAddr: xds, HTTPAddr: e.addr("controlplane", "", RoleHTTP)}
+			cp := ControlPlane{Config: e.Routes, XDSAddr: xds, HTTPAddr: e.addr("controlplane", "", RoleHTTP),
+				StateDir: filepath.Join(e.Dir, "state", "controlplane")}
 			p, err := e.StartControlPlane(ctx, "controlplane", cp)
 			if err != nil {
 				return err
@@ -118,7 +119,7 @@ func (e *Edge) starters() map[string]func(ctx context.Context, region string) er
 		},
 		"extauthz": func(ctx context.Context, r string) error {
 			p, err := e.StartExtAuthz(ctx, ProcessName("extauthz", r), ExtAuthz{
-				Region: r, XDSAddr: xds, KeysDir: e.KeysDir,
+				Region: r, XDSAddr: xds, KeysDir: e.KeysDir, StateDir: filepath.Join(e.Dir, "state", ProcessName("extauthz", r)),
 				GRPCAddr: Unix(sock.ExtAuthz(r)), HTTPAddr: e.addr("extauthz", r, RoleHTTP),
 			})
 			if err != nil {

@@ -12,8 +12,10 @@ type ControlPlane struct {
 	HTTPAddr string // /status /healthz /readyz /metrics
 	// WatchHoldoff is the quiet time after a file event; 0 keeps the binary's default.
 	WatchHoldoff time.Duration
-	LogLevel     string // default info
-	LogFormat    string // default json
+	// StateDir keeps the last applied routes YAML (--state-dir); "" keeps nothing.
+	StateDir  string
+	LogLevel  string // default info
+	LogFormat string // default json
 }
 
 // Cmd returns the command line of the control plane.
@@ -27,6 +29,9 @@ func (c ControlPlane) Cmd(llmedge string) Cmd {
 	}
 	if c.WatchHoldoff > 0 {
 		args = append(args, "--watch-holdoff", c.WatchHoldoff.String())
+	}
+	if c.StateDir != "" {
+		args = append(args, "--state-dir", c.StateDir)
 	}
 	return Cmd{Path: llmedge, Args: args, Env: BaseEnv()}
 }
@@ -52,7 +57,9 @@ type ExtAuthz struct {
 	HTTPAddr string // /healthz /readyz /metrics
 	KeysDir  string
 	// KeysPoll is the fallback poll interval of the keys directory; 0 keeps the default.
-	KeysPoll  time.Duration
+	KeysPoll time.Duration
+	// StateDir keeps the last caller policy (--state-dir); "" keeps nothing.
+	StateDir  string
 	LogLevel  string // default info
 	LogFormat string // default json
 }
@@ -70,6 +77,9 @@ func (e ExtAuthz) Cmd(llmedge string) Cmd {
 	}
 	if e.KeysPoll > 0 {
 		args = append(args, "--keys-poll", e.KeysPoll.String())
+	}
+	if e.StateDir != "" {
+		args = append(args, "--state-dir", e.StateDir)
 	}
 	return Cmd{Path: llmedge, Args: args, Env: BaseEnv()}
 }

@@ -99,3 +99,23 @@ func APIGuesses() []APISign {
 		},
 	}
 }
+
+// Usage ledger contract (docs/USAGE.md): what the Envoy side puts into each gRPC access log
+// entry and the control plane's ledger reads back.
+const (
+	// RequestMetadataNamespace is the untyped dynamic metadata namespace that
+	// json_to_metadata fills from the request body: the requested model and the stream flag.
+	// Its presence also makes Envoy attach the typed AI namespaces to the entry.
+	RequestMetadataNamespace = "llmedge.request"
+	RequestMetadataModel     = "model"
+	RequestMetadataStream    = "stream"
+	// RequestIDState is the filter state object (envoy.string) holding the edge's request
+	// id; list it in the access log's filter_state_objects_to_log.
+	RequestIDState = "llmedge.request_id"
+	// TokenUsageNamespace (envoy.data.ai.v3.TokenUsage) and RequestInfoNamespace
+	// (envoy.data.ai.v3.RequestInfo) are Envoy's typed dynamic metadata namespaces.
+	TokenUsageNamespace  = "envoy.ai.token_usage"
+	RequestInfoNamespace = "envoy.ai.request_info"
+	// AccessLogName is the log_name Envoy's gRPC access log sends in its identifier.
+	AccessLogName = "llmedge.usage"
+)

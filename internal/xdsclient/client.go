@@ -18,15 +18,26 @@
 // cache sends every subscribed resource of the type, a linear cache only those that changed.
 // llmedge subscribes to named resources (extauthz: one Policy named after its region), for
 // which both send the resource whenever it changes.
+//
+// With Options.StateDir, every applied response is also saved to local disk
+// (internal/statefile), and Run starts by applying the saved copy — if it was saved for
+// the same region, type and names — before it first connects: a client restarted while
+// the control plane is away serves its last good config instead of nothing. The first
+// response from the control plane replaces it (a new stream never announces the saved
+// version, so the server always sends its current state and sees the usual ACK).
 package xdsclient
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net/url"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,7 +52,14 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/llmedge/llmedge/internal/statefile"
 	"github.com/llmedge/llmedge/internal/transport"
+)
+
+// Where the config in force came from (Status.Source).
+const (
+	SourceSaved        = "saved"         // the copy saved on disk by an earlier run
+	SourceControlPlane = "control_plane" // a response on the current or an earlier stream
 )
 
 // Defaults for Options.
@@ -86,6 +104,10 @@ type Options struct {
 	// BackoffMin and BackoffMax bound the jittered exponential delay between reconnects
 	// (and between repeated NACKs of one version); defaults 250ms and 5s.
 	BackoffMin, BackoffMax time.Duration
+	// StateDir, when set, is where the last applied response is kept (one file per region
+	// and type, mode 0600, in a directory created 0700) and read back at start-up. What
+	// is saved is what the server sent: keep secrets out of the subscribed resources.
+	StateDir string
 	// DialOptions are added after the defaults (transport credentials from Server and TLS,
 	// keepalive, connect backoff), so they can override them.
 	DialOptions []grpc.DialOption
@@ -106,6 +128,13 @@ type Status struct {
 	NACKVersion string
 	NACKError   string
 	NACKed      time.Time
+	// Source says where the config in force came from: SourceSaved until the control
+	// plane's first response is applied, then SourceControlPlane; "" before any.
+	Source string
+	// SavedAt is when the saved copy in force was written (Source == SourceSaved only).
+	SavedAt time.Time
+	// SaveError is the last failure to save an applied response; "" once a save works.
+	SaveError string
 }
 
 // Client is an ADS client for one resource type. Create it with New and start it with Run.
@@ -116,9 +145,14 @@ type Client struct {
 	log     *slog.Logger
 	node    *corev3.Node
 	running atomic.Bool
+	// restoreOnce guards LoadSaved.
+	restoreOnce atomic.Bool
 
 	mu sync.Mutex
 	st Status
+	// savedSum is a digest of what the state file holds, so a resent config is not
+	// rewritten on every reconnect.
+	savedSum [sha256.Size]byte
 	// nackRepeats counts consecutive NACKs of the same version; it paces the NACKs when a
 	// server re-sends a rejected version at once (go-control-plane's snapshot cache answers
 	// a NACK carrying an older version_info with the same snapshot immediately).
@@ -155,6 +189,11 @@ func New(o Options) (*Client, error) {
 	}
 	if node.UserAgentName == "" {
 		node.UserAgentName = userAgent
+	}
+	if o.StateDir != "" {
+		if err := statefile.Dir(o.StateDir); err != nil {
+			return nil, fmt.Errorf("xdsclient: %w", err)
+		}
 	}
 	addr, err := transport.Parse(o.Server)
 	if err != nil {
@@ -198,6 +237,7 @@ func (c *Client) Run(ctx context.Context) error {
 		return errors.New("xdsclient: Run called twice")
 	}
 	defer c.running.Store(false)
+	c.LoadSaved()
 
 	opts := append([]grpc.DialOption{
 		c.creds,
@@ -289,6 +329,10 @@ func (c *Client) stream(ctx context.Context, ads discoveryv3.AggregatedDiscovery
 func (c *Client) handle(resp *discoveryv3.DiscoveryResponse) (*discoveryv3.DiscoveryRequest, time.Duration) {
 	version := resp.GetVersionInfo()
 	applyErr := c.o.Apply(version, resp.GetResources())
+	var saveErr error
+	if applyErr == nil {
+		saveErr = c.save(version, resp.GetResources())
+	}
 
 	req := &discoveryv3.DiscoveryRequest{
 		TypeUrl:       c.o.TypeURL,
@@ -300,9 +344,21 @@ func (c *Client) handle(resp *discoveryv3.DiscoveryResponse) (*discoveryv3.Disco
 	defer c.mu.Unlock()
 	if applyErr == nil {
 		req.VersionInfo = version
+		if c.st.Source == SourceSaved {
+			c.log.Info("the control plane's config replaces the saved copy",
+				"version", version, "saved_version", c.st.Version, "saved_at", c.st.SavedAt)
+		}
 		c.st.Version, c.st.Updated = version, now
+		c.st.Source, c.st.SavedAt = SourceControlPlane, time.Time{}
 		c.st.NACKVersion, c.st.NACKError, c.st.NACKed = "", "", time.Time{}
 		c.nackRepeats = 0
+		if saveErr != nil {
+			c.st.SaveError = saveErr.Error()
+			c.log.Error("could not save the applied xds config; a restart while the control plane is away would start without it",
+				"version", version, "error", saveErr)
+		} else if c.o.StateDir != "" {
+			c.st.SaveError = ""
+		}
 		c.log.Info("xds config applied", "version", version, "resources", len(resp.GetResources()))
 		return req, 0
 	}
@@ -321,6 +377,122 @@ func (c *Client) handle(resp *discoveryv3.DiscoveryResponse) (*discoveryv3.Disco
 	c.log.Error("xds config rejected; keeping the previous one",
 		"version", version, "error", msg, "current_version", c.st.Version)
 	return req, pace
+}
+
+// savedState is the state file's payload.
+type savedState struct {
+	TypeURL   string   `json:"type_url"`
+	Names     []string `json:"names"`
+	NodeID    string   `json:"node_id"`
+	Cluster   string   `json:"cluster"`
+	Region    string   `json:"region"`
+	Version   string   `json:"version"`
+	Resources [][]byte `json:"resources"` // each a marshalled Any
+}
+
+const stateKind = "llmedge.xdsclient.v1"
+
+// stateFile names the state file after the region and type, so clients of several regions
+// or types may share one directory.
+func (c *Client) stateFile() string {
+	typ := c.o.TypeURL[strings.LastIndex(c.o.TypeURL, "/")+1:]
+	return "xds-" + url.PathEscape(c.node.GetLocality().GetRegion()) + "-" + url.PathEscape(typ) + ".json"
+}
+
+// save writes an applied response to the state dir unless that version is there already.
+func (c *Client) save(version string, resources []*anypb.Any) error {
+	if c.o.StateDir == "" {
+		return nil
+	}
+	st := savedState{
+		TypeURL: c.o.TypeURL, Names: c.o.Names, Version: version,
+		NodeID: c.node.GetId(), Cluster: c.node.GetCluster(), Region: c.node.GetLocality().GetRegion(),
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "%d:%s", len(version), version)
+	for _, a := range resources {
+		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(a)
+		if err != nil {
+			return err
+		}
+		st.Resources = append(st.Resources, b)
+		fmt.Fprintf(h, "%d:", len(b))
+		h.Write(b)
+	}
+	var sum [sha256.Size]byte
+	h.Sum(sum[:0])
+	if sum == c.savedSum {
+		return nil
+	}
+	if err := statefile.Save(c.o.StateDir, c.stateFile(), stateKind, st, time.Now()); err != nil {
+		return err
+	}
+	c.savedSum = sum
+	return nil
+}
+
+// LoadSaved applies the copy in Options.StateDir, if there is a usable one, and reports
+// whether it did. Run calls it before it first connects; a service calls it earlier to
+// have its config before it starts serving. Only the first call does anything. Every
+// refusal is logged and leaves the client as it would be without a state dir: waiting
+// for the control plane.
+func (c *Client) LoadSaved() bool {
+	if c.o.StateDir == "" || !c.restoreOnce.CompareAndSwap(false, true) {
+		return false
+	}
+	return c.restore()
+}
+
+func (c *Client) restore() bool {
+	var st savedState
+	savedAt, err := statefile.Load(c.o.StateDir, c.stateFile(), stateKind, &st)
+	if errors.Is(err, statefile.ErrNotFound) {
+		c.log.Info("no saved xds config yet; waiting for the control plane", "state_dir", c.o.StateDir)
+		return false
+	}
+	if err == nil {
+		err = c.checkSaved(&st)
+	}
+	var resources []*anypb.Any
+	for i, b := range st.Resources {
+		if err != nil {
+			break
+		}
+		a := &anypb.Any{}
+		if uerr := proto.Unmarshal(b, a); uerr != nil {
+			err = fmt.Errorf("resource %d: %w", i, uerr)
+		}
+		resources = append(resources, a)
+	}
+	if err == nil {
+		err = c.o.Apply(st.Version, resources)
+	}
+	if err != nil {
+		c.log.Error("saved xds config refused; waiting for the control plane", "state_dir", c.o.StateDir, "error", err)
+		return false
+	}
+	c.mu.Lock()
+	c.st.Version, c.st.Updated = st.Version, time.Now()
+	c.st.Source, c.st.SavedAt = SourceSaved, savedAt
+	c.mu.Unlock()
+	c.log.Warn("serving the saved xds config until the control plane answers",
+		"version", st.Version, "saved_at", savedAt, "resources", len(resources), "state_dir", c.o.StateDir)
+	return true
+}
+
+// checkSaved refuses a copy saved for another region, type or set of names: it would be
+// some other client's config.
+func (c *Client) checkSaved(st *savedState) error {
+	region := c.node.GetLocality().GetRegion()
+	switch {
+	case st.Region != region:
+		return fmt.Errorf("saved for region %q (node %q), this client serves region %q", st.Region, st.NodeID, region)
+	case st.TypeURL != c.o.TypeURL:
+		return fmt.Errorf("saved for type %q, this client subscribes to %q", st.TypeURL, c.o.TypeURL)
+	case !slices.Equal(st.Names, c.o.Names):
+		return fmt.Errorf("saved for resources %q, this client subscribes to %q", st.Names, c.o.Names)
+	}
+	return nil
 }
 
 func (c *Client) setConnected(v bool) {

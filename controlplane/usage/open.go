@@ -1,0 +1,49 @@
+package usage
+
+import (
+	"context"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/llmedge/llmedge/controlplane/model"
+)
+
+// FromConfig builds the ledger the routes YAML's usage section describes. Relative paths
+// are resolved against stateDir. The store itself is opened by Run (and reopened while it
+// is down).
+func FromConfig(u model.Usage, stateDir string, log *slog.Logger, reg prometheus.Registerer) (*Ledger, error) {
+	abs := func(p string) string {
+		if filepath.IsAbs(p) {
+			return p
+		}
+		return filepath.Join(stateDir, p)
+	}
+	spool, err := OpenSpool(abs(u.SpoolDir), u.SpoolMaxBytes)
+	if err != nil {
+		return nil, err
+	}
+	open := func(ctx context.Context) (Store, error) { return OpenSQLite(ctx, abs(u.SQLitePath)) }
+	if u.Store == "postgres" {
+		dsnFile := abs(u.PostgresDSNFile)
+		open = func(ctx context.Context) (Store, error) { return OpenPostgres(ctx, dsnFile) }
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log.Info("usage ledger", "store", u.Store, "spool", abs(u.SpoolDir), "spool_max_bytes", u.SpoolMaxBytes, "retention_days", u.RetentionDays, "prices", len(u.Prices))
+	return New(Options{
+		Open: open, Spool: spool, Prices: NewPrices(u.Prices),
+		Retention: time.Duration(u.RetentionDays) * 24 * time.Hour,
+		Logger:    log, Metrics: reg,
+	}), nil
+}
+
+// SameStore reports whether two usage settings use the same store and spool; anything else
+// (prices) applies to a running ledger at once.
+func SameStore(a, b model.Usage) bool {
+	return a.Store == b.Store && a.SQLitePath == b.SQLitePath && a.PostgresDSNFile == b.PostgresDSNFile &&
+		a.SpoolDir == b.SpoolDir && a.SpoolMaxBytes == b.SpoolMaxBytes && a.RetentionDays == b.RetentionDays
+}

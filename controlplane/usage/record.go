@@ -1,0 +1,202 @@
+// Package usage is the control plane's usage ledger: it receives one gRPC access log entry
+// per request from every region's Envoys (Envoy's Access Log Service, on the xDS server),
+// turns each into a Record, prices it, and writes it to a Store (SQLite or PostgreSQL) off
+// the receive path, spooling to disk while the store is slow or down. It also answers the
+// /usage queries and keeps the per-record Prometheus metrics.
+//
+// Flow: Envoy ALS -> Service (als.go) -> RecordFromEntry -> Ledger.Add (bounded channel)
+// -> batches -> Store, or Spool when the store fails -> replayed in order.
+// docs/USAGE.md is the contract with the Envoy side.
+package usage
+
+import (
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	accesslogdatav3 "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
+	aidatav3 "github.com/envoyproxy/go-control-plane/envoy/data/ai/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/llmedge/llmedge/internal/wire"
+)
+
+// Extraction says how far the token counts of a record can be trusted.
+type Extraction string
+
+const (
+	ExtractionOK      Extraction = "ok"      // Envoy extracted the provider's usage completely
+	ExtractionMissing Extraction = "missing" // an AI request, but no usage arrived (e.g. an OpenAI stream without include_usage)
+	ExtractionPartial Extraction = "partial" // the stream ended early or lacked some counts
+	ExtractionFailed  Extraction = "failed"  // the response could not be parsed
+	ExtractionNotAI   Extraction = "not_ai"  // no model was requested: not an LLM call (or refused before)
+)
+
+// Record is one request in the ledger.
+type Record struct {
+	Time           time.Time     `json:"time"`
+	Region         string        `json:"region"`
+	Route          string        `json:"route"`
+	Upstream       string        `json:"upstream"`
+	Caller         string        `json:"caller"`
+	Tenant         string        `json:"tenant"`
+	RequestedModel string        `json:"requested_model"`
+	ReportedModel  string        `json:"reported_model"`
+	Stream         bool          `json:"stream"`
+	Status         int           `json:"status"`
+	Duration       time.Duration `json:"duration_ns"`
+	TTFB           time.Duration `json:"ttfb_ns"`
+	InputTokens    int64         `json:"input_tokens"`
+	OutputTokens   int64         `json:"output_tokens"`
+	CachedTokens   int64         `json:"cached_tokens"`
+	ReasoningTok   int64         `json:"reasoning_tokens"`
+	Extraction     Extraction    `json:"extraction"`
+	RequestBytes   int64         `json:"request_bytes"`
+	ResponseBytes  int64         `json:"response_bytes"`
+	Attempts       int           `json:"attempts"` // upstream attempts; retries = attempts-1
+	RequestID      string        `json:"request_id"`
+	// Cost is nil when the price table has no entry for the upstream and model
+	// (PriceMissing), never a guess.
+	Cost         *float64 `json:"cost"`
+	Currency     string   `json:"currency,omitempty"`
+	PriceMissing bool     `json:"price_missing"`
+}
+
+// Model is the model a record is grouped and priced under: the one the caller asked for,
+// or the provider's when the request named none (Gemini names it in the path).
+func (r Record) Model() string {
+	if r.RequestedModel != "" {
+		return r.RequestedModel
+	}
+	return r.ReportedModel
+}
+
+// RecordFromEntry reads one HTTP access log entry as docs/USAGE.md describes. region comes
+// from the stream's identifier node, not from the entry: a caller cannot choose it.
+func RecordFromEntry(region string, e *accesslogdatav3.HTTPAccessLogEntry) Record {
+	c := e.GetCommonProperties()
+	r := Record{
+		Region:        region,
+		Route:         c.GetRouteName(),
+		Time:          c.GetStartTime().AsTime().UTC(),
+		Duration:      c.GetDuration().AsDuration(),
+		TTFB:          c.GetTimeToFirstDownstreamTxByte().AsDuration(),
+		Status:        int(e.GetResponse().GetResponseCode().GetValue()),
+		RequestBytes:  int64(e.GetRequest().GetRequestHeadersBytes() + e.GetRequest().GetRequestBodyBytes()),
+		ResponseBytes: int64(e.GetResponse().GetResponseHeadersBytes() + e.GetResponse().GetResponseBodyBytes()),
+		Attempts:      int(c.GetUpstreamRequestAttemptCount()),
+	}
+	if c.GetStartTime() == nil {
+		r.Time = time.Time{}
+	}
+	md := c.GetMetadata()
+	authz := md.GetFilterMetadata()[wire.MetadataNamespace].GetFields()
+	r.Caller = str(authz[wire.MetadataCaller])
+	r.Tenant = str(authz[wire.MetadataTenant])
+	r.Upstream = str(authz[wire.MetadataUpstream])
+
+	req := md.GetFilterMetadata()[wire.RequestMetadataNamespace].GetFields()
+	r.RequestedModel = str(req[wire.RequestMetadataModel])
+	stream, streamSet := boolean(req[wire.RequestMetadataStream])
+	r.Stream = stream
+	if a := md.GetTypedFilterMetadata()[wire.RequestInfoNamespace]; a != nil {
+		var info aidatav3.RequestInfo
+		if a.UnmarshalTo(&info) == nil {
+			if r.RequestedModel == "" {
+				r.RequestedModel = clip(info.GetModel())
+			}
+			if !streamSet && info.GetStream() != nil {
+				r.Stream = info.GetStream().GetValue()
+			}
+		}
+	}
+
+	r.Extraction = ExtractionNotAI
+	if r.RequestedModel != "" {
+		r.Extraction = ExtractionMissing
+	}
+	if a := md.GetTypedFilterMetadata()[wire.TokenUsageNamespace]; a != nil {
+		var u aidatav3.TokenUsage
+		if err := a.UnmarshalTo(&u); err != nil {
+			r.Extraction = ExtractionFailed
+		} else {
+			r.ReportedModel = clip(u.GetModel())
+			r.InputTokens = u64(u.GetInputTokens())
+			r.OutputTokens = u64(u.GetOutputTokens())
+			r.CachedTokens = u64(u.GetInputTokenDetails().GetCachedTokens())
+			r.ReasoningTok = u64(u.GetOutputTokenDetails().GetReasoningTokens())
+			switch u.GetExtractionStatus() {
+			case aidatav3.TokenUsage_COMPLETE:
+				r.Extraction = ExtractionOK
+			case aidatav3.TokenUsage_FAILED:
+				r.Extraction = ExtractionFailed
+			default:
+				r.Extraction = ExtractionPartial
+			}
+		}
+	}
+
+	r.RequestID = filterStateString(c.GetFilterStateObjects()[wire.RequestIDState])
+	if r.RequestID == "" {
+		r.RequestID = e.GetRequest().GetRequestId()
+	}
+	if r.RequestID == "" {
+		r.RequestID = e.GetRequest().GetRequestHeaders()["x-request-id"]
+	}
+	r.RequestID = clip(r.RequestID)
+	return r
+}
+
+// maxField bounds the strings a record keeps: the model comes from the caller's body.
+const maxField = 256
+
+func str(v *structpb.Value) string {
+	if v == nil {
+		return ""
+	}
+	return clip(strings.TrimSpace(v.GetStringValue()))
+}
+
+func clip(s string) string {
+	if len(s) <= maxField {
+		return s
+	}
+	s = s[:maxField]
+	for !utf8.ValidString(s) { // do not cut a character in half
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+// boolean reads a JSON boolean (json_to_metadata keeps its type) or its string form.
+func boolean(v *structpb.Value) (value, set bool) {
+	switch k := v.GetKind().(type) {
+	case *structpb.Value_BoolValue:
+		return k.BoolValue, true
+	case *structpb.Value_StringValue:
+		return k.StringValue == "true", true
+	}
+	return false, false
+}
+
+func u64(v *wrapperspb.UInt64Value) int64 {
+	if v == nil || v.GetValue() > 1<<62 {
+		return 0
+	}
+	return int64(v.GetValue())
+}
+
+// filterStateString reads an envoy.string filter state object, which Envoy serialises as a
+// google.protobuf.StringValue.
+func filterStateString(a *anypb.Any) string {
+	if a == nil {
+		return ""
+	}
+	var s wrapperspb.StringValue
+	if a.UnmarshalTo(&s) != nil {
+		return ""
+	}
+	return s.GetValue()
+}

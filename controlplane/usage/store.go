@@ -1,0 +1,305 @@
+package usage
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
+	_ "modernc.org/sqlite"             // database/sql driver "sqlite", pure Go
+)
+
+// Store is where records live. Insert is idempotent on the request id: a record delivered
+// twice is stored once.
+type Store interface {
+	Insert(ctx context.Context, rs []Record) error
+	Totals(ctx context.Context, q Query) ([]Total, error)
+	// Records lists a tenant's records in [from, to), oldest first, for the billing export.
+	Records(ctx context.Context, tenant string, from, to time.Time) ([]Record, error)
+	DeleteBefore(ctx context.Context, t time.Time) (int64, error)
+	Close() error
+}
+
+// Dimensions a query may group by, mapped to their columns. A closed list: the query
+// string never reaches the SQL.
+var Dimensions = map[string]string{
+	"caller": "caller", "tenant": "tenant", "upstream": "upstream", "model": "model",
+	"region": "region", "day": "day", "route": "route",
+}
+
+// Query selects records in [Since, Until) and groups them By the named dimensions.
+type Query struct {
+	Since, Until time.Time
+	By           []string
+}
+
+// Total is one group's sums. Cost is per currency: groups never mix currencies, and
+// records without a price are counted in PriceMissing instead.
+type Total struct {
+	Group           map[string]string `json:"group"`
+	Requests        int64             `json:"requests"`
+	InputTokens     int64             `json:"input_tokens"`
+	OutputTokens    int64             `json:"output_tokens"`
+	CachedTokens    int64             `json:"cached_tokens"`
+	ReasoningTokens int64             `json:"reasoning_tokens"`
+	Cost            float64           `json:"cost"`
+	Currency        string            `json:"currency"`
+	PriceMissing    int64             `json:"price_missing"`
+}
+
+// dialect is what differs between SQLite and PostgreSQL.
+type dialect struct {
+	name      string
+	placehold func(n int) string
+	schema    []string
+}
+
+var (
+	sqliteDialect = dialect{name: "sqlite", placehold: func(int) string { return "?" }, schema: []string{
+		`PRAGMA journal_mode=WAL`,
+		`PRAGMA busy_timeout=5000`,
+		createTable("INTEGER"),
+		`CREATE INDEX IF NOT EXISTS usage_records_ts ON usage_records (ts)`,
+		`CREATE INDEX IF NOT EXISTS usage_records_tenant_ts ON usage_records (tenant, ts)`,
+	}}
+	postgresDialect = dialect{name: "postgres", placehold: func(n int) string { return "$" + strconv.Itoa(n) }, schema: []string{
+		createTable("BIGINT"),
+		`CREATE INDEX IF NOT EXISTS usage_records_ts ON usage_records (ts)`,
+		`CREATE INDEX IF NOT EXISTS usage_records_tenant_ts ON usage_records (tenant, ts)`,
+	}}
+)
+
+// columns in insert order; ts is unix milliseconds, day the UTC date (grouping by day
+// needs no dialect-specific date functions).
+var columns = []string{
+	"request_id", "ts", "day", "region", "route", "upstream", "caller", "tenant", "model",
+	"requested_model", "reported_model", "stream", "status", "duration_us", "ttfb_us",
+	"input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens", "extraction",
+	"request_bytes", "response_bytes", "attempts", "cost", "currency", "price_missing",
+}
+
+func createTable(integer string) string {
+	return `CREATE TABLE IF NOT EXISTS usage_records (
+	request_id TEXT PRIMARY KEY,
+	ts ` + integer + ` NOT NULL,
+	day TEXT NOT NULL,
+	region TEXT NOT NULL, route TEXT NOT NULL, upstream TEXT NOT NULL,
+	caller TEXT NOT NULL, tenant TEXT NOT NULL, model TEXT NOT NULL,
+	requested_model TEXT NOT NULL, reported_model TEXT NOT NULL,
+	stream INTEGER NOT NULL, status INTEGER NOT NULL,
+	duration_us ` + integer + ` NOT NULL, ttfb_us ` + integer + ` NOT NULL,
+	input_tokens ` + integer + ` NOT NULL, output_tokens ` + integer + ` NOT NULL,
+	cached_tokens ` + integer + ` NOT NULL, reasoning_tokens ` + integer + ` NOT NULL,
+	extraction TEXT NOT NULL,
+	request_bytes ` + integer + ` NOT NULL, response_bytes ` + integer + ` NOT NULL,
+	attempts INTEGER NOT NULL,
+	cost DOUBLE PRECISION, currency TEXT NOT NULL, price_missing INTEGER NOT NULL
+)`
+}
+
+// sqlStore is the Store over database/sql for both dialects.
+type sqlStore struct {
+	db *sql.DB
+	d  dialect
+}
+
+// OpenSQLite opens (creating) the SQLite ledger at path.
+func OpenSQLite(ctx context.Context, path string) (Store, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("usage store: %w", err)
+	}
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(5000)")
+	if err != nil {
+		return nil, fmt.Errorf("usage store sqlite %s: %w", path, err)
+	}
+	db.SetMaxOpenConns(1) // one writer; SQLite serialises writes anyway
+	return open(ctx, db, sqliteDialect, "sqlite "+path)
+}
+
+// OpenPostgres connects with the DSN held in dsnFile. Errors never quote the DSN: it holds
+// a password.
+func OpenPostgres(ctx context.Context, dsnFile string) (Store, error) {
+	b, err := os.ReadFile(dsnFile)
+	if err != nil {
+		return nil, fmt.Errorf("usage store: read usage.postgres.dsn_file: %w", err)
+	}
+	db, err := sql.Open("pgx", strings.TrimSpace(string(b)))
+	if err != nil {
+		return nil, errors.New("usage store: the DSN in usage.postgres.dsn_file is invalid")
+	}
+	db.SetMaxOpenConns(4)
+	db.SetConnMaxIdleTime(time.Minute)
+	return open(ctx, db, postgresDialect, "postgres")
+}
+
+func open(ctx context.Context, db *sql.DB, d dialect, what string) (Store, error) {
+	s := &sqlStore{db: db, d: d}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("usage store %s: %w", what, err)
+	}
+	return s, nil
+}
+
+// migrate creates the table if needed. A Postgres store that is down at start-up is
+// retried by the ledger: records spool meanwhile.
+func (s *sqlStore) migrate(ctx context.Context) error {
+	for _, q := range s.d.schema {
+		if _, err := s.db.ExecContext(ctx, q); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *sqlStore) Close() error { return s.db.Close() }
+
+// Insert writes rs in one transaction; rows whose request id is stored already are skipped.
+func (s *sqlStore) Insert(ctx context.Context, rs []Record) error {
+	if len(rs) == 0 {
+		return nil
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback() //nolint:errcheck // after Commit it is a no-op
+	const perStmt = 200 // rows per statement: 5,200 parameters, below SQLite's 32,766 and PostgreSQL's 65,535
+	for start := 0; start < len(rs); start += perStmt {
+		chunk := rs[start:min(start+perStmt, len(rs))]
+		var b strings.Builder
+		b.WriteString("INSERT INTO usage_records (" + strings.Join(columns, ", ") + ") VALUES ")
+		args := make([]any, 0, len(chunk)*len(columns))
+		n := 0
+		for i, r := range chunk {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteByte('(')
+			for j := range columns {
+				if j > 0 {
+					b.WriteString(", ")
+				}
+				n++
+				b.WriteString(s.d.placehold(n))
+			}
+			b.WriteByte(')')
+			args = append(args, rowValues(r)...)
+		}
+		b.WriteString(" ON CONFLICT (request_id) DO NOTHING")
+		if _, err := tx.ExecContext(ctx, b.String(), args...); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
+}
+
+func rowValues(r Record) []any {
+	var cost any
+	if r.Cost != nil {
+		cost = *r.Cost
+	}
+	t := r.Time.UTC()
+	return []any{
+		r.RequestID, t.UnixMilli(), t.Format(time.DateOnly), r.Region, r.Route, r.Upstream, r.Caller, r.Tenant, r.Model(),
+		r.RequestedModel, r.ReportedModel, b2i(r.Stream), r.Status, r.Duration.Microseconds(), r.TTFB.Microseconds(),
+		r.InputTokens, r.OutputTokens, r.CachedTokens, r.ReasoningTok, string(r.Extraction),
+		r.RequestBytes, r.ResponseBytes, r.Attempts, cost, r.Currency, b2i(r.PriceMissing),
+	}
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (s *sqlStore) Totals(ctx context.Context, q Query) ([]Total, error) {
+	cols := make([]string, 0, len(q.By)+1)
+	for _, d := range q.By {
+		c, ok := Dimensions[d]
+		if !ok {
+			return nil, fmt.Errorf("by: unknown dimension %q", d)
+		}
+		cols = append(cols, c)
+	}
+	group := append(append([]string{}, cols...), "currency")
+	query := "SELECT " + strings.Join(group, ", ") + `, COUNT(*), SUM(input_tokens), SUM(output_tokens),
+	SUM(cached_tokens), SUM(reasoning_tokens), COALESCE(SUM(cost), 0), SUM(price_missing)
+	FROM usage_records WHERE ts >= ` + s.d.placehold(1) + ` AND ts < ` + s.d.placehold(2) +
+		" GROUP BY " + strings.Join(group, ", ") + " ORDER BY " + strings.Join(group, ", ")
+	rows, err := s.db.QueryContext(ctx, query, q.Since.UnixMilli(), q.Until.UnixMilli())
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Total
+	for rows.Next() {
+		keys := make([]string, len(group))
+		var t Total
+		dest := make([]any, 0, len(group)+7)
+		for i := range keys {
+			dest = append(dest, &keys[i])
+		}
+		dest = append(dest, &t.Requests, &t.InputTokens, &t.OutputTokens, &t.CachedTokens, &t.ReasoningTokens, &t.Cost, &t.PriceMissing)
+		if err := rows.Scan(dest...); err != nil {
+			return nil, err
+		}
+		t.Group = make(map[string]string, len(q.By))
+		for i, d := range q.By {
+			t.Group[d] = keys[i]
+		}
+		t.Currency = keys[len(keys)-1]
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}
+
+func (s *sqlStore) Records(ctx context.Context, tenant string, from, to time.Time) ([]Record, error) {
+	query := "SELECT " + strings.Join(columns, ", ") + " FROM usage_records WHERE tenant = " + s.d.placehold(1) +
+		" AND ts >= " + s.d.placehold(2) + " AND ts < " + s.d.placehold(3) + " ORDER BY ts, request_id"
+	rows, err := s.db.QueryContext(ctx, query, tenant, from.UnixMilli(), to.UnixMilli())
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Record
+	for rows.Next() {
+		var (
+			r                    Record
+			ts, dur, ttfb        int64
+			day, mdl, extraction string
+			stream, priceMissing int
+			cost                 sql.NullFloat64
+		)
+		if err := rows.Scan(&r.RequestID, &ts, &day, &r.Region, &r.Route, &r.Upstream, &r.Caller, &r.Tenant, &mdl,
+			&r.RequestedModel, &r.ReportedModel, &stream, &r.Status, &dur, &ttfb,
+			&r.InputTokens, &r.OutputTokens, &r.CachedTokens, &r.ReasoningTok, &extraction,
+			&r.RequestBytes, &r.ResponseBytes, &r.Attempts, &cost, &r.Currency, &priceMissing); err != nil {
+			return nil, err
+		}
+		r.Time = time.UnixMilli(ts).UTC()
+		r.Duration, r.TTFB = time.Duration(dur)*time.Microsecond, time.Duration(ttfb)*time.Microsecond
+		r.Stream, r.PriceMissing, r.Extraction = stream == 1, priceMissing == 1, Extraction(extraction)
+		if cost.Valid {
+			r.Cost = &cost.Float64
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+func (s *sqlStore) DeleteBefore(ctx context.Context, t time.Time) (int64, error) {
+	res, err := s.db.ExecContext(ctx, "DELETE FROM usage_records WHERE ts < "+s.d.placehold(1), t.UnixMilli())
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}

@@ -1,0 +1,151 @@
+package usage
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+func rec(id, caller, tenant, model string, at time.Time, in, out int64, cost *float64) Record {
+	r := Record{RequestID: id, Time: at, Region: "hk", Route: "chat", Upstream: "openai", Caller: caller, Tenant: tenant,
+		RequestedModel: model, Status: 200, InputTokens: in, OutputTokens: out, CachedTokens: in / 2, ReasoningTok: 1,
+		Extraction: ExtractionOK, Attempts: 1, Duration: 1234 * time.Microsecond, TTFB: 200 * time.Microsecond, Cost: cost}
+	if cost != nil {
+		r.Currency = "USD"
+	} else {
+		r.PriceMissing = true
+	}
+	return r
+}
+
+func f64(v float64) *float64 { return &v }
+
+// storeSuite runs against every Store: SQLite here, PostgreSQL in postgres_test.go.
+func storeSuite(t *testing.T, s Store) {
+	ctx := t.Context()
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	day1 := now.Add(-30 * time.Hour)
+	batch := []Record{
+		rec("a1", "alice", "team-a", "gpt-4o", now, 100, 10, f64(0.5)),
+		rec("a2", "alice", "team-a", "gpt-4o", now, 200, 20, f64(1)),
+		rec("b1", "bob", "team-b", "gpt-4o", now, 50, 5, f64(0.25)),
+		rec("b2", "bob", "team-b", "mystery", now, 7, 3, nil),
+		rec("old", "alice", "team-a", "gpt-4o", day1, 1000, 100, f64(10)),
+	}
+	if err := s.Insert(ctx, batch); err != nil {
+		t.Fatal(err)
+	}
+	// Delivered twice, alone and inside a new batch: stored once.
+	if err := s.Insert(ctx, batch[:2]); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Insert(ctx, []Record{batch[2], rec("c1", "carol", "team-a", "gpt-4o", now, 1, 1, f64(0.01))}); err != nil {
+		t.Fatal(err)
+	}
+	all, err := s.Totals(ctx, Query{Since: now.Add(-48 * time.Hour), Until: now.Add(time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var requests, input int64
+	for _, tot := range all {
+		requests += tot.Requests
+		input += tot.InputTokens
+	}
+	if requests != 6 || input != 100+200+50+7+1000+1 {
+		t.Fatalf("totals over everything: %d requests, %d input; want 6 and 1358 (%+v)", requests, input, all)
+	}
+
+	got, err := s.Totals(ctx, Query{Since: now.Add(-24 * time.Hour), Until: now.Add(time.Second), By: []string{"caller", "model"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]Total{
+		"alice/gpt-4o/USD": {Requests: 2, InputTokens: 300, OutputTokens: 30, CachedTokens: 150, ReasoningTokens: 2, Cost: 1.5},
+		"bob/gpt-4o/USD":   {Requests: 1, InputTokens: 50, OutputTokens: 5, CachedTokens: 25, ReasoningTokens: 1, Cost: 0.25},
+		"bob/mystery/":     {Requests: 1, InputTokens: 7, OutputTokens: 3, CachedTokens: 3, ReasoningTokens: 1, PriceMissing: 1},
+		"carol/gpt-4o/USD": {Requests: 1, InputTokens: 1, OutputTokens: 1, CachedTokens: 0, ReasoningTokens: 1, Cost: 0.01},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("groups: %+v", got)
+	}
+	for _, g := range got {
+		k := g.Group["caller"] + "/" + g.Group["model"] + "/" + g.Currency
+		w, ok := want[k]
+		if !ok {
+			t.Errorf("unexpected group %s", k)
+			continue
+		}
+		w.Group, w.Currency = g.Group, g.Currency
+		if fmt.Sprint(w) != fmt.Sprint(g) {
+			t.Errorf("group %s = %+v, want %+v", k, g, w)
+		}
+	}
+
+	byDay, err := s.Totals(ctx, Query{Since: now.Add(-72 * time.Hour), Until: now.Add(time.Second), By: []string{"tenant", "day"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	days := map[string]int64{}
+	for _, g := range byDay {
+		days[g.Group["tenant"]+" "+g.Group["day"]] += g.Requests
+	}
+	if days["team-a "+day1.Format(time.DateOnly)] != 1 || days["team-a "+now.Format(time.DateOnly)] != 3 {
+		t.Errorf("by tenant and day: %v", days)
+	}
+	if _, err := s.Totals(ctx, Query{By: []string{"caller; DROP TABLE usage_records"}}); err == nil {
+		t.Error("an unknown dimension must be refused")
+	}
+
+	recs, err := s.Records(ctx, "team-a", day1.Add(-time.Hour), now.Add(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 4 || recs[0].RequestID != "old" {
+		t.Fatalf("team-a records: %+v", recs)
+	}
+	if r := recs[1]; r.RequestID != "a1" || !r.Time.Equal(now) || r.Cost == nil || *r.Cost != 0.5 || r.Duration != 1234*time.Microsecond || r.Extraction != ExtractionOK {
+		t.Errorf("record round trip: %+v", r)
+	}
+
+	n, err := s.DeleteBefore(ctx, now.Add(-24*time.Hour))
+	if err != nil || n != 1 {
+		t.Fatalf("retention deleted %d (%v), want 1", n, err)
+	}
+	recs, _ = s.Records(ctx, "team-a", day1.Add(-time.Hour), now.Add(time.Second))
+	if len(recs) != 3 {
+		t.Errorf("after retention: %d team-a records, want 3", len(recs))
+	}
+}
+
+func openSQLite(t *testing.T) Store {
+	t.Helper()
+	s, err := OpenSQLite(context.Background(), filepath.Join(t.TempDir(), "usage.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestSQLiteStore(t *testing.T) { storeSuite(t, openSQLite(t)) }
+
+func TestSQLiteLargeBatch(t *testing.T) {
+	s := openSQLite(t)
+	now := time.Now()
+	var rs []Record
+	for i := range 1234 {
+		rs = append(rs, rec(fmt.Sprint("id-", i), "alice", "t", "m", now, 1, 1, nil))
+	}
+	if err := s.Insert(t.Context(), rs); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Insert(t.Context(), rs); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Totals(t.Context(), Query{Since: now.Add(-time.Hour), Until: now.Add(time.Hour)})
+	if err != nil || len(got) != 1 || got[0].Requests != 1234 {
+		t.Fatalf("totals %+v %v", got, err)
+	}
+}
