@@ -262,7 +262,7 @@ func TestOutlierEjection(t *testing.T) {
 		}
 		cl := string(adminGet(t, s.envoys["hk"], "/clusters"))
 		if !strings.Contains(cl, "upstream_openai::"+up.httpAddr+"::health_flags::/failed_outlier_check") {
-			return fmt.Errorf("/clusters does not show the endpoint ejected:\n%s", grepLines(cl, "upstream_openai::"+up.httpAddr+"::health"))
+			return fmt.Errorf("/clusters does not show the endpoint ejected:\n%s", linesWith(cl, "upstream_openai::"+up.httpAddr+"::health"))
 		}
 		return nil
 	})
@@ -338,7 +338,7 @@ func TestCircuitBreakerOverflow(t *testing.T) {
 	}
 }
 
-func grepLines(text, substr string) string {
+func linesWith(text, substr string) string {
 	var out []string
 	for _, l := range strings.Split(text, "\n") {
 		if strings.Contains(l, substr) {
