@@ -32,22 +32,13 @@ regions:
     ratelimit_failure: deny
     upstreams: [openai]
 upstreams:
-  openai:
-    url: https://api.openai.test
-    endpoint: {{.Upstream}}
-    tls: {ca_file: {{.CA}}}
-    allowed_regions: [hk, sg]
-  anthropic:
-    url: https://api.anthropic.test
-    api: anthropic
-    endpoint: {{.Upstream}}
-    tls: {ca_file: {{.CA}}}
-    allowed_regions: [hk]
+{{.Provider "openai" "hk" "sg"}}
+{{.Provider "anthropic" "hk"}}
     limits:
       - {requests: LIMIT_ANTHROPIC, per: hour}
 routes:
-  openai: {match: {prefix: /openai}, upstream: openai, prefix_rewrite: /}
-  anthropic: {match: {prefix: /anthropic}, upstream: anthropic, prefix_rewrite: /}
+{{.Route "openai"}}
+{{.Route "anthropic"}}
 callers:
   alice:
     tokens: [{{.Digest "alice"}}]

@@ -26,27 +26,13 @@ regions:
     extauthz: {{.ExtAuthz "hk"}}
     upstreams: [openai, anthropic, gemini]
 upstreams:
-  openai:
-    url: https://api.openai.test
-    endpoint: {{.Upstream}}
-    tls: {ca_file: {{.CA}}}
-    allowed_regions: [hk]
-  anthropic:
-    url: https://api.anthropic.test
-    api: anthropic
-    endpoint: {{.Upstream}}
-    tls: {ca_file: {{.CA}}}
-    allowed_regions: [hk]
-  gemini:
-    url: https://gemini.test
-    api: gemini
-    endpoint: {{.Upstream}}
-    tls: {ca_file: {{.CA}}}
-    allowed_regions: [hk]
+{{.Provider "openai" "hk"}}
+{{.Provider "anthropic" "hk"}}
+{{.Provider "gemini" "hk"}}
 routes:
-  openai: {match: {prefix: /openai}, upstream: openai, prefix_rewrite: /}
-  anthropic: {match: {prefix: /anthropic}, upstream: anthropic, prefix_rewrite: /}
-  gemini: {match: {prefix: /gemini}, upstream: gemini, prefix_rewrite: /}
+{{.Route "openai"}}
+{{.Route "anthropic"}}
+{{.Route "gemini"}}
 callers:
   sdk:
     tokens: [{{.Digest "sdk"}}]

@@ -31,23 +31,9 @@ regions:
     ratelimit: {{.RateLimit "hk"}}
     upstreams: [openai, anthropic, gemini, optin, down, slow]
 upstreams:
-  openai:
-    url: https://api.openai.test
-    endpoint: {{.Upstream}}
-    tls: {ca_file: {{.CA}}}
-    allowed_regions: [hk]
-  anthropic:
-    url: https://api.anthropic.test
-    api: anthropic
-    endpoint: {{.Upstream}}
-    tls: {ca_file: {{.CA}}}
-    allowed_regions: [hk]
-  gemini:
-    url: https://gemini.test
-    api: gemini
-    endpoint: {{.Upstream}}
-    tls: {ca_file: {{.CA}}}
-    allowed_regions: [hk]
+{{.Provider "openai" "hk"}}
+{{.Provider "anthropic" "hk"}}
+{{.Provider "gemini" "hk"}}
   optin:
     url: http://127.0.0.1
     endpoint: {{.PlainUpstream}}
@@ -66,9 +52,9 @@ upstreams:
     response_timeout: 1s
     allowed_regions: [hk]
 routes:
-  openai: {match: {prefix: /openai}, upstream: openai, prefix_rewrite: /}
-  anthropic: {match: {prefix: /anthropic}, upstream: anthropic, prefix_rewrite: /}
-  gemini: {match: {prefix: /gemini}, upstream: gemini, prefix_rewrite: /}
+{{.Route "openai"}}
+{{.Route "anthropic"}}
+{{.Route "gemini"}}
   optin: {match: {prefix: /optin}, upstream: optin, prefix_rewrite: /}
   down: {match: {prefix: /down}, upstream: down, prefix_rewrite: /}
   slow: {match: {prefix: /slow}, upstream: slow, prefix_rewrite: /}
