@@ -74,6 +74,46 @@ type Upstream struct {
 	KeyFormat string `mapstructure:"key_format"`
 	// Limits protect the upstream (its provider key's own quota) across all callers.
 	Limits []Limit `mapstructure:"limits"`
+	// Retries, OutlierDetection and CircuitBreaker are the upstream's resilience settings;
+	// every field is optional and absent ones take the defaults below.
+	Retries          Retries          `mapstructure:"retries"`
+	OutlierDetection OutlierDetection `mapstructure:"outlier_detection"`
+	CircuitBreaker   CircuitBreaker   `mapstructure:"circuit_breaker"`
+}
+
+// Retries says when and how often Envoy re-sends a request to the upstream. Pointers tell
+// an absent key (the default) from an explicit zero.
+type Retries struct {
+	Enabled       *bool         `mapstructure:"enabled"`
+	Attempts      *int          `mapstructure:"attempts"` // total, the first one included
+	On            []string      `mapstructure:"on"`
+	Backoff       Backoff       `mapstructure:"backoff"`
+	RetryAfterMax time.Duration `mapstructure:"retry_after_max"`
+	BudgetPercent *float64      `mapstructure:"budget_percent"`
+}
+
+// Backoff is the exponential back-off between attempts (Envoy adds jitter).
+type Backoff struct {
+	Base time.Duration `mapstructure:"base"`
+	Max  time.Duration `mapstructure:"max"`
+}
+
+// OutlierDetection ejects an endpoint of the upstream after consecutive failures. A
+// consecutive count of 0 turns that detector off.
+type OutlierDetection struct {
+	Enabled                  *bool         `mapstructure:"enabled"`
+	Consecutive5xx           *int          `mapstructure:"consecutive_5xx"`
+	ConsecutiveGatewayErrors *int          `mapstructure:"consecutive_gateway_errors"`
+	ConsecutiveLocalFailures *int          `mapstructure:"consecutive_local_failures"`
+	BaseEjectionTime         time.Duration `mapstructure:"base_ejection_time"`
+	MaxEjectionPercent       *int          `mapstructure:"max_ejection_percent"`
+}
+
+// CircuitBreaker bounds what one Envoy sends to the upstream at once.
+type CircuitBreaker struct {
+	MaxConnections     int `mapstructure:"max_connections"`
+	MaxPendingRequests int `mapstructure:"max_pending_requests"`
+	MaxRequests        int `mapstructure:"max_requests"`
 }
 
 // Limit is one quota: at most Requests per Per. A caller's limit may name an Upstream to

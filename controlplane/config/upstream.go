@@ -134,5 +134,8 @@ func validateUpstream(p, name string, u Upstream, regions map[string]Region, c *
 	out.ForwardClientIP, out.ForwardRequestID = u.ForwardClientIP, u.ForwardRequestID
 	validateKeyInjection(p, u, &out, c)
 	out.Limits = validateLimits(p, u.Limits, nil, false, c)
+	out.Retries = validateRetries(p+".retries", u.Retries, c)
+	out.Outlier = validateOutlier(p+".outlier_detection", u.OutlierDetection, c)
+	out.CircuitBreaker = validateCircuitBreaker(p+".circuit_breaker", u.CircuitBreaker, c)
 	return out, len(c.errs) == n
 }

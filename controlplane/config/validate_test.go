@@ -100,9 +100,30 @@ func TestValidModel(t *testing.T) {
 	if err != nil {
 		t.Fatalf("LoadConfig: %v", err)
 	}
-	if d := cmp.Diff(wantValid, got); d != "" {
+	want := *wantValid
+	want.Upstreams = withResilienceDefaults(wantValid.Upstreams)
+	if d := cmp.Diff(&want, got); d != "" {
 		t.Errorf("model mismatch (-want +got):\n%s", d)
 	}
+}
+
+// withResilienceDefaults fills in the retry, outlier and circuit breaker defaults of
+// upstreams that set none.
+func withResilienceDefaults(us []model.Upstream) []model.Upstream {
+	out := make([]model.Upstream, len(us))
+	for i, u := range us {
+		if u.Retries.Attempts == 0 {
+			u.Retries = config.DefaultRetries()
+		}
+		if u.Outlier == nil {
+			u.Outlier = config.DefaultOutlier()
+		}
+		if u.CircuitBreaker == (model.CircuitBreaker{}) {
+			u.CircuitBreaker = config.DefaultCircuitBreaker()
+		}
+		out[i] = u
+	}
+	return out
 }
 
 // validFile is a minimal valid document: region hk serving upstream openai, one route.
@@ -248,6 +269,7 @@ func TestUpstreamModel(t *testing.T) {
 			if want.API == "" {
 				want.API, want.KeyHeader, want.KeyFormat = model.APIOpenAI, "authorization", "Bearer {key}"
 			}
+			want = withResilienceDefaults([]model.Upstream{want})[0]
 			got, ok := cfg.Upstream("openai")
 			if !ok {
 				t.Fatalf("upstream openai missing from %+v", cfg.Upstreams)

@@ -108,6 +108,45 @@ type Upstream struct {
 	KeyHeader string  // lower case
 	KeyFormat string  // contains "{key}" exactly once
 	Limits    []Limit // across all callers; at most one per unit
+
+	Retries Retries
+	// Outlier is nil when outlier detection is off.
+	Outlier        *Outlier
+	CircuitBreaker CircuitBreaker
+}
+
+// Retries is the upstream's retry policy. Attempts counts every try, the first one
+// included: 1 means no retry.
+type Retries struct {
+	Attempts uint32
+	// On are Envoy retry_on conditions (connect-failure, reset, ...), sorted; StatusCodes
+	// are the upstream statuses retried (retriable-status-codes), sorted.
+	On            []string
+	StatusCodes   []uint32
+	BackoffBase   time.Duration
+	BackoffMax    time.Duration
+	RetryAfterMax time.Duration // 0: the provider's Retry-After is not read
+	// BudgetPercent caps concurrent retries at this share of the upstream's active
+	// requests, so retries cannot multiply an outage.
+	BudgetPercent float64
+}
+
+// Outlier ejects one endpoint of the upstream after consecutive failures. A count of 0
+// turns that detector off.
+type Outlier struct {
+	Consecutive5xx           uint32
+	ConsecutiveGatewayErrors uint32
+	ConsecutiveLocalFailures uint32
+	BaseEjectionTime         time.Duration
+	MaxEjectionPercent       uint32
+}
+
+// CircuitBreaker bounds what one Envoy has in flight to the upstream; past a bound the
+// request fails at once with 503 instead of queueing.
+type CircuitBreaker struct {
+	MaxConnections     uint32
+	MaxPendingRequests uint32
+	MaxRequests        uint32
 }
 
 // Unit is a quota window.

@@ -37,11 +37,16 @@ func jsonAccessLog(region string) (*accesslogv3.AccessLog, error) {
 		"tenant":        "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:tenant)%",
 		"upstream":      "%UPSTREAM_CLUSTER%",
 		"upstream_host": "%UPSTREAM_HOST%",
-		"bytes_in":      "%BYTES_RECEIVED%",
-		"bytes_out":     "%BYTES_SENT%",
-		"duration_ms":   "%DURATION%",
-		"ttfb_ms":       "%RESPONSE_DURATION%",
-		"user_agent":    "%REQ(USER-AGENT)%",
+		// Tries sent upstream (1 without retries; 0 when none was sent) and why the last
+		// connection failed, if it did: with status and flags (URX: retries exhausted,
+		// UO: circuit breaker) the request's final outcome.
+		"attempts":                   "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
+		"upstream_transport_failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+		"bytes_in":                   "%BYTES_RECEIVED%",
+		"bytes_out":                  "%BYTES_SENT%",
+		"duration_ms":                "%DURATION%",
+		"ttfb_ms":                    "%RESPONSE_DURATION%",
+		"user_agent":                 "%REQ(USER-AGENT)%",
 	})
 	if err != nil {
 		return nil, err

@@ -10,6 +10,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -36,6 +37,8 @@ func cluster(r model.Region, u model.Upstream, secrets secretSet) (*clusterv3.Cl
 			}},
 		},
 	}
+	c.CircuitBreakers = upstreamBreakers(u)
+	c.OutlierDetection = outlierDetection(u.Outlier)
 	if isIP(u.ConnectHost) {
 		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}
 	} else {
@@ -66,6 +69,65 @@ func cluster(r model.Region, u model.Upstream, secrets secretSet) (*clusterv3.Cl
 		c.TransportSocket = ts
 	}
 	return c, nil
+}
+
+// upstreamBreakers bounds what one Envoy has in flight to the upstream, so that past
+// saturation requests fail at once (503, flag UO) instead of piling up, and carries the
+// retry budget: retries in flight may be at most BudgetPercent of the active requests
+// (but always a few, for a quiet upstream), so retries can never multiply an outage.
+func upstreamBreakers(u model.Upstream) *clusterv3.CircuitBreakers {
+	cb := u.CircuitBreaker
+	return &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
+		Priority:           corev3.RoutingPriority_DEFAULT,
+		MaxConnections:     wrapperspb.UInt32(cb.MaxConnections),
+		MaxPendingRequests: wrapperspb.UInt32(cb.MaxPendingRequests),
+		MaxRequests:        wrapperspb.UInt32(cb.MaxRequests),
+		RetryBudget: &clusterv3.CircuitBreakers_Thresholds_RetryBudget{
+			BudgetPercent:       &typev3.Percent{Value: u.Retries.BudgetPercent},
+			MinRetryConcurrency: wrapperspb.UInt32(minRetryConcurrency),
+		},
+		// remaining_* gauges show how close the upstream is to its bounds.
+		TrackRemaining: true,
+	}}}
+}
+
+// minRetryConcurrency lets a few retries through whatever the budget, so a single
+// request to a quiet upstream is still retried.
+const minRetryConcurrency = 3
+
+// outlierDetection ejects an endpoint after consecutive failures. Local-origin failures
+// (connect errors, resets, timeouts) are counted apart from the provider's own 5xx, so a
+// broken network path and a provider's bad minute are told apart in the stats. Only
+// consecutive detectors: success-rate detection needs several endpoints and steady volume.
+func outlierDetection(o *model.Outlier) *clusterv3.OutlierDetection {
+	if o == nil {
+		return nil
+	}
+	enforce := func(n uint32) *wrapperspb.UInt32Value {
+		if n == 0 {
+			return wrapperspb.UInt32(0)
+		}
+		return wrapperspb.UInt32(100)
+	}
+	count := func(n uint32) *wrapperspb.UInt32Value {
+		if n == 0 {
+			return nil // off: enforcing 0 already
+		}
+		return wrapperspb.UInt32(n)
+	}
+	return &clusterv3.OutlierDetection{
+		Consecutive_5Xx:                        count(o.Consecutive5xx),
+		EnforcingConsecutive_5Xx:               enforce(o.Consecutive5xx),
+		ConsecutiveGatewayFailure:              count(o.ConsecutiveGatewayErrors),
+		EnforcingConsecutiveGatewayFailure:     enforce(o.ConsecutiveGatewayErrors),
+		SplitExternalLocalOriginErrors:         true,
+		ConsecutiveLocalOriginFailure:          count(o.ConsecutiveLocalFailures),
+		EnforcingConsecutiveLocalOriginFailure: enforce(o.ConsecutiveLocalFailures),
+		BaseEjectionTime:                       durationpb.New(o.BaseEjectionTime),
+		MaxEjectionPercent:                     wrapperspb.UInt32(o.MaxEjectionPercent),
+		EnforcingSuccessRate:                   wrapperspb.UInt32(0),
+		EnforcingLocalOriginSuccessRate:        wrapperspb.UInt32(0),
+	}
 }
 
 func protocolOptions(u model.Upstream) (*anypb.Any, error) {

@@ -9,11 +9,34 @@ import (
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/llmedge/llmedge/controlplane/model"
 )
 
 const grpcConnectTimeout = time.Second
+
+// Side calls (ext_authz, rate limit) in flight per Envoy: a healthy service answers in
+// about a millisecond, so even 2,000 requests/s keep a handful in flight, and 512 only fill
+// when the service is stuck near its timeout. Past the bound a check fails at once instead
+// of queueing: ext_authz answers the JSON 503 "auth service unavailable", the rate-limit
+// filter follows the region's ratelimit_failure (allow or deny).
+const (
+	sideCallMaxRequests = 512
+	sideCallMaxPending  = 128
+)
+
+// sideCallBreakers bounds the side calls. Envoy's defaults (1,024 pending, 1,024 in
+// flight, 3 retries) let a stalled service collect a queue whose every entry waits out
+// the filter's timeout.
+func sideCallBreakers() *clusterv3.CircuitBreakers {
+	return &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
+		Priority:           corev3.RoutingPriority_DEFAULT,
+		MaxPendingRequests: wrapperspb.UInt32(sideCallMaxPending),
+		MaxRequests:        wrapperspb.UInt32(sideCallMaxRequests),
+		TrackRemaining:     true,
+	}}}
+}
 
 // GRPCCluster is how Envoy reaches one of llmedge's own gRPC services (the control plane's
 // ADS stream, extauthz, ratelimit): HTTP/2 only, one endpoint, STATIC for a unix socket or
@@ -66,6 +89,7 @@ func grpcCluster(name string, addr model.Address, mtls *model.InternalTLS, secre
 	if err != nil {
 		return nil, err
 	}
+	c.CircuitBreakers = sideCallBreakers()
 	if addr.Pipe == "" && mtls != nil {
 		ts, err := internalTLS(addr.Host, mtls, secrets)
 		if err != nil {

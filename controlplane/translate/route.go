@@ -2,8 +2,8 @@ package translate
 
 import (
 	"regexp"
+	"slices"
 	"strings"
-	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -16,14 +16,11 @@ import (
 	"github.com/llmedge/llmedge/controlplane/model"
 )
 
-// Retries only where the request cannot have reached the provider: a POST that reached it
-// may have been billed, so 5xx and timeouts are not retried here.
-const (
-	retryOn       = "connect-failure,refused-stream,reset-before-request"
-	numRetries    = 2
-	retryBase     = 100 * time.Millisecond
-	retryMaxDelay = time.Second
-)
+// retryBodyBufferLimit is how much of a request body Envoy keeps to re-send it. A body
+// larger than this still goes upstream, but without retries (the cluster's
+// retry_or_shadow_abandoned counter rises): LLM requests with long contexts or images
+// reach hundreds of KiB, so the listener's 32 KiB would make most of them unretryable.
+const retryBodyBufferLimit = 1 << 20
 
 // routeConfig is one virtual host matching any host, with the routes in the order of the
 // model, which is the order Envoy must try them. A route limited to hosts gets an :authority matcher per host instead of a
@@ -85,16 +82,8 @@ func route(region string, rt model.Route, u model.Upstream, limits []*routev3.Ra
 		// once headers arrive) and a stream must keep making progress (idle_timeout).
 		Timeout:     durationpb.New(0),
 		IdleTimeout: durationpb.New(u.StreamIdleTimeout),
-		RetryPolicy: &routev3.RetryPolicy{
-			RetryOn:       retryOn,
-			NumRetries:    wrapperspb.UInt32(numRetries),
-			PerTryTimeout: durationpb.New(u.ResponseTimeout),
-			RetryBackOff: &routev3.RetryPolicy_RetryBackOff{
-				BaseInterval: durationpb.New(retryBase),
-				MaxInterval:  durationpb.New(retryMaxDelay),
-			},
-		},
-		RateLimits: limits,
+		RetryPolicy: retryPolicy(u),
+		RateLimits:  limits,
 	}
 	match := &routev3.RouteMatch{}
 	switch {
@@ -136,7 +125,7 @@ func route(region string, rt model.Route, u model.Upstream, limits []*routev3.Ra
 	if err != nil {
 		return nil, err
 	}
-	return &routev3.Route{
+	out := &routev3.Route{
 		Name:   rt.Name,
 		Match:  match,
 		Action: &routev3.Route_Route{Route: action},
@@ -146,7 +135,43 @@ func route(region string, rt model.Route, u model.Upstream, limits []*routev3.Ra
 		}},
 		RequestHeadersToAdd:  routeHeadersToAdd(u),
 		TypedPerFilterConfig: map[string]*anypb.Any{extAuthzFilterName: authz},
-	}, nil
+	}
+	if u.Retries.Attempts > 1 {
+		out.RequestBodyBufferLimit = wrapperspb.UInt64(retryBodyBufferLimit)
+	}
+	return out, nil
+}
+
+// retryPolicy re-sends transient failures with exponential back-off and jitter, waiting
+// as long as the provider's Retry-After asks up to a cap. Envoy's router never retries once
+// response headers went to the caller, so a stream that breaks after its first chunk is
+// never re-sent (and never duplicated). The retry budget sits on the cluster (cluster.go).
+// With retries off the policy stays for per_try_timeout, the bound on waiting for headers.
+func retryPolicy(u model.Upstream) *routev3.RetryPolicy {
+	r := u.Retries
+	p := &routev3.RetryPolicy{
+		RetryOn:              strings.Join(r.On, ","),
+		NumRetries:           wrapperspb.UInt32(r.Attempts - 1),
+		PerTryTimeout:        durationpb.New(u.ResponseTimeout),
+		RetriableStatusCodes: r.StatusCodes,
+		RetryBackOff: &routev3.RetryPolicy_RetryBackOff{
+			BaseInterval: durationpb.New(r.BackoffBase),
+			MaxInterval:  durationpb.New(r.BackoffMax),
+		},
+	}
+	if len(r.StatusCodes) > 0 {
+		p.RetryOn = strings.Join(append(slices.Clone(r.On), "retriable-status-codes"), ",")
+	}
+	if r.RetryAfterMax > 0 {
+		// Only Retry-After in seconds: Envoy reads reset headers as seconds or a Unix time,
+		// and the providers' own reset headers are neither (OpenAI "6m0s", Anthropic
+		// RFC 3339, retry-after-ms milliseconds would be misread as seconds).
+		p.RateLimitedRetryBackOff = &routev3.RetryPolicy_RateLimitedRetryBackOff{
+			ResetHeaders: []*routev3.RetryPolicy_ResetHeader{{Name: "retry-after", Format: routev3.RetryPolicy_SECONDS}},
+			MaxInterval:  durationpb.New(r.RetryAfterMax),
+		}
+	}
+	return p
 }
 
 // separatedRewrite rewrites a path-separated prefix: prefix_rewrite cannot, since for
