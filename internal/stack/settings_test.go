@@ -26,19 +26,20 @@ func TestRatelimitEnv(t *testing.T) {
 		GRPCPort: 10300, HTTPPort: 10400, DebugPort: 10500, MetricsPort: 10600}
 	env := r.Env()
 	want := map[string]string{
-		"CONFIG_TYPE":                         "GRPC_XDS_SOTW",
-		"CONFIG_GRPC_XDS_NODE_ID":             "ratelimit-hk",
-		"CONFIG_GRPC_XDS_NODE_METADATA":       "region=hk",
-		"XDS_CLIENT_BACKOFF_INITIAL_INTERVAL": "500ms",
-		"XDS_CLIENT_BACKOFF_MAX_INTERVAL":     "5s",
-		"FORCE_START_WITHOUT_INITIAL_CONFIG":  "true",
-		"REDIS_URL":                           "127.0.0.1:16379",
-		"USE_STATSD":                          "false",
-		"PROMETHEUS_ADDR":                     "127.0.0.1:10600",
-		"LOG_LEVEL":                           "warn",
-		"HOST":                                "127.0.0.1",
-		"GRPC_PORT":                           "10300",
-		"DEBUG_PORT":                          "10500",
+		"CONFIG_TYPE":                          "GRPC_XDS_SOTW",
+		"CONFIG_GRPC_XDS_NODE_ID":              "ratelimit-hk",
+		"CONFIG_GRPC_XDS_NODE_METADATA":        "region=hk",
+		"XDS_CLIENT_BACKOFF_INITIAL_INTERVAL":  "500ms",
+		"XDS_CLIENT_BACKOFF_MAX_INTERVAL":      "5s",
+		"FORCE_START_WITHOUT_INITIAL_CONFIG":   "true",
+		"REDIS_URL":                            "127.0.0.1:16379",
+		"REDIS_HEALTH_CHECK_ACTIVE_CONNECTION": "true",
+		"USE_STATSD":                           "false",
+		"PROMETHEUS_ADDR":                      "127.0.0.1:10600",
+		"LOG_LEVEL":                            "warn",
+		"HOST":                                 "127.0.0.1",
+		"GRPC_PORT":                            "10300",
+		"DEBUG_PORT":                           "10500",
 	}
 	for k, v := range want {
 		if got := EnvValue(env, k); got != v {
