@@ -104,7 +104,7 @@ func TestCommandLines(t *testing.T) {
 		"redis on a socket": {Redis{Socket: "/s/redis.sock", Dir: "/d"}.Cmd("redis-server"),
 			[]string{"--port", "0", "--unixsocket", "/s/redis.sock", "--unixsocketperm", "600", "--save", "", "--appendonly", "no", "--dir", "/d", "--daemonize", "no", "--logfile", ""}},
 		"envoy": {Envoy{Concurrency: 2}.Cmd("envoy", "/b.yaml", "/b.admin"),
-			[]string{"-c", "/b.yaml", "--disable-hot-restart", "--concurrency", "2", "--admin-address-path", "/b.admin", "-l", "warning"}},
+			[]string{"-c", "/b.yaml", "--disable-hot-restart", "--concurrency", "2", "--admin-address-path", "/b.admin", "--drain-time-s", "5", "--drain-strategy", "immediate", "-l", "warning"}},
 		"bootstrap": {Envoy{Region: "hk", XDSAddr: "127.0.0.1:18000", AdminPort: 9901}.BootstrapCmd("llmedge"),
 			[]string{"bootstrap", "--region", "hk", "--node-id", "envoy-hk-1", "--admin-port", "9901", "--xds", "127.0.0.1:18000"}},
 	} {
