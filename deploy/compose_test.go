@@ -622,6 +622,18 @@ func TestComposeEnvoyBootstrap(t *testing.T) {
 	}
 }
 
+// TestComposeEnvoyDrainFlags: compose's Envoy drains (once `llmedge drain` starts it) as
+// the process stack's does.
+func TestComposeEnvoyDrainFlags(t *testing.T) {
+	envoy := service(t, load(t, ""), "envoy")
+	want := stack.Envoy{}.Cmd("envoy", bootstrapTarget, "admin").Args
+	for _, f := range []string{"--drain-time-s", "--drain-strategy"} {
+		if got, w := flagValue(envoy.Command, f), flagValue(want, f); got != w || w == "" {
+			t.Errorf("compose envoy %s %q, internal/stack sets %q", f, got, w)
+		}
+	}
+}
+
 // TestComposeRoutes loads the routes directory the control plane mounts, as the control
 // plane does, and checks it wires the region to the compose services.
 func TestComposeRoutes(t *testing.T) {

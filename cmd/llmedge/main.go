@@ -7,6 +7,7 @@
 //	llmedge token new --caller alice            mint a caller token
 //	llmedge usage --since 24h --by caller,model  usage totals from the control plane
 //	llmedge certs issue --region hk ...          issue a region certificate
+//	llmedge drain --admin http://127.0.0.1:9901 drain an Envoy before stopping it
 package main
 
 import (
@@ -33,6 +34,7 @@ import (
 	"github.com/llmedge/llmedge/controlplane/translate"
 	"github.com/llmedge/llmedge/controlplane/watch"
 	"github.com/llmedge/llmedge/extauthz"
+	"github.com/llmedge/llmedge/internal/stack"
 	"github.com/llmedge/llmedge/internal/token"
 	"github.com/llmedge/llmedge/internal/transport"
 )
@@ -52,6 +54,7 @@ Usage:
                                  usage totals (requests, tokens, cost) from the control plane's /usage
   llmedge usage export --month 2026-11 --tenant NAME   a tenant's records for the month, as CSV
   llmedge probe URL              exit 0 if URL answers 2xx within 2 s (container health checks)
+  llmedge drain --admin URL      drain an Envoy (fail /ready, close listeners, wait for requests); stop it next
 
 Run "llmedge <command> -h" for a command's flags.
 `
@@ -90,6 +93,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runUsage(ctx, args[1:], stdout, stderr)
 	case "probe":
 		err = runProbe(ctx, args[1:], stderr)
+	case "drain":
+		err = runDrain(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, helpText)
 		return 0
@@ -444,6 +449,26 @@ func runProbe(ctx context.Context, args []string, stderr io.Writer) error {
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return fmt.Errorf("%s answered %d", fs.Arg(0), resp.StatusCode)
 	}
+	return nil
+}
+
+// runDrain is the operator's half of a graceful stop (stack.DrainEnvoy): once it returns,
+// stop Envoy (docker compose stop envoy, SIGTERM) and nothing in flight is cut.
+func runDrain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("drain", stderr)
+	admin := fs.String("admin", "http://127.0.0.1:9901", "the Envoy's admin API")
+	timeout := fs.Duration("timeout", stack.DefaultDrainTime+stack.DefaultDrainTimeout,
+		"give up after this long (Envoy's --drain-time-s, then the requests in flight)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	start := time.Now()
+	if err := stack.DrainEnvoy(ctx, *admin); err != nil {
+		return fmt.Errorf("%s: %w", *admin, err)
+	}
+	fmt.Fprintf(stdout, "%s drained in %v: listeners closed, no request in flight; stop it now\n", *admin, time.Since(start).Round(time.Millisecond))
 	return nil
 }
 

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -199,5 +201,19 @@ func TestStateDirOthersCanWriteIsRefused(t *testing.T) {
 		if code != 1 || !strings.Contains(errs, "--state-dir") || !strings.Contains(errs, "lets other users write") {
 			t.Errorf("%s with a 0777 state dir: exit %d, stderr %q", name, code, errs)
 		}
+	}
+}
+
+// TestDrainNamesTheAdminItCannotDrain: the drain itself is stack.DrainEnvoy's (tested
+// there and against a real Envoy in e2e); the command reports failures with the address.
+func TestDrainNamesTheAdminItCannotDrain(t *testing.T) {
+	srv := httptest.NewServer(http.NotFoundHandler())
+	defer srv.Close()
+	code, _, errs := runCLI(t, "drain", "--admin", srv.URL, "--timeout", "2s")
+	if code != 1 || !strings.Contains(errs, srv.URL) || !strings.Contains(errs, "HTTP 404") {
+		t.Errorf("exit %d, stderr %q; want 1 naming %s and its answer", code, errs, srv.URL)
+	}
+	if code, _, _ := runCLI(t, "drain", "extra"); code != 2 {
+		t.Errorf("stray argument: exit %d, want 2", code)
 	}
 }

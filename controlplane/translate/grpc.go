@@ -7,6 +7,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -98,4 +99,40 @@ func grpcCluster(name string, addr model.Address, mtls *model.InternalTLS, secre
 		c.TransportSocket = ts
 	}
 	return c, nil
+}
+
+// How Envoy probes a gRPC service that reports its own health. The interval bounds how
+// long a fail-open region keeps paying the rate-limit timeout on every request once the
+// service said it cannot answer (Redis down): about UnhealthyThreshold intervals.
+const (
+	grpcHealthInterval  = time.Second
+	grpcHealthTimeout   = time.Second
+	grpcHealthUnhealthy = 2 // failed probes before the host is out
+	grpcHealthHealthy   = 1 // one SERVING answer brings it back
+)
+
+// withGRPCHealthCheck makes Envoy ask service (grpc.health.v1) on c's endpoint and take the
+// endpoint out while it answers NOT_SERVING or not at all: a call to a cluster without a
+// healthy host then fails at once instead of waiting for the caller's timeout, and the
+// calling filter's failure mode decides.
+//
+// Two Envoy defaults would defeat that and are overridden: the panic threshold (below
+// 50% healthy hosts Envoy ignores health and uses them all, which for one endpoint means
+// always), and no_traffic_interval (60 s between probes while the cluster has carried no
+// traffic, which is exactly the state of a cluster whose only host is unhealthy).
+func withGRPCHealthCheck(c *clusterv3.Cluster, service string) {
+	c.HealthChecks = []*corev3.HealthCheck{{
+		Timeout:            durationpb.New(grpcHealthTimeout),
+		Interval:           durationpb.New(grpcHealthInterval),
+		NoTrafficInterval:  durationpb.New(grpcHealthInterval),
+		UnhealthyThreshold: wrapperspb.UInt32(grpcHealthUnhealthy),
+		HealthyThreshold:   wrapperspb.UInt32(grpcHealthHealthy),
+		HealthChecker: &corev3.HealthCheck_GrpcHealthCheck_{GrpcHealthCheck: &corev3.HealthCheck_GrpcHealthCheck{
+			ServiceName: service,
+		}},
+	}}
+	if c.CommonLbConfig == nil {
+		c.CommonLbConfig = &clusterv3.Cluster_CommonLbConfig{}
+	}
+	c.CommonLbConfig.HealthyPanicThreshold = &typev3.Percent{Value: 0}
 }

@@ -41,6 +41,9 @@ const (
 	// The service sits next to Envoy; a decision is a Redis round trip. Past 100 ms the
 	// region's failure mode decides instead of making the caller wait.
 	rateLimitTimeout = 100 * time.Millisecond
+	// The grpc.health.v1 service name under which envoyproxy/ratelimit reports its overall
+	// health (src/server/server_impl.go); the empty name is always SERVING.
+	rateLimitHealthService = "ratelimit"
 )
 
 // rateLimitFilter enforces the region's quotas after ext_authz (which names the caller).
@@ -302,7 +305,17 @@ func checkRateLimitConfig(rc *rlsconfv3.RateLimitConfig) error {
 	return walk("", rc.GetDescriptors())
 }
 
-// rateLimitCluster reaches the region's rate-limit service over HTTP/2 (gRPC).
+// rateLimitCluster reaches the region's rate-limit service over HTTP/2 (gRPC). Its health
+// check follows envoyproxy/ratelimit's own verdict, which turns NOT_SERVING when the
+// service has lost Redis (REDIS_HEALTH_CHECK_ACTIVE_CONNECTION, set by internal/stack),
+// has no limits loaded, or is shutting down: Envoy then stops calling it, so a fail-open
+// region answers at normal speed instead of waiting rateLimitTimeout on every request,
+// and a fail-closed one refuses at once.
 func rateLimitCluster(r model.Region, secrets secretSet) (*clusterv3.Cluster, error) {
-	return grpcCluster(wire.RateLimitClusterName, r.RateLimit, r.InternalTLS, secrets)
+	c, err := grpcCluster(wire.RateLimitClusterName, r.RateLimit, r.InternalTLS, secrets)
+	if err != nil {
+		return nil, err
+	}
+	withGRPCHealthCheck(c, rateLimitHealthService)
+	return c, nil
 }

@@ -1,8 +1,8 @@
 // Package stack is the one place that knows how llmedge's components are run as local
 // processes: where the tools are (Envoy, envoyproxy/ratelimit, redis-server), how the
 // llmedge and fakellm binaries are built, which ports they get, the command line and
-// environment of every component, how a process is started, watched, and stopped, and
-// when it is ready. `make run` (cmd/llmedge-run, an Edge) and the end-to-end tests
+// environment of every component, how a process is started, watched, and stopped (an
+// Envoy drained first: drain.go), and when it is ready. `make run` (cmd/llmedge-run, an Edge) and the end-to-end tests
 // (through the testing.TB adapter internal/testenv) call it, and so do the benchmark
 // programs under bench/ (Runner.Override states what a benchmark changes);
 // compose.yaml is kept equal to its Topology and ratelimit settings by

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"sync"
+	"time"
 )
 
 // Edge is a whole edge as local processes: every component of Topology, the PerRegion
@@ -24,10 +25,14 @@ type Edge struct {
 	Routes, KeysDir string
 	// EnvoyConcurrency is each Envoy's worker threads; default 1.
 	EnvoyConcurrency int
+	// EnvoyDrainTime is how long a stopping Envoy keeps accepting (Envoy.DrainTime);
+	// default DefaultDrainTime.
+	EnvoyDrainTime time.Duration
 
-	mu    sync.Mutex
-	procs []*Process // in start order
-	redis *RedisProcess
+	mu     sync.Mutex
+	procs  []*Process // in start order
+	envoys []*Process // also in procs
+	redis  *RedisProcess
 }
 
 // Start starts every component in Topology order and returns once each is ready: the
@@ -143,12 +148,15 @@ func (e *Edge) starters() map[string]func(ctx context.Context, region string) er
 		"envoy": func(ctx context.Context, r string) error {
 			ep, err := e.StartEnvoy(ctx, ProcessName("envoy", r), Envoy{
 				Region: r, XDSAddr: xds, AdminPort: e.port("envoy", r, RoleAdmin),
-				Concurrency: e.EnvoyConcurrency,
+				Concurrency: e.EnvoyConcurrency, DrainTime: e.EnvoyDrainTime,
 			})
 			if err != nil {
 				return err
 			}
 			e.add(ep.Process)
+			e.mu.Lock()
+			e.envoys = append(e.envoys, ep.Process)
+			e.mu.Unlock()
 			return ep.WaitLive(ctx)
 		},
 	}
@@ -176,5 +184,13 @@ func (e *Edge) Wait(ctx context.Context) error {
 	return procs[i-1].ExitError()
 }
 
-// Stop stops every process (SIGTERM, then SIGKILL after StopGrace).
-func (e *Edge) Stop() { StopAll(e.Processes()...) }
+// Stop drains the Envoys (EnvoyProcess.Drain) while everything behind them still runs,
+// so the requests in flight finish, then stops the rest (SIGTERM, then SIGKILL after
+// StopGrace).
+func (e *Edge) Stop() {
+	e.mu.Lock()
+	envoys := append([]*Process(nil), e.envoys...)
+	e.mu.Unlock()
+	StopAll(envoys...)
+	StopAll(e.Processes()...)
+}

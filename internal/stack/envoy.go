@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 )
 
 // Envoy is how one Envoy runs.
@@ -24,8 +26,16 @@ type Envoy struct {
 	Bootstrap string
 	// Concurrency is --concurrency (worker threads); default 1.
 	Concurrency int
-	LogLevel    string // default warning
-	Extra       []string
+	// DrainTime is how long a draining Envoy keeps accepting connections (each answered
+	// with Connection: close) before it closes its listeners: --drain-time-s, whole
+	// seconds; default DefaultDrainTime. A load balancer in front must notice /ready
+	// turning 503 within it.
+	DrainTime time.Duration
+	// DrainTimeout bounds how long Stop then waits for requests in flight before the
+	// SIGTERM that cuts them; default DefaultDrainTimeout.
+	DrainTimeout time.Duration
+	LogLevel     string // default warning
+	Extra        []string
 }
 
 // BootstrapCmd returns the `llmedge bootstrap` command that prints e's bootstrap
@@ -71,6 +81,11 @@ func (e Envoy) Cmd(envoy, bootstrapPath, adminAddressPath string) Cmd {
 		"--disable-hot-restart",
 		"--concurrency", strconv.Itoa(concurrency),
 		"--admin-address-path", adminAddressPath,
+		// Used by POST /drain_listeners?graceful (drain.go): how long listeners stay
+		// open, every response asking the client to close its connection ("immediate"
+		// rather than a probability rising over the drain time).
+		"--drain-time-s", strconv.Itoa(e.drainSeconds()),
+		"--drain-strategy", "immediate",
 		"-l", or(e.LogLevel, "warning"),
 	}
 	return Cmd{Path: envoy, Args: append(args, e.Extra...), Env: BaseEnv()}
@@ -80,6 +95,10 @@ func (e Envoy) Cmd(envoy, bootstrapPath, adminAddressPath string) Cmd {
 type EnvoyProcess struct {
 	*Process
 	adminURL string
+	settings Envoy
+
+	mu       sync.Mutex
+	drainErr error // set by Stop's drain
 }
 
 // StartEnvoy writes the bootstrap (unless e.Bootstrap is set) to <dir>/<name>.yaml, runs
@@ -109,7 +128,7 @@ func (r *Runner) StartEnvoy(ctx context.Context, name string, e Envoy) (*EnvoyPr
 	if err != nil {
 		return nil, err
 	}
-	ep := &EnvoyProcess{Process: p}
+	ep := &EnvoyProcess{Process: p, settings: e}
 	err = p.Await(ctx, EnvoyStartTimeout, func(ctx context.Context) error {
 		b, err := os.ReadFile(adminPath)
 		if err != nil || len(strings.TrimSpace(string(b))) == 0 {
@@ -127,7 +146,23 @@ func (r *Runner) StartEnvoy(ctx context.Context, name string, e Envoy) (*EnvoyPr
 		p.Stop()
 		return nil, err
 	}
+	// Set once the admin API answers: a drain needs it. The error is kept for DrainErr;
+	// SIGTERM follows either way.
+	p.beforeStop = func() {
+		err := ep.Drain(context.Background())
+		ep.mu.Lock()
+		ep.drainErr = err
+		ep.mu.Unlock()
+	}
 	return ep, nil
+}
+
+// DrainErr returns what went wrong when Stop drained Envoy: nil if the drain finished,
+// or Stop has not drained (yet).
+func (e *EnvoyProcess) DrainErr() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.drainErr
 }
 
 // AdminURL returns the admin API base URL, e.g. http://127.0.0.1:40123.

@@ -51,6 +51,9 @@ type Process struct {
 	waitErr error
 
 	stopOnce sync.Once
+	// beforeStop, if set, runs before Stop's SIGTERM while the process still runs (an
+	// Envoy drains there).
+	beforeStop func()
 }
 
 // Start runs c as the process called name, its stdout and stderr written to logPath
@@ -162,9 +165,13 @@ func (p *Process) ExitError() error {
 }
 
 // Stop sends SIGTERM to the process group, waits up to StopGrace, then sends SIGKILL.
+// A process that drains first (an Envoy: EnvoyProcess.Drain) does so before the SIGTERM.
 // It returns once the process has exited; calling it again is a no-op.
 func (p *Process) Stop() {
 	p.stopOnce.Do(func() {
+		if !p.Exited() && p.beforeStop != nil {
+			p.beforeStop()
+		}
 		if !p.Exited() {
 			p.signal(syscall.SIGTERM)
 			select {

@@ -71,6 +71,11 @@ func (r Ratelimit) Env() []string {
 		"REDIS_SOCKET_TYPE=" + redisType,
 		"REDIS_TYPE=SINGLE",
 		"REDIS_URL=" + redisURL,
+		// The gRPC health service (and /healthcheck) turns NOT_SERVING once the last
+		// Redis connection is gone and SERVING when one is made again. Envoy's health
+		// check of the ratelimit cluster (controlplane/translate) follows it, so with
+		// Redis down Envoy stops calling a service that could only time out.
+		"REDIS_HEALTH_CHECK_ACTIVE_CONNECTION=true",
 		// Stats go to a Prometheus endpoint instead of statsd or the default logging
 		// sink, which writes every counter to stderr.
 		"USE_STATSD=false",

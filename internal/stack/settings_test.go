@@ -26,19 +26,20 @@ func TestRatelimitEnv(t *testing.T) {
 		GRPCPort: 10300, HTTPPort: 10400, DebugPort: 10500, MetricsPort: 10600}
 	env := r.Env()
 	want := map[string]string{
-		"CONFIG_TYPE":                         "GRPC_XDS_SOTW",
-		"CONFIG_GRPC_XDS_NODE_ID":             "ratelimit-hk",
-		"CONFIG_GRPC_XDS_NODE_METADATA":       "region=hk",
-		"XDS_CLIENT_BACKOFF_INITIAL_INTERVAL": "500ms",
-		"XDS_CLIENT_BACKOFF_MAX_INTERVAL":     "5s",
-		"FORCE_START_WITHOUT_INITIAL_CONFIG":  "true",
-		"REDIS_URL":                           "127.0.0.1:16379",
-		"USE_STATSD":                          "false",
-		"PROMETHEUS_ADDR":                     "127.0.0.1:10600",
-		"LOG_LEVEL":                           "warn",
-		"HOST":                                "127.0.0.1",
-		"GRPC_PORT":                           "10300",
-		"DEBUG_PORT":                          "10500",
+		"CONFIG_TYPE":                          "GRPC_XDS_SOTW",
+		"CONFIG_GRPC_XDS_NODE_ID":              "ratelimit-hk",
+		"CONFIG_GRPC_XDS_NODE_METADATA":        "region=hk",
+		"XDS_CLIENT_BACKOFF_INITIAL_INTERVAL":  "500ms",
+		"XDS_CLIENT_BACKOFF_MAX_INTERVAL":      "5s",
+		"FORCE_START_WITHOUT_INITIAL_CONFIG":   "true",
+		"REDIS_URL":                            "127.0.0.1:16379",
+		"REDIS_HEALTH_CHECK_ACTIVE_CONNECTION": "true",
+		"USE_STATSD":                           "false",
+		"PROMETHEUS_ADDR":                      "127.0.0.1:10600",
+		"LOG_LEVEL":                            "warn",
+		"HOST":                                 "127.0.0.1",
+		"GRPC_PORT":                            "10300",
+		"DEBUG_PORT":                           "10500",
 	}
 	for k, v := range want {
 		if got := EnvValue(env, k); got != v {
@@ -103,7 +104,7 @@ func TestCommandLines(t *testing.T) {
 		"redis on a socket": {Redis{Socket: "/s/redis.sock", Dir: "/d"}.Cmd("redis-server"),
 			[]string{"--port", "0", "--unixsocket", "/s/redis.sock", "--unixsocketperm", "600", "--save", "", "--appendonly", "no", "--dir", "/d", "--daemonize", "no", "--logfile", ""}},
 		"envoy": {Envoy{Concurrency: 2}.Cmd("envoy", "/b.yaml", "/b.admin"),
-			[]string{"-c", "/b.yaml", "--disable-hot-restart", "--concurrency", "2", "--admin-address-path", "/b.admin", "-l", "warning"}},
+			[]string{"-c", "/b.yaml", "--disable-hot-restart", "--concurrency", "2", "--admin-address-path", "/b.admin", "--drain-time-s", "5", "--drain-strategy", "immediate", "-l", "warning"}},
 		"bootstrap": {Envoy{Region: "hk", XDSAddr: "127.0.0.1:18000", AdminPort: 9901}.BootstrapCmd("llmedge"),
 			[]string{"bootstrap", "--region", "hk", "--node-id", "envoy-hk-1", "--admin-port", "9901", "--xds", "127.0.0.1:18000"}},
 	} {

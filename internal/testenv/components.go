@@ -40,11 +40,16 @@ func StartFakellm(t testing.TB, fakellm, name string, f stack.Fakellm) *Process 
 
 // StartRegionEnvoy renders a region's bootstrap with `llmedge bootstrap` (the binary at
 // llmedge) from e and runs Envoy on it, returning once its admin API answers. An
-// AdminPort of 0 lets the kernel choose, so parallel tests never collide.
+// AdminPort of 0 lets the kernel choose, so parallel tests never collide. Stop (and the
+// test's cleanup) drains it first (stack.EnvoyProcess.Drain), for DrainTime unless e
+// sets its own.
 func StartRegionEnvoy(t testing.TB, llmedge, name string, e stack.Envoy) *EnvoyProcess {
 	t.Helper()
 	if e.LogLevel == "" {
 		e.LogLevel = "info"
+	}
+	if e.DrainTime == 0 {
+		e.DrainTime = DrainTime
 	}
 	r := runner(t, stack.Paths{Envoy: Envoy(t), Llmedge: llmedge})
 	ep, err := r.StartEnvoy(t.Context(), name, e)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/llmedge/llmedge/internal/stack"
 )
@@ -11,11 +12,24 @@ import (
 // EnvoyStartTimeout bounds how long StartEnvoy waits for the admin API.
 const EnvoyStartTimeout = stack.EnvoyStartTimeout
 
+// DrainTime is how long a stopping test Envoy keeps its listeners open (stack's default
+// is for a load balancer's health check; nothing in a test needs that long).
+const DrainTime = time.Second
+
 // EnvoyProcess is a running envoy started by StartEnvoy.
 type EnvoyProcess struct {
 	*Process
 	e *stack.EnvoyProcess
 }
+
+// Drain runs the drain steps of Stop (stack.EnvoyProcess.Drain) without stopping Envoy.
+func (e *EnvoyProcess) Drain(t testing.TB) error {
+	t.Helper()
+	return e.e.Drain(t.Context())
+}
+
+// DrainErr returns what went wrong when Stop drained Envoy (nil if nothing did).
+func (e *EnvoyProcess) DrainErr() error { return e.e.DrainErr() }
 
 // StartEnvoy runs the real Envoy on bootstrapPath and returns once its admin
 // API answers. Use an admin port of 0 in the bootstrap
@@ -24,7 +38,7 @@ type EnvoyProcess struct {
 func StartEnvoy(t testing.TB, name, bootstrapPath string, extraArgs ...string) *EnvoyProcess {
 	t.Helper()
 	r := runner(t, stack.Paths{Envoy: Envoy(t)})
-	e, err := r.StartEnvoy(t.Context(), name, stack.Envoy{Bootstrap: bootstrapPath, LogLevel: "info", Extra: extraArgs})
+	e, err := r.StartEnvoy(t.Context(), name, stack.Envoy{Bootstrap: bootstrapPath, LogLevel: "info", DrainTime: DrainTime, Extra: extraArgs})
 	if err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
