@@ -36,6 +36,8 @@ RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
     GOOS=$TARGETOS GOARCH=$TARGETARCH \
     go build -trimpath -ldflags "-s -w" -o /out/ ./cmd/llmedge ./cmd/fakellm
+# An empty directory for the runtime stage's state dir (distroless has no shell to mkdir).
+RUN mkdir -p /out/state
 
 # --- runtime: distroless static, non-root -----------------------------------------------
 FROM ${RUNTIME_IMAGE}
@@ -43,6 +45,12 @@ LABEL org.opencontainers.image.title="llmedge" \
       org.opencontainers.image.description="Self-hosted edge for LLM APIs: control plane, extauthz, fakellm" \
       org.opencontainers.image.source="https://github.com/llmedge/llmedge"
 COPY --from=build /out/llmedge /out/fakellm /usr/local/bin/
+# The control plane's --state-dir (last good routes YAML, usage ledger, access log files),
+# owned by the uid the image runs as. compose mounts a named volume here; Docker fills a new
+# named volume from the image's directory, owner and mode included, so the volume is
+# 65532's too (without this directory it would be root's, and the control plane could not
+# write to it).
+COPY --from=build --chown=65532:65532 --chmod=0700 /out/state/ /var/lib/llmedge/
 # Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd. It is
 # also the owner of compose's socket volume (/run/llmedge, a tmpfs created with this
 # uid/gid and mode 0700), so the image needs no socket directory of its own.

@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -30,9 +31,22 @@ func (m *Main) startLedger(ctx context.Context, g *grpc.Server, done chan<- erro
 	if err != nil {
 		return fmt.Errorf("usage ledger: %w", err)
 	}
+	a, err := usage.AccessLogFromConfig(u, m.opts.StateDir, m.log, m.reg)
+	if err != nil {
+		return fmt.Errorf("access log: %w", err)
+	}
 	m.ledger, m.ledgerUsage, m.usageHTTP = l, u, usage.Handler(l, time.Now)
-	usage.NewService(l).Register(g)
-	go func() { done <- l.Run(ctx) }()
+	usage.NewService(l, a).Register(g)
+	go func() {
+		if a == nil {
+			done <- l.Run(ctx)
+			return
+		}
+		alDone := make(chan error, 1)
+		go func() { alDone <- a.Run(ctx) }()
+		err := l.Run(ctx)
+		done <- errors.Join(err, <-alDone)
+	}()
 	return nil
 }
 
@@ -44,6 +58,6 @@ func (m *Main) updateLedger(u model.Usage) {
 	}
 	m.ledger.SetPrices(usage.NewPrices(u.Prices))
 	if !usage.SameStore(m.ledgerUsage, u) {
-		m.log.Warn("usage store, spool or retention changed in the routes YAML: restart the control plane to apply it; prices are applied")
+		m.log.Warn("usage store, spool, retention or access log changed in the routes YAML: restart the control plane to apply it; prices are applied")
 	}
 }

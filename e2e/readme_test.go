@@ -128,8 +128,54 @@ func TestReadmeQuickStart(t *testing.T) {
 				t.Errorf("%s example %d failed (%v):\n%s\n-> %s", readme, i+1, err, c, out)
 			}
 		}
+		// The ledger runs in every stack: `llmedge usage` answers from make run's control
+		// plane (its default URL is make run's default status address).
+		usageCmds := quickStartLines(t, filepath.Join(m.root, readme), "bin/llmedge usage ")
+		if len(usageCmds) == 0 {
+			t.Errorf("%s: the quick start has no `bin/llmedge usage` command", readme)
+		}
+		for _, c := range usageCmds {
+			c = strings.Replace(c, "bin/llmedge ", llmedgeBin+" ", 1)
+			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			run := exec.CommandContext(ctx, "bash", "-c", c)
+			run.Env = append(stk.BaseEnv(), fmt.Sprintf("LLMEDGE_STATUS_URL=http://127.0.0.1:%d", m.ports["HTTP_PORT"]))
+			out, err := run.CombinedOutput()
+			cancel()
+			if err != nil || !regexp.MustCompile(`caller\s+model\s+requests`).Match(out) {
+				t.Errorf("%s: %s failed (%v):\n%s", readme, c, err, out)
+			}
+		}
+	}
+	// The access log files the banner names are there (the directory is made at start).
+	if fi, err := os.Stat(filepath.Join(stk.ControlPlaneStateDir(m.runDir), "access-log")); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("make run's access log dir: %v, %v; want a 0700 directory", fi, err)
+	}
+	if !strings.Contains(m.p.Log(), "/usage") {
+		t.Errorf("the banner does not name the usage endpoint:\n%s", m.p.Log())
 	}
 	m.stop(t) // Ctrl-C stops everything.
+}
+
+// quickStartLines returns the lines starting with prefix of the README's first sh block
+// that has any (the quick start comes before the reference sections).
+func quickStartLines(t *testing.T, path, prefix string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, m := range fence.FindAllStringSubmatch(string(b), -1) {
+		for _, line := range strings.Split(m[1], "\n") {
+			if line = strings.TrimSpace(line); strings.HasPrefix(line, prefix) {
+				out = append(out, line)
+			}
+		}
+		if len(out) > 0 {
+			break
+		}
+	}
+	return out
 }
 
 var fence = regexp.MustCompile("(?s)```sh\n(.*?)```")

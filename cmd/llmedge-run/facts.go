@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/llmedge/llmedge/controlplane/config"
 	"github.com/llmedge/llmedge/internal/stack"
 )
 
@@ -36,8 +37,11 @@ func writeFacts(d *demo) error {
 		Token        string                 `json:"token"`
 		Regions      map[string]regionFacts `json:"regions"`
 		ControlPlane struct {
-			XDS    string `json:"xds"`
-			Status string `json:"status"`
+			XDS       string `json:"xds"`
+			Status    string `json:"status"`
+			Usage     string `json:"usage"`
+			StateDir  string `json:"state_dir"`
+			AccessLog string `json:"access_log"`
 		} `json:"control_plane"`
 		FakeUpstream string `json:"fake_upstream"`
 		Redis        string `json:"redis"`
@@ -59,6 +63,8 @@ func writeFacts(d *demo) error {
 	}
 	facts.ControlPlane.XDS = stack.Unix(d.sockets.XDS())
 	facts.ControlPlane.Status = d.url("controlplane", "", stack.RoleHTTP) + "/status"
+	facts.ControlPlane.Usage = d.url("controlplane", "", stack.RoleHTTP) + "/usage"
+	facts.ControlPlane.StateDir, facts.ControlPlane.AccessLog = stack.ControlPlaneStateDir(d.runDir), d.accessLogDir()
 	facts.FakeUpstream = d.url("fakellm", "", stack.RoleHTTP)
 	facts.Redis = stack.Unix(d.sockets.Redis())
 	facts.Sockets = d.sockets.Dir
@@ -68,6 +74,12 @@ func writeFacts(d *demo) error {
 		return err
 	}
 	return writePrivate(filepath.Join(d.runDir, "edge.json"), append(b, '\n'))
+}
+
+// accessLogDir is where the control plane writes the access log files: the default
+// usage.access_log.dir in its state dir (the example routes leave it unset).
+func (d *demo) accessLogDir() string {
+	return filepath.Join(stack.ControlPlaneStateDir(d.runDir), config.DefaultAccessLogDir)
 }
 
 func banner(w io.Writer, d *demo) {
@@ -84,6 +96,8 @@ func banner(w io.Writer, d *demo) {
   region hk   edge http://%s    admin %s
   region sg   edge http://%s    admin %s
   status      %s/status   (metrics: /metrics; limits: %s/rlconfig)
+  usage       %s/usage    (bin/llmedge usage --since 1h --by caller,model)
+  access log  %s/  (one JSON line per request, kept 14 days)
   sockets     %s/  (xDS, extauthz, ratelimit, Redis: only your user can open them)
   routes YAML %s  (edit it: changes go live on save)
   logs        %s/      facts for scripts: %s
@@ -103,6 +117,7 @@ func banner(w io.Writer, d *demo) {
 		hk, d.url("envoy", "hk", stack.RoleAdmin),
 		sg, d.url("envoy", "sg", stack.RoleAdmin),
 		d.url("controlplane", "", stack.RoleHTTP), d.url("ratelimit", "hk", stack.RoleDebug),
+		d.url("controlplane", "", stack.RoleHTTP), d.accessLogDir(),
 		d.sockets.Dir, d.routes, filepath.Join(d.runDir, "logs"), filepath.Join(d.runDir, "edge.json"),
 		d.token, hk, sg, hk, hk, sg)
 }

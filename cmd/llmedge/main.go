@@ -190,7 +190,7 @@ func runControlPlane(ctx context.Context, args []string, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	stateDir := fs.String("state-dir", os.Getenv("LLMEDGE_STATE_DIR"), "the control plane's state (dir 0700, files 0600): the last applied routes YAML, served at start-up when the routes YAML is missing or invalid, and the usage ledger (SQLite file, spool); empty: keep nothing, no ledger (env LLMEDGE_STATE_DIR)")
+	stateDir := fs.String("state-dir", os.Getenv("LLMEDGE_STATE_DIR"), "the control plane's state (dir 0700, files 0600): the last applied routes YAML, served at start-up when the routes YAML is missing or invalid, and the usage ledger (SQLite file, spool, access log files); empty: keep nothing, no ledger (env LLMEDGE_STATE_DIR)")
 	fs.DurationVar(&settle, "watch-settle", settle, "how long the routes must stay unchanged before a destructive edit (one that removes more than half of the callers, routes or upstreams, or leaves a region with none) is applied (env LLMEDGE_WATCH_SETTLE, default 5s)")
 	if err := parse(fs, args); err != nil {
 		return err

@@ -194,6 +194,8 @@ type Usage struct {
 	// RetentionDays is how long records are kept (default 400).
 	RetentionDays int        `mapstructure:"retention_days"`
 	Spool         UsageSpool `mapstructure:"spool"`
+	// AccessLog is the JSON access log files written beside the ledger.
+	AccessLog UsageAccessLog `mapstructure:"access_log"`
 	// Prices are listed, not keyed by model: model names hold dots, which viper would read
 	// as nesting.
 	Prices []Price `mapstructure:"prices"`
@@ -214,6 +216,14 @@ type UsagePostgres struct {
 type UsageSpool struct {
 	Dir      string `mapstructure:"dir"`       // default usage-spool in the state dir
 	MaxBytes int64  `mapstructure:"max_bytes"` // default 1 GiB
+}
+
+// UsageAccessLog is where the access log lines go and how long they stay.
+type UsageAccessLog struct {
+	Enabled       *bool  `mapstructure:"enabled"`        // default true
+	Dir           string `mapstructure:"dir"`            // default access-log in the state dir
+	RetentionDays int    `mapstructure:"retention_days"` // default 14
+	MaxFileBytes  int64  `mapstructure:"max_file_bytes"` // default 100 MiB
 }
 
 // Price is one upstream's price for one model, per million tokens.

@@ -16,6 +16,11 @@ const (
 	DefaultUsageSpoolDir      = "usage-spool"
 	DefaultUsageSpoolMaxBytes = 1 << 30
 	minUsageSpoolMaxBytes     = 1 << 20
+
+	DefaultAccessLogDir           = "access-log"
+	DefaultAccessLogRetentionDays = 14 // the audit minimum
+	DefaultAccessLogMaxFileBytes  = 100 << 20
+	minAccessLogMaxFileBytes      = 1 << 20
 )
 
 var currencyRE = regexp.MustCompile(`^[A-Z]{3}$`)
@@ -24,6 +29,8 @@ func validateUsage(u *Usage, ups map[string]Upstream, c *collector) model.Usage 
 	out := model.Usage{
 		Store: "sqlite", SQLitePath: DefaultUsageSQLitePath, RetentionDays: DefaultUsageRetentionDays,
 		SpoolDir: DefaultUsageSpoolDir, SpoolMaxBytes: DefaultUsageSpoolMaxBytes,
+		AccessLog: model.AccessLog{Enabled: true, Dir: DefaultAccessLogDir,
+			RetentionDays: DefaultAccessLogRetentionDays, MaxFileBytes: DefaultAccessLogMaxFileBytes},
 	}
 	if u == nil {
 		return out
@@ -63,6 +70,7 @@ func validateUsage(u *Usage, ups map[string]Upstream, c *collector) model.Usage 
 	case u.Spool.MaxBytes > 0:
 		out.SpoolMaxBytes = u.Spool.MaxBytes
 	}
+	validateAccessLog(u.AccessLog, &out.AccessLog, c)
 	seen := map[[2]string]int{}
 	for i, p := range u.Prices {
 		path := fmt.Sprintf("usage.prices[%d]", i)
@@ -98,6 +106,38 @@ func validateUsage(u *Usage, ups map[string]Upstream, c *collector) model.Usage 
 		return a.Model < b.Model
 	})
 	return out
+}
+
+func validateAccessLog(a UsageAccessLog, out *model.AccessLog, c *collector) {
+	if a.Enabled != nil {
+		out.Enabled = *a.Enabled
+	}
+	if a.Dir != "" {
+		out.Dir = a.Dir
+	}
+	switch {
+	case a.RetentionDays < 0:
+		c.add("usage.access_log.retention_days", "%d: must be positive (default %d, the audit minimum)", a.RetentionDays, DefaultAccessLogRetentionDays)
+	case a.RetentionDays > 0:
+		out.RetentionDays = a.RetentionDays
+	}
+	switch {
+	case a.MaxFileBytes < 0 || (a.MaxFileBytes > 0 && a.MaxFileBytes < minAccessLogMaxFileBytes):
+		c.add("usage.access_log.max_file_bytes", "%d: must be at least %d (1 MiB)", a.MaxFileBytes, minAccessLogMaxFileBytes)
+	case a.MaxFileBytes > 0:
+		out.MaxFileBytes = a.MaxFileBytes
+	}
+}
+
+// warnAccessLog says when the access log keeps less than the audit minimum, or nothing.
+func warnAccessLog(cfg *model.Config) {
+	a := cfg.Usage.AccessLog
+	switch {
+	case !a.Enabled:
+		cfg.Warnings = append(cfg.Warnings, "usage.access_log.enabled: false: no access log files are written (audits usually want 14 days of them)")
+	case a.RetentionDays < DefaultAccessLogRetentionDays:
+		cfg.Warnings = append(cfg.Warnings, fmt.Sprintf("usage.access_log.retention_days: %d keeps less than %d days, the usual audit minimum", a.RetentionDays, DefaultAccessLogRetentionDays))
+	}
 }
 
 func perMillion(path string, v *float64, required bool, c *collector) float64 {

@@ -74,6 +74,7 @@ func Validate(f File) (*model.Config, error) {
 	SortRoutes(cfg.Routes)
 	warnUnserved(cfg)
 	warnInternalTransport(cfg)
+	warnAccessLog(cfg)
 	sort.Strings(cfg.Warnings)
 	return cfg, nil
 }

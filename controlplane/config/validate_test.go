@@ -462,6 +462,20 @@ func TestWarnings(t *testing.T) {
 			want: []string{"regions.idle.upstreams: empty; this region serves no upstream"},
 		},
 		{
+			name: "access log kept less than the audit minimum",
+			modify: func(f *config.File) {
+				f.Usage = &config.Usage{AccessLog: config.UsageAccessLog{RetentionDays: 7}}
+			},
+			want: []string{"usage.access_log.retention_days: 7 keeps less than 14 days, the usual audit minimum"},
+		},
+		{
+			name: "access log off",
+			modify: func(f *config.File) {
+				f.Usage = &config.Usage{AccessLog: config.UsageAccessLog{Enabled: ptr(false), RetentionDays: 7}}
+			},
+			want: []string{"usage.access_log.enabled: false: no access log files are written (audits usually want 14 days of them)"},
+		},
+		{
 			name: "several, sorted",
 			modify: func(f *config.File) {
 				f.Regions["hk"] = config.Region{Listen: "0.0.0.0:10000", ExtAuthz: "127.0.0.1:10100"}
@@ -486,6 +500,22 @@ func TestWarnings(t *testing.T) {
 				t.Errorf("warnings mismatch (-want +got):\n%s", d)
 			}
 		})
+	}
+}
+
+func TestAccessLogSettings(t *testing.T) {
+	f := validFile()
+	f.Usage = &config.Usage{AccessLog: config.UsageAccessLog{Dir: "/var/log/llmedge", RetentionDays: 30, MaxFileBytes: 8 << 20}}
+	cfg, err := config.Validate(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := model.AccessLog{Enabled: true, Dir: "/var/log/llmedge", RetentionDays: 30, MaxFileBytes: 8 << 20}
+	if cfg.Usage.AccessLog != want {
+		t.Errorf("access log %+v, want %+v", cfg.Usage.AccessLog, want)
+	}
+	if d := config.DefaultUsage().AccessLog; d != (model.AccessLog{Enabled: true, Dir: "access-log", RetentionDays: 14, MaxFileBytes: 100 << 20}) {
+		t.Errorf("default access log %+v", d)
 	}
 }
 

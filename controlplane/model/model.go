@@ -279,7 +279,16 @@ type Usage struct {
 	RetentionDays   int
 	SpoolDir        string
 	SpoolMaxBytes   int64
+	AccessLog       AccessLog
 	Prices          []Price // sorted by upstream, model
+}
+
+// AccessLog is the JSON access log files the control plane writes from the same entries.
+type AccessLog struct {
+	Enabled       bool
+	Dir           string // relative paths are resolved against the state dir
+	RetentionDays int
+	MaxFileBytes  int64
 }
 
 // Price is what one upstream charges for one model, per million tokens.

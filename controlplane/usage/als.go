@@ -19,10 +19,11 @@ import (
 type Service struct {
 	accesslogv3.UnimplementedAccessLogServiceServer
 	ledger *Ledger
+	log    *AccessLog
 }
 
-// NewService serves l.
-func NewService(l *Ledger) *Service { return &Service{ledger: l} }
+// NewService serves l and writes each new record's access log line to a (nil: no files).
+func NewService(l *Ledger, a *AccessLog) *Service { return &Service{ledger: l, log: a} }
 
 // Register adds the service to g.
 func (s *Service) Register(g *grpc.Server) { accesslogv3.RegisterAccessLogServiceServer(g, s) }
@@ -46,7 +47,10 @@ func (s *Service) StreamAccessLogs(stream grpc.ClientStreamingServer[accesslogv3
 			return status.Error(codes.InvalidArgument, "access log stream: the first message must carry an identifier whose node names its region (locality.region)")
 		}
 		for _, e := range msg.GetHttpLogs().GetLogEntry() {
-			s.ledger.Add(RecordFromEntry(region, e))
+			r, fresh := s.ledger.Add(RecordFromEntry(region, e))
+			if fresh && s.log != nil {
+				s.log.Add(LineFromEntry(r, e))
+			}
 		}
 	}
 }

@@ -86,8 +86,9 @@ func (l *Ledger) SetPrices(p *Prices) { l.prices.Store(p) }
 
 // Add prices r and queues it. It never blocks: when the queue is full the record goes to
 // the spool, and when the spool is full it is dropped and counted. A request id seen
-// recently is ignored here (the store's unique key catches older repeats).
-func (l *Ledger) Add(r Record) {
+// recently is ignored here (the store's unique key catches older repeats). It returns the
+// record as the ledger keeps it (id, time and price filled in) and whether it was new.
+func (l *Ledger) Add(r Record) (Record, bool) {
 	if r.RequestID == "" {
 		// Envoy always generates x-request-id; without one the record cannot be made
 		// idempotent, so it gets an id of its own.
@@ -100,7 +101,7 @@ func (l *Ledger) Add(r Record) {
 	}
 	if !l.seen.add(r.RequestID) {
 		l.m.duplicates.Inc()
-		return
+		return r, false
 	}
 	l.prices.Load().Apply(&r)
 	l.m.observe(r)
@@ -109,6 +110,7 @@ func (l *Ledger) Add(r Record) {
 	default:
 		l.spool([]Record{r})
 	}
+	return r, true
 }
 
 // Run writes queued records until ctx ends, then flushes what it holds (to the store, or

@@ -41,9 +41,38 @@ func FromConfig(u model.Usage, stateDir string, log *slog.Logger, reg prometheus
 	}), nil
 }
 
-// SameStore reports whether two usage settings use the same store and spool; anything else
-// (prices) applies to a running ledger at once.
+// AccessLogFromConfig builds the access log files the usage section describes; nil when
+// they are turned off. A relative dir is resolved against stateDir.
+func AccessLogFromConfig(u model.Usage, stateDir string, log *slog.Logger, reg prometheus.Registerer) (*AccessLog, error) {
+	a, dir := u.AccessLog, AccessLogDir(u, stateDir)
+	if dir == "" {
+		return nil, nil
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log.Info("access log", "dir", dir, "retention_days", a.RetentionDays, "max_file_bytes", a.MaxFileBytes)
+	return NewAccessLog(AccessLogOptions{
+		Dir: dir, Retention: time.Duration(a.RetentionDays) * 24 * time.Hour, MaxFileBytes: a.MaxFileBytes,
+		Logger: log, Metrics: reg,
+	})
+}
+
+// AccessLogDir is where the access log files of u go (empty when they are off).
+func AccessLogDir(u model.Usage, stateDir string) string {
+	if !u.AccessLog.Enabled {
+		return ""
+	}
+	if filepath.IsAbs(u.AccessLog.Dir) {
+		return u.AccessLog.Dir
+	}
+	return filepath.Join(stateDir, u.AccessLog.Dir)
+}
+
+// SameStore reports whether two usage settings use the same store, spool and access log
+// files; anything else (prices) applies to a running ledger at once.
 func SameStore(a, b model.Usage) bool {
 	return a.Store == b.Store && a.SQLitePath == b.SQLitePath && a.PostgresDSNFile == b.PostgresDSNFile &&
-		a.SpoolDir == b.SpoolDir && a.SpoolMaxBytes == b.SpoolMaxBytes && a.RetentionDays == b.RetentionDays
+		a.SpoolDir == b.SpoolDir && a.SpoolMaxBytes == b.SpoolMaxBytes && a.RetentionDays == b.RetentionDays &&
+		a.AccessLog == b.AccessLog
 }

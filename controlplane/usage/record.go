@@ -2,10 +2,12 @@
 // per request from every region's Envoys (Envoy's Access Log Service, on the xDS server),
 // turns each into a Record, prices it, and writes it to a Store (SQLite or PostgreSQL) off
 // the receive path, spooling to disk while the store is slow or down. It also answers the
-// /usage queries and keeps the per-record Prometheus metrics.
+// /usage queries and keeps the per-record Prometheus metrics. Each new record is also one
+// JSON line in the access log files (masked, rotated, deleted past retention).
 //
 // Flow: Envoy ALS -> Service (als.go) -> RecordFromEntry -> Ledger.Add (bounded channel)
-// -> batches -> Store, or Spool when the store fails -> replayed in order.
+// -> batches -> Store, or Spool when the store fails -> replayed in order; and
+// Ledger.Add's record -> LineFromEntry -> AccessLog.Add (bounded channel) -> files.
 // docs/USAGE.md is the contract with the Envoy side.
 package usage
 

@@ -85,6 +85,10 @@ func (e *Edge) missingPorts() []PortKey {
 	return missing
 }
 
+// ControlPlaneStateDir is the control plane's --state-dir in a stack run from dir: its last
+// good routes YAML, and the usage ledger and access log files (which run because it is set).
+func ControlPlaneStateDir(dir string) string { return filepath.Join(dir, "state", "controlplane") }
+
 func (e *Edge) add(p *Process) {
 	e.mu.Lock()
 	e.procs = append(e.procs, p)
@@ -114,7 +118,7 @@ func (e *Edge) starters() map[string]func(ctx context.Context, region string) er
 		},
 		"controlplane": func(ctx context.Context, _ string) error {
 			cp := ControlPlane{Config: e.Routes, XDSAddr: xds, HTTPAddr: e.addr("controlplane", "", RoleHTTP),
-				StateDir: filepath.Join(e.Dir, "state", "controlplane")}
+				StateDir: ControlPlaneStateDir(e.Dir)}
 			p, err := e.StartControlPlane(ctx, "controlplane", cp)
 			if err != nil {
 				return err

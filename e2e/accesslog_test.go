@@ -1,0 +1,191 @@
+package e2e
+
+// The access log files, with the real control plane binary: entries streamed over Envoy's
+// Access Log Service (a Go client standing in for the regions' Envoys, as in
+// usage_test.go) become one masked JSON line each in the state dir's access-log files.
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	accesslogdatav3 "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/llmedge/llmedge/controlplane/usage"
+	"github.com/llmedge/llmedge/internal/testenv"
+	"github.com/llmedge/llmedge/internal/wire"
+)
+
+func TestAccessLogFilesOverALS(t *testing.T) {
+	const canary = "llme_CANARYaccesslog0123456789abcdefghij"
+	dir := t.TempDir()
+	run := filepath.Join(dir, "run")
+	if err := os.Mkdir(run, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(run, "xds.sock")
+	routes := filepath.Join(dir, "routes.yaml")
+	doc := fmt.Sprintf(`version: 1
+regions:
+  hk: {listen: 127.0.0.1:%d, extauthz: 127.0.0.1:%d, upstreams: [openai]}
+  sg: {listen: 127.0.0.1:%d, extauthz: 127.0.0.1:%d, upstreams: [openai]}
+upstreams:
+  openai: {url: https://api.openai.com, allowed_regions: [hk, sg]}
+routes:
+  openai: {match: {prefix: /v1/}, upstream: openai}
+usage:
+  prices:
+    - {upstream: openai, model: gpt-4o, input: 2.5, output: 10, currency: USD}
+`, testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t))
+	if err := os.WriteFile(routes, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(dir, "state")
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	base := "http://" + httpAddr
+	testenv.Start(t, "controlplane", exec.Command(llmedgeBin, "controlplane",
+		"--config", routes, "--xds-listen", "unix:"+sock, "--http-listen", httpAddr,
+		"--state-dir", state))
+	testenv.Eventually(t, 15*time.Second, 20*time.Millisecond, func() error {
+		resp, err := http.Get(base + "/readyz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("readyz %d", resp.StatusCode)
+		}
+		return nil
+	})
+	conn, err := grpc.NewClient("unix:"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+
+	entry := func(id, caller, path string) *accesslogdatav3.HTTPAccessLogEntry {
+		e := alsEntry(t, alsRequest{id: id, caller: caller, tenant: "team-a", upstream: "openai", model: "gpt-4o", in: 1000, out: 100})
+		e.CommonProperties.DownstreamRemoteAddress = &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{Address: "203.0.113.7"}}}
+		e.CommonProperties.UpstreamRemoteAddress = &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{Address: "127.0.0.1", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 8090}}}}
+		e.CommonProperties.ResponseFlags = &accesslogdatav3.ResponseFlags{UpstreamRetryLimitExceeded: true}
+		e.Request.RequestMethod = corev3.RequestMethod_POST
+		e.Request.Path = path
+		e.Request.UserAgent = "OpenAI/Python 1.54.0"
+		e.Request.RequestHeaders = map[string]string{
+			wire.HeaderAuthorization: "Bearer " + canary, wire.TokenHeader: canary, wire.HeaderAPIKey: canary,
+		}
+		e.Response.ResponseCodeDetails = "via_upstream"
+		return e
+	}
+	var hk, sg []*accesslogdatav3.HTTPAccessLogEntry
+	for i := range 12 {
+		hk = append(hk, entry(fmt.Sprint("hk-", i), "alice", "/v1/chat/completions?key="+canary))
+	}
+	for i := range 5 {
+		sg = append(sg, entry(fmt.Sprint("sg-", i), "bob", "/v1/files/"+canary+"/content"))
+	}
+	streamEntries(t, conn, "hk", append(append([]*accesslogdatav3.HTTPAccessLogEntry{}, hk...), hk[:4]...)) // 4 repeats
+	streamEntries(t, conn, "sg", sg)
+
+	logDir := filepath.Join(state, "access-log")
+	var files map[string][]usage.Line
+	testenv.Eventually(t, 15*time.Second, 50*time.Millisecond, func() error {
+		var err error
+		files, err = readAccessLog(logDir)
+		if err != nil {
+			return err
+		}
+		n := 0
+		for _, ls := range files {
+			n += len(ls)
+		}
+		if n != 17 {
+			return fmt.Errorf("%d lines in %s, want 17 (each request once)", n, logDir)
+		}
+		return nil
+	})
+	day := time.Now().UTC().Format(time.DateOnly)
+	var names []string
+	for n := range files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	if want := []string{"access-hk-" + day + ".jsonl", "access-sg-" + day + ".jsonl"}; fmt.Sprint(names) != fmt.Sprint(want) {
+		// A run across midnight UTC may split a region over two days; anything else is wrong.
+		if !strings.HasPrefix(names[0], "access-hk-") {
+			t.Errorf("files %v, want %v", names, want)
+		}
+	}
+	for name, ls := range files {
+		for _, l := range ls {
+			wantPath, wantCaller := "/v1/chat/completions", "alice"
+			if l.Region == "sg" {
+				wantPath, wantCaller = "/v1/files/"+usage.Masked+"/content", "bob"
+			}
+			if l.Path != wantPath || l.Caller != wantCaller || l.Method != "POST" || l.UserAgent != "OpenAI/Python 1.54.0" ||
+				l.ClientAddress != "203.0.113.7" || l.UpstreamHost != "127.0.0.1:8090" || fmt.Sprint(l.ResponseFlags) != "[URX]" ||
+				l.ResponseDetails != "via_upstream" || l.InputTokens != 1000 || l.Cost == nil || l.Currency != "USD" ||
+				!strings.HasPrefix(name, "access-"+l.Region+"-") {
+				t.Errorf("%s: line %+v", name, l)
+			}
+		}
+		raw, err := os.ReadFile(filepath.Join(logDir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(raw, []byte("CANARY")) {
+			t.Errorf("%s holds the canary credential:\n%s", name, raw)
+		}
+		fi, err := os.Stat(filepath.Join(logDir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s mode %04o, want 0600", name, fi.Mode().Perm())
+		}
+	}
+	if fi, err := os.Stat(logDir); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("access log dir: %v %v, want mode 0700", fi.Mode(), err)
+	}
+	metrics := get(t, base+"/metrics")
+	if !strings.Contains(metrics, "llmedge_access_log_lines_written_total 17") || !strings.Contains(metrics, "llmedge_access_log_lines_dropped_total 0") {
+		t.Errorf("access log metrics:\n%s", grepLines(metrics, "llmedge_access_log"))
+	}
+}
+
+func readAccessLog(dir string) (map[string][]usage.Line, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]usage.Line{}
+	for _, e := range ents {
+		f, err := os.Open(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return nil, err
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			var l usage.Line
+			if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+				f.Close()
+				return nil, fmt.Errorf("%s: %v", e.Name(), err)
+			}
+			out[e.Name()] = append(out[e.Name()], l)
+		}
+		f.Close()
+	}
+	return out, nil
+}
