@@ -41,6 +41,17 @@ func probeAPI(api model.API, kind, mdl string) (method, apiPath, body string) {
 	}
 }
 
+// underBase drops the API version from apiPath when the upstream's URL already ends with
+// it (https://gemini.example/v1beta, https://api.example.com/v1).
+func underBase(base, apiPath string) string {
+	for _, v := range []string{"/v1beta", "/v1"} {
+		if strings.HasSuffix(base, v) && strings.HasPrefix(apiPath, v+"/") {
+			return apiPath[len(v):]
+		}
+	}
+	return apiPath
+}
+
 // defaultProbeKind is the cheapest call that proves an API family answers: a models list
 // where the list goes through the provider's key check, else one output token. Anthropic's
 // messages call is the one every Anthropic key may make.
@@ -157,6 +168,7 @@ func validateProbes(p *Probes, f File, cfg *model.Config, c *collector) *model.P
 				continue
 			}
 			method, apiPath, body := probeAPI(up.API, kind, pu.Model)
+			apiPath = underBase(up.BasePath, apiPath)
 			edgePath := pu.Path
 			if edgePath == "" {
 				var found bool

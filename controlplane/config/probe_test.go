@@ -28,7 +28,7 @@ regions:
 upstreams:
   openai: {url: https://api.openai.com, allowed_regions: [hk, sg]}
   claude: {url: https://api.anthropic.com, api: anthropic, allowed_regions: [hk]}
-  gemini: {url: https://generativelanguage.googleapis.com, api: gemini, allowed_regions: [hk]}
+  gemini: {url: https://generativelanguage.googleapis.com/v1beta, api: gemini, allowed_regions: [hk]}
   groq: {url: https://api.groq.com/openai, allowed_regions: [hk]}
 routes:
   openai-v1: {match: {prefix: /v1/}, upstream: openai}
@@ -61,7 +61,7 @@ probes:
 		Targets: []model.ProbeTarget{
 			{Region: "hk", Upstream: "claude", API: model.APIAnthropic, Edge: "http://127.0.0.1:10000", Method: "POST", Path: "/anthropic/v1/messages",
 				Body: `{"max_tokens":1,"messages":[{"content":"ping","role":"user"}],"model":"claude-haiku-4-5"}`, Kind: model.ProbeCompletion, Model: "claude-haiku-4-5"},
-			{Region: "hk", Upstream: "gemini", API: model.APIGemini, Edge: "http://127.0.0.1:10000", Method: "GET", Path: "/gemini/v1beta/models", Kind: model.ProbeModels},
+			{Region: "hk", Upstream: "gemini", API: model.APIGemini, Edge: "http://127.0.0.1:10000", Method: "GET", Path: "/gemini/models", Kind: model.ProbeModels},
 			{Region: "hk", Upstream: "openai", API: model.APIOpenAI, Edge: "http://127.0.0.1:10000", Method: "POST", Path: "/v1/chat/completions", Body: chat, Kind: model.ProbeCompletion, Model: "gpt-4o-mini"},
 			{Region: "sg", Upstream: "openai", API: model.APIOpenAI, Edge: "https://edge-sg.example.com:443", Method: "POST", Path: "/v1/chat/completions", Body: chat, Kind: model.ProbeCompletion, Model: "gpt-4o-mini"},
 		},
