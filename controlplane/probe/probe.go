@@ -50,7 +50,22 @@ type Result struct {
 	Error string
 }
 
-// MarshalJSON gives durations in milliseconds and names in snake case, as /status does.
+// resultJSON is Result as /status carries it: snake-case names, durations in
+// milliseconds.
+type resultJSON struct {
+	Region       string     `json:"region"`
+	Upstream     string     `json:"upstream"`
+	At           time.Time  `json:"at"`
+	OK           bool       `json:"ok"`
+	Status       int        `json:"status"`
+	LatencyMS    float64    `json:"latency_ms"`
+	TTFBMS       float64    `json:"ttfb_ms"`
+	CertNotAfter *time.Time `json:"cert_not_after,omitempty"`
+	DNS          []string   `json:"dns"`
+	Error        string     `json:"error,omitempty"`
+}
+
+// MarshalJSON writes the /status form.
 func (r Result) MarshalJSON() ([]byte, error) {
 	var cert *time.Time
 	if !r.CertNotAfter.IsZero() {
@@ -60,18 +75,27 @@ func (r Result) MarshalJSON() ([]byte, error) {
 	if dns == nil {
 		dns = []string{}
 	}
-	return json.Marshal(struct {
-		Region       string     `json:"region"`
-		Upstream     string     `json:"upstream"`
-		At           time.Time  `json:"at"`
-		OK           bool       `json:"ok"`
-		Status       int        `json:"status"`
-		LatencyMS    float64    `json:"latency_ms"`
-		TTFBMS       float64    `json:"ttfb_ms"`
-		CertNotAfter *time.Time `json:"cert_not_after,omitempty"`
-		DNS          []string   `json:"dns"`
-		Error        string     `json:"error,omitempty"`
-	}{r.Region, r.Upstream, r.At, r.OK, r.Status, ms(r.Latency), ms(r.TTFB), cert, dns, r.Error})
+	return json.Marshal(resultJSON{r.Region, r.Upstream, r.At, r.OK, r.Status, ms(r.Latency), ms(r.TTFB), cert, dns, r.Error})
+}
+
+// UnmarshalJSON reads the /status form (for clients such as `llmedge` tools and tests).
+func (r *Result) UnmarshalJSON(b []byte) error {
+	var j resultJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	*r = Result{
+		Region: j.Region, Upstream: j.Upstream, At: j.At, OK: j.OK, Status: j.Status,
+		Latency: time.Duration(j.LatencyMS * float64(time.Millisecond)), TTFB: time.Duration(j.TTFBMS * float64(time.Millisecond)),
+		DNS: j.DNS, Error: j.Error,
+	}
+	if j.CertNotAfter != nil {
+		r.CertNotAfter = *j.CertNotAfter
+	}
+	if len(r.DNS) == 0 {
+		r.DNS = nil
+	}
+	return nil
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -103,6 +103,13 @@ func TestProbeSuccess(t *testing.T) {
 	if !strings.Contains(string(b), `"ok":true`) || !strings.Contains(string(b), `"latency_ms":`) {
 		t.Errorf("JSON %s lacks ok/latency_ms", b)
 	}
+	var back probe.Result
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if back.Region != r.Region || !back.At.Equal(r.At) || !back.OK || back.Status != 200 || back.Latency.Microseconds() != r.Latency.Microseconds() {
+		t.Errorf("JSON round trip %+v, want %+v", back, r)
+	}
 }
 
 func TestProbeFailureNeverShowsToken(t *testing.T) {

@@ -1,5 +1,5 @@
 // The llmedge status page: polls /status (and /usage) and redraws. Everything is built with
-// DOM calls and textContent, never innerHTML, so nothing in the data can become markup.
+// DOM calls and textContent, never parsed as HTML, so nothing in the data can become markup.
 "use strict";
 
 (function () {
@@ -42,10 +42,12 @@
     if (s.includes("listeners") || s.includes("clusters")) return "envoy";
     return "node";
   }
-  function table(head, rows) {
-    const t = el("table", {}, el("thead", {}, el("tr", {}, ...head.map((h) => el("th", {}, h)))));
+  // table draws rows under a header; "stack" tables become one block per row on a phone,
+  // each cell labelled by its column.
+  function table(head, rows, stack) {
+    const t = el("table", stack ? { class: "stack" } : {}, el("thead", {}, el("tr", {}, ...head.map((h) => el("th", {}, h)))));
     const b = el("tbody");
-    for (const r of rows) b.append(el("tr", {}, ...r.map((c) => el("td", {}, c))));
+    for (const r of rows) b.append(el("tr", {}, ...r.map((c, i) => el("td", { "data-label": head[i] }, c))));
     t.append(b);
     return el("div", { class: "scroll" }, t);
   }
@@ -79,7 +81,7 @@
       table(["serving", "applied", "checked", "files"], [[
         c.hash ? c.hash.slice(0, 12) : "nothing", when(c.applied_at) + " (" + ago(c.applied_at) + ")",
         when(c.checked_at), (c.files || []).join(", ") || c.path,
-      ]]),
+      ]], true),
     ];
     if (c.errors && c.errors.length) {
       kids.push(el("h3", {}, "Errors of the last edit (the previous config keeps serving)"),
@@ -152,13 +154,13 @@
     const intro = st.probes && st.probes.enabled
       ? el("p", { class: "muted" }, "Probed every " + st.probes.interval + " through each region's edge as caller " + st.probes.caller + ".")
       : el("p", { class: "muted" }, "Probes are off (no probes section in the routes YAML).");
-    document.getElementById("upstream-list").replaceChildren(intro, table(["upstream", "where", "probe", "certificate expires"], rows));
+    document.getElementById("upstream-list").replaceChildren(intro, table(["upstream", "where", "probe", "certificate expires"], rows, true));
     return probes.every((p) => p.ok);
   }
 
   // barChart draws one horizontal bar per row as inline SVG.
   function barChart(title, rows, fmt) {
-    const w = 360, bar = 18, gap = 6, label = 150;
+    const w = 380, bar = 18, gap = 6, label = 170;
     const h = Math.max(1, rows.length) * (bar + gap) + 4;
     const max = Math.max(1e-12, ...rows.map((r) => r.value));
     const svg = document.createElementNS(SVG, "svg");
@@ -169,7 +171,7 @@
       const y = i * (bar + gap) + 2;
       const t = document.createElementNS(SVG, "text");
       t.setAttribute("x", "0"); t.setAttribute("y", String(y + bar - 5)); t.setAttribute("class", "lbl");
-      t.textContent = r.label.length > 22 ? r.label.slice(0, 21) + "…" : r.label;
+      t.textContent = r.label.length > 28 ? r.label.slice(0, 27) + "…" : r.label;
       const rect = document.createElementNS(SVG, "rect");
       const bw = Math.max(1, ((w - label - 70) * r.value) / max);
       rect.setAttribute("x", String(label)); rect.setAttribute("y", String(y));
