@@ -5,6 +5,9 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +20,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/llmedge/llmedge/controlplane/page"
 	stk "github.com/llmedge/llmedge/internal/stack"
 	"github.com/llmedge/llmedge/internal/testenv"
 )
@@ -204,5 +208,58 @@ func checkPNG(t *testing.T, path string) {
 	}
 	if len(b) < 1000 || !bytes.HasPrefix(b, []byte("\x89PNG\r\n\x1a\n")) {
 		t.Fatalf("screenshot %s is not a PNG (%d bytes)", path, len(b))
+	}
+}
+
+// TestStatusPageShowsTrouble renders the page in headless Chromium against a canned
+// /status holding what the stack rarely shows at once: a rejected edit with its errors,
+// a NACK, a failing probe with an expiring certificate, an alerts section (as the alert
+// rules add it), and the ledger off.
+func TestStatusPageShowsTrouble(t *testing.T) {
+	t.Parallel()
+	now := time.Now().UTC()
+	status := fmt.Sprintf(`{
+  "config": {"path": "/etc/llmedge/routes.yaml", "files": ["/etc/llmedge/routes.yaml"], "hash": "0123456789abcdef",
+    "applied_at": %[1]q, "checked_at": %[1]q, "valid": false, "source": "routes", "warnings": [],
+    "errors": [{"path": "upstreams.openai.url", "message": "must be an absolute URL"}]},
+  "regions": [{"name": "hk", "listen": "0.0.0.0:10000", "upstreams": ["openai"], "versions": {}, "limits": [], "in_sync": false,
+    "nodes": [{"id": "envoy-hk-1", "region": "hk", "stream": 1, "connected_at": %[1]q, "subscribed": ["listeners", "clusters"], "acked": {},
+      "last_nack": {"type": "clusters", "version": "v2", "error": "bad cluster"}, "in_sync": false}]}],
+  "upstreams": [{"name": "openai", "url": "https://api.openai.com", "connect": "api.openai.com:443", "api": "openai", "allowed_regions": ["hk"]}],
+  "unassigned_nodes": [],
+  "probes": {"enabled": true, "caller": "prober", "interval": "5m0s", "results": [
+    {"region": "hk", "upstream": "openai", "at": %[1]q, "ok": false, "status": 503, "latency_ms": 12, "ttfb_ms": 11,
+     "cert_not_after": %[2]q, "dns": ["192.0.2.10"], "error": "GET /v1/models answered 503 Service Unavailable"}]},
+  "alerts": [{"rule": "probe_failed", "summary": "hk/openai probe failing", "since": %[1]q}]
+}`, now.Format(time.RFC3339), now.Add(72*time.Hour).Format(time.RFC3339))
+	mux := http.NewServeMux()
+	pg := page.Handler()
+	mux.Handle("GET /{$}", pg)
+	mux.Handle("GET "+page.Prefix, pg)
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, status)
+	})
+	mux.HandleFunc("GET /usage", func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, `{"error":{"message":"the usage ledger is off"}}`, http.StatusServiceUnavailable)
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	dom := browse(t, srv.URL+"/", "--dump-dom")
+	if got := regionSync(dom); got["hk"] != "false" {
+		t.Errorf("hk on the page: %v, want out of sync", got)
+	}
+	for _, want := range []string{
+		`<section id="alerts">`, "probe_failed", "hk/openai probe failing", // alerts shown
+		"last edit rejected", "upstreams.openai.url", "must be an absolute URL", // the rejected edit
+		"NACK clusters: bad cluster", "no extauthz connected", // the region's trouble
+		`data-probe="hk/openai" data-ok="false"`, "hk failing", "503", "192.0.2.10", // the probe
+		"(2 days)", `<section id="usage" hidden="">`, // expiry in days; no ledger, no charts
+		`<span id="overall" class="badge bad">attention</span>`,
+	} {
+		if !strings.Contains(dom, want) {
+			t.Errorf("the page lacks %q", want)
+		}
 	}
 }
