@@ -78,6 +78,9 @@ func validateProbes(p *Probes, f File, cfg *model.Config, c *collector) *model.P
 		if cl.Disabled {
 			c.add("probes.caller", "caller %q is disabled: every probe would be refused", p.Caller)
 		}
+		if cl.BYOK {
+			c.add("probes.caller", "caller %q brings its own provider key, which probes do not send; use a caller the edge injects keys for", p.Caller)
+		}
 	}
 	if p.TokenFile == "" {
 		c.add("probes.token_file", "required: a file holding the probe caller's plain token (never the token itself)")
