@@ -10,6 +10,8 @@ import (
 
 	"github.com/llmedge/llmedge/controlplane/config"
 	"github.com/llmedge/llmedge/controlplane/model"
+	"github.com/llmedge/llmedge/controlplane/page"
+	"github.com/llmedge/llmedge/controlplane/probe"
 	"github.com/llmedge/llmedge/controlplane/translate"
 	"github.com/llmedge/llmedge/controlplane/xds"
 )
@@ -24,6 +26,25 @@ type Status struct {
 	// Unassigned lists connected nodes whose region the serving config does not define;
 	// they receive no configuration.
 	Unassigned []xds.Node `json:"unassigned_nodes"`
+	// Probes are the synthetic probes' latest results (see docs/CONFIG.md#probes).
+	Probes ProbesStatus `json:"probes"`
+}
+
+// ProbesStatus is the probes section in force and the latest result per region and
+// upstream. The probe caller is named; its token never appears.
+type ProbesStatus struct {
+	Enabled  bool           `json:"enabled"`
+	Caller   string         `json:"caller,omitempty"`
+	Interval string         `json:"interval,omitempty"`
+	Results  []probe.Result `json:"results"`
+}
+
+func probesStatus(p *probe.Prober) ProbesStatus {
+	out := ProbesStatus{Results: p.Results()}
+	if cfg := p.Config(); cfg != nil {
+		out.Enabled, out.Caller, out.Interval = true, cfg.Caller, cfg.Interval.String()
+	}
+	return out
 }
 
 // ConfigStatus describes the routes YAML: what is serving and what the last check found.
@@ -143,6 +164,7 @@ func (m *Main) Status() Status {
 		Regions:    []RegionStatus{},
 		Upstreams:  []UpstreamStatus{},
 		Unassigned: []xds.Node{},
+		Probes:     probesStatus(m.prober),
 	}
 	if !st.reloadingSince.IsZero() {
 		out.Config.Reloading = &ReloadingStatus{Since: st.reloadingSince}
@@ -242,9 +264,12 @@ func (m *Main) handler() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /usage/", m.serveUsage)
 	mux.HandleFunc("GET /usage", m.serveUsage)
+	pg := page.Handler()
+	mux.Handle("GET /{$}", pg)
+	mux.Handle("GET "+page.Prefix, pg)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]any{"error": map[string]string{
-			"message": "not found; endpoints: /status, /healthz, /readyz, /metrics, /usage, /usage/export",
+			"message": "not found; endpoints: / (status page), /status, /healthz, /readyz, /metrics, /usage, /usage/export",
 		}})
 	})
 	return mux

@@ -21,6 +21,7 @@ import (
 
 	"github.com/llmedge/llmedge/controlplane/config"
 	"github.com/llmedge/llmedge/controlplane/model"
+	"github.com/llmedge/llmedge/controlplane/probe"
 	"github.com/llmedge/llmedge/controlplane/translate"
 	"github.com/llmedge/llmedge/controlplane/usage"
 	"github.com/llmedge/llmedge/controlplane/watch"
@@ -73,6 +74,7 @@ type Main struct {
 	reg     *prometheus.Registry
 	xds     *xds.Server
 	metrics *reloadMetrics
+	prober  *probe.Prober
 
 	xdsAddrs []transport.Address
 	xdsLns   []net.Listener
@@ -155,6 +157,7 @@ func New(o Options) (*Main, error) {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := &Main{opts: o, src: src, log: o.Logger, reg: reg, xdsAddrs: addrs, ready: make(chan struct{})}
 	m.metrics = newReloadMetrics(reg, m.configSource)
+	m.prober = probe.New(probe.Options{Logger: o.Logger.With("component", "probe"), Registerer: reg})
 	return m, nil
 }
 
@@ -267,6 +270,11 @@ func (m *Main) Run(ctx context.Context) error {
 	}()
 	changed := make(chan struct{}, 1)
 	go func() { errc <- m.src.Watch(ctx, changed) }()
+	probeDone := make(chan struct{})
+	go func() {
+		defer close(probeDone)
+		_ = m.prober.Run(ctx)
+	}()
 	m.log.Info("control plane serving", "xds", m.XDSAddrs(), "http", m.HTTPAddr(), "config", m.src.String(), "settle", m.opts.Settle.String())
 	close(m.ready)
 
@@ -292,6 +300,7 @@ loop:
 	}
 	r.abandon()
 	cancel()
+	<-probeDone // a probe in flight is cancelled with ctx
 	shutdownCtx, stop := context.WithTimeout(context.Background(), 5*time.Second)
 	defer stop()
 	_ = hs.Shutdown(shutdownCtx)
@@ -508,6 +517,7 @@ func (r *reloader) apply(start time.Time, hash string, files []string, cfg *mode
 	}
 	m.state.errors = nil
 	m.updateLedger(cfg.Usage)
+	m.prober.Update(cfg)
 	m.state.applied, m.state.appliedHash, m.state.appliedAt, m.state.files = cfg, hash, now, files
 	m.fromRoutesLocked()
 	m.saveLocked(snap)

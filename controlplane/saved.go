@@ -111,6 +111,7 @@ func (m *Main) loadSaved(ctx context.Context) error {
 	m.state.applied, m.state.appliedHash, m.state.appliedAt, m.state.files = cfg, snap.Hash, now, snap.Files()
 	m.state.source, m.state.savedAt, m.state.savedHash = SourceSaved, savedAt, snap.Hash
 	m.mu.Unlock()
+	m.prober.Update(cfg)
 	m.metrics.appliedAt.Set(float64(now.Unix()))
 	m.log.Warn("routes YAML unusable at start-up; serving the last good config saved in the state dir until a valid edit",
 		"config", m.src.String(), "saved_from", s.Path, "saved_at", savedAt, "hash", snap.Hash[:16],

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the real binaries the tests run (Envoy, envoyproxy/ratelimit,
-# redis-server, PostgreSQL, and protoc for scripts/proto.sh and its drift check), and the
+# redis-server, PostgreSQL, Chromium (the status page's headless browser test), and protoc for scripts/proto.sh and its drift check), and the
 # official Python SDKs the e2e suite drives through the edge, into the
 # git-ignored .tools/ folder. Idempotent: a re-run with everything present only
 # checks versions and takes well under a second.
@@ -131,6 +131,21 @@ redis_path="$(command -v redis-server)"
 redis_ver="$("$BIN/redis-server" --version 2>&1)" || die "$BIN/redis-server --version failed: $redis_ver"
 redis_ver="$(grep -o 'v=[0-9.]*' <<<"$redis_ver" | head -1)"
 say redis-server "$redis_state (${redis_ver#v=})"
+
+# --- Chromium (headless: e2e/statuspage_test.go renders the status page) -------
+if ! command -v chromium >/dev/null 2>&1; then
+	echo "  chromium      installing the Debian package..."
+	apt_install chromium
+	command -v chromium >/dev/null 2>&1 || die "chromium still not on PATH after apt-get install"
+	chromium_state="installed"
+else
+	chromium_state="already present"
+fi
+chromium_path="$(command -v chromium)"
+[ "$(readlink "$BIN/chromium" 2>/dev/null)" = "$chromium_path" ] || ln -sfn "$chromium_path" "$BIN/chromium"
+chromium_ver="$("$BIN/chromium" --version 2>/dev/null)" || die "$BIN/chromium --version failed"
+chromium_ver="$(grep -o '[0-9][0-9.]*' <<<"$chromium_ver" | head -1)"
+say chromium "$chromium_state ($chromium_ver)"
 
 # --- PostgreSQL (the usage ledger's shared store; tests run a throwaway cluster) -
 # Debian's postgresql package pulls the distribution's major version (bookworm: 15)

@@ -23,6 +23,7 @@ type File struct {
 	Routes    map[string]Route    `mapstructure:"routes"`
 	Callers   map[string]Caller   `mapstructure:"callers"`
 	Usage     *Usage              `mapstructure:"usage"`
+	Probes    *Probes             `mapstructure:"probes"`
 }
 
 // Region is one regional edge.
@@ -184,6 +185,35 @@ const (
 	DefaultStreamIdleTimeout = 15 * time.Minute
 	DefaultCAFile            = "/etc/ssl/certs/ca-certificates.crt"
 )
+
+// Probes configures the control plane's synthetic probes: a minimal real call through each
+// region's edge to each upstream served there, as a dedicated caller (docs/CONFIG.md#probes).
+type Probes struct {
+	Caller string `mapstructure:"caller"`
+	// TokenFile holds the probe caller's plain token; the YAML lists only its digest.
+	TokenFile string        `mapstructure:"token_file"`
+	Interval  time.Duration `mapstructure:"interval"`
+	Timeout   time.Duration `mapstructure:"timeout"`
+	// Regions override where a region's edge is reached (default: its listen address).
+	Regions map[string]ProbeRegion `mapstructure:"regions"`
+	// Upstreams choose the request each upstream is probed with.
+	Upstreams map[string]ProbeUpstream `mapstructure:"upstreams"`
+}
+
+// ProbeRegion is where the control plane reaches one region's edge.
+type ProbeRegion struct {
+	Edge string `mapstructure:"edge"` // http(s)://host:port
+}
+
+// ProbeUpstream is how one upstream is probed.
+type ProbeUpstream struct {
+	// Request is "models" (list the models) or "completion" (one output token).
+	Request string `mapstructure:"request"`
+	Model   string `mapstructure:"model"`
+	// Path is the edge path to call, when the routes give none or the wrong one.
+	Path     string `mapstructure:"path"`
+	Disabled bool   `mapstructure:"disabled"`
+}
 
 // Usage configures the usage ledger (docs/USAGE.md).
 type Usage struct {

@@ -68,10 +68,12 @@ func Validate(f File) (*model.Config, error) {
 	cfg.Callers = validateCallers(f.Callers, f.Upstreams, &c)
 	validateRateLimitService(f, cfg, &c)
 	cfg.Usage = validateUsage(f.Usage, f.Upstreams, &c)
+	// The probes find their edge paths in the order Envoy tries the routes.
+	SortRoutes(cfg.Routes)
+	cfg.Probes = validateProbes(f.Probes, f, cfg, &c)
 	if err := c.err(); err != nil {
 		return nil, err
 	}
-	SortRoutes(cfg.Routes)
 	warnUnserved(cfg)
 	warnInternalTransport(cfg)
 	warnAccessLog(cfg)

@@ -18,6 +18,8 @@ type Config struct {
 	Callers   []Caller // sorted by name
 	// Usage is the usage ledger's settings; defaults when the YAML has no usage section.
 	Usage Usage
+	// Probes are the synthetic probes; nil when the YAML has no probes section.
+	Probes *Probes
 	// Warnings are accepted-but-suspicious settings (plain-HTTP upstreams, TLS verification
 	// off, routes no region serves). They are logged and shown on the status endpoint.
 	Warnings []string
@@ -299,4 +301,33 @@ type Price struct {
 	Output   float64
 	Cached   float64 // the input price when the YAML gives none
 	Currency string
+}
+
+// Probe request kinds.
+const (
+	ProbeModels     = "models"     // list the models: costs nothing
+	ProbeCompletion = "completion" // one output token
+)
+
+// Probes are the control plane's synthetic probes: every Interval, for each region and each
+// upstream it serves, one real request through the region's edge as Caller.
+type Probes struct {
+	Caller    string
+	TokenFile string // the caller's plain token; read at each round, never logged
+	Interval  time.Duration
+	Timeout   time.Duration
+	Targets   []ProbeTarget // sorted by region, upstream
+}
+
+// ProbeTarget is one probe: what to call through which edge.
+type ProbeTarget struct {
+	Region   string
+	Upstream string
+	API      API
+	Edge     string // base URL of the region's edge, e.g. http://127.0.0.1:10000
+	Method   string
+	Path     string // edge path
+	Body     string // JSON; "" for GET
+	Kind     string // ProbeModels or ProbeCompletion
+	Model    string
 }
