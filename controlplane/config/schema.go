@@ -23,6 +23,7 @@ type File struct {
 	Routes    map[string]Route    `mapstructure:"routes"`
 	Callers   map[string]Caller   `mapstructure:"callers"`
 	Usage     *Usage              `mapstructure:"usage"`
+	Alerts    *Alerts             `mapstructure:"alerts"`
 }
 
 // Region is one regional edge.

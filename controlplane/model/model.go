@@ -18,6 +18,8 @@ type Config struct {
 	Callers   []Caller // sorted by name
 	// Usage is the usage ledger's settings; defaults when the YAML has no usage section.
 	Usage Usage
+	// Alerts is the alerts section; zero when the YAML has none.
+	Alerts Alerts
 	// Warnings are accepted-but-suspicious settings (plain-HTTP upstreams, TLS verification
 	// off, routes no region serves). They are logged and shown on the status endpoint.
 	Warnings []string

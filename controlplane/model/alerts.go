@@ -1,0 +1,41 @@
+package model
+
+import "time"
+
+// Alerts is the alerts section of the routes YAML: where notifications go, which rules
+// fire and when they are silenced. The zero value (no section) evaluates nothing.
+type Alerts struct {
+	Notifiers []Notifier // sorted by name
+	// Repeat is how often a firing alert is sent again while it holds.
+	Repeat time.Duration
+	Rules  []AlertRule // sorted by name; only enabled rules
+	// Silences mute rules during a time window; they still show in /status.
+	Silences []Silence
+}
+
+// Notifier is one webhook destination. URL and secret are read from files at send time,
+// so the YAML (and everything derived from it) never holds them.
+type Notifier struct {
+	Name       string
+	Kind       string // slack, feishu, dingtalk, webhook
+	URLFile    string
+	SecretFile string // optional: Feishu and DingTalk signatures
+}
+
+// AlertRule is one enabled rule with its threshold. Percent, Days and MinRequests are
+// meaningful only for the rules that use them; For is how long a condition must hold
+// before it fires.
+type AlertRule struct {
+	Name        string
+	Percent     float64
+	Days        int
+	MinRequests int
+	For         time.Duration
+}
+
+// Silence mutes one rule (or every rule when Rule is empty) from Start to End.
+type Silence struct {
+	Rule       string
+	Start, End time.Time
+	Comment    string
+}
