@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/llmedge/llmedge/controlplane/alert"
 	"github.com/llmedge/llmedge/controlplane/config"
 	"github.com/llmedge/llmedge/controlplane/model"
 	"github.com/llmedge/llmedge/controlplane/translate"
@@ -24,6 +25,8 @@ type Status struct {
 	// Unassigned lists connected nodes whose region the serving config does not define;
 	// they receive no configuration.
 	Unassigned []xds.Node `json:"unassigned_nodes"`
+	// Alerts are the active alerts, silences and notifier health (docs/CONFIG.md#alerts).
+	Alerts *alert.Status `json:"alerts,omitempty"`
 }
 
 // ConfigStatus describes the routes YAML: what is serving and what the last check found.
@@ -126,7 +129,9 @@ type NodeStatus struct {
 }
 
 // Status reports the current state.
-func (m *Main) Status() Status {
+func (m *Main) Status() Status { return m.status(true) }
+
+func (m *Main) status(withAlerts bool) Status {
 	m.mu.Lock()
 	st := m.state
 	m.mu.Unlock()
@@ -212,6 +217,10 @@ func (m *Main) Status() Status {
 		if _, ok := versions[n.Region]; !ok {
 			out.Unassigned = append(out.Unassigned, n)
 		}
+	}
+	if withAlerts && m.alerts != nil {
+		a := m.alerts.Status(time.Now())
+		out.Alerts = &a
 	}
 	return out
 }

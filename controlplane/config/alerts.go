@@ -2,8 +2,10 @@ package config
 
 import (
 	"fmt"
+	"net/url"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/llmedge/llmedge/controlplane/model"
@@ -17,6 +19,18 @@ type Alerts struct {
 	Notifiers      map[string]Notifier  `mapstructure:"notifiers"`
 	Rules          map[string]AlertRule `mapstructure:"rules"`
 	Silences       []Silence            `mapstructure:"silences"`
+	// Scrape names, per region, the metrics endpoints the metric rules read.
+	Scrape map[string]Scrape `mapstructure:"scrape"`
+}
+
+// Scrape is one region's metrics endpoints as the control plane reaches them.
+type Scrape struct {
+	// EnvoyAdmin is the Envoy admin base URL (http://127.0.0.1:9901); its
+	// /stats/prometheus feeds upstream_errors and retries_exhausted.
+	EnvoyAdmin string `mapstructure:"envoy_admin"`
+	// RatelimitMetrics is envoyproxy/ratelimit's Prometheus endpoint (USE_PROMETHEUS,
+	// http://127.0.0.1:9090/metrics); it feeds quota.
+	RatelimitMetrics string `mapstructure:"ratelimit_metrics"`
 }
 
 // Notifier is one webhook destination.
@@ -62,7 +76,7 @@ var alertRuleDefaults = map[string]model.AlertRule{
 // AlertRuleNames lists the rules llmedge knows, sorted.
 func AlertRuleNames() []string { return sortedKeys(alertRuleDefaults) }
 
-func validateAlerts(a *Alerts, c *collector) model.Alerts {
+func validateAlerts(a *Alerts, regions map[string]Region, c *collector) model.Alerts {
 	if a == nil {
 		return model.Alerts{}
 	}
@@ -135,8 +149,34 @@ func validateAlerts(a *Alerts, c *collector) model.Alerts {
 		}
 		out.Silences = append(out.Silences, model.Silence{Rule: s.Rule, Start: s.Start.UTC(), End: s.End.UTC(), Comment: s.Comment})
 	}
+	for _, region := range sortedKeys(a.Scrape) {
+		s, p := a.Scrape[region], "alerts.scrape."+region
+		if _, ok := regions[region]; !ok {
+			c.add(p, "%q is not a defined region", region)
+		}
+		if s.EnvoyAdmin == "" && s.RatelimitMetrics == "" {
+			c.add(p, "set envoy_admin, ratelimit_metrics or both")
+		}
+		checkScrapeURL(p+".envoy_admin", s.EnvoyAdmin, c)
+		checkScrapeURL(p+".ratelimit_metrics", s.RatelimitMetrics, c)
+		out.Scrape = append(out.Scrape, model.ScrapeTarget{Region: region, EnvoyAdmin: strings.TrimRight(s.EnvoyAdmin, "/"), RatelimitMetrics: s.RatelimitMetrics})
+	}
 	sort.SliceStable(out.Silences, func(i, j int) bool { return out.Silences[i].Start.Before(out.Silences[j].Start) })
 	return out
+}
+
+func checkScrapeURL(p, v string, c *collector) {
+	if v == "" {
+		return
+	}
+	u, err := url.Parse(v)
+	switch {
+	case err == nil && u.User != nil:
+		// The value is not echoed: it holds a password.
+		c.add(p, "must not carry credentials (user:password@)")
+	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+		c.add(p, "%q: must be an absolute http(s) URL", v)
+	}
 }
 
 // checkRuleFields applies the thresholds an operator set, refusing ones the rule ignores:

@@ -68,7 +68,7 @@ func Validate(f File) (*model.Config, error) {
 	cfg.Callers = validateCallers(f.Callers, f.Upstreams, &c)
 	validateRateLimitService(f, cfg, &c)
 	cfg.Usage = validateUsage(f.Usage, f.Upstreams, &c)
-	cfg.Alerts = validateAlerts(f.Alerts, &c)
+	cfg.Alerts = validateAlerts(f.Alerts, f.Regions, &c)
 	if err := c.err(); err != nil {
 		return nil, err
 	}

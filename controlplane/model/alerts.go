@@ -11,6 +11,16 @@ type Alerts struct {
 	Rules  []AlertRule // sorted by name; only enabled rules
 	// Silences mute rules during a time window; they still show in /status.
 	Silences []Silence
+	// Scrape are the metrics endpoints of each region, sorted by region.
+	Scrape []ScrapeTarget
+}
+
+// ScrapeTarget is one region's metrics endpoints: the Envoy admin base URL and
+// envoyproxy/ratelimit's Prometheus URL (either may be empty).
+type ScrapeTarget struct {
+	Region           string
+	EnvoyAdmin       string
+	RatelimitMetrics string
 }
 
 // Notifier is one webhook destination. URL and secret are read from files at send time,
@@ -26,16 +36,17 @@ type Notifier struct {
 // meaningful only for the rules that use them; For is how long a condition must hold
 // before it fires.
 type AlertRule struct {
-	Name        string
-	Percent     float64
-	Days        int
-	MinRequests int
-	For         time.Duration
+	Name        string        `json:"name"`
+	Percent     float64       `json:"percent,omitempty"`
+	Days        int           `json:"days,omitempty"`
+	MinRequests int           `json:"min_requests,omitempty"`
+	For         time.Duration `json:"for_ns,omitempty"`
 }
 
 // Silence mutes one rule (or every rule when Rule is empty) from Start to End.
 type Silence struct {
-	Rule       string
-	Start, End time.Time
-	Comment    string
+	Rule    string    `json:"rule"`
+	Start   time.Time `json:"start"`
+	End     time.Time `json:"end"`
+	Comment string    `json:"comment,omitempty"`
 }
