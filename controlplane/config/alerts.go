@@ -73,6 +73,13 @@ var alertRuleDefaults = map[string]model.AlertRule{
 	"service_down":      {For: time.Minute},
 }
 
+// DefaultAlertRule is the rule name with its default thresholds.
+func DefaultAlertRule(name string) model.AlertRule {
+	r := alertRuleDefaults[name]
+	r.Name = name
+	return r
+}
+
 // AlertRuleNames lists the rules llmedge knows, sorted.
 func AlertRuleNames() []string { return sortedKeys(alertRuleDefaults) }
 
