@@ -1,0 +1,182 @@
+package controlplane
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/llmedge/llmedge/controlplane/alert"
+	"github.com/llmedge/llmedge/controlplane/xds/xdstest"
+	"github.com/llmedge/llmedge/internal/wire"
+	"github.com/llmedge/llmedge/internal/xdsclient"
+)
+
+// hook is a generic JSON webhook receiver.
+type hook struct {
+	mu  sync.Mutex
+	got []string // status:rule:key
+}
+
+func (h *hook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var m alert.Message
+	if err := json.NewDecoder(r.Body).Decode(&m); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	h.mu.Lock()
+	h.got = append(h.got, m.Status+":"+m.Rule+":"+m.Key)
+	h.mu.Unlock()
+}
+
+func (h *hook) wait(t *testing.T, want ...string) {
+	t.Helper()
+	eventually(t, waitFor, func() error {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if strings.Join(h.got, " ") != strings.Join(want, " ") {
+			return fmt.Errorf("received %q; want %q", h.got, want)
+		}
+		return nil
+	})
+}
+
+// TestAlertsOnRejectedEditAndLostExtAuthz runs the control plane with an alerts section
+// and evaluates it at chosen times: a rejected routes edit, then an extauthz whose xDS
+// stream ends (the process killed), each send exactly one firing and one resolved
+// message. The extauthz is the real extauthz's xDS client, in-process.
+func TestAlertsOnRejectedEditAndLostExtAuthz(t *testing.T) {
+	h := &hook{}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	urlFile := filepath.Join(t.TempDir(), "hook.url")
+	if err := os.WriteFile(urlFile, []byte(srv.URL+"/secret-token-path"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	routes := `version: 1
+regions:
+  hk:
+    listen: 127.0.0.1:10000
+    extauthz: 127.0.0.1:10100
+    upstreams: [openai]
+upstreams:
+  openai:
+    url: http://127.0.0.1:8090
+    allowed_regions: [hk]
+routes:
+  openai:
+    match: {prefix: /openai}
+    upstream: openai
+alerts:
+  notifiers:
+    ops:
+      type: webhook
+      url_file: ` + urlFile + `
+`
+	c := startWith(t, routes, func(o *Options) { o.AlertInterval = -1 })
+	conn := dialADS(t, c.m.XDSAddr())
+	envoy := xdstest.Open(t, conn)
+	envoy.RequestAndAck(t, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "envoy-hk-1", Locality: &corev3.Locality{Region: "hk"}}, TypeUrl: resourcev3.ClusterType}, waitFor)
+	envoy.RequestAndAck(t, &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ListenerType}, waitFor)
+	envoy.RequestAndAck(t, &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.RouteType, ResourceNames: []string{"llmedge-hk"}}, waitFor)
+	stopExtAuthz := startExtAuthzClient(t, c.m.XDSAddr())
+	nodes := func(n int) func() error {
+		return func() error {
+			if r, _ := regionNamed(c.status(t), "hk"); len(r.Nodes) != n || !r.InSync {
+				return fmt.Errorf("hk nodes %+v in sync %v; want %d in sync", r.Nodes, r.InSync, n)
+			}
+			return nil
+		}
+	}
+	eventually(t, waitFor, nodes(2))
+
+	ctx, now := t.Context(), time.Now()
+	at := func(d time.Duration) time.Time { return now.Add(d) }
+	if msgs := c.m.AlertStep(ctx, at(0)); len(msgs) != 0 {
+		t.Fatalf("healthy control plane alerted: %+v", msgs)
+	}
+
+	// A rejected edit fires once, holds quietly, resolves once when the file is fixed.
+	c.write(t, strings.Replace(routes, "url: http://127.0.0.1:8090", "url: ftp://127.0.0.1:8090", 1))
+	eventually(t, waitFor, func() error {
+		if c.status(t).Config.Valid {
+			return fmt.Errorf("edit not rejected yet")
+		}
+		return nil
+	})
+	c.m.AlertStep(ctx, at(15*time.Second))
+	c.m.AlertStep(ctx, at(30*time.Second))
+	h.wait(t, "firing:config_rejected:routes")
+	c.write(t, routes)
+	eventually(t, waitFor, func() error {
+		if !c.status(t).Config.Valid {
+			return fmt.Errorf("fixed edit not applied yet")
+		}
+		return nil
+	})
+	c.m.AlertStep(ctx, at(45*time.Second))
+	h.wait(t, "firing:config_rejected:routes", "resolved:config_rejected:routes")
+
+	// The extauthz goes away: service_down fires after its "for" (1m), once.
+	stopExtAuthz()
+	eventually(t, waitFor, func() error {
+		if r, _ := regionNamed(c.status(t), "hk"); len(r.Nodes) != 1 {
+			return fmt.Errorf("hk nodes %+v; want the envoy only", r.Nodes)
+		}
+		return nil
+	})
+	c.m.AlertStep(ctx, at(time.Minute))
+	c.m.AlertStep(ctx, at(2*time.Minute+time.Second))
+	c.m.AlertStep(ctx, at(3*time.Minute))
+	h.wait(t, "firing:config_rejected:routes", "resolved:config_rejected:routes", "firing:service_down:hk/extauthz")
+	st := c.status(t)
+	if st.Alerts == nil || len(st.Alerts.Active) != 1 || st.Alerts.Active[0].Rule != "service_down" || len(st.Alerts.Notifiers) != 1 || st.Alerts.Notifiers[0].Delivered != 3 {
+		t.Errorf("/status alerts = %+v", st.Alerts)
+	}
+	if body := c.getString(t, "/status"); strings.Contains(body, "secret-token-path") {
+		t.Error("/status shows the webhook URL")
+	}
+	startExtAuthzClient(t, c.m.XDSAddr())
+	eventually(t, waitFor, nodes(2))
+	c.m.AlertStep(ctx, at(4*time.Minute))
+	h.wait(t, "firing:config_rejected:routes", "resolved:config_rejected:routes", "firing:service_down:hk/extauthz", "resolved:service_down:hk/extauthz")
+	if l := c.logs.String(); strings.Contains(l, "secret-token-path") {
+		t.Error("logs show the webhook URL")
+	}
+}
+
+func (c *cp) getString(t *testing.T, path string) string {
+	_, b := c.get(t, path)
+	return string(b)
+}
+
+// startExtAuthzClient subscribes to hk's authz policy the way extauthz does; the returned
+// function ends its stream.
+func startExtAuthzClient(t *testing.T, addr string) func() {
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = xdsclient.Run(ctx, xdsclient.Options{
+			Server: addr, Node: &corev3.Node{Id: "extauthz-hk-1", Locality: &corev3.Locality{Region: "hk"}},
+			TypeURL: resourcev3.ExtensionConfigType, Names: []string{wire.PolicyResourceName},
+			Logger: slog.New(slog.DiscardHandler), Apply: func(string, []*anypb.Any) error { return nil },
+		})
+	}()
+	stop := func() { cancel(); <-done }
+	t.Cleanup(stop)
+	return stop
+}
