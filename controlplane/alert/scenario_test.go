@@ -104,8 +104,8 @@ func TestEveryRuleFiresOnceAndResolvesOnceInEveryFormat(t *testing.T) {
 		w.state.Regions[0].Nodes = w.state.Regions[0].Nodes[:1:1] // extauthz and ratelimit gone
 		w.state.Regions[0].Nodes = append(w.state.Regions[0].Nodes, alert.NodeState{ID: "ratelimit-eu-1", Kind: alert.KindRatelimit, InSync: true})
 		w.envoy[rqTotal] += 40
-		w.envoy[rq5xx] += 40 // every attempt answered 503...
-		w.envoy[retryStat] += 8 // ...and 8 requests ran out of retries
+		w.envoy[rq5xx] += 40        // every attempt answered 503...
+		w.envoy[retryStat] += 8     // ...and 8 requests ran out of retries
 		w.ratelimit[nearLimit] += 3 // hits past 80 % of caller alice's window
 		w.probes = []alert.ProbeResult{{Region: "eu", Upstream: "openai", At: e.clk.Now(), OK: false, Error: "connect: connection refused"}}
 	})
