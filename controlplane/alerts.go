@@ -80,20 +80,30 @@ func (m *Main) stateConditions(_ context.Context, _ time.Time, rule alert.RuleFu
 	m.mu.Lock()
 	applied := m.state.applied
 	m.mu.Unlock()
+	return alert.StateConditions(AlertState(st, func(region string) bool {
+		if applied == nil {
+			return false
+		}
+		for _, r := range applied.Regions {
+			if r.Name == region {
+				return !r.RateLimit.IsZero()
+			}
+		}
+		return false
+	}), rule)
+}
+
+// AlertState is what the state alert rules read from a /status document; rateLimited
+// says whether a region has a ratelimit service that should be connected.
+func AlertState(st Status, rateLimited func(region string) bool) alert.State {
 	as := alert.State{ConfigHash: st.Config.Hash}
 	if !st.Config.Valid {
 		for _, e := range st.Config.Errors {
 			as.ConfigErrors = append(as.ConfigErrors, e.Error())
 		}
 	}
-	rateLimited := map[string]bool{}
-	if applied != nil {
-		for _, r := range applied.Regions {
-			rateLimited[r.Name] = !r.RateLimit.IsZero()
-		}
-	}
 	for _, r := range st.Regions {
-		rs := alert.RegionState{Name: r.Name, RateLimit: rateLimited[r.Name]}
+		rs := alert.RegionState{Name: r.Name, RateLimit: rateLimited(r.Name)}
 		for _, n := range r.Nodes {
 			ns := alert.NodeState{ID: n.ID, Kind: alert.NodeKind(n.Subscribed), InSync: n.InSync}
 			if n.LastNack != nil {
@@ -103,7 +113,7 @@ func (m *Main) stateConditions(_ context.Context, _ time.Time, rule alert.RuleFu
 		}
 		as.Regions = append(as.Regions, rs)
 	}
-	return alert.StateConditions(as, rule)
+	return as
 }
 
 // ProbeSourceFunc adapts a function returning probe results to alert.ProbeSource (the
