@@ -116,8 +116,9 @@ func AlertState(st Status, rateLimited func(region string) bool) alert.State {
 	return as
 }
 
-// ProbeSourceFunc adapts a function returning probe results to alert.ProbeSource (the
-// prober's Results, converted field by field, is wired here).
+// ProbeSourceFunc adapts a function returning probe results to alert.ProbeSource. The
+// prober's Result has alert.ProbeResult's fields in the same order, so each converts
+// directly: alert.ProbeResult(r).
 type ProbeSourceFunc func() []alert.ProbeResult
 
 func (f ProbeSourceFunc) Results() []alert.ProbeResult { return f() }

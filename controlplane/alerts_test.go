@@ -180,3 +180,106 @@ func startExtAuthzClient(t *testing.T, addr string) func() {
 	t.Cleanup(stop)
 	return stop
 }
+
+// TestDeadOrSlowWebhookNeverHoldsReloads: while the webhook hangs, and then while it
+// answers 500, edits still apply at once and /status shows the failing deliveries.
+func TestDeadOrSlowWebhookNeverHoldsReloads(t *testing.T) {
+	release := make(chan struct{})
+	var mode sync.Map // "down" -> bool
+	var hits atomicCounter
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.add()
+		if _, down := mode.Load("down"); down {
+			http.Error(w, "down", http.StatusInternalServerError)
+			return
+		}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	var once sync.Once
+	unhang := func() { once.Do(func() { close(release) }) }
+	defer unhang()
+	urlFile := filepath.Join(t.TempDir(), "hook.url")
+	if err := os.WriteFile(urlFile, []byte(srv.URL+"/secret-token-path"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	routes := routesYAML + `alerts:
+  notifiers:
+    ops: {type: slack, url_file: ` + urlFile + `}
+  rules:
+    service_down: {disabled: true}
+`
+	c := startWith(t, routes, func(o *Options) {
+		o.AlertInterval = -1
+		o.AlertWait = func(ctx context.Context, d time.Duration) error { return ctx.Err() } // retry at once
+	})
+	ctx, now := t.Context(), time.Now()
+	valid := func(want bool, hash string) func() error {
+		return func() error {
+			st := c.status(t)
+			if st.Config.Valid != want || (want && st.Config.Hash == hash) {
+				return fmt.Errorf("valid %v hash %s; want valid %v and a new hash", st.Config.Valid, st.Config.Hash, want)
+			}
+			return nil
+		}
+	}
+	first := c.status(t).Config.Hash
+	c.write(t, strings.Replace(routes, "prefix: /gemini", "prefix: gemini", 1))
+	eventually(t, waitFor, valid(false, ""))
+	c.m.AlertStep(ctx, now) // config_rejected: the notifier hangs in its POST
+	eventually(t, waitFor, func() error {
+		if hits.get() == 0 {
+			return fmt.Errorf("no delivery attempt yet")
+		}
+		return nil
+	})
+	// An edit applies while the delivery hangs.
+	c.write(t, strings.Replace(routes, "prefix: /gemini", "prefix: /gemini2", 1))
+	eventually(t, waitFor, valid(true, first))
+	c.m.AlertStep(ctx, now.Add(time.Minute)) // resolved: queued behind the hung POST
+	if st := c.status(t); st.Alerts == nil || len(st.Alerts.Notifiers) != 1 || st.Alerts.Notifiers[0].Queued != 1 {
+		t.Errorf("/status alerts while the webhook hangs = %+v; want one message queued", st.Alerts)
+	}
+
+	// The webhook now answers 500: deliveries are retried, then given up, visibly.
+	mode.Store("down", true)
+	unhang()
+	second := c.status(t).Config.Hash
+	c.write(t, strings.Replace(routes, "prefix: /gemini", "prefix: /gemini3", 1))
+	eventually(t, waitFor, valid(true, second))
+	c.write(t, strings.Replace(routes, "prefix: /gemini", "prefix: gemini", 1))
+	eventually(t, waitFor, valid(false, ""))
+	c.m.AlertStep(ctx, now.Add(2*time.Minute))
+	eventually(t, 15*time.Second, func() error {
+		st := c.status(t)
+		if st.Alerts == nil || len(st.Alerts.Notifiers) != 1 {
+			return fmt.Errorf("no notifier in /status")
+		}
+		n := st.Alerts.Notifiers[0]
+		if n.Failed == 0 || n.Healthy || !strings.Contains(n.LastError, "answered 500") {
+			return fmt.Errorf("notifier %+v; want a failed delivery with its error", n)
+		}
+		return nil
+	})
+	if v, err := c.metric(t, "llmedge_alert_notifications_total", map[string]string{"notifier": "ops", "result": "failed"}); err != nil || v < 1 {
+		t.Errorf("failed deliveries metric = %v, %v", v, err)
+	}
+	if strings.Contains(c.getString(t, "/status"), "secret-token-path") || strings.Contains(c.logs.String(), "secret-token-path") {
+		t.Error("the webhook URL shows in /status or the logs")
+	}
+}
+
+type atomicCounter struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (a *atomicCounter) add() { a.mu.Lock(); a.n++; a.mu.Unlock() }
+func (a *atomicCounter) get() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.n
+}
