@@ -144,7 +144,7 @@ func (e *Engine) Evaluate(now time.Time, conds []Condition) []Message {
 			continue
 		}
 		repeat := !a.lastSent.IsZero()
-		if repeat && now.Sub(a.lastSent) < e.cfg.Repeat {
+		if repeat && (e.cfg.Repeat <= 0 || now.Sub(a.lastSent) < e.cfg.Repeat) {
 			continue
 		}
 		a.lastSent = now

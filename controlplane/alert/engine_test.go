@@ -1,7 +1,11 @@
 package alert_test
 
 import (
+	"encoding/json"
+	"net/url"
+	"strings"
 	"testing"
+	"unicode/utf8"
 	"time"
 
 	"github.com/llmedge/llmedge/controlplane/alert"
@@ -90,5 +94,33 @@ func TestProbeConditionsCertificateExpiry(t *testing.T) {
 	got := alert.ProbeConditions(res, now, e.Rule)
 	if len(got) != 1 || got[0].Rule != "cert_expiry" || got[0].Key != "eu/soon" {
 		t.Fatalf("conditions %+v; want only the 3-day certificate", got)
+	}
+}
+
+func TestSlackBlocksStayWithinSlackLimits(t *testing.T) {
+	m := alert.Message{Status: alert.Firing, Rule: "quota", Key: strings.Repeat("k", 400), Summary: strings.Repeat("s", 5000)}
+	b, err := alert.Payload("slack", m, "", time.Now(), &url.URL{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p struct {
+		Text   string `json:"text"`
+		Blocks []struct {
+			Text struct {
+				Text string `json:"text"`
+			} `json:"text"`
+		} `json:"blocks"`
+	}
+	if err := json.Unmarshal(b, &p); err != nil || len(p.Blocks) != 2 {
+		t.Fatalf("payload %s: %v", b, err)
+	}
+	if n := utf8.RuneCountInString(p.Blocks[0].Text.Text); n > 150 {
+		t.Errorf("header of %d characters; Slack refuses more than 150", n)
+	}
+	if n := utf8.RuneCountInString(p.Blocks[1].Text.Text); n > 3000 {
+		t.Errorf("section of %d characters; Slack refuses more than 3000", n)
+	}
+	if !strings.Contains(p.Text, m.Summary) {
+		t.Error("the text fallback lost the summary")
 	}
 }

@@ -140,6 +140,15 @@ func clip(s string) string {
 	return s
 }
 
+// truncate cuts s to at most n runes, marking the cut.
+func truncate(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	return string(r[:n-1]) + "…"
+}
+
 // Title is the one-line headline of a message.
 func Title(m Message) string {
 	state := "FIRING"
@@ -172,12 +181,13 @@ func Payload(kind string, m Message, secret string, now time.Time, u *url.URL) (
 	text := title + "\n" + strings.Join(lines, "\n")
 	switch kind {
 	case "slack":
-		// Incoming webhooks take text (the notification fallback) and optional blocks.
+		// Incoming webhooks take text (the notification fallback) and optional blocks; Slack
+		// refuses a header over 150 characters and a section over 3000.
 		return json.Marshal(map[string]any{
 			"text": text,
 			"blocks": []any{
-				map[string]any{"type": "header", "text": map[string]any{"type": "plain_text", "text": title}},
-				map[string]any{"type": "section", "text": map[string]any{"type": "mrkdwn", "text": strings.Join(lines, "\n")}},
+				map[string]any{"type": "header", "text": map[string]any{"type": "plain_text", "text": truncate(title, 150)}},
+				map[string]any{"type": "section", "text": map[string]any{"type": "mrkdwn", "text": truncate(strings.Join(lines, "\n"), 3000)}},
 			},
 		})
 	case "feishu":

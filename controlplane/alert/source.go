@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/llmedge/llmedge/controlplane/model"
@@ -177,5 +176,3 @@ func NodeKind(subscribed []string) string {
 	}
 	return KindEnvoy
 }
-
-func keyLabel(parts ...string) string { return strings.Join(parts, "/") }

@@ -6,7 +6,8 @@ import "time"
 // fire and when they are silenced. The zero value (no section) evaluates nothing.
 type Alerts struct {
 	Notifiers []Notifier // sorted by name
-	// Repeat is how often a firing alert is sent again while it holds.
+	// Repeat is how often a firing alert is sent again while it holds; zero never repeats
+	// (config always sets it).
 	Repeat time.Duration
 	Rules  []AlertRule // sorted by name; only enabled rules
 	// Silences mute rules during a time window; they still show in /status.
