@@ -5,8 +5,8 @@ import (
 	"net/url"
 	"strings"
 	"testing"
-	"unicode/utf8"
 	"time"
+	"unicode/utf8"
 
 	"github.com/llmedge/llmedge/controlplane/alert"
 	"github.com/llmedge/llmedge/controlplane/model"
