@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -282,4 +283,41 @@ func (a *atomicCounter) get() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.n
+}
+
+// TestProbeResultsAlert: the prober's results, through Options.Probes, raise probe_failed
+// and cert_expiry, and both resolve when a later probe is good.
+func TestProbeResultsAlert(t *testing.T) {
+	h := &hook{}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	urlFile := filepath.Join(t.TempDir(), "hook.url")
+	if err := os.WriteFile(urlFile, []byte(srv.URL), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	now := time.Now()
+	results := []alert.ProbeResult{{Region: "hk", Upstream: "openai", At: now, OK: false, Status: 503, Error: "upstream answered 503"},
+		{Region: "hk", Upstream: "anthropic", At: now, OK: true, Status: 200, CertNotAfter: now.Add(3 * 24 * time.Hour)}}
+	c := startWith(t, routesYAML+`alerts:
+  notifiers:
+    ops: {type: webhook, url_file: `+urlFile+`}
+  rules:
+    service_down: {disabled: true}
+`, func(o *Options) {
+		o.AlertInterval = -1
+		o.Probes = ProbeSourceFunc(func() []alert.ProbeResult {
+			mu.Lock()
+			defer mu.Unlock()
+			return slices.Clone(results)
+		})
+	})
+	c.m.AlertStep(t.Context(), now)
+	h.wait(t, "firing:cert_expiry:hk/anthropic", "firing:probe_failed:hk/openai")
+	mu.Lock()
+	results = []alert.ProbeResult{{Region: "hk", Upstream: "openai", At: now.Add(5 * time.Minute), OK: true, Status: 200},
+		{Region: "hk", Upstream: "anthropic", At: now.Add(5 * time.Minute), OK: true, Status: 200, CertNotAfter: now.Add(90 * 24 * time.Hour)}}
+	mu.Unlock()
+	c.m.AlertStep(t.Context(), now.Add(5*time.Minute))
+	h.wait(t, "firing:cert_expiry:hk/anthropic", "firing:probe_failed:hk/openai", "resolved:cert_expiry:hk/anthropic", "resolved:probe_failed:hk/openai")
 }
