@@ -124,3 +124,34 @@ func TestSlackBlocksStayWithinSlackLimits(t *testing.T) {
 		t.Error("the text fallback lost the summary")
 	}
 }
+
+func TestStateConditions(t *testing.T) {
+	e := alert.NewEngine()
+	e.SetConfig(rules(time.Hour))
+	st := alert.State{Regions: []alert.RegionState{
+		{Name: "hk", RateLimit: true, Nodes: []alert.NodeState{
+			{ID: "envoy-hk-1", Kind: alert.KindEnvoy, InSync: false, LastNack: "cluster upstream_x: bad"},
+			{ID: "extauthz-hk", Kind: alert.KindExtAuthz, InSync: true},
+		}},
+		{Name: "sg", Nodes: []alert.NodeState{
+			{ID: "envoy-sg-1", Kind: alert.KindEnvoy, InSync: true},
+			{ID: "extauthz-sg", Kind: alert.KindExtAuthz, InSync: true},
+		}},
+	}}
+	got := map[string]string{}
+	for _, c := range alert.StateConditions(st, e.Rule) {
+		got[c.Rule+" "+c.Key] = c.Summary
+	}
+	want := []string{"out_of_sync hk/envoy-hk-1", "service_down hk/ratelimit"}
+	if len(got) != len(want) {
+		t.Fatalf("conditions %v; want %v", got, want)
+	}
+	for _, w := range want {
+		if _, ok := got[w]; !ok {
+			t.Errorf("missing %s in %v", w, got)
+		}
+	}
+	if s := got["out_of_sync hk/envoy-hk-1"]; !strings.Contains(s, "cluster upstream_x: bad") {
+		t.Errorf("out_of_sync summary %q does not carry the NACK", s)
+	}
+}
