@@ -56,14 +56,11 @@ func (m *Main) AlertStep(ctx context.Context, now time.Time) []alert.Message {
 	m.mu.Lock()
 	cfg := m.state.applied
 	m.mu.Unlock()
-	if cfg != m.alertCfg {
-		m.alertCfg = cfg
-		var a model.Alerts
-		if cfg != nil {
-			a = cfg.Alerts
-		}
-		m.alerts.SetConfig(a)
+	var a model.Alerts
+	if cfg != nil {
+		a = cfg.Alerts
 	}
+	m.alerts.Follow(cfg, a)
 	return m.alerts.Step(ctx, now)
 }
 

@@ -92,10 +92,8 @@ type Main struct {
 	ledger      *usage.Ledger
 	ledgerUsage model.Usage
 	usageHTTP   http.Handler
-	// alerts evaluates the alerts section; alertCfg is the config it last took (only its
-	// goroutine touches it).
-	alerts   *alert.Alerter
-	alertCfg *model.Config
+	// alerts evaluates the serving config's alerts section; set once, before serving.
+	alerts *alert.Alerter
 
 	mu    sync.Mutex
 	state state

@@ -3,6 +3,7 @@ package alert
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -13,9 +14,9 @@ import (
 // DefaultInterval is how often the rules are evaluated.
 const DefaultInterval = 15 * time.Second
 
-// Alerter evaluates the rules over its sources every interval and hands the messages to
-// the dispatcher. It runs in its own goroutine: a slow source or webhook delays alerts,
-// never the control plane.
+// Alerter evaluates the rules over its sources and hands the messages to the dispatcher.
+// The control plane steps it from its own goroutine: a slow source or webhook delays
+// alerts, never the control plane.
 type Alerter struct {
 	Engine     *Engine
 	Dispatcher *Dispatcher
@@ -23,6 +24,10 @@ type Alerter struct {
 	sources    []Source
 	log        *slog.Logger
 	firing     *prometheus.GaugeVec
+
+	// mu serialises evaluations: the engine and the metric windows assume one at a time.
+	mu     sync.Mutex
+	origin any // what the config in force was taken from (see Follow)
 }
 
 // NewAlerter wires an engine, a dispatcher and the sources; Metrics is always a source.
@@ -44,9 +49,23 @@ func (a *Alerter) SetConfig(cfg model.Alerts) {
 	a.Metrics.SetTargets(cfg.Scrape)
 }
 
+// Follow applies cfg unless it was already taken from origin (the control plane passes
+// its serving *model.Config, so an unchanged config costs a pointer comparison).
+func (a *Alerter) Follow(origin any, cfg model.Alerts) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if origin == a.origin {
+		return
+	}
+	a.origin = origin
+	a.SetConfig(cfg)
+}
+
 // Step runs one evaluation at now and queues its messages; Run calls it on a ticker,
 // tests call it with their own clock.
 func (a *Alerter) Step(ctx context.Context, now time.Time) []Message {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	var conds []Condition
 	for _, s := range a.sources {
 		conds = append(conds, s.Conditions(ctx, now, a.Engine.Rule)...)
@@ -70,23 +89,6 @@ func (a *Alerter) Step(ctx context.Context, now time.Time) []Message {
 		a.firing.WithLabelValues(r).Set(n)
 	}
 	return msgs
-}
-
-// Run evaluates every interval until ctx ends.
-func (a *Alerter) Run(ctx context.Context, interval time.Duration) {
-	if interval <= 0 {
-		interval = DefaultInterval
-	}
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			a.Step(ctx, now)
-		}
-	}
 }
 
 // Status is the alerts section of /status.
