@@ -93,18 +93,34 @@ func (a *Alerter) Step(ctx context.Context, now time.Time) []Message {
 
 // Status is the alerts section of /status.
 type Status struct {
-	Active    []Active          `json:"active"`
-	Silences  []model.Silence   `json:"silences"`
-	Notifiers []NotifierHealth  `json:"notifiers"`
-	Scrapes   []ScrapeStatus    `json:"scrapes"`
-	Rules     []model.AlertRule `json:"rules"`
+	Active    []Active         `json:"active"`
+	Silences  []model.Silence  `json:"silences"`
+	Notifiers []NotifierHealth `json:"notifiers"`
+	Scrapes   []ScrapeStatus   `json:"scrapes"`
+	Rules     []RuleStatus     `json:"rules"`
+}
+
+// RuleStatus is one enabled rule with its thresholds.
+type RuleStatus struct {
+	Name        string  `json:"name"`
+	Percent     float64 `json:"percent,omitempty"`
+	Days        int     `json:"days,omitempty"`
+	MinRequests int     `json:"min_requests,omitempty"`
+	For         string  `json:"for,omitempty"`
 }
 
 // Status reports active alerts, silences in force or to come, and notifier health.
 func (a *Alerter) Status(now time.Time) Status {
 	cfg := a.Engine.Config()
 	st := Status{Active: a.Engine.Active(now), Silences: []model.Silence{}, Notifiers: a.Dispatcher.Health(),
-		Scrapes: a.Metrics.Status(), Rules: append([]model.AlertRule{}, cfg.Rules...)}
+		Scrapes: a.Metrics.Status(), Rules: []RuleStatus{}}
+	for _, r := range cfg.Rules {
+		rs := RuleStatus{Name: r.Name, Percent: r.Percent, Days: r.Days, MinRequests: r.MinRequests}
+		if r.For > 0 {
+			rs.For = r.For.String()
+		}
+		st.Rules = append(st.Rules, rs)
+	}
 	for _, s := range cfg.Silences {
 		if now.Before(s.End) {
 			st.Silences = append(st.Silences, s)

@@ -37,11 +37,11 @@ type Notifier struct {
 // meaningful only for the rules that use them; For is how long a condition must hold
 // before it fires.
 type AlertRule struct {
-	Name        string        `json:"name"`
-	Percent     float64       `json:"percent,omitempty"`
-	Days        int           `json:"days,omitempty"`
-	MinRequests int           `json:"min_requests,omitempty"`
-	For         time.Duration `json:"for_ns,omitempty"`
+	Name        string
+	Percent     float64
+	Days        int
+	MinRequests int
+	For         time.Duration
 }
 
 // Silence mutes one rule (or every rule when Rule is empty) from Start to End.
