@@ -176,3 +176,26 @@ func mustCounter(t *testing.T, reg *prometheus.Registry, name string, labels ...
 	t.Fatalf("no %s%v", name, labels)
 	return nil
 }
+
+// TestInBandRefusalIsAFailure: Feishu and DingTalk answer 200 with a non-zero code when
+// they refuse a message; that is a failed delivery, not a success.
+func TestInBandRefusalIsAFailure(t *testing.T) {
+	replies := map[string]string{
+		"feishu":   `{"code": 19021, "msg": "sign match fail or timestamp is not within one hour from current time"}`,
+		"dingtalk": `{"errcode": 310000, "errmsg": "keywords not in content"}`,
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		kind := strings.TrimPrefix(r.URL.Path, "/hook/")
+		fmt.Fprint(w, replies[kind])
+	}))
+	defer srv.Close()
+	for _, n := range notifiers(t, srv.URL) {
+		err := alert.NewSender(n, srv.Client(), nil).Send(t.Context(), msg("quota"))
+		if _, refuses := replies[n.Kind]; refuses != (err != nil) {
+			t.Errorf("%s: Send = %v", n.Kind, err)
+		}
+		if err != nil && !strings.Contains(err.Error(), "refused the message") {
+			t.Errorf("%s: error %q does not say the platform refused the message", n.Kind, err)
+		}
+	}
+}
