@@ -227,3 +227,18 @@ func checkRuleFields(p, name string, set AlertRule, r *model.AlertRule, c *colle
 		r.For = set.For
 	}
 }
+
+// ratelimitNearRatio is envoyproxy/ratelimit's default NEAR_LIMIT_RATIO, which llmedge's
+// stack leaves as it is: the quota rule reads ratelimit's near_limit counter, so its
+// percent is only honoured when ratelimit runs with the matching ratio.
+const ratelimitNearRatio = 0.8
+
+func warnAlerts(cfg *model.Config) {
+	for _, r := range cfg.Alerts.Rules {
+		if r.Name == "quota" && r.Percent != ratelimitNearRatio*100 {
+			cfg.Warnings = append(cfg.Warnings, fmt.Sprintf(
+				"alerts.rules.quota.percent is %v, but the quota rule reads ratelimit's near_limit counter, which counts hits past its NEAR_LIMIT_RATIO (default %v): run every ratelimit with NEAR_LIMIT_RATIO=%v",
+				r.Percent, ratelimitNearRatio, r.Percent/100))
+		}
+	}
+}

@@ -93,3 +93,18 @@ func TestNoAlertsSectionEvaluatesNothing(t *testing.T) {
 		t.Errorf("alerts without a section = %+v", cfg.Alerts)
 	}
 }
+
+func TestQuotaPercentOtherThanRatelimitsRatioWarns(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "routes.yaml")
+	doc := alertsBase + "alerts:\n  notifiers:\n    ops: {type: webhook, url_file: /x}\n  rules:\n    quota: {percent: 90}\n"
+	if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, cfg, err := config.LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Warnings) != 1 || !strings.Contains(cfg.Warnings[0], "NEAR_LIMIT_RATIO=0.9") {
+		t.Errorf("warnings %q; want one telling to set NEAR_LIMIT_RATIO=0.9", cfg.Warnings)
+	}
+}

@@ -75,6 +75,7 @@ func Validate(f File) (*model.Config, error) {
 	SortRoutes(cfg.Routes)
 	warnUnserved(cfg)
 	warnInternalTransport(cfg)
+	warnAlerts(cfg)
 	sort.Strings(cfg.Warnings)
 	return cfg, nil
 }
