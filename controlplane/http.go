@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/llmedge/llmedge/controlplane/alert"
 	"github.com/llmedge/llmedge/controlplane/config"
 	"github.com/llmedge/llmedge/controlplane/model"
 	"github.com/llmedge/llmedge/controlplane/page"
@@ -28,6 +29,8 @@ type Status struct {
 	Unassigned []xds.Node `json:"unassigned_nodes"`
 	// Probes are the synthetic probes' latest results (see docs/CONFIG.md#probes).
 	Probes ProbesStatus `json:"probes"`
+	// Alerts are the active alerts, silences and notifier health (docs/CONFIG.md#alerts).
+	Alerts *alert.Status `json:"alerts,omitempty"`
 }
 
 // ProbesStatus is the probes section in force and the latest result per region and
@@ -147,7 +150,9 @@ type NodeStatus struct {
 }
 
 // Status reports the current state.
-func (m *Main) Status() Status {
+func (m *Main) Status() Status { return m.status(true) }
+
+func (m *Main) status(withAlerts bool) Status {
 	m.mu.Lock()
 	st := m.state
 	m.mu.Unlock()
@@ -234,6 +239,10 @@ func (m *Main) Status() Status {
 		if _, ok := versions[n.Region]; !ok {
 			out.Unassigned = append(out.Unassigned, n)
 		}
+	}
+	if withAlerts && m.alerts != nil {
+		a := m.alerts.Status(time.Now())
+		out.Alerts = &a
 	}
 	return out
 }

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/llmedge/llmedge/controlplane/alert"
 	"github.com/llmedge/llmedge/controlplane/config"
 	"github.com/llmedge/llmedge/controlplane/model"
 	"github.com/llmedge/llmedge/controlplane/probe"
@@ -60,6 +61,15 @@ type Options struct {
 	// the ledger off.
 	StateDir string
 	Logger   *slog.Logger
+	// Probes are the synthetic probes' latest results for the probe_failed and
+	// cert_expiry alert rules; nil evaluates neither.
+	Probes alert.ProbeSource
+	// AlertInterval is how often alert rules are evaluated (default alert.DefaultInterval);
+	// negative leaves evaluation to AlertStep. AlertHTTPClient and AlertWait replace the
+	// webhook/scrape client and the retry backoff's sleep (tests).
+	AlertInterval   time.Duration
+	AlertHTTPClient *http.Client
+	AlertWait       func(ctx context.Context, d time.Duration) error
 }
 
 // DefaultSettle covers a generator or a copy over a network file system that writes the
@@ -84,6 +94,8 @@ type Main struct {
 	ledger      *usage.Ledger
 	ledgerUsage model.Usage
 	usageHTTP   http.Handler
+	// alerts evaluates the serving config's alerts section; set once, before serving.
+	alerts *alert.Alerter
 
 	mu    sync.Mutex
 	state state
@@ -194,6 +206,7 @@ func (m *Main) Run(ctx context.Context) error {
 		m.log.Warn("xds clients whose certificate names no region are trusted with the region their node claims (--xds-allow-certs-without-region); issue region certificates and drop the flag")
 	}
 	m.xds = xds.New(ctx, m.log, m.reg, xdsOpts...)
+	m.startAlerts(ctx)
 
 	closeAll := func() {
 		for _, ln := range m.xdsLns {

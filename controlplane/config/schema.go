@@ -24,6 +24,7 @@ type File struct {
 	Callers   map[string]Caller   `mapstructure:"callers"`
 	Usage     *Usage              `mapstructure:"usage"`
 	Probes    *Probes             `mapstructure:"probes"`
+	Alerts    *Alerts             `mapstructure:"alerts"`
 }
 
 // Region is one regional edge.

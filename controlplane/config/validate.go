@@ -71,12 +71,14 @@ func Validate(f File) (*model.Config, error) {
 	// The probes find their edge paths in the order Envoy tries the routes.
 	SortRoutes(cfg.Routes)
 	cfg.Probes = validateProbes(f.Probes, f, cfg, &c)
+	cfg.Alerts = validateAlerts(f.Alerts, f.Regions, &c)
 	if err := c.err(); err != nil {
 		return nil, err
 	}
 	warnUnserved(cfg)
 	warnInternalTransport(cfg)
 	warnAccessLog(cfg)
+	warnAlerts(cfg)
 	sort.Strings(cfg.Warnings)
 	return cfg, nil
 }

@@ -20,6 +20,8 @@ type Config struct {
 	Usage Usage
 	// Probes are the synthetic probes; nil when the YAML has no probes section.
 	Probes *Probes
+	// Alerts is the alerts section; zero when the YAML has none.
+	Alerts Alerts
 	// Warnings are accepted-but-suspicious settings (plain-HTTP upstreams, TLS verification
 	// off, routes no region serves). They are logged and shown on the status endpoint.
 	Warnings []string
