@@ -153,6 +153,14 @@ func TestReadmeQuickStart(t *testing.T) {
 	if !strings.Contains(m.p.Log(), "/usage") {
 		t.Errorf("the banner does not name the usage endpoint:\n%s", m.p.Log())
 	}
+	// The status page renders make run's two regions, both in sync, in real Chromium.
+	statusPage := fmt.Sprintf("http://127.0.0.1:%d/", m.ports["HTTP_PORT"])
+	testenv.Eventually(t, 30*time.Second, 500*time.Millisecond, func() error {
+		if got := regionSync(browse(t, statusPage, "--dump-dom")); got["hk"] != "true" || got["sg"] != "true" {
+			return fmt.Errorf("make run's status page shows regions %v, want hk and sg in sync", got)
+		}
+		return nil
+	})
 	m.stop(t) // Ctrl-C stops everything.
 }
 
