@@ -119,3 +119,27 @@ const (
 	// AccessLogName is the log_name Envoy's gRPC access log sends in its identifier.
 	AccessLogName = "llmedge.usage"
 )
+
+// Edge-to-edge forwarding (docs/SECURITY.md, "Between regions"). ContextHop on a route
+// tells extauthz what kind of hop the request is on; absent means an ordinary route.
+const (
+	ContextHop = "llmedge.hop"
+	// HopForward: a route of an entry region, which has no key for the upstream: extauthz
+	// authenticates the caller, injects no key and names the caller in the identity
+	// headers for the egress region.
+	HopForward = "forward"
+	// HopStandby: a route whose upstream has peers behind the direct path: the key is
+	// injected and the identity headers are set, since either path may carry the request.
+	HopStandby = "standby"
+	// HopPeer: a route of the peer listener, reached only over mutual TLS by another
+	// region's edge: extauthz trusts the identity headers instead of a token.
+	HopPeer = "peer"
+)
+
+// Identity headers on a forwarded hop. They start with InternalHeaderPrefix, so whatever a
+// caller sends under these names is removed at the edge it connects to.
+const (
+	HeaderCaller   = InternalHeaderPrefix + "caller"
+	HeaderTenant   = InternalHeaderPrefix + "tenant"
+	HeaderUpstream = InternalHeaderPrefix + "upstream"
+)
