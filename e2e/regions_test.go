@@ -4,11 +4,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -35,6 +37,7 @@ type regionsEdge struct {
 	hkKeys     string
 	sgPeerPort int
 	sgCert     certs.Result
+	gate       *gate
 	hkCert     certs.Result
 }
 
@@ -84,6 +87,14 @@ routes:
 
 func newRegionsEdge(t *testing.T) *regionsEdge {
 	t.Helper()
+	return newRegionsEdgeWith(t, regionsRoutes)
+}
+
+// newRegionsEdgeWith starts hk and sg on the routes template tmpl (fmt verbs: addresses,
+// ports, certificate files, sg's peer port, the gate's address), the template's own
+// {{actions}} rendered after.
+func newRegionsEdgeWith(t *testing.T, tmpl string) *regionsEdge {
+	t.Helper()
 	for _, a := range []string{hkAddr, sgAddr} {
 		ln, err := net.Listen("tcp", a+":0")
 		if err != nil {
@@ -92,13 +103,14 @@ func newRegionsEdge(t *testing.T) *regionsEdge {
 		ln.Close()
 	}
 	up := startUpstream(t, fakellm.Options{})
+	g := startGate(t, up.tlsAddr)
 	s := &stack{
 		t: t, dir: t.TempDir(), sock: testenv.Sockets(t, "hk", "sg"), httpPort: testenv.FreePort(t),
 		envoys: map[string]*testenv.EnvoyProcess{}, ports: map[string]int{"hk": testenv.FreePort(t), "sg": testenv.FreePort(t)},
 		up: up, authz: map[string]*testenv.Process{}, authzHTTP: map[string]int{}, tokens: map[string]string{},
 		rl: map[string]*testenv.RatelimitProcess{}, rlRegions: map[string]bool{},
 	}
-	e := &regionsEdge{stack: s, caDir: filepath.Join(s.dir, "ca"), hkKeys: filepath.Join(s.dir, "keys-hk"), sgPeerPort: testenv.FreePort(t)}
+	e := &regionsEdge{gate: g, stack: s, caDir: filepath.Join(s.dir, "ca"), hkKeys: filepath.Join(s.dir, "keys-hk"), sgPeerPort: testenv.FreePort(t)}
 	if err := os.MkdirAll(e.hkKeys, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -115,8 +127,17 @@ func newRegionsEdge(t *testing.T) *regionsEdge {
 	// The tester's key goes to sg's keys directory only (withTester writes there).
 	s.keysDir = filepath.Join(s.dir, "keys-sg")
 	s.routes = filepath.Join(s.dir, "routes.yaml")
-	s.writeRoutes(fmt.Sprintf(regionsRoutes, hkAddr, sgAddr, s.ports["hk"], s.ports["sg"],
-		hk.Cert, hk.Key, sg.Cert, sg.Key, filepath.Join(e.caDir, certs.CACertFile), e.sgPeerPort))
+	if strings.Contains(tmpl, "[hk, sg]") {
+		// hk serves openai itself here, with its own key.
+		if err := os.MkdirAll(filepath.Join(e.hkKeys, "openai"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(e.hkKeys, "openai", "key-1"), []byte(hkKey+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.writeRoutes(fmt.Sprintf(tmpl, hkAddr, sgAddr, s.ports["hk"], s.ports["sg"],
+		hk.Cert, hk.Key, sg.Cert, sg.Key, filepath.Join(e.caDir, certs.CACertFile), e.sgPeerPort, g.ln.Addr().String()))
 	s.startControlPlane()
 	for r, keys := range map[string]string{"hk": e.hkKeys, "sg": s.keysDir} {
 		s.authz[r] = testenv.StartExtAuthz(t, llmedgeBin, stk.ProcessName("extauthz", r), stk.ExtAuthz{
@@ -251,5 +272,176 @@ func TestRegionsEntryForwardsToEgress(t *testing.T) {
 		if n := len(e.up.Requests()); n != 0 {
 			t.Errorf("peer listener with %s certificate: the provider saw %d requests", name, n)
 		}
+	}
+}
+
+// gate stands between the edges and the fake provider and can refuse one source address,
+// the way a provider (or a firewall on the path) refuses a region's egress address.
+type gate struct {
+	ln      net.Listener
+	to      string
+	mu      sync.Mutex
+	blocked string
+	conns   map[net.Conn]string // open client connections -> source address
+	seen    map[string]int      // accepted connections by source address
+}
+
+func startGate(t *testing.T, to string) *gate {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gate{ln: ln, to: to, conns: map[net.Conn]string{}, seen: map[string]int{}}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go g.serve(c)
+		}
+	}()
+	return g
+}
+
+func (g *gate) serve(c net.Conn) {
+	src, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+	g.mu.Lock()
+	if src == g.blocked {
+		g.mu.Unlock()
+		c.Close()
+		return
+	}
+	g.conns[c] = src
+	g.seen[src]++
+	g.mu.Unlock()
+	defer func() {
+		g.mu.Lock()
+		delete(g.conns, c)
+		g.mu.Unlock()
+		c.Close()
+	}()
+	u, err := net.Dial("tcp", g.to)
+	if err != nil {
+		return
+	}
+	defer u.Close()
+	done := make(chan struct{}, 2)
+	go func() { io.Copy(u, c); done <- struct{}{} }()
+	go func() { io.Copy(c, u); done <- struct{}{} }()
+	<-done
+}
+
+// block refuses src from now on and cuts its open connections; "" lets everyone in.
+func (g *gate) block(src string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.blocked = src
+	for c, s := range g.conns {
+		if s == src {
+			c.Close()
+		}
+	}
+}
+
+const standbyRoutes = `version: 1
+regions:
+  hk:
+    listen: %[1]s:%[3]d
+    egress_address: %[1]s
+    extauthz: {{.ExtAuthz "hk"}}
+    upstreams: [openai]
+    peer_tls: {cert_file: %[5]s, key_file: %[6]s, ca_file: %[9]s}
+    peers: {openai: [sg]}
+  sg:
+    listen: %[2]s:%[4]d
+    egress_address: %[2]s
+    extauthz: {{.ExtAuthz "sg"}}
+    upstreams: [openai]
+    peer_listen: %[2]s:%[10]d
+    peer_tls: {cert_file: %[7]s, key_file: %[8]s, ca_file: %[9]s}
+upstreams:
+  openai:
+    url: https://api.openai.test
+    endpoint: %[11]s
+    tls: {ca_file: {{.CA}}}
+    allowed_regions: [hk, sg]
+routes:
+{{.Route "openai"}}
+`
+
+// hkKey is hk's own openai key in the standby test, so the provider tells the paths apart.
+const hkKey = "sk-test-openai-hk-key"
+
+// TestRegionsHotStandby: hk serves openai directly with sg as its hot standby. The
+// provider refuses hk's egress address under steady load: requests keep succeeding
+// through sg (sg's key arrives), and return to hk's direct path once it is let in again.
+func TestRegionsHotStandby(t *testing.T) {
+	e := newRegionsEdgeWith(t, standbyRoutes)
+	keyOf := func(r fakellm.Request) string { return strings.TrimPrefix(r.Header.Get("authorization"), "Bearer ") }
+	// since counts the provider's requests after index from, by key.
+	since := func(from int) (n int, byKey map[string]int) {
+		byKey = map[string]int{}
+		reqs := e.up.Requests()
+		for _, r := range reqs[min(from, len(reqs)):] {
+			byKey[keyOf(r)]++
+			for k := range r.Header {
+				if strings.HasPrefix(strings.ToLower(k), "x-llmedge-") {
+					t.Errorf("the provider saw internal header %s (key %s)", k, keyOf(r))
+				}
+			}
+		}
+		return len(reqs), byKey
+	}
+	e.up.Reset()
+	l := startLoad(t, e.url(hkAddr, "hk", "/openai/v1/models"), e.auth(nil), 2)
+	l.waitRequests(t, 20)
+	mark, byKey := since(0)
+	if byKey[hkKey] == 0 || byKey[upstreamKey("openai")] != 0 {
+		t.Fatalf("before the cut the provider saw keys %v, want hk's only", byKey)
+	}
+	okBefore, failedBefore := l.ok.Load(), l.failed.Load()
+
+	cut := time.Now()
+	e.gate.block(hkAddr)
+	var failover time.Duration
+	testenv.Eventually(t, 30*time.Second, 5*time.Millisecond, func() error {
+		_, byKey := since(mark)
+		if byKey[upstreamKey("openai")] == 0 {
+			return fmt.Errorf("no request through sg yet (keys %v)", byKey)
+		}
+		failover = time.Since(cut)
+		return nil
+	})
+	l.waitRequests(t, 50)
+	mark, _ = since(0)
+	okCut, failedCut := l.ok.Load()-okBefore, l.failed.Load()-failedBefore
+	// Whatever went to the provider while cut came through sg.
+	l.waitRequests(t, 20)
+	if _, byKey := since(mark); byKey[hkKey] != 0 {
+		t.Errorf("while hk's address was refused the provider saw hk's key %d times", byKey[hkKey])
+	}
+
+	healed := time.Now()
+	e.gate.block("")
+	mark, _ = since(0)
+	var back time.Duration
+	testenv.Eventually(t, 60*time.Second, 10*time.Millisecond, func() error {
+		_, byKey := since(mark)
+		if byKey[hkKey] == 0 {
+			return fmt.Errorf("not back on the direct path yet (keys %v)", byKey)
+		}
+		back = time.Since(healed)
+		return nil
+	})
+	l.waitRequests(t, 20)
+	l.halt()
+	okAfter, failedAfter := l.ok.Load()-okBefore-okCut, l.failed.Load()-failedBefore-failedCut
+	t.Logf("hot standby figures: before cut ok=%d failed=%d; cut: first request through sg after %s, ok=%d failed=%d (%v); healed: back on the direct path after %s, ok=%d failed=%d",
+		okBefore, failedBefore, failover.Round(time.Millisecond), okCut, failedCut, l.failures, back.Round(time.Millisecond), okAfter, failedAfter)
+	if failedBefore != 0 || failedAfter != 0 {
+		t.Errorf("requests failed outside the cut: before %d, after %d: %v", failedBefore, failedAfter, l.failures)
 	}
 }

@@ -8,15 +8,13 @@ import (
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	mutationrulesv3 "github.com/envoyproxy/go-control-plane/envoy/config/common/mutation_rules/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	internallistenerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/bootstrap/internal_listener/v3"
 	aggregatev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/clusters/aggregate/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
-	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
-	upstreamcodecv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/upstream_codec/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
@@ -80,8 +78,9 @@ func peerOutlier() *clusterv3.OutlierDetection {
 }
 
 // peerClusters returns the clusters an upstream with peers needs in region r: the peer
-// cluster, and for a region that also serves it directly, the aggregate failover cluster
-// (the direct cluster is direct, already built; standby adjusts it).
+// cluster, and for a region that also serves it directly, the local cluster (to the
+// region's own internal listener, in front of the direct cluster) and the aggregate
+// failover cluster over the two.
 func peerClusters(cfg *model.Config, r model.Region, u model.Upstream, secrets secretSet) ([]*clusterv3.Cluster, error) {
 	peers := r.PeersFor(u.Name)
 	if len(peers) == 0 {
@@ -93,11 +92,11 @@ func peerClusters(cfg *model.Config, r model.Region, u model.Upstream, secrets s
 	}
 	out := []*clusterv3.Cluster{pc}
 	if r.Serves(u.Name) {
-		agg, err := toAny(&aggregatev3.ClusterConfig{Clusters: []string{ClusterName(u.Name), PeerClusterName(u.Name)}})
+		agg, err := toAny(&aggregatev3.ClusterConfig{Clusters: []string{LocalClusterName(u.Name), PeerClusterName(u.Name)}})
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, &clusterv3.Cluster{
+		out = append(out, localCluster(r, u), &clusterv3.Cluster{
 			Name:           FailoverClusterName(u.Name),
 			ConnectTimeout: durationpb.New(u.ConnectTimeout),
 			LbPolicy:       clusterv3.Cluster_CLUSTER_PROVIDED,
@@ -107,66 +106,6 @@ func peerClusters(cfg *model.Config, r model.Region, u model.Upstream, secrets s
 		})
 	}
 	return out, nil
-}
-
-// standby prepares the direct cluster of an upstream that has peers behind it: outlier
-// detection (unless the cluster has its own) so a failing direct path is ejected, and an
-// upstream filter that removes the identity headers, which only a peer may read.
-func standby(c *clusterv3.Cluster) error {
-	if c.OutlierDetection == nil {
-		c.OutlierDetection = peerOutlier()
-	}
-	return withUpstreamFilter(c, removeHeaders(nil, wire.InternalHeaderPrefix))
-}
-
-// removeHeaders is a header mutation removing the named headers and every header with
-// prefix.
-func removeHeaders(names []string, prefix string) []*mutationrulesv3.HeaderMutation {
-	var ms []*mutationrulesv3.HeaderMutation
-	if prefix != "" {
-		ms = append(ms, &mutationrulesv3.HeaderMutation{Action: &mutationrulesv3.HeaderMutation_RemoveOnMatch_{
-			RemoveOnMatch: &mutationrulesv3.HeaderMutation_RemoveOnMatch{KeyMatcher: &matcherv3.StringMatcher{
-				MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: prefix},
-			}},
-		}})
-	}
-	for _, h := range names {
-		ms = append(ms, &mutationrulesv3.HeaderMutation{Action: &mutationrulesv3.HeaderMutation_Remove{Remove: h}})
-	}
-	return ms
-}
-
-// withUpstreamFilter runs a header mutation on every attempt to the cluster's endpoints
-// (an upstream HTTP filter), before the codec.
-func withUpstreamFilter(c *clusterv3.Cluster, ms []*mutationrulesv3.HeaderMutation) error {
-	const key = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-	o := &httpv3.HttpProtocolOptions{}
-	if a := c.TypedExtensionProtocolOptions[key]; a != nil {
-		if err := a.UnmarshalTo(o); err != nil {
-			return fmt.Errorf("cluster %s: %w", c.Name, err)
-		}
-	}
-	mut, err := toAny(&headermutationv3.HeaderMutation{Mutations: &headermutationv3.Mutations{RequestMutations: ms}})
-	if err != nil {
-		return err
-	}
-	codec, err := toAny(&upstreamcodecv3.UpstreamCodec{})
-	if err != nil {
-		return err
-	}
-	o.HttpFilters = append(o.HttpFilters,
-		&hcmv3.HttpFilter{Name: "envoy.filters.http.header_mutation", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mut}},
-		&hcmv3.HttpFilter{Name: "envoy.filters.http.upstream_codec", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: codec}},
-	)
-	a, err := toAny(o)
-	if err != nil {
-		return err
-	}
-	if c.TypedExtensionProtocolOptions == nil {
-		c.TypedExtensionProtocolOptions = map[string]*anypb.Any{}
-	}
-	c.TypedExtensionProtocolOptions[key] = a
-	return nil
 }
 
 // edgeURI is the identity a region's Envoy certificate carries.
@@ -229,16 +168,6 @@ func peerCluster(cfg *model.Config, r model.Region, u model.Upstream, peers []st
 		return nil, err
 	}
 	c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts}
-	// A standby region's extauthz injected its own key for the direct path; it must not
-	// reach the peer, which injects its own.
-	creds := append([]string{}, wire.CredentialHeaders...)
-	if !slices.Contains(creds, u.KeyHeader) {
-		creds = append(creds, u.KeyHeader)
-	}
-	slices.Sort(creds)
-	if err := withUpstreamFilter(c, removeHeaders(creds, "")); err != nil {
-		return nil, err
-	}
 	ctx, err := toAny(&tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
 		AlpnProtocols:                  []string{"h2"},
 		TlsParams:                      &tlsv3.TlsParameters{TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_2},
@@ -256,7 +185,10 @@ func peerCluster(cfg *model.Config, r model.Region, u model.Upstream, peers []st
 }
 
 // forwardRoutes points the routes of upstreams with peers at the peer cluster (entry
-// region) or the failover cluster (standby), and tells extauthz which hop they are.
+// region) or the failover cluster (standby), and tells extauthz that the request is
+// forwarded: it authenticates the caller, injects no key and names the caller for the
+// next hop, which is a peer's listener or, in a standby region, the region's own local
+// listener.
 func forwardRoutes(r model.Region, rc *routev3.RouteConfiguration) error {
 	for _, vh := range rc.VirtualHosts {
 		for _, rt := range vh.Routes {
@@ -269,13 +201,11 @@ func forwardRoutes(r model.Region, rc *routev3.RouteConfiguration) error {
 			if !ok || len(r.PeersFor(name)) == 0 {
 				continue
 			}
-			hop := wire.HopForward
 			action.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: PeerClusterName(name)}
 			if r.Serves(name) {
-				hop = wire.HopStandby
 				action.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: FailoverClusterName(name)}
 			}
-			authz, err := extAuthzContext(r.Name, name, rt.Name, hop)
+			authz, err := extAuthzContext(r.Name, name, rt.Name, wire.HopForward)
 			if err != nil {
 				return err
 			}
@@ -320,36 +250,28 @@ func peerCallers(cfg *model.Config, r model.Region) (upstreams []string, regions
 	return upstreams, regions
 }
 
-// peerListener is the listener other regions' edges forward to, and its routes: one per
-// upstream they forward here, selected by the x-llmedge-upstream header the forwarding
-// edge's extauthz set (the path was already rewritten there), to the direct cluster only,
-// so a forwarded request is never forwarded again. It has no rate limits: the entry region
-// counted the request. Nil when no region forwards to r.
-func peerListener(cfg *model.Config, r model.Region, secrets secretSet) (*listenerv3.Listener, *routev3.RouteConfiguration, error) {
-	if r.PeerListenAddress == "" || r.PeerTLS == nil {
-		return nil, nil, nil
-	}
-	upstreams, callers := peerCallers(cfg, r)
-	if len(upstreams) == 0 {
-		return nil, nil, nil
-	}
-	vh := &routev3.VirtualHost{Name: "peers", Domains: []string{"*"}}
-	for _, name := range upstreams {
-		u, _ := cfg.Upstream(name)
-		authz, err := extAuthzContext(r.Name, name, PeerRouteName(name), wire.HopPeer)
+// forwardedRoutes are the routes of a listener that receives forwarded requests: one per
+// upstream, selected by the x-llmedge-upstream header the forwarding extauthz set (the path
+// was already rewritten there), to the direct cluster only, so a forwarded request is never
+// forwarded again. No rate limits: the entry listener counted the request.
+func forwardedRoutes(cfg *model.Config, r model.Region, name string, upstreams []string) (*routev3.RouteConfiguration, error) {
+	vh := &routev3.VirtualHost{Name: "forwarded", Domains: []string{"*"}}
+	for _, un := range upstreams {
+		u, _ := cfg.Upstream(un)
+		authz, err := extAuthzContext(r.Name, un, PeerRouteName(un), wire.HopPeer)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		vh.Routes = append(vh.Routes, &routev3.Route{
-			Name: PeerRouteName(name),
+			Name: PeerRouteName(un),
 			Match: &routev3.RouteMatch{
 				PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"},
 				Headers: []*routev3.HeaderMatcher{{Name: wire.HeaderUpstream, HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{
-					StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: name}},
+					StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: un}},
 				}}},
 			},
 			Action: &routev3.Route_Route{Route: &routev3.RouteAction{
-				ClusterSpecifier:     &routev3.RouteAction_Cluster{Cluster: ClusterName(name)},
+				ClusterSpecifier:     &routev3.RouteAction_Cluster{Cluster: ClusterName(un)},
 				HostRewriteSpecifier: &routev3.RouteAction_HostRewriteLiteral{HostRewriteLiteral: u.Authority},
 				Timeout:              durationpb.New(0),
 				IdleTimeout:          durationpb.New(u.StreamIdleTimeout),
@@ -360,26 +282,122 @@ func peerListener(cfg *model.Config, r model.Region, secrets secretSet) (*listen
 			TypedPerFilterConfig: map[string]*anypb.Any{extAuthzFilterName: authz},
 		})
 	}
-	rc := &routev3.RouteConfiguration{Name: PeerRouteConfigName(r.Name), VirtualHosts: []*routev3.VirtualHost{vh}}
+	return &routev3.RouteConfiguration{Name: name, VirtualHosts: []*routev3.VirtualHost{vh}}, nil
+}
 
+// forwardedHCM is the region's connection manager for a listener of forwarded requests:
+// the same filters as the callers' listener minus the rate-limit filter.
+func forwardedHCM(r model.Region, routeConfig, statPrefix string, accessLog bool) (*anypb.Any, error) {
 	hcmAny, err := connectionManager(r)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	hcm := &hcmv3.HttpConnectionManager{}
 	if err := hcmAny.UnmarshalTo(hcm); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	hcm.StatPrefix = "peer_" + r.Name
-	hcm.RouteSpecifier = &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{ConfigSource: adsSource(), RouteConfigName: rc.Name}}
-	// The peer's address is another edge, never a proxy in front of a caller.
+	hcm.StatPrefix = statPrefix
+	hcm.RouteSpecifier = &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{ConfigSource: adsSource(), RouteConfigName: routeConfig}}
+	// The peer is another edge (or this one), never a proxy in front of a caller.
 	hcm.XffNumTrustedHops = 0
 	hcm.HttpFilters = slices.DeleteFunc(hcm.HttpFilters, func(f *hcmv3.HttpFilter) bool { return f.Name == rateLimitFilterName })
-	hcmOut, err := toAny(hcm)
+	if !accessLog {
+		hcm.AccessLog = nil
+	}
+	return toAny(hcm)
+}
+
+// LocalListenerName names a standby region's internal listener in front of its direct
+// clusters, and LocalClusterName the cluster that reaches it.
+func LocalListenerName(region string) string  { return "llmedge-" + region + "-local" }
+func LocalClusterName(upstream string) string { return "local_" + upstream }
+
+// InternalListenerExtension is the bootstrap extension that lets Envoy serve internal
+// listeners.
+func InternalListenerExtension() (*corev3.TypedExtensionConfig, error) {
+	a, err := toAny(&internallistenerv3.InternalListener{})
+	if err != nil {
+		return nil, err
+	}
+	return &corev3.TypedExtensionConfig{Name: "envoy.bootstrap.internal_listener", TypedConfig: a}, nil
+}
+
+// localCluster reaches the region's own local listener, an Envoy internal listener (no
+// socket, unreachable from outside the process). A standby region sends a request there
+// rather than straight to the direct cluster because an aggregate cluster runs its own
+// upstream filters, not its children's: nothing could remove the identity headers on the
+// direct path alone. The local listener treats the request like a forwarded one — its
+// extauthz injects the key and removes every x-llmedge-* header — so the direct and the
+// peer path are the same shape. Its failures (503s of the local listener when the provider
+// is unreachable) eject it, and the aggregate cluster moves the load to the peers.
+func localCluster(r model.Region, u model.Upstream) *clusterv3.Cluster {
+	return &clusterv3.Cluster{
+		Name:                 LocalClusterName(u.Name),
+		ConnectTimeout:       durationpb.New(u.ConnectTimeout),
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{
+			ClusterName: LocalClusterName(u.Name),
+			Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
+				HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+					Address: &corev3.Address{Address: &corev3.Address_EnvoyInternalAddress{EnvoyInternalAddress: &corev3.EnvoyInternalAddress{
+						AddressNameSpecifier: &corev3.EnvoyInternalAddress_ServerListenerName{ServerListenerName: LocalListenerName(r.Name)},
+					}}},
+				}},
+			}}}},
+		},
+		OutlierDetection: peerOutlier(),
+	}
+}
+
+// localListener is a standby region's internal listener, with a route per upstream that
+// has peers behind its direct path. It logs nothing: the callers' listener logged the
+// request. Nil when the region has no standby upstream.
+func localListener(cfg *model.Config, r model.Region) (*listenerv3.Listener, *routev3.RouteConfiguration, error) {
+	var upstreams []string
+	for _, p := range r.Peers {
+		if r.Serves(p.Upstream) {
+			upstreams = append(upstreams, p.Upstream)
+		}
+	}
+	if len(upstreams) == 0 {
+		return nil, nil, nil
+	}
+	rc, err := forwardedRoutes(cfg, r, LocalListenerName(r.Name), upstreams)
 	if err != nil {
 		return nil, nil, err
 	}
+	hcm, err := forwardedHCM(r, rc.Name, "local_"+r.Name, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &listenerv3.Listener{
+		Name:              LocalListenerName(r.Name),
+		ListenerSpecifier: &listenerv3.Listener_InternalListener{InternalListener: &listenerv3.Listener_InternalListenerConfig{}},
+		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
+			Name:       "envoy.filters.network.http_connection_manager",
+			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: hcm},
+		}}}},
+	}, rc, nil
+}
 
+// peerListener is the listener other regions' edges forward to (forwardedRoutes), over
+// mutual TLS. Nil when no region forwards to r.
+func peerListener(cfg *model.Config, r model.Region, secrets secretSet) (*listenerv3.Listener, *routev3.RouteConfiguration, error) {
+	if r.PeerListenAddress == "" || r.PeerTLS == nil {
+		return nil, nil, nil
+	}
+	upstreams, callers := peerCallers(cfg, r)
+	if len(upstreams) == 0 {
+		return nil, nil, nil
+	}
+	rc, err := forwardedRoutes(cfg, r, PeerRouteConfigName(r.Name), upstreams)
+	if err != nil {
+		return nil, nil, err
+	}
+	hcmOut, err := forwardedHCM(r, rc.Name, "peer_"+r.Name, true)
+	if err != nil {
+		return nil, nil, err
+	}
 	// Only an llmedge edge certificate of a region that forwards here: not this region's
 	// own, not any other component's (an extauthz certificate from the same CA).
 	quoted := make([]string, len(callers))

@@ -67,11 +67,6 @@ func Region(cfg *model.Config, region string) (*Resources, error) {
 			if err != nil {
 				return nil, fmt.Errorf("translate region %q upstream %q: %w", region, name, err)
 			}
-			if len(r.PeersFor(name)) > 0 {
-				if err := standby(c); err != nil {
-					return nil, fmt.Errorf("translate region %q upstream %q: %w", region, name, err)
-				}
-			}
 			clusters = append(clusters, c)
 		}
 		pcs, err := peerClusters(cfg, r, u, secrets)
@@ -125,6 +120,14 @@ func Region(cfg *model.Config, region string) (*Resources, error) {
 	if pl != nil {
 		listeners = append(listeners, pl)
 		routeConfigs = append(routeConfigs, prc)
+	}
+	ll, lrc, err := localListener(cfg, r)
+	if err != nil {
+		return nil, fmt.Errorf("translate region %q local listener: %w", region, err)
+	}
+	if ll != nil {
+		listeners = append(listeners, ll)
+		routeConfigs = append(routeConfigs, lrc)
 	}
 	policy, err := authzPolicy(cfg, r)
 	if err != nil {

@@ -100,8 +100,8 @@ type Upstream struct {
 type Request struct {
 	// Region, Upstream and Route come from Envoy's per-route context extensions.
 	Region, Upstream, Route string
-	// Hop is the route's wire.ContextHop: "" for an ordinary route, or HopForward,
-	// HopStandby or HopPeer (edge-to-edge forwarding, see peer.go).
+	// Hop is the route's wire.ContextHop: "" for an ordinary route, wire.HopForward or
+	// wire.HopPeer (forwarding between edges; controlplane/translate/peer.go).
 	Hop string
 	// Headers has lower-case names, as Envoy's CheckRequest gives them.
 	Headers map[string]string
@@ -318,14 +318,6 @@ func (c *Compiled) Decide(r Request, keys Keys) Decision {
 		return false
 	})
 	d.RemoveQueryParams = credentialQueryParams(r.Path, false)
-	if r.Hop == wire.HopStandby {
-		// Either the direct path (whose cluster removes these headers) or a peer carries
-		// the request.
-		for k, v := range identityHeaders(cl, up) {
-			d.SetHeaders[k] = v
-		}
-		d.RemoveHeaders = withoutIdentity(d.RemoveHeaders)
-	}
 	return d
 }
 
@@ -334,9 +326,9 @@ func identityHeaders(cl *caller, up *upstream) map[string]string {
 	return map[string]string{wire.HeaderCaller: cl.name, wire.HeaderTenant: cl.tenant, wire.HeaderUpstream: up.name}
 }
 
-// withoutIdentity drops the identity headers from a removal list: Envoy removes after it
-// sets, so removing a header the caller forged would also remove the value set in its place
-// (the set overwrites the forged value anyway).
+// withoutIdentity drops the identity headers from a removal list: were a forged one both
+// removed and set, the removal could take the value set in its place too (the set
+// overwrites the forged value anyway).
 func withoutIdentity(hs []string) []string {
 	return slices.DeleteFunc(hs, func(h string) bool {
 		return h == wire.HeaderCaller || h == wire.HeaderTenant || h == wire.HeaderUpstream

@@ -124,15 +124,14 @@ const (
 // tells extauthz what kind of hop the request is on; absent means an ordinary route.
 const (
 	ContextHop = "llmedge.hop"
-	// HopForward: a route of an entry region, which has no key for the upstream: extauthz
+	// HopForward: a caller's route whose upstream is reached through a peer (or, in a
+	// region with a hot standby, through the region's own local listener first): extauthz
 	// authenticates the caller, injects no key and names the caller in the identity
-	// headers for the egress region.
+	// headers for the next hop.
 	HopForward = "forward"
-	// HopStandby: a route whose upstream has peers behind the direct path: the key is
-	// injected and the identity headers are set, since either path may carry the request.
-	HopStandby = "standby"
 	// HopPeer: a route of the peer listener, reached only over mutual TLS by another
-	// region's edge: extauthz trusts the identity headers instead of a token.
+	// region's edge, or of the local listener, reached only from inside the region's own
+	// Envoy: extauthz trusts the identity headers instead of a token and injects the key.
 	HopPeer = "peer"
 )
 
