@@ -82,9 +82,7 @@ func validatePeers(f File, cfg *model.Config, c *collector) {
 					c.add(fp, "region %q does not serve upstream %q itself (regions.%s.upstreams); a forwarded request is never forwarded again", peer, u, peer)
 				default:
 					regions = append(regions, peer)
-					continue
 				}
-				regions = append(regions, peer) // keeps duplicates detectable; the config is rejected anyway
 			}
 			sort.Strings(regions)
 			r.Peers = append(r.Peers, model.Peering{Upstream: u, Regions: regions})
