@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -301,9 +302,11 @@ func forwardedHCM(r model.Region, routeConfig, statPrefix string, accessLog bool
 	// The peer is another edge (or this one), never a proxy in front of a caller.
 	hcm.XffNumTrustedHops = 0
 	hcm.HttpFilters = slices.DeleteFunc(hcm.HttpFilters, func(f *hcmv3.HttpFilter) bool { return f.Name == rateLimitFilterName })
-	if !accessLog {
-		hcm.AccessLog = nil
-	}
+	// Only the local JSON log: the usage record of a request belongs to the listener its
+	// caller reached, so a forwarded request is never counted twice.
+	hcm.AccessLog = slices.DeleteFunc(hcm.AccessLog, func(l *accesslogv3.AccessLog) bool {
+		return !accessLog || l.Name != "envoy.access_loggers.stdout"
+	})
 	return toAny(hcm)
 }
 
