@@ -218,9 +218,13 @@ func TestRegionsEntryForwardsToEgress(t *testing.T) {
 			t.Errorf("hk's extauthz /readyz names a key: %s", rb)
 		}
 	}
-	for _, p := range []*testenv.Process{e.authz["hk"]} {
-		if env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", p.Pid())); err == nil && strings.Contains(string(env), key) {
-			t.Error("hk's extauthz environment carries the key")
+	for name, pid := range map[string]int{"extauthz": e.authz["hk"].Pid(), "envoy": e.envoys["hk"].Pid()} {
+		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+		if err != nil {
+			t.Fatalf("hk's %s environment: %v", name, err)
+		}
+		if strings.Contains(string(env), key) {
+			t.Errorf("hk's %s environment carries the key", name)
 		}
 	}
 
