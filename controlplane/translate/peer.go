@@ -17,6 +17,7 @@ import (
 	aggregatev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/clusters/aggregate/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	previoushostsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
@@ -205,6 +206,10 @@ func forwardRoutes(r model.Region, rc *routev3.RouteConfiguration) error {
 			action.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: PeerClusterName(name)}
 			if r.Serves(name) {
 				action.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: FailoverClusterName(name)}
+				if err := retryOnLocalConnectFailure(action); err != nil {
+					return err
+				}
+				rt.ResponseHeadersToRemove = append(rt.ResponseHeadersToRemove, localRetryHeader)
 			}
 			authz, err := extAuthzContext(r.Name, name, rt.Name, wire.HopForward)
 			if err != nil {
@@ -213,6 +218,44 @@ func forwardRoutes(r model.Region, rc *routev3.RouteConfiguration) error {
 			rt.TypedPerFilterConfig[extAuthzFilterName] = authz
 		}
 	}
+	return nil
+}
+
+// localRetryHeader marks the local listener's answer to a request that never reached the
+// provider (it could not connect), so the caller's route may retry it on a peer.
+const localRetryHeader = wire.InternalHeaderPrefix + "retry"
+
+// localConnectFailureFlags are the response flags of a local listener's reply for which no
+// byte reached the provider: connection failure, no healthy endpoint, overflow.
+var localConnectFailureFlags = []string{"UF", "UH", "UO"}
+
+// retryOnLocalConnectFailure lets a standby route retry, on another endpoint of the
+// failover cluster (previous_hosts: the peer), a request the local listener could not
+// connect for. Without it the failures that eject the direct path reach the caller: the
+// route retries only what cannot have reached the provider, and through the local listener
+// a connect failure is a 503 like any other.
+func retryOnLocalConnectFailure(action *routev3.RouteAction) error {
+	rp := action.RetryPolicy
+	if rp == nil {
+		rp = &routev3.RetryPolicy{}
+		action.RetryPolicy = rp
+	}
+	if rp.RetryOn == "" {
+		rp.RetryOn = "retriable-headers"
+	} else {
+		rp.RetryOn += ",retriable-headers"
+	}
+	rp.RetriableHeaders = append(rp.RetriableHeaders, &routev3.HeaderMatcher{
+		Name: localRetryHeader, HeaderMatchSpecifier: &routev3.HeaderMatcher_PresentMatch{PresentMatch: true},
+	})
+	prev, err := toAny(&previoushostsv3.PreviousHostsPredicate{})
+	if err != nil {
+		return err
+	}
+	rp.RetryHostPredicate = append(rp.RetryHostPredicate, &routev3.RetryPolicy_RetryHostPredicate{
+		Name: "envoy.retry_host_predicates.previous_hosts", ConfigType: &routev3.RetryPolicy_RetryHostPredicate_TypedConfig{TypedConfig: prev},
+	})
+	rp.HostSelectionRetryMaxAttempts = 3
 	return nil
 }
 
@@ -369,7 +412,26 @@ func localListener(cfg *model.Config, r model.Region) (*listenerv3.Listener, *ro
 	if err != nil {
 		return nil, nil, err
 	}
-	hcm, err := forwardedHCM(r, rc.Name, "local_"+r.Name, false)
+	hcmAny, err := forwardedHCM(r, rc.Name, "local_"+r.Name, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	h := &hcmv3.HttpConnectionManager{}
+	if err := hcmAny.UnmarshalTo(h); err != nil {
+		return nil, nil, err
+	}
+	// First: a connect failure is marked retriable for the caller's route (which removes
+	// the mark from what the caller sees).
+	h.LocalReplyConfig.Mappers = append([]*hcmv3.ResponseMapper{{
+		Filter: &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ResponseFlagFilter{
+			ResponseFlagFilter: &accesslogv3.ResponseFlagFilter{Flags: localConnectFailureFlags},
+		}},
+		HeadersToAdd: []*corev3.HeaderValueOption{{
+			Header:       &corev3.HeaderValue{Key: localRetryHeader, Value: "connect"},
+			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+		}},
+	}}, h.LocalReplyConfig.Mappers...)
+	hcm, err := toAny(h)
 	if err != nil {
 		return nil, nil, err
 	}
