@@ -197,6 +197,10 @@ func TestRegionsEntryForwardsToEgress(t *testing.T) {
 		t.Error("provider saw the caller's token")
 	}
 
+	// The edge-to-edge hop left hk from its egress address too: sg's peer listener logged
+	// hk's address as the client.
+	e.envoys["sg"].WaitLog(t, `"client":"`+hkAddr+`"`, 10*time.Second)
+
 	// The key exists nowhere in hk: not in its keys directory, its Envoy's config, its
 	// extauthz's readiness report, or its processes' environments.
 	key := upstreamKey("openai")
