@@ -412,6 +412,13 @@ func localListener(cfg *model.Config, r model.Region) (*listenerv3.Listener, *ro
 	if err != nil {
 		return nil, nil, err
 	}
+	// Only this listener's own connect-failure replies carry the retry mark, never a
+	// provider's answer: a provider sending it would have its request repeated on a peer.
+	for _, vh := range rc.VirtualHosts {
+		for _, rt := range vh.Routes {
+			rt.ResponseHeadersToRemove = append(rt.ResponseHeadersToRemove, localRetryHeader)
+		}
+	}
 	hcmAny, err := forwardedHCM(r, rc.Name, "local_"+r.Name, false)
 	if err != nil {
 		return nil, nil, err
