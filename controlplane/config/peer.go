@@ -88,4 +88,27 @@ func validatePeers(f File, cfg *model.Config, c *collector) {
 			r.Peers = append(r.Peers, model.Peering{Upstream: u, Regions: regions})
 		}
 	}
+	warnPeers(cfg)
+}
+
+// warnPeers flags a peer listener nobody forwards to (it is not served), and drops the
+// "serves no upstream" warning of a region that serves upstreams through peers.
+func warnPeers(cfg *model.Config) {
+	named := map[string]bool{}
+	for _, r := range cfg.Regions {
+		for _, p := range r.Peers {
+			for _, q := range p.Regions {
+				named[q] = true
+			}
+		}
+	}
+	for _, r := range cfg.Regions {
+		p := "regions." + r.Name
+		if r.PeerListenAddress != "" && !named[r.Name] {
+			cfg.Warnings = append(cfg.Warnings, p+".peer_listen: no region names "+r.Name+" in its peers; the peer listener is not served")
+		}
+		if len(r.Peers) > 0 {
+			cfg.Warnings = slices.DeleteFunc(cfg.Warnings, func(w string) bool { return strings.HasPrefix(w, p+".upstreams: empty") })
+		}
+	}
 }

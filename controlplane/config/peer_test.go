@@ -1,6 +1,7 @@
 package config_test
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -38,6 +39,18 @@ func TestPeersModel(t *testing.T) {
 	}
 	if got := hk.Entry(); !cmp.Equal(got, []string{"openai"}) || hk.Serves("openai") {
 		t.Errorf("hk: entry %v, serves openai %v; want an entry region for openai", got, hk.Serves("openai"))
+	}
+	if len(cfg.Warnings) != 0 {
+		t.Errorf("warnings %q; an entry region serves upstreams through its peers", cfg.Warnings)
+	}
+	f := peersFile()
+	delete(f.Regions["hk"].Peers, "openai")
+	unused, err := config.Validate(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(unused.Warnings, "regions.sg.peer_listen: no region names sg in its peers; the peer listener is not served") {
+		t.Errorf("a peer listener nobody uses: warnings %q", unused.Warnings)
 	}
 	if sg.PeerListenAddress != "10.1.0.2" || sg.PeerListenPort != 10443 || sg.PeerTLS == nil || len(sg.Peers) != 0 {
 		t.Errorf("sg: %+v", sg)
