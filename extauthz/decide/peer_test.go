@@ -17,7 +17,7 @@ func TestDecideForward(t *testing.T) {
 	c := compiled(t)
 	keys := newKeys()
 	r := Request{Region: "hk", Upstream: "openai", Route: "openai-chat", Hop: wire.HopForward, Path: "/v1/chat",
-		Headers: map[string]string{"authorization": "Bearer " + tokAlice, wire.HeaderCaller: "frank", "x-llmedge-other": "x"},
+		Headers:  map[string]string{"authorization": "Bearer " + tokAlice, wire.HeaderCaller: "frank", "x-llmedge-other": "x"},
 		SourceIP: netip.MustParseAddr("10.0.0.1"), Now: now}
 	d := c.Decide(r, keys)
 	if !d.Allow || d.Caller != "alice" {
