@@ -293,6 +293,7 @@ func (m *Main) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.Che
 		Region:   ext[wire.ContextRegion],
 		Upstream: ext[wire.ContextUpstream],
 		Route:    ext[wire.ContextRoute],
+		Hop:      ext[wire.ContextHop],
 		Headers:  h.GetHeaders(),
 		Path:     h.GetPath(),
 		Now:      time.Now(),

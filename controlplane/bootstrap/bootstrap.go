@@ -191,7 +191,14 @@ func Build(o Options) (*bootstrapv3.Bootstrap, error) {
 		}}
 	}
 
+	internalListener, err := translate.InternalListenerExtension()
+	if err != nil {
+		return nil, err
+	}
 	b := &bootstrapv3.Bootstrap{
+		// Envoy internal listeners (user space, no socket): a region with a hot standby
+		// reaches its own providers through one (translate/peer.go).
+		BootstrapExtensions: []*corev3.TypedExtensionConfig{internalListener},
 		Node: &corev3.Node{
 			Id:       o.NodeID,
 			Cluster:  o.Cluster,

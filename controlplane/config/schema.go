@@ -45,6 +45,17 @@ type Region struct {
 	// RateLimitFailure says what happens when the rate-limit service cannot answer:
 	// "allow" (default, fail open) or "deny" (refuse the request).
 	RateLimitFailure string `mapstructure:"ratelimit_failure"`
+	// PeerListen is this region's listener for other llmedge edges (ip:port): mutual TLS
+	// only, for requests they forward to an upstream this region serves.
+	PeerListen string `mapstructure:"peer_listen"`
+	// PeerTLS is the region's edge certificate (it carries the region's identity), its
+	// key and the CA of the other edges' certificates: presented by the peer listener and
+	// when forwarding to a peer.
+	PeerTLS *InternalTLS `mapstructure:"peer_tls"`
+	// Peers names, per upstream, the regions this region forwards that upstream's requests
+	// to: its only path when this region may not reach the upstream itself (an entry
+	// region), a hot standby behind its direct path otherwise.
+	Peers map[string][]string `mapstructure:"peers"`
 }
 
 // InternalTLS are PEM files on the Envoy host for mutual TLS to the region's own services.

@@ -59,6 +59,7 @@ func Validate(f File) (*model.Config, error) {
 			cfg.Regions = append(cfg.Regions, r)
 		}
 	}
+	validatePeers(f, cfg, &c)
 	for _, name := range sortedKeys(f.Routes) {
 		if r, ok := validateRoute("routes."+name, name, f.Routes[name], f.Upstreams, &c, cfg); ok {
 			cfg.Routes = append(cfg.Routes, r)

@@ -5,6 +5,7 @@ package model
 
 import (
 	"net/netip"
+	"sort"
 	"time"
 )
 
@@ -46,6 +47,63 @@ type Region struct {
 	// InternalTLS, when set, is mutual TLS from Envoy to the region's own services
 	// (extauthz, ratelimit) when they are reached over TCP.
 	InternalTLS *InternalTLS
+	// PeerListenAddress/PeerListenPort, when set, is the region's listener for the other
+	// regions' edges (mutual TLS, PeerTLS); other regions dial this very address.
+	PeerListenAddress string
+	PeerListenPort    uint32
+	// PeerTLS is the region's edge certificate, its key and the CA of every edge's
+	// certificate; set whenever the region listens for peers or forwards to them.
+	PeerTLS *InternalTLS
+	// Peers are the regions this region forwards an upstream's requests to, sorted by
+	// upstream. An upstream in Upstreams with peers has them as a hot standby; one not in
+	// Upstreams is served only through them (the region is its entry region).
+	Peers []Peering
+}
+
+// Peering names the egress regions of one upstream, sorted.
+type Peering struct {
+	Upstream string
+	Regions  []string
+}
+
+// PeersFor returns the regions r forwards upstream's requests to.
+func (r Region) PeersFor(upstream string) []string {
+	for _, p := range r.Peers {
+		if p.Upstream == upstream {
+			return p.Regions
+		}
+	}
+	return nil
+}
+
+// Serves reports whether r reaches upstream directly.
+func (r Region) Serves(upstream string) bool {
+	for _, u := range r.Upstreams {
+		if u == upstream {
+			return true
+		}
+	}
+	return false
+}
+
+// Entry lists the upstreams r serves only through peers, sorted.
+func (r Region) Entry() []string {
+	var out []string
+	for _, p := range r.Peers {
+		if !r.Serves(p.Upstream) {
+			out = append(out, p.Upstream)
+		}
+	}
+	return out
+}
+
+// AllUpstreams lists every upstream r's callers can reach through it, directly or through
+// peers, sorted.
+func (r Region) AllUpstreams() []string {
+	out := append([]string{}, r.Upstreams...)
+	out = append(out, r.Entry()...)
+	sort.Strings(out)
+	return out
 }
 
 // Address is where Envoy reaches one of the region's own services: a unix domain socket

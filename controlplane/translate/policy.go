@@ -16,7 +16,7 @@ import (
 func authzPolicy(cfg *model.Config, r model.Region) (*corev3.TypedExtensionConfig, error) {
 	served := map[string]bool{}
 	p := &authzv1.Policy{Region: r.Name}
-	for _, name := range r.Upstreams {
+	for _, name := range r.AllUpstreams() {
 		u, _ := cfg.Upstream(name)
 		served[name] = true
 		p.Upstreams = append(p.Upstreams, &authzv1.Upstream{

@@ -172,7 +172,7 @@ func quotasFor(cfg *model.Config, r model.Region) regionQuotas {
 	q := regionQuotas{caller: map[model.Unit]bool{}, callerUpstream: map[string]map[model.Unit]bool{}, upstream: map[string]map[model.Unit]bool{}}
 	served := map[string]bool{}
 	q.served = served
-	for _, name := range r.Upstreams {
+	for _, name := range r.AllUpstreams() {
 		served[name] = true
 		u, _ := cfg.Upstream(name)
 		if len(u.Limits) > 0 {

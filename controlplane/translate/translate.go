@@ -56,17 +56,24 @@ func Region(cfg *model.Config, region string) (*Resources, error) {
 	served := map[string]bool{}
 	secrets := secretSet{}
 	var clusters []*clusterv3.Cluster
-	for _, name := range r.Upstreams {
+	for _, name := range r.AllUpstreams() {
 		u, ok := cfg.Upstream(name)
 		if !ok {
 			return nil, fmt.Errorf("translate region %q: unknown upstream %q", region, name)
 		}
 		served[name] = true
-		c, err := cluster(r, u, secrets)
+		if r.Serves(name) {
+			c, err := cluster(r, u, secrets)
+			if err != nil {
+				return nil, fmt.Errorf("translate region %q upstream %q: %w", region, name, err)
+			}
+			clusters = append(clusters, c)
+		}
+		pcs, err := peerClusters(cfg, r, u, secrets)
 		if err != nil {
 			return nil, fmt.Errorf("translate region %q upstream %q: %w", region, name, err)
 		}
-		clusters = append(clusters, c)
+		clusters = append(clusters, pcs...)
 	}
 	authz, err := extAuthzCluster(r, secrets)
 	if err != nil {
@@ -97,9 +104,30 @@ func Region(cfg *model.Config, region string) (*Resources, error) {
 	if err != nil {
 		return nil, fmt.Errorf("translate region %q: %w", region, err)
 	}
+	if err := forwardRoutes(r, rc); err != nil {
+		return nil, fmt.Errorf("translate region %q: %w", region, err)
+	}
 	l, err := listener(r)
 	if err != nil {
 		return nil, fmt.Errorf("translate region %q: %w", region, err)
+	}
+	listeners := []*listenerv3.Listener{l}
+	routeConfigs := []*routev3.RouteConfiguration{rc}
+	pl, prc, err := peerListener(cfg, r, secrets)
+	if err != nil {
+		return nil, fmt.Errorf("translate region %q peer listener: %w", region, err)
+	}
+	if pl != nil {
+		listeners = append(listeners, pl)
+		routeConfigs = append(routeConfigs, prc)
+	}
+	ll, lrc, err := localListener(cfg, r)
+	if err != nil {
+		return nil, fmt.Errorf("translate region %q local listener: %w", region, err)
+	}
+	if ll != nil {
+		listeners = append(listeners, ll)
+		routeConfigs = append(routeConfigs, lrc)
 	}
 	policy, err := authzPolicy(cfg, r)
 	if err != nil {
@@ -107,8 +135,8 @@ func Region(cfg *model.Config, region string) (*Resources, error) {
 	}
 	res := &Resources{
 		Region:    region,
-		Listeners: []*listenerv3.Listener{l},
-		Routes:    []*routev3.RouteConfiguration{rc},
+		Listeners: listeners,
+		Routes:    routeConfigs,
 		Clusters:  clusters,
 		Secrets:   secrets.sorted(),
 		Policy:    policy,

@@ -16,6 +16,8 @@ type Compiled struct {
 	region    string
 	callers   map[[token.Size]byte]*caller
 	upstreams map[string]*upstream
+	// byName finds the caller a peer edge names in x-llmedge-caller.
+	byName map[string]*caller
 }
 
 type caller struct {
@@ -45,6 +47,7 @@ func Compile(p Policy) (*Compiled, error) {
 		region:    p.Region,
 		callers:   make(map[[token.Size]byte]*caller),
 		upstreams: make(map[string]*upstream, len(p.Upstreams)),
+		byName:    make(map[string]*caller, len(p.Callers)),
 	}
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
@@ -97,6 +100,7 @@ func Compile(p Policy) (*Compiled, error) {
 			expiresAt: cl.ExpiresAt,
 			byok:      cl.BYOK,
 		}
+		c.byName[cl.Name] = cc
 		for _, u := range cl.AllowedUpstreams {
 			if _, ok := c.upstreams[u]; !ok {
 				bad("caller %q: allowed upstream %q is not in the policy", cl.Name, u)

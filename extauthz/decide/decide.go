@@ -100,6 +100,9 @@ type Upstream struct {
 type Request struct {
 	// Region, Upstream and Route come from Envoy's per-route context extensions.
 	Region, Upstream, Route string
+	// Hop is the route's wire.ContextHop: "" for an ordinary route, wire.HopForward or
+	// wire.HopPeer (forwarding between edges; controlplane/translate/peer.go).
+	Hop string
 	// Headers has lower-case names, as Envoy's CheckRequest gives them.
 	Headers map[string]string
 	// Path includes the query, e.g. /gemini/v1beta/models/x:generateContent?key=abc.
@@ -166,6 +169,10 @@ func (c *Compiled) Decide(r Request, keys Keys) Decision {
 			api = up.api
 		}
 		return deny(api, 500, ReasonBadRoute, msgBadRoute)
+	}
+
+	if r.Hop == wire.HopPeer {
+		return c.decidePeer(r, up, keys)
 	}
 
 	// 2. Credentials.
@@ -249,6 +256,10 @@ func (c *Compiled) Decide(r Request, keys Keys) Decision {
 	}
 
 	// 7. Bring your own key.
+	if cl.byok && r.Hop == wire.HopForward {
+		return denyAs(403, ReasonUpstreamNotAllowed, "llmedge: caller "+quote(cl.name)+" brings its own provider key, and upstream "+
+			quote(up.name)+" is served through another region, which uses its own key; ask your llmedge operator.")
+	}
 	if cl.byok {
 		if at == srcLLMedgeToken {
 			if place, ok := c.tokenBoundUpstream(r, up); ok {
@@ -271,7 +282,21 @@ func (c *Compiled) Decide(r Request, keys Keys) Decision {
 		return d
 	}
 
-	// 8. Inject a key.
+	// 8. Inject a key; an entry region holds none and names the caller for its peer.
+	if r.Hop == wire.HopForward {
+		d := allow(cl)
+		d.SetHeaders = identityHeaders(cl, up)
+		d.RemoveHeaders = removeHeaders(r.Headers, func(h string) bool {
+			switch h {
+			case HeaderLLMedgeToken, HeaderAuthorization, HeaderAPIKey, HeaderGoogAPIKey:
+				return true
+			}
+			return false
+		})
+		d.RemoveHeaders = withoutIdentity(d.RemoveHeaders)
+		d.RemoveQueryParams = credentialQueryParams(r.Path, false)
+		return d
+	}
 	var key, name string
 	ok := false
 	if keys != nil {
@@ -288,6 +313,74 @@ func (c *Compiled) Decide(r Request, keys Keys) Decision {
 		switch h {
 		case HeaderLLMedgeToken, HeaderAuthorization, HeaderAPIKey, HeaderGoogAPIKey:
 			// The key header is overwritten; removing it would drop the injected key.
+			return h != up.keyHeader
+		}
+		return false
+	})
+	d.RemoveQueryParams = credentialQueryParams(r.Path, false)
+	return d
+}
+
+// identityHeaders name the caller, its tenant and the upstream for a peer edge.
+func identityHeaders(cl *caller, up *upstream) map[string]string {
+	return map[string]string{wire.HeaderCaller: cl.name, wire.HeaderTenant: cl.tenant, wire.HeaderUpstream: up.name}
+}
+
+// withoutIdentity drops the identity headers from a removal list: were a forged one both
+// removed and set, the removal could take the value set in its place too (the set
+// overwrites the forged value anyway).
+func withoutIdentity(hs []string) []string {
+	return slices.DeleteFunc(hs, func(h string) bool {
+		return h == wire.HeaderCaller || h == wire.HeaderTenant || h == wire.HeaderUpstream
+	})
+}
+
+// decidePeer decides a request another region's edge forwarded to the peer listener. Envoy
+// accepted the connection only with a certificate carrying another region's edge identity,
+// and that edge's extauthz authenticated the caller and named it in x-llmedge-caller; the
+// caller is checked against this region's own copy of the policy (state, expiry, allowed
+// upstreams), not its token (never forwarded) or address (the connection is the edge's).
+func (c *Compiled) decidePeer(r Request, up *upstream, keys Keys) Decision {
+	name := r.Headers[wire.HeaderCaller]
+	if name == "" {
+		return deny(up.api, 401, ReasonMissingToken, "llmedge: a forwarded request must name its caller")
+	}
+	cl := c.byName[name]
+	if cl == nil {
+		return deny(up.api, 403, ReasonUnknownToken, "llmedge: the forwarded caller is unknown in this region")
+	}
+	denyAs := func(status int, reason, msg string) Decision {
+		d := deny(up.api, status, reason, msg)
+		d.Caller, d.Tenant = cl.name, cl.tenant
+		return d
+	}
+	switch {
+	case cl.disabled:
+		return denyAs(401, ReasonDisabled, "llmedge: caller "+quote(cl.name)+" is disabled; ask your llmedge operator to re-enable it.")
+	case !cl.expiresAt.IsZero() && r.Now.After(cl.expiresAt):
+		return denyAs(401, ReasonExpired, "llmedge: the token of caller "+quote(cl.name)+" expired; ask your llmedge operator for a new one.")
+	case cl.byok:
+		return denyAs(403, ReasonUpstreamNotAllowed, "llmedge: caller "+quote(cl.name)+" brings its own provider key, which is not forwarded between regions.")
+	}
+	if _, ok := cl.allowed[up.name]; !ok {
+		return denyAs(403, ReasonUpstreamNotAllowed, "llmedge: caller "+quote(cl.name)+
+			" is not allowed to use upstream "+quote(up.name)+"; ask your llmedge operator for access.")
+	}
+	var key, kname string
+	ok := false
+	if keys != nil {
+		key, kname, ok = keys.Next(up.name)
+	}
+	if !ok || !validKey(key) {
+		return denyAs(503, ReasonNoKey, "llmedge: no key available for upstream "+quote(up.name)+
+			"; try again later, and tell your llmedge operator if it persists.")
+	}
+	d := allow(cl)
+	d.KeyName = kname
+	d.SetHeaders = map[string]string{up.keyHeader: up.format(key)}
+	d.RemoveHeaders = removeHeaders(r.Headers, func(h string) bool {
+		switch h {
+		case HeaderLLMedgeToken, HeaderAuthorization, HeaderAPIKey, HeaderGoogAPIKey:
 			return h != up.keyHeader
 		}
 		return false

@@ -119,3 +119,26 @@ const (
 	// AccessLogName is the log_name Envoy's gRPC access log sends in its identifier.
 	AccessLogName = "llmedge.usage"
 )
+
+// Edge-to-edge forwarding (docs/SECURITY.md, "Between regions"). ContextHop on a route
+// tells extauthz what kind of hop the request is on; absent means an ordinary route.
+const (
+	ContextHop = "llmedge.hop"
+	// HopForward: a caller's route whose upstream is reached through a peer (or, in a
+	// region with a hot standby, through the region's own local listener first): extauthz
+	// authenticates the caller, injects no key and names the caller in the identity
+	// headers for the next hop.
+	HopForward = "forward"
+	// HopPeer: a route of the peer listener, reached only over mutual TLS by another
+	// region's edge, or of the local listener, reached only from inside the region's own
+	// Envoy: extauthz trusts the identity headers instead of a token and injects the key.
+	HopPeer = "peer"
+)
+
+// Identity headers on a forwarded hop. They start with InternalHeaderPrefix, so whatever a
+// caller sends under these names is removed at the edge it connects to.
+const (
+	HeaderCaller   = InternalHeaderPrefix + "caller"
+	HeaderTenant   = InternalHeaderPrefix + "tenant"
+	HeaderUpstream = InternalHeaderPrefix + "upstream"
+)
