@@ -94,7 +94,6 @@ func route(region string, rt model.Route, u model.Upstream, limits []*routev3.Ra
 				MaxInterval:  durationpb.New(retryMaxDelay),
 			},
 		},
-		RateLimits: limits,
 	}
 	match := &routev3.RouteMatch{}
 	switch {
@@ -136,6 +135,10 @@ func route(region string, rt model.Route, u model.Upstream, limits []*routev3.Ra
 	if err != nil {
 		return nil, err
 	}
+	perFilter := map[string]*anypb.Any{extAuthzFilterName: authz}
+	if err := addPerRoute(perFilter, rt, limits); err != nil {
+		return nil, err
+	}
 	return &routev3.Route{
 		Name:   rt.Name,
 		Match:  match,
@@ -145,7 +148,7 @@ func route(region string, rt model.Route, u model.Upstream, limits []*routev3.Ra
 			routeMetadataNamespace: {Fields: map[string]*structpb.Value{routeMetadataAPI: structpb.NewStringValue(string(u.API))}},
 		}},
 		RequestHeadersToAdd:  routeHeadersToAdd(u),
-		TypedPerFilterConfig: map[string]*anypb.Any{extAuthzFilterName: authz},
+		TypedPerFilterConfig: perFilter,
 	}, nil
 }
 
