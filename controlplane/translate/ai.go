@@ -1,7 +1,12 @@
 package translate
 
 import (
+	xdscorev3 "github.com/cncf/xds/go/xds/core/v3"
+	xdsmatcherv3 "github.com/cncf/xds/go/xds/type/matcher/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	matchingv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/matching/v3"
+	skipactionv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/matcher/action/v3"
 	aipmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ai_protocol_manager/v3"
 	headertometadatav3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_to_metadata/v3"
 	jsontometadatav3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/json_to_metadata/v3"
@@ -103,8 +108,45 @@ func requestBody() (*hcmv3.HttpFilter, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &hcmv3.HttpFilter{Name: requestBodyFilterName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: cfg}}, nil
+	// json_to_metadata holds the body until it is complete, and a held body over the
+	// buffer limit is refused with 413: only bodies that declare a Content-Length within
+	// the limit are read; larger ones (long contexts, images) stream on untouched, and
+	// their requested model is the one the provider reports.
+	skip, err := toAny(&skipactionv3.SkipFilter{})
+	if err != nil {
+		return nil, err
+	}
+	input, err := toAny(&matcherv3.HttpRequestHeaderMatchInput{HeaderName: "content-length"})
+	if err != nil {
+		return nil, err
+	}
+	wrapped, err := toAny(&matchingv3.ExtensionWithMatcher{
+		XdsMatcher: &xdsmatcherv3.Matcher{MatcherType: &xdsmatcherv3.Matcher_MatcherList_{MatcherList: &xdsmatcherv3.Matcher_MatcherList{
+			Matchers: []*xdsmatcherv3.Matcher_MatcherList_FieldMatcher{{
+				Predicate: &xdsmatcherv3.Matcher_MatcherList_Predicate{MatchType: &xdsmatcherv3.Matcher_MatcherList_Predicate_NotMatcher{
+					NotMatcher: &xdsmatcherv3.Matcher_MatcherList_Predicate{MatchType: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate_{
+						SinglePredicate: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate{
+							Input: &xdscorev3.TypedExtensionConfig{Name: "content-length", TypedConfig: input},
+							Matcher: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate_ValueMatch{ValueMatch: &xdsmatcherv3.StringMatcher{
+								MatchPattern: &xdsmatcherv3.StringMatcher_SafeRegex{SafeRegex: &xdsmatcherv3.RegexMatcher{Regex: smallBodyRegex, EngineType: &xdsmatcherv3.RegexMatcher_GoogleRe2{GoogleRe2: &xdsmatcherv3.RegexMatcher_GoogleRE2{}}}},
+							}},
+						},
+					}},
+				}},
+				OnMatch: &xdsmatcherv3.Matcher_OnMatch{OnMatch: &xdsmatcherv3.Matcher_OnMatch_Action{Action: &xdscorev3.TypedExtensionConfig{Name: "skip", TypedConfig: skip}}},
+			}},
+		}}},
+		ExtensionConfig: &corev3.TypedExtensionConfig{Name: requestBodyFilterName, TypedConfig: cfg},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &hcmv3.HttpFilter{Name: requestBodyFilterName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: wrapped}}, nil
 }
+
+// smallBodyRegex matches a Content-Length of at most 32767 bytes, within the listener's
+// buffer limit (bufferLimitBytes).
+const smallBodyRegex = `^(?:[0-9]{1,4}|[12][0-9]{4}|3[01][0-9]{3}|32[0-6][0-9]{2}|327[0-5][0-9]|3276[0-7])$`
 
 // aiProtocolManager extracts token usage from the answers of the routes that declare a
 // wire API (aiPerRoute); it never holds or changes a response.

@@ -61,9 +61,11 @@ func connectionManager(r model.Region) (*anypb.Any, error) {
 	if err != nil {
 		return nil, err
 	}
-	// The request's usage facts are read after ext_authz (no body is read for a refused
-	// caller) and before the quota filter, whose model descriptors need them.
-	filters := []*hcmv3.HttpFilter{facts, marker, pathModel, authz, body}
+	// The request's usage facts are read before ext_authz: json_to_metadata clears the
+	// route cache, and after ext_authz's header changes the 1.40.0 binary then found no
+	// route (404) or stalled on large bodies. Only bodies within the buffer limit are
+	// read (requestBody), so an unauthenticated caller costs at most that.
+	filters := []*hcmv3.HttpFilter{facts, marker, pathModel, body, authz}
 	if !r.RateLimit.IsZero() {
 		// After ext_authz: the quota descriptors are built from the caller it names.
 		rl, err := rateLimitFilter(r)
