@@ -66,21 +66,28 @@ func requestMarker() (*hcmv3.HttpFilter, error) {
 	return &hcmv3.HttpFilter{Name: requestMarkerFilterName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: cfg}}, nil
 }
 
-// requestModelFromPath reads Gemini's model from the path; a body's "model" (read next)
-// wins where both exist.
+// requestModelFromPath reads Gemini's model from the path (Gemini names it there, not in
+// the body); a body's "model" (read next) wins where both exist. Gemini's stream flag is
+// in the path too (streamGenerateContent), but a regex rewrite can only copy text out of
+// the path, never write "true", so Gemini records keep stream false (docs/USAGE.md).
 func requestModelFromPath() (*hcmv3.HttpFilter, error) {
-	cfg, err := toAny(&headertometadatav3.Config{RequestRules: []*headertometadatav3.Config_Rule{{
-		Header: ":path",
-		OnHeaderPresent: &headertometadatav3.Config_KeyValuePair{
-			MetadataNamespace: wire.RequestMetadataNamespace,
-			Key:               wire.RequestMetadataModel,
-			Type:              headertometadatav3.Config_STRING,
-			RegexValueRewrite: &matcherv3.RegexMatchAndSubstitute{
-				Pattern:      &matcherv3.RegexMatcher{Regex: geminiModelPath},
-				Substitution: `\1`,
+	fromPath := func(key, regex, substitution string) *headertometadatav3.Config_Rule {
+		return &headertometadatav3.Config_Rule{
+			Header: ":path",
+			OnHeaderPresent: &headertometadatav3.Config_KeyValuePair{
+				MetadataNamespace: wire.RequestMetadataNamespace,
+				Key:               key,
+				Type:              headertometadatav3.Config_STRING,
+				RegexValueRewrite: &matcherv3.RegexMatchAndSubstitute{
+					Pattern:      &matcherv3.RegexMatcher{Regex: regex},
+					Substitution: substitution,
+				},
 			},
-		},
-	}}})
+		}
+	}
+	cfg, err := toAny(&headertometadatav3.Config{RequestRules: []*headertometadatav3.Config_Rule{
+		fromPath(wire.RequestMetadataModel, geminiModelPath, `\1`),
+	}})
 	if err != nil {
 		return nil, err
 	}
