@@ -328,7 +328,16 @@ func TestUsagePassThroughIsByteForByte(t *testing.T) {
 		readAll(resp)
 	}
 
-	rows := ledgerRows(t, s, "team-raw", len(cases)+1)
+	// Envoy is still serving, and a body past the 32 KiB that json_to_metadata reads
+	// streams through unread rather than being refused.
+	raw.set("/v1/chat/completions", cases[0].reply)
+	bigBody := `{"model":"gpt-4o","messages":[{"role":"user","content":"` + strings.Repeat("y", 200<<10) + `"}]}`
+	resp, body := post(t, s.edgeURL("hk", "/openai/v1/chat/completions"), bigBody, map[string]string{"authorization": "Bearer " + s.tokens["raw"]})
+	if resp.StatusCode != http.StatusOK || string(body) != strings.Join(cases[0].reply.pieces, "") {
+		t.Errorf("a 200 KiB request after the bad answers: status %d, body %.200s", resp.StatusCode, body)
+	}
+
+	rows := ledgerRows(t, s, "team-raw", len(cases)+2)
 	byIn := map[string]int{}
 	exts := map[string]int{}
 	for _, r := range rows {
@@ -336,14 +345,17 @@ func TestUsagePassThroughIsByteForByte(t *testing.T) {
 		exts[r["extraction"]]++
 	}
 	for _, c := range cases {
-		if c.extraction == "ok" && byIn[c.in] != 1 {
+		if c.extraction == "ok" && byIn[c.in] != 1 && c.in != "10" {
 			t.Errorf("%s: no single record with %s input tokens: %v", c.name, c.in, rows)
 		}
 	}
-	// 6 complete, then malformed JSON, the stream without usage, the large event and the
+	// 6 complete and the large request, then malformed JSON, the stream without usage, the large event and the
 	// cut stream: none of them recorded as complete, none lost.
-	if exts["ok"] != 6 || exts["missing"]+exts["failed"]+exts["partial"] != 4 {
-		t.Errorf("extraction statuses %v, want 6 ok and 4 missing/failed/partial", exts)
+	if byIn["10"] != 2 { // the first case and the large request, answered alike
+		t.Errorf("%d records with 10 input tokens, want 2: %v", byIn["10"], rows)
+	}
+	if exts["ok"] != 7 || exts["missing"]+exts["failed"]+exts["partial"] != 4 {
+		t.Errorf("extraction statuses %v, want 7 ok and 4 missing/failed/partial", exts)
 	}
 	t.Logf("extraction statuses: %v", exts)
 }
