@@ -14,10 +14,10 @@ func TestGeminiModelPath(t *testing.T) {
 		"/v1beta/models/gemini-2.5-flash:generateContent":                    "gemini-2.5-flash",
 		"/gemini/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse": "gemini-2.5-pro",
 		"/v1beta/models/gemini-x:generateContent?key=AIzaSECRET":             "gemini-x",
-		"/v1/chat/completions":                                               "",
-		"/v1beta/models?key=AIzaSECRET":                                      "",
-		"/v1beta/models/gemini-x:countTokens?key=AIzaSECRET":                 "",
-		"/v1beta/models/x:generateContent/extra?key=s":                       "",
+		"/v1/chat/completions":                               "",
+		"/v1beta/models?key=AIzaSECRET":                      "",
+		"/v1beta/models/gemini-x:countTokens?key=AIzaSECRET": "",
+		"/v1beta/models/x:generateContent/extra?key=s":       "",
 	} {
 		if got := re.ReplaceAllString(path, `${1}`); got != want {
 			t.Errorf("%s -> %q, want %q", path, got, want)
