@@ -128,7 +128,9 @@ type LimitStatus struct {
 	Name     string `json:"name"` // its field path in the routes YAML
 	Caller   string `json:"caller,omitempty"`
 	Upstream string `json:"upstream,omitempty"`
-	Requests uint32 `json:"requests"`
+	Requests uint32 `json:"requests,omitempty"`
+	Tokens   uint32 `json:"tokens,omitempty"`
+	Model    string `json:"model,omitempty"`
 	Per      string `json:"per"`
 	Shadow   bool   `json:"shadow,omitempty"`
 }
@@ -138,7 +140,7 @@ func regionLimits(cfg *model.Config, r model.Region) []LimitStatus {
 	out := []LimitStatus{}
 	for _, q := range translate.Quotas(cfg, r.Name) {
 		l := q.Limit
-		out = append(out, LimitStatus{Name: l.Name, Caller: q.Caller, Upstream: q.Upstream, Requests: l.Requests, Per: string(l.Unit), Shadow: l.Shadow})
+		out = append(out, LimitStatus{Name: l.Name, Caller: q.Caller, Upstream: q.Upstream, Requests: l.Requests, Tokens: l.Tokens, Model: l.Model, Per: string(l.Unit), Shadow: l.Shadow})
 	}
 	return out
 }

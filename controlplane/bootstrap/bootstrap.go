@@ -31,9 +31,9 @@ import (
 	"github.com/llmedge/llmedge/internal/transport"
 )
 
-// XDSClusterName is the static cluster the ADS stream uses. The control plane
-// must never push a CDS cluster with this name: it would replace the static one.
-const XDSClusterName = "llmedge_xds"
+// XDSClusterName is the static cluster the ADS stream (and the usage access log) uses;
+// translate owns the name because its access log config names it too.
+const XDSClusterName = translate.XDSClusterName
 
 // EphemeralAdminPort asks for admin port 0 (kernel-chosen). Tests use it with
 // envoy --admin-address-path so parallel Envoys never collide; the zero value

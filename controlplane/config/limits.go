@@ -3,12 +3,17 @@ package config
 import (
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/llmedge/llmedge/controlplane/model"
 )
 
 // maxRequests bounds a limit well inside the rate-limit service's uint32 counters.
 const maxRequests = 1_000_000_000
+
+// maxModelName is the longest model name a limit may name: longer names are clipped in
+// the usage ledger, so a limit on one could never be reconciled with it.
+const maxModelName = 256
 
 // validateLimits checks one caller's or upstream's limits. allowedUpstreams is the
 // caller's upstream list (a caller's limit may be scoped to one of them); nil for an
@@ -19,8 +24,18 @@ func validateLimits(p string, in []Limit, allowedUpstreams []string, isCaller bo
 	for i, l := range in {
 		fp := fmt.Sprintf("%s.limits[%d]", p, i)
 		n := len(c.errs)
-		if l.Requests <= 0 || l.Requests > maxRequests {
-			c.add(fp+".requests", "must be 1-%d", maxRequests)
+		switch {
+		case l.Requests != 0 && l.Tokens != 0:
+			c.add(fp, "set requests or tokens, not both; write two limits to cap both")
+		case l.Tokens != 0:
+			if l.Tokens < 0 || l.Tokens > maxRequests {
+				c.add(fp+".tokens", "must be 1-%d", maxRequests)
+			}
+		case l.Requests <= 0 || l.Requests > maxRequests:
+			c.add(fp+".requests", "must be 1-%d (or set tokens for a token limit)", maxRequests)
+		}
+		if l.Model != "" && (strings.TrimSpace(l.Model) != l.Model || len(l.Model) > maxModelName) {
+			c.add(fp+".model", "must be a model name as callers send it (no surrounding spaces, at most %d bytes)", maxModelName)
 		}
 		unit := model.Unit(l.Per)
 		if !slices.Contains(model.Units, unit) {
@@ -34,7 +49,11 @@ func validateLimits(p string, in []Limit, allowedUpstreams []string, isCaller bo
 				c.add(fp+".upstream", "the caller may not use upstream %q, so a limit on it would never apply", l.Upstream)
 			}
 		}
-		key := l.Upstream + "/" + l.Per
+		kind := "request"
+		if l.Tokens != 0 {
+			kind = "token"
+		}
+		key := l.Upstream + "/" + l.Model + "/" + kind + "/" + l.Per
 		if prev, dup := seen[key]; dup && len(c.errs) == n {
 			scope := "the caller as a whole"
 			if !isCaller {
@@ -42,12 +61,15 @@ func validateLimits(p string, in []Limit, allowedUpstreams []string, isCaller bo
 			} else if l.Upstream != "" {
 				scope = "upstream " + l.Upstream
 			}
-			c.add(fp, "a second per-%s limit for %s (first: %s); keep one per window", l.Per, scope, prev)
+			if l.Model != "" {
+				scope += " and model " + l.Model
+			}
+			c.add(fp, "a second per-%s %s limit for %s (first: %s); keep one per window", l.Per, kind, scope, prev)
 			continue
 		}
-		seen[key] = fp
 		if len(c.errs) == n {
-			out = append(out, model.Limit{Name: fp, Requests: uint32(l.Requests), Unit: unit, Upstream: l.Upstream, Shadow: l.Shadow})
+			seen[key] = fp
+			out = append(out, model.Limit{Name: fp, Requests: uint32(l.Requests), Tokens: uint32(l.Tokens), Unit: unit, Upstream: l.Upstream, Model: l.Model, Shadow: l.Shadow})
 		}
 	}
 	return out

@@ -73,6 +73,17 @@ func validateRoute(p, name string, r Route, ups map[string]Upstream, c *collecto
 		checkPath(p+".prefix_rewrite", r.PrefixRewrite, c)
 	}
 	out.Rewrite = rewrite(out, r.PrefixRewrite, up.BasePath)
+	out.API = model.DefaultWireAPI(up.API)
+	if r.API != "" {
+		if !slices.Contains(model.WireAPIs, model.WireAPI(r.API)) {
+			names := make([]string, len(model.WireAPIs))
+			for i, a := range model.WireAPIs {
+				names[i] = string(a)
+			}
+			c.add(p+".api", "must be one of %s, not %q", strings.Join(names, ", "), r.API)
+		}
+		out.API = model.WireAPI(r.API)
+	}
 	return out, len(c.errs) == n
 }
 

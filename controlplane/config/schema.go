@@ -129,12 +129,15 @@ type CircuitBreaker struct {
 	MaxRequests        int `mapstructure:"max_requests"`
 }
 
-// Limit is one quota: at most Requests per Per. A caller's limit may name an Upstream to
-// count only that upstream's requests. Shadow counts without refusing anything.
+// Limit is one quota: at most Requests (or Tokens) per Per. A caller's limit may name an
+// Upstream to count only that upstream's requests; Model counts only requests naming that
+// model. Shadow counts without refusing anything.
 type Limit struct {
 	Requests int    `mapstructure:"requests"`
+	Tokens   int    `mapstructure:"tokens"`
 	Per      string `mapstructure:"per"` // second, minute, hour or day
 	Upstream string `mapstructure:"upstream"`
+	Model    string `mapstructure:"model"`
 	Shadow   bool   `mapstructure:"shadow"`
 }
 
@@ -168,6 +171,10 @@ type Route struct {
 	Match         Match  `mapstructure:"match"`
 	Upstream      string `mapstructure:"upstream"`
 	PrefixRewrite string `mapstructure:"prefix_rewrite"`
+	// API overrides the wire API the route's answers follow, which Envoy reads token usage
+	// from: openai_chat (the default of an openai upstream), openai_responses, anthropic,
+	// gemini, or none (not an LLM endpoint: no usage is read).
+	API string `mapstructure:"api"`
 }
 
 // Match selects requests.

@@ -68,23 +68,23 @@ var wantValid = &model.Config{
 	},
 	Routes: []model.Route{
 		// Exact paths first, longest first.
-		{Name: "chat", Path: "/v1/chat/completions", Upstream: "local"},
-		{Name: "private-health", Path: "/private/health", Upstream: "private", Rewrite: "/v1/private/health"},
-		{Name: "models", Path: "/v1/models", Upstream: "openai"},
+		{Name: "chat", Path: "/v1/chat/completions", Upstream: "local", API: model.WireOpenAIChat},
+		{Name: "private-health", Path: "/private/health", Upstream: "private", Rewrite: "/v1/private/health", API: model.WireOpenAIChat},
+		{Name: "models", Path: "/v1/models", Upstream: "openai", API: model.WireOpenAIChat},
 		// Then prefixes, longest first; equal length and headers: by name.
-		{Name: "insecure", Prefix: "/insecure", Upstream: "insecure"},
-		{Name: "private", Prefix: "/private/", Upstream: "private", Rewrite: "/v1/"},
-		{Name: "openai", Prefix: "/openai/", Upstream: "openai", Rewrite: "/"},
+		{Name: "insecure", Prefix: "/insecure", Upstream: "insecure", API: model.WireOpenAIChat},
+		{Name: "private", Prefix: "/private/", Upstream: "private", Rewrite: "/v1/", API: model.WireOpenAIChat},
+		{Name: "openai", Prefix: "/openai/", Upstream: "openai", Rewrite: "/", API: model.WireOpenAIChat},
 		// At equal specificity a route for named hosts comes first.
-		{Name: "groq-raw", Prefix: "/groq", Hosts: []string{"*.edge.example.com", "raw.example.com"}, Upstream: "groq", Rewrite: "/openai/groq"},
-		{Name: "groq", Prefix: "/groq", Upstream: "groq", Rewrite: "/openai/"},
+		{Name: "groq-raw", Prefix: "/groq", Hosts: []string{"*.edge.example.com", "raw.example.com"}, Upstream: "groq", Rewrite: "/openai/groq", API: model.WireOpenAIChat},
+		{Name: "groq", Prefix: "/groq", Upstream: "groq", Rewrite: "/openai/", API: model.WireOpenAIChat},
 		// Same prefix: more header conditions first.
-		{Name: "v1-beta", Prefix: "/v1/", Headers: []model.HeaderMatch{{Name: "openai-beta", Present: true}, {Name: "x-tier", Prefix: "pro"}}, Upstream: "openai"},
-		{Name: "v1-premium", Prefix: "/v1/", Headers: []model.HeaderMatch{{Name: "x-tier", Exact: "premium"}}, Upstream: "openai"},
-		{Name: "v1", Prefix: "/v1/", Upstream: "openai"},
-		{Name: "alpha", Prefix: "/bb", Upstream: "gemini"},
-		{Name: "zeta", Prefix: "/aa", Upstream: "gemini"},
-		{Name: "default", Prefix: "/", Upstream: "openai"},
+		{Name: "v1-beta", Prefix: "/v1/", Headers: []model.HeaderMatch{{Name: "openai-beta", Present: true}, {Name: "x-tier", Prefix: "pro"}}, Upstream: "openai", API: model.WireOpenAIChat},
+		{Name: "v1-premium", Prefix: "/v1/", Headers: []model.HeaderMatch{{Name: "x-tier", Exact: "premium"}}, Upstream: "openai", API: model.WireOpenAIChat},
+		{Name: "v1", Prefix: "/v1/", Upstream: "openai", API: model.WireOpenAIChat},
+		{Name: "alpha", Prefix: "/bb", Upstream: "gemini", API: model.WireOpenAIChat},
+		{Name: "zeta", Prefix: "/aa", Upstream: "gemini", API: model.WireOpenAIChat},
+		{Name: "default", Prefix: "/", Upstream: "openai", API: model.WireOpenAIChat},
 	},
 	Usage: config.DefaultUsage(),
 	Warnings: []string{

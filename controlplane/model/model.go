@@ -224,16 +224,57 @@ const (
 // Units lists the windows in order.
 var Units = []Unit{Second, Minute, Hour, Day}
 
-// Limit is one quota.
+// Limit is one quota. Exactly one of Requests and Tokens is set.
 type Limit struct {
 	// Name is the limit's field path in the routes YAML, e.g. "callers.alice.limits[0]":
 	// it names the limit in 429 bodies, stats and /status.
 	Name     string
 	Requests uint32
-	Unit     Unit
+	// Tokens counts the LLM tokens (input + output) the provider reported, or an estimate
+	// when it reported none; see docs/CONFIG.md#token-limits.
+	Tokens uint32
+	Unit   Unit
 	// Upstream, on a caller's limit, counts only that upstream's requests.
 	Upstream string
-	Shadow   bool
+	// Model counts only requests that name this model (the requested model, as the
+	// caller's request body or Gemini path names it); "" counts every request.
+	Model  string
+	Shadow bool
+}
+
+// Amount is the limit's count per window, whichever kind it is.
+func (l Limit) Amount() uint32 {
+	if l.Tokens > 0 {
+		return l.Tokens
+	}
+	return l.Requests
+}
+
+// WireAPI is the protocol a route's requests and answers follow, as Envoy's AI filters
+// know it: it decides where token usage is read from.
+type WireAPI string
+
+const (
+	WireNone            WireAPI = "none"
+	WireOpenAIChat      WireAPI = "openai_chat"
+	WireOpenAIResponses WireAPI = "openai_responses"
+	WireAnthropic       WireAPI = "anthropic"
+	WireGemini          WireAPI = "gemini"
+)
+
+// WireAPIs lists the accepted values of a route's api.
+var WireAPIs = []WireAPI{WireOpenAIChat, WireOpenAIResponses, WireAnthropic, WireGemini, WireNone}
+
+// DefaultWireAPI is the wire API of an upstream's routes unless a route overrides it.
+func DefaultWireAPI(a API) WireAPI {
+	switch a {
+	case APIAnthropic:
+		return WireAnthropic
+	case APIGemini:
+		return WireGemini
+	default:
+		return WireOpenAIChat
+	}
 }
 
 // API is a provider's API family.
@@ -287,6 +328,9 @@ type Route struct {
 	// Rewrite is the path prefix the matched Prefix (or the whole Path) is replaced with,
 	// already joined with the upstream's BasePath. "" means keep the path as it is.
 	Rewrite string
+	// API is the wire API of the route's traffic: the route's api, or the upstream's
+	// default (DefaultWireAPI).
+	API WireAPI
 }
 
 // Region returns the named region.

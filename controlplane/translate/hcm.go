@@ -45,7 +45,27 @@ func connectionManager(r model.Region) (*anypb.Any, error) {
 	if err != nil {
 		return nil, err
 	}
-	filters := []*hcmv3.HttpFilter{facts, authz}
+	marker, err := requestMarker()
+	if err != nil {
+		return nil, err
+	}
+	pathModel, err := requestModelFromPath()
+	if err != nil {
+		return nil, err
+	}
+	body, err := requestBody()
+	if err != nil {
+		return nil, err
+	}
+	ai, err := aiProtocolManager()
+	if err != nil {
+		return nil, err
+	}
+	// The request's usage facts are read before ext_authz: json_to_metadata clears the
+	// route cache, and after ext_authz's header changes the 1.40.0 binary then found no
+	// route (404) or stalled on large bodies. Only bodies within the buffer limit are
+	// read (requestBody), so an unauthenticated caller costs at most that.
+	filters := []*hcmv3.HttpFilter{facts, marker, pathModel, body, authz}
 	if !r.RateLimit.IsZero() {
 		// After ext_authz: the quota descriptors are built from the caller it names.
 		rl, err := rateLimitFilter(r)
@@ -54,11 +74,17 @@ func connectionManager(r model.Region) (*anypb.Any, error) {
 		}
 		filters = append(filters, rl)
 	}
-	filters = append(filters, strip, &hcmv3.HttpFilter{
+	// ai_protocol_manager next to the router: it is the first to see the answer, and
+	// publishes its token usage before the quota filter charges it at stream end.
+	filters = append(filters, strip, ai, &hcmv3.HttpFilter{
 		Name:       "envoy.filters.http.router",
 		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router},
 	})
 	accessLog, err := jsonAccessLog(r.Name)
+	if err != nil {
+		return nil, err
+	}
+	usageLog, err := usageAccessLog()
 	if err != nil {
 		return nil, err
 	}
@@ -105,7 +131,7 @@ func connectionManager(r model.Region) (*anypb.Any, error) {
 		RequestHeadersTimeout: durationpb.New(requestHeadersTimeout),
 		StreamIdleTimeout:     durationpb.New(hcmStreamIdleTimeout),
 		ServerName:            "llmedge",
-		AccessLog:             []*accesslogv3.AccessLog{accessLog},
+		AccessLog:             []*accesslogv3.AccessLog{accessLog, usageLog},
 		LocalReplyConfig:      localReplies(r.Name),
 	}
 	return toAny(hcm)

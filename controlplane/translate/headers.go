@@ -11,6 +11,7 @@ import (
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 
 	"github.com/llmedge/llmedge/controlplane/model"
+	"github.com/llmedge/llmedge/internal/wire"
 )
 
 // What the provider sees: the caller's own API headers plus the injected key, and nothing
@@ -23,7 +24,7 @@ import (
 
 const (
 	// Filter state written by requestFacts, read by the access log and local replies.
-	requestIDState  = "llmedge.request_id"
+	requestIDState  = wire.RequestIDState
 	pathState       = "llmedge.path"
 	requestIDFormat = "%FILTER_STATE(" + requestIDState + ":PLAIN)%"
 	pathFormat      = "%FILTER_STATE(" + pathState + ":PLAIN)%"

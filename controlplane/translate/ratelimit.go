@@ -1,7 +1,9 @@
 package translate
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -12,7 +14,9 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	metadatav3 "github.com/envoyproxy/go-control-plane/envoy/type/metadata/v3"
 	rlsconfv3 "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/llmedge/llmedge/controlplane/model"
 	"github.com/llmedge/llmedge/internal/wire"
@@ -26,12 +30,17 @@ import (
 //	(llmedge=caller_upstream_<unit>, caller=<name>, upstream=<name>)
 //	(llmedge=upstream_<unit>, upstream=<name>)
 //
+// A limit with a model adds (model=<requested model>) last and "_model" to the scope; a
+// token limit adds "_tokens" (caller_model_tokens_minute), and sends its descriptor twice:
+// at request time counting nothing, and when the stream is done counting the tokens used.
+//
 // The RateLimitConfig built below from the same model holds one entry per configured limit
 // under those keys, so route actions and service config cannot drift apart.
 const (
 	descScope    = "llmedge"
 	descCaller   = "caller"
 	descUpstream = "upstream"
+	descModel    = "model"
 
 	scopeCaller         = "caller"
 	scopeCallerUpstream = "caller_upstream"
@@ -71,29 +80,53 @@ func rateLimitFilter(r model.Region) (*hcmv3.HttpFilter, error) {
 	return &hcmv3.HttpFilter{Name: rateLimitFilterName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: cfg}}, nil
 }
 
-// routeRateLimits are the descriptor actions of one route: only the windows some limit in
-// the region uses, so a config without quotas sends nothing.
+// routeRateLimits are the descriptor actions of one route: only the descriptor shapes some
+// limit in the region uses, so a config without quotas sends nothing. They go into the
+// route's RateLimitPerRoute, never the route's own rate_limits: a token limit's
+// hits_addend works only there, and once a route has RateLimitPerRoute Envoy ignores the
+// route-level list.
 func routeRateLimits(q regionQuotas, upstream string) []*routev3.RateLimit {
 	var out []*routev3.RateLimit
-	for _, unit := range model.Units {
-		if q.caller[unit] {
-			out = append(out, &routev3.RateLimit{Actions: []*routev3.RateLimit_Action{
-				generic(descScope, scopeCaller+"_"+string(unit)), callerAction(),
-			}})
+	for _, sh := range q.shapes {
+		if sh.upstream != "" && sh.upstream != upstream {
+			continue
 		}
-		if q.callerUpstream[upstream][unit] {
-			out = append(out, &routev3.RateLimit{Actions: []*routev3.RateLimit_Action{
-				generic(descScope, scopeCallerUpstream+"_"+string(unit)), callerAction(), generic(descUpstream, upstream),
-			}})
+		actions := []*routev3.RateLimit_Action{generic(descScope, sh.descriptor())}
+		if sh.scope != scopeUpstream {
+			actions = append(actions, callerAction())
 		}
-		if q.upstream[upstream][unit] {
-			out = append(out, &routev3.RateLimit{Actions: []*routev3.RateLimit_Action{
-				generic(descScope, scopeUpstream+"_"+string(unit)), generic(descUpstream, upstream),
-			}})
+		if sh.upstream != "" {
+			actions = append(actions, generic(descUpstream, upstream))
 		}
+		if sh.model {
+			actions = append(actions, modelAction())
+		}
+		if !sh.tokens {
+			out = append(out, &routev3.RateLimit{Actions: actions})
+			continue
+		}
+		// Admission: check the window without counting (a spent window refuses), then
+		// charge what the request used once its stream is done.
+		out = append(out,
+			&routev3.RateLimit{Actions: actions, HitsAddend: &routev3.RateLimit_HitsAddend{Number: wrapperspb.UInt64(0)}},
+			&routev3.RateLimit{Actions: actions, ApplyOnStreamDone: true, HitsAddend: &routev3.RateLimit_HitsAddend{Format: tokensUsedFormat}},
+		)
 	}
 	return out
 }
+
+// tokensUsedFormat is what a finished request charges to its token windows: the total
+// Envoy's ai_protocol_manager extracted from the answer; with no usage reported (an
+// OpenAI stream without stream_options.include_usage, a malformed answer) an estimate of
+// a quarter of the bytes exchanged for a 2xx answer, and nothing for a refused or failed
+// one. The typed TokenUsage is only readable through CEL (%DYNAMIC_METADATA% cannot see
+// typed metadata).
+const tokensUsedFormat = "%CEL(" +
+	"'" + wire.TokenUsageNamespace + "' in metadata.typed_filter_metadata && " +
+	"has(metadata.typed_filter_metadata['" + wire.TokenUsageNamespace + "'].total_tokens) ? " +
+	"uint(metadata.typed_filter_metadata['" + wire.TokenUsageNamespace + "'].total_tokens) : " +
+	"(response.code >= 200 && response.code < 300 ? uint((request.total_size + response.total_size) / 4) : uint(0))" +
+	")%"
 
 func generic(key, value string) *routev3.RateLimit_Action {
 	return &routev3.RateLimit_Action{ActionSpecifier: &routev3.RateLimit_Action_GenericKey_{
@@ -104,28 +137,59 @@ func generic(key, value string) *routev3.RateLimit_Action {
 // callerAction reads the caller extauthz authenticated. extauthz always sets it on the
 // requests it allows, so the descriptor is never missing for a request that got this far.
 func callerAction() *routev3.RateLimit_Action {
+	return metadataAction(descCaller, wire.MetadataNamespace, wire.MetadataCaller)
+}
+
+// modelAction reads the requested model (json_to_metadata, or Gemini's path). A request
+// naming none sends no model descriptor, so model-scoped limits do not count it.
+func modelAction() *routev3.RateLimit_Action {
+	return metadataAction(descModel, wire.RequestMetadataNamespace, wire.RequestMetadataModel)
+}
+
+func metadataAction(descriptor, namespace, key string) *routev3.RateLimit_Action {
 	return &routev3.RateLimit_Action{ActionSpecifier: &routev3.RateLimit_Action_Metadata{
 		Metadata: &routev3.RateLimit_Action_MetaData{
-			DescriptorKey: descCaller,
+			DescriptorKey: descriptor,
 			MetadataKey: &metadatav3.MetadataKey{
-				Key:  wire.MetadataNamespace,
-				Path: []*metadatav3.MetadataKey_PathSegment{{Segment: &metadatav3.MetadataKey_PathSegment_Key{Key: wire.MetadataCaller}}},
+				Key:  namespace,
+				Path: []*metadatav3.MetadataKey_PathSegment{{Segment: &metadatav3.MetadataKey_PathSegment_Key{Key: key}}},
 			},
 			Source: routev3.RateLimit_Action_MetaData_DYNAMIC,
 		},
 	}}
 }
 
-// regionQuotas records which windows are limited, per scope, in one region. It is the one
+// shape is one descriptor a route sends: which scope, whether it names an upstream and
+// a model, which kind and window.
+type shape struct {
+	scope    string // scopeCaller, scopeCallerUpstream or scopeUpstream
+	upstream string // the upstream counted, for the two upstream scopes
+	model    bool
+	tokens   bool
+	unit     model.Unit
+}
+
+// descriptor is the shape's value of the top-level llmedge key, e.g. "caller_hour" or
+// "caller_upstream_model_tokens_minute".
+func (s shape) descriptor() string {
+	d := s.scope
+	if s.model {
+		d += "_model"
+	}
+	if s.tokens {
+		d += "_tokens"
+	}
+	return d + "_" + string(s.unit)
+}
+
+// regionQuotas records which descriptor shapes are limited in one region. It is the one
 // place that decides which limits a region enforces: route actions, the RateLimitConfig and
 // /status (Quotas) all read it.
 type regionQuotas struct {
-	caller         map[model.Unit]bool
-	callerUpstream map[string]map[model.Unit]bool
-	upstream       map[string]map[model.Unit]bool
-	callers        []model.Caller // those with limits on something the region serves
-	upstreams      []model.Upstream
-	served         map[string]bool
+	shapes    []shape        // in the order routes send them
+	callers   []model.Caller // those with limits on something the region serves
+	upstreams []model.Upstream
+	served    map[string]bool
 }
 
 // applies reports whether a caller's limit counts in the region: a caller-wide limit does,
@@ -169,46 +233,70 @@ func Quotas(cfg *model.Config, region string) []Quota {
 }
 
 func quotasFor(cfg *model.Config, r model.Region) regionQuotas {
-	q := regionQuotas{caller: map[model.Unit]bool{}, callerUpstream: map[string]map[model.Unit]bool{}, upstream: map[string]map[model.Unit]bool{}}
-	served := map[string]bool{}
-	q.served = served
+	q := regionQuotas{served: map[string]bool{}}
+	seen := map[shape]bool{}
+	var shapes []shape
+	add := func(sh shape) {
+		if !seen[sh] {
+			seen[sh] = true
+			shapes = append(shapes, sh)
+		}
+	}
 	for _, name := range r.AllUpstreams() {
-		served[name] = true
+		q.served[name] = true
 		u, _ := cfg.Upstream(name)
 		if len(u.Limits) > 0 {
 			q.upstreams = append(q.upstreams, u)
 		}
 		for _, l := range u.Limits {
-			mark(q.upstream, name, l.Unit)
+			add(shape{scope: scopeUpstream, upstream: name, model: l.Model != "", tokens: l.Tokens > 0, unit: l.Unit})
 		}
 	}
 	for _, c := range cfg.Callers {
 		uses := false
 		for _, u := range c.Upstreams {
-			uses = uses || served[u]
+			uses = uses || q.served[u]
 		}
 		if !uses || len(c.Limits) == 0 {
 			continue
 		}
 		q.callers = append(q.callers, c)
 		for _, l := range c.Limits {
+			sh := shape{scope: scopeCaller, model: l.Model != "", tokens: l.Tokens > 0, unit: l.Unit}
 			switch {
 			case !q.applies(l):
-			case l.Upstream == "":
-				q.caller[l.Unit] = true
-			default:
-				mark(q.callerUpstream, l.Upstream, l.Unit)
+				continue
+			case l.Upstream != "":
+				sh.scope, sh.upstream = scopeCallerUpstream, l.Upstream
 			}
+			add(sh)
 		}
 	}
+	// Windows in order, then callers before caller+upstream before upstream, requests
+	// before tokens: the order routes send descriptors in and golden files show.
+	scopeOrder := map[string]int{scopeCaller: 0, scopeCallerUpstream: 1, scopeUpstream: 2}
+	slices.SortStableFunc(shapes, func(a, b shape) int {
+		return cmp.Or(
+			cmp.Compare(slices.Index(model.Units, a.unit), slices.Index(model.Units, b.unit)),
+			cmp.Compare(scopeOrder[a.scope], scopeOrder[b.scope]),
+			cmp.Compare(a.upstream, b.upstream),
+			boolCompare(a.model, b.model),
+			boolCompare(a.tokens, b.tokens),
+		)
+	})
+	q.shapes = shapes
 	return q
 }
 
-func mark(m map[string]map[model.Unit]bool, k string, u model.Unit) {
-	if m[k] == nil {
-		m[k] = map[model.Unit]bool{}
+func boolCompare(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case !a:
+		return -1
+	default:
+		return 1
 	}
-	m[k][u] = true
 }
 
 var rlsUnits = map[model.Unit]rlsconfv3.RateLimitUnit{
@@ -218,64 +306,77 @@ var rlsUnits = map[model.Unit]rlsconfv3.RateLimitUnit{
 	model.Day:    rlsconfv3.RateLimitUnit_DAY,
 }
 
-// rateLimitConfig is what the region's envoyproxy/ratelimit enforces for those descriptors.
+// rateLimitConfig is what the region's envoyproxy/ratelimit enforces for those descriptors:
+// one tree per top-level descriptor value, caller, then upstream, then model, as the
+// route actions send them.
 func rateLimitConfig(region string, q regionQuotas) (*rlsconfv3.RateLimitConfig, error) {
 	top := map[string]*rlsconfv3.RateLimitDescriptor{}
-	var order []string
-	scope := func(name string) *rlsconfv3.RateLimitDescriptor {
-		if d, ok := top[name]; ok {
-			return d
+	for _, sh := range q.shapes {
+		top[sh.descriptor()] = &rlsconfv3.RateLimitDescriptor{Key: descScope, Value: sh.descriptor()}
+	}
+	child := func(parent *rlsconfv3.RateLimitDescriptor, key, value string) *rlsconfv3.RateLimitDescriptor {
+		for _, d := range parent.Descriptors {
+			if d.Key == key && d.Value == value {
+				return d
+			}
 		}
-		d := &rlsconfv3.RateLimitDescriptor{Key: descScope, Value: name}
-		top[name] = d
-		order = append(order, name)
+		d := &rlsconfv3.RateLimitDescriptor{Key: key, Value: value}
+		parent.Descriptors = append(parent.Descriptors, d)
 		return d
 	}
-	policy := func(l model.Limit) *rlsconfv3.RateLimitPolicy {
-		return &rlsconfv3.RateLimitPolicy{Name: l.Name, Unit: rlsUnits[l.Unit], RequestsPerUnit: l.Requests}
-	}
-	for _, unit := range model.Units {
-		for _, c := range q.callers {
-			var scoped []*rlsconfv3.RateLimitDescriptor
-			for _, l := range c.Limits {
-				if l.Unit != unit || !q.applies(l) {
-					continue
-				}
-				if l.Upstream == "" {
-					d := scope(scopeCaller + "_" + string(unit))
-					d.Descriptors = append(d.Descriptors, &rlsconfv3.RateLimitDescriptor{
-						Key: descCaller, Value: c.Name, RateLimit: policy(l), ShadowMode: l.Shadow,
-					})
-				} else {
-					scoped = append(scoped, &rlsconfv3.RateLimitDescriptor{
-						Key: descUpstream, Value: l.Upstream, RateLimit: policy(l), ShadowMode: l.Shadow,
-					})
-				}
-			}
-			if len(scoped) > 0 {
-				d := scope(scopeCallerUpstream + "_" + string(unit))
-				d.Descriptors = append(d.Descriptors, &rlsconfv3.RateLimitDescriptor{Key: descCaller, Value: c.Name, Descriptors: scoped})
+	place := func(caller, upstream string, l model.Limit) {
+		sh := shape{scope: scopeUpstream, upstream: upstream, model: l.Model != "", tokens: l.Tokens > 0, unit: l.Unit}
+		if caller != "" {
+			sh.scope = scopeCaller
+			if upstream != "" {
+				sh.scope = scopeCallerUpstream
 			}
 		}
-		for _, u := range q.upstreams {
-			for _, l := range u.Limits {
-				if l.Unit == unit {
-					d := scope(scopeUpstream + "_" + string(unit))
-					d.Descriptors = append(d.Descriptors, &rlsconfv3.RateLimitDescriptor{
-						Key: descUpstream, Value: u.Name, RateLimit: policy(l), ShadowMode: l.Shadow,
-					})
-				}
+		d := top[sh.descriptor()]
+		if caller != "" {
+			d = child(d, descCaller, caller)
+		}
+		if upstream != "" {
+			d = child(d, descUpstream, upstream)
+		}
+		if l.Model != "" {
+			d = child(d, descModel, l.Model)
+		}
+		d.RateLimit = &rlsconfv3.RateLimitPolicy{Name: l.Name, Unit: rlsUnits[l.Unit], RequestsPerUnit: l.Amount()}
+		d.ShadowMode = l.Shadow
+	}
+	for _, c := range q.callers {
+		for _, l := range c.Limits {
+			if q.applies(l) {
+				place(c.Name, l.Upstream, l)
 			}
+		}
+	}
+	for _, u := range q.upstreams {
+		for _, l := range u.Limits {
+			place("", u.Name, l)
 		}
 	}
 	rc := &rlsconfv3.RateLimitConfig{Name: "llmedge-" + region, Domain: wire.RateLimitDomain}
-	for _, name := range order {
-		rc.Descriptors = append(rc.Descriptors, top[name])
+	for _, sh := range q.shapes {
+		if d := top[sh.descriptor()]; d != nil {
+			rc.Descriptors = append(rc.Descriptors, d)
+			delete(top, sh.descriptor())
+		}
 	}
 	if err := checkRateLimitConfig(rc); err != nil {
 		return nil, err
 	}
 	return rc, nil
+}
+
+// rateLimitPerRoute carries a route's descriptor actions (routeRateLimits); nil when the
+// route has none.
+func rateLimitPerRoute(limits []*routev3.RateLimit) (*anypb.Any, error) {
+	if len(limits) == 0 {
+		return nil, nil
+	}
+	return toAny(&ratelimitv3.RateLimitPerRoute{RateLimits: limits})
 }
 
 // checkRateLimitConfig does by hand what the ratelimit module's missing validate code would:

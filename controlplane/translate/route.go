@@ -83,7 +83,6 @@ func route(region string, rt model.Route, u model.Upstream, limits []*routev3.Ra
 		Timeout:     durationpb.New(0),
 		IdleTimeout: durationpb.New(u.StreamIdleTimeout),
 		RetryPolicy: retryPolicy(u),
-		RateLimits:  limits,
 	}
 	match := &routev3.RouteMatch{}
 	switch {
@@ -125,6 +124,10 @@ func route(region string, rt model.Route, u model.Upstream, limits []*routev3.Ra
 	if err != nil {
 		return nil, err
 	}
+	perFilter := map[string]*anypb.Any{extAuthzFilterName: authz}
+	if err := addPerRoute(perFilter, rt, limits); err != nil {
+		return nil, err
+	}
 	out := &routev3.Route{
 		Name:   rt.Name,
 		Match:  match,
@@ -134,7 +137,7 @@ func route(region string, rt model.Route, u model.Upstream, limits []*routev3.Ra
 			routeMetadataNamespace: {Fields: map[string]*structpb.Value{routeMetadataAPI: structpb.NewStringValue(string(u.API))}},
 		}},
 		RequestHeadersToAdd:  routeHeadersToAdd(u),
-		TypedPerFilterConfig: map[string]*anypb.Any{extAuthzFilterName: authz},
+		TypedPerFilterConfig: perFilter,
 	}
 	if u.Retries.Attempts > 1 {
 		out.RequestBodyBufferLimit = wrapperspb.UInt64(retryBodyBufferLimit)

@@ -154,7 +154,13 @@ func TestRoutesFollowModelOrder(t *testing.T) {
 // one decision: they name exactly the same limits, in every region, scoped limits of
 // upstreams a region does not serve left out of both.
 func TestQuotasAreWhatRatelimitEnforces(t *testing.T) {
-	cfg := load(t, "testdata/in/quotas-scoping.yaml")
+	for _, in := range []string{"testdata/in/quotas-scoping.yaml", "testdata/in/token-quotas.yaml"} {
+		quotasAreEnforced(t, in)
+	}
+}
+
+func quotasAreEnforced(t *testing.T, in string) {
+	cfg := load(t, in)
 	for _, region := range cfg.RegionNames() {
 		res, err := translate.Region(cfg, region)
 		if err != nil {
@@ -181,6 +187,9 @@ func TestQuotasAreWhatRatelimitEnforces(t *testing.T) {
 		slices.Sort(listed)
 		if len(listed) == 0 || !slices.Equal(listed, enforced) {
 			t.Errorf("region %s: Quotas lists %v, ratelimit enforces %v", region, listed, enforced)
+		}
+		if !strings.Contains(in, "quotas-scoping") {
+			continue
 		}
 		// alice.limits[1] is her anthropic limit: hk serves anthropic, sg does not.
 		anthropic := slices.ContainsFunc(listed, func(n string) bool { return strings.Contains(n, "alice.limits[1]") })
