@@ -136,14 +136,19 @@ func TestReadmeQuickStart(t *testing.T) {
 		}
 		for _, c := range usageCmds {
 			c = strings.Replace(c, "bin/llmedge ", llmedgeBin+" ", 1)
-			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-			run := exec.CommandContext(ctx, "bash", "-c", c)
-			run.Env = append(stk.BaseEnv(), fmt.Sprintf("LLMEDGE_STATUS_URL=http://127.0.0.1:%d", m.ports["HTTP_PORT"]))
-			out, err := run.CombinedOutput()
-			cancel()
-			if err != nil || !regexp.MustCompile(`caller\s+model\s+requests`).Match(out) {
-				t.Errorf("%s: %s failed (%v):\n%s", readme, c, err, out)
-			}
+			// The quick start's requests reach the ledger through Envoy's gRPC access log,
+			// flushed within a second or so: the demo caller's rows appear.
+			testenv.Eventually(t, 20*time.Second, 250*time.Millisecond, func() error {
+				ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+				defer cancel()
+				run := exec.CommandContext(ctx, "bash", "-c", c)
+				run.Env = append(stk.BaseEnv(), fmt.Sprintf("LLMEDGE_STATUS_URL=http://127.0.0.1:%d", m.ports["HTTP_PORT"]))
+				out, err := run.CombinedOutput()
+				if err != nil || !regexp.MustCompile(`caller\s+model\s+requests`).Match(out) || !regexp.MustCompile(`(?m)^\s*demo\s`).Match(out) {
+					return fmt.Errorf("%s: %s (%v) shows no demo caller row yet:\n%s", readme, c, err, out)
+				}
+				return nil
+			})
 		}
 	}
 	// The access log files the banner names are there (the directory is made at start).
