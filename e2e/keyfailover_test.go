@@ -109,3 +109,57 @@ func TestKeyFailoverSingleKey(t *testing.T) {
 		}
 	}
 }
+
+// TestKeyFailoverThreeKeys: keys 1 and 2 are rate-limited, key 3 serves. Whichever key a
+// request starts on, each retry moves to the next key, never back to one it tried, until key
+// 3 answers: the tries of the three requests are [1 2 3], [2 3] and [3] in some order.
+func TestKeyFailoverThreeKeys(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, fakellm.Options{})
+	s := newStack(t, up, retryRoutes(`    retries: {backoff: {base: 10ms, max: 50ms}}`), "hk")
+	keys := []string{upstreamKey("openai"), "sk-test-openai-key-2", "sk-test-openai-key-3"}
+	s.addKey(t, "openai", "key-2", keys[1], 2)
+	s.addKey(t, "openai", "key-3", keys[2], 3)
+	for _, k := range keys[:2] {
+		queueFault(t, up, `{"status": 429, "count": 100, "when_header": {"name": "authorization", "value": "Bearer `+k+`"}}`)
+	}
+	for i := range 3 {
+		resp, body := post(t, s.edgeURL("hk", "/openai/v1/chat/completions"), chatBody, s.auth(nil))
+		if resp.StatusCode != http.StatusOK {
+			var seen []string
+			for _, r := range up.Requests() {
+				seen = append(seen, r.Header.Get("authorization")[len("Bearer "):])
+			}
+			t.Fatalf("request %d: status %d, want 200 from key 3 (tries carried %v): %s", i, resp.StatusCode, seen, body)
+		}
+	}
+	index := map[string]int{}
+	for i, k := range keys {
+		index["Bearer "+k] = i + 1
+	}
+	var groups [][]int
+	var cur []int
+	for _, r := range up.Requests() {
+		k := index[r.Header.Get("authorization")]
+		if k == 0 {
+			t.Fatalf("a try carried none of the keys")
+		}
+		cur = append(cur, k)
+		if k == 3 { // only key 3 answers 200: the request ends here
+			groups = append(groups, cur)
+			cur = nil
+		}
+	}
+	starts := map[int]bool{}
+	for _, g := range groups {
+		for i := 1; i < len(g); i++ {
+			if g[i] != g[i-1]+1 {
+				t.Errorf("a request's tries carried keys %v: each retry should move to the next key", g)
+			}
+		}
+		starts[g[0]] = true
+	}
+	if len(groups) != 3 || len(cur) != 0 || len(starts) != 3 {
+		t.Errorf("tries per request %v (left over %v); want [1 2 3], [2 3] and [3]", groups, cur)
+	}
+}

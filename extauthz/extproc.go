@@ -14,9 +14,10 @@ import (
 
 // keyFailover serves envoy.service.ext_proc.v3.ExternalProcessor for the upstream filter
 // Envoy runs on each try of a request to an upstream whose retries are on. Envoy only
-// calls it on a retry (its matcher skips first tries), and the retry's headers still carry
-// the key ext_authz injected for the first try: the answer overwrites the key header with
-// the key attempt−1 places after it (decide.Compiled.RetryKey). Anything unexpected keeps
+// calls it on a retry (its matcher skips first tries), and the retry's headers carry the
+// key the previous try went out with (upstream filters change the request's own headers):
+// the answer overwrites the key header with the next key (decide.Compiled.RetryKey).
+// Anything unexpected keeps
 // the request as it is, so a retry at worst reuses its first key.
 type keyFailover struct {
 	extprocv3.UnimplementedExternalProcessorServer

@@ -677,10 +677,12 @@ type KeyRing interface {
 	Keys(upstream string) (values []string)
 }
 
-// RetryKey chooses the key of a request's retry: the request went out with current in
-// the upstream's key header on its first try, and try attempt (2 for the first retry)
-// gets the key attempt−1 places after that one, so a 429 caused by one key's quota is
-// retried on the next. ok is false, and the header is left as it is, when the upstream is
+// RetryKey chooses the key of a request's retry (attempt 2 and later): the key after
+// current, the one the previous try carried, so a 429 caused by one key's quota is retried
+// on the next and a request walks the keys in order. Envoy's upstream filters change the
+// request's own headers, which every later try starts from, so current is always the
+// previous try's key (checked on Envoy 1.40 with three keys: e2e TestKeyFailoverThreeKeys).
+// ok is false, and the header is left as it is, when the upstream is
 // unknown, has fewer than two keys, or current is not one of its keys (a bring-your-own-key
 // caller's key, or a key rotated away since the first try).
 func (c *Compiled) RetryKey(upstream, current string, attempt int, keys KeyRing) (header, value string, ok bool) {
@@ -697,7 +699,7 @@ func (c *Compiled) RetryKey(upstream, current string, attempt int, keys KeyRing)
 	}
 	for i, k := range ring {
 		if subtle.ConstantTimeCompare([]byte(up.format(k)), []byte(current)) == 1 {
-			next := ring[(i+attempt-1)%len(ring)]
+			next := ring[(i+1)%len(ring)]
 			if !validKey(next) {
 				return "", "", false
 			}

@@ -1218,7 +1218,7 @@ func TestRetryKey(t *testing.T) {
 		ok                      bool
 	}{
 		{"second try moves on", "openai", "Bearer sk-a", 2, "authorization", "Bearer sk-b", true},
-		{"third try two on", "openai", "Bearer sk-a", 3, "authorization", "Bearer sk-c", true},
+		{"third try: the one after the second try's key", "openai", "Bearer sk-b", 3, "authorization", "Bearer sk-c", true},
 		{"wraps around", "openai", "Bearer sk-c", 2, "authorization", "Bearer sk-a", true},
 		{"first try untouched", "openai", "Bearer sk-a", 1, "", "", false},
 		{"one key kept", "anthropic", "ak-only", 2, "", "", false},
