@@ -75,26 +75,8 @@ func ledgerRows(t *testing.T, s *stack, tenant string, n int) []ledgerRow {
 	return rows
 }
 
-const ledgerSDKRegion = `
-version: 1
-regions:
-  hk:
-    listen: 127.0.0.1:{{.Port "hk"}}
-    extauthz: {{.ExtAuthz "hk"}}
-    upstreams: [openai, anthropic, gemini]
-upstreams:
-{{.Provider "openai" "hk"}}
-{{.Provider "anthropic" "hk"}}
-{{.Provider "gemini" "hk"}}
-routes:
-{{.Route "openai"}}
-{{.Route "anthropic"}}
-{{.Route "gemini"}}
-callers:
-  sdk:
-    tokens: [{{.Digest "sdk"}}]
-    tenant: team-sdk
-    upstreams: [openai, anthropic, gemini]
+// ledgerSDKRegion is sdkRegion with its caller in tenant team-sdk.
+const ledgerSDKRegion = sdkRegion + `    tenant: team-sdk
 `
 
 // TestUsageLedgerFromOfficialSDKs: a normal and a streaming call of each official SDK
@@ -104,11 +86,7 @@ callers:
 // "missing" rather than zero.
 func TestUsageLedgerFromOfficialSDKs(t *testing.T) {
 	t.Parallel()
-	py := sdkPython(t)
-	script, err := filepath.Abs(filepath.Join("testdata", "sdk", "check.py"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	py, script := sdkScript(t, "check.py")
 	s := newStack(t, startUpstream(t, fakellm.Options{}), ledgerSDKRegion, "hk")
 	withLedger(t, s)
 	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
