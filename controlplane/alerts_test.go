@@ -2,6 +2,10 @@ package controlplane
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -23,6 +27,7 @@ import (
 	"github.com/llmedge/llmedge/controlplane/alert"
 	"github.com/llmedge/llmedge/controlplane/alert/alerttest"
 	"github.com/llmedge/llmedge/controlplane/xds/xdstest"
+	"github.com/llmedge/llmedge/internal/certs"
 	"github.com/llmedge/llmedge/internal/token"
 	"github.com/llmedge/llmedge/internal/wire"
 	"github.com/llmedge/llmedge/internal/xdsclient"
@@ -387,4 +392,97 @@ func TestOwnProberFeedsAlerts(t *testing.T) {
 	if err := want("firing probe_failed ", 5)(); err != nil {
 		t.Error(err) // fired once each, not again
 	}
+}
+
+// TestExpiringUpstreamCertificateAlerts: an upstream whose certificate runs out in 3 days
+// is found by the control plane's own probe (a direct handshake with the upstream's SNI and
+// CA bundle from the routes YAML) and raises cert_expiry for every region that serves it.
+func TestExpiringUpstreamCertificateAlerts(t *testing.T) {
+	dir := t.TempDir()
+	caFile, cert := expiringCert(t, dir, "api.expiring.test", time.Now().Add(72*time.Hour))
+	up := httptest.NewUnstartedServer(http.NotFoundHandler())
+	up.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	up.StartTLS()
+	defer up.Close()
+	edge := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, `{"data":[]}`) }))
+	defer edge.Close()
+	h := &hook{}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	tok, err := token.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokFile, urlFile := filepath.Join(dir, "probe-token"), filepath.Join(dir, "hook.url")
+	for f, v := range map[string]string{tokFile: tok, urlFile: srv.URL} {
+		if err := os.WriteFile(f, []byte(v), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := startWith(t, fmt.Sprintf(`version: 1
+regions:
+  hk:
+    listen: 127.0.0.1:10000
+    extauthz: 127.0.0.1:10100
+    upstreams: [expiring]
+upstreams:
+  expiring:
+    url: https://api.expiring.test
+    endpoint: %s
+    tls: {ca_file: %s}
+    allowed_regions: [hk]
+routes:
+  expiring: {match: {prefix: /expiring}, upstream: expiring, prefix_rewrite: /}
+callers:
+  prober:
+    tokens: [%s]
+    upstreams: [expiring]
+probes:
+  caller: prober
+  token_file: %s
+  interval: 1s
+  regions:
+    hk: {edge: %q}
+alerts:
+  notifiers:
+    ops: {type: webhook, url_file: %s}
+  rules:
+    service_down: {disabled: true}
+    out_of_sync: {disabled: true}
+`, up.Listener.Addr(), caFile, token.DigestRef(tok), tokFile, edge.URL, urlFile), func(o *Options) { o.AlertInterval = -1 })
+
+	eventually(t, 3*waitFor, func() error {
+		st := c.status(t)
+		if len(st.Probes.Results) != 1 || st.Probes.Results[0].CertNotAfter.IsZero() {
+			return fmt.Errorf("no certificate expiry probed yet: %+v", st.Probes.Results)
+		}
+		return nil
+	})
+	c.m.AlertStep(t.Context(), time.Now())
+	h.wait(t, "firing cert_expiry hk/expiring")
+}
+
+// expiringCert writes a CA bundle to dir and returns it with a server certificate for name
+// that the CA signed and that expires at notAfter.
+func expiringCert(t *testing.T, dir, name string, notAfter time.Time) (string, tls.Certificate) {
+	t.Helper()
+	caTmpl := &x509.Certificate{Subject: pkix.Name{CommonName: "expiring test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour * 365), IsCA: true,
+		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true}
+	caDER, caKey, err := certs.Sign(caTmpl, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: notAfter, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, key, err := certs.Sign(tmpl, caTmpl, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(dir, "expiring-ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return caFile, tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }

@@ -975,14 +975,15 @@ func dockerfileUser(t *testing.T) string {
 	return users[len(users)-1][1]
 }
 
-// stateVolume holds the control plane's state dir.
-const stateVolume = "llmedge-state"
+// stateVolumes are the services that keep state and the named volume each keeps it on.
+var stateVolumes = map[string]string{"controlplane": "llmedge-state", "extauthz": "llmedge-extauthz-state"}
 
-// TestComposeStateVolume: the control plane keeps its state (last good routes YAML, usage
-// ledger, access log files) on a persistent named volume, mounted writable exactly where
-// its --state-dir points, while its root filesystem stays read-only; the volume is the
-// image user's because the image has the directory with that owner (Docker fills a new
-// named volume from it) and the mount lets Docker copy it.
+// TestComposeStateVolume: the control plane (last good routes YAML, usage ledger, access
+// log files) and extauthz (its last caller policy) keep their state on persistent named
+// volumes, each mounted writable exactly where its state dir points and used by no other
+// service, while their root filesystems stay read-only; each volume is the image user's
+// because the image has the directory with that owner (Docker fills a new named volume from
+// it) and the mount lets Docker copy it.
 func TestComposeStateVolume(t *testing.T) {
 	df, err := os.ReadFile(filepath.Join(repoRoot(t), "Dockerfile"))
 	if err != nil {
@@ -990,70 +991,72 @@ func TestComposeStateVolume(t *testing.T) {
 	}
 	copies := regexp.MustCompile(`(?m)^COPY --from=build --chown=(\S+)(?: --chmod=(\S+))? (\S+) (\S+)$`).FindAllStringSubmatch(string(df), -1)
 	for _, v := range variants(t) {
-		t.Run(v.name, func(t *testing.T) {
-			p := load(t, v.envFile)
-			vol, ok := p.Volumes[stateVolume]
-			if !ok {
-				t.Fatalf("no top-level volume %q", stateVolume)
-			}
-			if vol.DriverOpts["type"] == "tmpfs" || bool(vol.External) {
-				t.Errorf("volume %s = %+v, want a persistent local volume the project creates", stateVolume, vol)
-			}
-			cp := service(t, p, "controlplane")
-			if !cp.ReadOnly {
-				t.Error("controlplane: the root filesystem must stay read-only")
-			}
-			stateDir := flagValue(cp.Command, "--state-dir")
-			if stateDir == "" {
-				stateDir = env(cp, "LLMEDGE_STATE_DIR")
-			}
-			if stateDir == "" {
-				t.Fatalf("controlplane has neither --state-dir nor LLMEDGE_STATE_DIR: no ledger, no access log (command %v)", cp.Command)
-			}
-			var target string
-			for _, vm := range cp.Volumes {
-				if vm.Source != stateVolume {
-					continue
+		for svcName, stateVolume := range stateVolumes {
+			t.Run(v.name+"/"+svcName, func(t *testing.T) {
+				p := load(t, v.envFile)
+				vol, ok := p.Volumes[stateVolume]
+				if !ok {
+					t.Fatalf("no top-level volume %q", stateVolume)
 				}
-				target = vm.Target
-				if vm.Type != types.VolumeTypeVolume || vm.ReadOnly || (vm.Volume != nil && vm.Volume.NoCopy) {
-					t.Errorf("controlplane mounts %s as %+v, want a writable volume Docker fills from the image", stateVolume, vm)
+				if vol.DriverOpts["type"] == "tmpfs" || bool(vol.External) {
+					t.Errorf("volume %s = %+v, want a persistent local volume the project creates", stateVolume, vol)
 				}
-			}
-			if target != stateDir {
-				t.Errorf("%s mounted at %q, but the state dir is %q", stateVolume, target, stateDir)
-			}
-			for name, s := range p.Services {
-				for _, vm := range s.Volumes {
-					if vm.Source == stateVolume && name != "controlplane" {
-						t.Errorf("%s mounts %s: only the control plane uses its state", name, stateVolume)
+				svc := service(t, p, svcName)
+				if !svc.ReadOnly {
+					t.Errorf("%s: the root filesystem must stay read-only", svcName)
+				}
+				stateDir := flagValue(svc.Command, "--state-dir")
+				if stateDir == "" {
+					stateDir = env(svc, "LLMEDGE_STATE_DIR")
+				}
+				if stateDir == "" {
+					t.Fatalf("%s has neither --state-dir nor LLMEDGE_STATE_DIR (command %v)", svcName, svc.Command)
+				}
+				var target string
+				for _, vm := range svc.Volumes {
+					if vm.Source != stateVolume {
+						continue
+					}
+					target = vm.Target
+					if vm.Type != types.VolumeTypeVolume || vm.ReadOnly || (vm.Volume != nil && vm.Volume.NoCopy) {
+						t.Errorf("%s mounts %s as %+v, want a writable volume Docker fills from the image", svcName, stateVolume, vm)
 					}
 				}
-			}
+				if target != stateDir {
+					t.Errorf("%s: %s mounted at %q, but the state dir is %q", svcName, stateVolume, target, stateDir)
+				}
+				for name, s := range p.Services {
+					for _, vm := range s.Volumes {
+						if vm.Source == stateVolume && name != svcName {
+							t.Errorf("%s mounts %s: only %s uses it", name, stateVolume, svcName)
+						}
+					}
+				}
 
-			user := cp.User
-			if user == "" {
-				user = dockerfileUser(t)
-			}
-			if user != "65532:65532" {
-				t.Errorf("controlplane runs as %q, want 65532:65532", user)
-			}
-			owned := false
-			for _, c := range copies {
-				if strings.TrimSuffix(c[4], "/") != stateDir {
-					continue
+				user := svc.User
+				if user == "" {
+					user = dockerfileUser(t)
 				}
-				owned = true
-				if c[1] != user {
-					t.Errorf("Dockerfile: %s is --chown=%s, want %s (the user the control plane runs as)", stateDir, c[1], user)
+				if user != "65532:65532" {
+					t.Errorf("%s runs as %q, want 65532:65532", svcName, user)
 				}
-				if c[2] != "" && c[2] != "0700" {
-					t.Errorf("Dockerfile: %s is --chmod=%s, want 0700", stateDir, c[2])
+				owned := false
+				for _, c := range copies {
+					if strings.TrimSuffix(c[4], "/") != stateDir {
+						continue
+					}
+					owned = true
+					if c[1] != user {
+						t.Errorf("Dockerfile: %s is --chown=%s, want %s (the user %s runs as)", stateDir, c[1], user, svcName)
+					}
+					if c[2] != "" && c[2] != "0700" {
+						t.Errorf("Dockerfile: %s is --chmod=%s, want 0700", stateDir, c[2])
+					}
 				}
-			}
-			if !owned {
-				t.Errorf("Dockerfile does not create %s owned by %s: a new named volume would be root's", stateDir, user)
-			}
-		})
+				if !owned {
+					t.Errorf("Dockerfile does not create %s owned by %s: a new named volume would be root's", stateDir, user)
+				}
+			})
+		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -73,6 +74,7 @@ type Main struct {
 	grpcLn, httpLn net.Listener
 	ready          chan struct{}
 	checks         *prometheus.CounterVec
+	retryKeys      *prometheus.CounterVec
 }
 
 // New checks the options and loads the keys once.
@@ -114,7 +116,11 @@ func New(o Options) (*Main, error) {
 		Name: "llmedge_extauthz_checks_total",
 		Help: "Requests checked, by upstream and outcome (ok, missing_token, unknown_token, ...).",
 	}, []string{"upstream", "result"})
-	m.reg.MustRegister(m.checks, keyCollector{keys}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	m.retryKeys = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "llmedge_extauthz_retry_keys_total",
+		Help: "Retries of requests Envoy asked a key for, by upstream and outcome: next (the next key was set), kept (the first try's key stays: one key, or a caller's own).",
+	}, []string{"upstream", "result"})
+	m.reg.MustRegister(m.checks, m.retryKeys, keyCollector{keys}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "llmedge_extauthz_policy_ready", Help: "1 once a caller policy from the control plane is in force.",
 		}, func() float64 {
@@ -185,6 +191,7 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	g := grpc.NewServer(grpc.MaxConcurrentStreams(10000))
 	authv3.RegisterAuthorizationServer(g, m)
+	extprocv3.RegisterExternalProcessorServer(g, keyFailover{m: m})
 	hs := &http.Server{Handler: m.handler(), ReadHeaderTimeout: 5 * time.Second}
 
 	errc := make(chan error, 4)
@@ -315,6 +322,18 @@ func (m *Main) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.Che
 }
 
 type keySource struct{ s *keystore.Store }
+
+// keyRing lists an upstream's key values in name order, for decide.Compiled.RetryKey.
+type keyRing struct{ s *keystore.Store }
+
+func (k keyRing) Keys(upstream string) []string {
+	keys := k.s.Keys(upstream)
+	out := make([]string, len(keys))
+	for i, key := range keys {
+		out[i] = key.Value()
+	}
+	return out
+}
 
 func (k keySource) Next(upstream string) (string, string, bool) {
 	key, ok := k.s.Next(upstream)

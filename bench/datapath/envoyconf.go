@@ -7,9 +7,12 @@ import (
 	"slices"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	mutationv3 "github.com/envoyproxy/go-control-plane/envoy/config/common/mutation_rules/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
+	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ratelimit/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -30,9 +33,31 @@ import (
 // settings.
 
 const (
-	extAuthzFilter  = "envoy.filters.http.ext_authz"
-	rateLimitFilter = "envoy.filters.http.ratelimit"
+	extAuthzFilter       = "envoy.filters.http.ext_authz"
+	rateLimitFilter      = "envoy.filters.http.ratelimit"
+	headerMutationFilter = "envoy.filters.http.header_mutation"
 )
+
+// keepForwardedProto returns the edge's header_mutation filter without its x-forwarded-*
+// removal. json_to_metadata clears the route cache once it has read a body; on the edge
+// ext_authz, which comes next, computes the route again before header_mutation runs, but
+// without ext_authz the router would compute it after, and Envoy finds no route for a
+// request without x-forwarded-proto (a 404). The static variants keep every other
+// removal, so they do the same work but for those few headers.
+func keepForwardedProto(hf *hcmv3.HttpFilter) (*hcmv3.HttpFilter, error) {
+	hm := &headermutationv3.HeaderMutation{}
+	if err := hf.GetTypedConfig().UnmarshalTo(hm); err != nil {
+		return nil, fmt.Errorf("unpack header_mutation: %w", err)
+	}
+	hm.Mutations.RequestMutations = slices.DeleteFunc(hm.Mutations.RequestMutations, func(m *mutationv3.HeaderMutation) bool {
+		return m.GetRemoveOnMatch().GetKeyMatcher().GetPrefix() == "x-forwarded-"
+	})
+	a, err := anypb.New(hm)
+	if err != nil {
+		return nil, err
+	}
+	return &hcmv3.HttpFilter{Name: hf.Name, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: a}}, nil
+}
 
 // staticMode says which filters a static config keeps besides the router.
 type staticMode int
@@ -70,7 +95,11 @@ func writeStaticBootstrap(path string, res *translate.Resources, name string, li
 		return err
 	}
 	b.DynamicResources = nil
-	l, err := staticListener(res, name, listenPort, staticRoutes(res, mode, caller), mode)
+	rc, err := staticRoutes(res, mode, caller)
+	if err != nil {
+		return err
+	}
+	l, err := staticListener(res, name, listenPort, rc, mode)
 	if err != nil {
 		return err
 	}
@@ -93,32 +122,43 @@ func writeStaticBootstrap(path string, res *translate.Resources, name string, li
 
 // staticRoutes is the region's route configuration without ext_authz, and without rate
 // limits (staticBare) or with the caller's descriptor a constant (staticRateLimit).
-func staticRoutes(res *translate.Resources, mode staticMode, caller string) *routev3.RouteConfiguration {
+func staticRoutes(res *translate.Resources, mode staticMode, caller string) (*routev3.RouteConfiguration, error) {
 	rc := proto.Clone(res.Routes[0]).(*routev3.RouteConfiguration)
 	for _, vh := range rc.VirtualHosts {
 		delete(vh.TypedPerFilterConfig, extAuthzFilter)
 		for _, r := range vh.Routes {
 			delete(r.TypedPerFilterConfig, extAuthzFilter)
-			ra := r.GetRoute()
-			if ra == nil {
+			// A route's limits sit in its RateLimitPerRoute (translate puts request and token
+			// limits there, where hits_addend works).
+			perRoute, ok := r.TypedPerFilterConfig[rateLimitFilter]
+			if !ok {
 				continue
 			}
 			if mode == staticBare {
-				ra.RateLimits = nil
+				delete(r.TypedPerFilterConfig, rateLimitFilter)
 				continue
 			}
-			for _, rl := range ra.RateLimits {
-				for i, a := range rl.Actions {
+			rl := &ratelimitv3.RateLimitPerRoute{}
+			if err := perRoute.UnmarshalTo(rl); err != nil {
+				return nil, fmt.Errorf("unpack RateLimitPerRoute: %w", err)
+			}
+			for _, l := range rl.RateLimits {
+				for i, a := range l.Actions {
 					if md := a.GetMetadata(); md != nil && md.GetMetadataKey().GetKey() == wire.MetadataNamespace {
-						rl.Actions[i] = &routev3.RateLimit_Action{ActionSpecifier: &routev3.RateLimit_Action_GenericKey_{
+						l.Actions[i] = &routev3.RateLimit_Action{ActionSpecifier: &routev3.RateLimit_Action_GenericKey_{
 							GenericKey: &routev3.RateLimit_Action_GenericKey{DescriptorKey: md.GetDescriptorKey(), DescriptorValue: caller},
 						}}
 					}
 				}
 			}
+			a, err := anypb.New(rl)
+			if err != nil {
+				return nil, err
+			}
+			r.TypedPerFilterConfig[rateLimitFilter] = a
 		}
 	}
-	return rc
+	return rc, nil
 }
 
 // staticListener is the region's listener on listenPort with rc inline and the filters
@@ -137,6 +177,12 @@ func staticListener(res *translate.Resources, name string, listenPort int, rc *r
 		switch {
 		case hf.Name == extAuthzFilter:
 		case hf.Name == rateLimitFilter && mode == staticBare:
+		case hf.Name == headerMutationFilter:
+			kept, err := keepForwardedProto(hf)
+			if err != nil {
+				return nil, err
+			}
+			filters = append(filters, kept)
 		default:
 			filters = append(filters, hf)
 		}

@@ -140,6 +140,11 @@ func protocolOptions(u model.Upstream) (*anypb.Any, error) {
 	o := &httpv3.HttpProtocolOptions{
 		CommonHttpProtocolOptions: &corev3.HttpProtocolOptions{IdleTimeout: durationpb.New(upstreamConnectionIdle)},
 	}
+	filters, err := upstreamFilters(u)
+	if err != nil {
+		return nil, err
+	}
+	o.HttpFilters = filters
 	switch {
 	case u.Protocol == model.ProtocolHTTP2:
 		o.UpstreamProtocolOptions = &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{

@@ -85,6 +85,10 @@ func requestFacts() (*hcmv3.HttpFilter, error) {
 // x-envoy-expected-rq-timeout-ms and the like being added after it) the upstream request
 // carries only what the caller sent plus the injected key. A route whose upstream opts in
 // adds the client address or request id back (routeHeadersToAdd).
+//
+// It must stay after every filter that may clear the route cache (json_to_metadata does once
+// it has read a body; ext_authz, after it, computes the route again): Envoy finds no route
+// for a request without x-forwarded-proto, so a route computed after this filter is a 404.
 func upstreamHeaders() (*hcmv3.HttpFilter, error) {
 	var ms []*mutationrulesv3.HeaderMutation
 	for _, p := range strippedHeaderPrefixes {

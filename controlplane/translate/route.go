@@ -43,7 +43,9 @@ func routeConfig(r model.Region, routes []model.Route, cfg *model.Config, limits
 	// No sorting here: routes arrive in the order Envoy must try them, including a route
 	// for named hosts before one for any host at equal specificity (config.SortRoutes owns
 	// that order), and each route's hosts stay together in that place.
-	vh := &routev3.VirtualHost{Name: "any", Domains: []string{"*"}}
+	// Each try carries its number in x-envoy-attempt-count for the key failover filter
+	// (keyfailover.go), which removes it before the request leaves.
+	vh := &routev3.VirtualHost{Name: "any", Domains: []string{"*"}, IncludeRequestAttemptCount: true}
 	for _, e := range entries {
 		u, _ := cfg.Upstream(e.rt.Upstream)
 		rr, err := route(r.Name, e.rt, u, limits(u.Name))

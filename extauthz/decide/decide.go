@@ -9,6 +9,7 @@
 package decide
 
 import (
+	"crypto/subtle"
 	"iter"
 	"net/netip"
 	"net/url"
@@ -651,4 +652,51 @@ func GuessAPI(r Request) string {
 		}
 	}
 	return APIOpenAI
+}
+
+// KeyRing lists an upstream's keys in a fixed order (by name), values and names alike.
+type KeyRing interface {
+	Keys(upstream string) (values []string)
+}
+
+// RetryKey chooses the key of a request's retry: the request went out with current in
+// the upstream's key header on its first try, and try attempt (2 for the first retry)
+// gets the key attempt−1 places after that one, so a 429 caused by one key's quota is
+// retried on the next. ok is false, and the header is left as it is, when the upstream is
+// unknown, has fewer than two keys, or current is not one of its keys (a bring-your-own-key
+// caller's key, or a key rotated away since the first try).
+func (c *Compiled) RetryKey(upstream, current string, attempt int, keys KeyRing) (header, value string, ok bool) {
+	if c == nil || keys == nil || attempt < 2 {
+		return "", "", false
+	}
+	up := c.upstreams[upstream]
+	if up == nil {
+		return "", "", false
+	}
+	ring := keys.Keys(upstream)
+	if len(ring) < 2 {
+		return "", "", false
+	}
+	for i, k := range ring {
+		if subtle.ConstantTimeCompare([]byte(up.format(k)), []byte(current)) == 1 {
+			next := ring[(i+attempt-1)%len(ring)]
+			if !validKey(next) {
+				return "", "", false
+			}
+			return up.keyHeader, up.format(next), true
+		}
+	}
+	return "", "", false
+}
+
+// KeyHeader is the header an upstream's key goes in; ok is false for an unknown upstream.
+func (c *Compiled) KeyHeader(upstream string) (string, bool) {
+	if c == nil {
+		return "", false
+	}
+	up := c.upstreams[upstream]
+	if up == nil {
+		return "", false
+	}
+	return up.keyHeader, true
 }

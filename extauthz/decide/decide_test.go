@@ -1201,3 +1201,37 @@ func TestGuessAPIFollowsWire(t *testing.T) {
 		t.Errorf("no sign: GuessAPI = %s, want %s", got, APIOpenAI)
 	}
 }
+
+type ring map[string][]string
+
+func (r ring) Keys(upstream string) []string { return r[upstream] }
+
+// TestRetryKey: a retry's key is the one attempt−1 places after the first try's, in the
+// key store's order; anything that is not one of the upstream's keys stays as it is.
+func TestRetryKey(t *testing.T) {
+	c := compiled(t)
+	keys := ring{"openai": {"sk-a", "sk-b", "sk-c"}, "anthropic": {"ak-only"}}
+	cases := []struct {
+		name, upstream, current string
+		attempt                 int
+		header, value           string
+		ok                      bool
+	}{
+		{"second try moves on", "openai", "Bearer sk-a", 2, "authorization", "Bearer sk-b", true},
+		{"third try two on", "openai", "Bearer sk-a", 3, "authorization", "Bearer sk-c", true},
+		{"wraps around", "openai", "Bearer sk-c", 2, "authorization", "Bearer sk-a", true},
+		{"first try untouched", "openai", "Bearer sk-a", 1, "", "", false},
+		{"one key kept", "anthropic", "ak-only", 2, "", "", false},
+		{"caller's own key kept", "openai", "Bearer sk-own", 2, "", "", false},
+		{"unknown upstream", "nope", "Bearer sk-a", 2, "", "", false},
+	}
+	for _, tc := range cases {
+		h, v, ok := c.RetryKey(tc.upstream, tc.current, tc.attempt, keys)
+		if h != tc.header || v != tc.value || ok != tc.ok {
+			t.Errorf("%s: got %q %q %v, want %q %q %v", tc.name, h, v, ok, tc.header, tc.value, tc.ok)
+		}
+	}
+	if _, _, ok := (*Compiled)(nil).RetryKey("openai", "Bearer sk-a", 2, keys); ok {
+		t.Error("no policy: a key was chosen")
+	}
+}

@@ -684,3 +684,17 @@ func (s *Store) logChanges(old, next *snapshot) {
 			"added", added, "removed", removed, "changed", changed)
 	}
 }
+
+// Keys returns the upstream's keys ordered by name, the order retries walk them in. The
+// slice belongs to the current snapshot: callers must not modify it.
+func (s *Store) Keys(upstream string) []Key {
+	snap := s.snap.Load()
+	if snap == nil {
+		return nil
+	}
+	p := snap.pools[upstream]
+	if p == nil {
+		return nil
+	}
+	return p.keys
+}

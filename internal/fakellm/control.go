@@ -23,20 +23,30 @@ type fault struct {
 	retryAfter       string
 	resetAfterChunks int // -1: never
 	remaining        int
+	// when limits the fault to requests whose header when.Name equals when.Value (a key
+	// the provider rate-limits while its others still serve); nil matches every request.
+	when *headerCondition
+}
+
+// headerCondition is a fault's "when_header": {"name": ..., "value": ...}.
+type headerCondition struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
 }
 
 // faultJSON is the wire form of a fault on /_fake/faults.
 type faultJSON struct {
-	Status           int             `json:"status,omitempty"`
-	Delay            string          `json:"delay,omitempty"`
-	Reset            bool            `json:"reset,omitempty"`
-	RetryAfter       json.RawMessage `json:"retry_after,omitempty"`
-	ResetAfterChunks *int            `json:"reset_after_chunks,omitempty"`
-	Count            int             `json:"count"`
+	Status           int              `json:"status,omitempty"`
+	Delay            string           `json:"delay,omitempty"`
+	Reset            bool             `json:"reset,omitempty"`
+	RetryAfter       json.RawMessage  `json:"retry_after,omitempty"`
+	ResetAfterChunks *int             `json:"reset_after_chunks,omitempty"`
+	Count            int              `json:"count"`
+	WhenHeader       *headerCondition `json:"when_header,omitempty"`
 }
 
 func (f fault) toJSON() faultJSON {
-	out := faultJSON{Status: f.status, Reset: f.reset, Count: f.remaining}
+	out := faultJSON{Status: f.status, Reset: f.reset, Count: f.remaining, WhenHeader: f.when}
 	if f.delay > 0 {
 		out.Delay = f.delay.String()
 	}
@@ -59,7 +69,10 @@ func parseFault(body []byte) (fault, error) {
 	if err := dec.Decode(&in); err != nil {
 		return fault{}, fmt.Errorf("decoding fault: %w", err)
 	}
-	f := fault{status: in.Status, reset: in.Reset, resetAfterChunks: -1, remaining: in.Count}
+	f := fault{status: in.Status, reset: in.Reset, resetAfterChunks: -1, remaining: in.Count, when: in.WhenHeader}
+	if f.when != nil && f.when.Name == "" {
+		return fault{}, errors.New("when_header.name must not be empty")
+	}
 	if f.remaining == 0 {
 		f.remaining = 1
 	}
@@ -107,18 +120,23 @@ func (s *Server) pushFault(f fault) {
 	s.faults = append(s.faults, f)
 }
 
-func (s *Server) popFault() (fault, bool) {
+// popFault takes one use of the first queued fault that applies to a request with
+// headers h; faults limited to other requests stay queued.
+func (s *Server) popFault(h http.Header) (fault, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.faults) == 0 {
-		return fault{}, false
+	for i := range s.faults {
+		f := s.faults[i]
+		if f.when != nil && h.Get(f.when.Name) != f.when.Value {
+			continue
+		}
+		s.faults[i].remaining--
+		if s.faults[i].remaining <= 0 {
+			s.faults = slices.Delete(s.faults, i, i+1)
+		}
+		return f, true
 	}
-	f := s.faults[0]
-	s.faults[0].remaining--
-	if s.faults[0].remaining <= 0 {
-		s.faults = s.faults[1:]
-	}
-	return f, true
+	return fault{}, false
 }
 
 func (s *Server) pendingFaults() []faultJSON {

@@ -396,3 +396,25 @@ func TestFaultQueue(t *testing.T) {
 		}
 	})
 }
+
+// TestFaultWhenHeader: a fault limited to one header value (one rate-limited key) hits only
+// requests carrying it, and leaves others to later faults or a clean answer.
+func TestFaultWhenHeader(t *testing.T) {
+	_, ts := newTestServer(t, fakellm.Options{})
+	c := ts.Client()
+	if code, b := postFault(t, ts.URL, `{"status":429,"count":2,"when_header":{"name":"authorization","value":"Bearer key-a"}}`); code != http.StatusCreated {
+		t.Fatalf("POST fault = %d %s", code, b)
+	}
+	status := func(key string) int {
+		t.Helper()
+		resp, _ := do(t, c, http.MethodPost, ts.URL+"/v1/chat/completions", openAIBody, map[string]string{"Authorization": "Bearer " + key})
+		return resp.StatusCode
+	}
+	got := []int{status("key-b"), status("key-a"), status("key-b"), status("key-a"), status("key-a")}
+	if want := []int{200, 429, 200, 429, 200}; !slices.Equal(got, want) {
+		t.Errorf("statuses = %v, want %v", got, want)
+	}
+	if code, b := postFault(t, ts.URL, `{"status":429,"when_header":{"value":"x"}}`); code != http.StatusBadRequest || !strings.Contains(b, "when_header.name") {
+		t.Errorf("fault without when_header.name = %d %s, want 400 naming it", code, b)
+	}
+}

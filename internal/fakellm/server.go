@@ -370,7 +370,7 @@ func (s *Server) plan(r *http.Request) (plan, error) {
 		sets = append(sets, func(p *plan) { p.resetAfterChunks = n })
 	}
 
-	if f, ok := s.popFault(); ok {
+	if f, ok := s.popFault(r.Header); ok {
 		p.delay, p.status, p.retryAfter, p.reset = f.delay, f.status, f.retryAfter, f.reset
 		if f.resetAfterChunks >= 0 {
 			p.resetAfterChunks = f.resetAfterChunks

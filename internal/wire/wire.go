@@ -142,3 +142,11 @@ const (
 	HeaderTenant   = InternalHeaderPrefix + "tenant"
 	HeaderUpstream = InternalHeaderPrefix + "upstream"
 )
+
+// Key failover on retries: the upstream ext_proc filter of an upstream cluster
+// (controlplane/translate) names its upstream in this gRPC metadata entry of every call,
+// and extauthz reads the try number from AttemptHeader, which Envoy's router adds.
+const (
+	ExtProcUpstreamMetadata = "llmedge-upstream"
+	AttemptHeader           = "x-envoy-attempt-count"
+)
