@@ -2,17 +2,12 @@ package controlplane
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -30,36 +25,22 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/llmedge/llmedge/controlplane/alert"
+	"github.com/llmedge/llmedge/controlplane/alert/alerttest"
 	"github.com/llmedge/llmedge/controlplane/xds/xdstest"
+	"github.com/llmedge/llmedge/internal/certs"
 	"github.com/llmedge/llmedge/internal/token"
 	"github.com/llmedge/llmedge/internal/wire"
 	"github.com/llmedge/llmedge/internal/xdsclient"
 )
 
-// hook is a generic JSON webhook receiver.
-type hook struct {
-	mu  sync.Mutex
-	got []string // status:rule:key
-}
-
-func (h *hook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	var m alert.Message
-	if err := json.NewDecoder(r.Body).Decode(&m); err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	h.mu.Lock()
-	h.got = append(h.got, m.Status+":"+m.Rule+":"+m.Key)
-	h.mu.Unlock()
-}
+// hook is the alerter's webhook; wait checks every message it received, in order.
+type hook struct{ alerttest.Webhook }
 
 func (h *hook) wait(t *testing.T, want ...string) {
 	t.Helper()
 	eventually(t, waitFor, func() error {
-		h.mu.Lock()
-		defer h.mu.Unlock()
-		if strings.Join(h.got, " ") != strings.Join(want, " ") {
-			return fmt.Errorf("received %q; want %q", h.got, want)
+		if got := h.Got(); !slices.Equal(got, want) {
+			return fmt.Errorf("received %q; want %q", got, want)
 		}
 		return nil
 	})
@@ -130,7 +111,7 @@ alerts:
 	})
 	c.m.AlertStep(ctx, at(15*time.Second))
 	c.m.AlertStep(ctx, at(30*time.Second))
-	h.wait(t, "firing:config_rejected:routes")
+	h.wait(t, "firing config_rejected routes")
 	c.write(t, routes)
 	eventually(t, waitFor, func() error {
 		if !c.status(t).Config.Valid {
@@ -139,7 +120,7 @@ alerts:
 		return nil
 	})
 	c.m.AlertStep(ctx, at(45*time.Second))
-	h.wait(t, "firing:config_rejected:routes", "resolved:config_rejected:routes")
+	h.wait(t, "firing config_rejected routes", "resolved config_rejected routes")
 
 	// The extauthz goes away: service_down fires after its "for" (1m), once.
 	stopExtAuthz()
@@ -152,7 +133,7 @@ alerts:
 	c.m.AlertStep(ctx, at(time.Minute))
 	c.m.AlertStep(ctx, at(2*time.Minute+time.Second))
 	c.m.AlertStep(ctx, at(3*time.Minute))
-	h.wait(t, "firing:config_rejected:routes", "resolved:config_rejected:routes", "firing:service_down:hk/extauthz")
+	h.wait(t, "firing config_rejected routes", "resolved config_rejected routes", "firing service_down hk/extauthz")
 	st := c.status(t)
 	if st.Alerts == nil || len(st.Alerts.Active) != 1 || st.Alerts.Active[0].Rule != "service_down" || len(st.Alerts.Notifiers) != 1 || st.Alerts.Notifiers[0].Delivered != 3 {
 		t.Errorf("/status alerts = %+v", st.Alerts)
@@ -163,7 +144,7 @@ alerts:
 	startExtAuthzClient(t, c.m.XDSAddr())
 	eventually(t, waitFor, nodes(2))
 	c.m.AlertStep(ctx, at(4*time.Minute))
-	h.wait(t, "firing:config_rejected:routes", "resolved:config_rejected:routes", "firing:service_down:hk/extauthz", "resolved:service_down:hk/extauthz")
+	h.wait(t, "firing config_rejected routes", "resolved config_rejected routes", "firing service_down hk/extauthz", "resolved service_down hk/extauthz")
 	if l := c.logs.String(); strings.Contains(l, "secret-token-path") {
 		t.Error("logs show the webhook URL")
 	}
@@ -323,13 +304,13 @@ func TestProbeResultsAlert(t *testing.T) {
 		})
 	})
 	c.m.AlertStep(t.Context(), now)
-	h.wait(t, "firing:cert_expiry:hk/anthropic", "firing:probe_failed:hk/openai")
+	h.wait(t, "firing cert_expiry hk/anthropic", "firing probe_failed hk/openai")
 	mu.Lock()
 	results = []alert.ProbeResult{{Region: "hk", Upstream: "openai", At: now.Add(5 * time.Minute), OK: true, Status: 200},
 		{Region: "hk", Upstream: "anthropic", At: now.Add(5 * time.Minute), OK: true, Status: 200, CertNotAfter: now.Add(90 * 24 * time.Hour)}}
 	mu.Unlock()
 	c.m.AlertStep(t.Context(), now.Add(5*time.Minute))
-	h.wait(t, "firing:cert_expiry:hk/anthropic", "firing:probe_failed:hk/openai", "resolved:cert_expiry:hk/anthropic", "resolved:probe_failed:hk/openai")
+	h.wait(t, "firing cert_expiry hk/anthropic", "firing probe_failed hk/openai", "resolved cert_expiry hk/anthropic", "resolved probe_failed hk/openai")
 }
 
 // TestOwnProberFeedsAlerts: with no ProbeSource injected, the alerts read the control
@@ -360,26 +341,13 @@ func TestOwnProberFeedsAlerts(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c := startWith(t, routesYAML+fmt.Sprintf(`callers:
-  prober:
-    tokens: [%s]
-    upstreams: [openai, anthropic, gemini]
-probes:
-  caller: prober
-  token_file: %s
-  interval: 1s
-  regions:
-    hk: {edge: %q}
-    sg: {edge: %q}
-  upstreams:
-    anthropic: {request: models}
-alerts:
+	c := startWith(t, probeRoutes(tok, tokFile, edge.URL)+`alerts:
   notifiers:
-    ops: {type: webhook, url_file: %s}
+    ops: {type: webhook, url_file: `+urlFile+`}
   rules:
     service_down: {disabled: true}
     out_of_sync: {disabled: true}
-`, token.DigestRef(tok), tokFile, edge.URL, edge.URL, urlFile), func(o *Options) { o.AlertInterval = -1 })
+`, func(o *Options) { o.AlertInterval = -1 })
 
 	probed := func(ok bool) func() error {
 		return func() error {
@@ -396,10 +364,8 @@ alerts:
 		}
 	}
 	count := func(prefix string) int {
-		h.mu.Lock()
-		defer h.mu.Unlock()
 		n := 0
-		for _, g := range h.got {
+		for _, g := range h.Got() {
 			if strings.HasPrefix(g, prefix) {
 				n++
 			}
@@ -409,7 +375,7 @@ alerts:
 	want := func(prefix string, n int) func() error {
 		return func() error {
 			if got := count(prefix); got != n {
-				return fmt.Errorf("%d %q messages, want %d (all: %q)", got, prefix, n, h.got)
+				return fmt.Errorf("%d %q messages, want %d (all: %q)", got, prefix, n, h.Got())
 			}
 			return nil
 		}
@@ -418,12 +384,12 @@ alerts:
 	eventually(t, 3*waitFor, probed(false))
 	now := time.Now()
 	c.m.AlertStep(t.Context(), now)
-	eventually(t, waitFor, want("firing:probe_failed:", 5))
+	eventually(t, waitFor, want("firing probe_failed ", 5))
 	fail.Store(false)
 	eventually(t, 3*waitFor, probed(true))
 	c.m.AlertStep(t.Context(), now.Add(time.Minute))
-	eventually(t, waitFor, want("resolved:probe_failed:", 5))
-	if err := want("firing:probe_failed:", 5)(); err != nil {
+	eventually(t, waitFor, want("resolved probe_failed ", 5))
+	if err := want("firing probe_failed ", 5)(); err != nil {
 		t.Error(err) // fired once each, not again
 	}
 }
@@ -493,32 +459,24 @@ alerts:
 		return nil
 	})
 	c.m.AlertStep(t.Context(), time.Now())
-	h.wait(t, "firing:cert_expiry:hk/expiring")
+	h.wait(t, "firing cert_expiry hk/expiring")
 }
 
 // expiringCert writes a CA bundle to dir and returns it with a server certificate for name
 // that the CA signed and that expires at notAfter.
 func expiringCert(t *testing.T, dir, name string, notAfter time.Time) (string, tls.Certificate) {
 	t.Helper()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "expiring test CA"},
+	caTmpl := &x509.Certificate{Subject: pkix.Name{CommonName: "expiring test CA"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour * 365), IsCA: true,
 		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	caDER, caKey, err := certs.Sign(caTmpl, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
+	tmpl := &x509.Certificate{Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: notAfter, KeyUsage: x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caTmpl, &key.PublicKey, caKey)
+	der, key, err := certs.Sign(tmpl, caTmpl, caKey)
 	if err != nil {
 		t.Fatal(err)
 	}

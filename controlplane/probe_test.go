@@ -35,20 +35,7 @@ func TestProbesInStatusAndPage(t *testing.T) {
 		fmt.Fprint(w, `{"data":[]}`)
 	}))
 	defer edge.Close()
-	routes := routesYAML + fmt.Sprintf(`callers:
-  prober:
-    tokens: [%s]
-    upstreams: [openai, anthropic, gemini]
-probes:
-  caller: prober
-  token_file: %s
-  interval: 1s
-  regions:
-    hk: {edge: %q}
-    sg: {edge: %q}
-  upstreams:
-    anthropic: {request: models}
-`, token.DigestRef(tok), tokFile, edge.URL, edge.URL)
+	routes := probeRoutes(tok, tokFile, edge.URL)
 	c := start(t, routes)
 	eventually(t, waitFor, func() error {
 		st := c.status(t)
@@ -83,4 +70,23 @@ probes:
 	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") || !strings.Contains(string(page), "/page/page.js") {
 		t.Errorf("GET / = %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
+}
+
+// probeRoutes is routesYAML with caller prober (token tok, also in tokFile) probing both
+// regions through the edge at edgeURL every second: 5 probes a round (hk: 2, sg: 3).
+func probeRoutes(tok, tokFile, edgeURL string) string {
+	return routesYAML + fmt.Sprintf(`callers:
+  prober:
+    tokens: [%s]
+    upstreams: [openai, anthropic, gemini]
+probes:
+  caller: prober
+  token_file: %s
+  interval: 1s
+  regions:
+    hk: {edge: %q}
+    sg: {edge: %q}
+  upstreams:
+    anthropic: {request: models}
+`, token.DigestRef(tok), tokFile, edgeURL, edgeURL)
 }

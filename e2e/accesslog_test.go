@@ -9,9 +9,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -20,8 +18,6 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	accesslogdatav3 "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/llmedge/llmedge/controlplane/usage"
 	"github.com/llmedge/llmedge/internal/testenv"
@@ -30,50 +26,8 @@ import (
 
 func TestAccessLogFilesOverALS(t *testing.T) {
 	const canary = "llme_CANARYaccesslog0123456789abcdefghij"
-	dir := t.TempDir()
-	run := filepath.Join(dir, "run")
-	if err := os.Mkdir(run, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	sock := filepath.Join(run, "xds.sock")
-	routes := filepath.Join(dir, "routes.yaml")
-	doc := fmt.Sprintf(`version: 1
-regions:
-  hk: {listen: 127.0.0.1:%d, extauthz: 127.0.0.1:%d, upstreams: [openai]}
-  sg: {listen: 127.0.0.1:%d, extauthz: 127.0.0.1:%d, upstreams: [openai]}
-upstreams:
-  openai: {url: https://api.openai.com, allowed_regions: [hk, sg]}
-routes:
-  openai: {match: {prefix: /v1/}, upstream: openai}
-usage:
-  prices:
-    - {upstream: openai, model: gpt-4o, input: 2.5, output: 10, currency: USD}
-`, testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t))
-	if err := os.WriteFile(routes, []byte(doc), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	state := filepath.Join(dir, "state")
-	httpAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	base := "http://" + httpAddr
-	testenv.Start(t, "controlplane", exec.Command(llmedgeBin, "controlplane",
-		"--config", routes, "--xds-listen", "unix:"+sock, "--http-listen", httpAddr,
-		"--state-dir", state))
-	testenv.Eventually(t, 15*time.Second, 20*time.Millisecond, func() error {
-		resp, err := http.Get(base + "/readyz")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("readyz %d", resp.StatusCode)
-		}
-		return nil
-	})
-	conn, err := grpc.NewClient("unix:"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	cp := startALSControlPlane(t, "{upstream: openai, model: gpt-4o, input: 2.5, output: 10, currency: USD}")
+	base, state, conn := cp.base, cp.state, cp.conn
 
 	entry := func(id, caller, path string) *accesslogdatav3.HTTPAccessLogEntry {
 		e := alsEntry(t, alsRequest{id: id, caller: caller, tenant: "team-a", upstream: "openai", model: "gpt-4o", in: 1000, out: 100})

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,7 +11,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +18,7 @@ import (
 
 	"github.com/llmedge/llmedge/controlplane"
 	"github.com/llmedge/llmedge/controlplane/alert"
+	"github.com/llmedge/llmedge/controlplane/alert/alerttest"
 	"github.com/llmedge/llmedge/controlplane/config"
 	"github.com/llmedge/llmedge/controlplane/model"
 	"github.com/llmedge/llmedge/internal/fakellm"
@@ -56,29 +55,6 @@ callers:
     upstreams: [openai, dead]
 `
 
-// webhookLog is a generic JSON webhook receiver.
-type webhookLog struct {
-	mu  sync.Mutex
-	got []string // status rule key
-}
-
-func (w *webhookLog) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
-	var m alert.Message
-	if err := json.NewDecoder(r.Body).Decode(&m); err != nil {
-		http.Error(rw, err.Error(), http.StatusBadRequest)
-		return
-	}
-	w.mu.Lock()
-	w.got = append(w.got, m.Status+" "+m.Rule+" "+m.Key)
-	w.mu.Unlock()
-}
-
-func (w *webhookLog) list() []string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return slices.Sorted(slices.Values(w.got))
-}
-
 // TestAlertsOverTheRealStack evaluates llmedge's alert rules over the real components'
 // state and metrics: a quota past 80 % counted by the real envoyproxy/ratelimit (with
 // Redis), an upstream answering 503 and one whose connections fail until Envoy's retries
@@ -90,7 +66,7 @@ func TestAlertsOverTheRealStack(t *testing.T) {
 	dead := testenv.FreePort(t)
 	s := newStack(t, up, strings.Replace(alertRegion, "DEAD_PORT", fmt.Sprint(dead), 1), "hk")
 
-	hook := &webhookLog{}
+	hook := &alerttest.Webhook{}
 	srv := httptest.NewServer(hook)
 	defer srv.Close()
 	urlFile := filepath.Join(t.TempDir(), "hook.url")
@@ -209,7 +185,7 @@ func TestAlertsOverTheRealStack(t *testing.T) {
 	}
 	slices.Sort(want)
 	testenv.Eventually(t, 15*time.Second, 50*time.Millisecond, func() error {
-		if got := hook.list(); !slices.Equal(got, want) {
+		if got := slices.Sorted(slices.Values(hook.Got())); !slices.Equal(got, want) {
 			return fmt.Errorf("webhook received\n  %q\nwant\n  %q", got, want)
 		}
 		return nil

@@ -22,13 +22,9 @@ regions:
     extauthz: {{.ExtAuthz "hk"}}
     upstreams: [openai]
 upstreams:
-  openai:
-    url: https://api.openai.test
-    endpoint: {{.Upstream}}
-    tls: {ca_file: {{.CA}}}
-    allowed_regions: [hk]
+{{.Provider "openai" "hk"}}
 routes:
-  openai: {match: {prefix: /openai}, upstream: openai, prefix_rewrite: /}
+{{.Route "openai"}}
 `
 
 // streamLoad keeps workers sending streaming chat completions and checks that each

@@ -2,7 +2,10 @@ package e2e
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
+	"testing"
 )
 
 // providerHosts are the provider host names the fake upstream's certificate covers, by the
@@ -29,4 +32,16 @@ func (d routesData) Provider(name string, regions ...string) string {
 // Route renders the route /<name> → upstream <name>, as every template names them.
 func (d routesData) Route(name string) string {
 	return fmt.Sprintf("  %[1]s: {match: {prefix: /%[1]s}, upstream: %[1]s, prefix_rewrite: /}", name)
+}
+
+// writeKey stores key as provider key name of upstream in the extauthz keys directory dir
+// (<dir>/<upstream>/<name>, private to this user).
+func writeKey(t *testing.T, dir, upstream, name, key string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Join(dir, upstream), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, upstream, name), []byte(key), 0o600); err != nil {
+		t.Fatal(err)
+	}
 }

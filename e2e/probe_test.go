@@ -68,14 +68,7 @@ type stoppableUpstream struct {
 
 func startStoppableUpstream(t testing.TB) *stoppableUpstream {
 	t.Helper()
-	pki, err := fakellm.NewPKI(upstreamNames)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(caFile, pki.CACertPEM, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	pki, caFile := upstreamPKI(t)
 	srv := fakellm.New(fakellm.Options{})
 	u := &stoppableUpstream{upstream: &upstream{Server: srv, caFile: caFile}, t: t, handle: srv, pki: pki}
 	u.listen("127.0.0.1:0")

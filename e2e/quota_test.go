@@ -76,18 +76,18 @@ func (s *stack) models(t *testing.T, region, caller string) *http.Response {
 	return resp
 }
 
-// withinOneHour runs f and reports the problems it found, unless an hourly window edge
-// passed meanwhile: the counts may then be the edge's doing, so the problems are dropped and
-// f runs again (once). f reports through errorf, never through t, so that a discarded run
-// leaves no failure behind.
-func withinOneHour(t *testing.T, f func(errorf func(format string, args ...any))) {
+// withinWindow runs f and reports the problems it found, unless a quota window edge (window
+// is time.Hour or time.Minute) passed meanwhile: the counts may then be the edge's doing, so
+// the problems are dropped and f runs again, at most retries times. f reports through
+// errorf, never through t, so that a discarded run leaves no failure behind.
+func withinWindow(t *testing.T, window time.Duration, retries int, f func(errorf func(format string, args ...any))) {
 	t.Helper()
 	for try := 0; ; try++ {
-		start := time.Now().UTC().Truncate(time.Hour)
+		start := time.Now().UTC().Truncate(window)
 		var problems []string
 		f(func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) })
-		if try == 0 && !time.Now().UTC().Truncate(time.Hour).Equal(start) {
-			t.Logf("an hourly window edge passed during the check; trying again (dropping %d problem(s))", len(problems))
+		if try < retries && !time.Now().UTC().Truncate(window).Equal(start) {
+			t.Logf("a %v window edge passed during the check; trying again (dropping %d problem(s))", window, len(problems))
 			continue
 		}
 		for _, p := range problems {
@@ -104,7 +104,7 @@ func TestQuotaRefusesTheRequestPastTheLimit(t *testing.T) {
 	t.Parallel()
 	s := newStack(t, startUpstream(t, fakellm.Options{}), quotaYAML(5, 1000), "hk", "sg")
 
-	withinOneHour(t, func(errorf func(string, ...any)) {
+	withinWindow(t, time.Hour, 1, func(errorf func(string, ...any)) {
 		for i := 1; i <= 5; i++ {
 			if resp := s.models(t, "hk", "alice"); resp.StatusCode != http.StatusOK {
 				errorf("request %d of 5: status %d", i, resp.StatusCode)
@@ -177,7 +177,7 @@ func TestQuotaChangeAppliesWithoutRestart(t *testing.T) {
 			return nil
 		})
 	}
-	withinOneHour(t, func(errorf func(string, ...any)) {
+	withinWindow(t, time.Hour, 1, func(errorf func(string, ...any)) {
 		// A second run (after an hourly edge) starts from the first limit again.
 		s.writeRoutes(quotaYAML(3, 1000))
 		loaded(3)
@@ -205,7 +205,7 @@ func TestQuotaChangeAppliesWithoutRestart(t *testing.T) {
 func TestQuotaHoldsUnderConcurrency(t *testing.T) {
 	t.Parallel()
 	s := newStack(t, startUpstream(t, fakellm.Options{}), quotaYAML(5, 1000), "hk")
-	withinOneHour(t, func(errorf func(string, ...any)) {
+	withinWindow(t, time.Hour, 1, func(errorf func(string, ...any)) {
 		var ok, limited, other atomic.Int64
 		var wg sync.WaitGroup
 		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 32}}

@@ -26,13 +26,9 @@ regions:
     ratelimit: {{.RateLimit "hk"}}
     upstreams: [openai]
 upstreams:
-  openai:
-    url: https://api.openai.test
-    endpoint: {{.Upstream}}
-    tls: {ca_file: {{.CA}}}
-    allowed_regions: [hk]
+{{.Provider "openai" "hk"}}
 routes:
-  openai: {match: {prefix: /openai}, upstream: openai, prefix_rewrite: /}
+{{.Route "openai"}}
 callers:
   steady:
     tokens: [{{.Digest "steady"}}]

@@ -34,7 +34,7 @@ upstreams:
     allowed_regions: [hk]
 ` + extra + `
 routes:
-  openai: {match: {prefix: /openai}, upstream: openai, prefix_rewrite: /}
+{{.Route "openai"}}
 `
 }
 

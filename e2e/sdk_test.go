@@ -49,9 +49,10 @@ type sdkLine struct {
 	Error   string `json:"error"`
 }
 
-// sdkPython returns the venv python that `make tools` installs the SDKs into, failing
-// the test (never skipping) when it is missing.
-func sdkPython(t *testing.T) string {
+// sdkScript returns the venv python that `make tools` installs the SDKs into and the
+// absolute path of testdata/sdk/<name>, failing the test (never skipping) when the python
+// or the SDKs are missing.
+func sdkScript(t *testing.T, name string) (py, script string) {
 	t.Helper()
 	dir := os.Getenv("LLMEDGE_TOOLS") // set by the Makefile
 	if dir == "" {
@@ -61,7 +62,7 @@ func sdkPython(t *testing.T) string {
 		}
 		dir = filepath.Join(root, ".tools")
 	}
-	py := filepath.Join(dir, "venv", "bin", "python")
+	py = filepath.Join(dir, "venv", "bin", "python")
 	if _, err := os.Stat(py); err != nil {
 		t.Fatalf("the tools venv python is missing (%v); run `make tools`", err)
 	}
@@ -69,7 +70,11 @@ func sdkPython(t *testing.T) string {
 	if err != nil {
 		t.Fatalf("the official SDKs are not installed in %s (%v: %s); run `make tools`", py, err, bytes.TrimSpace(out))
 	}
-	return py
+	script, err = filepath.Abs(filepath.Join("testdata", "sdk", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return py, script
 }
 
 // TestOfficialSDKs points the official OpenAI, Anthropic and google-genai Python SDKs at
@@ -79,11 +84,7 @@ func sdkPython(t *testing.T) string {
 // llmedge token never reached it.
 func TestOfficialSDKs(t *testing.T) {
 	t.Parallel()
-	py := sdkPython(t)
-	script, err := filepath.Abs(filepath.Join("testdata", "sdk", "check.py"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	py, script := sdkScript(t, "check.py")
 	up := startUpstream(t, fakellm.Options{})
 	s := newStack(t, up, sdkRegion, "hk")
 	tok := s.tokens["sdk"]

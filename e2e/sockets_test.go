@@ -143,13 +143,7 @@ func newSockEdge(t *testing.T, o sockOptions) *sockEdge {
 		t.Fatal(err)
 	}
 	e.token = tok
-	keys := filepath.Join(e.dir, "keys", "openai")
-	if err := os.MkdirAll(keys, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(keys, "k1"), []byte(sockKey), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeKey(t, filepath.Join(e.dir, "keys"), "openai", "k1", sockKey)
 	e.routes = filepath.Join(e.dir, "routes.yaml")
 	doc := fmt.Sprintf(`version: 1
 regions:

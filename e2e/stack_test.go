@@ -66,7 +66,9 @@ type upstream struct {
 // upstreamNames are the DNS names the fake's certificate covers.
 var upstreamNames = []string{"api.openai.test", "api.anthropic.test", "gemini.test", "127.0.0.1"}
 
-func startUpstream(t testing.TB, opts fakellm.Options) *upstream {
+// upstreamPKI makes a throwaway CA and the fake's certificate for upstreamNames, and
+// writes the CA to a file for the routes' tls.ca_file.
+func upstreamPKI(t testing.TB) (*fakellm.PKI, string) {
 	t.Helper()
 	pki, err := fakellm.NewPKI(upstreamNames)
 	if err != nil {
@@ -76,6 +78,12 @@ func startUpstream(t testing.TB, opts fakellm.Options) *upstream {
 	if err := os.WriteFile(caFile, pki.CACertPEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	return pki, caFile
+}
+
+func startUpstream(t testing.TB, opts fakellm.Options) *upstream {
+	t.Helper()
+	pki, caFile := upstreamPKI(t)
 	tlsCfg, err := pki.TLSConfig()
 	if err != nil {
 		t.Fatal(err)

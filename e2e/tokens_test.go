@@ -75,26 +75,8 @@ func ledgerRows(t *testing.T, s *stack, tenant string, n int) []ledgerRow {
 	return rows
 }
 
-const ledgerSDKRegion = `
-version: 1
-regions:
-  hk:
-    listen: 127.0.0.1:{{.Port "hk"}}
-    extauthz: {{.ExtAuthz "hk"}}
-    upstreams: [openai, anthropic, gemini]
-upstreams:
-  openai: {url: https://api.openai.test, endpoint: {{.Upstream}}, tls: {ca_file: {{.CA}}}, allowed_regions: [hk]}
-  anthropic: {url: https://api.anthropic.test, api: anthropic, endpoint: {{.Upstream}}, tls: {ca_file: {{.CA}}}, allowed_regions: [hk]}
-  gemini: {url: https://gemini.test, api: gemini, endpoint: {{.Upstream}}, tls: {ca_file: {{.CA}}}, allowed_regions: [hk]}
-routes:
-  openai: {match: {prefix: /openai}, upstream: openai, prefix_rewrite: /}
-  anthropic: {match: {prefix: /anthropic}, upstream: anthropic, prefix_rewrite: /}
-  gemini: {match: {prefix: /gemini}, upstream: gemini, prefix_rewrite: /}
-callers:
-  sdk:
-    tokens: [{{.Digest "sdk"}}]
-    tenant: team-sdk
-    upstreams: [openai, anthropic, gemini]
+// ledgerSDKRegion is sdkRegion with its caller in tenant team-sdk.
+const ledgerSDKRegion = sdkRegion + `    tenant: team-sdk
 `
 
 // TestUsageLedgerFromOfficialSDKs: a normal and a streaming call of each official SDK
@@ -104,11 +86,7 @@ callers:
 // "missing" rather than zero.
 func TestUsageLedgerFromOfficialSDKs(t *testing.T) {
 	t.Parallel()
-	py := sdkPython(t)
-	script, err := filepath.Abs(filepath.Join("testdata", "sdk", "check.py"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	py, script := sdkScript(t, "check.py")
 	s := newStack(t, startUpstream(t, fakellm.Options{}), ledgerSDKRegion, "hk")
 	withLedger(t, s)
 	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
@@ -232,9 +210,9 @@ upstreams:
   anthropic: {url: http://RAW, api: anthropic, allowed_regions: [hk]}
   gemini: {url: http://RAW, api: gemini, allowed_regions: [hk]}
 routes:
-  openai: {match: {prefix: /openai}, upstream: openai, prefix_rewrite: /}
-  anthropic: {match: {prefix: /anthropic}, upstream: anthropic, prefix_rewrite: /}
-  gemini: {match: {prefix: /gemini}, upstream: gemini, prefix_rewrite: /}
+{{.Route "openai"}}
+{{.Route "anthropic"}}
+{{.Route "gemini"}}
 callers:
   raw:
     tokens: [{{.Digest "raw"}}]
@@ -378,9 +356,9 @@ regions:
     ratelimit: {{.RateLimit "hk"}}
     upstreams: [openai]
 upstreams:
-  openai: {url: https://api.openai.test, endpoint: {{.Upstream}}, tls: {ca_file: {{.CA}}}, allowed_regions: [hk]}
+{{.Provider "openai" "hk"}}
 routes:
-  openai: {match: {prefix: /openai}, upstream: openai, prefix_rewrite: /}
+{{.Route "openai"}}
 callers:
   alice:
     tokens: [{{.Digest "alice"}}]
@@ -413,27 +391,6 @@ func (s *stack) chat(t *testing.T, caller, model string) (*http.Response, string
 	return resp, string(body)
 }
 
-// withinOneMinute is withinOneHour for minute windows.
-func withinOneMinute(t *testing.T, f func(errorf func(format string, args ...any))) {
-	t.Helper()
-	for try := 0; ; try++ {
-		start := time.Now().UTC().Truncate(time.Minute)
-		var problems []string
-		f(func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) })
-		if try < 2 && !time.Now().UTC().Truncate(time.Minute).Equal(start) {
-			t.Logf("a minute window edge passed during the check; trying again (dropping %d problem(s))", len(problems))
-			continue
-		}
-		for _, p := range problems {
-			t.Error(p)
-		}
-		if len(problems) > 0 {
-			t.FailNow()
-		}
-		return
-	}
-}
-
 // TestTokenQuotaAdmitsUntilSpent: a caller with 1,000 tokens a minute making 300-token
 // requests one after another is admitted while the window has tokens left — four times
 // (0, 300, 600 and 900 used), a fifth only if the fourth's charge was still on its way —
@@ -442,7 +399,7 @@ func withinOneMinute(t *testing.T, f func(errorf func(format string, args ...any
 func TestTokenQuotaAdmitsUntilSpent(t *testing.T) {
 	t.Parallel()
 	s := newStack(t, startUpstream(t, fakellm.Options{}), tokenQuotaRegion, "hk")
-	withinOneMinute(t, func(errorf func(string, ...any)) {
+	withinWindow(t, time.Minute, 2, func(errorf func(string, ...any)) {
 		admitted := 0
 		var last *http.Response
 		var lastBody string
@@ -511,7 +468,7 @@ func TestTokenQuotaOvershootBound(t *testing.T) {
 	t.Parallel()
 	s := newStack(t, startUpstream(t, fakellm.Options{}), tokenQuotaRegion, "hk")
 	const workers = 8
-	withinOneMinute(t, func(errorf func(string, ...any)) {
+	withinWindow(t, time.Minute, 2, func(errorf func(string, ...any)) {
 		var admitted, limited, other atomic.Int64
 		var wg sync.WaitGroup
 		for w := 0; w < workers; w++ {

@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -430,11 +429,7 @@ func TestLocalRepliesSpeakTheProvidersErrorShape(t *testing.T) {
 // status, the message and the request id.
 func TestOfficialSDKsReadTheEdgesErrors(t *testing.T) {
 	t.Parallel()
-	py := sdkPython(t)
-	script, err := filepath.Abs(filepath.Join("testdata", "sdk", "errors.py"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	py, script := sdkScript(t, "errors.py")
 	s := newStack(t, startUpstream(t, fakellm.Options{}), viewRegion, "hk")
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()

@@ -112,7 +112,18 @@ func streamEntries(t *testing.T, conn *grpc.ClientConn, region string, entries [
 	}
 }
 
-func TestUsageLedgerOverALS(t *testing.T) {
+// alsControlPlane is a control plane with no Envoy: the test streams access-log entries to
+// its ALS (on the xDS socket) as the regions' Envoys would.
+type alsControlPlane struct {
+	base  string // its HTTP API, e.g. http://127.0.0.1:18080
+	state string // its --state-dir
+	conn  *grpc.ClientConn
+}
+
+// startALSControlPlane runs a control plane for regions hk and sg serving openai, with one
+// usage price row (a flow mapping) and more command-line args, and returns once it is ready.
+func startALSControlPlane(t *testing.T, price string, args ...string) alsControlPlane {
+	t.Helper()
 	dir := t.TempDir()
 	run := filepath.Join(dir, "run")
 	if err := os.Mkdir(run, 0o700); err != nil {
@@ -130,18 +141,19 @@ routes:
   openai: {match: {prefix: /v1/}, upstream: openai}
 usage:
   prices:
-    - {upstream: openai, model: gpt-4o, input: 2.5, output: 10, cached: 1.25, currency: USD}
-`, testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t))
+    - %s
+`, testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t), price)
 	if err := os.WriteFile(routes, []byte(doc), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	cp := alsControlPlane{state: filepath.Join(dir, "state")}
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	base := "http://" + httpAddr
-	testenv.Start(t, "controlplane", exec.Command(llmedgeBin, "controlplane",
-		"--config", routes, "--xds-listen", "unix:"+sock, "--http-listen", httpAddr,
-		"--state-dir", filepath.Join(dir, "state"), "--log-level", "debug"))
+	cp.base = "http://" + httpAddr
+	testenv.Start(t, "controlplane", exec.Command(llmedgeBin, append([]string{"controlplane",
+		"--config", routes, "--xds-listen", "unix:" + sock, "--http-listen", httpAddr,
+		"--state-dir", cp.state}, args...)...))
 	testenv.Eventually(t, 15*time.Second, 20*time.Millisecond, func() error {
-		resp, err := http.Get(base + "/readyz")
+		resp, err := http.Get(cp.base + "/readyz")
 		if err != nil {
 			return err
 		}
@@ -155,7 +167,14 @@ usage:
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	t.Cleanup(func() { conn.Close() })
+	cp.conn = conn
+	return cp
+}
+
+func TestUsageLedgerOverALS(t *testing.T) {
+	cp := startALSControlPlane(t, "{upstream: openai, model: gpt-4o, input: 2.5, output: 10, cached: 1.25, currency: USD}", "--log-level", "debug")
+	base, conn := cp.base, cp.conn
 
 	var hk, sg []*accesslogdatav3.HTTPAccessLogEntry
 	type key struct{ caller, model string }

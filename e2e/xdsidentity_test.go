@@ -95,13 +95,7 @@ func newIDEdge(t *testing.T) *idEdge {
 		t.Fatal(err)
 	}
 	e.token = tok
-	keys := filepath.Join(e.dir, "keys", "openai")
-	if err := os.MkdirAll(keys, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(keys, "k1"), []byte(idKey), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeKey(t, filepath.Join(e.dir, "keys"), "openai", "k1", idKey)
 	e.hkRatelimit = fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	// alice may use openai (hk only) and bob gemini (sg only), each with a limit, so each
 	// region's caller policy and quotas name a different caller.

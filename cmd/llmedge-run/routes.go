@@ -98,34 +98,23 @@ func movedAddresses(ports map[stack.PortKey]int) map[string]string {
 // stack.SocketMount, as compose mounts them; a copy from an earlier run may name another
 // directory). It reports whether anything changed.
 func pointSockets(src []byte, sock stack.Sockets) ([]byte, bool, error) {
-	var doc yaml.Node
-	if err := yaml.Unmarshal(src, &doc); err != nil {
-		return nil, false, err
-	}
-	root := docMap(&doc)
-	if root == nil {
-		return nil, false, fmt.Errorf("not a YAML mapping")
-	}
-	regions := mapValue(root, "regions")
-	changed := false
-	for _, r := range stack.LocalRegions() {
-		region := mapValue(regions, r)
-		if region == nil || region.Kind != yaml.MappingNode {
-			continue
-		}
-		for key, path := range map[string]string{"extauthz": sock.ExtAuthz(r), "ratelimit": sock.Ratelimit(r)} {
-			if cur := mapValue(region, key); cur != nil && cur.Value == stack.Unix(path) {
+	return editYAML(src, func(root *yaml.Node) (changed bool) {
+		regions := mapValue(root, "regions")
+		for _, r := range stack.LocalRegions() {
+			region := mapValue(regions, r)
+			if region == nil || region.Kind != yaml.MappingNode {
 				continue
 			}
-			setMapValue(region, key, scalar(stack.Unix(path)))
-			changed = true
+			for key, path := range map[string]string{"extauthz": sock.ExtAuthz(r), "ratelimit": sock.Ratelimit(r)} {
+				if cur := mapValue(region, key); cur != nil && cur.Value == stack.Unix(path) {
+					continue
+				}
+				setMapValue(region, key, scalar(stack.Unix(path)))
+				changed = true
+			}
 		}
-	}
-	if !changed {
-		return src, false, nil
-	}
-	out, err := encode(&doc)
-	return out, true, err
+		return changed
+	})
 }
 
 // pointUpstreams sets the url of every provider upstream the document has: the real
@@ -133,6 +122,34 @@ func pointSockets(src []byte, sock stack.Sockets) ([]byte, bool, error) {
 // provider from an earlier run). It reports whether anything changed, so an unchanged
 // file is left as the operator wrote it.
 func pointUpstreams(src []byte, real map[string]bool, fakeURL string) ([]byte, bool, error) {
+	return editYAML(src, func(root *yaml.Node) (changed bool) {
+		ups := mapValue(root, "upstreams")
+		for _, p := range providers {
+			up := mapValue(ups, p.upstream)
+			if up == nil || up.Kind != yaml.MappingNode {
+				continue
+			}
+			cur := mapValue(up, "url")
+			want := ""
+			switch {
+			case real[p.upstream]:
+				want = p.url
+			case cur != nil && strings.TrimSuffix(cur.Value, "/") == p.url:
+				want = fakeURL
+			}
+			if want == "" || (cur != nil && cur.Value == want) {
+				continue
+			}
+			setMapValue(up, "url", scalar(want))
+			changed = true
+		}
+		return changed
+	})
+}
+
+// editYAML applies edit to the top-level mapping of the YAML document src and re-encodes
+// it when edit reports a change; otherwise src comes back as it was.
+func editYAML(src []byte, edit func(root *yaml.Node) (changed bool)) ([]byte, bool, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(src, &doc); err != nil {
 		return nil, false, err
@@ -141,28 +158,7 @@ func pointUpstreams(src []byte, real map[string]bool, fakeURL string) ([]byte, b
 	if root == nil {
 		return nil, false, fmt.Errorf("not a YAML mapping")
 	}
-	ups := mapValue(root, "upstreams")
-	changed := false
-	for _, p := range providers {
-		up := mapValue(ups, p.upstream)
-		if up == nil || up.Kind != yaml.MappingNode {
-			continue
-		}
-		cur := mapValue(up, "url")
-		want := ""
-		switch {
-		case real[p.upstream]:
-			want = p.url
-		case cur != nil && strings.TrimSuffix(cur.Value, "/") == p.url:
-			want = fakeURL
-		}
-		if want == "" || (cur != nil && cur.Value == want) {
-			continue
-		}
-		setMapValue(up, "url", scalar(want))
-		changed = true
-	}
-	if !changed {
+	if !edit(root) {
 		return src, false, nil
 	}
 	out, err := encode(&doc)

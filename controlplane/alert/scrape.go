@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -206,13 +208,8 @@ func (s *Metrics) envoyConditions(region string, d map[string]float64, rule Rule
 		c, _, _ := strings.Cut(k, "\x00")
 		clusters[c] = true
 	}
-	names := make([]string, 0, len(clusters))
-	for c := range clusters {
-		names = append(names, c)
-	}
-	sort.Strings(names)
 	var out []Condition
-	for _, c := range names {
+	for _, c := range slices.Sorted(maps.Keys(clusters)) {
 		up, ok := s.upstream(c)
 		if !ok {
 			continue // the ext_authz, ratelimit and xds clusters are not upstreams

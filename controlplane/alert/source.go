@@ -3,7 +3,8 @@ package alert
 import (
 	"context"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strconv"
 	"time"
 
@@ -132,13 +133,8 @@ func ProbeConditions(results []ProbeResult, now time.Time, rule RuleFunc) []Cond
 			latest[k] = r
 		}
 	}
-	keys := make([]string, 0, len(latest))
-	for k := range latest {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
 	var out []Condition
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(latest)) {
 		r := latest[k]
 		labels := map[string]string{"region": r.Region, "upstream": r.Upstream}
 		if _, ok := rule("probe_failed"); ok && !r.OK {

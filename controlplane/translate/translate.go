@@ -8,6 +8,7 @@ package translate
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sync"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -199,24 +200,18 @@ func (r *Resources) ValidateDeep() error {
 }
 
 func (r *Resources) messages() []proto.Message {
-	var ms []proto.Message
-	for _, l := range r.Listeners {
-		ms = append(ms, l)
-	}
-	for _, rc := range r.Routes {
-		ms = append(ms, rc)
-	}
-	for _, c := range r.Clusters {
-		ms = append(ms, c)
-	}
-	for _, s := range r.Secrets {
-		ms = append(ms, s)
-	}
+	ms := slices.Concat(protos(r.Listeners), protos(r.Routes), protos(r.Clusters), protos(r.Secrets))
 	if r.Policy != nil {
 		ms = append(ms, r.Policy)
 	}
-	for _, rl := range r.RateLimits {
-		ms = append(ms, rl)
+	return append(ms, protos(r.RateLimits)...)
+}
+
+// protos is xs as proto messages, nil when xs is empty.
+func protos[T proto.Message](xs []T) []proto.Message {
+	var ms []proto.Message
+	for _, x := range xs {
+		ms = append(ms, x)
 	}
 	return ms
 }
@@ -239,42 +234,25 @@ func (r *Resources) YAML() (listeners, routes, clusters, secrets, policy, rateli
 		}
 		return yaml.Marshal(docs)
 	}
-	var ls, rs, cs []proto.Message
-	for _, l := range r.Listeners {
-		ls = append(ls, l)
-	}
-	for _, rc := range r.Routes {
-		rs = append(rs, rc)
-	}
-	for _, c := range r.Clusters {
-		cs = append(cs, c)
-	}
-	if listeners, err = render(ls); err != nil {
+	if listeners, err = render(protos(r.Listeners)); err != nil {
 		return nil, nil, nil, nil, nil, nil, err
 	}
-	if routes, err = render(rs); err != nil {
+	if routes, err = render(protos(r.Routes)); err != nil {
 		return nil, nil, nil, nil, nil, nil, err
 	}
-	if clusters, err = render(cs); err != nil {
+	if clusters, err = render(protos(r.Clusters)); err != nil {
 		return nil, nil, nil, nil, nil, nil, err
 	}
-	var ss []proto.Message
-	for _, sec := range r.Secrets {
-		ss = append(ss, sec)
-	}
-	if secrets, err = render(ss); err != nil {
+	if secrets, err = render(protos(r.Secrets)); err != nil {
 		return nil, nil, nil, nil, nil, nil, err
 	}
-	var ps, rls []proto.Message
+	var ps []proto.Message
 	if r.Policy != nil {
 		ps = append(ps, r.Policy)
 	}
 	if policy, err = render(ps); err != nil {
 		return nil, nil, nil, nil, nil, nil, err
 	}
-	for _, rl := range r.RateLimits {
-		rls = append(rls, rl)
-	}
-	ratelimits, err = render(rls)
+	ratelimits, err = render(protos(r.RateLimits))
 	return listeners, routes, clusters, secrets, policy, ratelimits, err
 }

@@ -47,20 +47,20 @@ func newMetrics(reg prometheus.Registerer, spool *Spool) *metrics {
 			Help: "Time to the first response byte sent to the caller (time to first token for streams).", Buckets: buckets}, labels),
 		noPrice: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "llmedge_usage_price_missing_total",
 			Help: "Records whose upstream and model have no price in usage.prices (cost left empty)."}, []string{"upstream", "model"}),
-		storeUp: prometheus.NewGauge(prometheus.GaugeOpts{Name: "llmedge_usage_store_up",
-			Help: "1 when the last usage store operation succeeded."}),
-		alarm: prometheus.NewGauge(prometheus.GaugeOpts{Name: "llmedge_usage_spool_alarm",
-			Help: "1 when the usage spool holds 80% or more of its bound: records will soon be dropped."}),
-		written: prometheus.NewCounter(prometheus.CounterOpts{Name: "llmedge_usage_records_written_total",
-			Help: "Records inserted into the store directly."}),
-		spooled: prometheus.NewCounter(prometheus.CounterOpts{Name: "llmedge_usage_records_spooled_total",
-			Help: "Records written to the disk spool because the store was slow or down."}),
-		replayed: prometheus.NewCounter(prometheus.CounterOpts{Name: "llmedge_usage_records_replayed_total",
-			Help: "Spooled records written to the store after it returned."}),
-		dropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "llmedge_usage_records_dropped_total",
-			Help: "Records lost because the spool was full or unreadable."}),
-		duplicates: prometheus.NewCounter(prometheus.CounterOpts{Name: "llmedge_usage_duplicates_total",
-			Help: "Records received again with a request id seen recently (ignored)."}),
+		storeUp: gauge("llmedge_usage_store_up",
+			"1 when the last usage store operation succeeded."),
+		alarm: gauge("llmedge_usage_spool_alarm",
+			"1 when the usage spool holds 80% or more of its bound: records will soon be dropped."),
+		written: counter("llmedge_usage_records_written_total",
+			"Records inserted into the store directly."),
+		spooled: counter("llmedge_usage_records_spooled_total",
+			"Records written to the disk spool because the store was slow or down."),
+		replayed: counter("llmedge_usage_records_replayed_total",
+			"Spooled records written to the store after it returned."),
+		dropped: counter("llmedge_usage_records_dropped_total",
+			"Records lost because the spool was full or unreadable."),
+		duplicates: counter("llmedge_usage_duplicates_total",
+			"Records received again with a request id seen recently (ignored)."),
 	}
 	spoolBytes := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmedge_usage_spool_bytes",
 		Help: "Bytes in the usage spool waiting for the store."}, func() float64 { return float64(spool.Bytes()) })
@@ -69,6 +69,14 @@ func newMetrics(reg prometheus.Registerer, spool *Spool) *metrics {
 	reg.MustRegister(m.requests, m.tokens, m.cost, m.duration, m.ttfb, m.noPrice, m.storeUp, m.alarm,
 		m.written, m.spooled, m.replayed, m.dropped, m.duplicates, spoolBytes, spoolMax)
 	return m
+}
+
+func counter(name, help string) prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+}
+
+func gauge(name, help string) prometheus.Gauge {
+	return prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
 }
 
 // modelLabel is the model, or "other" once maxModelLabels names have been seen. Priced

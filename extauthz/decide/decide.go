@@ -10,6 +10,7 @@ package decide
 
 import (
 	"crypto/subtle"
+	"iter"
 	"net/netip"
 	"net/url"
 	"slices"
@@ -298,14 +299,22 @@ func (c *Compiled) Decide(r Request, keys Keys) Decision {
 		d.RemoveQueryParams = credentialQueryParams(r.Path, false)
 		return d
 	}
+	return injectKey(r, cl, up, keys)
+}
+
+// injectKey allows cl's request with the next provider key of up in up's key header, the
+// caller's credentials stripped, or refuses it with 503 when up has no usable key.
+func injectKey(r Request, cl *caller, up *upstream, keys Keys) Decision {
 	var key, name string
 	ok := false
 	if keys != nil {
 		key, name, ok = keys.Next(up.name)
 	}
 	if !ok || !validKey(key) {
-		return denyAs(503, ReasonNoKey, "llmedge: no key available for upstream "+quote(up.name)+
+		d := deny(up.api, 503, ReasonNoKey, "llmedge: no key available for upstream "+quote(up.name)+
 			"; try again later, and tell your llmedge operator if it persists.")
+		d.Caller, d.Tenant = cl.name, cl.tenant
+		return d
 	}
 	d := allow(cl)
 	d.KeyName = name
@@ -367,27 +376,7 @@ func (c *Compiled) decidePeer(r Request, up *upstream, keys Keys) Decision {
 		return denyAs(403, ReasonUpstreamNotAllowed, "llmedge: caller "+quote(cl.name)+
 			" is not allowed to use upstream "+quote(up.name)+"; ask your llmedge operator for access.")
 	}
-	var key, kname string
-	ok := false
-	if keys != nil {
-		key, kname, ok = keys.Next(up.name)
-	}
-	if !ok || !validKey(key) {
-		return denyAs(503, ReasonNoKey, "llmedge: no key available for upstream "+quote(up.name)+
-			"; try again later, and tell your llmedge operator if it persists.")
-	}
-	d := allow(cl)
-	d.KeyName = kname
-	d.SetHeaders = map[string]string{up.keyHeader: up.format(key)}
-	d.RemoveHeaders = removeHeaders(r.Headers, func(h string) bool {
-		switch h {
-		case HeaderLLMedgeToken, HeaderAuthorization, HeaderAPIKey, HeaderGoogAPIKey:
-			return h != up.keyHeader
-		}
-		return false
-	})
-	d.RemoveQueryParams = credentialQueryParams(r.Path, false)
-	return d
+	return injectKey(r, cl, up, keys)
 }
 
 // credentialQueryNames are query parameter names that carry credentials in some API,
@@ -408,18 +397,8 @@ var credentialQueryNames = map[string]bool{
 // their raw name, so ?k%65y=... must be removed as "k%65y" or the caller's token would
 // travel on to the provider.
 func credentialQueryParams(path string, keepKey bool) []string {
-	_, q, ok := strings.Cut(path, "?")
-	if !ok {
-		return nil
-	}
-	if i := strings.IndexByte(q, '#'); i >= 0 {
-		q = q[:i]
-	}
 	var out []string
-	for q != "" {
-		var part string
-		part, q, _ = strings.Cut(q, "&")
-		k, v, _ := strings.Cut(part, "=")
+	for k, v := range rawQuery(path) {
 		name := normalizeQueryName(k)
 		credential := credentialQueryNames[name] && !(keepKey && name == QueryKey)
 		if !credential && !tokenShaped(k) && !tokenShaped(v) {
@@ -561,17 +540,7 @@ func (c *Compiled) tokenBoundUpstream(r Request, up *upstream) (string, bool) {
 			return "the " + h + " header", true
 		}
 	}
-	_, q, ok := strings.Cut(r.Path, "?")
-	if !ok {
-		return "", false
-	}
-	if i := strings.IndexByte(q, '#'); i >= 0 {
-		q = q[:i]
-	}
-	for q != "" {
-		var part string
-		part, q, _ = strings.Cut(q, "&")
-		k, v, _ := strings.Cut(part, "=")
+	for k, v := range rawQuery(r.Path) {
 		// Only Gemini's key passes through to the provider; any other parameter holding a
 		// token is removed on the way (credentialQueryParams), so it needs no refusal.
 		if normalizeQueryName(k) != QueryKey {
@@ -600,20 +569,33 @@ func bearer(v string) (string, bool) {
 	return t, t != ""
 }
 
+// rawQuery yields each parameter of path's query (fragment dropped) as written, neither
+// decoded nor deduplicated: the callers decide how to match a name, and Envoy removes
+// parameters by their raw spelling.
+func rawQuery(path string) iter.Seq2[string, string] {
+	return func(yield func(k, v string) bool) {
+		_, q, ok := strings.Cut(path, "?")
+		if !ok {
+			return
+		}
+		if i := strings.IndexByte(q, '#'); i >= 0 {
+			q = q[:i]
+		}
+		for q != "" {
+			var part string
+			part, q, _ = strings.Cut(q, "&")
+			k, v, _ := strings.Cut(part, "=")
+			if !yield(k, v) {
+				return
+			}
+		}
+	}
+}
+
 // queryParam returns the (decoded) value of the first name parameter in path's query and
 // whether the parameter is present at all.
 func queryParam(path, name string) (value string, present bool) {
-	_, q, ok := strings.Cut(path, "?")
-	if !ok {
-		return "", false
-	}
-	if i := strings.IndexByte(q, '#'); i >= 0 {
-		q = q[:i]
-	}
-	for q != "" {
-		var part string
-		part, q, _ = strings.Cut(q, "&")
-		k, v, _ := strings.Cut(part, "=")
+	for k, v := range rawQuery(path) {
 		if k != name {
 			if !strings.ContainsAny(k, "%+") {
 				continue

@@ -72,16 +72,7 @@ func Init(dir string, validity time.Duration, now time.Time) (InitResult, error)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return res, err
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return res, err
-	}
-	sn, err := serial()
-	if err != nil {
-		return res, err
-	}
 	tmpl := &x509.Certificate{
-		SerialNumber:          sn,
 		Subject:               pkix.Name{CommonName: "llmedge internal CA", Organization: []string{"llmedge"}},
 		NotBefore:             now.Add(-backdate),
 		NotAfter:              now.Add(validity),
@@ -90,7 +81,7 @@ func Init(dir string, validity time.Duration, now time.Time) (InitResult, error)
 		MaxPathLenZero:        true, // it signs leaves only
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	der, key, err := Sign(tmpl, nil, nil)
 	if err != nil {
 		return res, err
 	}
@@ -184,14 +175,6 @@ func Issue(dir string, r Request, now time.Time) (Result, error) {
 	if notAfter.After(ca.NotAfter) {
 		return res, fmt.Errorf("the certificate would outlive its CA (CA expires %s); renew the CA first or shorten the validity", ca.NotAfter.Format(time.RFC3339))
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return res, err
-	}
-	sn, err := serial()
-	if err != nil {
-		return res, err
-	}
 	usage := []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
 	if r.Identity.Component == transport.ComponentControlPlane {
 		usage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
@@ -203,17 +186,16 @@ func Issue(dir string, r Request, now time.Time) (Result, error) {
 		cn += " " + r.Identity.Region
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber: sn,
-		Subject:      pkix.Name{CommonName: cn, Organization: []string{"llmedge"}},
-		NotBefore:    now.Add(-backdate),
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  usage,
-		URIs:         []*url.URL{r.Identity.URI()},
-		DNSNames:     r.DNS,
-		IPAddresses:  r.IPs,
+		Subject:     pkix.Name{CommonName: cn, Organization: []string{"llmedge"}},
+		NotBefore:   now.Add(-backdate),
+		NotAfter:    notAfter,
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: usage,
+		URIs:        []*url.URL{r.Identity.URI()},
+		DNSNames:    r.DNS,
+		IPAddresses: r.IPs,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	der, key, err := Sign(tmpl, ca, caKey)
 	if err != nil {
 		return res, err
 	}
@@ -382,6 +364,25 @@ func exists(path string) bool {
 	return !errors.Is(err, fs.ErrNotExist)
 }
 
-func serial() (*big.Int, error) {
-	return rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+// Sign issues the certificate tmpl describes for a new ECDSA P-256 key, with a random
+// serial number, signed by parent's key; a nil parent makes it self-signed (a CA). It
+// returns the certificate's DER and its key.
+func Sign(tmpl, parent *x509.Certificate, parentKey crypto.Signer) ([]byte, *ecdsa.PrivateKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	sn, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl.SerialNumber = sn
+	if parent == nil {
+		parent, parentKey = tmpl, key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	return der, key, nil
 }

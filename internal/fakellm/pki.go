@@ -3,9 +3,6 @@
 package fakellm
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -13,12 +10,13 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/llmedge/llmedge/internal/certs"
 )
 
 // PKI is a throwaway certificate authority plus one server certificate it
@@ -46,16 +44,7 @@ func NewPKI(names []string) (*PKI, error) {
 	now := time.Now()
 	notBefore, notAfter := now.Add(-time.Hour), now.AddDate(10, 0, 0)
 
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	caSerial, err := serialNumber()
-	if err != nil {
-		return nil, err
-	}
 	caTmpl := &x509.Certificate{
-		SerialNumber:          caSerial,
 		Subject:               pkix.Name{Organization: []string{"llmedge"}, CommonName: "llmedge fakellm test CA"},
 		NotBefore:             notBefore,
 		NotAfter:              notAfter,
@@ -64,7 +53,7 @@ func NewPKI(names []string) (*PKI, error) {
 		IsCA:                  true,
 		MaxPathLenZero:        true,
 	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	caDER, caKey, err := certs.Sign(caTmpl, nil, nil)
 	if err != nil {
 		return nil, fmt.Errorf("fakellm: creating CA: %w", err)
 	}
@@ -73,16 +62,7 @@ func NewPKI(names []string) (*PKI, error) {
 		return nil, err
 	}
 
-	leafKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	leafSerial, err := serialNumber()
-	if err != nil {
-		return nil, err
-	}
 	leafTmpl := &x509.Certificate{
-		SerialNumber:          leafSerial,
 		Subject:               pkix.Name{Organization: []string{"llmedge"}, CommonName: names[0]},
 		NotBefore:             notBefore,
 		NotAfter:              notAfter,
@@ -97,7 +77,7 @@ func NewPKI(names []string) (*PKI, error) {
 			leafTmpl.DNSNames = append(leafTmpl.DNSNames, n)
 		}
 	}
-	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, caCert, &leafKey.PublicKey, caKey)
+	leafDER, leafKey, err := certs.Sign(leafTmpl, caCert, caKey)
 	if err != nil {
 		return nil, fmt.Errorf("fakellm: creating server certificate: %w", err)
 	}
@@ -110,10 +90,6 @@ func NewPKI(names []string) (*PKI, error) {
 		CertPEM:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leafDER}),
 		KeyPEM:    pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
 	}, nil
-}
-
-func serialNumber() (*big.Int, error) {
-	return rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 }
 
 func cleanNames(names []string) []string {

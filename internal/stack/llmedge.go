@@ -24,16 +24,8 @@ func (c ControlPlane) Cmd(llmedge string) Cmd {
 		"--config", c.Config,
 		"--xds-listen", c.XDSAddr,
 		"--http-listen", c.HTTPAddr,
-		"--log-format", or(c.LogFormat, "json"),
-		"--log-level", or(c.LogLevel, "info"),
 	}
-	if c.WatchHoldoff > 0 {
-		args = append(args, "--watch-holdoff", c.WatchHoldoff.String())
-	}
-	if c.StateDir != "" {
-		args = append(args, "--state-dir", c.StateDir)
-	}
-	return Cmd{Path: llmedge, Args: args, Env: BaseEnv()}
+	return llmedgeCmd(llmedge, args, "--watch-holdoff", c.WatchHoldoff, c.StateDir, c.LogFormat, c.LogLevel)
 }
 
 // StatusURL is the base URL of the status API, e.g. http://127.0.0.1:18080.
@@ -72,16 +64,8 @@ func (e ExtAuthz) Cmd(llmedge string) Cmd {
 		"--grpc-listen", e.GRPCAddr,
 		"--http-listen", e.HTTPAddr,
 		"--keys-dir", e.KeysDir,
-		"--log-format", or(e.LogFormat, "json"),
-		"--log-level", or(e.LogLevel, "info"),
 	}
-	if e.KeysPoll > 0 {
-		args = append(args, "--keys-poll", e.KeysPoll.String())
-	}
-	if e.StateDir != "" {
-		args = append(args, "--state-dir", e.StateDir)
-	}
-	return Cmd{Path: llmedge, Args: args, Env: BaseEnv()}
+	return llmedgeCmd(llmedge, args, "--keys-poll", e.KeysPoll, e.StateDir, e.LogFormat, e.LogLevel)
 }
 
 // StartExtAuthz runs extauthz and returns once it holds its region's policy (/readyz 200).
@@ -111,6 +95,20 @@ func (r *Runner) StartFakellm(ctx context.Context, name string, f Fakellm) (*Pro
 		return nil, err
 	}
 	return r.startReady(ctx, name, f.Cmd(r.Paths.Fakellm), LlmedgeStartTimeout, HTTPStatus("http://"+f.Addr+"/_fake/healthz", 200))
+}
+
+// llmedgeCmd completes an llmedge subcommand's args with the flags both long-running
+// commands share: a poll or holdoff interval (0 keeps the binary's default), the state
+// directory ("" keeps nothing) and the log settings.
+func llmedgeCmd(llmedge string, args []string, intervalFlag string, interval time.Duration, stateDir, logFormat, logLevel string) Cmd {
+	args = append(args, "--log-format", or(logFormat, "json"), "--log-level", or(logLevel, "info"))
+	if interval > 0 {
+		args = append(args, intervalFlag, interval.String())
+	}
+	if stateDir != "" {
+		args = append(args, "--state-dir", stateDir)
+	}
+	return Cmd{Path: llmedge, Args: args, Env: BaseEnv()}
 }
 
 func or(s, def string) string {

@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"syscall"
 	"time"
 
@@ -95,9 +94,7 @@ type PostgresProcess struct {
 	r        *Runner
 	postgres string
 
-	mu     sync.Mutex
-	proc   *Process
-	starts int
+	restarts
 }
 
 // StartPostgres creates the cluster (first time) and the databases, starts the server and
@@ -142,13 +139,7 @@ func (r *Runner) StartPostgres(ctx context.Context, s Postgres, databases ...str
 
 // Start runs the server (again, after Stop) and returns once it accepts connections.
 func (pp *PostgresProcess) Start(ctx context.Context) error {
-	pp.mu.Lock()
-	name := "postgres"
-	if pp.starts > 0 {
-		name = fmt.Sprintf("postgres-restart%d", pp.starts)
-	}
-	pp.starts++
-	pp.mu.Unlock()
+	name := pp.nextName("postgres")
 	cmd := exec.Command(pp.postgres,
 		"-D", filepath.Join(pp.Dir, "data"),
 		"-k", pp.Dir,
@@ -168,17 +159,8 @@ func (pp *PostgresProcess) Start(ctx context.Context) error {
 		p.Stop()
 		return err
 	}
-	pp.mu.Lock()
-	pp.proc = p
-	pp.mu.Unlock()
+	pp.set(p)
 	return nil
-}
-
-// Process returns the current server process.
-func (pp *PostgresProcess) Process() *Process {
-	pp.mu.Lock()
-	defer pp.mu.Unlock()
-	return pp.proc
 }
 
 // Stop shuts the server down with SIGINT, PostgreSQL's fast shutdown (SIGTERM's smart

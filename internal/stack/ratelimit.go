@@ -2,12 +2,9 @@ package stack
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"net"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -132,22 +129,6 @@ func (r Ratelimit) MetricsURL() string {
 	return "http://" + net.JoinHostPort(r.host(), strconv.Itoa(r.MetricsPort)) + "/metrics"
 }
 
-// removeSocket deletes a socket file (a stale one: the caller is about to bind it), and
-// refuses to delete anything else.
-func removeSocket(path string) error {
-	fi, err := os.Lstat(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if fi.Mode().Type() != fs.ModeSocket {
-		return fmt.Errorf("%s exists and is not a socket", path)
-	}
-	return os.Remove(path)
-}
-
 // EnvValue returns the value of the last KEY= entry, as os/exec does.
 func EnvValue(env []string, key string) string {
 	v := ""
@@ -208,7 +189,7 @@ func (r *Runner) StartRatelimit(ctx context.Context, name string, s Ratelimit) (
 	}
 	if s.GRPCSocket != "" {
 		// ratelimit binds the path without removing a socket a killed predecessor left.
-		if err := removeSocket(s.GRPCSocket); err != nil {
+		if err := transport.RemoveStaleSocket(s.GRPCSocket); err != nil {
 			return nil, fmt.Errorf("stack: ratelimit %s: %w", name, err)
 		}
 	}

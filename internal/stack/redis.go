@@ -2,11 +2,9 @@ package stack
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
-	"sync"
 )
 
 // Redis is how redis-server runs: on a unix socket (or loopback TCP), nothing persisted
@@ -51,9 +49,7 @@ type RedisProcess struct {
 	Redis
 	r *Runner
 
-	mu     sync.Mutex
-	proc   *Process
-	starts int
+	restarts
 }
 
 // StartRedis runs redis-server and returns once it answers PING. An empty Dir becomes
@@ -73,28 +69,13 @@ func (r *Runner) StartRedis(ctx context.Context, s Redis) (*RedisProcess, error)
 }
 
 func (rp *RedisProcess) start(ctx context.Context) error {
-	rp.mu.Lock()
-	name := "redis"
-	if rp.starts > 0 {
-		name = fmt.Sprintf("redis-restart%d", rp.starts)
-	}
-	rp.starts++
-	rp.mu.Unlock()
+	name := rp.nextName("redis")
 	p, err := rp.r.startReady(ctx, name, rp.Cmd(rp.r.Paths.RedisServer), RedisStartTimeout, RedisPONG(rp.Addr()))
 	if err != nil {
 		return err
 	}
-	rp.mu.Lock()
-	rp.proc = p
-	rp.mu.Unlock()
+	rp.set(p)
 	return nil
-}
-
-// Process returns the current redis-server process (a new one after Restart).
-func (rp *RedisProcess) Process() *Process {
-	rp.mu.Lock()
-	defer rp.mu.Unlock()
-	return rp.proc
 }
 
 // Stop shuts the current process down with SIGTERM (SIGKILL after StopGrace).

@@ -78,7 +78,7 @@ func listenUnix(path string, log *slog.Logger) (net.Listener, error) {
 	if err := CheckSocketDir(filepath.Dir(path)); err != nil {
 		return nil, err
 	}
-	if err := removeStale(path); err != nil {
+	if err := RemoveStaleSocket(path); err != nil {
 		return nil, err
 	}
 	ln, err := net.Listen("unix", path)
@@ -95,9 +95,10 @@ func listenUnix(path string, log *slog.Logger) (net.Listener, error) {
 	return ln, nil
 }
 
-// removeStale deletes a socket file left by a process that died, but never a live one
-// (a second instance would silently steal the first's clients) nor a non-socket file.
-func removeStale(path string) error {
+// RemoveStaleSocket deletes a socket file left by a process that died, so that path can be
+// bound again, but never a live one (a second instance would silently steal the first's
+// clients) nor a non-socket file.
+func RemoveStaleSocket(path string) error {
 	fi, err := os.Lstat(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
