@@ -119,32 +119,7 @@ func requestBody() (*hcmv3.HttpFilter, error) {
 	// buffer limit is refused with 413: only bodies that declare a Content-Length within
 	// the limit are read; larger ones (long contexts, images) stream on untouched, and
 	// their requested model is the one the provider reports.
-	skip, err := toAny(&skipactionv3.SkipFilter{})
-	if err != nil {
-		return nil, err
-	}
-	input, err := toAny(&matcherv3.HttpRequestHeaderMatchInput{HeaderName: "content-length"})
-	if err != nil {
-		return nil, err
-	}
-	wrapped, err := toAny(&matchingv3.ExtensionWithMatcher{
-		XdsMatcher: &xdsmatcherv3.Matcher{MatcherType: &xdsmatcherv3.Matcher_MatcherList_{MatcherList: &xdsmatcherv3.Matcher_MatcherList{
-			Matchers: []*xdsmatcherv3.Matcher_MatcherList_FieldMatcher{{
-				Predicate: &xdsmatcherv3.Matcher_MatcherList_Predicate{MatchType: &xdsmatcherv3.Matcher_MatcherList_Predicate_NotMatcher{
-					NotMatcher: &xdsmatcherv3.Matcher_MatcherList_Predicate{MatchType: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate_{
-						SinglePredicate: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate{
-							Input: &xdscorev3.TypedExtensionConfig{Name: "content-length", TypedConfig: input},
-							Matcher: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate_ValueMatch{ValueMatch: &xdsmatcherv3.StringMatcher{
-								MatchPattern: &xdsmatcherv3.StringMatcher_SafeRegex{SafeRegex: &xdsmatcherv3.RegexMatcher{Regex: smallBodyRegex, EngineType: &xdsmatcherv3.RegexMatcher_GoogleRe2{GoogleRe2: &xdsmatcherv3.RegexMatcher_GoogleRE2{}}}},
-							}},
-						},
-					}},
-				}},
-				OnMatch: &xdsmatcherv3.Matcher_OnMatch{OnMatch: &xdsmatcherv3.Matcher_OnMatch_Action{Action: &xdscorev3.TypedExtensionConfig{Name: "skip", TypedConfig: skip}}},
-			}},
-		}}},
-		ExtensionConfig: &corev3.TypedExtensionConfig{Name: requestBodyFilterName, TypedConfig: cfg},
-	})
+	wrapped, err := skipUnlessHeader(requestBodyFilterName, cfg, "content-length", smallBodyRegex)
 	if err != nil {
 		return nil, err
 	}
@@ -154,6 +129,38 @@ func requestBody() (*hcmv3.HttpFilter, error) {
 // smallBodyRegex matches a Content-Length of at most 32767 bytes, within the listener's
 // buffer limit (bufferLimitBytes).
 const smallBodyRegex = `^(?:[0-9]{1,4}|[12][0-9]{4}|3[01][0-9]{3}|32[0-6][0-9]{2}|327[0-5][0-9]|3276[0-7])$`
+
+// skipUnlessHeader wraps the HTTP filter name/cfg in a matcher that skips it for a request
+// whose header does not match the RE2 regex (an absent header does not match): the filter
+// then costs a header match and nothing else on the requests it is not for.
+func skipUnlessHeader(name string, cfg *anypb.Any, header, regex string) (*anypb.Any, error) {
+	skip, err := toAny(&skipactionv3.SkipFilter{})
+	if err != nil {
+		return nil, err
+	}
+	input, err := toAny(&matcherv3.HttpRequestHeaderMatchInput{HeaderName: header})
+	if err != nil {
+		return nil, err
+	}
+	return toAny(&matchingv3.ExtensionWithMatcher{
+		XdsMatcher: &xdsmatcherv3.Matcher{MatcherType: &xdsmatcherv3.Matcher_MatcherList_{MatcherList: &xdsmatcherv3.Matcher_MatcherList{
+			Matchers: []*xdsmatcherv3.Matcher_MatcherList_FieldMatcher{{
+				Predicate: &xdsmatcherv3.Matcher_MatcherList_Predicate{MatchType: &xdsmatcherv3.Matcher_MatcherList_Predicate_NotMatcher{
+					NotMatcher: &xdsmatcherv3.Matcher_MatcherList_Predicate{MatchType: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate_{
+						SinglePredicate: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate{
+							Input: &xdscorev3.TypedExtensionConfig{Name: header, TypedConfig: input},
+							Matcher: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate_ValueMatch{ValueMatch: &xdsmatcherv3.StringMatcher{
+								MatchPattern: &xdsmatcherv3.StringMatcher_SafeRegex{SafeRegex: &xdsmatcherv3.RegexMatcher{Regex: regex, EngineType: &xdsmatcherv3.RegexMatcher_GoogleRe2{GoogleRe2: &xdsmatcherv3.RegexMatcher_GoogleRE2{}}}},
+							}},
+						},
+					}},
+				}},
+				OnMatch: &xdsmatcherv3.Matcher_OnMatch{OnMatch: &xdsmatcherv3.Matcher_OnMatch_Action{Action: &xdscorev3.TypedExtensionConfig{Name: "skip", TypedConfig: skip}}},
+			}},
+		}}},
+		ExtensionConfig: &corev3.TypedExtensionConfig{Name: name, TypedConfig: cfg},
+	})
+}
 
 // aiProtocolManager extracts token usage from the answers of the routes that declare a
 // wire API (aiPerRoute); it never holds or changes a response.

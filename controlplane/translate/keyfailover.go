@@ -3,17 +3,12 @@ package translate
 import (
 	"time"
 
-	xdscorev3 "github.com/cncf/xds/go/xds/core/v3"
-	xdsmatcherv3 "github.com/cncf/xds/go/xds/type/matcher/v3"
 	mutationrulesv3 "github.com/envoyproxy/go-control-plane/envoy/config/common/mutation_rules/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	matchingv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/matching/v3"
-	skipactionv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/matcher/action/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	upstreamcodecv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/upstream_codec/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/llmedge/llmedge/controlplane/model"
@@ -89,34 +84,8 @@ func keyFailoverFilter(upstream string) (*hcmv3.HttpFilter, error) {
 	if err != nil {
 		return nil, err
 	}
-	skip, err := toAny(&skipactionv3.SkipFilter{})
-	if err != nil {
-		return nil, err
-	}
-	input, err := toAny(&matcherv3.HttpRequestHeaderMatchInput{HeaderName: wire.AttemptHeader})
-	if err != nil {
-		return nil, err
-	}
-	// Skip unless the header is a number other than 1: an absent header reads as no
-	// match of the regex, so it is skipped too.
-	wrapped, err := toAny(&matchingv3.ExtensionWithMatcher{
-		XdsMatcher: &xdsmatcherv3.Matcher{MatcherType: &xdsmatcherv3.Matcher_MatcherList_{MatcherList: &xdsmatcherv3.Matcher_MatcherList{
-			Matchers: []*xdsmatcherv3.Matcher_MatcherList_FieldMatcher{{
-				Predicate: &xdsmatcherv3.Matcher_MatcherList_Predicate{MatchType: &xdsmatcherv3.Matcher_MatcherList_Predicate_NotMatcher{
-					NotMatcher: &xdsmatcherv3.Matcher_MatcherList_Predicate{MatchType: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate_{
-						SinglePredicate: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate{
-							Input: &xdscorev3.TypedExtensionConfig{Name: wire.AttemptHeader, TypedConfig: input},
-							Matcher: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate_ValueMatch{ValueMatch: &xdsmatcherv3.StringMatcher{
-								MatchPattern: &xdsmatcherv3.StringMatcher_SafeRegex{SafeRegex: &xdsmatcherv3.RegexMatcher{Regex: retryAttemptRegex, EngineType: &xdsmatcherv3.RegexMatcher_GoogleRe2{GoogleRe2: &xdsmatcherv3.RegexMatcher_GoogleRE2{}}}},
-							}},
-						},
-					}},
-				}},
-				OnMatch: &xdsmatcherv3.Matcher_OnMatch{OnMatch: &xdsmatcherv3.Matcher_OnMatch_Action{Action: &xdscorev3.TypedExtensionConfig{Name: "skip", TypedConfig: skip}}},
-			}},
-		}}},
-		ExtensionConfig: &corev3.TypedExtensionConfig{Name: keyFailoverFilterName, TypedConfig: cfg},
-	})
+	// Skipped unless the header is a number other than 1 (an absent header is skipped too).
+	wrapped, err := skipUnlessHeader(keyFailoverFilterName, cfg, wire.AttemptHeader, retryAttemptRegex)
 	if err != nil {
 		return nil, err
 	}
