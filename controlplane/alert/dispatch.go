@@ -64,7 +64,6 @@ type Dispatcher struct {
 
 	mu      sync.Mutex
 	workers map[string]*worker
-	wg      sync.WaitGroup
 
 	sent    *prometheus.CounterVec
 	retries *prometheus.CounterVec
@@ -149,11 +148,7 @@ func (d *Dispatcher) SetNotifiers(ns []model.Notifier) {
 		w := &worker{n: n, sender: d.opts.NewSender(n), queue: make(chan Message, d.opts.QueueSize), cancel: cancel,
 			health: NotifierHealth{Name: n.Name, Type: n.Kind, URLFile: n.URLFile, Healthy: true}}
 		d.workers[n.Name] = w
-		d.wg.Add(1)
-		go func() {
-			defer d.wg.Done()
-			d.run(ctx, w)
-		}()
+		go d.run(ctx, w)
 	}
 	for name, w := range d.workers {
 		if !keep[name] {
@@ -252,6 +247,3 @@ func (d *Dispatcher) Health() []NotifierHealth {
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
-
-// Wait blocks until every worker has stopped (after the dispatcher's context ends).
-func (d *Dispatcher) Wait() { d.wg.Wait() }

@@ -25,15 +25,6 @@ func writeFiles(t *testing.T, dir string, files map[string]string) {
 	}
 }
 
-func readFile(t *testing.T, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
-}
-
 const (
 	regionsYAML = `version: 1
 regions:

@@ -151,18 +151,6 @@ func newPKI(t *testing.T) *fakellm.PKI {
 	return p
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 const (
 	openAIBody = `{"model":"gpt-4o-mini","messages":[{"role":"system","content":"be brief"},` +
 		`{"role":"user","content":[{"type":"text","text":"hello there world"}]}]}`

@@ -28,16 +28,6 @@ func StartExtAuthz(t testing.TB, llmedge, name string, e stack.ExtAuthz) *Proces
 	return adopt(t, p)
 }
 
-// StartFakellm runs the fake upstream binary with settings f and returns once it answers.
-func StartFakellm(t testing.TB, fakellm, name string, f stack.Fakellm) *Process {
-	t.Helper()
-	p, err := runner(t, stack.Paths{Fakellm: fakellm}).StartFakellm(t.Context(), name, f)
-	if err != nil {
-		t.Fatalf("testenv: %v", err)
-	}
-	return adopt(t, p)
-}
-
 // StartRegionEnvoy renders a region's bootstrap with `llmedge bootstrap` (the binary at
 // llmedge) from e and runs Envoy on it, returning once its admin API answers. An
 // AdminPort of 0 lets the kernel choose, so parallel tests never collide. Stop (and the
