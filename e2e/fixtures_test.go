@@ -45,3 +45,19 @@ func writeKey(t *testing.T, dir, upstream, name, key string) {
 		t.Fatal(err)
 	}
 }
+
+// quotaRegionHK is region hk with its ratelimit serving the fake provider's openai; a
+// template appends its callers.
+const quotaRegionHK = `
+version: 1
+regions:
+  hk:
+    listen: 127.0.0.1:{{.Port "hk"}}
+    extauthz: {{.ExtAuthz "hk"}}
+    ratelimit: {{.RateLimit "hk"}}
+    upstreams: [openai]
+upstreams:
+{{.Provider "openai" "hk"}}
+routes:
+{{.Route "openai"}}
+`

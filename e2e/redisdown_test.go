@@ -17,19 +17,7 @@ import (
 
 // redisDownRegion fails open; "steady" has a limit it never reaches (so every request is
 // a Redis round trip), "capped" one it reaches at once.
-const redisDownRegion = `
-version: 1
-regions:
-  hk:
-    listen: 127.0.0.1:{{.Port "hk"}}
-    extauthz: {{.ExtAuthz "hk"}}
-    ratelimit: {{.RateLimit "hk"}}
-    upstreams: [openai]
-upstreams:
-{{.Provider "openai" "hk"}}
-routes:
-{{.Route "openai"}}
-callers:
+const redisDownRegion = quotaRegionHK + `callers:
   steady:
     tokens: [{{.Digest "steady"}}]
     upstreams: [openai]

@@ -347,19 +347,7 @@ func firstDiff(a, b string) int {
 	return min(len(a), len(b))
 }
 
-const tokenQuotaRegion = `
-version: 1
-regions:
-  hk:
-    listen: 127.0.0.1:{{.Port "hk"}}
-    extauthz: {{.ExtAuthz "hk"}}
-    ratelimit: {{.RateLimit "hk"}}
-    upstreams: [openai]
-upstreams:
-{{.Provider "openai" "hk"}}
-routes:
-{{.Route "openai"}}
-callers:
+const tokenQuotaRegion = quotaRegionHK + `callers:
   alice:
     tokens: [{{.Digest "alice"}}]
     upstreams: [openai]
