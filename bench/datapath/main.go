@@ -242,8 +242,8 @@ func scenarioTargets(s *rig) []*target {
 		{"direct", "direct to the fake", vDirect, true, ""},
 		{"envoy_bare", "bare Envoy (no side calls)", vBare, false, ""},
 		{"envoy_extauthz", "Envoy + ext_authz", vAuthz, false, ""},
-		{"envoy_ratelimit", "Envoy + rate limit", vRateLimit, false, "x-ratelimit-limit"},
-		{"edge_full", "full edge (ext_authz + rate limit)", vFull, true, "x-ratelimit-limit"},
+		{"envoy_ratelimit", "Envoy + its own rate-limit call", vRateLimit, false, "x-ratelimit-limit"},
+		{"edge_full", "full edge (ext_authz, which asks ratelimit)", vFull, true, "x-ratelimit-limit"},
 		{"edge_full_pipelined", "full edge, ratelimit with Redis pipelining", vFullPipe, false, "x-ratelimit-limit"},
 	} {
 		v := s.variants[sc.variant]
