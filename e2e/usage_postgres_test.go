@@ -248,9 +248,8 @@ func TestUsagePostgresOutageThroughTheEdge(t *testing.T) {
 		}
 		return nil
 	})
-	if v := metric("llmedge_usage_records_spooled_total"); v != 0 {
-		t.Fatalf("%v records spooled with PostgreSQL up", v)
-	}
+	// A loaded machine may time an insert out and spool it even now: count from here.
+	spooledBefore := metric("llmedge_usage_records_spooled_total")
 
 	pg.Stop()
 	outage := time.NewTimer(postgresOutage)
@@ -267,8 +266,8 @@ func TestUsagePostgresOutageThroughTheEdge(t *testing.T) {
 		if err1 != nil || err2 != nil || err3 != nil {
 			return fmt.Errorf("%v %v %v", err1, err2, err3)
 		}
-		if up != 0 || spooled < 10 || spoolBytes == 0 {
-			return fmt.Errorf("store_up %v, %v records spooled (want 10 or more), spool %v bytes", up, spooled, spoolBytes)
+		if up != 0 || spooled < spooledBefore+10 || spoolBytes == 0 {
+			return fmt.Errorf("store_up %v, %v records spooled since PostgreSQL stopped (want 10 or more), spool %v bytes", up, spooled-spooledBefore, spoolBytes)
 		}
 		return nil
 	})
