@@ -69,7 +69,8 @@ func requestMarker() (*hcmv3.HttpFilter, error) {
 // requestModelFromPath reads Gemini's model from the path (Gemini names it there, not in
 // the body); a body's "model" (read next) wins where both exist. Gemini's stream flag is
 // in the path too (streamGenerateContent), but a regex rewrite can only copy text out of
-// the path, never write "true", so Gemini records keep stream false (docs/USAGE.md).
+// the path, never write "true": the ledger reads it from the access log entry's path
+// (usage.RecordFromEntry), which costs the request nothing.
 func requestModelFromPath() (*hcmv3.HttpFilter, error) {
 	fromPath := func(key, regex, substitution string) *headertometadatav3.Config_Rule {
 		return &headertometadatav3.Config_Rule{

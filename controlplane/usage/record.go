@@ -12,6 +12,7 @@
 package usage
 
 import (
+	"net/url"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -114,6 +115,10 @@ func RecordFromEntry(region string, e *accesslogdatav3.HTTPAccessLogEntry) Recor
 			}
 		}
 	}
+	// Gemini names a stream in its path, never in the body the Envoy side reads the flag
+	// from (and a regex rewrite there can only copy text out of the path, never write a
+	// flag): the path the entry carries decides for it.
+	r.Stream = r.Stream || geminiStreamPath(e.GetRequest().GetPath())
 
 	r.Extraction = ExtractionNotAI
 	if r.RequestedModel != "" {
@@ -149,6 +154,19 @@ func RecordFromEntry(region string, e *accesslogdatav3.HTTPAccessLogEntry) Recor
 	}
 	r.RequestID = clip(r.RequestID)
 	return r
+}
+
+// geminiStreamPath reports whether path (query and all) calls Gemini's
+// streamGenerateContent: /v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse,
+// also with the colon percent-encoded.
+func geminiStreamPath(path string) bool {
+	path, _, _ = strings.Cut(path, "?")
+	if p, err := url.PathUnescape(path); err == nil {
+		path = p
+	}
+	seg := path[strings.LastIndexByte(path, '/')+1:]
+	i := strings.LastIndexByte(seg, ':')
+	return i > 0 && strings.Contains(path, "/models/") && strings.EqualFold(seg[i+1:], "streamGenerateContent")
 }
 
 // maxField bounds the strings a record keeps: the model comes from the caller's body.

@@ -46,6 +46,7 @@ type entry struct {
 	info                                *aidatav3.RequestInfo
 	status                              uint32
 	idInHeader                          bool
+	path                                string
 }
 
 func (x entry) build(t testing.TB) *accesslogdatav3.HTTPAccessLogEntry {
@@ -78,7 +79,7 @@ func (x entry) build(t testing.TB) *accesslogdatav3.HTTPAccessLogEntry {
 			Metadata:                    md,
 			FilterStateObjects:          map[string]*anypb.Any{},
 		},
-		Request:  &accesslogdatav3.HTTPRequestProperties{RequestHeadersBytes: 100, RequestBodyBytes: 200},
+		Request:  &accesslogdatav3.HTTPRequestProperties{RequestHeadersBytes: 100, RequestBodyBytes: 200, Path: x.path},
 		Response: &accesslogdatav3.HTTPResponseProperties{ResponseCode: wrapperspb.UInt32(x.status), ResponseHeadersBytes: 50, ResponseBodyBytes: 950},
 	}
 	if x.idInHeader {
@@ -137,6 +138,19 @@ func TestRecordFromEntry(t *testing.T) {
 		{"json_to_metadata wins over request_info", entry{id: "r7", model: "a", stream: false, status: 200,
 			info: &aidatav3.RequestInfo{Model: "b", Stream: wrapperspb.Bool(true)}},
 			with(func(r *Record) { r.RequestID, r.RequestedModel, r.Extraction = "r7", "a", ExtractionMissing })},
+		{"gemini stream: the path says so, the body cannot", entry{id: "g1", model: "gemini-2.5-flash", stream: false, status: 200,
+			path: "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"},
+			with(func(r *Record) {
+				r.RequestID, r.RequestedModel, r.Stream, r.Extraction = "g1", "gemini-2.5-flash", true, ExtractionMissing
+			})},
+		{"gemini stream, colon percent-encoded", entry{id: "g2", model: "gemini-x", stream: false, status: 200,
+			path: "/gemini/v1/models/gemini-x%3AstreamGenerateContent"},
+			with(func(r *Record) {
+				r.RequestID, r.RequestedModel, r.Stream, r.Extraction = "g2", "gemini-x", true, ExtractionMissing
+			})},
+		{"gemini generateContent is no stream, whatever the query says", entry{id: "g3", model: "gemini-x", stream: false, status: 200,
+			path: "/v1beta/models/gemini-x:generateContent?x=/models/a:streamGenerateContent"},
+			with(func(r *Record) { r.RequestID, r.RequestedModel, r.Extraction = "g3", "gemini-x", ExtractionMissing })},
 		{"request id from the header", entry{id: "h1", idInHeader: true, status: 200},
 			with(func(r *Record) { r.RequestID, r.Extraction = "h1", ExtractionNotAI })},
 	}

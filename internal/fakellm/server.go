@@ -266,6 +266,11 @@ func route(method, path string) routed {
 			return routed{provider: providerOpenAI, handle: (*Server).openAIChat}
 		}
 		return routed{provider: providerOpenAI}
+	case path == "/v1/responses":
+		if method == http.MethodPost {
+			return routed{provider: providerOpenAI, handle: (*Server).openAIResponses}
+		}
+		return routed{provider: providerOpenAI}
 	case path == "/v1/messages":
 		if method == http.MethodPost {
 			return routed{provider: providerAnthropic, handle: (*Server).anthropicMessages}
