@@ -103,6 +103,7 @@ type Step struct {
 	Dropped     int64   `json:"dropped"`
 	CPUPer1k    float64 `json:"controlplane_cpu_s_per_1k"`
 	OtherCores  float64 `json:"other_cpu_cores"`
+	LoadCores   float64 `json:"load_generator_cpu_cores"`
 	KeepsUp     bool    `json:"keeps_up"`
 	DrainFailed bool    `json:"drain_timed_out,omitempty"`
 }
@@ -111,7 +112,7 @@ func main() {
 	var o options
 	flag.StringVar(&o.out, "out", "docs/bench", "directory for usage.json and usage.md ('' writes nothing)")
 	flag.StringVar(&o.llmedge, "llmedge", "", "llmedge binary (default: go build ./cmd/llmedge into a temporary directory)")
-	rates := flag.String("rates", "2000,4000,8000", "offered records per second, one step each, in this order")
+	rates := flag.String("rates", "2000,4000,8000,16000,32000", "offered records per second, one step each, in this order")
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "length of each step")
 	flag.IntVar(&o.streams, "streams", 2, "access log streams (Envoy workers) sharing the rate")
 	stores := flag.String("stores", "sqlite,postgres", "usage stores to measure")
@@ -315,8 +316,8 @@ func step(ctx context.Context, conn *grpc.ClientConn, status string, pid, rate i
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	child, _, other := cpu.Since()
-	s.CPUPer1k, s.OtherCores = child/float64(s.Sent)*1000, other
+	child, self, other := cpu.Since()
+	s.CPUPer1k, s.OtherCores, s.LoadCores = child/float64(s.Sent)*1000, other, self/time.Since(begin).Seconds()
 	s.KeepsUp = !s.DrainFailed && s.Spooled == 0 && s.Dropped == 0 && s.Achieved >= minShare*float64(rate) &&
 		s.LagMS <= float64(maxLag.Milliseconds())
 	return s, nil
