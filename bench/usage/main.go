@@ -310,6 +310,9 @@ func step(ctx context.Context, conn *grpc.ClientConn, status string, pid, rate i
 			s.LagMS = float64(time.Since(last).Microseconds()) / 1000
 			break
 		}
+		if last.IsZero() && time.Since(begin) > o.duration+o.drain {
+			return s, errors.New("the access log streams did not finish sending (the control plane stopped reading)")
+		}
 		if !deadline.IsZero() && time.Now().After(deadline) {
 			s.DrainFailed, s.LagMS = true, float64(o.drain.Milliseconds())
 			break
