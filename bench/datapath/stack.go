@@ -4,7 +4,7 @@ package main
 // starts them all. The rest of the program uses only:
 //   - newRunner and findPaths: tools, binaries and the CPU placement;
 //   - startRig(ctx, r): starts every component;
-//   - rig.variants[vDirect, vBare, vAuthz, vRateLimit, vFull, vFullPipe]: URL, headers,
+//   - rig.variants[vDirect, vBare, vAuthz, vRateLimit, vFull, vFullPipe, vNoUsage]: URL, headers,
 //     the processes on the data path (for CPU and RSS accounting) and the Envoy admin URL
 //     (read with envoyCounters and envoyOverflows);
 //   - rig.fakeAddr for the peer gateways.
@@ -12,8 +12,9 @@ package main
 // The full edge (vFull) is a stack.Edge, which is what `make run` runs: the same
 // components with the same settings and Envoy worker count. Every other variant is the
 // stack's settings plus a difference named here: runner.override changes commands (one
-// ratelimit setting, the fake's pacing, the CPUs), startAuthz runs a region without
-// limits, startStatics runs Envoys on static bootstraps.
+// ratelimit setting, the fake's pacing, the CPUs), startOwn runs a region on a routes YAML
+// of its own (without limits; without usage recording), startStatics runs Envoys on static
+// bootstraps.
 
 import (
 	"context"
@@ -52,6 +53,7 @@ const (
 	vRateLimit = "ratelimit" // static Envoy, rate limit + router
 	vFull      = "full"      // make run's edge: Envoy + ext_authz + rate limit
 	vFullPipe  = "fullpipe"  // the same with Redis pipelining in ratelimit
+	vNoUsage   = "nousage"   // the full edge with usage.enabled: false
 )
 
 // runner starts every process of the benchmark and keeps them for CPU and RSS accounting.
@@ -115,6 +117,7 @@ type rig struct {
 	keys     string
 	token    string // the caller's llmedge token
 	fakeAddr string
+	redis    string // the full edge's Redis, shared by every ratelimit
 	variants map[string]variant
 	named    map[string]*proc
 }
@@ -127,8 +130,16 @@ func startRig(ctx context.Context, r *runner) (*rig, error) {
 	if err := s.writeKeys(); err != nil {
 		return nil, err
 	}
-	logf("starting make run's edge (regions %s, %s), the ext_authz-only region and 2 static Envoys", vFull, vFullPipe)
-	for _, step := range []func(context.Context) error{s.startEdge, s.startAuthz, s.startStatics} {
+	logf("starting make run's edge (regions %s, %s), the ext_authz-only region, the region without usage recording and 2 static Envoys", vFull, vFullPipe)
+	steps := []func(context.Context) error{
+		s.startEdge,
+		func(ctx context.Context) error { return s.startOwn(ctx, ownRegion{name: vAuthz}) },
+		func(ctx context.Context) error {
+			return s.startOwn(ctx, ownRegion{name: vNoUsage, limit: callerLimit, noUsage: true, state: true})
+		},
+		s.startStatics,
+	}
+	for _, step := range steps {
 		if err := step(ctx); err != nil {
 			return nil, err
 		}
@@ -202,7 +213,8 @@ func (s *rig) startEdge(ctx context.Context) error {
 		rs = append(rs, region{name: name, listen: at("envoy", name, stack.RoleEdge),
 			authz: stack.Unix(socks.ExtAuthz(name)), ratelimit: stack.Unix(socks.Ratelimit(name))})
 	}
-	routes, err := s.writeRoutes("routes-full.yaml", callerLimit, rs...)
+	s.redis = stack.Unix(socks.Redis())
+	routes, err := s.writeRoutes("routes-full.yaml", callerLimit, false, rs...)
 	if err != nil {
 		return err
 	}
@@ -224,25 +236,45 @@ func (s *rig) startEdge(ctx context.Context) error {
 	return nil
 }
 
-// startAuthz starts the ext_authz-only region: a control plane of its own on a routes
-// YAML without limits (a control plane that serves limits requires a ratelimit address
-// in every region), extauthz and Envoy, with the settings the edge uses.
-func (s *rig) startAuthz(ctx context.Context) error {
+// ownRegion is a region served by a control plane of its own, on a routes YAML that
+// differs from make run's in what the region is for.
+type ownRegion struct {
+	name    string
+	limit   int  // the caller's requests a minute; 0: no limits, so no ratelimit
+	noUsage bool // usage.enabled: false
+	state   bool // --state-dir for the control plane and extauthz, as make run gives them
+}
+
+// startOwn starts a region's control plane, extauthz, ratelimit (with limits; on the full
+// edge's Redis) and Envoy, each with the settings the edge uses. The ext_authz-only region
+// needs its own control plane because one that serves limits requires a ratelimit address
+// in every region; the region without usage recording because usage.enabled is global.
+func (s *rig) startOwn(ctx context.Context, o ownRegion) error {
 	a, err := host.FreeAddrs(3)
 	if err != nil {
 		return err
 	}
-	socks, err := stack.MakeSockets(filepath.Join(s.r.Dir, vAuthz), []string{vAuthz})
+	dir := filepath.Join(s.r.Dir, o.name)
+	socks, err := stack.MakeSockets(dir, []string{o.name})
 	if err != nil {
 		return err
 	}
-	authz := stack.Unix(socks.ExtAuthz(vAuthz))
-	routes, err := s.writeRoutes("routes-authz.yaml", 0, region{name: vAuthz, listen: a[0], authz: authz})
+	rg := region{name: o.name, listen: a[0], authz: stack.Unix(socks.ExtAuthz(o.name))}
+	if o.limit > 0 {
+		rg.ratelimit = stack.Unix(socks.Ratelimit(o.name))
+	}
+	routes, err := s.writeRoutes("routes-"+o.name+".yaml", o.limit, o.noUsage, rg)
 	if err != nil {
 		return err
 	}
-	cp := stack.ControlPlane{Config: routes, XDSAddr: stack.Unix(socks.XDS()), HTTPAddr: a[1]}
-	p, err := s.r.StartControlPlane(ctx, "controlplane-"+vAuthz, cp)
+	stateDir := func(p string) string {
+		if !o.state {
+			return ""
+		}
+		return filepath.Join(dir, "state", p)
+	}
+	cp := stack.ControlPlane{Config: routes, XDSAddr: stack.Unix(socks.XDS()), HTTPAddr: a[1], StateDir: stateDir("controlplane")}
+	p, err := s.r.StartControlPlane(ctx, "controlplane-"+o.name, cp)
 	if err != nil {
 		return err
 	}
@@ -250,18 +282,47 @@ func (s *rig) startAuthz(ctx context.Context) error {
 	if err := p.Await(ctx, stack.LlmedgeStartTimeout, stack.HTTPStatus(cp.StatusURL()+"/readyz", 200)); err != nil {
 		return err
 	}
-	ea, err := s.r.StartExtAuthz(ctx, stack.ProcessName("extauthz", vAuthz), stack.ExtAuthz{
-		Region: vAuthz, XDSAddr: cp.XDSAddr, GRPCAddr: authz, HTTPAddr: a[2], KeysDir: s.keys})
+	authzName := stack.ProcessName("extauthz", o.name)
+	ea, err := s.r.StartExtAuthz(ctx, authzName, stack.ExtAuthz{
+		Region: o.name, XDSAddr: cp.XDSAddr, GRPCAddr: rg.authz, HTTPAddr: a[2], KeysDir: s.keys, StateDir: stateDir(authzName)})
 	if err != nil {
 		return err
 	}
 	s.adopt(ea)
-	ep, err := s.startEnvoy(ctx, vAuthz, stack.Envoy{Region: vAuthz, XDSAddr: cp.XDSAddr})
+	others := []string{authzName}
+	if o.limit > 0 {
+		if err := s.startRatelimit(ctx, o.name, cp.XDSAddr, socks.Ratelimit(o.name)); err != nil {
+			return err
+		}
+		others = append(others, stack.ProcessName("ratelimit", o.name), "redis")
+	}
+	ep, err := s.startEnvoy(ctx, o.name, stack.Envoy{Region: o.name, XDSAddr: cp.XDSAddr})
 	if err != nil {
 		return err
 	}
-	s.variant(vAuthz, a[0], ep.AdminURL(), s.callerHeaders(), stack.ProcessName("extauthz", vAuthz))
+	s.variant(o.name, a[0], ep.AdminURL(), s.callerHeaders(), others...)
 	return nil
+}
+
+// startRatelimit runs a region's ratelimit on the full edge's Redis, as the Edge runs it.
+func (s *rig) startRatelimit(ctx context.Context, name, xds, socket string) error {
+	var ports [3]int
+	for i := range ports {
+		p, err := stack.FreePort()
+		if err != nil {
+			return err
+		}
+		ports[i] = p
+	}
+	rl, err := s.r.StartRatelimit(ctx, stack.ProcessName("ratelimit", name), stack.Ratelimit{
+		Region: name, XDSAddr: xds, RedisAddr: s.redis, GRPCSocket: socket,
+		HTTPPort: ports[0], DebugPort: ports[1], MetricsPort: ports[2],
+	})
+	if err != nil {
+		return err
+	}
+	s.adopt(rl.Process)
+	return rl.WaitHealthy(ctx, stack.RatelimitStartTimeout)
 }
 
 // startStatics starts the bare and rate-limit-only Envoys on static bootstraps made from
@@ -324,8 +385,8 @@ type region struct {
 }
 
 // writeRoutes writes a routes YAML serving the fake through the regions, for the caller
-// (limited to limit requests a minute when limit > 0).
-func (s *rig) writeRoutes(name string, limit int, regions ...region) (string, error) {
+// (limited to limit requests a minute when limit > 0), with usage recording unless noUsage.
+func (s *rig) writeRoutes(name string, limit int, noUsage bool, regions ...region) (string, error) {
 	var b strings.Builder
 	var names []string
 	b.WriteString("version: 1\nregions:\n")
@@ -341,6 +402,9 @@ func (s *rig) writeRoutes(name string, limit int, regions ...region) (string, er
 	fmt.Fprintf(&b, "callers:\n  %s:\n    tokens: [%s]\n    upstreams: [fake]\n", callerName, token.DigestRef(s.token))
 	if limit > 0 {
 		fmt.Fprintf(&b, "    limits:\n      - {requests: %d, per: minute}\n", limit)
+	}
+	if noUsage {
+		b.WriteString("usage:\n  enabled: false\n")
 	}
 	path := filepath.Join(s.r.Dir, name)
 	return path, os.WriteFile(path, []byte(b.String()), 0o644)

@@ -1,10 +1,16 @@
 package main
 
 import (
+	"fmt"
 	"reflect"
 	"slices"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/llmedge/llmedge/controlplane/config"
+	"github.com/llmedge/llmedge/controlplane/model"
 	"github.com/llmedge/llmedge/internal/stack"
 )
 
@@ -44,4 +50,34 @@ func cutPrefix(s, prefix []string) ([]string, bool) {
 		return nil, false
 	}
 	return s[len(prefix):], true
+}
+
+// The row without usage recording is the full edge's routes YAML with usage.enabled off and
+// nothing else changed.
+func TestNoUsageRoutesDifferOnlyInTheSwitch(t *testing.T) {
+	s := &rig{r: newRunner(t.TempDir(), stack.Paths{}, false, "150us", 8), fakeAddr: "127.0.0.1:9"}
+	if err := s.writeKeys(); err != nil {
+		t.Fatal(err)
+	}
+	rg := region{name: vNoUsage, listen: "127.0.0.1:10", authz: "127.0.0.1:11", ratelimit: "127.0.0.1:12"}
+	load := func(noUsage bool) *model.Config {
+		path, err := s.writeRoutes(fmt.Sprintf("routes-%v.yaml", noUsage), callerLimit, noUsage, rg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, cfg, err := config.LoadConfig(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	on, off := load(false), load(true)
+	if !on.Usage.Enabled || off.Usage.Enabled {
+		t.Fatalf("usage.enabled: with %v, without %v", on.Usage.Enabled, off.Usage.Enabled)
+	}
+	off.Usage.Enabled = true
+	off.Warnings = on.Warnings
+	if d := cmp.Diff(on, off, cmpopts.EquateEmpty()); d != "" {
+		t.Errorf("the routes differ in more than usage.enabled (-with +without):\n%s", d)
+	}
 }

@@ -236,6 +236,8 @@ type ProbeUpstream struct {
 
 // Usage configures the usage ledger (docs/USAGE.md).
 type Usage struct {
+	// Enabled is whether Envoy sends each request's record to the ledger (default true).
+	Enabled *bool `mapstructure:"enabled"`
 	// Store is "sqlite" (default) or "postgres".
 	Store    string        `mapstructure:"store"`
 	SQLite   UsageSQLite   `mapstructure:"sqlite"`

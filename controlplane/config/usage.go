@@ -27,13 +27,19 @@ var currencyRE = regexp.MustCompile(`^[A-Z]{3}$`)
 
 func validateUsage(u *Usage, ups map[string]Upstream, c *collector) model.Usage {
 	out := model.Usage{
-		Store: "sqlite", SQLitePath: DefaultUsageSQLitePath, RetentionDays: DefaultUsageRetentionDays,
+		Enabled: true, Store: "sqlite", SQLitePath: DefaultUsageSQLitePath, RetentionDays: DefaultUsageRetentionDays,
 		SpoolDir: DefaultUsageSpoolDir, SpoolMaxBytes: DefaultUsageSpoolMaxBytes,
 		AccessLog: model.AccessLog{Enabled: true, Dir: DefaultAccessLogDir,
 			RetentionDays: DefaultAccessLogRetentionDays, MaxFileBytes: DefaultAccessLogMaxFileBytes},
 	}
 	if u == nil {
 		return out
+	}
+	if u.Enabled != nil {
+		out.Enabled = *u.Enabled
+	}
+	if !out.Enabled && u.AccessLog.Enabled != nil && *u.AccessLog.Enabled {
+		c.add("usage.access_log.enabled", "true, but usage.enabled is false: the files are written from the usage records Envoy sends")
 	}
 	switch u.Store {
 	case "", "sqlite":
@@ -133,6 +139,8 @@ func validateAccessLog(a UsageAccessLog, out *model.AccessLog, c *collector) {
 func warnAccessLog(cfg *model.Config) {
 	a := cfg.Usage.AccessLog
 	switch {
+	case !cfg.Usage.Enabled:
+		cfg.Warnings = append(cfg.Warnings, "usage.enabled: false: Envoy sends no usage records, so neither the usage ledger nor the access log files get new ones")
 	case !a.Enabled:
 		cfg.Warnings = append(cfg.Warnings, "usage.access_log.enabled: false: no access log files are written (audits usually want 14 days of them)")
 	case a.RetentionDays < DefaultAccessLogRetentionDays:

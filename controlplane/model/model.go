@@ -379,6 +379,10 @@ func (c *Config) RegionNames() []string {
 
 // Usage configures the usage ledger (the control plane's store of one record per request).
 type Usage struct {
+	// Enabled makes every listener send each request's usage record to the control plane
+	// (usage.enabled, default true); false leaves the ledger and its access log files
+	// without new records.
+	Enabled         bool
 	Store           string // "sqlite" or "postgres"
 	SQLitePath      string // relative paths are resolved against the control plane's state dir
 	PostgresDSNFile string // the file holding the DSN (it carries a password), not the DSN

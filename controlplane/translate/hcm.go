@@ -3,7 +3,6 @@ package translate
 import (
 	"time"
 
-	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -27,7 +26,7 @@ const (
 	connectionIdle       = time.Hour
 )
 
-func connectionManager(r model.Region) (*anypb.Any, error) {
+func connectionManager(r model.Region, usage bool) (*anypb.Any, error) {
 	// Envoy adds no x-envoy-* header of its own to what goes upstream (nor to responses).
 	router, err := toAny(&routerv3.Router{SuppressEnvoyHeaders: true})
 	if err != nil {
@@ -45,7 +44,7 @@ func connectionManager(r model.Region) (*anypb.Any, error) {
 	if err != nil {
 		return nil, err
 	}
-	marker, err := requestMarker()
+	marker, usageLog, err := usageRecording(usage)
 	if err != nil {
 		return nil, err
 	}
@@ -65,7 +64,7 @@ func connectionManager(r model.Region) (*anypb.Any, error) {
 	// route cache, and after ext_authz's header changes the 1.40.0 binary then found no
 	// route (404) or stalled on large bodies. Only bodies within the buffer limit are
 	// read (requestBody), so an unauthenticated caller costs at most that.
-	filters := []*hcmv3.HttpFilter{facts, marker, pathModel, body, authz}
+	filters := present(facts, marker, pathModel, body, authz)
 	if !r.RateLimit.IsZero() {
 		// After ext_authz: the quota descriptors are built from the caller it names.
 		rl, err := rateLimitFilter(r)
@@ -81,10 +80,6 @@ func connectionManager(r model.Region) (*anypb.Any, error) {
 		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router},
 	})
 	accessLog, err := jsonAccessLog(r.Name)
-	if err != nil {
-		return nil, err
-	}
-	usageLog, err := usageAccessLog()
 	if err != nil {
 		return nil, err
 	}
@@ -131,7 +126,7 @@ func connectionManager(r model.Region) (*anypb.Any, error) {
 		RequestHeadersTimeout: durationpb.New(requestHeadersTimeout),
 		StreamIdleTimeout:     durationpb.New(hcmStreamIdleTimeout),
 		ServerName:            "llmedge",
-		AccessLog:             []*accesslogv3.AccessLog{accessLog, usageLog},
+		AccessLog:             present(accessLog, usageLog),
 		LocalReplyConfig:      localReplies(r.Name),
 	}
 	return toAny(hcm)

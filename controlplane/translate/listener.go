@@ -8,8 +8,8 @@ import (
 	"github.com/llmedge/llmedge/controlplane/model"
 )
 
-func listener(r model.Region) (*listenerv3.Listener, error) {
-	hcm, err := connectionManager(r)
+func listener(r model.Region, usage bool) (*listenerv3.Listener, error) {
+	hcm, err := connectionManager(r, usage)
 	if err != nil {
 		return nil, err
 	}

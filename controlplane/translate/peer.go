@@ -332,7 +332,9 @@ func forwardedRoutes(cfg *model.Config, r model.Region, name string, upstreams [
 // forwardedHCM is the region's connection manager for a listener of forwarded requests:
 // the same filters as the callers' listener minus the rate-limit filter.
 func forwardedHCM(r model.Region, routeConfig, statPrefix string, accessLog bool) (*anypb.Any, error) {
-	hcmAny, err := connectionManager(r)
+	// Without usage recording: a forwarded request's record belongs to the listener its
+	// caller reached, so it is never counted twice.
+	hcmAny, err := connectionManager(r, false)
 	if err != nil {
 		return nil, err
 	}
@@ -345,11 +347,9 @@ func forwardedHCM(r model.Region, routeConfig, statPrefix string, accessLog bool
 	// The peer is another edge (or this one), never a proxy in front of a caller.
 	hcm.XffNumTrustedHops = 0
 	hcm.HttpFilters = slices.DeleteFunc(hcm.HttpFilters, func(f *hcmv3.HttpFilter) bool { return f.Name == rateLimitFilterName })
-	// Only the local JSON log: the usage record of a request belongs to the listener its
-	// caller reached, so a forwarded request is never counted twice.
-	hcm.AccessLog = slices.DeleteFunc(hcm.AccessLog, func(l *accesslogv3.AccessLog) bool {
-		return !accessLog || l.Name != "envoy.access_loggers.stdout"
-	})
+	if !accessLog {
+		hcm.AccessLog = nil
+	}
 	return toAny(hcm)
 }
 

@@ -108,7 +108,7 @@ func Region(cfg *model.Config, region string) (*Resources, error) {
 	if err := forwardRoutes(r, rc); err != nil {
 		return nil, fmt.Errorf("translate region %q: %w", region, err)
 	}
-	l, err := listener(r)
+	l, err := listener(r, cfg.Usage.Enabled)
 	if err != nil {
 		return nil, fmt.Errorf("translate region %q: %w", region, err)
 	}

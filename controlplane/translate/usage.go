@@ -6,6 +6,7 @@ import (
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	grpcalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -24,6 +25,36 @@ const (
 	usageLogFlushInterval = time.Second
 	usageLogBufferBytes   = 16 * 1024
 )
+
+// usageRecording is what a listener carries only for the usage ledger: the llmedge.request
+// marker (without it the gRPC access log carries no metadata) and the log itself; neither
+// when usage.enabled is false. The request's model and the token extraction stay either
+// way: quotas read them too.
+func usageRecording(enabled bool) (*hcmv3.HttpFilter, *accesslogv3.AccessLog, error) {
+	if !enabled {
+		return nil, nil, nil
+	}
+	marker, err := requestMarker()
+	if err != nil {
+		return nil, nil, err
+	}
+	log, err := usageAccessLog()
+	if err != nil {
+		return nil, nil, err
+	}
+	return marker, log, nil
+}
+
+// present is xs without its nil entries: the pieces a listener leaves out.
+func present[T any](xs ...*T) []*T {
+	out := make([]*T, 0, len(xs))
+	for _, x := range xs {
+		if x != nil {
+			out = append(out, x)
+		}
+	}
+	return out
+}
 
 // usageAccessLog streams one HTTPAccessLogEntry per request to the control plane's
 // ledger (docs/USAGE.md). Without a ledger (no --state-dir) the control plane does not

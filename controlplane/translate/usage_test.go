@@ -1,0 +1,62 @@
+package translate_test
+
+import (
+	"slices"
+	"testing"
+
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+
+	"github.com/llmedge/llmedge/controlplane/translate"
+)
+
+// usage.enabled: false takes out exactly what only the ledger needs (the gRPC usage log and
+// the llmedge.request marker) and keeps what quotas read (the request body's model, token
+// extraction, the rate-limit filter) and the local JSON log. The same config with the
+// switch on carries both.
+func TestUsageRecordingSwitch(t *testing.T) {
+	const (
+		usageLog   = "envoy.access_loggers.http_grpc"
+		jsonLog    = "envoy.access_loggers.stdout"
+		marker     = "envoy.filters.http.set_metadata"
+		bodyModel  = "envoy.filters.http.json_to_metadata"
+		pathModel  = "envoy.filters.http.header_to_metadata"
+		tokenUsage = "envoy.filters.http.ai_protocol_manager"
+		rateLimit  = "envoy.filters.http.ratelimit"
+	)
+	cfg := load(t, "testdata/in/usage-disabled.yaml")
+	if cfg.Usage.Enabled {
+		t.Fatal("usage.enabled: false loaded as enabled")
+	}
+	for _, enabled := range []bool{false, true} {
+		cfg.Usage.Enabled = enabled
+		res, err := translate.Region(cfg, "hk")
+		if err != nil {
+			t.Fatal(err)
+		}
+		hcm := &hcmv3.HttpConnectionManager{}
+		if err := res.Listeners[0].FilterChains[0].Filters[0].GetTypedConfig().UnmarshalTo(hcm); err != nil {
+			t.Fatal(err)
+		}
+		var filters, logs []string
+		for _, f := range hcm.GetHttpFilters() {
+			filters = append(filters, f.GetName())
+		}
+		for _, l := range hcm.GetAccessLog() {
+			logs = append(logs, l.GetName())
+		}
+		for _, want := range []string{bodyModel, pathModel, tokenUsage, rateLimit} {
+			if !slices.Contains(filters, want) {
+				t.Errorf("enabled=%v: filter %s missing from %v", enabled, want, filters)
+			}
+		}
+		if !slices.Contains(logs, jsonLog) {
+			t.Errorf("enabled=%v: access logs %v lack the JSON log", enabled, logs)
+		}
+		if got := slices.Contains(filters, marker); got != enabled {
+			t.Errorf("enabled=%v: marker filter present=%v in %v", enabled, got, filters)
+		}
+		if got := slices.Contains(logs, usageLog); got != enabled {
+			t.Errorf("enabled=%v: usage log present=%v in %v", enabled, got, logs)
+		}
+	}
+}
