@@ -69,14 +69,12 @@ type Main struct {
 	keys   *keystore.Store
 	xds    *xdsclient.Client
 	policy atomic.Pointer[decide.Compiled]
-	quotas atomic.Pointer[quotas]
 
 	grpcAddr       transport.Address
 	grpcLn, httpLn net.Listener
 	ready          chan struct{}
 	checks         *prometheus.CounterVec
 	retryKeys      *prometheus.CounterVec
-	quotaChecks    *prometheus.CounterVec
 }
 
 // New checks the options and loads the keys once.
@@ -122,11 +120,7 @@ func New(o Options) (*Main, error) {
 		Name: "llmedge_extauthz_retry_keys_total",
 		Help: "Retries of requests Envoy asked a key for, by upstream and outcome: next (the next key was set), kept (the first try's key stays: one key, or a caller's own).",
 	}, []string{"upstream", "result"})
-	m.quotaChecks = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "llmedge_extauthz_quota_checks_total",
-		Help: "Allowed requests whose quotas extauthz asked the region's rate-limit service about, by upstream and result (ok, over_limit, unavailable).",
-	}, []string{"upstream", "result"})
-	m.reg.MustRegister(m.checks, m.retryKeys, m.quotaChecks, keyCollector{keys}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	m.reg.MustRegister(m.checks, m.retryKeys, keyCollector{keys}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "llmedge_extauthz_policy_ready", Help: "1 once a caller policy from the control plane is in force.",
 		}, func() float64 {
@@ -224,9 +218,6 @@ func (m *Main) Run(ctx context.Context) error {
 	defer stop()
 	_ = hs.Shutdown(shutdown)
 	g.GracefulStop()
-	if q := m.quotas.Swap(nil); q != nil {
-		q.svc.close()
-	}
 	m.log.Info("extauthz stopped")
 	return runErr
 }
@@ -263,16 +254,7 @@ func (m *Main) apply(version string, resources []*anypb.Any) error {
 	if err != nil {
 		return err
 	}
-	old := m.quotas.Load()
-	q, err := newQuotas(found.GetRateLimit(), old, m.opts.TLS, m.log)
-	if err != nil {
-		return err
-	}
 	m.policy.Store(c)
-	m.quotas.Store(q)
-	if old != nil && (q == nil || q.svc != old.svc) {
-		old.svc.close()
-	}
 	m.log.Info("caller policy applied", "version", version, "callers", len(dp.Callers), "upstreams", len(dp.Upstreams))
 	return nil
 }
@@ -330,31 +312,10 @@ func (m *Main) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.Che
 	} else {
 		d = p.Decide(r, keySource{m.keys})
 	}
-	var quota quotaAnswer
-	if d.Allow && r.Hop != wire.HopPeer { // a request forwarded by a peer was counted where it entered
-		if q := m.quotas.Load(); q != nil {
-			quota = q.check(ctx, d.Caller, r.Upstream, requestedModel(attrs.GetMetadataContext()))
-			if quota.result != quotaNone {
-				m.quotaChecks.WithLabelValues(r.Upstream, quota.result.String()).Inc()
-			}
-			switch {
-			case quota.result == quotaOver:
-				m.checks.WithLabelValues(r.Upstream, decide.ReasonOverLimit).Inc()
-				m.log.Info("denied", "reason", decide.ReasonOverLimit, "status", http.StatusTooManyRequests, "caller", d.Caller, "route", r.Route, "upstream", r.Upstream, "limits", quota.limit)
-				return overLimitResponse(d.Caller, quota), nil
-			case quota.result == quotaUnavailable && q.failClosed:
-				caller := d.Caller
-				d = decide.RateLimitUnavailable(m.policy.Load().API(r.Upstream), r.Region)
-				d.Caller = caller
-			}
-		}
-	}
 	m.checks.WithLabelValues(r.Upstream, d.Reason).Inc()
 	if d.Allow {
-		m.log.Debug("allowed", "caller", d.Caller, "route", r.Route, "upstream", r.Upstream, "key", d.KeyName, "quota", quota.result.String())
-		resp := allowResponse(d, r.Upstream)
-		resp.GetOkResponse().ResponseHeadersToAdd = quota.headers
-		return resp, nil
+		m.log.Debug("allowed", "caller", d.Caller, "route", r.Route, "upstream", r.Upstream, "key", d.KeyName)
+		return allowResponse(d, r.Upstream), nil
 	}
 	m.log.Info("denied", "reason", d.Reason, "status", d.Status, "caller", d.Caller, "route", r.Route, "upstream", r.Upstream, "source", r.SourceIP.String())
 	return denyResponse(d), nil
@@ -402,26 +363,6 @@ func allowResponse(d decide.Decision, upstream string) *authv3.CheckResponse {
 		Status:          &rpcstatus.Status{Code: int32(codes.OK)},
 		HttpResponse:    &authv3.CheckResponse_OkResponse{OkResponse: ok},
 		DynamicMetadata: md,
-	}
-}
-
-// overLimitResponse is the 429 of a spent quota. Envoy shapes the body like the
-// provider's errors around this message (controlplane/translate, local replies) and adds
-// the request id; the X-RateLimit headers and Retry-After go with it, as Envoy's
-// rate-limit filter would send them.
-func overLimitResponse(caller string, a quotaAnswer) *authv3.CheckResponse {
-	msg := fmt.Sprintf("llmedge: rate limit exceeded for caller %s (limits: %s); retry after %s seconds.", caller, a.limit, a.reset)
-	headers := append(a.headers,
-		&corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "retry-after", Value: a.reset}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD},
-		&corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "content-type", Value: "text/plain"}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD},
-	)
-	return &authv3.CheckResponse{
-		Status: &rpcstatus.Status{Code: int32(codes.ResourceExhausted)},
-		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
-			Status:  &typev3.HttpStatus{Code: typev3.StatusCode_TooManyRequests},
-			Headers: headers,
-			Body:    msg,
-		}},
 	}
 }
 

@@ -1,14 +1,10 @@
 package translate
 
 import (
-	"net"
-	"strconv"
-
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/llmedge/llmedge/controlplane/model"
-	"github.com/llmedge/llmedge/internal/transport"
 	"github.com/llmedge/llmedge/internal/wire"
 	authzv1 "github.com/llmedge/llmedge/proto/llmedge/authz/v1"
 )
@@ -56,27 +52,9 @@ func authzPolicy(cfg *model.Config, r model.Region) (*corev3.TypedExtensionConfi
 		}
 		p.Callers = append(p.Callers, pc)
 	}
-	if !r.RateLimit.IsZero() {
-		q := quotasFor(cfg, r)
-		rl := &authzv1.RateLimit{Address: addressString(r.RateLimit), Domain: wire.RateLimitDomain, FailClosed: r.RateLimitFailClosed}
-		for _, name := range r.AllUpstreams() {
-			if ds := quotaDescriptors(q, name); len(ds) > 0 {
-				rl.Upstreams = append(rl.Upstreams, &authzv1.UpstreamQuotas{Upstream: name, Descriptors: ds})
-			}
-		}
-		p.RateLimit = rl
-	}
 	a, err := toAny(p)
 	if err != nil {
 		return nil, err
 	}
 	return &corev3.TypedExtensionConfig{Name: wire.PolicyResourceName, TypedConfig: a}, nil
-}
-
-// addressString writes a region service's address in internal/transport's syntax.
-func addressString(a model.Address) string {
-	if a.Pipe != "" {
-		return transport.UnixPrefix + a.Pipe
-	}
-	return net.JoinHostPort(a.Host, strconv.FormatUint(uint64(a.Port), 10))
 }
