@@ -441,7 +441,7 @@ func TestComposeDependsOn(t *testing.T) {
 		"controlplane": {},
 		"redis":        {},
 		"fakellm":      {},
-		"extauthz":     {"controlplane": types.ServiceConditionHealthy},
+		"extauthz":     {"controlplane": types.ServiceConditionHealthy, "redis": types.ServiceConditionHealthy},
 		"ratelimit":    {"controlplane": types.ServiceConditionHealthy, "redis": types.ServiceConditionHealthy},
 		// Envoy fails closed without extauthz; rate limiting fails open.
 		"envoy": {
@@ -673,6 +673,9 @@ func TestComposeRoutes(t *testing.T) {
 			}
 			if got := env(rl, "CONFIG_GRPC_XDS_SERVER_URL"); got != xds {
 				t.Errorf("ratelimit CONFIG_GRPC_XDS_SERVER_URL = %q, want %q", got, xds)
+			}
+			if got, want := env(ea, "LLMEDGE_REDIS"), "unix:"+flagValue(service(t, p, "redis").Command, "--unixsocket"); got != want {
+				t.Errorf("extauthz LLMEDGE_REDIS = %q, want ratelimit's Redis %q", got, want)
 			}
 			if got, want := env(rl, "REDIS_URL"), flagValue(service(t, p, "redis").Command, "--unixsocket"); got != want || env(rl, "REDIS_SOCKET_TYPE") != "unix" {
 				t.Errorf("ratelimit REDIS_SOCKET_TYPE=%s REDIS_URL=%q, want unix and redis's --unixsocket %q", env(rl, "REDIS_SOCKET_TYPE"), got, want)

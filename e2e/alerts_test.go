@@ -56,8 +56,8 @@ callers:
 `
 
 // TestAlertsOverTheRealStack evaluates llmedge's alert rules over the real components'
-// state and metrics: a quota past 80 % counted by the real envoyproxy/ratelimit (with
-// Redis), an upstream answering 503 and one whose connections fail until Envoy's retries
+// state and metrics: a quota past 80 % counted by envoyproxy/ratelimit's limiter in
+// extauthz (with the real Redis), an upstream answering 503 and one whose connections fail until Envoy's retries
 // run out (Envoy's /stats/prometheus), and a killed extauthz (the control plane's
 // /status). The alerter runs in the test process with the test's clock; each alert must
 // reach the webhook exactly once firing and once resolved.
@@ -76,7 +76,9 @@ func TestAlertsOverTheRealStack(t *testing.T) {
 	cfg := model.Alerts{
 		Repeat:    time.Hour,
 		Notifiers: []model.Notifier{{Name: "ops", Kind: "webhook", URLFile: urlFile}},
-		Scrape:    []model.ScrapeTarget{{Region: "hk", EnvoyAdmin: s.envoys["hk"].AdminURL(), RatelimitMetrics: s.rl["hk"].MetricsURL()}},
+		// Request quotas are counted by the limiter extauthz runs in process, which exports
+		// ratelimit's own series on extauthz's /metrics.
+		Scrape: []model.ScrapeTarget{{Region: "hk", EnvoyAdmin: s.envoys["hk"].AdminURL(), RatelimitMetrics: fmt.Sprintf("http://127.0.0.1:%d/metrics", s.authzHTTP["hk"])}},
 	}
 	for _, name := range config.AlertRuleNames() {
 		cfg.Rules = append(cfg.Rules, config.DefaultAlertRule(name))

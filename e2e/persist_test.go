@@ -20,14 +20,15 @@ import (
 // stateExtAuthz is the settings of the stack's extauthz for region with a state dir.
 func (s *stack) stateExtAuthz(region, stateDir string) stk.ExtAuthz {
 	return stk.ExtAuthz{
-		Region:   region,
-		XDSAddr:  stk.Unix(s.sock.XDS()),
-		GRPCAddr: stk.Unix(s.sock.ExtAuthz(region)),
-		HTTPAddr: stk.Loopback(s.authzHTTP[region]),
-		KeysDir:  s.keysDir,
-		KeysPoll: 200 * time.Millisecond,
-		StateDir: stateDir,
-		LogLevel: "debug",
+		Region:    region,
+		XDSAddr:   stk.Unix(s.sock.XDS()),
+		GRPCAddr:  stk.Unix(s.sock.ExtAuthz(region)),
+		HTTPAddr:  stk.Loopback(s.authzHTTP[region]),
+		KeysDir:   s.keysDir,
+		KeysPoll:  200 * time.Millisecond,
+		StateDir:  stateDir,
+		LogLevel:  "debug",
+		RedisAddr: stk.Unix(s.sock.Redis()),
 	}
 }
 
@@ -194,10 +195,12 @@ func TestControlPlaneServesSavedConfigToFreshEnvoy(t *testing.T) {
 	})
 }
 
-// TestRatelimitRestartWithoutControlPlane pins what envoyproxy/ratelimit, which cannot
-// persist its xDS config, does: it keeps its limits while the control plane is away, but
-// restarted meanwhile it runs with none, so a fail-open region (hk) admits past the quota
-// and a fail-closed one (sg) refuses everything, until the control plane returns.
+// TestRatelimitRestartWithoutControlPlane: envoyproxy/ratelimit cannot persist its xDS
+// config, so restarted while the control plane is away it runs with no limits. Admission
+// does not depend on it: extauthz checks request quotas with the limits of its own caller
+// policy, against Redis, so hk (fail open) still refuses alice past her quota and sg (fail
+// closed) still serves bob. Only the stream-end token charges need ratelimit's limits,
+// which come back with the control plane.
 func TestRatelimitRestartWithoutControlPlane(t *testing.T) {
 	t.Parallel()
 	s := newStack(t, startUpstream(t, fakellm.Options{}), quotaYAML(2, 100), "hk", "sg")
@@ -229,11 +232,11 @@ func TestRatelimitRestartWithoutControlPlane(t *testing.T) {
 	hk, sg := codes("hk", "alice", 5), codes("sg", "bob", 5)
 	t.Logf("ratelimit restarted with the control plane down: hk (fail open) alice past her quota %v; sg (fail closed) bob %v", hk, sg)
 	for i := range 5 {
-		if hk[i] != http.StatusOK {
-			t.Errorf("hk alice request %d = %d, want 200 (no limits loaded, fail open)", i, hk[i])
+		if hk[i] != http.StatusTooManyRequests {
+			t.Errorf("hk alice request %d = %d, want 429 (extauthz still holds the limits)", i, hk[i])
 		}
-		if sg[i] != http.StatusInternalServerError {
-			t.Errorf("sg bob request %d = %d, want 500 (no limits loaded, fail closed)", i, sg[i])
+		if sg[i] != http.StatusOK {
+			t.Errorf("sg bob request %d = %d, want 200 (admission does not need ratelimit)", i, sg[i])
 		}
 	}
 

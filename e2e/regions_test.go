@@ -143,6 +143,7 @@ func newRegionsEdgeWith(t *testing.T, tmpl string) *regionsEdge {
 		s.authz[r] = testenv.StartExtAuthz(t, llmedgeBin, stk.ProcessName("extauthz", r), stk.ExtAuthz{
 			Region: r, XDSAddr: stk.Unix(s.sock.XDS()), GRPCAddr: stk.Unix(s.sock.ExtAuthz(r)),
 			HTTPAddr: stk.Loopback(s.authzHTTP[r]), KeysDir: keys, KeysPoll: 200 * time.Millisecond, LogLevel: "debug",
+			RedisAddr: stk.Unix(s.sock.Redis()),
 		})
 	}
 	for _, r := range []string{"hk", "sg"} {

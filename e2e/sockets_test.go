@@ -369,7 +369,9 @@ func TestSocketsEdge(t *testing.T) {
 }
 
 // TestSocketsRatelimitOverPipe: Envoy reaches envoyproxy/ratelimit on a unix socket
-// (GRPC_UDS), and ratelimit reads its config from the control plane's unix socket.
+// (GRPC_UDS; its health check, and token charges at stream end, go there), ratelimit reads
+// its config from the control plane's unix socket, and extauthz checks request quotas
+// against the same Redis over its unix socket.
 func TestSocketsRatelimitOverPipe(t *testing.T) {
 	up, caFile := startTrustedUpstream(t, t.TempDir())
 	rlDir := filepath.Join(t.TempDir(), "rl")
@@ -377,12 +379,13 @@ func TestSocketsRatelimitOverPipe(t *testing.T) {
 		t.Fatal(err)
 	}
 	rlSock := filepath.Join(rlDir, "ratelimit.sock")
+	redis := testenv.StartRedis(t)
 	e := newSockEdge(t, sockOptions{
 		upstream: up.addr, caFile: caFile,
-		region: "    ratelimit: unix:" + rlSock + "\n    ratelimit_failure: deny",
-		caller: "    limits:\n      - {requests: 2, per: hour}",
+		region:    "    ratelimit: unix:" + rlSock + "\n    ratelimit_failure: deny",
+		caller:    "    limits:\n      - {requests: 2, per: hour}",
+		authzArgs: []string{"--redis", redis.Addr()},
 	})
-	redis := testenv.StartRedis(t)
 	rl := testenv.StartRatelimit(t, testenv.RatelimitOptions{
 		Region: "hk", XDSAddr: "unix:" + e.cpSock, RedisAddr: redis.Addr(),
 		// No TCP listener to wait for: gRPC is on the socket.
@@ -396,8 +399,15 @@ func TestSocketsRatelimitOverPipe(t *testing.T) {
 		return err
 	})
 
-	// Fail closed: until Envoy reaches ratelimit over the pipe every request is refused,
-	// so two successes prove the pipe works, and the third is over the quota.
+	// Envoy's health check of ratelimit passes over the pipe.
+	testenv.Eventually(t, 15*time.Second, 50*time.Millisecond, func() error {
+		if n := envoyStat(t, e.envoy, "cluster.llmedge_ratelimit.membership_healthy"); n != 1 {
+			return fmt.Errorf("Envoy's ratelimit cluster has %d healthy hosts over the pipe", n)
+		}
+		return nil
+	})
+	// Fail closed: until extauthz reaches Redis every request is refused, so two
+	// successes prove the quota path works, and the third is over the quota.
 	e.waitChatOK()
 	code, body, err := e.chat()
 	if err != nil || code != http.StatusOK {

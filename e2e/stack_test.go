@@ -259,6 +259,9 @@ func (s *stack) startExtAuthz(region string) {
 		KeysDir:  s.keysDir,
 		KeysPoll: 200 * time.Millisecond,
 		LogLevel: "debug",
+		// The stack's Redis, once a test starts it (startRatelimit): extauthz checks
+		// request-time quotas there, and connects when it answers.
+		RedisAddr: stk.Unix(s.sock.Redis()),
 	})
 }
 

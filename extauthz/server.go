@@ -52,7 +52,10 @@ type Options struct {
 	TLS         transport.Files
 	HTTPAddress string // /healthz, /readyz, /metrics
 	KeysDir     string // <dir>/<upstream>/<key name>
-	KeysPoll    time.Duration
+	// RedisAddress is the region's Redis (unix:/path or host:port), the one its ratelimit
+	// uses: extauthz checks request-time quotas against it in process.
+	RedisAddress string
+	KeysPoll     time.Duration
 	// StateDir, when set, keeps the last caller policy the control plane sent (token
 	// digests, never keys) so a restart while the control plane is away starts on it.
 	StateDir string
@@ -69,12 +72,16 @@ type Main struct {
 	keys   *keystore.Store
 	xds    *xdsclient.Client
 	policy atomic.Pointer[decide.Compiled]
+	quotas atomic.Pointer[quotas]
+	// limiter checks quotas in process against the region's Redis; nil without --redis.
+	limiter rateLimiter
 
 	grpcAddr       transport.Address
 	grpcLn, httpLn net.Listener
 	ready          chan struct{}
 	checks         *prometheus.CounterVec
 	retryKeys      *prometheus.CounterVec
+	quotaChecks    *prometheus.CounterVec
 }
 
 // New checks the options and loads the keys once.
@@ -112,6 +119,13 @@ func New(o Options) (*Main, error) {
 		return nil, fmt.Errorf("extauthz: keys: %w", err)
 	}
 	m := &Main{opts: o, log: log, reg: prometheus.NewRegistry(), keys: keys, grpcAddr: grpcAddr, ready: make(chan struct{})}
+	if o.RedisAddress != "" {
+		redis, err := transport.Parse(o.RedisAddress)
+		if err != nil {
+			return nil, fmt.Errorf("extauthz: --redis %q: %w", o.RedisAddress, err)
+		}
+		m.limiter = newLimiter(redis, m.reg, log)
+	}
 	m.checks = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "llmedge_extauthz_checks_total",
 		Help: "Requests checked, by upstream and outcome (ok, missing_token, unknown_token, ...).",
@@ -120,7 +134,11 @@ func New(o Options) (*Main, error) {
 		Name: "llmedge_extauthz_retry_keys_total",
 		Help: "Retries of requests Envoy asked a key for, by upstream and outcome: next (the next key was set), kept (the first try's key stays: one key, or a caller's own).",
 	}, []string{"upstream", "result"})
-	m.reg.MustRegister(m.checks, m.retryKeys, keyCollector{keys}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	m.quotaChecks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "llmedge_extauthz_quota_checks_total",
+		Help: "Allowed requests whose quotas extauthz asked the region's rate-limit service about, by upstream and result (ok, over_limit, unavailable).",
+	}, []string{"upstream", "result"})
+	m.reg.MustRegister(m.checks, m.retryKeys, m.quotaChecks, keyCollector{keys}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "llmedge_extauthz_policy_ready", Help: "1 once a caller policy from the control plane is in force.",
 		}, func() float64 {
@@ -254,7 +272,15 @@ func (m *Main) apply(version string, resources []*anypb.Any) error {
 	if err != nil {
 		return err
 	}
+	q, err := newQuotas(version, found.GetRateLimit(), m.limiter)
+	if err != nil {
+		return err
+	}
+	if q != nil && q.lim == nil {
+		m.log.Error("the region has rate limits but extauthz has no --redis: every quota check takes the region's failure mode")
+	}
 	m.policy.Store(c)
+	m.quotas.Store(q)
 	m.log.Info("caller policy applied", "version", version, "callers", len(dp.Callers), "upstreams", len(dp.Upstreams))
 	return nil
 }
@@ -312,10 +338,31 @@ func (m *Main) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.Che
 	} else {
 		d = p.Decide(r, keySource{m.keys})
 	}
+	var quota quotaAnswer
+	if d.Allow && r.Hop != wire.HopPeer { // a request forwarded by a peer was counted where it entered
+		if q := m.quotas.Load(); q != nil {
+			quota = q.check(ctx, d.Caller, r.Upstream, requestedModel(attrs.GetMetadataContext()))
+			if quota.result != quotaNone {
+				m.quotaChecks.WithLabelValues(r.Upstream, quota.result.String()).Inc()
+			}
+			switch {
+			case quota.result == quotaOver:
+				m.checks.WithLabelValues(r.Upstream, decide.ReasonOverLimit).Inc()
+				m.log.Info("denied", "reason", decide.ReasonOverLimit, "status", http.StatusTooManyRequests, "caller", d.Caller, "route", r.Route, "upstream", r.Upstream, "limits", quota.limit)
+				return overLimitResponse(d.Caller, quota), nil
+			case quota.result == quotaUnavailable && q.failClosed:
+				caller := d.Caller
+				d = decide.RateLimitUnavailable(m.policy.Load().API(r.Upstream), r.Region)
+				d.Caller = caller
+			}
+		}
+	}
 	m.checks.WithLabelValues(r.Upstream, d.Reason).Inc()
 	if d.Allow {
-		m.log.Debug("allowed", "caller", d.Caller, "route", r.Route, "upstream", r.Upstream, "key", d.KeyName)
-		return allowResponse(d, r.Upstream), nil
+		m.log.Debug("allowed", "caller", d.Caller, "route", r.Route, "upstream", r.Upstream, "key", d.KeyName, "quota", quota.result.String())
+		resp := allowResponse(d, r.Upstream)
+		resp.GetOkResponse().ResponseHeadersToAdd = quota.headers
+		return resp, nil
 	}
 	m.log.Info("denied", "reason", d.Reason, "status", d.Status, "caller", d.Caller, "route", r.Route, "upstream", r.Upstream, "source", r.SourceIP.String())
 	return denyResponse(d), nil
@@ -363,6 +410,26 @@ func allowResponse(d decide.Decision, upstream string) *authv3.CheckResponse {
 		Status:          &rpcstatus.Status{Code: int32(codes.OK)},
 		HttpResponse:    &authv3.CheckResponse_OkResponse{OkResponse: ok},
 		DynamicMetadata: md,
+	}
+}
+
+// overLimitResponse is the 429 of a spent quota. Envoy shapes the body like the
+// provider's errors around this message (controlplane/translate, local replies) and adds
+// the request id; the X-RateLimit headers and Retry-After go with it, as Envoy's
+// rate-limit filter would send them.
+func overLimitResponse(caller string, a quotaAnswer) *authv3.CheckResponse {
+	msg := fmt.Sprintf("llmedge: rate limit exceeded for caller %s (limits: %s); retry after %s seconds.", caller, a.limit, a.reset)
+	headers := append(a.headers,
+		&corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "retry-after", Value: a.reset}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD},
+		&corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "content-type", Value: "text/plain"}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD},
+	)
+	return &authv3.CheckResponse{
+		Status: &rpcstatus.Status{Code: int32(codes.ResourceExhausted)},
+		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+			Status:  &typev3.HttpStatus{Code: typev3.StatusCode_TooManyRequests},
+			Headers: headers,
+			Body:    msg,
+		}},
 	}
 }
 

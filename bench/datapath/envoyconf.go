@@ -23,6 +23,7 @@ import (
 	"github.com/llmedge/llmedge/controlplane/config"
 	"github.com/llmedge/llmedge/controlplane/translate"
 	"github.com/llmedge/llmedge/internal/wire"
+	authzv1 "github.com/llmedge/llmedge/proto/llmedge/authz/v1"
 )
 
 // The static Envoy configs (bare Envoy, Envoy + rate limit only) are not written by hand:
@@ -121,35 +122,50 @@ func writeStaticBootstrap(path string, res *translate.Resources, name string, li
 }
 
 // staticRoutes is the region's route configuration without ext_authz, and without rate
-// limits (staticBare) or with the caller's descriptor a constant (staticRateLimit).
+// limits (staticBare), or (staticRateLimit) with Envoy's rate-limit filter asking at request
+// time for the descriptors extauthz asks in the full edge (the policy's, with the caller a
+// constant and the bench's model): Envoy's own second side call, as the edge made it
+// before extauthz took the request-time checks over.
 func staticRoutes(res *translate.Resources, mode staticMode, caller string) (*routev3.RouteConfiguration, error) {
+	var policy authzv1.Policy
+	if err := res.Policy.GetTypedConfig().UnmarshalTo(&policy); err != nil {
+		return nil, fmt.Errorf("unpack policy: %w", err)
+	}
+	byCluster := map[string][]*authzv1.Descriptor{}
+	for _, uq := range policy.GetRateLimit().GetUpstreams() {
+		byCluster[translate.ClusterName(uq.GetUpstream())] = uq.GetDescriptors()
+	}
 	rc := proto.Clone(res.Routes[0]).(*routev3.RouteConfiguration)
 	for _, vh := range rc.VirtualHosts {
 		delete(vh.TypedPerFilterConfig, extAuthzFilter)
 		for _, r := range vh.Routes {
 			delete(r.TypedPerFilterConfig, extAuthzFilter)
-			// A route's limits sit in its RateLimitPerRoute (translate puts request and token
-			// limits there, where hits_addend works).
-			perRoute, ok := r.TypedPerFilterConfig[rateLimitFilter]
-			if !ok {
-				continue
-			}
+			delete(r.TypedPerFilterConfig, rateLimitFilter)
 			if mode == staticBare {
-				delete(r.TypedPerFilterConfig, rateLimitFilter)
 				continue
 			}
 			rl := &ratelimitv3.RateLimitPerRoute{}
-			if err := perRoute.UnmarshalTo(rl); err != nil {
-				return nil, fmt.Errorf("unpack RateLimitPerRoute: %w", err)
-			}
-			for _, l := range rl.RateLimits {
-				for i, a := range l.Actions {
-					if md := a.GetMetadata(); md != nil && md.GetMetadataKey().GetKey() == wire.MetadataNamespace {
-						l.Actions[i] = &routev3.RateLimit_Action{ActionSpecifier: &routev3.RateLimit_Action_GenericKey_{
-							GenericKey: &routev3.RateLimit_Action_GenericKey{DescriptorKey: md.GetDescriptorKey(), DescriptorValue: caller},
-						}}
+			for _, d := range byCluster[r.GetRoute().GetCluster()] {
+				l := &routev3.RateLimit{}
+				for _, e := range d.GetEntries() {
+					v := e.GetValue()
+					switch e.GetSource() {
+					case authzv1.Entry_CALLER:
+						v = caller
+					case authzv1.Entry_MODEL:
+						v = benchModel
 					}
+					l.Actions = append(l.Actions, &routev3.RateLimit_Action{ActionSpecifier: &routev3.RateLimit_Action_GenericKey_{
+						GenericKey: &routev3.RateLimit_Action_GenericKey{DescriptorKey: e.GetKey(), DescriptorValue: v},
+					}})
 				}
+				if d.GetCheckOnly() {
+					l.HitsAddend = &routev3.RateLimit_HitsAddend{Number: wrapperspb.UInt64(0)}
+				}
+				rl.RateLimits = append(rl.RateLimits, l)
+			}
+			if len(rl.RateLimits) == 0 {
+				continue
 			}
 			a, err := anypb.New(rl)
 			if err != nil {

@@ -242,8 +242,8 @@ func scenarioTargets(s *rig) []*target {
 		{"direct", "direct to the fake", vDirect, true, false, ""},
 		{"envoy_bare", "bare Envoy (no side calls)", vBare, false, false, ""},
 		{"envoy_extauthz", "Envoy + ext_authz", vAuthz, false, false, ""},
-		{"envoy_ratelimit", "Envoy + rate limit", vRateLimit, false, false, "x-ratelimit-limit"},
-		{"edge_full", "full edge (ext_authz + rate limit)", vFull, true, false, "x-ratelimit-limit"},
+		{"envoy_ratelimit", "Envoy + its own rate-limit call", vRateLimit, false, false, "x-ratelimit-limit"},
+		{"edge_full", "full edge (ext_authz, which asks ratelimit)", vFull, true, false, "x-ratelimit-limit"},
 		{"edge_full_pipelined", "full edge, ratelimit with Redis pipelining", vFullPipe, false, false, "x-ratelimit-limit"},
 		// Only what usage recording costs a request at c=1 (issue 11); no ladder, to keep the run short.
 		{"edge_full_nousage", "full edge without usage recording", vNoUsage, false, true, "x-ratelimit-limit"},

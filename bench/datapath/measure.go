@@ -15,8 +15,11 @@ import (
 	"github.com/llmedge/llmedge/bench/host"
 )
 
+// benchModel is the model every scenario's request names.
+const benchModel = "gpt-4o-mini"
+
 // chatBody is the request every scenario sends: a tiny non-streaming chat completion.
-const chatBody = `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}]}`
+const chatBody = `{"model":"` + benchModel + `","messages":[{"role":"user","content":"hello"}]}`
 
 // streamBody asks for an SSE answer; the x-fake-* headers pace it.
 const streamBody = `{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hello"}]}`

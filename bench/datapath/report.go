@@ -249,11 +249,11 @@ func (b *report) scenarios() {
 		"so the p99 < 10 ms column moves a lot between rounds (see the per-round values): read it as indicative. The load generator " +
 		"and the fake share CPU 0, which is what limits direct-to-the-fake at the top of the ladder; no scenario can show more than that core sustains. " +
 		"Errors (Envoy's 503s when ext_authz or ratelimit time out) occur only in the saturated step that ends a ladder.\n")
-	b.w("- `Envoy + rate limit` is a static Envoy built from the control plane's translation of the full edge with the ext_authz "+
-		"filter taken out; since nothing names the caller without ext_authz, its caller descriptor is a constant (`generic_key` "+
-		"caller=%s), so envoyproxy/ratelimit receives exactly the descriptors the full edge sends. The translator cannot produce "+
-		"a rate-limit-only listener (every region has ext_authz), so this scenario needed no translator change but is not a "+
-		"configuration llmedge itself serves.\n\n", callerName)
+	b.w("- `Envoy + its own rate-limit call` is a static Envoy built from the control plane's translation of the full edge with "+
+		"the ext_authz filter taken out and the rate-limit filter asking envoyproxy/ratelimit at request time for the descriptors "+
+		"extauthz asks in the full edge (from the region's policy; the caller a constant, `generic_key` caller=%s, and the model "+
+		"the bench's): Envoy's own second side call, which is how the edge checked quotas before extauthz took the request-time "+
+		"checks over. It is not a configuration llmedge itself serves.\n\n", callerName)
 }
 
 // rateLimitHop writes what the rate-limit hop costs, per-round differences.
@@ -265,11 +265,11 @@ func (b *report) rateLimitHop() {
 	b.w("### The rate-limit hop\n\n")
 	if d50, ok := perRoundDiff(full, authz, func(x seqResult) float64 { return x.P50 }); ok {
 		d99, _ := perRoundDiff(full, authz, func(x seqResult) float64 { return x.P99 })
-		b.w("- full edge − Envoy + ext_authz (what adding the rate-limit filter to llmedge costs): p50 %s, p99 %s at c=1.\n", fmtAdded(d50), fmtAdded(d99))
+		b.w("- full edge − Envoy + ext_authz (what extauthz asking ratelimit costs): p50 %s, p99 %s at c=1.\n", fmtAdded(d50), fmtAdded(d99))
 	}
 	if d50, ok := perRoundDiff(rl, bare, func(x seqResult) float64 { return x.P50 }); ok {
 		d99, _ := perRoundDiff(rl, bare, func(x seqResult) float64 { return x.P99 })
-		b.w("- Envoy + rate limit − bare Envoy (the same hop without ext_authz): p50 %s, p99 %s.\n", fmtAdded(d50), fmtAdded(d99))
+		b.w("- Envoy + its own rate-limit call − bare Envoy (the same check as a side call of Envoy's): p50 %s, p99 %s.\n", fmtAdded(d50), fmtAdded(d99))
 	}
 	if d50, ok := perRoundDiff(authz, bare, func(x seqResult) float64 { return x.P50 }); ok {
 		d99, _ := perRoundDiff(authz, bare, func(x seqResult) float64 { return x.P99 })
@@ -520,7 +520,7 @@ func (b *report) method() {
 		"Everything on 127.0.0.1: the fake upstream (`cmd/fakellm`, plain HTTP, a fixed 5-word `chat.completion` JSON, no pacing), " +
 			"the control planes, extauthz, envoyproxy/ratelimit, Redis, six Envoys and the peers are real processes built or installed for the run.",
 		"Scenarios: direct to the fake; bare Envoy; Envoy + ext_authz (the control plane's config for a routes YAML without limits); " +
-			"Envoy + rate limit (see above); the full edge (ext_authz + rate limit + router: `make run`'s own components and settings, internal/stack's Edge; caller `bench` with " +
+			"Envoy + its own rate-limit call (see above); the full edge (ext_authz, which asks ratelimit, + router: `make run`'s own components and settings, internal/stack's Edge; caller `bench` with " +
 			"1,000,000,000 requests a minute, so nothing is refused); the full edge with Redis pipelining (the only setting changed: REDIS_PIPELINE_WINDOW and REDIS_PIPELINE_LIMIT); " +
 			"the full edge without usage recording (`usage.enabled: false`, c=1 only); the peers.",
 		"The static Envoys (bare, rate limit only) use the translator's own listener, HCM (edge hardening, JSON access log), route and " +

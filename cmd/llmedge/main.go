@@ -27,6 +27,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/llmedge/llmedge/controlplane"
 	"github.com/llmedge/llmedge/controlplane/bootstrap"
 	"github.com/llmedge/llmedge/controlplane/config"
@@ -401,6 +403,7 @@ func runExtAuthz(ctx context.Context, args []string, stderr io.Writer) error {
 	grpcTLS := serverTLSFlags(fs)
 	httpAddr := fs.String("http-listen", envOr("LLMEDGE_HTTP_LISTEN", "127.0.0.1:10200"), "health/readiness/metrics listen address")
 	keysDir := fs.String("keys-dir", os.Getenv("LLMEDGE_KEYS_DIR"), "upstream keys, one file per key: <dir>/<upstream>/<name> (env LLMEDGE_KEYS_DIR)")
+	redis := fs.String("redis", os.Getenv("LLMEDGE_REDIS"), "the region's Redis, the one its ratelimit uses (unix:/path or host:port): request-time quotas are checked against it in process (env LLMEDGE_REDIS)")
 	keysPoll := fs.Duration("keys-poll", 0, "fallback poll interval for the keys directory (default 5s)")
 	stateDir := fs.String("state-dir", os.Getenv("LLMEDGE_STATE_DIR"), "keep the last caller policy from the control plane here (token digests, never keys; dir 0700, file 0600) and start on it when the control plane is away; empty: keep nothing (env LLMEDGE_STATE_DIR)")
 	logFormat := fs.String("log-format", envOr("LLMEDGE_LOG_FORMAT", "json"), "json or text")
@@ -415,9 +418,14 @@ func runExtAuthz(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// envoyproxy/ratelimit's limiter, which extauthz runs with --redis, logs through
+	// logrus: JSON like ours, and only what needs attention.
+	logrus.SetOutput(stderr)
+	logrus.SetFormatter(&logrus.JSONFormatter{})
+	logrus.SetLevel(logrus.WarnLevel)
 	m, err := extauthz.New(extauthz.Options{
 		Region: *region, NodeID: *nodeID, XDSServer: *xdsAddr, XDSTLS: *xdsTLS, GRPCAddress: *grpcAddr, TLS: *grpcTLS,
-		HTTPAddress: *httpAddr, KeysDir: *keysDir, KeysPoll: *keysPoll, StateDir: *stateDir, Logger: log,
+		HTTPAddress: *httpAddr, KeysDir: *keysDir, KeysPoll: *keysPoll, StateDir: *stateDir, Logger: log, RedisAddress: *redis,
 	})
 	if err != nil {
 		return err

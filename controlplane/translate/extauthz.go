@@ -46,6 +46,9 @@ func extAuthzFilter() (*hcmv3.HttpFilter, error) {
 		// Only what the decision needs: the credential headers and internal headers (to
 		// strip them). The path, with its query, always travels in the check request.
 		AllowedHeaders: &matcherv3.ListStringMatcher{Patterns: patterns},
+		// The requested model (json_to_metadata, or Gemini's path), for model-scoped quotas
+		// extauthz checks with the rate-limit service.
+		MetadataContextNamespaces: []string{wire.RequestMetadataNamespace},
 	})
 	if err != nil {
 		return nil, err

@@ -76,15 +76,24 @@ func localReplies(region string) *hcmv3.LocalReplyConfig {
 		{flag("NR"), 404, "route_not_found", "llmedge: no route in region " + region + " matches this request (check the path prefix, and that the upstream is served in this region)."},
 	}, generic...)
 
-	// extauthz's denials already carry a body shaped like the provider's errors.
-	mappers := []*hcmv3.ResponseMapper{{Filter: cel("response.code_details == 'ext_authz_denied'"), BodyFormatOverride: &corev3.SubstitutionFormatString{
+	// A spent quota: extauthz asked the rate-limit service and refuses with 429 and a plain
+	// message, shaped here like the provider's own 429 with the request id.
+	var mappers []*hcmv3.ResponseMapper
+	overLimit := replyCase{status: 429, code: "rate_limit_exceeded", message: "%LOCAL_REPLY_BODY%"}
+	for _, api := range []model.API{model.APIOpenAI, model.APIAnthropic, model.APIGemini} {
+		mappers = append(mappers, &hcmv3.ResponseMapper{
+			Filter:             and(cel("response.code_details == 'ext_authz_denied' && response.code == 429"), onRoute(api)),
+			BodyFormatOverride: errorBody(api, overLimit, requestIDFormat),
+		})
+	}
+	// extauthz's other denials already carry a body shaped like the provider's errors.
+	mappers = append(mappers, &hcmv3.ResponseMapper{Filter: cel("response.code_details == 'ext_authz_denied'"), BodyFormatOverride: &corev3.SubstitutionFormatString{
 		Format:      &corev3.SubstitutionFormatString_TextFormat{TextFormat: "%LOCAL_REPLY_BODY%"},
 		ContentType: "application/json",
-	}}}
+	}})
 	for _, api := range []model.API{model.APIOpenAI, model.APIAnthropic, model.APIGemini} {
-		onRoute := cel(fmt.Sprintf("xds.route_metadata.filter_metadata['%s']['%s'] == '%s'", routeMetadataNamespace, routeMetadataAPI, api))
 		for _, c := range routed {
-			mappers = append(mappers, &hcmv3.ResponseMapper{Filter: and(c.filter, onRoute), BodyFormatOverride: errorBody(api, c, requestIDFormat)})
+			mappers = append(mappers, &hcmv3.ResponseMapper{Filter: and(c.filter, onRoute(api)), BodyFormatOverride: errorBody(api, c, requestIDFormat)})
 		}
 	}
 	early := cel(fmt.Sprintf("!('%s' in filter_state)", requestIDState))
@@ -109,6 +118,11 @@ func localReplies(region string) *hcmv3.LocalReplyConfig {
 		Mappers:    mappers,
 		BodyFormat: errorBody(model.APIOpenAI, replyCase{status: 500, code: "edge_error", message: "llmedge: %LOCAL_REPLY_BODY%"}, requestIDFormat),
 	}
+}
+
+// onRoute matches replies on a route whose upstream speaks api.
+func onRoute(api model.API) *accesslogv3.AccessLogFilter {
+	return cel(fmt.Sprintf("xds.route_metadata.filter_metadata['%s']['%s'] == '%s'", routeMetadataNamespace, routeMetadataAPI, api))
 }
 
 // errorBody is a local reply body in api's error shape:

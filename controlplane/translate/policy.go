@@ -2,6 +2,8 @@ package translate
 
 import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	rlsconfv3 "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/llmedge/llmedge/controlplane/model"
@@ -13,7 +15,7 @@ import (
 // ExtensionConfig resource so it travels in the region's snapshot: one content-hashed
 // version, ACKed and tracked like the Envoy resources. Only callers that may use at least
 // one upstream of the region are included; upstream keys are not part of it.
-func authzPolicy(cfg *model.Config, r model.Region) (*corev3.TypedExtensionConfig, error) {
+func authzPolicy(cfg *model.Config, r model.Region, rlc *rlsconfv3.RateLimitConfig) (*corev3.TypedExtensionConfig, error) {
 	served := map[string]bool{}
 	p := &authzv1.Policy{Region: r.Name}
 	for _, name := range r.AllUpstreams() {
@@ -51,6 +53,20 @@ func authzPolicy(cfg *model.Config, r model.Region) (*corev3.TypedExtensionConfi
 			pc.DenyCidrs = append(pc.DenyCidrs, pf.String())
 		}
 		p.Callers = append(p.Callers, pc)
+	}
+	if rlc != nil {
+		q := quotasFor(cfg, r)
+		limits, err := anypb.New(rlc)
+		if err != nil {
+			return nil, err
+		}
+		rl := &authzv1.RateLimit{Config: limits, Domain: wire.RateLimitDomain, FailClosed: r.RateLimitFailClosed}
+		for _, name := range r.AllUpstreams() {
+			if ds := quotaDescriptors(q, name); len(ds) > 0 {
+				rl.Upstreams = append(rl.Upstreams, &authzv1.UpstreamQuotas{Upstream: name, Descriptors: ds})
+			}
+		}
+		p.RateLimit = rl
 	}
 	a, err := toAny(p)
 	if err != nil {

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
-	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -16,10 +15,10 @@ import (
 	rlsconfv3 "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/llmedge/llmedge/controlplane/model"
 	"github.com/llmedge/llmedge/internal/wire"
+	authzv1 "github.com/llmedge/llmedge/proto/llmedge/authz/v1"
 )
 
 // Descriptors: every request sends at most one descriptor per window and scope, whatever
@@ -47,9 +46,6 @@ const (
 	scopeUpstream       = "upstream"
 
 	rateLimitFilterName = "envoy.filters.http.ratelimit"
-	// The service sits next to Envoy; a decision is a Redis round trip. Past 100 ms the
-	// region's failure mode decides instead of making the caller wait.
-	rateLimitTimeout = 100 * time.Millisecond
 	// The grpc.health.v1 service name under which envoyproxy/ratelimit reports its overall
 	// health (src/server/server_impl.go); the empty name is always SERVING.
 	rateLimitHealthService = "ratelimit"
@@ -59,7 +55,7 @@ const (
 func rateLimitFilter(r model.Region) (*hcmv3.HttpFilter, error) {
 	cfg, err := toAny(&ratelimitv3.RateLimit{
 		Domain:          wire.RateLimitDomain,
-		Timeout:         durationpb.New(rateLimitTimeout),
+		Timeout:         durationpb.New(wire.RateLimitTimeout),
 		FailureModeDeny: r.RateLimitFailClosed,
 		RateLimitService: &ratelimitconfv3.RateLimitServiceConfig{
 			GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
@@ -80,37 +76,52 @@ func rateLimitFilter(r model.Region) (*hcmv3.HttpFilter, error) {
 	return &hcmv3.HttpFilter{Name: rateLimitFilterName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: cfg}}, nil
 }
 
-// routeRateLimits are the descriptor actions of one route: only the descriptor shapes some
-// limit in the region uses, so a config without quotas sends nothing. They go into the
-// route's RateLimitPerRoute, never the route's own rate_limits: a token limit's
-// hits_addend works only there, and once a route has RateLimitPerRoute Envoy ignores the
-// route-level list.
+// routeRateLimits are the descriptor actions Envoy's rate-limit filter runs for one route:
+// only the token charges, sent when the stream is done. Everything checked at request time
+// (request limits, and the admission of token limits) is asked by extauthz in the same
+// call that authenticates the request (quotaDescriptors), which saves Envoy a second side
+// call per request. They go into the route's RateLimitPerRoute, never the route's own
+// rate_limits: a token limit's hits_addend works only there.
 func routeRateLimits(q regionQuotas, upstream string) []*routev3.RateLimit {
 	var out []*routev3.RateLimit
-	for _, sh := range q.shapes {
-		if sh.upstream != "" && sh.upstream != upstream {
+	for _, sh := range q.shapesFor(upstream) {
+		if !sh.tokens {
 			continue
 		}
 		actions := []*routev3.RateLimit_Action{generic(descScope, sh.descriptor())}
-		if sh.scope != scopeUpstream {
-			actions = append(actions, callerAction())
+		for _, e := range sh.entries(upstream)[1:] {
+			switch e.GetSource() {
+			case authzv1.Entry_CALLER:
+				actions = append(actions, callerAction())
+			case authzv1.Entry_MODEL:
+				actions = append(actions, modelAction())
+			default:
+				actions = append(actions, generic(e.GetKey(), e.GetValue()))
+			}
 		}
-		if sh.upstream != "" {
-			actions = append(actions, generic(descUpstream, upstream))
+		out = append(out, &routev3.RateLimit{Actions: actions, ApplyOnStreamDone: true, HitsAddend: &routev3.RateLimit_HitsAddend{Format: tokensUsedFormat}})
+	}
+	return out
+}
+
+// shapesFor lists the shapes a request to upstream sends, in order.
+func (q regionQuotas) shapesFor(upstream string) []shape {
+	var out []shape
+	for _, sh := range q.shapes {
+		if sh.upstream == "" || sh.upstream == upstream {
+			out = append(out, sh)
 		}
-		if sh.model {
-			actions = append(actions, modelAction())
-		}
-		if !sh.tokens {
-			out = append(out, &routev3.RateLimit{Actions: actions})
-			continue
-		}
-		// Admission: check the window without counting (a spent window refuses), then
-		// charge what the request used once its stream is done.
-		out = append(out,
-			&routev3.RateLimit{Actions: actions, HitsAddend: &routev3.RateLimit_HitsAddend{Number: wrapperspb.UInt64(0)}},
-			&routev3.RateLimit{Actions: actions, ApplyOnStreamDone: true, HitsAddend: &routev3.RateLimit_HitsAddend{Format: tokensUsedFormat}},
-		)
+	}
+	return out
+}
+
+// quotaDescriptors are the descriptors extauthz sends for a request to upstream, in the
+// order Envoy's actions would: a request limit counts one, a token limit is checked
+// without counting (its tokens are charged at stream end by routeRateLimits).
+func quotaDescriptors(q regionQuotas, upstream string) []*authzv1.Descriptor {
+	var out []*authzv1.Descriptor
+	for _, sh := range q.shapesFor(upstream) {
+		out = append(out, &authzv1.Descriptor{Entries: sh.entries(upstream), CheckOnly: sh.tokens})
 	}
 	return out
 }
@@ -180,6 +191,24 @@ func (s shape) descriptor() string {
 		d += "_tokens"
 	}
 	return d + "_" + string(s.unit)
+}
+
+// entries are the shape's descriptor entries for a request to upstream, as the
+// RateLimitConfig nests them: scope, caller, upstream, model. The caller is the one
+// extauthz authenticated and the model the one the request names: never a header a
+// client could set.
+func (s shape) entries(upstream string) []*authzv1.Entry {
+	out := []*authzv1.Entry{{Key: descScope, Value: s.descriptor()}}
+	if s.scope != scopeUpstream {
+		out = append(out, &authzv1.Entry{Key: descCaller, Source: authzv1.Entry_CALLER})
+	}
+	if s.upstream != "" {
+		out = append(out, &authzv1.Entry{Key: descUpstream, Value: upstream})
+	}
+	if s.model {
+		out = append(out, &authzv1.Entry{Key: descModel, Source: authzv1.Entry_MODEL})
+	}
+	return out
 }
 
 // regionQuotas records which descriptor shapes are limited in one region. It is the one
@@ -410,7 +439,7 @@ func checkRateLimitConfig(rc *rlsconfv3.RateLimitConfig) error {
 // check follows envoyproxy/ratelimit's own verdict, which turns NOT_SERVING when the
 // service has lost Redis (REDIS_HEALTH_CHECK_ACTIVE_CONNECTION, set by internal/stack),
 // has no limits loaded, or is shutting down: Envoy then stops calling it, so a fail-open
-// region answers at normal speed instead of waiting rateLimitTimeout on every request,
+// region answers at normal speed instead of waiting wire.RateLimitTimeout on every request,
 // and a fail-closed one refuses at once.
 func rateLimitCluster(r model.Region, secrets secretSet) (*clusterv3.Cluster, error) {
 	c, err := grpcCluster(wire.RateLimitClusterName, r.RateLimit, r.InternalTLS, secrets)

@@ -7,13 +7,16 @@ import (
 	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ratelimit/v3"
 
 	"github.com/llmedge/llmedge/controlplane/translate"
+	authzv1 "github.com/llmedge/llmedge/proto/llmedge/authz/v1"
 )
 
-// Every route's limits live in its RateLimitPerRoute (Envoy ignores a route's own
-// rate_limits once that exists, and hits_addend works nowhere else); each token descriptor
-// is sent twice, at admission counting nothing and at stream end counting the tokens; and
-// every descriptor a route sends has an entry in the RateLimitConfig, so none is silently
-// unlimited.
+// Request-time checks and stream-end charges split between extauthz and Envoy: extauthz's
+// policy lists, per upstream, every descriptor a request sends (requests counting one,
+// token limits checked without counting); Envoy's RateLimitPerRoute charges each token
+// descriptor once, when the stream is done, and nothing else (a request-time entry there
+// would be a second side call); a route's own rate_limits stay empty (Envoy ignores them
+// next to RateLimitPerRoute); and every descriptor either side sends has an entry in the
+// RateLimitConfig, so none is silently unlimited.
 func TestTokenLimitsAreChargedAtStreamEnd(t *testing.T) {
 	cfg := load(t, "testdata/in/token-quotas.yaml")
 	res, err := translate.Region(cfg, "hk")
@@ -24,6 +27,26 @@ func TestTokenLimitsAreChargedAtStreamEnd(t *testing.T) {
 	for _, rl := range res.RateLimits {
 		for _, d := range rl.GetDescriptors() {
 			configured[d.GetValue()] = true
+		}
+	}
+	var policy authzv1.Policy
+	if err := res.Policy.GetTypedConfig().UnmarshalTo(&policy); err != nil {
+		t.Fatal(err)
+	}
+	admitted := map[string]map[string]bool{} // upstream -> token descriptors checked at request time
+	for _, uq := range policy.GetRateLimit().GetUpstreams() {
+		admitted[uq.GetUpstream()] = map[string]bool{}
+		for _, d := range uq.GetDescriptors() {
+			name := d.GetEntries()[0].GetValue()
+			if !configured[name] {
+				t.Errorf("extauthz sends descriptor %s for %s that the RateLimitConfig does not limit", name, uq.GetUpstream())
+			}
+			if d.GetCheckOnly() != isTokens(name) {
+				t.Errorf("%s: descriptor %s check_only=%v; want token limits checked without counting and request limits counted", uq.GetUpstream(), name, d.GetCheckOnly())
+			}
+			if d.GetCheckOnly() {
+				admitted[uq.GetUpstream()][name] = true
+			}
 		}
 	}
 	routes := 0
@@ -42,35 +65,29 @@ func TestTokenLimitsAreChargedAtStreamEnd(t *testing.T) {
 			if err := a.UnmarshalTo(&per); err != nil {
 				t.Fatal(err)
 			}
-			admit, charge := map[string]int{}, map[string]int{}
+			charged := map[string]int{}
 			for _, l := range per.GetRateLimits() {
 				name := l.GetActions()[0].GetGenericKey().GetDescriptorValue()
-				if !configured[name] {
-					t.Errorf("route %s sends descriptor %s that the RateLimitConfig does not limit", r.GetName(), name)
-				}
 				switch {
-				case l.GetApplyOnStreamDone():
-					charge[name]++
-					if l.GetHitsAddend().GetFormat() == "" {
-						t.Errorf("route %s: %s charged at stream end without a hits_addend format", r.GetName(), name)
-					}
-				case l.GetHitsAddend() != nil:
-					admit[name]++
-					if n := l.GetHitsAddend().GetNumber(); n == nil || n.GetValue() != 0 {
-						t.Errorf("route %s: %s admission counts %v, want 0", r.GetName(), name, n)
-					}
-				default:
-					if isTokens(name) {
-						t.Errorf("route %s: token descriptor %s counted as a request", r.GetName(), name)
-					}
+				case !configured[name]:
+					t.Errorf("route %s sends descriptor %s that the RateLimitConfig does not limit", r.GetName(), name)
+				case !l.GetApplyOnStreamDone() || l.GetHitsAddend().GetFormat() == "" || !isTokens(name):
+					t.Errorf("route %s: Envoy sends %s at request time or without the tokens used; only stream-end token charges belong there", r.GetName(), name)
+				}
+				charged[name]++
+			}
+			up := r.GetName() // routes are named after their upstream in this input
+			for name := range admitted[up] {
+				if charged[name] != 1 {
+					t.Errorf("route %s: %s admitted by extauthz but charged %d times at stream end", r.GetName(), name, charged[name])
 				}
 			}
-			for name := range admit {
-				if charge[name] != 1 || admit[name] != 1 || !isTokens(name) {
-					t.Errorf("route %s: %s admitted %d and charged %d times", r.GetName(), name, admit[name], charge[name])
+			for name := range charged {
+				if !admitted[up][name] {
+					t.Errorf("route %s: %s charged at stream end but never checked at admission", r.GetName(), name)
 				}
 			}
-			if len(admit) == 0 {
+			if len(charged) == 0 {
 				t.Errorf("route %s sends no token descriptor", r.GetName())
 			}
 		}

@@ -130,7 +130,7 @@ func Region(cfg *model.Config, region string) (*Resources, error) {
 		listeners = append(listeners, ll)
 		routeConfigs = append(routeConfigs, lrc)
 	}
-	policy, err := authzPolicy(cfg, r)
+	policy, err := authzPolicy(cfg, r, rlc)
 	if err != nil {
 		return nil, fmt.Errorf("translate region %q: %w", region, err)
 	}

@@ -63,6 +63,9 @@ const (
 	ReasonConflictingCredentials = "conflicting_credentials"
 	ReasonNoKey                  = "no_key"
 	ReasonNotReady               = "not_ready"
+	// Quota outcomes of an allowed request (extauthz asks the region's rate-limit service).
+	ReasonOverLimit            = "rate_limit_exceeded"
+	ReasonRateLimitUnavailable = "rate_limit_unavailable"
 )
 
 // Policy is one region's caller policy (see proto/llmedge/authz/v1/policy.proto).

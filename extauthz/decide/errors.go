@@ -18,6 +18,13 @@ const (
 	msgNotReady = "llmedge: the auth service has no policy yet; try again shortly."
 )
 
+// RateLimitUnavailable refuses a request the region's rate-limit service could not judge,
+// in a region configured with ratelimit_failure: deny: 500, shaped for api.
+func RateLimitUnavailable(api, region string) Decision {
+	return deny(api, 500, ReasonRateLimitUnavailable, "llmedge: the rate-limit service is unavailable and region "+region+
+		" refuses requests until it is back (ratelimit_failure: deny).")
+}
+
 // NotReady is the decision while no policy has arrived: 503, shaped for api.
 func NotReady(api string) Decision {
 	return deny(api, 503, ReasonNotReady, msgNotReady)

@@ -129,7 +129,7 @@ func (e *Edge) starters() map[string]func(ctx context.Context, region string) er
 		"extauthz": func(ctx context.Context, r string) error {
 			p, err := e.StartExtAuthz(ctx, ProcessName("extauthz", r), ExtAuthz{
 				Region: r, XDSAddr: xds, KeysDir: e.KeysDir, StateDir: filepath.Join(e.Dir, "state", ProcessName("extauthz", r)),
-				GRPCAddr: Unix(sock.ExtAuthz(r)), HTTPAddr: e.addr("extauthz", r, RoleHTTP),
+				GRPCAddr: Unix(sock.ExtAuthz(r)), HTTPAddr: e.addr("extauthz", r, RoleHTTP), RedisAddr: Unix(sock.Redis()),
 			})
 			if err != nil {
 				return err

@@ -48,6 +48,9 @@ type ExtAuthz struct {
 	GRPCAddr string // regions.<region>.extauthz in the routes YAML
 	HTTPAddr string // /healthz /readyz /metrics
 	KeysDir  string
+	// RedisAddr is the region's Redis, the one its ratelimit uses (--redis): request-time
+	// quotas are checked there in process. "" leaves them to the failure mode.
+	RedisAddr string
 	// KeysPoll is the fallback poll interval of the keys directory; 0 keeps the default.
 	KeysPoll time.Duration
 	// StateDir keeps the last caller policy (--state-dir); "" keeps nothing.
@@ -64,6 +67,9 @@ func (e ExtAuthz) Cmd(llmedge string) Cmd {
 		"--grpc-listen", e.GRPCAddr,
 		"--http-listen", e.HTTPAddr,
 		"--keys-dir", e.KeysDir,
+	}
+	if e.RedisAddr != "" {
+		args = append(args, "--redis", e.RedisAddr)
 	}
 	return llmedgeCmd(llmedge, args, "--keys-poll", e.KeysPoll, e.StateDir, e.LogFormat, e.LogLevel)
 }

@@ -13,12 +13,12 @@ import (
 func TestSocketNames(t *testing.T) {
 	s := Sockets{Dir: "/run/llmedge"}
 	want := []string{"/run/llmedge/redis.sock", "/run/llmedge/xds.sock",
-		"/run/llmedge/extauthz-hk.sock", "/run/llmedge/extauthz-sg.sock",
-		"/run/llmedge/ratelimit-hk.sock", "/run/llmedge/ratelimit-sg.sock"}
+		"/run/llmedge/ratelimit-hk.sock", "/run/llmedge/ratelimit-sg.sock",
+		"/run/llmedge/extauthz-hk.sock", "/run/llmedge/extauthz-sg.sock"}
 	if got := s.All([]string{"hk", "sg"}); !slices.Equal(got, want) {
 		t.Errorf("All = %q, want %q", got, want)
 	}
-	if s.XDS() != want[1] || s.ExtAuthz("sg") != want[3] || s.Ratelimit("hk") != want[4] || s.Redis() != want[0] {
+	if s.XDS() != want[1] || s.ExtAuthz("sg") != want[5] || s.Ratelimit("hk") != want[2] || s.Redis() != want[0] {
 		t.Errorf("XDS %s ExtAuthz %s Ratelimit %s Redis %s", s.XDS(), s.ExtAuthz("sg"), s.Ratelimit("hk"), s.Redis())
 	}
 	if SocketFile("envoy", "hk") != "" || SocketFile("fakellm", "") != "" {

@@ -41,7 +41,8 @@ const (
 
 // Topology lists the components of an edge in the order they start: Redis before
 // ratelimit (which exits when Redis does not answer at its start), the control plane
-// before everything it configures, Envoy last (it fails closed without extauthz).
+// before everything it configures, ratelimit before extauthz (which asks it about every
+// allowed request's quotas), Envoy last (it fails closed without extauthz).
 // Adding a component means adding it here and to Edge's starters (a test checks both),
 // and to compose.yaml (deploy/compose_test.go checks that).
 func Topology() []Component {
@@ -49,8 +50,8 @@ func Topology() []Component {
 		{Name: "redis", Scope: Shared, Socket: "redis"},
 		{Name: "fakellm", Scope: Shared, Ports: []string{RoleHTTP}, Demo: true},
 		{Name: "controlplane", Scope: Shared, Ports: []string{RoleHTTP}, Socket: "xds"},
-		{Name: "extauthz", Scope: PerRegion, Ports: []string{RoleHTTP}, Socket: "extauthz"},
 		{Name: "ratelimit", Scope: PerRegion, Ports: []string{RoleHTTP, RoleDebug, RoleMetrics}, Socket: "ratelimit"},
+		{Name: "extauthz", Scope: PerRegion, Ports: []string{RoleHTTP}, Socket: "extauthz"},
 		{Name: "envoy", Scope: PerRegion, Ports: []string{RoleEdge, RoleAdmin}},
 	}
 }

@@ -4,6 +4,8 @@
 // of llmedge's own resources. One definition, so the two binaries cannot drift.
 package wire
 
+import "time"
+
 // Context extension keys set on every route (ExtAuthzPerRoute.check_settings), so extauthz
 // never guesses the route from the path.
 const (
@@ -60,7 +62,12 @@ const ExtAuthzClusterName = "llmedge_extauthz"
 // Rate limiting: the domain of every RateLimitConfig and rate-limit filter, and the cluster
 // through which a region's Envoys reach its envoyproxy/ratelimit.
 const (
-	RateLimitDomain      = "llmedge"
+	RateLimitDomain = "llmedge"
+	// RateLimitTimeout bounds a question to the region's rate-limit service, from Envoy's
+	// rate-limit filter and from extauthz alike. The service sits next to them and a
+	// decision is a Redis round trip; past it the region's failure mode decides instead of
+	// making the caller wait.
+	RateLimitTimeout     = 100 * time.Millisecond
 	RateLimitClusterName = "llmedge_ratelimit"
 )
 

@@ -12,6 +12,7 @@ package authzv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	anypb "google.golang.org/protobuf/types/known/anypb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -25,6 +26,58 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type Entry_Source int32
+
+const (
+	Entry_LITERAL Entry_Source = 0
+	// The caller the request was allowed for.
+	Entry_CALLER Entry_Source = 1
+	// The requested model (from the body or Gemini's path); a request naming none does
+	// not send the descriptor, so model-scoped limits do not count it.
+	Entry_MODEL Entry_Source = 2
+)
+
+// Enum value maps for Entry_Source.
+var (
+	Entry_Source_name = map[int32]string{
+		0: "LITERAL",
+		1: "CALLER",
+		2: "MODEL",
+	}
+	Entry_Source_value = map[string]int32{
+		"LITERAL": 0,
+		"CALLER":  1,
+		"MODEL":   2,
+	}
+)
+
+func (x Entry_Source) Enum() *Entry_Source {
+	p := new(Entry_Source)
+	*p = x
+	return p
+}
+
+func (x Entry_Source) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Entry_Source) Descriptor() protoreflect.EnumDescriptor {
+	return file_llmedge_authz_v1_policy_proto_enumTypes[0].Descriptor()
+}
+
+func (Entry_Source) Type() protoreflect.EnumType {
+	return &file_llmedge_authz_v1_policy_proto_enumTypes[0]
+}
+
+func (x Entry_Source) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Entry_Source.Descriptor instead.
+func (Entry_Source) EnumDescriptor() ([]byte, []int) {
+	return file_llmedge_authz_v1_policy_proto_rawDescGZIP(), []int{4, 0}
+}
+
 // Policy is everything one region's extauthz needs to decide a request, except the
 // upstream keys, which it reads from its own secret store and which never travel over xDS.
 type Policy struct {
@@ -34,7 +87,10 @@ type Policy struct {
 	// Callers sorted by name.
 	Callers []*Caller `protobuf:"bytes,2,rep,name=callers,proto3" json:"callers,omitempty"`
 	// Upstreams served in this region, sorted by name.
-	Upstreams     []*Upstream `protobuf:"bytes,3,rep,name=upstreams,proto3" json:"upstreams,omitempty"`
+	Upstreams []*Upstream `protobuf:"bytes,3,rep,name=upstreams,proto3" json:"upstreams,omitempty"`
+	// The request-time quota checks extauthz makes with the region's rate-limit service;
+	// unset when the region has none.
+	RateLimit     *RateLimit `protobuf:"bytes,4,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -90,6 +146,261 @@ func (x *Policy) GetUpstreams() []*Upstream {
 	return nil
 }
 
+func (x *Policy) GetRateLimit() *RateLimit {
+	if x != nil {
+		return x.RateLimit
+	}
+	return nil
+}
+
+// RateLimit is what extauthz needs to check an allowed request's quotas itself, with
+// envoyproxy/ratelimit's limiter running in process against the region's Redis, so Envoy
+// makes one side call per request instead of two. Envoy's own rate-limit filter then only
+// charges the tokens a request used when its stream is done, through the region's
+// ratelimit process, on the same Redis keys.
+type RateLimit struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The rate-limit domain the descriptors belong to.
+	Domain string `protobuf:"bytes,2,opt,name=domain,proto3" json:"domain,omitempty"`
+	// Refuse requests (500 rate_limit_unavailable) when Redis cannot answer, instead of
+	// letting them through.
+	FailClosed bool `protobuf:"varint,3,opt,name=fail_closed,json=failClosed,proto3" json:"fail_closed,omitempty"`
+	// Descriptors per upstream, in the order they are sent; an upstream absent here sends
+	// none and Redis is not asked.
+	Upstreams []*UpstreamQuotas `protobuf:"bytes,4,rep,name=upstreams,proto3" json:"upstreams,omitempty"`
+	// The region's limits: the ratelimit.config.ratelimit.v3.RateLimitConfig its ratelimit
+	// process gets too.
+	Config        *anypb.Any `protobuf:"bytes,5,opt,name=config,proto3" json:"config,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RateLimit) Reset() {
+	*x = RateLimit{}
+	mi := &file_llmedge_authz_v1_policy_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RateLimit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RateLimit) ProtoMessage() {}
+
+func (x *RateLimit) ProtoReflect() protoreflect.Message {
+	mi := &file_llmedge_authz_v1_policy_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RateLimit.ProtoReflect.Descriptor instead.
+func (*RateLimit) Descriptor() ([]byte, []int) {
+	return file_llmedge_authz_v1_policy_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RateLimit) GetDomain() string {
+	if x != nil {
+		return x.Domain
+	}
+	return ""
+}
+
+func (x *RateLimit) GetFailClosed() bool {
+	if x != nil {
+		return x.FailClosed
+	}
+	return false
+}
+
+func (x *RateLimit) GetUpstreams() []*UpstreamQuotas {
+	if x != nil {
+		return x.Upstreams
+	}
+	return nil
+}
+
+func (x *RateLimit) GetConfig() *anypb.Any {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
+type UpstreamQuotas struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Upstream      string                 `protobuf:"bytes,1,opt,name=upstream,proto3" json:"upstream,omitempty"`
+	Descriptors   []*Descriptor          `protobuf:"bytes,2,rep,name=descriptors,proto3" json:"descriptors,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpstreamQuotas) Reset() {
+	*x = UpstreamQuotas{}
+	mi := &file_llmedge_authz_v1_policy_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpstreamQuotas) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpstreamQuotas) ProtoMessage() {}
+
+func (x *UpstreamQuotas) ProtoReflect() protoreflect.Message {
+	mi := &file_llmedge_authz_v1_policy_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpstreamQuotas.ProtoReflect.Descriptor instead.
+func (*UpstreamQuotas) Descriptor() ([]byte, []int) {
+	return file_llmedge_authz_v1_policy_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *UpstreamQuotas) GetUpstream() string {
+	if x != nil {
+		return x.Upstream
+	}
+	return ""
+}
+
+func (x *UpstreamQuotas) GetDescriptors() []*Descriptor {
+	if x != nil {
+		return x.Descriptors
+	}
+	return nil
+}
+
+// Descriptor is one rate-limit descriptor template.
+type Descriptor struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Entries []*Entry               `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	// Check the window without counting (hits_addend 0): a token limit's admission; the
+	// tokens are charged by Envoy when the stream is done.
+	CheckOnly     bool `protobuf:"varint,2,opt,name=check_only,json=checkOnly,proto3" json:"check_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Descriptor) Reset() {
+	*x = Descriptor{}
+	mi := &file_llmedge_authz_v1_policy_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Descriptor) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Descriptor) ProtoMessage() {}
+
+func (x *Descriptor) ProtoReflect() protoreflect.Message {
+	mi := &file_llmedge_authz_v1_policy_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Descriptor.ProtoReflect.Descriptor instead.
+func (*Descriptor) Descriptor() ([]byte, []int) {
+	return file_llmedge_authz_v1_policy_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Descriptor) GetEntries() []*Entry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+func (x *Descriptor) GetCheckOnly() bool {
+	if x != nil {
+		return x.CheckOnly
+	}
+	return false
+}
+
+// Entry is one descriptor entry: a fixed value, or one extauthz fills in per request.
+type Entry struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	Source        Entry_Source           `protobuf:"varint,3,opt,name=source,proto3,enum=llmedge.authz.v1.Entry_Source" json:"source,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Entry) Reset() {
+	*x = Entry{}
+	mi := &file_llmedge_authz_v1_policy_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Entry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Entry) ProtoMessage() {}
+
+func (x *Entry) ProtoReflect() protoreflect.Message {
+	mi := &file_llmedge_authz_v1_policy_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Entry.ProtoReflect.Descriptor instead.
+func (*Entry) Descriptor() ([]byte, []int) {
+	return file_llmedge_authz_v1_policy_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Entry) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *Entry) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+func (x *Entry) GetSource() Entry_Source {
+	if x != nil {
+		return x.Source
+	}
+	return Entry_LITERAL
+}
+
 // Caller is one client of the edge (an application, a team, a person).
 type Caller struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -117,7 +428,7 @@ type Caller struct {
 
 func (x *Caller) Reset() {
 	*x = Caller{}
-	mi := &file_llmedge_authz_v1_policy_proto_msgTypes[1]
+	mi := &file_llmedge_authz_v1_policy_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -129,7 +440,7 @@ func (x *Caller) String() string {
 func (*Caller) ProtoMessage() {}
 
 func (x *Caller) ProtoReflect() protoreflect.Message {
-	mi := &file_llmedge_authz_v1_policy_proto_msgTypes[1]
+	mi := &file_llmedge_authz_v1_policy_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -142,7 +453,7 @@ func (x *Caller) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Caller.ProtoReflect.Descriptor instead.
 func (*Caller) Descriptor() ([]byte, []int) {
-	return file_llmedge_authz_v1_policy_proto_rawDescGZIP(), []int{1}
+	return file_llmedge_authz_v1_policy_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Caller) GetName() string {
@@ -225,7 +536,7 @@ type Upstream struct {
 
 func (x *Upstream) Reset() {
 	*x = Upstream{}
-	mi := &file_llmedge_authz_v1_policy_proto_msgTypes[2]
+	mi := &file_llmedge_authz_v1_policy_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -237,7 +548,7 @@ func (x *Upstream) String() string {
 func (*Upstream) ProtoMessage() {}
 
 func (x *Upstream) ProtoReflect() protoreflect.Message {
-	mi := &file_llmedge_authz_v1_policy_proto_msgTypes[2]
+	mi := &file_llmedge_authz_v1_policy_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -250,7 +561,7 @@ func (x *Upstream) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Upstream.ProtoReflect.Descriptor instead.
 func (*Upstream) Descriptor() ([]byte, []int) {
-	return file_llmedge_authz_v1_policy_proto_rawDescGZIP(), []int{2}
+	return file_llmedge_authz_v1_policy_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Upstream) GetName() string {
@@ -285,11 +596,36 @@ var File_llmedge_authz_v1_policy_proto protoreflect.FileDescriptor
 
 const file_llmedge_authz_v1_policy_proto_rawDesc = "" +
 	"\n" +
-	"\x1dllmedge/authz/v1/policy.proto\x12\x10llmedge.authz.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\x01\n" +
+	"\x1dllmedge/authz/v1/policy.proto\x12\x10llmedge.authz.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\x01\n" +
 	"\x06Policy\x12\x16\n" +
 	"\x06region\x18\x01 \x01(\tR\x06region\x122\n" +
 	"\acallers\x18\x02 \x03(\v2\x18.llmedge.authz.v1.CallerR\acallers\x128\n" +
-	"\tupstreams\x18\x03 \x03(\v2\x1a.llmedge.authz.v1.UpstreamR\tupstreams\"\xc8\x02\n" +
+	"\tupstreams\x18\x03 \x03(\v2\x1a.llmedge.authz.v1.UpstreamR\tupstreams\x12:\n" +
+	"\n" +
+	"rate_limit\x18\x04 \x01(\v2\x1b.llmedge.authz.v1.RateLimitR\trateLimit\"\xb8\x01\n" +
+	"\tRateLimit\x12\x16\n" +
+	"\x06domain\x18\x02 \x01(\tR\x06domain\x12\x1f\n" +
+	"\vfail_closed\x18\x03 \x01(\bR\n" +
+	"failClosed\x12>\n" +
+	"\tupstreams\x18\x04 \x03(\v2 .llmedge.authz.v1.UpstreamQuotasR\tupstreams\x12,\n" +
+	"\x06config\x18\x05 \x01(\v2\x14.google.protobuf.AnyR\x06configJ\x04\b\x01\x10\x02\"l\n" +
+	"\x0eUpstreamQuotas\x12\x1a\n" +
+	"\bupstream\x18\x01 \x01(\tR\bupstream\x12>\n" +
+	"\vdescriptors\x18\x02 \x03(\v2\x1c.llmedge.authz.v1.DescriptorR\vdescriptors\"^\n" +
+	"\n" +
+	"Descriptor\x121\n" +
+	"\aentries\x18\x01 \x03(\v2\x17.llmedge.authz.v1.EntryR\aentries\x12\x1d\n" +
+	"\n" +
+	"check_only\x18\x02 \x01(\bR\tcheckOnly\"\x95\x01\n" +
+	"\x05Entry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\x126\n" +
+	"\x06source\x18\x03 \x01(\x0e2\x1e.llmedge.authz.v1.Entry.SourceR\x06source\",\n" +
+	"\x06Source\x12\v\n" +
+	"\aLITERAL\x10\x00\x12\n" +
+	"\n" +
+	"\x06CALLER\x10\x01\x12\t\n" +
+	"\x05MODEL\x10\x02\"\xc8\x02\n" +
 	"\x06Caller\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12!\n" +
@@ -323,22 +659,35 @@ func file_llmedge_authz_v1_policy_proto_rawDescGZIP() []byte {
 	return file_llmedge_authz_v1_policy_proto_rawDescData
 }
 
-var file_llmedge_authz_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_llmedge_authz_v1_policy_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_llmedge_authz_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_llmedge_authz_v1_policy_proto_goTypes = []any{
-	(*Policy)(nil),                // 0: llmedge.authz.v1.Policy
-	(*Caller)(nil),                // 1: llmedge.authz.v1.Caller
-	(*Upstream)(nil),              // 2: llmedge.authz.v1.Upstream
-	(*timestamppb.Timestamp)(nil), // 3: google.protobuf.Timestamp
+	(Entry_Source)(0),             // 0: llmedge.authz.v1.Entry.Source
+	(*Policy)(nil),                // 1: llmedge.authz.v1.Policy
+	(*RateLimit)(nil),             // 2: llmedge.authz.v1.RateLimit
+	(*UpstreamQuotas)(nil),        // 3: llmedge.authz.v1.UpstreamQuotas
+	(*Descriptor)(nil),            // 4: llmedge.authz.v1.Descriptor
+	(*Entry)(nil),                 // 5: llmedge.authz.v1.Entry
+	(*Caller)(nil),                // 6: llmedge.authz.v1.Caller
+	(*Upstream)(nil),              // 7: llmedge.authz.v1.Upstream
+	(*anypb.Any)(nil),             // 8: google.protobuf.Any
+	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
 }
 var file_llmedge_authz_v1_policy_proto_depIdxs = []int32{
-	1, // 0: llmedge.authz.v1.Policy.callers:type_name -> llmedge.authz.v1.Caller
-	2, // 1: llmedge.authz.v1.Policy.upstreams:type_name -> llmedge.authz.v1.Upstream
-	3, // 2: llmedge.authz.v1.Caller.expires_at:type_name -> google.protobuf.Timestamp
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	6, // 0: llmedge.authz.v1.Policy.callers:type_name -> llmedge.authz.v1.Caller
+	7, // 1: llmedge.authz.v1.Policy.upstreams:type_name -> llmedge.authz.v1.Upstream
+	2, // 2: llmedge.authz.v1.Policy.rate_limit:type_name -> llmedge.authz.v1.RateLimit
+	3, // 3: llmedge.authz.v1.RateLimit.upstreams:type_name -> llmedge.authz.v1.UpstreamQuotas
+	8, // 4: llmedge.authz.v1.RateLimit.config:type_name -> google.protobuf.Any
+	4, // 5: llmedge.authz.v1.UpstreamQuotas.descriptors:type_name -> llmedge.authz.v1.Descriptor
+	5, // 6: llmedge.authz.v1.Descriptor.entries:type_name -> llmedge.authz.v1.Entry
+	0, // 7: llmedge.authz.v1.Entry.source:type_name -> llmedge.authz.v1.Entry.Source
+	9, // 8: llmedge.authz.v1.Caller.expires_at:type_name -> google.protobuf.Timestamp
+	9, // [9:9] is the sub-list for method output_type
+	9, // [9:9] is the sub-list for method input_type
+	9, // [9:9] is the sub-list for extension type_name
+	9, // [9:9] is the sub-list for extension extendee
+	0, // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_llmedge_authz_v1_policy_proto_init() }
@@ -351,13 +700,14 @@ func file_llmedge_authz_v1_policy_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_llmedge_authz_v1_policy_proto_rawDesc), len(file_llmedge_authz_v1_policy_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   3,
+			NumEnums:      1,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_llmedge_authz_v1_policy_proto_goTypes,
 		DependencyIndexes: file_llmedge_authz_v1_policy_proto_depIdxs,
+		EnumInfos:         file_llmedge_authz_v1_policy_proto_enumTypes,
 		MessageInfos:      file_llmedge_authz_v1_policy_proto_msgTypes,
 	}.Build()
 	File_llmedge_authz_v1_policy_proto = out.File

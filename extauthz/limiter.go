@@ -1,0 +1,230 @@
+package extauthz
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	rlsconfv3 "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
+	rlconfig "github.com/envoyproxy/ratelimit/src/config"
+	rlprovider "github.com/envoyproxy/ratelimit/src/provider"
+	rlredis "github.com/envoyproxy/ratelimit/src/redis"
+	rlserver "github.com/envoyproxy/ratelimit/src/server"
+	rlservice "github.com/envoyproxy/ratelimit/src/service"
+	rlsettings "github.com/envoyproxy/ratelimit/src/settings"
+	rlstats "github.com/envoyproxy/ratelimit/src/stats"
+	rlutils "github.com/envoyproxy/ratelimit/src/utils"
+	gostats "github.com/lyft/gostats"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/health"
+
+	"github.com/llmedge/llmedge/internal/transport"
+)
+
+// limiter is envoyproxy/ratelimit's own service (its config, Redis cache and decision
+// code, from its Go module) running inside extauthz, so the request-time quota check is
+// one Redis round trip from the process Envoy already asks, instead of a second side call
+// to another process. The region's ratelimit process keeps running on the same Redis and
+// the same limits for what Envoy charges when a stream is done (token limits): both derive
+// the same Redis keys from the same domain, descriptors and windows.
+type limiter struct {
+	redis transport.Address
+	log   *slog.Logger
+	stats *statSink
+	store gostats.Store
+
+	mu      sync.Mutex
+	svc     rlservice.RateLimitServiceServer
+	config  *rlsconfv3.RateLimitConfig // the last config given, applied to a service built later
+	version string
+	// downUntil (unix nanoseconds) skips Redis for a while after it failed, so requests
+	// get the failure mode at once instead of each waiting for the timeout.
+	downUntil atomic.Int64
+}
+
+// limiterRetry is how long a failed Redis stays skipped before a request tries it again.
+const limiterRetry = time.Second
+
+func newLimiter(redis transport.Address, reg prometheus.Registerer, log *slog.Logger) *limiter {
+	sink := newStatSink(reg)
+	store := gostats.NewStore(sink, false)
+	go store.Start(time.NewTicker(time.Second))
+	return &limiter{redis: redis, log: log.With("component", "ratelimit"), stats: sink, store: store}
+}
+
+// setConfig hands the region's limits to the service (now, or when it is built).
+func (l *limiter) setConfig(version string, rc *rlsconfv3.RateLimitConfig) error {
+	ev, err := configEvent(rc, l.statsManager())
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.config, l.version = rc, version
+	if l.svc != nil {
+		l.svc.SetConfig(ev, true)
+	}
+	return nil
+}
+
+// configEvent loads rc the way envoyproxy/ratelimit's xDS provider does; the module
+// panics on a bad config, which becomes an error here.
+func configEvent(rc *rlsconfv3.RateLimitConfig, sm rlstats.Manager) (ev rlprovider.ConfigUpdateEvent, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("rate-limit config %s: %v", rc.GetName(), r)
+		}
+	}()
+	cfg := rlconfig.NewRateLimitConfigImpl([]rlconfig.RateLimitConfigToLoad{{
+		Name: rc.GetName(), ConfigYaml: rlconfig.ConfigXdsProtoToYaml(rc),
+	}}, sm, false)
+	return loadedConfig{cfg}, nil
+}
+
+// loadedConfig is a config update carrying a loaded config.
+type loadedConfig struct{ cfg rlconfig.RateLimitConfig }
+
+func (c loadedConfig) GetConfig() (rlconfig.RateLimitConfig, any) { return c.cfg, nil }
+
+func (l *limiter) statsManager() rlstats.Manager {
+	return rlstats.NewStatManager(l.store, rlsettings.NewSettings())
+}
+
+// service returns the service, building it (and its Redis pool, which the module dials at
+// once) on first use.
+func (l *limiter) service() (svc rlservice.RateLimitServiceServer, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.svc != nil {
+		return l.svc, nil
+	}
+	if l.config == nil {
+		return nil, errors.New("no rate-limit config yet")
+	}
+	defer func() {
+		if r := recover(); r != nil { // the module panics when Redis does not answer
+			err = fmt.Errorf("redis %s: %v", l.redis, r)
+		}
+	}()
+	sm := l.statsManager()
+	network, url := "tcp", l.redis.String()
+	if l.redis.IsUnix() {
+		network, url = "unix", l.redis.Path
+	}
+	client := rlredis.NewClientImpl(l.store.Scope("redis_pool"), false, "", network, "single", url, 10,
+		0, 0, nil, false, nil, time.Second, "", "")
+	cache := rlredis.NewFixedRateLimitCacheImpl(client, nil, rlutils.NewTimeSourceImpl(),
+		rand.New(rlutils.NewLockedSource(time.Now().Unix())), 0, nil, 0.8, "", sm, false)
+	hc := rlserver.NewHealthChecker(health.NewServer(), "ratelimit", true)
+	s := rlservice.NewService(cache, idleProvider{}, sm, hc, rlutils.NewTimeSourceImpl(), false, true, true)
+	ev, err := configEvent(l.config, sm)
+	if err != nil {
+		return nil, err
+	}
+	s.SetConfig(ev, true)
+	l.svc = s
+	l.log.Info("rate-limit checks in process", "redis", l.redis.String(), "config_version", l.version)
+	return s, nil
+}
+
+// ShouldRateLimit asks the service within timeout. Past it, or on an error, Redis is
+// skipped for limiterRetry and the caller applies the region's failure mode.
+func (l *limiter) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest, timeout time.Duration) (*rlsv3.RateLimitResponse, error) {
+	if time.Now().UnixNano() < l.downUntil.Load() {
+		return nil, errors.New("redis unavailable (retrying shortly)")
+	}
+	svc, err := l.service()
+	if err != nil {
+		l.markDown(err)
+		return nil, err
+	}
+	type answer struct {
+		resp *rlsv3.RateLimitResponse
+		err  error
+	}
+	done := make(chan answer, 1)
+	go func() { // the module's Redis calls take no context: bound them here
+		r, err := svc.ShouldRateLimit(context.WithoutCancel(ctx), req)
+		done <- answer{r, err}
+	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case a := <-done:
+		if a.err != nil {
+			l.markDown(a.err)
+		}
+		return a.resp, a.err
+	case <-t.C:
+		err := fmt.Errorf("no answer from redis within %v", timeout)
+		l.markDown(err)
+		return nil, err
+	}
+}
+
+func (l *limiter) markDown(err error) {
+	if prev := l.downUntil.Swap(time.Now().Add(limiterRetry).UnixNano()); prev < time.Now().UnixNano() {
+		l.log.Warn("rate-limit checks unavailable; applying the region's failure mode", "error", err.Error(), "retry_in", limiterRetry)
+	}
+}
+
+// idleProvider never sends: configs arrive through setConfig.
+type idleProvider struct{}
+
+func (idleProvider) ConfigUpdateEvent() <-chan rlprovider.ConfigUpdateEvent { return nil }
+func (idleProvider) Stop()                                                  {}
+
+// statSink exports the module's per-limit counters the way envoyproxy/ratelimit's own
+// Prometheus endpoint names them (its default mapping):
+// ratelimit_service_rate_limit_{total_hits,within_limit,near_limit,over_limit,shadow_mode}
+// with labels domain, key1 and key2. Dashboards and the alerts' quota rule read the same
+// series from extauthz's /metrics as from ratelimit's.
+type statSink struct {
+	counters map[string]*prometheus.CounterVec
+}
+
+var rateLimitStats = []string{"total_hits", "within_limit", "near_limit", "over_limit", "shadow_mode"}
+
+func newStatSink(reg prometheus.Registerer) *statSink {
+	s := &statSink{counters: map[string]*prometheus.CounterVec{}}
+	for _, name := range rateLimitStats {
+		c := prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ratelimit_service_rate_limit_" + name,
+			Help: "envoyproxy/ratelimit's " + name + " counter for the quota checks extauthz makes in process, per limit (domain, key1, key2), as ratelimit itself exports it.",
+		}, []string{"domain", "key1", "key2"})
+		reg.MustRegister(c)
+		s.counters[name] = c
+	}
+	return s
+}
+
+// FlushCounter takes a counter's increase since the last flush; names look like
+// ratelimit.service.rate_limit.<domain>.<key1>[.<key2>...].<stat>.
+func (s *statSink) FlushCounter(name string, value uint64) {
+	rest, ok := strings.CutPrefix(name, "ratelimit.service.rate_limit.")
+	if !ok {
+		return
+	}
+	parts := strings.Split(rest, ".")
+	if len(parts) < 3 {
+		return
+	}
+	c, ok := s.counters[parts[len(parts)-1]]
+	if !ok {
+		return
+	}
+	key2 := ""
+	if len(parts) > 3 {
+		key2 = parts[2]
+	}
+	c.WithLabelValues(parts[0], parts[1], key2).Add(float64(value))
+}
+func (s *statSink) FlushGauge(string, uint64)  {}
+func (s *statSink) FlushTimer(string, float64) {}

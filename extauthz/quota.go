@@ -1,0 +1,196 @@
+package extauthz
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	rlcommonv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	rlsconfv3 "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/llmedge/llmedge/internal/wire"
+	authzv1 "github.com/llmedge/llmedge/proto/llmedge/authz/v1"
+)
+
+// Request-time quotas: an allowed request's descriptors go to envoyproxy/ratelimit's
+// limiter, in process (limiter.go), during the ext_authz call Envoy already makes, instead
+// of in a second side call of Envoy's rate-limit filter. The limits (served by the control
+// plane), Redis and the counters are the region's ratelimit's own; Envoy's filter is left
+// with charging the tokens a request used when its stream is done.
+
+// quotaResult is what the rate-limit service said about one request.
+type quotaResult int
+
+const (
+	quotaNone        quotaResult = iota // no descriptor applies: the service was not asked
+	quotaOK                             // within every limit
+	quotaOver                           // some limit is spent
+	quotaUnavailable                    // no answer (error, timeout, or reported unhealthy)
+)
+
+func (r quotaResult) String() string {
+	return [...]string{"none", "ok", "over_limit", "unavailable"}[r]
+}
+
+// quotaAnswer is a quotaResult with the X-RateLimit headers Envoy's rate-limit filter
+// would have added (draft 03).
+type quotaAnswer struct {
+	result  quotaResult
+	headers []*corev3.HeaderValueOption
+	// limit and reset are the x-ratelimit-limit and x-ratelimit-reset values, for the
+	// refusal's message.
+	limit, reset string
+}
+
+// quotas is one policy's rate-limit settings.
+type quotas struct {
+	domain     string
+	failClosed bool
+	byUpstream map[string][]*authzv1.Descriptor
+	lim        rateLimiter // nil: extauthz has no Redis (--redis), so every check is unavailable
+}
+
+// rateLimiter decides quotas: the in-process limiter (limiter.go), or a fake in tests.
+type rateLimiter interface {
+	setConfig(version string, rc *rlsconfv3.RateLimitConfig) error
+	ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest, timeout time.Duration) (*rlsv3.RateLimitResponse, error)
+}
+
+// newQuotas reads a policy's rate-limit settings and hands its limits to lim. A nil p (no
+// rate limits in the region) gives nil.
+func newQuotas(version string, p *authzv1.RateLimit, lim rateLimiter) (*quotas, error) {
+	if p == nil {
+		return nil, nil
+	}
+	q := &quotas{domain: p.GetDomain(), failClosed: p.GetFailClosed(), byUpstream: map[string][]*authzv1.Descriptor{}, lim: lim}
+	for _, u := range p.GetUpstreams() {
+		q.byUpstream[u.GetUpstream()] = u.GetDescriptors()
+	}
+	rc := &rlsconfv3.RateLimitConfig{}
+	if err := p.GetConfig().UnmarshalTo(rc); err != nil {
+		return nil, fmt.Errorf("rate_limit.config: %w", err)
+	}
+	if lim != nil {
+		if err := lim.setConfig(version, rc); err != nil {
+			return nil, err
+		}
+	}
+	return q, nil
+}
+
+// check asks the service about a request to upstream by caller, naming model ("" if the
+// request names none).
+func (q *quotas) check(ctx context.Context, caller, upstream, model string) quotaAnswer {
+	templates := q.byUpstream[upstream]
+	if len(templates) == 0 {
+		return quotaAnswer{result: quotaNone}
+	}
+	req := &rlsv3.RateLimitRequest{Domain: q.domain, HitsAddend: 1}
+	for _, t := range templates {
+		d := &rlcommonv3.RateLimitDescriptor{}
+		for _, e := range t.GetEntries() {
+			v := e.GetValue()
+			switch e.GetSource() {
+			case authzv1.Entry_CALLER:
+				v = caller
+			case authzv1.Entry_MODEL:
+				v = model
+			}
+			if v == "" { // Envoy sends no descriptor for an absent value either
+				d = nil
+				break
+			}
+			d.Entries = append(d.Entries, &rlcommonv3.RateLimitDescriptor_Entry{Key: e.GetKey(), Value: v})
+		}
+		if d == nil {
+			continue
+		}
+		if t.GetCheckOnly() {
+			d.HitsAddend = wrapperspb.UInt64(0)
+		}
+		req.Descriptors = append(req.Descriptors, d)
+	}
+	if len(req.Descriptors) == 0 {
+		return quotaAnswer{result: quotaNone}
+	}
+	if q.lim == nil {
+		return quotaAnswer{result: quotaUnavailable}
+	}
+	resp, err := q.lim.ShouldRateLimit(ctx, req, wire.RateLimitTimeout)
+	if err != nil {
+		return quotaAnswer{result: quotaUnavailable}
+	}
+	a := quotaAnswer{result: quotaOK}
+	if resp.GetOverallCode() == rlsv3.RateLimitResponse_OVER_LIMIT {
+		a.result = quotaOver
+	}
+	a.headers, a.limit, a.reset = rateLimitHeaders(resp.GetStatuses())
+	return a
+}
+
+// windowSeconds are the windows of the units llmedge's limits use.
+var windowSeconds = map[rlsv3.RateLimitResponse_RateLimit_Unit]int{
+	rlsv3.RateLimitResponse_RateLimit_SECOND: 1,
+	rlsv3.RateLimitResponse_RateLimit_MINUTE: 60,
+	rlsv3.RateLimitResponse_RateLimit_HOUR:   3600,
+	rlsv3.RateLimitResponse_RateLimit_DAY:    86400,
+}
+
+// rateLimitHeaders are the X-RateLimit headers of draft 03, as Envoy's rate-limit filter
+// writes them: the limit with the least remaining, then every limit's quota policy
+// ("10, 10;w=60;name=\"callers.a.limits[0]\", 1000;w=3600"), its remaining and the seconds
+// until its window resets.
+func rateLimitHeaders(statuses []*rlsv3.RateLimitResponse_DescriptorStatus) (h []*corev3.HeaderValueOption, limit, reset string) {
+	var least *rlsv3.RateLimitResponse_DescriptorStatus
+	var policy strings.Builder
+	for _, s := range statuses {
+		cl := s.GetCurrentLimit()
+		if cl == nil {
+			continue
+		}
+		if least == nil || s.GetLimitRemaining() < least.GetLimitRemaining() {
+			least = s
+		}
+		if w := windowSeconds[cl.GetUnit()]; w > 0 {
+			fmt.Fprintf(&policy, ", %d;w=%d", cl.GetRequestsPerUnit(), w)
+			if cl.GetName() != "" {
+				fmt.Fprintf(&policy, ";name=%q", cl.GetName())
+			}
+		}
+	}
+	if least == nil {
+		return nil, "", ""
+	}
+	limit = strconv.FormatUint(uint64(least.GetCurrentLimit().GetRequestsPerUnit()), 10) + policy.String()
+	reset = strconv.FormatInt(least.GetDurationUntilReset().GetSeconds(), 10)
+	set := func(k, v string) *corev3.HeaderValueOption {
+		return &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: k, Value: v}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}
+	}
+	return []*corev3.HeaderValueOption{
+		set("x-ratelimit-limit", limit),
+		set("x-ratelimit-remaining", strconv.FormatUint(uint64(least.GetLimitRemaining()), 10)),
+		set("x-ratelimit-reset", reset),
+	}, limit, reset
+}
+
+// requestedModel is the model json_to_metadata (or Gemini's path) recorded before ext_authz.
+func requestedModel(md *corev3.Metadata) string {
+	s := md.GetFilterMetadata()[wire.RequestMetadataNamespace]
+	if s == nil {
+		return ""
+	}
+	v, ok := s.GetFields()[wire.RequestMetadataModel]
+	if !ok {
+		return ""
+	}
+	if sv, ok := v.GetKind().(*structpb.Value_StringValue); ok {
+		return sv.StringValue
+	}
+	return ""
+}
