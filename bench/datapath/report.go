@@ -265,7 +265,7 @@ func (b *report) rateLimitHop() {
 	b.w("### The rate-limit hop\n\n")
 	if d50, ok := perRoundDiff(full, authz, func(x seqResult) float64 { return x.P50 }); ok {
 		d99, _ := perRoundDiff(full, authz, func(x seqResult) float64 { return x.P99 })
-		b.w("- full edge − Envoy + ext_authz (what extauthz asking ratelimit costs): p50 %s, p99 %s at c=1.\n", fmtAdded(d50), fmtAdded(d99))
+		b.w("- full edge − Envoy + ext_authz (what the in-process quota check costs: a Redis round trip from extauthz): p50 %s, p99 %s at c=1.\n", fmtAdded(d50), fmtAdded(d99))
 	}
 	if d50, ok := perRoundDiff(rl, bare, func(x seqResult) float64 { return x.P50 }); ok {
 		d99, _ := perRoundDiff(rl, bare, func(x seqResult) float64 { return x.P99 })
@@ -520,8 +520,8 @@ func (b *report) method() {
 		"Everything on 127.0.0.1: the fake upstream (`cmd/fakellm`, plain HTTP, a fixed 5-word `chat.completion` JSON, no pacing), " +
 			"the control planes, extauthz, envoyproxy/ratelimit, Redis, six Envoys and the peers are real processes built or installed for the run.",
 		"Scenarios: direct to the fake; bare Envoy; Envoy + ext_authz (the control plane's config for a routes YAML without limits); " +
-			"Envoy + its own rate-limit call (see above); the full edge (ext_authz, which asks ratelimit, + router: `make run`'s own components and settings, internal/stack's Edge; caller `bench` with " +
-			"1,000,000,000 requests a minute, so nothing is refused); the full edge with Redis pipelining (the only setting changed: REDIS_PIPELINE_WINDOW and REDIS_PIPELINE_LIMIT); " +
+			"Envoy + its own rate-limit call (see above); the full edge (ext_authz checking quotas in process against Redis, + router: `make run`'s own components and settings, internal/stack's Edge; caller `bench` with " +
+			"1,000,000,000 requests a minute, so nothing is refused); " +
 			"the full edge without usage recording (`usage.enabled: false`, c=1 only); the peers.",
 		"The static Envoys (bare, rate limit only) use the translator's own listener, HCM (edge hardening, JSON access log), route and " +
 			"cluster for the same routes YAML, with filters removed, in `llmedge bootstrap`'s bootstrap minus xDS: only the filters differ.",
