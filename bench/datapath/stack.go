@@ -283,12 +283,15 @@ func (s *rig) startOwn(ctx context.Context, o ownRegion) error {
 		return err
 	}
 	authzName := stack.ProcessName("extauthz", o.name)
-	ea, err := s.r.StartExtAuthz(ctx, authzName, stack.ExtAuthz{
-		Region: o.name, XDSAddr: cp.XDSAddr, GRPCAddr: rg.authz, HTTPAddr: a[2], KeysDir: s.keys, StateDir: stateDir(authzName)})
+	ea := stack.ExtAuthz{Region: o.name, XDSAddr: cp.XDSAddr, GRPCAddr: rg.authz, HTTPAddr: a[2], KeysDir: s.keys, StateDir: stateDir(authzName)}
+	if o.limit > 0 { // quotas are checked in extauthz, against the full edge's Redis, as make run does
+		ea.RedisAddr = s.redis
+	}
+	eap, err := s.r.StartExtAuthz(ctx, authzName, ea)
 	if err != nil {
 		return err
 	}
-	s.adopt(ea)
+	s.adopt(eap)
 	others := []string{authzName}
 	if o.limit > 0 {
 		if err := s.startRatelimit(ctx, o.name, cp.XDSAddr, socks.Ratelimit(o.name)); err != nil {
