@@ -55,9 +55,11 @@ bench: tools build ## Benchmarks (not part of make test); results go to docs/BEN
 	  $(GO) test -run '^$$' -bench . -benchmem -benchtime 30x -count 5 -timeout 30m ./e2e/; \
 	} 2>&1 | tee $(BIN)/bench.txt
 	@echo "raw results: $(BIN)/bench.txt (summarise: go run golang.org/x/perf/cmd/benchstat@latest $(BIN)/bench.txt)"
-	@# Data path: edge vs direct vs peers on loopback (~13 min on a quiet machine); writes docs/bench/datapath.{md,json,png}.
+	@# Data path: edge vs direct vs peers on loopback (~13 min on a quiet machine), then the full edge at
+	@# 1,000 requests/s for 10 min with every process's RSS after each 30 s step; writes
+	@# docs/bench/datapath.{md,json,png} and docs/bench/soak.{md,json}.
 	bash bench/peers/install.sh
-	$(GO) run ./bench/datapath -out docs/bench
+	$(GO) run ./bench/datapath -out docs/bench -soak 10m
 	@# Control-plane scale: the real llmedge controlplane, 1,000 routes / 5 regions, 100 and 1,000
 	@# simulated ADS clients (~5 min); writes docs/bench/controlplane.json (reading: controlplane.md).
 	$(GO) run ./bench/controlplane -llmedge $(BIN)/llmedge -runs 5 -out docs/bench

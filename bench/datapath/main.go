@@ -55,6 +55,9 @@ type options struct {
 	keep         bool
 	waitQuiet    time.Duration
 	render       string
+	soak         time.Duration
+	soakRate     int
+	soakOnly     bool
 }
 
 func fatalf(format string, args ...any) {
@@ -113,6 +116,9 @@ func parseFlags() options {
 	flag.BoolVar(&o.keep, "keep", false, "keep the run directory (configs, logs)")
 	flag.StringVar(&o.render, "render", "", "measure nothing: rewrite datapath.{json,md,png} in -out from this datapath.json (after a change to the report)")
 	flag.DurationVar(&o.waitQuiet, "wait-quiet", 3*time.Minute, "wait at most this long in all (before the start, and before repeating a measurement other processes disturbed) for them to use < 0.25 cores; 0: never wait")
+	flag.DurationVar(&o.soak, "soak", 0, "after the other measurements, run the full edge at -soak-rate for this long and write soak.{json,md} (RSS of each process after every 30 s step); 0: no soak")
+	flag.IntVar(&o.soakRate, "soak-rate", 1000, "requests per second of the soak")
+	flag.BoolVar(&o.soakOnly, "soak-only", false, "measure nothing but the soak (-soak)")
 	quick := flag.Bool("quick", false, "smoke run of a few seconds: one short round of each measurement, no peers, no waiting for a quiet machine (the figures mean nothing; use with -out on a temporary directory)")
 	flag.Parse()
 	o.rates, o.peerRates = parseRates("rates", rates), parseRates("peer-rates", peerRates)
@@ -221,14 +227,35 @@ func run(root string, o options) error {
 	for _, c := range res.Sanity {
 		logf("check: %s", c)
 	}
+	if o.soakOnly {
+		return runSoak(r, targets, res, o)
+	}
 	noise := takeNoise(r)
 	guard.first = guard.scan()
 	measureRounds(r, guard, targets, res, o)
+	if o.soak > 0 {
+		if err := runSoak(r, targets, res, o); err != nil {
+			return err
+		}
+	}
 	finish(res, s, r, noise, guard)
 	res.DurationSec = time.Since(began).Seconds()
 	aggregate(res, o)
 	res.Streaming.aggregate()
 	return writeOutputs(o.out, res)
+}
+
+// runSoak soaks the full edge (see soak.go).
+func runSoak(r *runner, targets []*target, res *Results, o options) error {
+	if o.soak <= 0 {
+		return fmt.Errorf("-soak-only needs -soak")
+	}
+	for _, t := range targets {
+		if t.Name == "edge_full" {
+			return soak(r, t, o.soakRate, o.soak, min(30*time.Second, o.soak), o.out, res.Machine.Commit)
+		}
+	}
+	return fmt.Errorf("no edge_full scenario to soak")
 }
 
 // scenarioTargets are llmedge's own scenarios over the stack's variants.
