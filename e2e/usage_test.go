@@ -32,6 +32,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/llmedge/llmedge/controlplane/usage"
+	"github.com/llmedge/llmedge/internal/fakellm"
 	"github.com/llmedge/llmedge/internal/testenv"
 	"github.com/llmedge/llmedge/internal/wire"
 )
@@ -277,4 +278,34 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestUsageDisabled: with `usage: {enabled: false}` the Envoy a region runs has no usage log
+// (so no request's record leaves it), and quotas, which read the same request facts, still
+// hold.
+func TestUsageDisabled(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, startUpstream(t, fakellm.Options{}), quotaYAML(2, 1000)+"usage:\n  enabled: false\n", "hk")
+	for i := 1; i <= 3; i++ {
+		resp := s.models(t, "hk", "alice")
+		body := readAll(resp)
+		want := http.StatusOK
+		if i == 3 {
+			want = http.StatusTooManyRequests
+		}
+		if resp.StatusCode != want {
+			t.Fatalf("alice request %d: status %d, want %d: %s", i, resp.StatusCode, want, body)
+		}
+	}
+	// The listeners Envoy runs (the dump's other sections list every extension the binary has).
+	_, listeners := s.envoys["hk"].AdminGet(t, "/config_dump?resource=dynamic_listeners")
+	if l := string(listeners); !strings.Contains(l, "ingress_hk") || !strings.Contains(l, "envoy.access_loggers.stdout") {
+		t.Fatalf("no region listener with its access log in the dump: nothing to check\n%.2000s", l)
+	} else if strings.Contains(l, "envoy.access_loggers.http_grpc") {
+		t.Error("with usage disabled, Envoy's listener still has the gRPC usage log")
+	}
+	_, stats := s.envoys["hk"].AdminGet(t, "/stats?filter=grpc_access_log")
+	if strings.Contains(string(stats), "logs_written") {
+		t.Errorf("Envoy wrote usage log entries with usage disabled:\n%s", stats)
+	}
 }
