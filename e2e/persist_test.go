@@ -199,8 +199,8 @@ func TestControlPlaneServesSavedConfigToFreshEnvoy(t *testing.T) {
 // config, so restarted while the control plane is away it runs with no limits. Admission
 // does not depend on it: extauthz checks request quotas with the limits of its own caller
 // policy, against Redis, so hk (fail open) still refuses alice past her quota and sg (fail
-// closed) still serves bob. Only the stream-end token charges need ratelimit's limits,
-// which come back with the control plane.
+// closed) still serves bob. Only token limits need ratelimit's limits, which come back
+// with the control plane.
 func TestRatelimitRestartWithoutControlPlane(t *testing.T) {
 	t.Parallel()
 	s := newStack(t, startUpstream(t, fakellm.Options{}), quotaYAML(2, 100), "hk", "sg")

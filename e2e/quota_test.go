@@ -268,7 +268,7 @@ func TestQuotaShadowModeCountsWithoutBlocking(t *testing.T) {
 // TestQuotaFailureModes: with Redis down, hk (fail open) keeps serving and sg (fail
 // closed) refuses with a JSON 500; both recover by themselves. The ratelimit process being
 // down changes nothing at request time: extauthz checks quotas against Redis itself, and
-// only the stream-end token charges go through ratelimit.
+// only token limits (none here) go through ratelimit.
 func TestQuotaFailureModes(t *testing.T) {
 	t.Parallel()
 	s := newStack(t, startUpstream(t, fakellm.Options{}), quotaYAML(1000, 1000), "hk", "sg")

@@ -369,7 +369,7 @@ func TestSocketsEdge(t *testing.T) {
 }
 
 // TestSocketsRatelimitOverPipe: Envoy reaches envoyproxy/ratelimit on a unix socket
-// (GRPC_UDS; its health check, and token charges at stream end, go there), ratelimit reads
+// (GRPC_UDS; its health check, and token limits, go there), ratelimit reads
 // its config from the control plane's unix socket, and extauthz checks request quotas
 // against the same Redis over its unix socket.
 func TestSocketsRatelimitOverPipe(t *testing.T) {

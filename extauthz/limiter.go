@@ -32,7 +32,7 @@ import (
 // code, from its Go module) running inside extauthz, so the request-time quota check is
 // one Redis round trip from the process Envoy already asks, instead of a second side call
 // to another process. The region's ratelimit process keeps running on the same Redis and
-// the same limits for what Envoy charges when a stream is done (token limits): both derive
+// the same limits for the token limits Envoy asks it about: both derive
 // the same Redis keys from the same domain, descriptors and windows.
 type limiter struct {
 	redis transport.Address

@@ -21,8 +21,8 @@ import (
 // Request-time quotas: an allowed request's descriptors go to envoyproxy/ratelimit's
 // limiter, in process (limiter.go), during the ext_authz call Envoy already makes, instead
 // of in a second side call of Envoy's rate-limit filter. The limits (served by the control
-// plane), Redis and the counters are the region's ratelimit's own; Envoy's filter is left
-// with charging the tokens a request used when its stream is done.
+// plane), Redis and the counters are the region's ratelimit's own; Envoy's filter keeps
+// the token limits (checked at request time, charged when the stream is done).
 
 // quotaResult is what the rate-limit service said about one request.
 type quotaResult int

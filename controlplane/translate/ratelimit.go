@@ -15,6 +15,7 @@ import (
 	rlsconfv3 "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/llmedge/llmedge/controlplane/model"
 	"github.com/llmedge/llmedge/internal/wire"
@@ -77,11 +78,14 @@ func rateLimitFilter(r model.Region) (*hcmv3.HttpFilter, error) {
 }
 
 // routeRateLimits are the descriptor actions Envoy's rate-limit filter runs for one route:
-// only the token charges, sent when the stream is done. Everything checked at request time
-// (request limits, and the admission of token limits) is asked by extauthz in the same
-// call that authenticates the request (quotaDescriptors), which saves Envoy a second side
-// call per request. They go into the route's RateLimitPerRoute, never the route's own
-// rate_limits: a token limit's hits_addend works only there.
+// token limits only, each twice: at request time counting nothing (a spent window refuses)
+// and when the stream is done counting the tokens used. Both go through the same
+// ratelimit service, in that order for each request, so a caller's next request is checked
+// after its previous request's charge: the overshoot stays within what the requests in
+// flight use. Request limits are checked by extauthz in the call that authenticates the
+// request (quotaDescriptors), so a route without token limits costs Envoy one side call.
+// They go into the route's RateLimitPerRoute, never the route's own rate_limits: a token
+// limit's hits_addend works only there.
 func routeRateLimits(q regionQuotas, upstream string) []*routev3.RateLimit {
 	var out []*routev3.RateLimit
 	for _, sh := range q.shapesFor(upstream) {
@@ -99,7 +103,10 @@ func routeRateLimits(q regionQuotas, upstream string) []*routev3.RateLimit {
 				actions = append(actions, generic(e.GetKey(), e.GetValue()))
 			}
 		}
-		out = append(out, &routev3.RateLimit{Actions: actions, ApplyOnStreamDone: true, HitsAddend: &routev3.RateLimit_HitsAddend{Format: tokensUsedFormat}})
+		out = append(out,
+			&routev3.RateLimit{Actions: actions, HitsAddend: &routev3.RateLimit_HitsAddend{Number: wrapperspb.UInt64(0)}},
+			&routev3.RateLimit{Actions: actions, ApplyOnStreamDone: true, HitsAddend: &routev3.RateLimit_HitsAddend{Format: tokensUsedFormat}},
+		)
 	}
 	return out
 }
@@ -115,13 +122,15 @@ func (q regionQuotas) shapesFor(upstream string) []shape {
 	return out
 }
 
-// quotaDescriptors are the descriptors extauthz sends for a request to upstream, in the
-// order Envoy's actions would: a request limit counts one, a token limit is checked
-// without counting (its tokens are charged at stream end by routeRateLimits).
+// quotaDescriptors are the descriptors extauthz sends for a request to upstream: its
+// request limits, each counting one. Token limits stay with Envoy's rate-limit filter
+// (routeRateLimits), whose admission check and stream-end charge share one path.
 func quotaDescriptors(q regionQuotas, upstream string) []*authzv1.Descriptor {
 	var out []*authzv1.Descriptor
 	for _, sh := range q.shapesFor(upstream) {
-		out = append(out, &authzv1.Descriptor{Entries: sh.entries(upstream), CheckOnly: sh.tokens})
+		if !sh.tokens {
+			out = append(out, &authzv1.Descriptor{Entries: sh.entries(upstream)})
+		}
 	}
 	return out
 }

@@ -155,9 +155,9 @@ func (x *Policy) GetRateLimit() *RateLimit {
 
 // RateLimit is what extauthz needs to check an allowed request's quotas itself, with
 // envoyproxy/ratelimit's limiter running in process against the region's Redis, so Envoy
-// makes one side call per request instead of two. Envoy's own rate-limit filter then only
-// charges the tokens a request used when its stream is done, through the region's
-// ratelimit process, on the same Redis keys.
+// makes one side call per request instead of two for request limits. Token limits stay
+// with Envoy's own rate-limit filter and the region's ratelimit process (checked at request
+// time, charged when the stream is done), on the same Redis keys.
 type RateLimit struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The rate-limit domain the descriptors belong to.
