@@ -10,8 +10,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,7 +17,6 @@ import (
 	"time"
 
 	"github.com/llmedge/llmedge/internal/fakellm"
-	stk "github.com/llmedge/llmedge/internal/stack"
 	"github.com/llmedge/llmedge/internal/testenv"
 )
 
@@ -46,39 +43,6 @@ usage:
   store: postgres
   postgres: {dsn_file: DSN_FILE}
 `
-
-// startUsagePostgres runs a throwaway PostgreSQL with the database usage and writes its
-// DSN to a file for usage.postgres.dsn_file.
-func startUsagePostgres(t *testing.T) (*stk.PostgresProcess, string) {
-	t.Helper()
-	// Not t.TempDir: its parent is private to root, and the server runs unprivileged.
-	dir, err := os.MkdirTemp("", "llmedge-pg-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	r := &stk.Runner{Dir: dir, LogDir: t.TempDir()}
-	pg, err := r.StartPostgres(t.Context(), stk.Postgres{Dir: filepath.Join(dir, "pg")}, "usage")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		pg.Stop()
-		if t.Failed() {
-			if p := pg.Process(); p != nil {
-				t.Logf("postgres log:\n%s", p.LogTail(40))
-			}
-		}
-	})
-	dsnFile := filepath.Join(t.TempDir(), "usage-dsn")
-	if err := os.WriteFile(dsnFile, []byte(pg.DSN("usage")+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return pg, dsnFile
-}
 
 // steadyLoad sends one chat completion every interval from one goroutine, each naming its
 // own model (load-00000, load-00001, …) so the ledger's records can be matched to requests
@@ -210,7 +174,7 @@ func exportRows(t *testing.T, s *stack, tenant string, since time.Time) ([]ledge
 // twice, each with its own request id.
 func TestUsagePostgresOutageThroughTheEdge(t *testing.T) {
 	t.Parallel()
-	pg, dsnFile := startUsagePostgres(t)
+	pg, dsnFile := testenv.StartPostgres(t, "usage")
 	s := newStack(t, startUpstream(t, fakellm.Options{}), strings.ReplaceAll(postgresUsageRegion, "DSN_FILE", dsnFile), "hk")
 	withLedger(t, s)
 	metrics := func() (string, error) {

@@ -12,44 +12,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/llmedge/llmedge/internal/stack"
+	"github.com/llmedge/llmedge/internal/testenv"
 )
 
-// startPostgres runs a real PostgreSQL server (Debian's, see scripts/tools.sh) on a unix
-// socket in a directory of its own, with one database, and returns the DSN file.
-func startPostgres(t *testing.T) (*stack.PostgresProcess, string) {
-	t.Helper()
-	// Not t.TempDir: its parent is private to root, and the server runs unprivileged.
-	dir, err := os.MkdirTemp("", "llmedge-pg-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	r := &stack.Runner{Dir: dir, LogDir: t.TempDir()}
-	pg, err := r.StartPostgres(t.Context(), stack.Postgres{Dir: filepath.Join(dir, "pg")}, "usage_test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		pg.Stop()
-		if t.Failed() {
-			if p := pg.Process(); p != nil {
-				t.Logf("postgres log:\n%s", p.LogTail(40))
-			}
-		}
-	})
-	dsnFile := filepath.Join(t.TempDir(), "dsn")
-	if err := os.WriteFile(dsnFile, []byte(pg.DSN("usage_test")+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return pg, dsnFile
-}
-
 func TestPostgresStore(t *testing.T) {
-	_, dsnFile := startPostgres(t)
+	_, dsnFile := testenv.StartPostgres(t, "usage_test")
 	s, err := OpenPostgres(t.Context(), dsnFile)
 	if err != nil {
 		t.Fatal(err)
@@ -75,7 +42,7 @@ func TestPostgresDSNNeverInErrors(t *testing.T) {
 // PostgreSQL stopped for a while under steady inserts, then restarted: no record lost,
 // none duplicated.
 func TestPostgresOutageUnderSteadyInserts(t *testing.T) {
-	pg, dsnFile := startPostgres(t)
+	pg, dsnFile := testenv.StartPostgres(t, "usage_test")
 	spool, err := OpenSpool(filepath.Join(t.TempDir(), "spool"), 64<<20)
 	if err != nil {
 		t.Fatal(err)
