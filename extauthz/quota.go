@@ -12,7 +12,6 @@ import (
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	rlsconfv3 "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
 	"google.golang.org/protobuf/types/known/structpb"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/llmedge/llmedge/internal/wire"
 	authzv1 "github.com/llmedge/llmedge/proto/llmedge/authz/v1"
@@ -110,9 +109,6 @@ func (q *quotas) check(ctx context.Context, caller, upstream, model string) quot
 		}
 		if d == nil {
 			continue
-		}
-		if t.GetCheckOnly() {
-			d.HitsAddend = wrapperspb.UInt64(0)
 		}
 		req.Descriptors = append(req.Descriptors, d)
 	}

@@ -72,7 +72,7 @@ func withFakeRLS(m *Main) *fakeRLS {
 }
 
 // quotaPolicy is policyResource's policy with a caller-wide request limit and a
-// model-scoped token limit on openai.
+// model-scoped request limit on openai.
 func quotaPolicy(t *testing.T, tok string, failClosed bool) []*anypb.Any {
 	t.Helper()
 	limits, err := anypb.New(&rlsconfv3.RateLimitConfig{Name: "llmedge-hk", Domain: "llmedge"})
@@ -87,7 +87,7 @@ func quotaPolicy(t *testing.T, tok string, failClosed bool) []*anypb.Any {
 			Upstream: "openai",
 			Descriptors: []*authzv1.Descriptor{
 				{Entries: []*authzv1.Entry{{Key: "llmedge", Value: "caller_minute"}, {Key: "caller", Source: authzv1.Entry_CALLER}}},
-				{CheckOnly: true, Entries: []*authzv1.Entry{{Key: "llmedge", Value: "upstream_model_tokens_day"}, {Key: "upstream", Value: "openai"}, {Key: "model", Source: authzv1.Entry_MODEL}}},
+				{Entries: []*authzv1.Entry{{Key: "llmedge", Value: "upstream_model_day"}, {Key: "upstream", Value: "openai"}, {Key: "model", Source: authzv1.Entry_MODEL}}},
 			},
 		}}},
 	})
@@ -143,8 +143,8 @@ func TestQuotaDescriptorsCarryCallerAndModel(t *testing.T) {
 	if e := d0.GetEntries(); len(e) != 2 || e[1].GetKey() != "caller" || e[1].GetValue() != "app" || d0.GetHitsAddend() != nil {
 		t.Errorf("request descriptor %v: want caller=app counting the request", d0)
 	}
-	if e := d1.GetEntries(); len(e) != 3 || e[2].GetValue() != "gpt-4o" || d1.GetHitsAddend() == nil || d1.GetHitsAddend().GetValue() != 0 {
-		t.Errorf("token descriptor %v: want model=gpt-4o checked without counting", d1)
+	if e := d1.GetEntries(); len(e) != 3 || e[2].GetValue() != "gpt-4o" || d1.GetHitsAddend() != nil {
+		t.Errorf("model descriptor %v: want model=gpt-4o counting the request", d1)
 	}
 	if got[0].GetDomain() != "llmedge" || got[0].GetHitsAddend() != 1 {
 		t.Errorf("domain %q hits %d", got[0].GetDomain(), got[0].GetHitsAddend())

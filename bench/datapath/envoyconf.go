@@ -159,9 +159,6 @@ func staticRoutes(res *translate.Resources, mode staticMode, caller string) (*ro
 						GenericKey: &routev3.RateLimit_Action_GenericKey{DescriptorKey: e.GetKey(), DescriptorValue: v},
 					}})
 				}
-				if d.GetCheckOnly() {
-					l.HitsAddend = &routev3.RateLimit_HitsAddend{Number: wrapperspb.UInt64(0)}
-				}
 				rl.RateLimits = append(rl.RateLimits, l)
 			}
 			if len(rl.RateLimits) == 0 {

@@ -287,11 +287,8 @@ func (x *UpstreamQuotas) GetDescriptors() []*Descriptor {
 
 // Descriptor is one rate-limit descriptor template.
 type Descriptor struct {
-	state   protoimpl.MessageState `protogen:"open.v1"`
-	Entries []*Entry               `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
-	// Check the window without counting (hits_addend 0): a token limit's admission; the
-	// tokens are charged by Envoy when the stream is done.
-	CheckOnly     bool `protobuf:"varint,2,opt,name=check_only,json=checkOnly,proto3" json:"check_only,omitempty"`
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entries       []*Entry               `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -331,13 +328,6 @@ func (x *Descriptor) GetEntries() []*Entry {
 		return x.Entries
 	}
 	return nil
-}
-
-func (x *Descriptor) GetCheckOnly() bool {
-	if x != nil {
-		return x.CheckOnly
-	}
-	return false
 }
 
 // Entry is one descriptor entry: a fixed value, or one extauthz fills in per request.
@@ -611,12 +601,10 @@ const file_llmedge_authz_v1_policy_proto_rawDesc = "" +
 	"\x06config\x18\x05 \x01(\v2\x14.google.protobuf.AnyR\x06configJ\x04\b\x01\x10\x02\"l\n" +
 	"\x0eUpstreamQuotas\x12\x1a\n" +
 	"\bupstream\x18\x01 \x01(\tR\bupstream\x12>\n" +
-	"\vdescriptors\x18\x02 \x03(\v2\x1c.llmedge.authz.v1.DescriptorR\vdescriptors\"^\n" +
+	"\vdescriptors\x18\x02 \x03(\v2\x1c.llmedge.authz.v1.DescriptorR\vdescriptors\"E\n" +
 	"\n" +
 	"Descriptor\x121\n" +
-	"\aentries\x18\x01 \x03(\v2\x17.llmedge.authz.v1.EntryR\aentries\x12\x1d\n" +
-	"\n" +
-	"check_only\x18\x02 \x01(\bR\tcheckOnly\"\x95\x01\n" +
+	"\aentries\x18\x01 \x03(\v2\x17.llmedge.authz.v1.EntryR\aentriesJ\x04\b\x02\x10\x03\"\x95\x01\n" +
 	"\x05Entry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\x126\n" +
