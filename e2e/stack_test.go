@@ -467,38 +467,68 @@ type load struct {
 	ok, failed atomic.Int64
 	mu         sync.Mutex
 	failures   []string
+	sent       []string // the labels of the requests sent, failed ones included (startPacedLoad)
 	stop       chan struct{}
 	done       chan struct{}
 }
 
 func startLoad(t *testing.T, url string, headers map[string]string, workers int) *load {
+	return startPacedLoad(t, workers, 0, func(int) (string, *http.Request) {
+		req, _ := http.NewRequest(http.MethodGet, url, nil)
+		for k, v := range headers {
+			req.Header.Set(k, v)
+		}
+		return "", req
+	})
+}
+
+// startPacedLoad runs workers that each send newRequest(i) for i = 0, 1, … (one every
+// interval, or back to back when interval is 0), recording every non-empty label.
+func startPacedLoad(t *testing.T, workers int, interval time.Duration, newRequest func(i int) (label string, req *http.Request)) *load {
 	l := &load{stop: make(chan struct{}), done: make(chan struct{})}
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: workers}}
+	var next atomic.Int64
 	var wg sync.WaitGroup
-	for i := 0; i < workers; i++ {
+	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			var tick <-chan time.Time
+			if interval > 0 {
+				tk := time.NewTicker(interval)
+				defer tk.Stop()
+				tick = tk.C
+			}
 			// Bounded: at most 20,000 requests per worker or until stopped.
 			for n := 0; n < 20000; n++ {
-				select {
-				case <-l.stop:
-					return
-				default:
+				if tick != nil {
+					select {
+					case <-l.stop:
+						return
+					case <-tick:
+					}
+				} else {
+					select {
+					case <-l.stop:
+						return
+					default:
+					}
 				}
-				req, _ := http.NewRequest(http.MethodGet, url, nil)
-				for k, v := range headers {
-					req.Header.Set(k, v)
+				label, req := newRequest(int(next.Add(1) - 1))
+				if label != "" {
+					l.mu.Lock()
+					l.sent = append(l.sent, label)
+					l.mu.Unlock()
 				}
 				resp, err := client.Do(req)
 				if err != nil {
-					l.fail(err.Error())
+					l.fail(label + ": " + err.Error())
 					continue
 				}
 				io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 				if resp.StatusCode != http.StatusOK {
-					l.fail(fmt.Sprintf("status %d", resp.StatusCode))
+					l.fail(fmt.Sprintf("%s: status %d", label, resp.StatusCode))
 					continue
 				}
 				l.ok.Add(1)
@@ -508,6 +538,13 @@ func startLoad(t *testing.T, url string, headers map[string]string, workers int)
 	go func() { wg.Wait(); close(l.done) }()
 	t.Cleanup(l.halt)
 	return l
+}
+
+// sentLabels returns the labels of the requests sent so far.
+func (l *load) sentLabels() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.sent...)
 }
 
 func (l *load) fail(msg string) {

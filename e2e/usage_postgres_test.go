@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -43,82 +42,6 @@ usage:
   store: postgres
   postgres: {dsn_file: DSN_FILE}
 `
-
-// steadyLoad sends one chat completion every interval from one goroutine, each naming its
-// own model (load-00000, load-00001, …) so the ledger's records can be matched to requests
-// one for one.
-type steadyLoad struct {
-	mu       sync.Mutex
-	sent     []string // models of the requests sent
-	failures []string
-	stop     chan struct{}
-	done     chan struct{}
-}
-
-func startSteadyLoad(t *testing.T, url, token string, interval time.Duration) *steadyLoad {
-	l := &steadyLoad{stop: make(chan struct{}), done: make(chan struct{})}
-	client := &http.Client{Timeout: 10 * time.Second}
-	go func() {
-		defer close(l.done)
-		tick := time.NewTicker(interval)
-		defer tick.Stop()
-		for i := 0; ; i++ {
-			select {
-			case <-l.stop:
-				return
-			case <-tick.C:
-			}
-			model := fmt.Sprintf("load-%05d", i)
-			req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(`{"model":"`+model+`","messages":[{"role":"user","content":"hi"}]}`))
-			req.Header.Set("content-type", "application/json")
-			req.Header.Set("authorization", "Bearer "+token)
-			req.Header.Set("x-fake-chunk-interval", "0s")
-			resp, err := client.Do(req)
-			l.mu.Lock()
-			l.sent = append(l.sent, model)
-			switch {
-			case err != nil:
-				l.failures = append(l.failures, model+": "+err.Error())
-			case resp.StatusCode != http.StatusOK:
-				l.failures = append(l.failures, fmt.Sprintf("%s: status %d", model, resp.StatusCode))
-			}
-			l.mu.Unlock()
-			if err == nil {
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-			}
-		}
-	}()
-	t.Cleanup(l.halt)
-	return l
-}
-
-func (l *steadyLoad) halt() {
-	select {
-	case <-l.stop:
-	default:
-		close(l.stop)
-	}
-	<-l.done
-}
-
-func (l *steadyLoad) count() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.sent)
-}
-
-// waitMore polls until n more requests than now were sent.
-func (l *steadyLoad) waitMore(t *testing.T, n int) {
-	t.Helper()
-	target := l.count() + n
-	testenv.Eventually(t, 30*time.Second, 20*time.Millisecond, func() error {
-		if got := l.count(); got < target {
-			return fmt.Errorf("%d of %d requests sent", got, target)
-		}
-		return nil
-	})
-}
 
 // metricValue reads an unlabelled sample from a Prometheus text exposition.
 func metricValue(body, name string) (float64, error) {
@@ -200,7 +123,17 @@ func TestUsagePostgresOutageThroughTheEdge(t *testing.T) {
 	}
 
 	start := time.Now()
-	load := startSteadyLoad(t, s.edgeURL("hk", "/openai/v1/chat/completions"), s.tokens["load"], 200*time.Millisecond)
+	// One chat completion every 200 ms, each naming its own model (load-00000, …) so the
+	// ledger's records can be matched to requests one for one.
+	url := s.edgeURL("hk", "/openai/v1/chat/completions")
+	load := startPacedLoad(t, 1, 200*time.Millisecond, func(i int) (string, *http.Request) {
+		model := fmt.Sprintf("load-%05d", i)
+		req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(`{"model":"`+model+`","messages":[{"role":"user","content":"hi"}]}`))
+		req.Header.Set("content-type", "application/json")
+		req.Header.Set("authorization", "Bearer "+s.tokens["load"])
+		req.Header.Set("x-fake-chunk-interval", "0s")
+		return model, req
+	})
 	// Records reach PostgreSQL before the outage.
 	testenv.Eventually(t, 30*time.Second, 100*time.Millisecond, func() error {
 		rows, err := exportRows(t, s, "team-load", start)
@@ -217,7 +150,7 @@ func TestUsagePostgresOutageThroughTheEdge(t *testing.T) {
 
 	pg.Stop()
 	outage := time.NewTimer(postgresOutage)
-	stoppedAt := load.count()
+	stoppedAt := len(load.sentLabels())
 	// While it is down the ledger spools what Envoy keeps sending.
 	testenv.Eventually(t, postgresOutage-5*time.Second, 100*time.Millisecond, func() error {
 		body, err := metrics()
@@ -236,18 +169,16 @@ func TestUsagePostgresOutageThroughTheEdge(t *testing.T) {
 		return nil
 	})
 	<-outage.C
-	duringOutage := load.count() - stoppedAt
+	duringOutage := len(load.sentLabels()) - stoppedAt
 	if err := pg.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	load.waitMore(t, 10) // traffic goes on after the restart
+	load.waitRequests(t, 10) // traffic goes on after the restart
 	load.halt()
 
-	load.mu.Lock()
-	sent, failures := append([]string(nil), load.sent...), load.failures
-	load.mu.Unlock()
-	if len(failures) > 0 {
-		t.Errorf("%d of %d requests failed while the usage store was away: %v", len(failures), len(sent), failures[:min(len(failures), 10)])
+	sent := load.sentLabels()
+	if n := load.failed.Load(); n > 0 {
+		t.Errorf("%d of %d requests failed while the usage store was away: %v", n, len(sent), load.failures)
 	}
 	var rows []ledgerRow
 	testenv.Eventually(t, 60*time.Second, 200*time.Millisecond, func() error {
