@@ -66,6 +66,9 @@ bench: tools build ## Benchmarks (not part of make test); results go to docs/BEN
 	@# ext_authz Check path: go test benchmarks, then the real llmedge extauthz (GOMAXPROCS=1) over
 	@# loopback gRPC (~2 min); writes docs/bench/authz.json (reading: authz.md).
 	$(GO) run ./bench/authz -llmedge $(BIN)/llmedge -runs 5 -out docs/bench
+	@# One side call through the real Envoy by transport (router only; ext_authz over gRPC, with and
+	@# without gRPC-Go's BDP pings; over HTTP), servers answering at once (~2 min); writes docs/bench/hop.{json,md}.
+	$(GO) run ./bench/hop -fakellm $(BIN)/fakellm -out docs/bench
 	@# Usage ledger ingest: the real control plane's access log service fed like Envoy at 2,000 to 32,000
 	@# records/s into SQLite and a real PostgreSQL (~3 min); writes docs/bench/usage.{json,md}.
 	$(GO) run ./bench/usage -llmedge $(BIN)/llmedge -out docs/bench

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/llmedge/llmedge/internal/stack"
+)
+
+// TestMain lets the test binary stand in for the check servers (`-serve KIND SOCKET`), as
+// the command's own binary does.
+func TestMain(m *testing.M) {
+	if len(os.Args) == 4 && os.Args[1] == "-serve" {
+		if err := serve(os.Args[2], os.Args[3]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// The benchmark measures what it claims: every ext_authz listener asks its own server
+// (which refuses a request without the caller's token) before the request reaches the
+// fake; the router-only listener asks no one.
+func TestEveryListenerTakesItsPath(t *testing.T) {
+	envoyBin, err := stack.ToolPath("envoy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fakellm := filepath.Join(t.TempDir(), "fakellm")
+	if out, err := runGo("build", "-o", fakellm, "github.com/llmedge/llmedge/cmd/fakellm"); err != nil {
+		t.Fatalf("build fakellm: %v\n%s", err, out)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A short directory: unix socket paths are limited to 108 bytes.
+	dir, err := os.MkdirTemp("", "hop-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	r, err := startRig(dir, envoyBin, fakellm, self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.stop)
+
+	c := &http.Client{Timeout: 5 * time.Second}
+	for _, l := range r.ls {
+		req := newRequest(r.urls[l.Name])
+		req.Header.Del("authorization")
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", l.Name, err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		want := http.StatusForbidden
+		if l.proc == "" {
+			want = http.StatusOK
+		}
+		if resp.StatusCode != want {
+			t.Errorf("%s without the caller's token: status %d, want %d", l.Name, resp.StatusCode, want)
+		}
+
+		lat, err := sequential(c, r.urls[l.Name], 5, 1)
+		if err != nil || len(lat) != 5 {
+			t.Errorf("%s with the token: %d timed requests, err %v", l.Name, len(lat), err)
+		}
+	}
+	if ok, total, _ := openLoop(r.urls["ext_authz_http"], 50, 200*time.Millisecond); ok != total || total == 0 {
+		t.Errorf("open loop: %d of %d answered 200", ok, total)
+	}
+}
+
+func runGo(args ...string) (string, error) {
+	out, err := exec.Command("go", args...).CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
