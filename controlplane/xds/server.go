@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -138,13 +139,29 @@ func (s *Server) Update(all map[string]*translate.Resources) ([]string, error) {
 		snap     *cachev3.Snapshot
 		versions map[string]string
 	}
+	// One goroutine per region, as translate.All does: encoding and hashing each region's
+	// resources is most of an Update, and the regions are independent.
+	regions := slices.Sorted(maps.Keys(all))
+	snaps := make([]built, len(regions))
+	errs := make([]error, len(regions))
+	var wg sync.WaitGroup
+	for i, region := range regions {
+		wg.Go(func() {
+			snap, versions, err := snapshot(all[region])
+			if err != nil {
+				errs[i] = fmt.Errorf("build snapshot for region %q: %w", region, err)
+				return
+			}
+			snaps[i] = built{snap, versions}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
 	next := make(map[string]built, len(all))
-	for region, res := range all {
-		snap, versions, err := snapshot(res)
-		if err != nil {
-			return nil, fmt.Errorf("build snapshot for region %q: %w", region, err)
-		}
-		next[region] = built{snap, versions}
+	for i, region := range regions {
+		next[region] = snaps[i]
 	}
 
 	s.mu.Lock()
