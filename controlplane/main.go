@@ -226,14 +226,14 @@ func (m *Main) Run(ctx context.Context) error {
 		closeAll()
 		return fmt.Errorf("listen http %s: %w", m.opts.HTTPAddress, err)
 	}
-	g := grpc.NewServer(
+	g := grpc.NewServer(append(xds.ServerOptions(),
 		// The listeners do the TLS; these hand the client certificate to the xDS server,
 		// which holds each client to the region it certifies.
 		grpc.Creds(transport.ServerCredentials()),
 		grpc.MaxConcurrentStreams(100000),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-	)
+	)...)
 	m.xds.Register(g)
 	hs := &http.Server{Handler: m.handler(), ReadHeaderTimeout: 5 * time.Second}
 

@@ -7,6 +7,7 @@
 //	go run ./bench/controlplane -out docs/bench              # 100 and 1,000 clients, 3 runs x 10 edits
 //	go run ./bench/controlplane -clients 100 -runs 1 -out ''  # quick look, no JSON written
 //	go run ./bench/controlplane -cpuprofile /tmp/cp           # in-process control plane, CPU profile per N
+//	go run ./bench/controlplane -memprofile /tmp/cp           # in-process, live heap mid-push per N
 //
 // How an ACK is detected: on the client side. Each simulated client records the moment it
 // hands gRPC the ACK of a routes response whose version differs from the one it ACKed
@@ -20,6 +21,10 @@
 // and harness goroutines carry the pprof label role=client or role=harness, so
 // `go tool pprof -tagignore role=client -tagignore role=harness` shows the control plane alone.
 // CPU seconds and RSS are not reported in that mode, since they would include the clients.
+// -memprofile (also in-process) writes <value>-<clients>.heap.pprof: the live heap after a
+// forced GC at the moment half the clients have ACKed the last edit, when the push is in
+// flight to the other half. It includes the clients' heap; their allocations are under
+// the gRPC client and proto.Unmarshal frames.
 package main
 
 import (
@@ -33,6 +38,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -53,6 +59,7 @@ type options struct {
 	holdoff    time.Duration
 	gap        time.Duration
 	cpuprofile string
+	memprofile string
 }
 
 func main() {
@@ -65,6 +72,7 @@ func main() {
 	flag.DurationVar(&o.holdoff, "watch-holdoff", 0, "passed to llmedge controlplane --watch-holdoff (0: its default, as make run runs it)")
 	flag.DurationVar(&o.gap, "gap", 500*time.Millisecond, "pause between edits")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "run the control plane in-process and write a CPU profile of the edit phase to <value>-<clients>.pprof")
+	flag.StringVar(&o.memprofile, "memprofile", "", "run the control plane in-process and write the live heap mid-push of the last edit to <value>-<clients>.heap.pprof")
 	flag.Parse()
 	for _, s := range strings.Split(clients, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -155,7 +163,7 @@ type Edit struct {
 func run(o options) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	inProcess := o.cpuprofile != ""
+	inProcess := o.cpuprofile != "" || o.memprofile != ""
 	if !inProcess && o.LLMedge == "" {
 		dir, err := os.MkdirTemp("", "llmedge-bench-bin-")
 		if err != nil {
@@ -337,7 +345,7 @@ func runOnce(ctx context.Context, o options, n int, inProcess bool) (Run, error)
 	defer f.wait()
 	defer cancelClients()
 	time.Sleep(o.gap)
-	if inProcess {
+	if o.cpuprofile != "" {
 		stop, err := startProfile(fmt.Sprintf("%s-%d.pprof", o.cpuprofile, n))
 		if err != nil {
 			return res, err
@@ -404,6 +412,19 @@ func startProfile(path string) (stop func(), err error) {
 	return func() { pprof.StopCPUProfile(); pf.Close() }, nil
 }
 
+func writeHeap(path string) error {
+	pf, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	runtime.GC()
+	if err := pprof.WriteHeapProfile(pf); err != nil {
+		pf.Close()
+		return err
+	}
+	return pf.Close()
+}
+
 // editTimes is one edit: the moment before the write, the first and the last client's ACK.
 type editTimes struct{ write, first, last time.Time }
 
@@ -417,6 +438,14 @@ func runEdits(o options, cp *cpProcess, f *fleet, cfgPath string, n int) ([]edit
 		t0 := time.Now()
 		if err := host.ReplaceFile(cfgPath, doc); err != nil {
 			return nil, err
+		}
+		if k == o.edits && o.memprofile != "" {
+			if err := waitAtLeast(f, base+int64(n/2), 60*time.Second); err != nil {
+				return nil, fmt.Errorf("edit %d: %w", k, err)
+			}
+			if err := writeHeap(fmt.Sprintf("%s-%d.heap.pprof", o.memprofile, n)); err != nil {
+				return nil, err
+			}
 		}
 		if err := waitAcks(f, base+int64(n), 60*time.Second); err != nil {
 			return nil, fmt.Errorf("edit %d: %w", k, err)
@@ -445,6 +474,17 @@ func runEdits(o options, cp *cpProcess, f *fleet, cfgPath string, n int) ([]edit
 
 // waitAcks waits until the fleet has counted want routes-version changes in all.
 func waitAcks(f *fleet, want int64, timeout time.Duration) error {
+	if err := waitAtLeast(f, want, timeout); err != nil {
+		return err
+	}
+	if got := f.routeChanges.Load(); got != want {
+		return fmt.Errorf("%d more routes versions ACKed than clients", got-want)
+	}
+	return nil
+}
+
+// waitAtLeast waits until the fleet has counted at least want routes-version changes.
+func waitAtLeast(f *fleet, want int64, timeout time.Duration) error {
 	deadline := time.After(timeout)
 	for f.routeChanges.Load() < want {
 		select {
@@ -455,9 +495,6 @@ func waitAcks(f *fleet, want int64, timeout time.Duration) error {
 		if err := f.err(); err != nil {
 			return err
 		}
-	}
-	if got := f.routeChanges.Load(); got != want {
-		return fmt.Errorf("%d more routes versions ACKed than clients", got-want)
 	}
 	return nil
 }

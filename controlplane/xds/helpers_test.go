@@ -61,6 +61,17 @@ func resources(t *testing.T, f config.File) map[string]*translate.Resources {
 	return all
 }
 
+// bigFile is testFile with n more routes on openai, so that the route configurations are
+// large (about 100 bytes a route) as a real deployment's are.
+func bigFile(n int) config.File {
+	f := testFile()
+	for i := range n {
+		name := fmt.Sprintf("extra%04d", i)
+		f.Routes[name] = config.Route{Match: config.Match{Prefix: "/" + name}, Upstream: "openai", PrefixRewrite: "/"}
+	}
+	return f
+}
+
 func edited(edit func(*config.File)) config.File {
 	f := testFile()
 	if edit != nil {
@@ -94,7 +105,7 @@ func serve(t *testing.T, s *Server) *grpc.ClientConn {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer()
+	g := grpc.NewServer(ServerOptions()...)
 	s.Register(g)
 	served := make(chan error, 1)
 	go func() { served <- g.Serve(ln) }()

@@ -78,7 +78,7 @@ func newIdentityFixture(t *testing.T, opts ...Option) *identityFixture {
 		t.Fatal(err)
 	}
 	f.tlsAddr, _ = transport.Parse(tlsLn.Addr().String())
-	g := grpc.NewServer(grpc.Creds(transport.ServerCredentials()))
+	g := grpc.NewServer(append(ServerOptions(), grpc.Creds(transport.ServerCredentials()))...)
 	f.s.Register(g)
 	for _, ln := range []net.Listener{tlsLn, unixLn} {
 		go g.Serve(ln)

@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -15,7 +16,6 @@ import (
 	"sync"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
@@ -26,9 +26,7 @@ import (
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/llmedge/llmedge/controlplane/translate"
 )
@@ -141,13 +139,29 @@ func (s *Server) Update(all map[string]*translate.Resources) ([]string, error) {
 		snap     *cachev3.Snapshot
 		versions map[string]string
 	}
+	// One goroutine per region, as translate.All does: encoding and hashing each region's
+	// resources is most of an Update, and the regions are independent.
+	regions := slices.Sorted(maps.Keys(all))
+	snaps := make([]built, len(regions))
+	errs := make([]error, len(regions))
+	var wg sync.WaitGroup
+	for i, region := range regions {
+		wg.Go(func() {
+			snap, versions, err := snapshot(all[region])
+			if err != nil {
+				errs[i] = fmt.Errorf("build snapshot for region %q: %w", region, err)
+				return
+			}
+			snaps[i] = built{snap, versions}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
 	next := make(map[string]built, len(all))
-	for region, res := range all {
-		snap, versions, err := snapshot(res)
-		if err != nil {
-			return nil, fmt.Errorf("build snapshot for region %q: %w", region, err)
-		}
-		next[region] = built{snap, versions}
+	for i, region := range regions {
+		next[region] = snaps[i]
 	}
 
 	s.mu.Lock()
@@ -187,7 +201,7 @@ func (s *Server) Update(all map[string]*translate.Resources) ([]string, error) {
 func snapshot(res *translate.Resources) (*cachev3.Snapshot, map[string]string, error) {
 	routes := make([]types.Resource, len(res.Routes))
 	for i, rc := range res.Routes {
-		enc, err := preEncoded(rc)
+		enc, err := encodeOnce(rc)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -270,39 +284,3 @@ func (a slogAdapter) Debugf(format string, args ...any) { a.log.Debug(fmt.Sprint
 func (a slogAdapter) Infof(format string, args ...any)  { a.log.Debug(fmt.Sprintf(format, args...)) }
 func (a slogAdapter) Warnf(format string, args ...any)  { a.log.Warn(fmt.Sprintf(format, args...)) }
 func (a slogAdapter) Errorf(format string, args ...any) { a.log.Error(fmt.Sprintf(format, args...)) }
-
-// preEncoded returns a RouteConfiguration whose every field but its name is already encoded:
-// go-control-plane marshals a resource again for every stream it sends it on, and the
-// route configuration is by far the largest (hundreds of KiB at 1,000 routes), so with many
-// Envoys a push spent most of its time encoding the same bytes over and over. Carried as
-// unknown fields, the bytes are copied instead of re-encoded; Envoy receives exactly the
-// same wire bytes.
-func preEncoded(rc *routev3.RouteConfiguration) (*routev3.RouteConfiguration, error) {
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(rc)
-	if err != nil {
-		return nil, err
-	}
-	// Keep the name a real field (the cache indexes resources by it); everything else
-	// travels as the encoded bytes.
-	rest := make([]byte, 0, len(b))
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return nil, protowire.ParseError(n)
-		}
-		m := protowire.ConsumeFieldValue(num, typ, b[n:])
-		if m < 0 {
-			return nil, protowire.ParseError(m)
-		}
-		if num != routeConfigNameField {
-			rest = append(rest, b[:n+m]...)
-		}
-		b = b[n+m:]
-	}
-	out := &routev3.RouteConfiguration{Name: rc.GetName()}
-	out.ProtoReflect().SetUnknown(protoreflect.RawFields(rest))
-	return out, nil
-}
-
-// routeConfigNameField is RouteConfiguration.name's field number.
-const routeConfigNameField = 1

@@ -7,8 +7,10 @@ import (
 	"slices"
 	"testing"
 	"time"
+	"unsafe"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"google.golang.org/protobuf/proto"
@@ -233,22 +235,50 @@ func TestShortType(t *testing.T) {
 
 func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
 
-// Pre-encoding must not change a byte of what Envoy receives.
-func TestPreEncodedRoutesAreByteIdentical(t *testing.T) {
-	for region, res := range resources(t, testFile()) {
+// Encoding once must not change a byte of what Envoy receives, and every marshal must hand
+// out that one encoding (a copy per stream is what it exists to avoid).
+func TestEncodedRoutes(t *testing.T) {
+	for region, res := range resources(t, bigFile(50)) {
 		for _, rc := range res.Routes {
-			enc, err := preEncoded(rc)
+			enc, err := encodeOnce(rc)
 			if err != nil {
 				t.Fatal(err)
 			}
 			want, _ := proto.MarshalOptions{Deterministic: true}.Marshal(rc)
-			got, err := proto.Marshal(enc)
-			if err != nil || !bytes.Equal(got, want) {
-				t.Fatalf("region %s: pre-encoded route config differs from its encoding (err %v)", region, err)
+			if enc.GetName() != rc.GetName() {
+				t.Errorf("region %s: name %q, want %q", region, enc.GetName(), rc.GetName())
+			}
+			// The way go-control-plane marshals a resource, twice: the same bytes, the same array.
+			got1, err1 := cachev3.MarshalResource(enc)
+			got2, err2 := cachev3.MarshalResource(enc)
+			if err1 != nil || err2 != nil || !bytes.Equal(got1, want) {
+				t.Fatalf("region %s: encoded route config differs from its encoding (err %v, %v)", region, err1, err2)
+			}
+			if unsafe.SliceData(got1) != unsafe.SliceData(got2) {
+				t.Errorf("region %s: two marshals gave two copies, want one shared encoding", region)
+			}
+			if n := proto.Size(enc); n != len(want) {
+				t.Errorf("region %s: proto.Size = %d, want %d", region, n, len(want))
+			}
+			// A caller appending to what it got must not write into the shared encoding.
+			_ = append(got1, 0xff)
+			if again, _ := cachev3.MarshalResource(enc); !bytes.Equal(again, want) {
+				t.Fatalf("region %s: appending to a marshal changed the shared encoding", region)
+			}
+			prefixed, err := proto.MarshalOptions{}.MarshalAppend([]byte("x"), enc)
+			if err != nil || !bytes.Equal(prefixed, append([]byte("x"), want...)) {
+				t.Errorf("region %s: MarshalAppend after a prefix is not prefix+encoding (err %v)", region, err)
 			}
 			back := &routev3.RouteConfiguration{}
-			if err := proto.Unmarshal(got, back); err != nil || !proto.Equal(back, rc) {
-				t.Fatalf("region %s: decoding the pre-encoded bytes does not give the route config back", region)
+			if err := proto.Unmarshal(got1, back); err != nil || !proto.Equal(back, rc) {
+				t.Fatalf("region %s: decoding the encoding does not give the route config back", region)
+			}
+			// Reflection (what anything else in the process would see) holds the same message.
+			clone := &routev3.RouteConfiguration{}
+			proto.Merge(clone, enc)
+			b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(clone)
+			if err := proto.Unmarshal(b, back); err != nil || !proto.Equal(back, rc) {
+				t.Errorf("region %s: a merge through reflection does not give the route config back", region)
 			}
 		}
 	}
