@@ -3,7 +3,7 @@ package main
 // This file is the benchmark's one seam to the processes under test; internal/stack
 // starts them all. The rest of the program uses only:
 //   - newRunner and findPaths: tools, binaries and the CPU placement;
-//   - startRig(ctx, r): starts every component;
+//   - startRig(ctx, r, edgeOnly): starts every component (or make run's edge alone);
 //   - rig.variants[vDirect, vBare, vAuthz, vRateLimit, vFull, vFullPipe, vNoUsage]: URL, headers,
 //     the processes on the data path (for CPU and RSS accounting) and the Envoy admin URL
 //     (read with envoyCounters and envoyOverflows);
@@ -124,8 +124,8 @@ type rig struct {
 
 // startRig starts make run's edge for the full variants (its fake upstream serves every
 // variant), then the ext_authz-only region with its own control plane, then the static
-// Envoys.
-func startRig(ctx context.Context, r *runner) (*rig, error) {
+// Envoys; edgeOnly starts make run's edge alone.
+func startRig(ctx context.Context, r *runner, edgeOnly bool) (*rig, error) {
 	s := &rig{r: r, variants: map[string]variant{}, named: map[string]*proc{}}
 	if err := s.writeKeys(); err != nil {
 		return nil, err
@@ -138,6 +138,9 @@ func startRig(ctx context.Context, r *runner) (*rig, error) {
 			return s.startOwn(ctx, ownRegion{name: vNoUsage, limit: callerLimit, noUsage: true, state: true})
 		},
 		s.startStatics,
+	}
+	if edgeOnly {
+		steps = steps[:1]
 	}
 	for _, step := range steps {
 		if err := step(ctx); err != nil {
