@@ -231,7 +231,7 @@ func run(root string, o options) error {
 		if err := probeAll(targets); err != nil {
 			return err
 		}
-		return runOverload(r, targets, res, o)
+		return runOverload(r, guard, targets, res, o)
 	}
 	if o.peers {
 		res.Peers, targets = startPeers(r, root, s, targets)
@@ -259,7 +259,7 @@ func run(root string, o options) error {
 		}
 	}
 	if len(o.overload) > 0 {
-		if err := runOverload(r, targets, res, o); err != nil {
+		if err := runOverload(r, guard, targets, res, o); err != nil {
 			return err
 		}
 	}
@@ -284,10 +284,10 @@ func runSoak(r *runner, targets []*target, res *Results, o options) error {
 }
 
 // runOverload drives the full edge past saturation and back (see overload.go).
-func runOverload(r *runner, targets []*target, res *Results, o options) error {
+func runOverload(r *runner, guard *noiseGuard, targets []*target, res *Results, o options) error {
 	for _, t := range targets {
 		if t.Name == "edge_full" {
-			return overload(r, t, o.overload, o.stepDur, o.out, res.Machine.Commit, res.Settings.Placement)
+			return overload(r, guard, t, o.overload, o.stepDur, o.out, res.Machine.Commit, res.Settings.Placement)
 		}
 	}
 	return fmt.Errorf("no edge_full scenario to overload")

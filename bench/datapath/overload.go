@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -43,6 +44,7 @@ type overloadStep struct {
 	Max      float64           `json:"max_us"`
 	Seconds  []overloadSecond  `json:"seconds"`
 	Counters map[string]int64  `json:"envoy_counters,omitempty"` // those that moved
+	Foreign  float64           `json:"foreign_cpu_cores"`        // other processes' CPU meanwhile
 }
 
 // overloadResult is the whole phase.
@@ -62,20 +64,45 @@ const overloadCounters = `overflow|upstream_rq_timeout$|rq_pending_failure_eject
 
 // overload runs t through rates (in this order), each for stepDur, and writes
 // overload.{json,md} to dir.
-func overload(r *runner, t *target, rates []int, stepDur time.Duration, dir, commit, placement string) error {
+// The whole sequence runs again (within the -wait-quiet budget) when other processes
+// used more than foreignLimit cores during one of its steps: a disturbed step changes the
+// next.
+func overload(r *runner, guard *noiseGuard, t *target, rates []int, stepDur time.Duration, dir, commit, placement string) error {
 	res := &overloadResult{Generated: time.Now().UTC().Format(time.RFC3339), Commit: commit, Command: commandLine(),
 		Scenario: t.Label, StepS: stepDur.Seconds(), Placement: placement}
 	tr := newTransport(4096)
 	defer tr.CloseIdleConnections()
-	for _, rate := range rates {
-		s := overloadRun(t, tr, rate, stepDur)
-		res.Steps = append(res.Steps, s)
-		first := overloadSecond{}
-		if len(s.Seconds) > 0 {
-			first = s.Seconds[0]
+	phase := func() ([]overloadStep, float64) {
+		var steps []overloadStep
+		worst := 0.0
+		for _, rate := range rates {
+			a := guard.scan()
+			s := overloadRun(t, tr, rate, stepDur)
+			s.Foreign = a.cores(guard.scan())
+			worst = max(worst, s.Foreign)
+			steps = append(steps, s)
+			first := overloadSecond{}
+			if len(s.Seconds) > 0 {
+				first = s.Seconds[0]
+			}
+			logf("overload %5d rps: sent %6.0f/s ok %5.1f %% codes %v ok p99 %s fail p99 %s; first second p99 %s; other processes %.2f cores",
+				rate, s.SentRate, pct(s.OK, s.Sent), s.Codes, fmtUS(s.OKP99), fmtUS(s.FailP99), fmtUS(first.P99), s.Foreign)
 		}
-		logf("overload %5d rps: sent %6.0f/s ok %5.1f %% codes %v ok p99 %s fail p99 %s; first second p99 %s",
-			rate, s.SentRate, pct(s.OK, s.Sent), s.Codes, fmtUS(s.OKP99), fmtUS(s.FailP99), fmtUS(first.P99))
+		return steps, worst
+	}
+	// Keep the least disturbed attempt: a repeat on a busier machine is no better a figure.
+	best := math.Inf(1)
+	for {
+		steps, worst := phase()
+		if worst < best {
+			res.Steps, best = steps, worst
+		}
+		if worst < foreignLimit || guard.budget <= 0 {
+			break
+		}
+		logf("  the overload phase ran next to %.2f cores of other processes in a step: measuring it again", worst)
+		guard.redone++
+		guard.waitQuiet()
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
@@ -161,14 +188,14 @@ func overloadMarkdown(res *overloadResult) string {
 	w("# Past saturation: the full edge overloaded and recovering\n\n")
 	w("`%s`, open loop, %.0f s per rate in the order below with no pause between steps; generated %s at commit `%s` by `%s`. %s. "+
 		"Raw figures: [overload.json](overload.json).\n\n", res.Scenario, res.StepS, res.Generated, res.Commit, res.Command, res.Placement)
-	w("| offered rps | sent rps | success | statuses | success p50 / p99 | refusal p50 / p99 | slowest answer | Envoy counters that moved |\n|---:|---:|---:|---|---:|---:|---:|---|\n")
+	w("| offered rps | sent rps | success | statuses | success p50 / p99 | refusal p50 / p99 | slowest answer | other processes (cores) | Envoy counters that moved |\n|---:|---:|---:|---|---:|---:|---:|---:|---|\n")
 	peak := 0
 	for i, s := range res.Steps {
 		if s.Rate > res.Steps[peak].Rate {
 			peak = i
 		}
-		w("| %s | %s | %.1f %% | %s | %s / %s | %s / %s | %s | %s |\n", fmtInt(s.Rate), fmtInt(int(s.SentRate+0.5)), pct(s.OK, s.Sent), codeList(s.Codes),
-			fmtUS(s.OKP50), fmtUS(s.OKP99), dash(s.FailP50, len(s.Codes) > 1 || s.OK < s.Sent), dash(s.FailP99, s.OK < s.Sent), fmtUS(s.Max), counterList(s.Counters))
+		w("| %s | %s | %.1f %% | %s | %s / %s | %s / %s | %s | %.2f | %s |\n", fmtInt(s.Rate), fmtInt(int(s.SentRate+0.5)), pct(s.OK, s.Sent), codeList(s.Codes),
+			fmtUS(s.OKP50), fmtUS(s.OKP99), dash(s.FailP50, s.OK < s.Sent), dash(s.FailP99, s.OK < s.Sent), fmtUS(s.Max), s.Foreign, counterList(s.Counters))
 	}
 	for _, s := range res.Steps[peak+1:] {
 		w("\nAfter the %s rps step, %s rps, second by second (by send time):\n\n| second | sent | success | p50 | p99 |\n|---:|---:|---:|---:|---:|\n", fmtInt(res.Steps[peak].Rate), fmtInt(s.Rate))

@@ -45,6 +45,10 @@ const (
 	callerLimit = 1_000_000_000 // requests per minute
 )
 
+// admissionCeiling is make run's regions.<name>.overload.max_requests_per_second
+// (examples/routes.yaml; stack_test.go keeps the two equal).
+const admissionCeiling = 2000
+
 // The variants startRig returns. Each Envoy process is called envoy-<variant>.
 const (
 	vDirect    = "direct"    // the fake upstream itself
@@ -397,7 +401,7 @@ func (s *rig) writeRoutes(name string, limit int, noUsage bool, regions ...regio
 	var names []string
 	b.WriteString("version: 1\nregions:\n")
 	for _, r := range regions {
-		fmt.Fprintf(&b, "  %s:\n    listen: %s\n    extauthz: %s\n    upstreams: [fake]\n", r.name, r.listen, r.authz)
+		fmt.Fprintf(&b, "  %s:\n    listen: %s\n    extauthz: %s\n    upstreams: [fake]\n    overload: {max_requests_per_second: %d}\n", r.name, r.listen, r.authz, admissionCeiling)
 		if r.ratelimit != "" {
 			fmt.Fprintf(&b, "    ratelimit: %s\n", r.ratelimit)
 		}
