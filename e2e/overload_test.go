@@ -109,6 +109,11 @@ func TestOverloadShedsAndRecovers(t *testing.T) {
 			if got := r.header.Get("retry-after"); got != "1" {
 				t.Errorf("shed answer Retry-After %q, want 1", got)
 			}
+			for k := range r.header {
+				if strings.HasPrefix(strings.ToLower(k), "x-envoy-") {
+					t.Errorf("shed answer carries Envoy's own header %s: %v", k, r.header)
+				}
+			}
 			if n := envoyStat(t, e, tt.counter); n < st[http.StatusServiceUnavailable] {
 				t.Errorf("%s = %d, fewer than the %d requests shed", tt.counter, n, st[http.StatusServiceUnavailable])
 			}

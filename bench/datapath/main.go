@@ -60,6 +60,7 @@ type options struct {
 	soakOnly     bool
 	overload     []int
 	overloadOnly bool
+	ceiling      int
 }
 
 func fatalf(format string, args ...any) {
@@ -122,6 +123,7 @@ func parseFlags() options {
 	flag.IntVar(&o.soakRate, "soak-rate", 1000, "requests per second of the soak")
 	flag.BoolVar(&o.soakOnly, "soak-only", false, "measure nothing but the soak (-soak)")
 	overloadRates := flag.String("overload", "", "after the other measurements, drive the full edge through these rates in this order, -step each, without pauses (e.g. 2000,4000,8000,1000: past saturation and back), and write overload.{json,md}; empty: no overload phase")
+	flag.IntVar(&o.ceiling, "overload-ceiling", admissionCeiling, "regions.<name>.overload.max_requests_per_second of every llmedge region (default: make run's, examples/routes.yaml); 0: no admission ceiling")
 	flag.BoolVar(&o.overloadOnly, "overload-only", false, "start only the full edge and measure nothing but the overload phase (-overload)")
 	quick := flag.Bool("quick", false, "smoke run of a few seconds: one short round of each measurement, no peers, no waiting for a quiet machine (the figures mean nothing; use with -out on a temporary directory)")
 	flag.Parse()
@@ -213,6 +215,7 @@ func run(root string, o options) error {
 		return err
 	}
 	r := newRunner(dir, paths, o.pin, o.pipeWindow, o.pipeLimit)
+	r.ceiling = o.ceiling
 	defer r.stopAll()
 	res.Machine = machineInfo(root, paths)
 	guard := &noiseGuard{r: r, budget: o.waitQuiet, ncpu: res.Machine.NProc}

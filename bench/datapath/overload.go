@@ -1,11 +1,13 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"math"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -34,8 +36,8 @@ type overloadStep struct {
 	Sent     int            `json:"sent"`
 	SentRate float64        `json:"sent_rps"` // what the generator managed to send
 	OK       int            `json:"ok"`
-	Codes    map[string]int `json:"codes"` // HTTP status, or "no answer" (timeout, reset)
-	// Bodies holds one answer body per refused status, to show what callers got.
+	Codes    map[string]int `json:"codes"` // HTTP status and the JSON error code, or "no answer" (timeout, reset)
+	// Bodies holds one answer body per refusal kind, to show what callers got.
 	Bodies   map[string]string `json:"bodies,omitempty"`
 	OKP50    float64           `json:"ok_p50_us"`
 	OKP99    float64           `json:"ok_p99_us"`
@@ -45,6 +47,8 @@ type overloadStep struct {
 	Seconds  []overloadSecond  `json:"seconds"`
 	Counters map[string]int64  `json:"envoy_counters,omitempty"` // those that moved
 	Foreign  float64           `json:"foreign_cpu_cores"`        // other processes' CPU meanwhile
+	// CPUPer1k is each edge process's CPU seconds per 1,000 requests sent.
+	CPUPer1k map[string]float64 `json:"cpu_s_per_1k"`
 }
 
 // overloadResult is the whole phase.
@@ -73,20 +77,24 @@ func overload(r *runner, guard *noiseGuard, t *target, rates []int, stepDur time
 	tr := newTransport(4096)
 	defer tr.CloseIdleConnections()
 	phase := func() ([]overloadStep, float64) {
+		// Unmeasured: connections opened, caches and pools warmed, as the ladder's lower
+		// rungs do for its higher ones.
+		overloadRun(t, tr, slices.Min(rates)/2, min(stepDur, 2*time.Second))
 		var steps []overloadStep
 		worst := 0.0
 		for _, rate := range rates {
-			a := guard.scan()
+			a, cpu := guard.scan(), cpuSnapshot(r, t.Procs)
 			s := overloadRun(t, tr, rate, stepDur)
 			s.Foreign = a.cores(guard.scan())
+			s.CPUPer1k = cpuPer1k(r, t.Procs, cpu, s.Sent)
 			worst = max(worst, s.Foreign)
 			steps = append(steps, s)
 			first := overloadSecond{}
 			if len(s.Seconds) > 0 {
 				first = s.Seconds[0]
 			}
-			logf("overload %5d rps: sent %6.0f/s ok %5.1f %% codes %v ok p99 %s fail p99 %s; first second p99 %s; other processes %.2f cores",
-				rate, s.SentRate, pct(s.OK, s.Sent), s.Codes, fmtUS(s.OKP99), fmtUS(s.FailP99), fmtUS(first.P99), s.Foreign)
+			logf("overload %5d rps: sent %6.0f/s ok %5.1f %% codes %v ok p99 %s fail p99 %s; first second p99 %s; other processes %.2f cores; CPU s/1k %v",
+				rate, s.SentRate, pct(s.OK, s.Sent), s.Codes, fmtUS(s.OKP99), fmtUS(s.FailP99), fmtUS(first.P99), s.Foreign, roundMap(s.CPUPer1k))
 		}
 		return steps, worst
 	}
@@ -132,8 +140,18 @@ func overloadRun(t *target, tr *http.Transport, rate int, dur time.Duration) ove
 		sec := max(0, int(x.Timestamp.Sub(start)/time.Second))
 		perSec[sec] = append(perSec[sec], x.Latency)
 		code := strconv.Itoa(int(x.Code))
-		if x.Code == 0 {
+		switch {
+		case x.Code == 0:
 			code = "no answer"
+		case x.Code != http.StatusOK:
+			var e struct {
+				Error struct {
+					Code any `json:"code"`
+				} `json:"error"`
+			}
+			if json.Unmarshal(x.Body, &e) == nil && e.Error.Code != nil {
+				code += fmt.Sprintf(" %v", e.Error.Code)
+			}
 		}
 		s.Codes[code]++
 		if x.Code == http.StatusOK && x.Error == "" {
@@ -203,7 +221,7 @@ func overloadMarkdown(res *overloadResult) string {
 			w("| %d | %s | %.1f %% | %s | %s |\n", i+1, fmtInt(x.Sent), pct(x.OK, x.Sent), fmtUS(x.P50), fmtUS(x.P99))
 		}
 	}
-	w("\nOne answer per refused status, as the caller saw it:\n\n")
+	w("\nOne answer of each kind of refusal, as the caller saw it:\n\n")
 	seen := map[string]bool{}
 	for _, s := range res.Steps {
 		for _, code := range sortedKeys(s.Bodies) {
@@ -240,4 +258,12 @@ func counterList(m map[string]int64) string {
 		out = append(out, fmt.Sprintf("`%s` %d", k, m[k]))
 	}
 	return strings.Join(out, ", ")
+}
+
+func roundMap(m map[string]float64) map[string]float64 {
+	out := map[string]float64{}
+	for k, v := range m {
+		out[k] = math.Round(v*1000) / 1000
+	}
+	return out
 }

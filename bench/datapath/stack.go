@@ -65,6 +65,8 @@ type runner struct {
 	stack.Runner
 	pin  bool
 	pipe []string // ratelimit environment of the fullpipe variant
+	// ceiling is the llmedge regions' overload.max_requests_per_second (0: none).
+	ceiling int
 	all  []*proc
 }
 
@@ -401,7 +403,10 @@ func (s *rig) writeRoutes(name string, limit int, noUsage bool, regions ...regio
 	var names []string
 	b.WriteString("version: 1\nregions:\n")
 	for _, r := range regions {
-		fmt.Fprintf(&b, "  %s:\n    listen: %s\n    extauthz: %s\n    upstreams: [fake]\n    overload: {max_requests_per_second: %d}\n", r.name, r.listen, r.authz, admissionCeiling)
+		fmt.Fprintf(&b, "  %s:\n    listen: %s\n    extauthz: %s\n    upstreams: [fake]\n", r.name, r.listen, r.authz)
+		if s.r.ceiling > 0 {
+			fmt.Fprintf(&b, "    overload: {max_requests_per_second: %d}\n", s.r.ceiling)
+		}
 		if r.ratelimit != "" {
 			fmt.Fprintf(&b, "    ratelimit: %s\n", r.ratelimit)
 		}

@@ -81,3 +81,19 @@ func TestNoUsageRoutesDifferOnlyInTheSwitch(t *testing.T) {
 		t.Errorf("the routes differ in more than usage.enabled (-with +without):\n%s", d)
 	}
 }
+
+// The benchmark's regions have make run's admission ceiling.
+func TestAdmissionCeilingIsMakeRuns(t *testing.T) {
+	_, cfg, err := config.LoadConfig("../../examples/routes.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Regions) == 0 {
+		t.Fatal("examples/routes.yaml has no regions")
+	}
+	for _, r := range cfg.Regions {
+		if r.Overload.MaxRequestsPerSecond != admissionCeiling {
+			t.Errorf("examples/routes.yaml: regions.%s.overload.max_requests_per_second = %d; the benchmark uses %d", r.Name, r.Overload.MaxRequestsPerSecond, admissionCeiling)
+		}
+	}
+}
