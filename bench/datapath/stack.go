@@ -46,7 +46,7 @@ const (
 )
 
 // admissionCeiling is make run's regions.<name>.overload.max_requests_per_second
-// (examples/routes.yaml; stack_test.go keeps the two equal).
+// (examples/routes.yaml; stack_test.go keeps the two equal); -overload-ceiling changes it.
 const admissionCeiling = 2000
 
 // The variants startRig returns. Each Envoy process is called envoy-<variant>.
@@ -67,7 +67,7 @@ type runner struct {
 	pipe []string // ratelimit environment of the fullpipe variant
 	// ceiling is the llmedge regions' overload.max_requests_per_second (0: none).
 	ceiling int
-	all  []*proc
+	all     []*proc
 }
 
 func newRunner(dir string, paths stack.Paths, pin bool, pipeWindow string, pipeLimit int) *runner {
