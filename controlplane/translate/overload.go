@@ -25,6 +25,10 @@ import (
 // with envoy_local_http_ratelimit_prefix="llmedge_overload" in Prometheus).
 const OverloadStatPrefix = "llmedge_overload"
 
+// overloadFilterName is the admission ceiling's filter. Only the callers' listener has it:
+// a request forwarded from another region was admitted where its caller entered.
+const overloadFilterName = "envoy.filters.http.local_ratelimit"
+
 // overloadDetails is Envoy's response code details for a request the ceiling refused.
 const overloadDetails = "local_rate_limited"
 
@@ -62,5 +66,5 @@ func overloadFilter(o model.Overload) (*hcmv3.HttpFilter, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &hcmv3.HttpFilter{Name: "envoy.filters.http.local_ratelimit", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: cfg}}, nil
+	return &hcmv3.HttpFilter{Name: overloadFilterName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: cfg}}, nil
 }
