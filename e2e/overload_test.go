@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/llmedge/llmedge/controlplane/alert"
+	"github.com/llmedge/llmedge/controlplane/config"
+	"github.com/llmedge/llmedge/controlplane/model"
 	"github.com/llmedge/llmedge/controlplane/translate"
 	"github.com/llmedge/llmedge/internal/fakellm"
 	"github.com/llmedge/llmedge/internal/testenv"
@@ -51,7 +54,8 @@ routes:
 // requests from several workers: the requests over the limit get at once a JSON 503
 // "overloaded" with Retry-After, nothing hangs (every request is answered well within the
 // client's timeout, which would count as a failure other than a status), Envoy's counter
-// of shed requests rises, and once the load stops requests succeed again.
+// of shed requests rises and the overloaded alert rule reads it, and once the load stops
+// requests succeed again.
 func TestOverloadShedsAndRecovers(t *testing.T) {
 	t.Parallel()
 	s := newStack(t, startUpstream(t, fakellm.Options{}), overloadRegions, "hk", "sg")
@@ -67,6 +71,18 @@ func TestOverloadShedsAndRecovers(t *testing.T) {
 	} {
 		t.Run(tt.region, func(t *testing.T) {
 			url, headers := s.edgeURL(tt.region, tt.path), s.auth(tt.extra)
+			// The alert rule reads the same counters from Envoy's /stats/prometheus.
+			scrape := alert.NewMetrics(nil, func(c string) (string, bool) { return strings.CutPrefix(c, "upstream_") })
+			scrape.SetTargets([]model.ScrapeTarget{{Region: tt.region, EnvoyAdmin: s.envoys[tt.region].AdminURL()}})
+			overloaded := func(name string) (model.AlertRule, bool) {
+				r := config.DefaultAlertRule(name)
+				r.MinRequests = 10 // the test sends a few dozen requests, not the default's 100
+				return r, name == "overloaded"
+			}
+			now := time.Now()
+			if c := scrape.Conditions(t.Context(), now, overloaded); len(c) != 0 {
+				t.Fatalf("before the load: %+v", c)
+			}
 			l := startPacedLoad(t, 6, 0, func(int) (string, *http.Request) {
 				req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(chatBody))
 				req.Header.Set("content-type", "application/json")
@@ -116,6 +132,11 @@ func TestOverloadShedsAndRecovers(t *testing.T) {
 			}
 			if n := envoyStat(t, e, tt.counter); n < st[http.StatusServiceUnavailable] {
 				t.Errorf("%s = %d, fewer than the %d requests shed", tt.counter, n, st[http.StatusServiceUnavailable])
+			}
+			if c := scrape.Conditions(t.Context(), now.Add(time.Second), overloaded); len(c) != 1 || c[0].Key != tt.region {
+				t.Errorf("the overloaded rule over the real Envoy's metrics: %+v, want one condition for region %s", c, tt.region)
+			} else {
+				t.Log(c[0].Summary)
 			}
 			// The load is gone: the edge serves again, without a restart.
 			testenv.Eventually(t, 10*time.Second, 50*time.Millisecond, func() error {

@@ -269,12 +269,15 @@ func overloadConditions(region string, d map[string]float64, upstream func(strin
 		return nil
 	}
 	sort.Strings(full)
-	detail := fmt.Sprintf("%.0f at the admission ceiling (regions.%s.overload)", ceiling, region)
+	var detail []string
+	if ceiling > 0 {
+		detail = append(detail, fmt.Sprintf("%.0f at the admission ceiling (regions.%s.overload)", ceiling, region))
+	}
 	if len(full) > 0 {
-		detail += fmt.Sprintf(", %.0f at upstream circuit breakers (%s)", breakers, strings.Join(full, ", "))
+		detail = append(detail, fmt.Sprintf("%.0f at upstream circuit breakers (%s)", breakers, strings.Join(full, ", ")))
 	}
 	return []Condition{{Rule: "overloaded", Key: region, Labels: map[string]string{"region": region},
-		Summary: fmt.Sprintf("region %s shed %.0f%% of %.0f requests in the last %s with 503 overloaded: %s", region, min(100, 100*shed/total), total, Window, detail)}}
+		Summary: fmt.Sprintf("region %s shed %.0f%% of %.0f requests in the last %s with 503 overloaded: %s", region, min(100, 100*shed/total), total, Window, strings.Join(detail, ", "))}}
 }
 
 // envoyproxy/ratelimit with USE_PROMETHEUS maps its stats with its default mapper to
