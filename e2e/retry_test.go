@@ -274,7 +274,7 @@ func TestOutlierEjection(t *testing.T) {
 }
 
 // TestCircuitBreakerOverflow: past the upstream's bounds a request fails at once with a
-// clear JSON 503 instead of queueing behind the slow ones. With one connection, one
+// clear JSON 503 "overloaded" instead of queueing behind the slow ones. With one connection, one
 // request in flight and one allowed to wait, of four more requests at least two overflow
 // (which two depends on the Envoy worker each lands on).
 func TestCircuitBreakerOverflow(t *testing.T) {
@@ -326,7 +326,7 @@ func TestCircuitBreakerOverflow(t *testing.T) {
 				continue // it waited for the connection, as max_pending_requests allows one to
 			}
 			overflowed++
-			if !bytes.Contains(r.body, []byte("upstream_unavailable")) || !bytes.Contains(r.body, []byte("overflow")) {
+			if !bytes.Contains(r.body, []byte(`"code":"overloaded"`)) || !bytes.Contains(r.body, []byte("circuit_breaker")) {
 				t.Errorf("overflow body is not the edge's clear JSON error: %s", r.body)
 			}
 		case r := <-slowDone:

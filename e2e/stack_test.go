@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -468,8 +469,26 @@ type load struct {
 	mu         sync.Mutex
 	failures   []string
 	sent       []string // the labels of the requests sent, failed ones included (startPacedLoad)
-	stop       chan struct{}
-	done       chan struct{}
+	// refused holds the first answer of each status other than 200, to show what a
+	// caller got; statuses counts every answer by status.
+	refused  map[int]refusal
+	statuses map[int]int
+	stop     chan struct{}
+	done     chan struct{}
+}
+
+// refusal is an answer other than 200: its headers and (up to 64 KiB of) its body.
+type refusal struct {
+	header http.Header
+	body   []byte
+}
+
+// answers returns how many answers of each status the load got, and the first refusal of
+// each status other than 200.
+func (l *load) answers() (map[int]int, map[int]refusal) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return maps.Clone(l.statuses), maps.Clone(l.refused)
 }
 
 func startLoad(t *testing.T, url string, headers map[string]string, workers int) *load {
@@ -485,7 +504,7 @@ func startLoad(t *testing.T, url string, headers map[string]string, workers int)
 // startPacedLoad runs workers that each send newRequest(i) for i = 0, 1, … (one every
 // interval, or back to back when interval is 0), recording every non-empty label.
 func startPacedLoad(t *testing.T, workers int, interval time.Duration, newRequest func(i int) (label string, req *http.Request)) *load {
-	l := &load{stop: make(chan struct{}), done: make(chan struct{})}
+	l := &load{stop: make(chan struct{}), done: make(chan struct{}), refused: map[int]refusal{}, statuses: map[int]int{}}
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: workers}}
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -525,8 +544,15 @@ func startPacedLoad(t *testing.T, workers int, interval time.Duration, newReques
 					l.fail(label + ": " + err.Error())
 					continue
 				}
+				body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 				io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
+				l.mu.Lock()
+				l.statuses[resp.StatusCode]++
+				if _, seen := l.refused[resp.StatusCode]; !seen && resp.StatusCode != http.StatusOK {
+					l.refused[resp.StatusCode] = refusal{header: resp.Header, body: body}
+				}
+				l.mu.Unlock()
 				if resp.StatusCode != http.StatusOK {
 					l.fail(fmt.Sprintf("%s: status %d", label, resp.StatusCode))
 					continue

@@ -58,6 +58,9 @@ type options struct {
 	soak         time.Duration
 	soakRate     int
 	soakOnly     bool
+	overload     []int
+	overloadOnly bool
+	ceiling      int
 }
 
 func fatalf(format string, args ...any) {
@@ -119,9 +122,16 @@ func parseFlags() options {
 	flag.DurationVar(&o.soak, "soak", 0, "after the other measurements, run the full edge at -soak-rate for this long and write soak.{json,md} (RSS of each process after every 30 s step); 0: no soak")
 	flag.IntVar(&o.soakRate, "soak-rate", 1000, "requests per second of the soak")
 	flag.BoolVar(&o.soakOnly, "soak-only", false, "measure nothing but the soak (-soak)")
+	overloadRates := flag.String("overload", "", "after the other measurements, drive the full edge through these rates in this order, -step each, without pauses (e.g. 2000,4000,8000,1000: past saturation and back), and write overload.{json,md}; empty: no overload phase")
+	flag.IntVar(&o.ceiling, "overload-ceiling", admissionCeiling, "regions.<name>.overload.max_requests_per_second of every llmedge region (default: make run's, examples/routes.yaml); 0: no admission ceiling")
+	flag.BoolVar(&o.overloadOnly, "overload-only", false, "start only the full edge and measure nothing but the overload phase (-overload)")
 	quick := flag.Bool("quick", false, "smoke run of a few seconds: one short round of each measurement, no peers, no waiting for a quiet machine (the figures mean nothing; use with -out on a temporary directory)")
 	flag.Parse()
 	o.rates, o.peerRates = parseRates("rates", rates), parseRates("peer-rates", peerRates)
+	o.overload = parseRateList("overload", *overloadRates)
+	if o.overloadOnly && len(o.overload) == 0 {
+		fatalf("-overload-only needs -overload")
+	}
 	if *quick {
 		o.rounds, o.n, o.warmup, o.stepRounds, o.rates, o.peerRates, o.stepDur = 1, 50, 10, 1, []int{100}, nil, time.Second
 		o.streamRounds, o.streamN, o.chunks, o.chunkGap, o.peers, o.waitQuiet = 1, 1, 3, 10*time.Millisecond, false, 0
@@ -154,6 +164,13 @@ func pinSelf() bool {
 }
 
 func parseRates(flagName, list string) []int {
+	out := parseRateList(flagName, list)
+	slices.Sort(out)
+	return out
+}
+
+// parseRateList reads a comma-separated list of rates, keeping its order.
+func parseRateList(flagName, list string) []int {
 	var out []int
 	for _, f := range strings.Split(list, ",") {
 		if strings.TrimSpace(f) == "" {
@@ -165,7 +182,6 @@ func parseRates(flagName, list string) []int {
 		}
 		out = append(out, n)
 	}
-	slices.Sort(out)
 	return out
 }
 
@@ -199,6 +215,7 @@ func run(root string, o options) error {
 		return err
 	}
 	r := newRunner(dir, paths, o.pin, o.pipeWindow, o.pipeLimit)
+	r.ceiling = o.ceiling
 	defer r.stopAll()
 	res.Machine = machineInfo(root, paths)
 	guard := &noiseGuard{r: r, budget: o.waitQuiet, ncpu: res.Machine.NProc}
@@ -208,11 +225,17 @@ func run(root string, o options) error {
 		res.Machine.WaitedS = time.Since(t0).Seconds()
 		logf("other processes used %.2f cores before the start (waited %s)", res.Machine.OtherCPUBefore, time.Since(t0).Round(time.Second))
 	}
-	s, err := startRig(ctx, r)
+	s, err := startRig(ctx, r, o.overloadOnly)
 	if err != nil {
 		return err
 	}
 	targets := scenarioTargets(s)
+	if o.overloadOnly {
+		if err := probeAll(targets); err != nil {
+			return err
+		}
+		return runOverload(r, guard, targets, res, o)
+	}
 	if o.peers {
 		res.Peers, targets = startPeers(r, root, s, targets)
 	}
@@ -238,6 +261,11 @@ func run(root string, o options) error {
 			return err
 		}
 	}
+	if len(o.overload) > 0 {
+		if err := runOverload(r, guard, targets, res, o); err != nil {
+			return err
+		}
+	}
 	finish(res, s, r, noise, guard)
 	res.DurationSec = time.Since(began).Seconds()
 	aggregate(res, o)
@@ -258,7 +286,17 @@ func runSoak(r *runner, targets []*target, res *Results, o options) error {
 	return fmt.Errorf("no edge_full scenario to soak")
 }
 
-// scenarioTargets are llmedge's own scenarios over the stack's variants.
+// runOverload drives the full edge past saturation and back (see overload.go).
+func runOverload(r *runner, guard *noiseGuard, targets []*target, res *Results, o options) error {
+	for _, t := range targets {
+		if t.Name == "edge_full" {
+			return overload(r, guard, t, o.overload, o.stepDur, o.out, res.Machine.Commit, res.Settings.Placement)
+		}
+	}
+	return fmt.Errorf("no edge_full scenario to overload")
+}
+
+// scenarioTargets are llmedge's own scenarios over the stack's variants (those started).
 func scenarioTargets(s *rig) []*target {
 	var out []*target
 	for _, sc := range []struct {
@@ -276,9 +314,12 @@ func scenarioTargets(s *rig) []*target {
 		// Only what usage recording costs a request at c=1 (issue 11); no ladder, to keep the run short.
 		{"edge_full_nousage", "full edge without usage recording", vNoUsage, false, true, "x-ratelimit-limit"},
 	} {
-		v := s.variants[sc.variant]
+		v, ok := s.variants[sc.variant]
+		if !ok {
+			continue
+		}
 		t := &target{Name: sc.name, Label: sc.label, Kind: "llmedge", URL: v.url, Headers: v.headers, Procs: v.procs,
-			Stream: sc.stream, Steps: !sc.c1Only, Check: sc.check}
+			Stream: sc.stream, Steps: !sc.c1Only, Check: sc.check, Admin: v.admin}
 		if v.admin != "" {
 			t.Overflows = func() map[string]int64 { return envoyOverflows(v.admin) }
 		}

@@ -38,6 +38,7 @@ type target struct {
 	Error   string  // why it could not be measured
 	// Overflows reads the Envoy's circuit-breaker/timeout counters (nil: no Envoy).
 	Overflows func() map[string]int64
+	Admin     string // the Envoy's admin URL ("": no Envoy)
 	// Frozen processes are stopped (SIGSTOP) except while this target is measured.
 	Frozen []*proc
 }

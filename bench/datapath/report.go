@@ -149,7 +149,24 @@ func writeMarkdown(path string, res *Results) error {
 	} {
 		section()
 	}
-	return os.WriteFile(path, []byte(b.String()), 0o644)
+	return os.WriteFile(path, append([]byte(b.String()), keptByHand(path)...), 0o644)
+}
+
+// keptMarker starts the part of datapath.md written by hand (dated records of runs made
+// outside make bench, such as the overload phase's before and after): a new report keeps
+// it as it is.
+const keptMarker = "<!-- Kept by hand below this line: make bench rewrites only what is above. -->"
+
+// keptByHand is the hand-written part of the report at path, marker included ("" when none).
+func keptByHand(path string) string {
+	old, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	if i := strings.Index(string(old), keptMarker); i >= 0 {
+		return "\n" + string(old[i:])
+	}
+	return ""
 }
 
 // intro writes the title, where the figures come from, and the plot.

@@ -3,7 +3,7 @@ package main
 // This file is the benchmark's one seam to the processes under test; internal/stack
 // starts them all. The rest of the program uses only:
 //   - newRunner and findPaths: tools, binaries and the CPU placement;
-//   - startRig(ctx, r): starts every component;
+//   - startRig(ctx, r, edgeOnly): starts every component (or make run's edge alone);
 //   - rig.variants[vDirect, vBare, vAuthz, vRateLimit, vFull, vFullPipe, vNoUsage]: URL, headers,
 //     the processes on the data path (for CPU and RSS accounting) and the Envoy admin URL
 //     (read with envoyCounters and envoyOverflows);
@@ -45,6 +45,10 @@ const (
 	callerLimit = 1_000_000_000 // requests per minute
 )
 
+// admissionCeiling is make run's regions.<name>.overload.max_requests_per_second
+// (examples/routes.yaml; stack_test.go keeps the two equal); -overload-ceiling changes it.
+const admissionCeiling = 2000
+
 // The variants startRig returns. Each Envoy process is called envoy-<variant>.
 const (
 	vDirect    = "direct"    // the fake upstream itself
@@ -61,7 +65,9 @@ type runner struct {
 	stack.Runner
 	pin  bool
 	pipe []string // ratelimit environment of the fullpipe variant
-	all  []*proc
+	// ceiling is the llmedge regions' overload.max_requests_per_second (0: none).
+	ceiling int
+	all     []*proc
 }
 
 func newRunner(dir string, paths stack.Paths, pin bool, pipeWindow string, pipeLimit int) *runner {
@@ -124,8 +130,8 @@ type rig struct {
 
 // startRig starts make run's edge for the full variants (its fake upstream serves every
 // variant), then the ext_authz-only region with its own control plane, then the static
-// Envoys.
-func startRig(ctx context.Context, r *runner) (*rig, error) {
+// Envoys; edgeOnly starts make run's edge alone.
+func startRig(ctx context.Context, r *runner, edgeOnly bool) (*rig, error) {
 	s := &rig{r: r, variants: map[string]variant{}, named: map[string]*proc{}}
 	if err := s.writeKeys(); err != nil {
 		return nil, err
@@ -138,6 +144,9 @@ func startRig(ctx context.Context, r *runner) (*rig, error) {
 			return s.startOwn(ctx, ownRegion{name: vNoUsage, limit: callerLimit, noUsage: true, state: true})
 		},
 		s.startStatics,
+	}
+	if edgeOnly {
+		steps = steps[:1]
 	}
 	for _, step := range steps {
 		if err := step(ctx); err != nil {
@@ -395,6 +404,9 @@ func (s *rig) writeRoutes(name string, limit int, noUsage bool, regions ...regio
 	b.WriteString("version: 1\nregions:\n")
 	for _, r := range regions {
 		fmt.Fprintf(&b, "  %s:\n    listen: %s\n    extauthz: %s\n    upstreams: [fake]\n", r.name, r.listen, r.authz)
+		if s.r.ceiling > 0 {
+			fmt.Fprintf(&b, "    overload: {max_requests_per_second: %d}\n", s.r.ceiling)
+		}
 		if r.ratelimit != "" {
 			fmt.Fprintf(&b, "    ratelimit: %s\n", r.ratelimit)
 		}

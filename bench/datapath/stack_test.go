@@ -2,8 +2,10 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -79,5 +81,40 @@ func TestNoUsageRoutesDifferOnlyInTheSwitch(t *testing.T) {
 	off.Warnings = on.Warnings
 	if d := cmp.Diff(on, off, cmpopts.EquateEmpty()); d != "" {
 		t.Errorf("the routes differ in more than usage.enabled (-with +without):\n%s", d)
+	}
+}
+
+// The benchmark's regions have make run's admission ceiling.
+func TestAdmissionCeilingIsMakeRuns(t *testing.T) {
+	_, cfg, err := config.LoadConfig("../../examples/routes.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Regions) == 0 {
+		t.Fatal("examples/routes.yaml has no regions")
+	}
+	for _, r := range cfg.Regions {
+		if r.Overload.MaxRequestsPerSecond != admissionCeiling {
+			t.Errorf("examples/routes.yaml: regions.%s.overload.max_requests_per_second = %d; the benchmark uses %d", r.Name, r.Overload.MaxRequestsPerSecond, admissionCeiling)
+		}
+	}
+}
+
+// A new report keeps the hand-written part of the old one.
+func TestReportKeepsWhatIsWrittenByHand(t *testing.T) {
+	path := t.TempDir() + "/datapath.md"
+	kept := keptMarker + "\n\n## Past saturation\n\nwritten by hand\n"
+	if err := os.WriteFile(path, []byte("# old generated part\n\n"+kept), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeMarkdown(path, &Results{Generated: "2026-12-01T00:00:00Z"}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(b); !strings.HasSuffix(got, "\n"+kept) || strings.Contains(got, "old generated part") || strings.Count(got, keptMarker) != 1 {
+		t.Errorf("report:\n%s\nwant the new report followed by:\n%s", got, kept)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	pmodel "github.com/prometheus/common/model"
 
 	"github.com/llmedge/llmedge/controlplane/model"
+	"github.com/llmedge/llmedge/controlplane/translate"
 )
 
 // Window is how far back the metric rules look.
@@ -37,8 +38,8 @@ type ScrapeStatus struct {
 }
 
 // Metrics reads every region's Envoy and ratelimit Prometheus endpoints and keeps the
-// last Window of counters, from which the quota, upstream_errors and retries_exhausted
-// rules take their increases.
+// last Window of counters, from which the quota, upstream_errors, retries_exhausted and
+// overloaded rules take their increases.
 type Metrics struct {
 	client *http.Client
 	// upstream maps an Envoy cluster name back to its upstream (translate.ClusterName).
@@ -199,6 +200,15 @@ func envoySeries(fams map[string]*dto.MetricFamily) map[string]float64 {
 	add("envoy_cluster_upstream_rq_timeout", "timeout", nil)
 	add("envoy_cluster_upstream_cx_connect_fail", "connect_fail", nil)
 	add("envoy_cluster_upstream_rq_retry_limit_exceeded", "retry_limit", nil)
+	// Requests shed for load: by an upstream's circuit breaker (per cluster), and by the
+	// region's admission ceiling out of all the requests its listener received (no cluster).
+	add("envoy_cluster_upstream_rq_pending_overflow", "overflow", nil)
+	add("envoy_http_local_rate_limit_rate_limited", "shed", func(m *dto.Metric) bool {
+		return label(m, "envoy_local_http_ratelimit_prefix") == translate.OverloadStatPrefix
+	})
+	add("envoy_http_downstream_rq_total", "requests", func(m *dto.Metric) bool {
+		return strings.HasPrefix(label(m, "envoy_http_conn_manager_prefix"), "ingress_")
+	})
 	return out
 }
 
@@ -208,7 +218,7 @@ func (s *Metrics) envoyConditions(region string, d map[string]float64, rule Rule
 		c, _, _ := strings.Cut(k, "\x00")
 		clusters[c] = true
 	}
-	var out []Condition
+	out := overloadConditions(region, d, s.upstream, rule)
 	for _, c := range slices.Sorted(maps.Keys(clusters)) {
 		up, ok := s.upstream(c)
 		if !ok {
@@ -235,6 +245,39 @@ func (s *Metrics) envoyConditions(region string, d map[string]float64, rule Rule
 		}
 	}
 	return out
+}
+
+// overloadConditions fires the overloaded rule for a region whose Envoy shed at least
+// percent of the requests it received in the window: refused at its admission ceiling, or
+// at an upstream's circuit breaker.
+func overloadConditions(region string, d map[string]float64, upstream func(string) (string, bool), rule RuleFunc) []Condition {
+	r, ok := rule("overloaded")
+	if !ok {
+		return nil
+	}
+	total, ceiling, breakers := d["\x00requests"], d["\x00shed"], 0.0
+	var full []string
+	for k, v := range d {
+		c, series, _ := strings.Cut(k, "\x00")
+		if up, ok := upstream(c); ok && series == "overflow" && v > 0 {
+			breakers += v
+			full = append(full, fmt.Sprintf("%s %.0f", up, v))
+		}
+	}
+	shed := ceiling + breakers
+	if total < float64(r.MinRequests) || total == 0 || 100*shed/total < r.Percent {
+		return nil
+	}
+	sort.Strings(full)
+	var detail []string
+	if ceiling > 0 {
+		detail = append(detail, fmt.Sprintf("%.0f at the admission ceiling (regions.%s.overload)", ceiling, region))
+	}
+	if len(full) > 0 {
+		detail = append(detail, fmt.Sprintf("%.0f at upstream circuit breakers (%s)", breakers, strings.Join(full, ", ")))
+	}
+	return []Condition{{Rule: "overloaded", Key: region, Labels: map[string]string{"region": region},
+		Summary: fmt.Sprintf("region %s shed %.0f%% of %.0f requests in the last %s with 503 overloaded: %s", region, min(100, 100*shed/total), total, Window, strings.Join(detail, ", "))}}
 }
 
 // envoyproxy/ratelimit with USE_PROMETHEUS maps its stats with its default mapper to

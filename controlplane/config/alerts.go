@@ -65,6 +65,7 @@ const DefaultAlertRepeat = 4 * time.Hour
 var alertRuleDefaults = map[string]model.AlertRule{
 	"quota":             {Percent: 80},
 	"upstream_errors":   {Percent: 10, MinRequests: 20},
+	"overloaded":        {Percent: 1, MinRequests: 100},
 	"retries_exhausted": {},
 	"probe_failed":      {},
 	"cert_expiry":       {Days: 14},

@@ -47,6 +47,9 @@ func validateRegion(p, name string, r Region, ups map[string]Upstream, c *collec
 	if r.InternalTLS != nil {
 		out.InternalTLS = validateInternalTLS(p+".internal_tls", *r.InternalTLS, c)
 	}
+	if r.Overload != nil {
+		out.Overload = validateOverload(p+".overload", *r.Overload, c)
+	}
 	seen := map[string]bool{}
 	for i, u := range r.Upstreams {
 		fp := fmt.Sprintf("%s.upstreams[%d]", p, i)
@@ -117,4 +120,32 @@ func warnInternalTransport(cfg *model.Config) {
 			cfg.Warnings = append(cfg.Warnings, p+".internal_tls: unused; extauthz and ratelimit are reached over unix sockets")
 		}
 	}
+}
+
+// maxAdmissionRate bounds overload.max_requests_per_second and burst far above what one
+// Envoy can serve, and inside Envoy's uint32 token bucket.
+const maxAdmissionRate = 10_000_000
+
+// validateOverload reads a region's admission ceiling; the default burst is a quarter
+// second's worth of requests (at least one), enough for the arrivals of a busy moment
+// without letting a queue form behind the ceiling.
+func validateOverload(p string, o Overload, c *collector) model.Overload {
+	var out model.Overload
+	switch {
+	case o.MaxRequestsPerSecond < 0 || o.MaxRequestsPerSecond > maxAdmissionRate:
+		c.add(p+".max_requests_per_second", "must be 0-%d (0: no ceiling)", maxAdmissionRate)
+	default:
+		out.MaxRequestsPerSecond = uint32(o.MaxRequestsPerSecond)
+	}
+	switch {
+	case o.Burst < 0 || o.Burst > maxAdmissionRate:
+		c.add(p+".burst", "must be 0-%d (0: a quarter of max_requests_per_second)", maxAdmissionRate)
+	case o.Burst > 0 && o.MaxRequestsPerSecond == 0:
+		c.add(p+".burst", "needs max_requests_per_second")
+	case o.Burst > 0:
+		out.Burst = uint32(o.Burst)
+	case out.MaxRequestsPerSecond > 0:
+		out.Burst = max(1, out.MaxRequestsPerSecond/4)
+	}
+	return out
 }

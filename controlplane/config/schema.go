@@ -56,6 +56,18 @@ type Region struct {
 	// to: its only path when this region may not reach the upstream itself (an entry
 	// region), a hot standby behind its direct path otherwise.
 	Peers map[string][]string `mapstructure:"peers"`
+	// Overload bounds what one Envoy of the region admits, so that past its capacity
+	// requests are refused at once instead of queueing into seconds of latency.
+	Overload *Overload `mapstructure:"overload"`
+}
+
+// Overload is a region's admission ceiling, per Envoy.
+type Overload struct {
+	// MaxRequestsPerSecond is how many new requests one Envoy admits a second; 0 admits all.
+	MaxRequestsPerSecond int `mapstructure:"max_requests_per_second"`
+	// Burst is how many requests may arrive at once above that rate (default: a quarter
+	// second's worth).
+	Burst int `mapstructure:"burst"`
 }
 
 // InternalTLS are PEM files on the Envoy host for mutual TLS to the region's own services.

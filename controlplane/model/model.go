@@ -58,6 +58,16 @@ type Region struct {
 	// upstream. An upstream in Upstreams with peers has them as a hot standby; one not in
 	// Upstreams is served only through them (the region is its entry region).
 	Peers []Peering
+	// Overload is the admission ceiling of each of the region's Envoys; zero admits all.
+	Overload Overload
+}
+
+// Overload bounds the requests one Envoy admits: past MaxRequestsPerSecond (with Burst
+// arriving at once) a request is refused at once with 503 "overloaded" before any side
+// call is made for it.
+type Overload struct {
+	MaxRequestsPerSecond uint32
+	Burst                uint32
 }
 
 // Peering names the egress regions of one upstream, sorted.

@@ -33,6 +33,21 @@ type replyCase struct {
 	status  int
 	code    string
 	message string
+	// retryAfter tells the caller when to try again (a Retry-After header): the refusal
+	// is about the edge's load or a service's absence, not about the request.
+	retryAfter bool
+}
+
+// mapper is the response mapper of case c for requests filter selects, in api's shape.
+func (c replyCase) mapper(api model.API, filter *accesslogv3.AccessLogFilter, requestID string) *hcmv3.ResponseMapper {
+	m := &hcmv3.ResponseMapper{Filter: filter, BodyFormatOverride: errorBody(api, c, requestID)}
+	if c.retryAfter {
+		m.HeadersToAdd = []*corev3.HeaderValueOption{{
+			Header:       &corev3.HeaderValue{Key: "retry-after", Value: retryAfterSeconds},
+			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+		}}
+	}
+	return m
 }
 
 // Local replies sent before the filter chain ran (Envoy refused the path or headers) have
@@ -55,26 +70,36 @@ func guessExpr(g wire.APISign) string {
 }
 
 func localReplies(region string) *hcmv3.LocalReplyConfig {
-	generic := []replyCase{
-		{statusIs(400), 400, "bad_request", "llmedge: the request was refused (%RESPONSE_CODE_DETAILS%): paths with encoded slashes and header names with underscores are not accepted"},
-		{statusIs(413), 413, "request_too_large", "llmedge: the request is too large"},
-		{statusIs(431), 431, "request_headers_too_large", "llmedge: the request headers are too large"},
-		{statusAtLeast(500), 500, "edge_error", "llmedge: the edge could not complete the request (%RESPONSE_CODE_DETAILS%) %LOCAL_REPLY_BODY%"},
-		{statusAtLeast(400), 400, "bad_request", "llmedge: the request was refused (%RESPONSE_CODE_DETAILS%) %LOCAL_REPLY_BODY%"},
+	// Shed for load, routed or not: the region's admission ceiling (the local rate-limit
+	// filter's details; its RL flag would otherwise read as a spent quota), or an
+	// upstream's circuit breaker full (UO).
+	shed := []replyCase{
+		{cel("response.code_details == '" + overloadDetails + "'"), 503, "overloaded", "llmedge: region " + region + " is at its admission ceiling (regions." + region +
+			".overload); the request was not forwarded. Retry after " + retryAfterSeconds + " second.", true},
+		{flag("UO"), 503, "overloaded", "llmedge: too many requests in flight to this upstream (its circuit_breaker); the request was not forwarded. Retry after " +
+			retryAfterSeconds + " second.", true},
 	}
-	routed := append([]replyCase{
-		// Any UAEX reply other than extauthz's own denial means extauthz could not be asked.
-		{flag("UAEX"), 503, "auth_unavailable", "llmedge: the auth service is unavailable; the request was not forwarded. Try again shortly."},
+	generic := []replyCase{
+		{statusIs(400), 400, "bad_request", "llmedge: the request was refused (%RESPONSE_CODE_DETAILS%): paths with encoded slashes and header names with underscores are not accepted", false},
+		{statusIs(413), 413, "request_too_large", "llmedge: the request is too large", false},
+		{statusIs(431), 431, "request_headers_too_large", "llmedge: the request headers are too large", false},
+		{statusAtLeast(500), 500, "edge_error", "llmedge: the edge could not complete the request (%RESPONSE_CODE_DETAILS%) %LOCAL_REPLY_BODY%", false},
+		{statusAtLeast(400), 400, "bad_request", "llmedge: the request was refused (%RESPONSE_CODE_DETAILS%) %LOCAL_REPLY_BODY%", false},
+	}
+	routed := append(append(shed, []replyCase{
+		// Any UAEX reply other than extauthz's own denial means extauthz could not be asked
+		// (down, timed out, or its side-call circuit breaker full).
+		{flag("UAEX"), 503, "auth_unavailable", "llmedge: the auth service is unavailable; the request was not forwarded. Try again shortly.", true},
 		{flag("RL"), 429, "rate_limit_exceeded", "llmedge: rate limit exceeded for caller %DYNAMIC_METADATA(" + wire.MetadataNamespace + ":" + wire.MetadataCaller +
-			")% (limits: %RESP(X-RATELIMIT-LIMIT)%); retry after %RESP(X-RATELIMIT-RESET)% seconds."},
-		{flag("RLSE"), 500, "rate_limit_unavailable", "llmedge: the rate-limit service is unavailable and region " + region + " refuses requests until it is back (ratelimit_failure: deny)."},
-		{flag("UT"), 504, "upstream_timeout", "llmedge: the upstream did not answer within its response_timeout."},
-		{flag("SI"), 408, "stream_idle_timeout", "llmedge: the stream was idle for longer than the upstream's stream_idle_timeout."},
-		{flag("UF", "UH", "URX", "UO", "UC", "UR"), 503, "upstream_unavailable", "llmedge: the upstream is unavailable (%RESPONSE_CODE_DETAILS%): %LOCAL_REPLY_BODY%"},
-	}, generic...)
+			")% (limits: %RESP(X-RATELIMIT-LIMIT)%); retry after %RESP(X-RATELIMIT-RESET)% seconds.", false},
+		{flag("RLSE"), 500, "rate_limit_unavailable", "llmedge: the rate-limit service is unavailable and region " + region + " refuses requests until it is back (ratelimit_failure: deny).", false},
+		{flag("UT"), 504, "upstream_timeout", "llmedge: the upstream did not answer within its response_timeout.", false},
+		{flag("SI"), 408, "stream_idle_timeout", "llmedge: the stream was idle for longer than the upstream's stream_idle_timeout.", false},
+		{flag("UF", "UH", "URX", "UC", "UR"), 503, "upstream_unavailable", "llmedge: the upstream is unavailable (%RESPONSE_CODE_DETAILS%): %LOCAL_REPLY_BODY%", false},
+	}...), generic...)
 	unrouted := append([]replyCase{
-		{flag("NR"), 404, "route_not_found", "llmedge: no route in region " + region + " matches this request (check the path prefix, and that the upstream is served in this region)."},
-	}, generic...)
+		{flag("NR"), 404, "route_not_found", "llmedge: no route in region " + region + " matches this request (check the path prefix, and that the upstream is served in this region).", false},
+	}, append(shed[:1:1], generic...)...)
 
 	// A spent quota: extauthz asked the rate-limit service and refuses with 429 and a plain
 	// message, shaped here like the provider's own 429 with the request id.
@@ -93,7 +118,7 @@ func localReplies(region string) *hcmv3.LocalReplyConfig {
 	}})
 	for _, api := range []model.API{model.APIOpenAI, model.APIAnthropic, model.APIGemini} {
 		for _, c := range routed {
-			mappers = append(mappers, &hcmv3.ResponseMapper{Filter: and(c.filter, onRoute(api)), BodyFormatOverride: errorBody(api, c, requestIDFormat)})
+			mappers = append(mappers, c.mapper(api, and(c.filter, onRoute(api)), requestIDFormat))
 		}
 	}
 	early := cel(fmt.Sprintf("!('%s' in filter_state)", requestIDState))
@@ -109,9 +134,9 @@ func localReplies(region string) *hcmv3.LocalReplyConfig {
 		for i, c := range unrouted {
 			// A request that got as far as routing (NR, the first case) always has its id.
 			if i > 0 {
-				mappers = append(mappers, &hcmv3.ResponseMapper{Filter: and(c.filter, g.guess, early), BodyFormatOverride: errorBody(g.api, c, uniqueID)})
+				mappers = append(mappers, c.mapper(g.api, and(c.filter, g.guess, early), uniqueID))
 			}
-			mappers = append(mappers, &hcmv3.ResponseMapper{Filter: and(c.filter, g.guess), BodyFormatOverride: errorBody(g.api, c, requestIDFormat)})
+			mappers = append(mappers, c.mapper(g.api, and(c.filter, g.guess), requestIDFormat))
 		}
 	}
 	return &hcmv3.LocalReplyConfig{

@@ -330,7 +330,8 @@ func forwardedRoutes(cfg *model.Config, r model.Region, name string, upstreams [
 }
 
 // forwardedHCM is the region's connection manager for a listener of forwarded requests:
-// the same filters as the callers' listener minus the rate-limit filter.
+// the same filters as the callers' listener minus the rate-limit filter and the admission
+// ceiling (the request was admitted, and its quota checked, where its caller entered).
 func forwardedHCM(r model.Region, routeConfig, statPrefix string, accessLog bool) (*anypb.Any, error) {
 	// Without usage recording: a forwarded request's record belongs to the listener its
 	// caller reached, so it is never counted twice.
@@ -346,7 +347,9 @@ func forwardedHCM(r model.Region, routeConfig, statPrefix string, accessLog bool
 	hcm.RouteSpecifier = &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{ConfigSource: adsSource(), RouteConfigName: routeConfig}}
 	// The peer is another edge (or this one), never a proxy in front of a caller.
 	hcm.XffNumTrustedHops = 0
-	hcm.HttpFilters = slices.DeleteFunc(hcm.HttpFilters, func(f *hcmv3.HttpFilter) bool { return f.Name == rateLimitFilterName })
+	hcm.HttpFilters = slices.DeleteFunc(hcm.HttpFilters, func(f *hcmv3.HttpFilter) bool {
+		return f.Name == rateLimitFilterName || f.Name == overloadFilterName
+	})
 	if !accessLog {
 		hcm.AccessLog = nil
 	}

@@ -56,7 +56,7 @@ func present[T any](xs ...*T) []*T {
 	return out
 }
 
-// usageAccessLog streams one HTTPAccessLogEntry per request to the control plane's
+// usageAccessLog streams one HTTPAccessLogEntry per request admitted to the control plane's
 // ledger (docs/USAGE.md). Without a ledger (no --state-dir) the control plane does not
 // serve the log service: Envoy's stream fails and entries are dropped, never requests.
 func usageAccessLog() (*accesslogv3.AccessLog, error) {
@@ -74,6 +74,10 @@ func usageAccessLog() (*accesslogv3.AccessLog, error) {
 		return nil, err
 	}
 	return &accesslogv3.AccessLog{
+		// A request the admission ceiling shed has no caller, upstream or tokens to record;
+		// Envoy counts it (overload.go). Past saturation, a record for each would make the
+		// ledger the next thing to overload.
+		Filter:     cel("response.code_details != '" + overloadDetails + "'"),
 		Name:       "envoy.access_loggers.http_grpc",
 		ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: cfg},
 	}, nil
