@@ -32,25 +32,20 @@ type encodedRoutes struct {
 	methods protoiface.Methods
 }
 
-func encodeOnce(rc *routev3.RouteConfiguration) (*encodedRoutes, error) {
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(rc)
+func encodeOnce(rc *routev3.RouteConfiguration, routes routeEncodings) (*encodedRoutes, error) {
+	b, err := encodeRouteConfig(rc, routes)
 	if err != nil {
 		return nil, err
 	}
-	var rest []byte
-	for in := b; len(in) > 0; {
-		num, typ, n := protowire.ConsumeTag(in)
-		if n < 0 {
-			return nil, protowire.ParseError(n)
-		}
-		m := protowire.ConsumeFieldValue(num, typ, in[n:])
+	// The name is the encoding's first field (deterministic marshalling writes fields in
+	// number order) and absent when empty; the rest is shared, not copied.
+	rest := b
+	if num, typ, n := protowire.ConsumeTag(b); n > 0 && num == routeConfigNameField {
+		m := protowire.ConsumeFieldValue(num, typ, b[n:])
 		if m < 0 {
 			return nil, protowire.ParseError(m)
 		}
-		if num != routeConfigNameField {
-			rest = append(rest, in[:n+m]...)
-		}
-		in = in[n+m:]
+		rest = b[n+m : len(b) : len(b)]
 	}
 	stub := &routev3.RouteConfiguration{Name: rc.GetName()}
 	stub.ProtoReflect().SetUnknown(protoreflect.RawFields(rest))
@@ -59,6 +54,107 @@ func encodeOnce(rc *routev3.RouteConfiguration) (*encodedRoutes, error) {
 	// Without one, proto.Size asks Marshal, which costs nothing here.
 	e.methods = protoiface.Methods{Flags: protoiface.SupportMarshalDeterministic, Marshal: e.marshal}
 	return e, nil
+}
+
+// routeEncodings are the deterministic encodings of routes, by identity: prev from the
+// last Update (read only), next what this one used. A route's encoding can be kept from
+// one reload to the next because the translator hands out the same route for the same
+// inputs (translate.Cache) and nothing modifies a translated resource. A nil next keeps
+// nothing.
+type routeEncodings struct {
+	prev, next map[*routev3.Route][]byte
+}
+
+func (r routeEncodings) encode(rt *routev3.Route) ([]byte, error) {
+	if b, ok := r.prev[rt]; ok {
+		if r.next != nil {
+			r.next[rt] = b
+		}
+		return b, nil
+	}
+	if b, ok := r.next[rt]; ok {
+		return b, nil
+	}
+	b, err := deterministic.Marshal(rt)
+	if err != nil {
+		return nil, err
+	}
+	if r.next != nil {
+		r.next[rt] = b
+	}
+	return b, nil
+}
+
+var deterministic = proto.MarshalOptions{Deterministic: true}
+
+// encodeRouteConfig is rc's deterministic encoding, assembled from its routes' encodings
+// (most of the bytes, and the same from one reload to the next) and the rest of rc.
+// Deterministic marshalling writes a message's fields in field-number order, so a
+// message's encoding is that of its other fields with the repeated field's elements
+// inserted after the fields numbered below it; the tests compare the result with
+// proto.Marshal byte for byte.
+func encodeRouteConfig(rc *routev3.RouteConfiguration, routes routeEncodings) ([]byte, error) {
+	var vhs []byte
+	for _, vh := range rc.GetVirtualHosts() {
+		var rts []byte
+		for _, rt := range vh.GetRoutes() {
+			b, err := routes.encode(rt)
+			if err != nil {
+				return nil, err
+			}
+			rts = protowire.AppendTag(rts, virtualHostRoutesField, protowire.BytesType)
+			rts = protowire.AppendBytes(rts, b)
+		}
+		b, err := encodeWith(vh, virtualHostRoutesField, rts)
+		if err != nil {
+			return nil, err
+		}
+		vhs = protowire.AppendTag(vhs, routeConfigVirtualHostsField, protowire.BytesType)
+		vhs = protowire.AppendBytes(vhs, b)
+	}
+	return encodeWith(rc, routeConfigVirtualHostsField, vhs)
+}
+
+// Field numbers of RouteConfiguration.virtual_hosts and VirtualHost.routes.
+const (
+	routeConfigVirtualHostsField = 2
+	virtualHostRoutesField       = 3
+)
+
+// encodeWith is m's deterministic encoding with field num's encoding (tags included)
+// given as enc rather than marshalled from m.
+func encodeWith(m proto.Message, num protowire.Number, enc []byte) ([]byte, error) {
+	src := m.ProtoReflect()
+	others := src.New()
+	src.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Number() != num {
+			others.Set(fd, v) // shares v: others is only read
+		}
+		return true
+	})
+	rest, err := deterministic.Marshal(others.Interface())
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 0, len(rest)+len(enc))
+	in := rest
+	for len(in) > 0 {
+		n, typ, tl := protowire.ConsumeTag(in)
+		if tl < 0 {
+			return nil, protowire.ParseError(tl)
+		}
+		if n > num {
+			break
+		}
+		fl := protowire.ConsumeFieldValue(n, typ, in[tl:])
+		if fl < 0 {
+			return nil, protowire.ParseError(fl)
+		}
+		out = append(out, in[:tl+fl]...)
+		in = in[tl+fl:]
+	}
+	out = append(out, enc...)
+	return append(out, in...), nil
 }
 
 // routeConfigNameField is RouteConfiguration.name's field number.
