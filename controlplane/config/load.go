@@ -146,14 +146,13 @@ func Parse(ctx context.Context, snap *Snapshot, limits Limits) (*Source, error) 
 	if err := c.err(); err != nil {
 		return src, err
 	}
-	v := viper.New()
-	v.SetConfigType("yaml")
+	var maps []map[string]any
 	for i, doc := range roots {
 		if doc == nil {
 			continue
 		}
 		name := snap.Docs[i].Name
-		// Hand viper a tree built here rather than yaml.v3's Decode into a map: yaml.v3
+		// Convert the tree here rather than with yaml.v3's Decode into a map: yaml.v3
 		// checks mapping keys for duplicates pair by pair, quadratic in the number of
 		// routes (a 10,000-route file spent most of a second there).
 		cv := converter{ctx: ctx, budget: 2*len(snap.Docs[i].Data) + 1024}
@@ -171,9 +170,7 @@ func Parse(ctx context.Context, snap *Snapshot, limits Limits) (*Source, error) 
 			c.add(name, "%v", err)
 			continue
 		}
-		if err := v.MergeConfigMap(m); err != nil {
-			c.add(name, "%v", err)
-		}
+		maps = append(maps, m)
 	}
 	if err := c.err(); err != nil {
 		return src, err
@@ -181,9 +178,10 @@ func Parse(ctx context.Context, snap *Snapshot, limits Limits) (*Source, error) 
 	if err := ctx.Err(); err != nil {
 		return src, err
 	}
-	v.SetEnvPrefix(EnvPrefix)
-	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_", "-", "_"))
-	v.AutomaticEnv()
+	input, ok := settings(maps, os.Environ())
+	if !ok {
+		input = viperSettings(maps)
+	}
 	// mapstructure calls hooks for every value it decodes: the one place a long decode can
 	// notice that a newer edit (or shutdown) has made it pointless.
 	calls := 0
@@ -194,15 +192,22 @@ func Parse(ctx context.Context, snap *Snapshot, limits Limits) (*Source, error) 
 		return nil
 	}
 	var doc File
-	err := v.Unmarshal(&doc, func(dc *mapstructure.DecoderConfig) {
-		dc.ErrorUnused = true
-		dc.ZeroFields = true
-		dc.DecodeHook = mapstructure.ComposeDecodeHookFunc(
+	// viper's Unmarshal with these options: its decoder settings (weakly typed input) and
+	// ours.
+	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
+		WeaklyTypedInput: true,
+		ErrorUnused:      true,
+		ZeroFields:       true,
+		DecodeHook: mapstructure.ComposeDecodeHookFunc(
 			func(f, t reflect.Type, data any) (any, error) { return data, cancelled(f, t, data) },
 			mapstructure.StringToTimeDurationHookFunc(),
 			mapstructure.StringToTimeHookFunc(time.RFC3339),
-		)
+		),
+		Result: &doc,
 	})
+	if err == nil {
+		err = dec.Decode(input)
+	}
 	if err := ctx.Err(); err != nil {
 		return src, err
 	}
@@ -212,6 +217,20 @@ func Parse(ctx context.Context, snap *Snapshot, limits Limits) (*Source, error) 
 	}
 	src.File = doc
 	return src, nil
+}
+
+// viperSettings is what viper's Unmarshal decodes for these documents, merged in order,
+// with environment overrides (LLMEDGE_UPSTREAMS_OPENAI_URL for upstreams.openai.url).
+func viperSettings(docs []map[string]any) map[string]any {
+	v := viper.New()
+	v.SetConfigType("yaml")
+	for _, m := range docs {
+		_ = v.MergeConfigMap(m) // never fails
+	}
+	v.SetEnvPrefix(EnvPrefix)
+	v.SetEnvKeyReplacer(envReplacer)
+	v.AutomaticEnv()
+	return v.AllSettings()
 }
 
 // converter turns a yaml.v3 node tree into the maps, slices and scalars viper merges. It
