@@ -92,27 +92,48 @@ var deterministic = proto.MarshalOptions{Deterministic: true}
 // Deterministic marshalling writes a message's fields in field-number order, so a
 // message's encoding is that of its other fields with the repeated field's elements
 // inserted after the fields numbered below it; the tests compare the result with
-// proto.Marshal byte for byte.
+// proto.Marshal byte for byte. The sizes are known before anything is copied, so the
+// encoding is written once, into a buffer of its size.
 func encodeRouteConfig(rc *routev3.RouteConfiguration, routes routeEncodings) ([]byte, error) {
-	var vhs []byte
-	for _, vh := range rc.GetVirtualHosts() {
-		var rts []byte
-		for _, rt := range vh.GetRoutes() {
-			b, err := routes.encode(rt)
-			if err != nil {
-				return nil, err
-			}
-			rts = protowire.AppendTag(rts, virtualHostRoutesField, protowire.BytesType)
-			rts = protowire.AppendBytes(rts, b)
-		}
-		b, err := encodeWith(vh, virtualHostRoutesField, rts)
-		if err != nil {
+	type vhost struct {
+		before, after []byte   // the virtual host's other fields, around its routes
+		routes        [][]byte // each route's encoding
+		size          int      // of the virtual host's encoding
+	}
+	before, after, err := encodeWithout(rc, routeConfigVirtualHostsField)
+	if err != nil {
+		return nil, err
+	}
+	size := len(before) + len(after)
+	vhs := make([]vhost, len(rc.GetVirtualHosts()))
+	for i, vh := range rc.GetVirtualHosts() {
+		v := &vhs[i]
+		if v.before, v.after, err = encodeWithout(vh, virtualHostRoutesField); err != nil {
 			return nil, err
 		}
-		vhs = protowire.AppendTag(vhs, routeConfigVirtualHostsField, protowire.BytesType)
-		vhs = protowire.AppendBytes(vhs, b)
+		v.size = len(v.before) + len(v.after)
+		v.routes = make([][]byte, len(vh.GetRoutes()))
+		for j, rt := range vh.GetRoutes() {
+			if v.routes[j], err = routes.encode(rt); err != nil {
+				return nil, err
+			}
+			v.size += protowire.SizeTag(virtualHostRoutesField) + protowire.SizeBytes(len(v.routes[j]))
+		}
+		size += protowire.SizeTag(routeConfigVirtualHostsField) + protowire.SizeBytes(v.size)
 	}
-	return encodeWith(rc, routeConfigVirtualHostsField, vhs)
+	out := make([]byte, 0, size)
+	out = append(out, before...)
+	for _, v := range vhs {
+		out = protowire.AppendTag(out, routeConfigVirtualHostsField, protowire.BytesType)
+		out = protowire.AppendVarint(out, uint64(v.size))
+		out = append(out, v.before...)
+		for _, r := range v.routes {
+			out = protowire.AppendTag(out, virtualHostRoutesField, protowire.BytesType)
+			out = protowire.AppendBytes(out, r)
+		}
+		out = append(out, v.after...)
+	}
+	return append(out, after...), nil
 }
 
 // Field numbers of RouteConfiguration.virtual_hosts and VirtualHost.routes.
@@ -121,9 +142,9 @@ const (
 	virtualHostRoutesField       = 3
 )
 
-// encodeWith is m's deterministic encoding with field num's encoding (tags included)
-// given as enc rather than marshalled from m.
-func encodeWith(m proto.Message, num protowire.Number, enc []byte) ([]byte, error) {
+// encodeWithout is m's deterministic encoding without field num, split where that field
+// goes: the fields numbered below it, and those above.
+func encodeWithout(m proto.Message, num protowire.Number) (before, after []byte, err error) {
 	src := m.ProtoReflect()
 	others := src.New()
 	src.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
@@ -132,29 +153,26 @@ func encodeWith(m proto.Message, num protowire.Number, enc []byte) ([]byte, erro
 		}
 		return true
 	})
-	rest, err := deterministic.Marshal(others.Interface())
+	enc, err := deterministic.Marshal(others.Interface())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	out := make([]byte, 0, len(rest)+len(enc))
-	in := rest
-	for len(in) > 0 {
+	for in := enc; len(in) > 0; {
 		n, typ, tl := protowire.ConsumeTag(in)
 		if tl < 0 {
-			return nil, protowire.ParseError(tl)
+			return nil, nil, protowire.ParseError(tl)
 		}
 		if n > num {
 			break
 		}
 		fl := protowire.ConsumeFieldValue(n, typ, in[tl:])
 		if fl < 0 {
-			return nil, protowire.ParseError(fl)
+			return nil, nil, protowire.ParseError(fl)
 		}
-		out = append(out, in[:tl+fl]...)
 		in = in[tl+fl:]
+		before = enc[:len(enc)-len(in)]
 	}
-	out = append(out, enc...)
-	return append(out, in...), nil
+	return before, enc[len(before):], nil
 }
 
 // routeConfigNameField is RouteConfiguration.name's field number.
