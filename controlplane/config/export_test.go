@@ -10,6 +10,7 @@ import (
 var (
 	Settings      = settings
 	ViperSettings = viperSettings
+	DecodeFile    = decodeFile
 )
 
 // DecodeMapping is one YAML document as Parse hands it to Settings; nil for an empty one.

@@ -15,24 +15,7 @@ import (
 // and merged in sequences, with and without environment overrides, Parse's own walk
 // must hand mapstructure exactly what viper would.
 func TestSettingsEqualsViper(t *testing.T) {
-	var files [][]byte
-	for _, pattern := range []string{"testdata/*.yaml", "testdata/*/*.yaml", "testdata/*/*.yml", "../translate/testdata/in/*.yaml", "../../examples/*.yaml", "../../examples/*/*.yaml"} {
-		paths, err := filepath.Glob(pattern)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, p := range paths {
-			b, err := os.ReadFile(p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			files = append(files, b)
-		}
-	}
-	if len(files) < 50 {
-		t.Fatalf("found %d routes YAML files; the globs are out of date", len(files))
-	}
-	files = append(files, []byte(benchconfig.YAML(benchconfig.Options{Hosts: benchconfig.Hosts})))
+	files := routesYAMLs(t)
 	// Documents that merge into each other in every way viper distinguishes: a mapping
 	// over a mapping, a scalar over a mapping and the reverse, nil and empty values, lists
 	// of mappings.
@@ -108,5 +91,74 @@ func TestSettingsEqualsViper(t *testing.T) {
 		if _, ok := config.Settings([]map[string]any{m}, nil); ok {
 			t.Errorf("%q took the fast path", doc)
 		}
+	}
+}
+
+// routesYAMLs is every routes YAML in the tree (valid or not) and the benchmark's.
+func routesYAMLs(t *testing.T) [][]byte {
+	t.Helper()
+	var files [][]byte
+	for _, pattern := range []string{"testdata/*.yaml", "testdata/*/*.yaml", "testdata/*/*.yml", "../translate/testdata/in/*.yaml", "../../examples/*.yaml", "../../examples/*/*.yaml"} {
+		paths, err := filepath.Glob(pattern)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range paths {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			files = append(files, b)
+		}
+	}
+	if len(files) < 50 {
+		t.Fatalf("found %d routes YAML files; the globs are out of date", len(files))
+	}
+	files = append(files, []byte(benchconfig.YAML(benchconfig.Options{Hosts: benchconfig.Hosts})))
+	return files
+}
+
+// TestDecodeRoutesEqualsMapstructure: decoding plain routes directly must give the File,
+// and the error, that mapstructure gives, for every routes YAML in the tree and for
+// routes mapstructure reads by weak typing or refuses (which must go to mapstructure).
+func TestDecodeRoutesEqualsMapstructure(t *testing.T) {
+	docs := routesYAMLs(t)
+	for _, r := range []string{
+		`{match: {prefix: /a, hosts: [], headers: []}, upstream: u}`,
+		`{match: {prefix: /a, headers: [{}, {name: x-a, present: true}, {name: x-b, prefix: p, exact: e}]}, upstream: u, api: none, prefix_rewrite: /}`,
+		`{match: {path: /a, hosts: [a.example.com, "*.b.example.com"]}}`,
+		`{match: {prefix: /a, hosts: a.example.com}}`,      // a string for a list (weak)
+		`{match: {prefix: 5}, upstream: 7}`,                // numbers for strings (weak)
+		`{match: {headers: [{name: x, present: "true"}]}}`, // a string for a bool (weak)
+		`{match: {headers: [{name: x, present: 1}]}}`,
+		`{match: {prefix: /a}, priority: 1}`,   // unknown key
+		`{match: {prefix: /a, hosts: [null]}}`, // nil in a list
+		`{match: {headers: [x-a]}}`,            // not a mapping
+		`{match: [/a]}`,
+		`/a`,
+	} {
+		docs = append(docs, []byte("version: 1\nroutes:\n  r: "+r+"\n  s: {match: {prefix: /s}, upstream: u}\n"))
+	}
+	direct := 0
+	for i, d := range docs {
+		m, err := config.DecodeMapping(d)
+		if err != nil || m == nil {
+			continue
+		}
+		input := config.ViperSettings([]map[string]any{m})
+		want, wantErr := config.DecodeFile(t.Context(), input, false)
+		got, gotErr := config.DecodeFile(t.Context(), input, true)
+		if (wantErr == nil) != (gotErr == nil) || (wantErr != nil && wantErr.Error() != gotErr.Error()) {
+			t.Errorf("document %d: error %v, mapstructure's %v", i, gotErr, wantErr)
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("document %d: decoded File differs from mapstructure's (-mapstructure +direct):\n%s", i, diff)
+		}
+		if wantErr == nil && len(want.Routes) > 0 {
+			direct++
+		}
+	}
+	if direct < 40 {
+		t.Errorf("only %d of %d documents decoded with routes; the corpus is out of date", direct, len(docs))
 	}
 }
