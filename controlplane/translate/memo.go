@@ -12,32 +12,35 @@ import (
 	"slices"
 	"sync"
 
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/llmedge/llmedge/controlplane/model"
 )
 
-// Cache keeps the Envoy routes of one translation for the next, keyed by everything each
-// was made from, so a reload re-translates only the routes an edit touched. A route is
-// ≈ 5 µs of building, packing and validating protos, times routes × regions on every
-// reload (1,000 routes in 5 regions: most of a 30 ms translation on 2 cores).
+// Cache keeps the Envoy routes (and each region's callers' listener) of one translation
+// for the next, keyed by everything each was made from, so a reload re-translates only
+// what an edit touched. A route is ≈ 5 µs of building, packing and validating protos,
+// times routes × regions on every reload (1,000 routes in 5 regions: most of a 30 ms
+// translation on 2 cores).
 //
-// Correctness rests on envoyRoute being a function of its arguments alone: the key is a
-// complete encoding of those arguments (every field of the region, the upstream and the
-// route, by reflection, so a field added to the model later is in the key without anyone
-// remembering it; and the rate limits' deterministic encoding). Anything a route's output
-// depends on must be passed to envoyRoute, never read from elsewhere.
+// Correctness rests on envoyRoute and listener being functions of their arguments alone:
+// the key is a complete encoding of those arguments (every field of the region, the
+// upstream and the route, by reflection, so a field added to the model later is in the
+// key without anyone remembering it; and the rate limits' deterministic encoding).
+// Anything their output depends on must be passed to them, never read from elsewhere.
 //
-// The routes handed out are shared between translations and must not be modified: the
-// translator builds a route completely before it is cached, and nothing downstream
-// writes to a translated resource.
+// The resources handed out are shared between translations and must not be modified: the
+// translator builds them completely before they are cached, and nothing downstream writes
+// to a translated resource.
 //
 // A Cache is safe for concurrent use. Entries not used by the latest translation are
 // dropped, so it holds about one translation's routes.
 type Cache struct {
-	mu      sync.Mutex
-	entries map[string]*routev3.Route
+	mu        sync.Mutex
+	entries   map[string]*routev3.Route
+	listeners map[string]*listenerv3.Listener
 }
 
 // NewCache returns an empty Cache.
@@ -47,41 +50,68 @@ func NewCache() *Cache { return &Cache{} }
 // did not change.
 func (c *Cache) All(cfg *model.Config) (map[string]*Resources, error) {
 	c.mu.Lock()
-	prev := c.entries
+	prev, prevL := c.entries, c.listeners
 	c.mu.Unlock()
-	memos := make([]*routeMemo, len(cfg.Regions))
-	out, err := all(cfg, func(i int) *routeMemo {
-		memos[i] = &routeMemo{prev: prev, next: map[string]*routev3.Route{}, hits: map[*routev3.Route]bool{}}
+	memos := make([]*regionMemo, len(cfg.Regions))
+	out, err := all(cfg, func(i int) *regionMemo {
+		memos[i] = &regionMemo{
+			prev: prev, next: map[string]*routev3.Route{}, hits: map[*routev3.Route]bool{},
+			prevL: prevL, nextL: map[string]*listenerv3.Listener{},
+		}
 		return memos[i]
 	})
 	if err != nil {
 		return nil, err
 	}
 	// Only a translation that succeeded whole is kept: its routes all passed validation,
-	// which the next translation relies on (routeMemo.reused).
+	// which the next translation relies on (regionMemo.reused).
 	next := make(map[string]*routev3.Route, len(prev))
+	nextL := make(map[string]*listenerv3.Listener, len(prevL))
 	for _, m := range memos {
 		maps.Copy(next, m.next)
+		maps.Copy(nextL, m.nextL)
 	}
 	c.mu.Lock()
-	c.entries = next
+	c.entries, c.listeners = next, nextL
 	c.mu.Unlock()
 	return out, nil
 }
 
-// routeMemo is one region's view of a Cache during a translation: prev is read-only
-// (shared by the regions translated in parallel), next collects what this region used.
-// A nil *routeMemo translates without caching.
-type routeMemo struct {
-	prev map[string]*routev3.Route
-	next map[string]*routev3.Route
-	hits map[*routev3.Route]bool
-	buf  []byte
+// regionMemo is one region's view of a Cache during a translation: prev and prevL are
+// read-only (shared by the regions translated in parallel), next and nextL collect what
+// this region used. A nil *regionMemo translates without caching.
+type regionMemo struct {
+	prev, next   map[string]*routev3.Route
+	hits         map[*routev3.Route]bool
+	prevL, nextL map[string]*listenerv3.Listener
+	buf          []byte
+}
+
+// listener returns listener(r, usage), from the cache when it holds one. The callers'
+// listener is most of what a region's translation builds besides its routes (the HTTP
+// filters, each packed and validated), and depends on the region alone.
+func (m *regionMemo) listener(r model.Region, usage bool) (*listenerv3.Listener, error) {
+	if m == nil {
+		return listener(r, usage)
+	}
+	k, err := appendKey(nil, reflect.ValueOf(r), 0)
+	if err != nil {
+		return listener(r, usage)
+	}
+	k = appendKeyBool(k, usage)
+	l, ok := m.prevL[string(k)]
+	if !ok {
+		if l, err = listener(r, usage); err != nil {
+			return nil, err
+		}
+	}
+	m.nextL[string(k)] = l
+	return l, nil
 }
 
 // route returns envoyRoute's result for these arguments, from the cache when it holds one.
 // scope is routeScope's digest of r, u and limits.
-func (m *routeMemo) route(scope []byte, r model.Region, rt model.Route, host string, u model.Upstream, limits []*routev3.RateLimit) (*routev3.Route, error) {
+func (m *regionMemo) route(scope []byte, r model.Region, rt model.Route, host string, u model.Upstream, limits []*routev3.RateLimit) (*routev3.Route, error) {
 	if m == nil || scope == nil {
 		return envoyRoute(r, rt, host, u, limits)
 	}
@@ -110,7 +140,7 @@ func (m *routeMemo) route(scope []byte, r model.Region, rt model.Route, host str
 // reused reports whether rt came from the cache; nil for no cache. A cached route passed
 // validation in the translation that made it: only translations that succeeded whole are
 // kept.
-func (m *routeMemo) reused() func(*routev3.Route) bool {
+func (m *regionMemo) reused() func(*routev3.Route) bool {
 	if m == nil {
 		return nil
 	}
@@ -119,7 +149,7 @@ func (m *routeMemo) reused() func(*routev3.Route) bool {
 
 // routeScope digests the arguments of envoyRoute that many routes share: the region, the
 // upstream and its rate limits in that region. nil (no caching) if they cannot be encoded.
-func (m *routeMemo) routeScope(r model.Region, u model.Upstream, limits []*routev3.RateLimit) []byte {
+func (m *regionMemo) routeScope(r model.Region, u model.Upstream, limits []*routev3.RateLimit) []byte {
 	if m == nil {
 		return nil
 	}
@@ -155,10 +185,7 @@ func appendKey(b []byte, v reflect.Value, depth int) ([]byte, error) {
 	}
 	switch v.Kind() {
 	case reflect.Bool:
-		if v.Bool() {
-			return append(b, 1), nil
-		}
-		return append(b, 0), nil
+		return appendKeyBool(b, v.Bool()), nil
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
 		return binary.AppendVarint(b, v.Int()), nil
 	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
@@ -224,6 +251,13 @@ func appendKey(b []byte, v reflect.Value, depth int) ([]byte, error) {
 		return b, nil
 	}
 	return nil, fmt.Errorf("%w: %s", errUnkeyable, v.Type())
+}
+
+func appendKeyBool(b []byte, v bool) []byte {
+	if v {
+		return append(b, 1)
+	}
+	return append(b, 0)
 }
 
 func appendString(b []byte, s string) []byte {

@@ -128,42 +128,47 @@ func TestCacheRetranslatesWhatChanged(t *testing.T) {
 	cases := []struct {
 		name string
 		yaml string
-		// rebuilt lists, per region, the routes whose output must be made anew.
-		rebuilt map[string][]string
+		// rebuilt lists, per region, the routes whose output must be made anew;
+		// listeners, the regions whose listener must be.
+		rebuilt   map[string][]string
+		listeners []string
 	}{
-		{"unchanged", memoBase, nil},
+		{"unchanged", memoBase, nil, nil},
 		{"route prefix",
 			edit(t, "oa-all: {match: {prefix: /openai}", "oa-all: {match: {prefix: /oai}"),
-			map[string][]string{"hk": {"oa-all"}, "sg": {"oa-all"}}},
+			map[string][]string{"hk": {"oa-all"}, "sg": {"oa-all"}}, nil},
 		{"route renamed",
 			edit(t, "an-all:", "an-every:"),
-			map[string][]string{"hk": {"an-every"}, "sg": {"an-every"}}},
+			map[string][]string{"hk": {"an-every"}, "sg": {"an-every"}}, nil},
 		{"route host added",
 			edit(t, `hosts: [a.example.com, "*.b.example.com"]`, `hosts: [a.example.com, c.example.com, "*.b.example.com"]`),
-			map[string][]string{"hk": {"oa-hosts"}, "sg": {"oa-hosts"}}},
+			map[string][]string{"hk": {"oa-hosts"}, "sg": {"oa-hosts"}}, nil},
 		{"upstream setting",
 			edit(t, "response_timeout: 30s", "response_timeout: 45s"),
-			map[string][]string{"hk": openai, "sg": openai}},
+			map[string][]string{"hk": openai, "sg": openai}, nil},
 		{"upstream default made explicit",
 			// 10 s is the default connect timeout: the model, and so the output, is the
 			// same, and nothing is rebuilt.
 			edit(t, "    response_timeout: 30s\n", "    response_timeout: 30s\n    connect_timeout: 10s\n"),
-			nil},
+			nil, nil},
 		{"upstream default overridden",
 			edit(t, "    response_timeout: 30s\n", "    response_timeout: 30s\n    retries: {attempts: 4}\n"),
-			map[string][]string{"hk": openai, "sg": openai}},
+			map[string][]string{"hk": openai, "sg": openai}, nil},
 		{"upstream URL",
 			edit(t, "url: https://api.anthropic.com", "url: https://anthropic.example.com/api"),
-			map[string][]string{"hk": {"an-all"}, "sg": {"an-all"}}},
+			map[string][]string{"hk": {"an-all"}, "sg": {"an-all"}}, nil},
 		{"caller quota",
 			edit(t, "{tokens: 100000, per: minute, upstream: anthropic}", "{tokens: 100000, per: minute}"),
-			map[string][]string{"hk": allRoutes, "sg": allRoutes}},
+			map[string][]string{"hk": allRoutes, "sg": allRoutes}, nil},
 		{"region setting",
 			edit(t, "xff_trusted_hops: 1", "xff_trusted_hops: 2"),
-			map[string][]string{"hk": allRoutes}},
+			map[string][]string{"hk": allRoutes}, []string{"hk"}},
 		{"region upstreams",
 			edit(t, "    upstreams: [anthropic, openai]\nupstreams:", "    upstreams: [openai]\nupstreams:"),
-			map[string][]string{"sg": openai}},
+			map[string][]string{"sg": openai}, []string{"sg"}},
+		{"usage ledger off",
+			memoBase + "usage: {enabled: false}\n",
+			nil, both},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -180,6 +185,12 @@ func TestCacheRetranslatesWhatChanged(t *testing.T) {
 				t.Fatal(err)
 			}
 			sameAsUncached(t, cfg, got)
+			for _, region := range both {
+				rebuilt := slices.Contains(tc.listeners, region)
+				if reused := first[region].Listeners[0] == got[region].Listeners[0]; reused == rebuilt {
+					t.Errorf("region %s: listener reused %v, want %v", region, reused, !rebuilt)
+				}
+			}
 			before, after := routeEntries(first), routeEntries(got)
 			for _, region := range both {
 				for name, rts := range after[region] {

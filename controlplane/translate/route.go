@@ -26,7 +26,7 @@ const retryBodyBufferLimit = 1 << 20
 // model, which is the order Envoy must try them. A route limited to hosts gets an :authority matcher per host instead of a
 // virtual host per host: otherwise every route without hosts would be copied into every
 // host's virtual host, multiplying the config (1,000 routes and 16 hosts made 15,400).
-func routeConfig(r model.Region, routes []model.Route, cfg *model.Config, limits func(upstream string) []*routev3.RateLimit, memo *routeMemo) (*routev3.RouteConfiguration, error) {
+func routeConfig(r model.Region, routes []model.Route, cfg *model.Config, limits func(upstream string) []*routev3.RateLimit, memo *regionMemo) (*routev3.RouteConfiguration, error) {
 	type entry struct {
 		rt   model.Route
 		host string // "" for any host

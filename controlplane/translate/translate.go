@@ -55,7 +55,7 @@ func Region(cfg *model.Config, region string) (*Resources, error) {
 }
 
 // translateRegion is Region, taking routes from memo when it holds them (nil: none).
-func translateRegion(cfg *model.Config, region string, memo *routeMemo) (*Resources, error) {
+func translateRegion(cfg *model.Config, region string, memo *regionMemo) (*Resources, error) {
 	r, ok := cfg.Region(region)
 	if !ok {
 		return nil, fmt.Errorf("translate: unknown region %q", region)
@@ -111,7 +111,7 @@ func translateRegion(cfg *model.Config, region string, memo *routeMemo) (*Resour
 	if err != nil {
 		return nil, fmt.Errorf("translate region %q: %w", region, err)
 	}
-	l, err := listener(r, cfg.Usage.Enabled)
+	l, err := memo.listener(r, cfg.Usage.Enabled)
 	if err != nil {
 		return nil, fmt.Errorf("translate region %q: %w", region, err)
 	}
@@ -157,11 +157,11 @@ func translateRegion(cfg *model.Config, region string, memo *routeMemo) (*Resour
 // All translates every region of the model. Regions are independent, so they are
 // translated in parallel: a reload is on the path from a saved edit to every Envoy.
 func All(cfg *model.Config) (map[string]*Resources, error) {
-	return all(cfg, func(int) *routeMemo { return nil })
+	return all(cfg, func(int) *regionMemo { return nil })
 }
 
 // all is All with memo(i) the route memo of the i-th region.
-func all(cfg *model.Config, memo func(i int) *routeMemo) (map[string]*Resources, error) {
+func all(cfg *model.Config, memo func(i int) *regionMemo) (map[string]*Resources, error) {
 	results := make([]*Resources, len(cfg.Regions))
 	errs := make([]error, len(cfg.Regions))
 	var wg sync.WaitGroup
