@@ -109,6 +109,17 @@ func (m *regionMemo) listener(r model.Region, usage bool) (*listenerv3.Listener,
 	return l, nil
 }
 
+// reserve makes room for n more routes, so that the maps do not grow route by route.
+func (m *regionMemo) reserve(n int) {
+	if m == nil {
+		return
+	}
+	next, hits := make(map[string]*routev3.Route, len(m.next)+n), make(map[*routev3.Route]bool, len(m.hits)+n)
+	maps.Copy(next, m.next)
+	maps.Copy(hits, m.hits)
+	m.next, m.hits = next, hits
+}
+
 // route returns envoyRoute's result for these arguments, from the cache when it holds one.
 // scope is routeScope's digest of r, u and limits.
 func (m *regionMemo) route(scope []byte, r model.Region, rt model.Route, host string, u model.Upstream, limits []*routev3.RateLimit) (*routev3.Route, error) {

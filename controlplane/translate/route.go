@@ -54,6 +54,7 @@ func routeConfig(r model.Region, routes []model.Route, cfg *model.Config, limits
 	// (keyfailover.go), which removes it before the request leaves.
 	vh := &routev3.VirtualHost{Name: "any", Domains: []string{"*"}, IncludeRequestAttemptCount: true}
 	vh.Routes = make([]*routev3.Route, 0, len(entries))
+	memo.reserve(len(entries))
 	for _, e := range entries {
 		sh, ok := byUpstream[e.rt.Upstream]
 		if !ok {
