@@ -85,6 +85,9 @@ type Main struct {
 	xds     *xds.Server
 	metrics *reloadMetrics
 	prober  *probe.Prober
+	// translator keeps each reload's Envoy routes for the next, which re-translates only
+	// the routes an edit changed.
+	translator *translate.Cache
 
 	xdsAddrs []transport.Address
 	xdsLns   []net.Listener
@@ -167,7 +170,7 @@ func New(o Options) (*Main, error) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m := &Main{opts: o, src: src, log: o.Logger, reg: reg, xdsAddrs: addrs, ready: make(chan struct{})}
+	m := &Main{opts: o, src: src, log: o.Logger, reg: reg, xdsAddrs: addrs, ready: make(chan struct{}), translator: translate.NewCache()}
 	m.metrics = newReloadMetrics(reg, m.configSource)
 	m.prober = probe.New(probe.Options{Logger: o.Logger.With("component", "probe"), Registerer: reg})
 	return m, nil
@@ -402,7 +405,7 @@ func (m *Main) load(ctx context.Context, checked string) reloadResult {
 	src, cfg, err := config.Build(ctx, snap, m.opts.Limits)
 	var all map[string]*translate.Resources
 	if err == nil {
-		all, err = translate.All(cfg)
+		all, err = m.translator.All(cfg)
 	}
 	if ctx.Err() != nil {
 		err = ctx.Err()

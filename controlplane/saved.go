@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/llmedge/llmedge/controlplane/config"
-	"github.com/llmedge/llmedge/controlplane/translate"
 	"github.com/llmedge/llmedge/internal/statefile"
 )
 
@@ -98,7 +97,7 @@ func (m *Main) loadSaved(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%s: the saved routes no longer validate: %w", savedRoutesFile, err)
 	}
-	all, err := translate.All(cfg)
+	all, err := m.translator.All(cfg)
 	if err != nil {
 		return fmt.Errorf("%s: translate: %w", savedRoutesFile, err)
 	}

@@ -146,14 +146,13 @@ func Parse(ctx context.Context, snap *Snapshot, limits Limits) (*Source, error) 
 	if err := c.err(); err != nil {
 		return src, err
 	}
-	v := viper.New()
-	v.SetConfigType("yaml")
+	var maps []map[string]any
 	for i, doc := range roots {
 		if doc == nil {
 			continue
 		}
 		name := snap.Docs[i].Name
-		// Hand viper a tree built here rather than yaml.v3's Decode into a map: yaml.v3
+		// Convert the tree here rather than with yaml.v3's Decode into a map: yaml.v3
 		// checks mapping keys for duplicates pair by pair, quadratic in the number of
 		// routes (a 10,000-route file spent most of a second there).
 		cv := converter{ctx: ctx, budget: 2*len(snap.Docs[i].Data) + 1024}
@@ -171,9 +170,7 @@ func Parse(ctx context.Context, snap *Snapshot, limits Limits) (*Source, error) 
 			c.add(name, "%v", err)
 			continue
 		}
-		if err := v.MergeConfigMap(m); err != nil {
-			c.add(name, "%v", err)
-		}
+		maps = append(maps, m)
 	}
 	if err := c.err(); err != nil {
 		return src, err
@@ -181,9 +178,26 @@ func Parse(ctx context.Context, snap *Snapshot, limits Limits) (*Source, error) 
 	if err := ctx.Err(); err != nil {
 		return src, err
 	}
-	v.SetEnvPrefix(EnvPrefix)
-	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_", "-", "_"))
-	v.AutomaticEnv()
+	input, ok := settings(maps, os.Environ())
+	if !ok {
+		input = viperSettings(maps)
+	}
+	doc, err := decodeFile(ctx, input, true)
+	if err := ctx.Err(); err != nil {
+		return src, err
+	}
+	if err != nil {
+		decodeErrors(err, &c)
+		return src, c.err()
+	}
+	src.File = doc
+	return src, nil
+}
+
+// decodeFile decodes what viper's Unmarshal would decode (settings) as Parse configures it:
+// viper's decoder settings (weakly typed input) and ours. direct decodes plain routes
+// without mapstructure (decodeRoutes).
+func decodeFile(ctx context.Context, input map[string]any, direct bool) (File, error) {
 	// mapstructure calls hooks for every value it decodes: the one place a long decode can
 	// notice that a newer edit (or shutdown) has made it pointless.
 	calls := 0
@@ -194,24 +208,56 @@ func Parse(ctx context.Context, snap *Snapshot, limits Limits) (*Source, error) 
 		return nil
 	}
 	var doc File
-	err := v.Unmarshal(&doc, func(dc *mapstructure.DecoderConfig) {
-		dc.ErrorUnused = true
-		dc.ZeroFields = true
-		dc.DecodeHook = mapstructure.ComposeDecodeHookFunc(
+	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
+		WeaklyTypedInput: true,
+		ErrorUnused:      true,
+		ZeroFields:       true,
+		DecodeHook: mapstructure.ComposeDecodeHookFunc(
 			func(f, t reflect.Type, data any) (any, error) { return data, cancelled(f, t, data) },
 			mapstructure.StringToTimeDurationHookFunc(),
 			mapstructure.StringToTimeHookFunc(time.RFC3339),
-		)
+		),
+		Result: &doc,
 	})
-	if err := ctx.Err(); err != nil {
-		return src, err
-	}
 	if err != nil {
-		decodeErrors(err, &c)
-		return src, c.err()
+		return doc, err
 	}
-	src.File = doc
-	return src, nil
+	// The routes are most of a large document and the slowest part of mapstructure's
+	// decode; plain ones are decoded directly, the rest as before.
+	var routes map[string]Route
+	if direct {
+		var plain bool
+		if routes, plain = decodeRoutes(input["routes"]); plain && routes != nil {
+			rest := make(map[string]any, len(input))
+			for k, v := range input {
+				if k != "routes" {
+					rest[k] = v
+				}
+			}
+			input = rest
+		} else {
+			routes = nil
+		}
+	}
+	err = dec.Decode(input)
+	if routes != nil {
+		doc.Routes = routes
+	}
+	return doc, err
+}
+
+// viperSettings is what viper's Unmarshal decodes for these documents, merged in order,
+// with environment overrides (LLMEDGE_UPSTREAMS_OPENAI_URL for upstreams.openai.url).
+func viperSettings(docs []map[string]any) map[string]any {
+	v := viper.New()
+	v.SetConfigType("yaml")
+	for _, m := range docs {
+		_ = v.MergeConfigMap(m) // never fails
+	}
+	v.SetEnvPrefix(EnvPrefix)
+	v.SetEnvKeyReplacer(envReplacer)
+	v.AutomaticEnv()
+	return v.AllSettings()
 }
 
 // converter turns a yaml.v3 node tree into the maps, slices and scalars viper merges. It

@@ -1,6 +1,7 @@
-// Package config reads the routes YAML (one file or a directory of files) with viper, decodes
-// it strictly, applies defaults and validates it whole, producing a model.Config. Every
-// mistake is reported in one run with its field path, e.g.
+// Package config reads the routes YAML (one file or a directory of files) as viper does
+// (merging, environment overrides), decodes it strictly, applies defaults and validates it
+// whole, producing a model.Config. Every mistake is reported in one run with its field
+// path, e.g.
 // "upstreams.gemini.url: must be an absolute http(s) URL".
 //
 // The bytes come from a Provider (FileProvider, DirProvider; a ConfigMap or HTTP source

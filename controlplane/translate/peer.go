@@ -186,38 +186,34 @@ func peerCluster(cfg *model.Config, r model.Region, u model.Upstream, peers []st
 	return c, nil
 }
 
-// forwardRoutes points the routes of upstreams with peers at the peer cluster (entry
+// forwardRoute points a route of an upstream with peers at the peer cluster (entry
 // region) or the failover cluster (standby), and tells extauthz that the request is
 // forwarded: it authenticates the caller, injects no key and names the caller for the
 // next hop, which is a peer's listener or, in a standby region, the region's own local
 // listener.
-func forwardRoutes(r model.Region, rc *routev3.RouteConfiguration) error {
-	for _, vh := range rc.VirtualHosts {
-		for _, rt := range vh.Routes {
-			action := rt.GetRoute()
-			if action == nil {
-				continue
-			}
-			cluster := action.GetCluster()
-			name, ok := strings.CutPrefix(cluster, ClusterName(""))
-			if !ok || len(r.PeersFor(name)) == 0 {
-				continue
-			}
-			action.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: PeerClusterName(name)}
-			if r.Serves(name) {
-				action.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: FailoverClusterName(name)}
-				if err := retryOnLocalConnectFailure(action); err != nil {
-					return err
-				}
-				rt.ResponseHeadersToRemove = append(rt.ResponseHeadersToRemove, localRetryHeader)
-			}
-			authz, err := extAuthzContext(r.Name, name, rt.Name, wire.HopForward)
-			if err != nil {
-				return err
-			}
-			rt.TypedPerFilterConfig[extAuthzFilterName] = authz
-		}
+func forwardRoute(r model.Region, rt *routev3.Route) error {
+	action := rt.GetRoute()
+	if action == nil {
+		return nil
 	}
+	cluster := action.GetCluster()
+	name, ok := strings.CutPrefix(cluster, ClusterName(""))
+	if !ok || len(r.PeersFor(name)) == 0 {
+		return nil
+	}
+	action.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: PeerClusterName(name)}
+	if r.Serves(name) {
+		action.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: FailoverClusterName(name)}
+		if err := retryOnLocalConnectFailure(action); err != nil {
+			return err
+		}
+		rt.ResponseHeadersToRemove = append(rt.ResponseHeadersToRemove, localRetryHeader)
+	}
+	authz, err := extAuthzContext(r.Name, name, rt.Name, wire.HopForward)
+	if err != nil {
+		return err
+	}
+	rt.TypedPerFilterConfig[extAuthzFilterName] = authz
 	return nil
 }
 

@@ -26,7 +26,7 @@ const retryBodyBufferLimit = 1 << 20
 // model, which is the order Envoy must try them. A route limited to hosts gets an :authority matcher per host instead of a
 // virtual host per host: otherwise every route without hosts would be copied into every
 // host's virtual host, multiplying the config (1,000 routes and 16 hosts made 15,400).
-func routeConfig(r model.Region, routes []model.Route, cfg *model.Config, limits func(upstream string) []*routev3.RateLimit) (*routev3.RouteConfiguration, error) {
+func routeConfig(r model.Region, routes []model.Route, cfg *model.Config, limits func(upstream string) []*routev3.RateLimit, memo *regionMemo) (*routev3.RouteConfiguration, error) {
 	type entry struct {
 		rt   model.Route
 		host string // "" for any host
@@ -40,20 +40,32 @@ func routeConfig(r model.Region, routes []model.Route, cfg *model.Config, limits
 			entries = append(entries, entry{rt: rt, host: h})
 		}
 	}
+	// What routes of one upstream share, computed once per upstream.
+	type shared struct {
+		u      model.Upstream
+		limits []*routev3.RateLimit
+		scope  []byte
+	}
+	byUpstream := map[string]*shared{}
 	// No sorting here: routes arrive in the order Envoy must try them, including a route
 	// for named hosts before one for any host at equal specificity (config.SortRoutes owns
 	// that order), and each route's hosts stay together in that place.
 	// Each try carries its number in x-envoy-attempt-count for the key failover filter
 	// (keyfailover.go), which removes it before the request leaves.
 	vh := &routev3.VirtualHost{Name: "any", Domains: []string{"*"}, IncludeRequestAttemptCount: true}
+	vh.Routes = make([]*routev3.Route, 0, len(entries))
+	memo.reserve(len(entries))
 	for _, e := range entries {
-		u, _ := cfg.Upstream(e.rt.Upstream)
-		rr, err := route(r.Name, e.rt, u, limits(u.Name))
+		sh, ok := byUpstream[e.rt.Upstream]
+		if !ok {
+			u, _ := cfg.Upstream(e.rt.Upstream)
+			sh = &shared{u: u, limits: limits(u.Name)}
+			sh.scope = memo.routeScope(r, sh.u, sh.limits)
+			byUpstream[e.rt.Upstream] = sh
+		}
+		rr, err := memo.route(sh.scope, r, e.rt, e.host, sh.u, sh.limits)
 		if err != nil {
 			return nil, err
-		}
-		if e.host != "" {
-			rr.Match.Headers = append([]*routev3.HeaderMatcher{authorityMatcher(e.host)}, rr.Match.Headers...)
 		}
 		vh.Routes = append(vh.Routes, rr)
 	}
@@ -61,6 +73,23 @@ func routeConfig(r model.Region, routes []model.Route, cfg *model.Config, limits
 		Name:         RouteConfigName(r.Name),
 		VirtualHosts: []*routev3.VirtualHost{vh},
 	}, nil
+}
+
+// envoyRoute is one entry of the region's route table: rt for one of its hosts ("" for
+// any host), pointed at the region's peers when it forwards the upstream. Cache memoises
+// it, so it must depend on its arguments alone.
+func envoyRoute(r model.Region, rt model.Route, host string, u model.Upstream, limits []*routev3.RateLimit) (*routev3.Route, error) {
+	rr, err := route(r.Name, rt, u, limits)
+	if err != nil {
+		return nil, err
+	}
+	if host != "" {
+		rr.Match.Headers = append([]*routev3.HeaderMatcher{authorityMatcher(host)}, rr.Match.Headers...)
+	}
+	if err := forwardRoute(r, rr); err != nil {
+		return nil, err
+	}
+	return rr, nil
 }
 
 // authorityMatcher matches the request's host (the listener strips any port from it);

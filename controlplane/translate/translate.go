@@ -18,6 +18,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"sigs.k8s.io/yaml"
 
 	rlsconfv3 "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
@@ -50,6 +51,11 @@ func ClusterName(upstream string) string   { return "upstream_" + upstream }
 
 // Region translates the model for one region.
 func Region(cfg *model.Config, region string) (*Resources, error) {
+	return translateRegion(cfg, region, nil)
+}
+
+// translateRegion is Region, taking routes from memo when it holds them (nil: none).
+func translateRegion(cfg *model.Config, region string, memo *regionMemo) (*Resources, error) {
 	r, ok := cfg.Region(region)
 	if !ok {
 		return nil, fmt.Errorf("translate: unknown region %q", region)
@@ -101,14 +107,11 @@ func Region(cfg *model.Config, region string) (*Resources, error) {
 			return nil, fmt.Errorf("translate region %q: %w", region, err)
 		}
 	}
-	rc, err := routeConfig(r, routes, cfg, limits)
+	rc, err := routeConfig(r, routes, cfg, limits, memo)
 	if err != nil {
 		return nil, fmt.Errorf("translate region %q: %w", region, err)
 	}
-	if err := forwardRoutes(r, rc); err != nil {
-		return nil, fmt.Errorf("translate region %q: %w", region, err)
-	}
-	l, err := listener(r, cfg.Usage.Enabled)
+	l, err := memo.listener(r, cfg.Usage.Enabled)
 	if err != nil {
 		return nil, fmt.Errorf("translate region %q: %w", region, err)
 	}
@@ -145,7 +148,7 @@ func Region(cfg *model.Config, region string) (*Resources, error) {
 	if rlc != nil {
 		res.RateLimits = []*rlsconfv3.RateLimitConfig{rlc}
 	}
-	if err := res.Validate(); err != nil {
+	if err := res.validate(memo.reused()); err != nil {
 		return nil, fmt.Errorf("translate region %q: %w", region, err)
 	}
 	return res, nil
@@ -154,6 +157,11 @@ func Region(cfg *model.Config, region string) (*Resources, error) {
 // All translates every region of the model. Regions are independent, so they are
 // translated in parallel: a reload is on the path from a saved edit to every Envoy.
 func All(cfg *model.Config) (map[string]*Resources, error) {
+	return all(cfg, func(int) *regionMemo { return nil })
+}
+
+// all is All with memo(i) the route memo of the i-th region.
+func all(cfg *model.Config, memo func(i int) *regionMemo) (map[string]*Resources, error) {
 	results := make([]*Resources, len(cfg.Regions))
 	errs := make([]error, len(cfg.Regions))
 	var wg sync.WaitGroup
@@ -161,7 +169,7 @@ func All(cfg *model.Config) (map[string]*Resources, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			results[i], errs[i] = Region(cfg, r.Name)
+			results[i], errs[i] = translateRegion(cfg, r.Name, memo(i))
 		}()
 	}
 	wg.Wait()
@@ -187,6 +195,65 @@ func (r *Resources) Validate() error {
 		}
 	}
 	return nil
+}
+
+// validate is Validate, trusting the routes for which valid reports true: they passed
+// it in an earlier translation (Cache). Any failure is reported as Validate reports it.
+func (r *Resources) validate(valid func(*routev3.Route) bool) error {
+	if valid == nil {
+		return r.Validate()
+	}
+	for _, m := range r.messages() {
+		var err error
+		switch m := m.(type) {
+		case *routev3.RouteConfiguration:
+			err = validateRouteConfig(m, valid)
+		case allValidator:
+			err = m.ValidateAll()
+		}
+		if err != nil {
+			return r.Validate()
+		}
+	}
+	return nil
+}
+
+// validateRouteConfig validates rc field by field as ValidateAll does (Envoy's rules for a
+// route configuration and a virtual host check each route on its own), skipping the
+// routes for which valid reports true.
+func validateRouteConfig(rc *routev3.RouteConfiguration, valid func(*routev3.Route) bool) error {
+	shell := without(rc, routeConfigVirtualHostsField).(*routev3.RouteConfiguration)
+	for _, vh := range rc.GetVirtualHosts() {
+		for _, rt := range vh.GetRoutes() {
+			if !valid(rt) {
+				if err := rt.ValidateAll(); err != nil {
+					return err
+				}
+			}
+		}
+		shell.VirtualHosts = append(shell.VirtualHosts, without(vh, virtualHostRoutesField).(*routev3.VirtualHost))
+	}
+	return shell.ValidateAll()
+}
+
+// Field numbers of RouteConfiguration.virtual_hosts and VirtualHost.routes.
+const (
+	routeConfigVirtualHostsField = 2
+	virtualHostRoutesField       = 3
+)
+
+// without is a shallow copy of m without one field, for reading only: it shares every
+// other field's value with m.
+func without(m proto.Message, field protoreflect.FieldNumber) proto.Message {
+	src := m.ProtoReflect()
+	dst := src.New()
+	src.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Number() != field {
+			dst.Set(fd, v)
+		}
+		return true
+	})
+	return dst.Interface()
 }
 
 // ValidateDeep checks every resource and every message packed anywhere inside it.

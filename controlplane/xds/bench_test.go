@@ -132,6 +132,19 @@ func BenchmarkTranslateAll(b *testing.B) {
 		}
 		reportShape(b, benchTranslate(b, cfg))
 	})
+	// What a reload of an edit costs: the control plane translates through a Cache, which
+	// re-translates only the routes the edit changed (here route 0, in every region).
+	b.Run("cached-one-route-changed", func(b *testing.B) {
+		cfgs := []*model.Config{benchValidate(b, f), benchValidate(b, benchFile(benchconfig.Hosts, "r0000-renamed"))}
+		c := translate.NewCache()
+		i := 0
+		for b.Loop() {
+			i++
+			if _, err := c.All(cfgs[i%2]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	b.Run("validated=true", func(b *testing.B) {
 		benchValidate(b, f)
 		for b.Loop() {
@@ -215,12 +228,37 @@ func BenchmarkSnapshotBuild(b *testing.B) {
 			}
 		}
 	})
+	// As the control plane runs it: the two inputs come from one translate.Cache, so they
+	// share every route but route 0, and Update re-encodes only that one.
+	b.Run("one-route-changed-cached", func(b *testing.B) {
+		c := translate.NewCache()
+		var inputs []map[string]*translate.Resources
+		for _, rename := range []string{"", "r0000-renamed"} {
+			in, err := c.All(benchValidate(b, benchFile(benchconfig.Hosts, rename)))
+			if err != nil {
+				b.Fatal(err)
+			}
+			inputs = append(inputs, in)
+		}
+		s := newBenchServer(b.Context())
+		if _, err := s.Update(inputs[0]); err != nil {
+			b.Fatal(err)
+		}
+		i := 0
+		for b.Loop() {
+			i++
+			changed, err := s.Update(inputs[i%2])
+			if err != nil || len(changed) != len(benchconfig.Regions) {
+				b.Fatalf("Update changed %v, err %v; want all %d regions", changed, err, len(benchconfig.Regions))
+			}
+		}
+	})
 }
 
 // BenchmarkFullRebuild is one applied edit as controlplane.Main.reload does it, minus the
-// watcher hold-off and the network: LoadConfig (file, viper, validate), translate.All and
-// Update on a running server, alternating between two files that differ in one route so
-// that every iteration pushes every region. hosts=4 is the benchmark config; hosts=0 is the
+// watcher hold-off and the network: LoadConfig (file, decode, validate), translation
+// through a translate.Cache and Update on a running server, alternating between two files
+// that differ in one route so that every iteration pushes every region. hosts=4 is the benchmark config; hosts=0 is the
 // same 1,000 routes with no host-bound route (no virtual-host fan-out).
 func BenchmarkFullRebuild(b *testing.B) {
 	for _, hosts := range []int{benchconfig.Hosts, 0} {
@@ -230,13 +268,14 @@ func BenchmarkFullRebuild(b *testing.B) {
 				benchWrite(b, hosts, "r0000-renamed"),
 			}
 			s := newBenchServer(b.Context())
+			c := translate.NewCache()
 			i := 0
 			for b.Loop() {
 				_, cfg, err := config.LoadConfig(paths[i%2])
 				if err != nil {
 					b.Fatal(err)
 				}
-				all, err := translate.All(cfg)
+				all, err := c.All(cfg)
 				if err != nil {
 					b.Fatal(err)
 				}

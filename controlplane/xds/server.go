@@ -16,6 +16,7 @@ import (
 	"sync"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
@@ -81,6 +82,8 @@ type Server struct {
 
 	mu       sync.Mutex
 	versions map[string]map[string]string // region -> short type -> version
+	// routeEnc are the encodings of the routes the last Update served (routeEncodings).
+	routeEnc map[*routev3.Route][]byte
 }
 
 // New builds a Server. ctx bounds the lifetime of the xDS server's internal goroutines.
@@ -144,10 +147,15 @@ func (s *Server) Update(all map[string]*translate.Resources) ([]string, error) {
 	regions := slices.Sorted(maps.Keys(all))
 	snaps := make([]built, len(regions))
 	errs := make([]error, len(regions))
+	s.mu.Lock()
+	prevEnc := s.routeEnc
+	s.mu.Unlock()
+	encs := make([]routeEncodings, len(regions))
 	var wg sync.WaitGroup
 	for i, region := range regions {
+		encs[i] = routeEncodings{prev: prevEnc, next: map[*routev3.Route][]byte{}}
 		wg.Go(func() {
-			snap, versions, err := snapshot(all[region])
+			snap, versions, err := snapshot(all[region], encs[i])
 			if err != nil {
 				errs[i] = fmt.Errorf("build snapshot for region %q: %w", region, err)
 				return
@@ -164,8 +172,14 @@ func (s *Server) Update(all map[string]*translate.Resources) ([]string, error) {
 		next[region] = snaps[i]
 	}
 
+	nextEnc := make(map[*routev3.Route][]byte, len(prevEnc))
+	for _, e := range encs {
+		maps.Copy(nextEnc, e.next)
+	}
+
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.routeEnc = nextEnc
 	var changed []string
 	for region, b := range next {
 		if cur, ok := s.versions[region]; ok && equalVersions(cur, b.versions) {
@@ -184,7 +198,7 @@ func (s *Server) Update(all map[string]*translate.Resources) ([]string, error) {
 		// An empty snapshot, not ClearSnapshot: ClearSnapshot also forgets the requests the
 		// region's connected Envoys have open, so if the region came back they would never
 		// be sent its config (they ask again only after an answer).
-		empty, _, err := snapshot(&translate.Resources{Region: region})
+		empty, _, err := snapshot(&translate.Resources{Region: region}, routeEncodings{})
 		if err == nil {
 			err = s.cache.SetSnapshot(context.Background(), region, empty)
 		}
@@ -198,10 +212,10 @@ func (s *Server) Update(all map[string]*translate.Resources) ([]string, error) {
 	return changed, nil
 }
 
-func snapshot(res *translate.Resources) (*cachev3.Snapshot, map[string]string, error) {
+func snapshot(res *translate.Resources, routeEnc routeEncodings) (*cachev3.Snapshot, map[string]string, error) {
 	routes := make([]types.Resource, len(res.Routes))
 	for i, rc := range res.Routes {
-		enc, err := encodeOnce(rc)
+		enc, err := encodeOnce(rc, routeEnc)
 		if err != nil {
 			return nil, nil, err
 		}

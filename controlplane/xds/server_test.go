@@ -240,7 +240,7 @@ func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys
 func TestEncodedRoutes(t *testing.T) {
 	for region, res := range resources(t, bigFile(50)) {
 		for _, rc := range res.Routes {
-			enc, err := encodeOnce(rc)
+			enc, err := encodeOnce(rc, routeEncodings{})
 			if err != nil {
 				t.Fatal(err)
 			}
