@@ -192,6 +192,18 @@ func (m *Main) GRPCAddr() string {
 }
 func (m *Main) HTTPAddr() string { return m.httpLn.Addr().String() }
 
+// GRPCServerOptions are the settings of extauthz's gRPC server, for the benchmarks'
+// stand-ins to be set up the same way.
+//
+// Fixed flow-control windows turn off gRPC-Go's bandwidth estimator, whose BDP pings ride
+// along with answers and cost Envoy and this process a read and an acknowledgement each
+// (bench/hop, docs/BENCHMARKS.md). On a local socket 1 MiB per stream is never the limit;
+// the connection window leaves room for many streams of ext_proc bodies at once.
+func GRPCServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{grpc.MaxConcurrentStreams(10000),
+		grpc.InitialWindowSize(1 << 20), grpc.InitialConnWindowSize(16 << 20)}
+}
+
 // Run serves until ctx ends.
 func (m *Main) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
@@ -207,13 +219,7 @@ func (m *Main) Run(ctx context.Context) error {
 		m.grpcLn.Close()
 		return fmt.Errorf("listen http %s: %w", m.opts.HTTPAddress, err)
 	}
-	// Fixed flow-control windows turn off gRPC-Go's bandwidth estimator, whose BDP pings
-	// ride along with answers and cost Envoy and this process a read and an
-	// acknowledgement each: −8 % of the hop's CPU (bench/hop, docs/BENCHMARKS.md). On a
-	// local socket 1 MiB per stream is never the limit; the connection window leaves room
-	// for many streams of ext_proc bodies at once.
-	g := grpc.NewServer(grpc.MaxConcurrentStreams(10000),
-		grpc.InitialWindowSize(1<<20), grpc.InitialConnWindowSize(16<<20))
+	g := grpc.NewServer(GRPCServerOptions()...)
 	authv3.RegisterAuthorizationServer(g, m)
 	extprocv3.RegisterExternalProcessorServer(g, keyFailover{m: m})
 	hs := &http.Server{Handler: m.handler(), ReadHeaderTimeout: 5 * time.Second}

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/llmedge/llmedge/extauthz"
 	"github.com/llmedge/llmedge/internal/benchconfig"
 	"github.com/llmedge/llmedge/internal/wire"
 )
@@ -46,7 +47,7 @@ func serveFloor(grpcAddr, httpAddr string, workers int) error {
 		}},
 		DynamicMetadata: md,
 	}
-	opts := []grpc.ServerOption{grpc.MaxConcurrentStreams(10000)}
+	opts := extauthz.GRPCServerOptions()
 	if workers > 0 {
 		opts = append(opts, grpc.NumStreamWorkers(uint32(workers)))
 	}

@@ -9,6 +9,8 @@ import (
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+
+	"github.com/llmedge/llmedge/extauthz"
 )
 
 // keyHeader and benchKey are what the check servers put on the upstream request: the
@@ -21,10 +23,11 @@ const (
 	callerToken = "caller-token"
 )
 
-// serveGRPC answers every Check with one prebuilt allowed response. With fixedWindows the
-// server's flow-control windows are set, which turns off gRPC-Go's bandwidth estimator:
-// no BDP ping rides along with the answers, so Envoy has no ping to acknowledge.
-func serveGRPC(ln net.Listener, fixedWindows bool) error {
+// serveGRPC answers every Check with one prebuilt allowed response. With asExtAuthz the
+// server has extauthz's settings (extauthz.GRPCServerOptions: among them fixed
+// flow-control windows, so no BDP ping rides along with the answers); without, gRPC-Go's
+// defaults.
+func serveGRPC(ln net.Listener, asExtAuthz bool) error {
 	resp := &authv3.CheckResponse{
 		Status: &rpcstatus.Status{Code: int32(codes.OK)},
 		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
@@ -35,8 +38,8 @@ func serveGRPC(ln net.Listener, fixedWindows bool) error {
 		}},
 	}
 	var opts []grpc.ServerOption
-	if fixedWindows {
-		opts = append(opts, grpc.InitialWindowSize(1<<20), grpc.InitialConnWindowSize(1<<20))
+	if asExtAuthz {
+		opts = extauthz.GRPCServerOptions()
 	}
 	g := grpc.NewServer(opts...)
 	denied := &authv3.CheckResponse{Status: &rpcstatus.Status{Code: int32(codes.PermissionDenied)}}

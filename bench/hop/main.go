@@ -182,7 +182,7 @@ func startRig(dir, envoyBin, fakellm, self string) (_ *rig, err error) {
 	r.ls = []listener{
 		{Name: "router", Label: "Envoy, router only", port: ports[2]},
 		{Name: "ext_authz_grpc", Label: "Envoy + ext_authz over gRPC (answers at once)", port: ports[3], proc: "grpc"},
-		{Name: "ext_authz_grpc_windows", Label: "… gRPC, server windows fixed (no BDP pings)", port: ports[4], proc: "grpc-windows"},
+		{Name: "ext_authz_grpc_windows", Label: "… gRPC, server set up as extauthz's (fixed windows: no BDP pings)", port: ports[4], proc: "grpc-windows"},
 		{Name: "ext_authz_http", Label: "Envoy + ext_authz over HTTP (answers at once)", port: ports[5], proc: "http"},
 	}
 	if _, err := r.start("fakellm", fakellm, "-listen", fmt.Sprintf("127.0.0.1:%d", fakePort), "-log-level", "warn"); err != nil {
