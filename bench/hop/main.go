@@ -18,6 +18,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -25,11 +26,9 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	vegeta "github.com/tsenart/vegeta/v12/lib"
@@ -132,48 +131,40 @@ func serve(kind, sock string) error {
 	return fmt.Errorf("unknown server %q", kind)
 }
 
-// rig is the running measurement setup: the fake, the check servers and Envoy.
+// rig is the running measurement setup: the fake, the check servers and Envoy, each a
+// stack.Process with its log in dir.
 type rig struct {
-	dir     string
-	procs   []*exec.Cmd
-	envoy   *exec.Cmd
-	servers map[string]*exec.Cmd
+	procs   []*stack.Process
+	envoy   *stack.Process
+	servers map[string]*stack.Process
 	ls      []listener
 	urls    map[string]string // "direct" and each listener's name
 }
 
 func (r *rig) stop() {
 	for _, p := range r.procs {
-		_ = p.Process.Signal(syscall.SIGTERM)
-		_ = p.Wait()
+		p.Stop()
 	}
-}
-
-func (r *rig) start(name string, argv ...string) (*exec.Cmd, error) {
-	c := exec.Command(argv[0], argv[1:]...)
-	logf, err := os.Create(filepath.Join(r.dir, name+".log"))
-	if err != nil {
-		return nil, err
-	}
-	c.Stdout, c.Stderr = logf, logf
-	c.Env = stack.BaseEnv()
-	if err := c.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	r.procs = append(r.procs, c)
-	return c, nil
 }
 
 // startRig starts everything in dir and waits until every way through answers 200. self
 // is a binary that serves checks when run as `self -serve KIND SOCKET`. On error, what
 // started is stopped.
-func startRig(dir, envoyBin, fakellm, self string) (_ *rig, err error) {
-	r := &rig{dir: dir, servers: map[string]*exec.Cmd{}, urls: map[string]string{}}
+func startRig(ctx context.Context, dir, envoyBin, fakellm, self string) (_ *rig, err error) {
+	run := &stack.Runner{Paths: stack.Paths{Envoy: envoyBin, Fakellm: fakellm}, Dir: dir}
+	r := &rig{servers: map[string]*stack.Process{}, urls: map[string]string{}}
 	defer func() {
 		if err != nil {
 			r.stop()
 		}
 	}()
+	start := func(name string, c stack.Cmd) (*stack.Process, error) {
+		p, err := run.Start(name, c)
+		if err == nil {
+			r.procs = append(r.procs, p)
+		}
+		return p, err
+	}
 	ports, err := freePorts(6)
 	if err != nil {
 		return nil, err
@@ -185,15 +176,17 @@ func startRig(dir, envoyBin, fakellm, self string) (_ *rig, err error) {
 		{Name: "ext_authz_grpc_windows", Label: "… gRPC, server set up as extauthz's (fixed windows: no BDP pings)", port: ports[4], proc: "grpc-windows"},
 		{Name: "ext_authz_http", Label: "Envoy + ext_authz over HTTP (answers at once)", port: ports[5], proc: "http"},
 	}
-	if _, err := r.start("fakellm", fakellm, "-listen", fmt.Sprintf("127.0.0.1:%d", fakePort), "-log-level", "warn"); err != nil {
+	fake, err := run.StartFakellm(ctx, "fakellm", stack.Fakellm{Addr: fmt.Sprintf("127.0.0.1:%d", fakePort), Extra: []string{"--log-level", "warn"}})
+	if err != nil {
 		return nil, err
 	}
+	r.procs = append(r.procs, fake)
 	for _, k := range []string{"grpc", "grpc-windows", "http"} {
-		c, err := r.start("server-"+k, self, "-serve", k, filepath.Join(dir, k+".sock"))
+		p, err := start("server-"+k, stack.Cmd{Path: self, Args: []string{"-serve", k, filepath.Join(dir, k+".sock")}, Env: stack.BaseEnv()})
 		if err != nil {
 			return nil, err
 		}
-		r.servers[k] = c
+		r.servers[k] = p
 	}
 	cfg, err := envoyConfig(dir, fakePort, admin, r.ls)
 	if err != nil {
@@ -203,7 +196,7 @@ func startRig(dir, envoyBin, fakellm, self string) (_ *rig, err error) {
 	if err := os.WriteFile(cfgPath, cfg, 0o600); err != nil {
 		return nil, err
 	}
-	if r.envoy, err = r.start("envoy", envoyBin, "-c", cfgPath, "--concurrency", "2", "-l", "warn", "--base-id", fmt.Sprint(admin)); err != nil {
+	if r.envoy, err = start("envoy", stack.Cmd{Path: envoyBin, Args: []string{"-c", cfgPath, "--concurrency", "2", "-l", "warn", "--base-id", fmt.Sprint(admin)}, Env: stack.BaseEnv()}); err != nil {
 		return nil, err
 	}
 	r.urls["direct"] = fmt.Sprintf("http://127.0.0.1:%d/v1/chat/completions", fakePort)
@@ -238,7 +231,7 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	rg, err := startRig(dir, o.envoy, o.fakellm, self)
+	rg, err := startRig(context.Background(), dir, o.envoy, o.fakellm, self)
 	if err != nil {
 		return err
 	}
@@ -256,7 +249,7 @@ func run(o options) error {
 	}()...)
 	childCPU := func() (sum float64) {
 		for _, p := range procs {
-			sum += host.ProcCPU(p.Process.Pid)
+			sum += host.ProcCPU(p.Pid())
 		}
 		return sum
 	}
@@ -285,9 +278,9 @@ func run(o options) error {
 		lr := listenerResult{listener: l, latency: med(l.Name)}
 		lr.AddedP50us = host.Round1(lr.P50us - res.Direct.P50us)
 		lr.AddedP99us = host.Round1(lr.P99us - res.Direct.P99us)
-		pids := []int{envoy.Process.Pid}
+		pids := []int{envoy.Pid()}
 		if l.proc != "" {
-			pids = append(pids, servers[l.proc].Process.Pid)
+			pids = append(pids, servers[l.proc].Pid())
 		}
 		before := cpuOf(pids)
 		ok, total, p99 := openLoop(urls[l.Name], o.rate, o.dur)

@@ -5,9 +5,7 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -35,9 +33,13 @@ func TestEveryListenerTakesItsPath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	root, err := stack.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
 	fakellm := filepath.Join(t.TempDir(), "fakellm")
-	if out, err := runGo("build", "-o", fakellm, "github.com/llmedge/llmedge/cmd/fakellm"); err != nil {
-		t.Fatalf("build fakellm: %v\n%s", err, out)
+	if err := stack.GoBuild(t.Context(), root, "./cmd/fakellm", fakellm); err != nil {
+		t.Fatal(err)
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -49,7 +51,7 @@ func TestEveryListenerTakesItsPath(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	r, err := startRig(dir, envoyBin, fakellm, self)
+	r, err := startRig(t.Context(), dir, envoyBin, fakellm, self)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,9 +83,4 @@ func TestEveryListenerTakesItsPath(t *testing.T) {
 	if ok, total, _ := openLoop(r.urls["ext_authz_http"], 50, 200*time.Millisecond); ok != total || total == 0 {
 		t.Errorf("open loop: %d of %d answered 200", ok, total)
 	}
-}
-
-func runGo(args ...string) (string, error) {
-	out, err := exec.Command("go", args...).CombinedOutput()
-	return strings.TrimSpace(string(out)), err
 }

@@ -26,7 +26,7 @@ func report(r result) string {
 		if l.proc != "" {
 			server = fmt.Sprintf("%.0f µs", l.ServerCPUus)
 		}
-		fmt.Fprintf(&b, "| %s | %.0f µs | %.0f µs | +%.0f µs | +%.0f µs | %.0f µs | %s | %d/%d, %.1f ms |\n",
+		fmt.Fprintf(&b, "| %s | %.0f µs | %.0f µs | %+.0f µs | %+.0f µs | %.0f µs | %s | %d/%d, %.1f ms |\n",
 			l.Label, l.P50us, l.P99us, l.AddedP50us, l.AddedP99us, l.EnvoyCPUus, server, l.OK, l.Requests, l.LoadP99ms)
 	}
 	return b.String()
