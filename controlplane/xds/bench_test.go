@@ -214,19 +214,7 @@ func BenchmarkSnapshotBuild(b *testing.B) {
 	})
 	b.Run("one-route-changed", func(b *testing.B) {
 		other := benchTranslate(b, benchValidate(b, benchFile(benchconfig.Hosts, "r0000-renamed")))
-		inputs := []map[string]*translate.Resources{all, other}
-		s := newBenchServer(b.Context())
-		if _, err := s.Update(all); err != nil {
-			b.Fatal(err)
-		}
-		i := 0
-		for b.Loop() {
-			i++
-			changed, err := s.Update(inputs[i%2])
-			if err != nil || len(changed) != len(benchconfig.Regions) {
-				b.Fatalf("Update changed %v, err %v; want all %d regions", changed, err, len(benchconfig.Regions))
-			}
-		}
+		alternateUpdates(b, all, other)
 	})
 	// As the control plane runs it: the two inputs come from one translate.Cache, so they
 	// share every route but route 0, and Update re-encodes only that one.
@@ -240,19 +228,25 @@ func BenchmarkSnapshotBuild(b *testing.B) {
 			}
 			inputs = append(inputs, in)
 		}
-		s := newBenchServer(b.Context())
-		if _, err := s.Update(inputs[0]); err != nil {
-			b.Fatal(err)
-		}
-		i := 0
-		for b.Loop() {
-			i++
-			changed, err := s.Update(inputs[i%2])
-			if err != nil || len(changed) != len(benchconfig.Regions) {
-				b.Fatalf("Update changed %v, err %v; want all %d regions", changed, err, len(benchconfig.Regions))
-			}
-		}
+		alternateUpdates(b, inputs[0], inputs[1])
 	})
+}
+
+// alternateUpdates times Update switching between two inputs that differ in every region.
+func alternateUpdates(b *testing.B, x, y map[string]*translate.Resources) {
+	inputs := []map[string]*translate.Resources{x, y}
+	s := newBenchServer(b.Context())
+	if _, err := s.Update(x); err != nil {
+		b.Fatal(err)
+	}
+	i := 0
+	for b.Loop() {
+		i++
+		changed, err := s.Update(inputs[i%2])
+		if err != nil || len(changed) != len(benchconfig.Regions) {
+			b.Fatalf("Update changed %v, err %v; want all %d regions", changed, err, len(benchconfig.Regions))
+		}
+	}
 }
 
 // BenchmarkFullRebuild is one applied edit as controlplane.Main.reload does it, minus the
