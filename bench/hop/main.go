@@ -3,7 +3,9 @@
 // router in front of the fake upstream, then the same Envoy with an ext_authz filter whose
 // server answers every check at once, over gRPC (as the edge calls extauthz) and over
 // plain HTTP. The two servers are this program (-serve), each its own process on a unix
-// socket, so their CPU is counted apart from Envoy's.
+// socket, so their CPU is counted apart from Envoy's. Last, the same answer given inside
+// Envoy by a Go dynamic module (bench/hop/module, built here with -buildmode=c-shared):
+// on Envoy's worker, and handed to a goroutine and back through Envoy's scheduler.
 //
 //	go run ./bench/hop -out docs/bench            # writes hop.json and hop.md
 //	go run ./bench/hop -rounds 2 -n 500 -dur 3s -out ''
@@ -26,6 +28,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -51,7 +54,12 @@ type listener struct {
 	Label string `json:"label"`
 	port  int
 	proc  string // the check server's process name, "" for none
+	// module is the dynamic module's mode ("sync" or "async"), "" for none.
+	module string
 }
+
+// refuses reports whether the way through checks the caller's token.
+func (l listener) refuses() bool { return l.proc != "" || l.module != "" }
 
 type result struct {
 	host.Header
@@ -165,7 +173,7 @@ func startRig(ctx context.Context, dir, envoyBin, fakellm, self string) (_ *rig,
 		}
 		return p, err
 	}
-	ports, err := freePorts(6)
+	ports, err := freePorts(8)
 	if err != nil {
 		return nil, err
 	}
@@ -175,6 +183,11 @@ func startRig(ctx context.Context, dir, envoyBin, fakellm, self string) (_ *rig,
 		{Name: "ext_authz_grpc", Label: "Envoy + ext_authz over gRPC (answers at once)", port: ports[3], proc: "grpc"},
 		{Name: "ext_authz_grpc_windows", Label: "… gRPC, server set up as extauthz's (fixed windows: no BDP pings)", port: ports[4], proc: "grpc-windows"},
 		{Name: "ext_authz_http", Label: "Envoy + ext_authz over HTTP (answers at once)", port: ports[5], proc: "http"},
+		{Name: "module_sync", Label: "Envoy + Go dynamic module, on the worker (answers at once)", port: ports[6], module: "sync"},
+		{Name: "module_async", Label: "… module, answer from a goroutine through Envoy's scheduler", port: ports[7], module: "async"},
+	}
+	if err := buildModule(ctx, dir); err != nil {
+		return nil, err
 	}
 	fake, err := run.StartFakellm(ctx, "fakellm", stack.Fakellm{Addr: fmt.Sprintf("127.0.0.1:%d", fakePort), Extra: []string{"--log-level", "warn"}})
 	if err != nil {
@@ -196,7 +209,8 @@ func startRig(ctx context.Context, dir, envoyBin, fakellm, self string) (_ *rig,
 	if err := os.WriteFile(cfgPath, cfg, 0o600); err != nil {
 		return nil, err
 	}
-	if r.envoy, err = start("envoy", stack.Cmd{Path: envoyBin, Args: []string{"-c", cfgPath, "--concurrency", "2", "-l", "warn", "--base-id", fmt.Sprint(admin)}, Env: stack.BaseEnv()}); err != nil {
+	envoyEnv := append(stack.BaseEnv(), "ENVOY_DYNAMIC_MODULES_SEARCH_PATH="+dir)
+	if r.envoy, err = start("envoy", stack.Cmd{Path: envoyBin, Args: []string{"-c", cfgPath, "--concurrency", "2", "-l", "warn", "--base-id", fmt.Sprint(admin)}, Env: envoyEnv}); err != nil {
 		return nil, err
 	}
 	r.urls["direct"] = fmt.Sprintf("http://127.0.0.1:%d/v1/chat/completions", fakePort)
@@ -208,6 +222,26 @@ func startRig(ctx context.Context, dir, envoyBin, fakellm, self string) (_ *rig,
 		return nil, fmt.Errorf("%w (logs in %s)", err, dir)
 	}
 	return r, nil
+}
+
+// moduleName is the dynamic module's name: Envoy loads lib<name>.so from
+// ENVOY_DYNAMIC_MODULES_SEARCH_PATH.
+const moduleName = "llmedge_hop"
+
+// buildModule builds bench/hop/module (its own Go module, so that `go build ./...` of the
+// project needs no C toolchain) as a shared library into dir.
+func buildModule(ctx context.Context, dir string) error {
+	root, err := stack.RepoRoot()
+	if err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, "go", "build", "-buildmode=c-shared", "-o", filepath.Join(dir, "lib"+moduleName+".so"), ".")
+	cmd.Dir = filepath.Join(root, "bench", "hop", "module")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("building the dynamic module: %w\n%s", err, out)
+	}
+	return nil
 }
 
 func run(o options) error {
@@ -278,7 +312,7 @@ func run(o options) error {
 		lr := listenerResult{listener: l, latency: med(l.Name)}
 		lr.AddedP50us = host.Round1(lr.P50us - res.Direct.P50us)
 		lr.AddedP99us = host.Round1(lr.P99us - res.Direct.P99us)
-		pids := []int{envoy.Pid()}
+		pids := []int{envoy.Pid()} // a module's work is Envoy's
 		if l.proc != "" {
 			pids = append(pids, servers[l.proc].Pid())
 		}
@@ -401,6 +435,19 @@ func envoyConfig(dir string, fakePort, admin int, ls []listener) ([]byte, error)
 	var listeners []any
 	for _, l := range ls {
 		filters := []any{}
+		if l.module != "" {
+			cfg, err := json.Marshal(map[string]string{"mode": l.module, "authorization": "Bearer " + callerToken, "key_header": keyHeader, "key": "Bearer " + benchKey})
+			if err != nil {
+				return nil, err
+			}
+			filters = append(filters, map[string]any{"name": "envoy.filters.http.dynamic_modules", "typed_config": map[string]any{
+				"@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+				// A Go shared library cannot be unloaded.
+				"dynamic_module_config": map[string]any{"name": moduleName, "do_not_close": true},
+				"filter_name":           "hop",
+				"filter_config":         map[string]any{"@type": "type.googleapis.com/google.protobuf.StringValue", "value": string(cfg)},
+			}})
+		}
 		switch l.proc {
 		case "grpc", "grpc-windows":
 			filters = append(filters, map[string]any{"name": "envoy.filters.http.ext_authz", "typed_config": map[string]any{

@@ -13,8 +13,10 @@ func report(r result) string {
 		r.Command, r.Commit, r.Date.Format("2006-01-02 15:04 UTC"))
 	fmt.Fprintf(&b, "The real Envoy 1.40 (two workers, nothing pinned) in front of the fake upstream: with only its router, "+
 		"then with an ext_authz filter whose server answers every check at once, over gRPC (as the edge calls extauthz) "+
-		"and over plain HTTP/1.1, each server its own process on a unix socket. The cost of the hop itself, "+
-		"with no decision in it.\n\n")
+		"and over plain HTTP/1.1, each server its own process on a unix socket; then the same answer given inside "+
+		"Envoy by a Go dynamic module (`bench/hop/module`), on the worker thread, and from a goroutine that hands "+
+		"it back through Envoy's scheduler (as a check waiting for Redis would). The cost of the hop itself, "+
+		"with no decision in it; a module's CPU is Envoy's.\n\n")
 	fmt.Fprintf(&b, "Concurrency 1: median over %d rounds of each round's p50/p99 (%d sequential requests per listener "+
 		"and round, order rotated each round). CPU: an open loop at %d req/s for %.0f s per listener. Other processes "+
 		"used %.2f cores on average during the run.\n\n", r.Rounds, r.N, r.Rate, r.DurS, r.OtherCPU)
