@@ -132,6 +132,17 @@ redis_ver="$("$BIN/redis-server" --version 2>&1)" || die "$BIN/redis-server --ve
 redis_ver="$(grep -o 'v=[0-9.]*' <<<"$redis_ver" | head -1)"
 say redis-server "$redis_state (${redis_ver#v=})"
 
+# --- C compiler (bench/hop builds its Go dynamic module for Envoy with cgo) -----
+if ! command -v gcc >/dev/null 2>&1; then
+	echo "  gcc           installing the Debian package..."
+	apt_install gcc libc6-dev
+	command -v gcc >/dev/null 2>&1 || die "gcc still not on PATH after apt-get install"
+	cc_state="installed"
+else
+	cc_state="already present"
+fi
+say gcc "$cc_state ($(gcc -dumpfullversion 2>/dev/null || gcc -dumpversion))"
+
 # --- Chromium (headless: e2e/statuspage_test.go renders the status page) -------
 if ! command -v chromium >/dev/null 2>&1; then
 	echo "  chromium      installing the Debian package..."
