@@ -237,7 +237,8 @@ func buildModule(ctx context.Context, dir string) error {
 	}
 	cmd := exec.CommandContext(ctx, "go", "build", "-buildmode=c-shared", "-o", filepath.Join(dir, "lib"+moduleName+".so"), ".")
 	cmd.Dir = filepath.Join(root, "bench", "hop", "module")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+	// Its own module: a GOFLAGS or go.work of the caller's must not reach in.
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=1", "GOFLAGS=", "GOWORK=off")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("building the dynamic module: %w\n%s", err, out)
 	}
