@@ -9,6 +9,8 @@
 // The module is written against the C ABI Envoy 1.40.0 exports (its
 // envoy_dynamic_module_callback_* symbols), declaring only the few functions it uses; the
 // Go SDK of Envoy's dynamic modules is not obtainable from this project's module proxy.
+// The declarations follow Envoy 1.38's ABI header (1.40.0's source could not be fetched
+// here) and were checked against the names the 1.40.0 binary exports and its behaviour.
 // Envoy only warns when a module's ABI version differs from its own, so a signature that
 // changed between Envoy releases would not be refused at load: bench/hop's test checks
 // that the module really decides (a request without the token is refused).
