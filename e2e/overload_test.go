@@ -12,6 +12,7 @@ import (
 	"github.com/llmedge/llmedge/controlplane/config"
 	"github.com/llmedge/llmedge/controlplane/model"
 	"github.com/llmedge/llmedge/controlplane/translate"
+	"github.com/llmedge/llmedge/controlplane/usage"
 	"github.com/llmedge/llmedge/internal/fakellm"
 	"github.com/llmedge/llmedge/internal/testenv"
 )
@@ -54,11 +55,13 @@ routes:
 // requests from several workers: the requests over the limit get at once a JSON 503
 // "overloaded" with Retry-After, nothing hangs (every request is answered well within the
 // client's timeout, which would count as a failure other than a status), Envoy's counter
-// of shed requests rises and the overloaded alert rule reads it, and once the load stops
-// requests succeed again.
+// of shed requests rises and the overloaded alert rule reads it, once the load stops
+// requests succeed again, and the usage ledger holds the requests admitted past the
+// ceiling, not those it shed.
 func TestOverloadShedsAndRecovers(t *testing.T) {
 	t.Parallel()
 	s := newStack(t, startUpstream(t, fakellm.Options{}), overloadRegions, "hk", "sg")
+	withLedger(t, s)
 	for _, tt := range []struct {
 		region, path string
 		extra        map[string]string
@@ -146,6 +149,34 @@ func TestOverloadShedsAndRecovers(t *testing.T) {
 				}
 				return nil
 			})
+			if tt.region == "hk" {
+				// One record per admitted request (the load's and the one after it); the
+				// shed ones, which have no caller, would be a group of their own.
+				admitted := int64(st[http.StatusOK] + 1)
+				var groups []usage.Total
+				testenv.Eventually(t, 20*time.Second, 100*time.Millisecond, func() error {
+					var rep usage.Report
+					body := get(t, s.statusURL("/usage?since=1h&by=region,caller&format=json"))
+					if err := json.Unmarshal([]byte(body), &rep); err != nil {
+						return fmt.Errorf("%v: %s", err, body)
+					}
+					groups = nil
+					var n int64
+					for _, g := range rep.Totals {
+						if g.Group["region"] == "hk" {
+							groups = append(groups, g)
+							n += g.Requests
+						}
+					}
+					if n < admitted {
+						return fmt.Errorf("%d hk records in the ledger, want %d: %+v", n, admitted, groups)
+					}
+					return nil
+				})
+				if len(groups) != 1 || groups[0].Group["caller"] != "tester" || groups[0].Requests != admitted {
+					t.Errorf("hk's ledger: %+v, want only the %d requests admitted, all the tester's", groups, admitted)
+				}
+			}
 		})
 	}
 }
