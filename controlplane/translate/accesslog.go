@@ -6,6 +6,8 @@ import (
 	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	reqwithoutqueryv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/formatter/req_without_query/v3"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/llmedge/llmedge/internal/wire"
 )
 
 // jsonAccessLog writes one JSON line per request to stdout. It names only fields that hold
@@ -33,8 +35,8 @@ func jsonAccessLog(region string) (*accesslogv3.AccessLog, error) {
 		"details":       "%RESPONSE_CODE_DETAILS%",
 		"route":         "%ROUTE_NAME%",
 		// Who, for usage per caller and tenant: what extauthz authenticated.
-		"caller":        "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:caller)%",
-		"tenant":        "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:tenant)%",
+		"caller":        "%DYNAMIC_METADATA(" + wire.MetadataNamespace + ":" + wire.MetadataCaller + ")%",
+		"tenant":        "%DYNAMIC_METADATA(" + wire.MetadataNamespace + ":" + wire.MetadataTenant + ")%",
 		"upstream":      "%UPSTREAM_CLUSTER%",
 		"upstream_host": "%UPSTREAM_HOST%",
 		// Tries sent upstream (1 without retries; 0 when none was sent) and why the last

@@ -52,6 +52,25 @@ const (
 	MetadataUpstream  = "upstream"
 )
 
+// extauthz inside Envoy: a Go dynamic module (Envoy's envoy.filters.http.dynamic_modules)
+// that makes extauthz's decision in-process in place of the ext_authz side call. To the rest
+// of the config it looks like ext_authz: it writes the caller, tenant and upstream under
+// AuthzMetadataNamespace and its refusals carry the response code details ext_authz's do,
+// so access logs, rate-limit descriptors and local reply mappers need no second form.
+const (
+	// AuthzModuleName is the module's name: Envoy loads lib<name>.so from
+	// ENVOY_DYNAMIC_MODULES_SEARCH_PATH.
+	AuthzModuleName = "llmedge"
+	// AuthzModuleFilter is the filter_name the module's HTTP filter is created with.
+	AuthzModuleFilter = "authz"
+	// AuthzRouteMetadata is the route metadata namespace (filter_metadata) the module reads
+	// a route's context from, under the Context* keys ext_authz gets as context extensions.
+	AuthzRouteMetadata = "llmedge.authz"
+	// AuthzMetadataNamespace is the dynamic metadata namespace the module writes: the same
+	// one extauthz's answers fill through ext_authz.
+	AuthzMetadataNamespace = MetadataNamespace
+)
+
 // PolicyResourceName is the name of the ExtensionConfig resource (type
 // envoy.config.core.v3.TypedExtensionConfig) carrying a region's llmedge.authz.v1.Policy.
 const PolicyResourceName = "llmedge.authz.policy"

@@ -29,3 +29,11 @@ func TestCredentialHeaders(t *testing.T) {
 		}
 	}
 }
+
+// The module stands in for ext_authz: the access log, the rate-limit descriptors and the
+// local reply mappers read ext_authz's namespace, which Envoy names after the filter.
+func TestAuthzMetadataNamespaceIsExtAuthz(t *testing.T) {
+	if AuthzMetadataNamespace != "envoy.filters.http.ext_authz" {
+		t.Errorf("AuthzMetadataNamespace = %q, want ext_authz's namespace", AuthzMetadataNamespace)
+	}
+}
