@@ -44,6 +44,7 @@ func validateRegion(p, name string, r Region, ups map[string]Upstream, c *collec
 	} else {
 		out.ExtAuthz = a
 	}
+	out.ExtAuthzInEnvoy = r.ExtAuthzInEnvoy
 	if r.InternalTLS != nil {
 		out.InternalTLS = validateInternalTLS(p+".internal_tls", *r.InternalTLS, c)
 	}

@@ -37,6 +37,10 @@ type Region struct {
 	// ExtAuthz is the region's extauthz service: unix:/abs/path.sock or host:port. Every
 	// request is checked by it; Envoy fails closed when it is unreachable.
 	ExtAuthz string `mapstructure:"extauthz"`
+	// ExtAuthzInEnvoy checks callers inside the region's Envoys with llmedge's dynamic
+	// module (libllmedge.so) instead of the ext_authz side call to ExtAuthz; ExtAuthz stays
+	// required (key failover on retries still reaches it there).
+	ExtAuthzInEnvoy bool `mapstructure:"extauthz_in_envoy"`
 	// RateLimit is the region's envoyproxy/ratelimit (gRPC): unix:/abs/path.sock or
 	// host:port; required once any caller or upstream has limits.
 	RateLimit string `mapstructure:"ratelimit"`

@@ -14,7 +14,7 @@ import (
 // wantValid is the model testdata/valid.yaml (and testdata/split/) must produce.
 var wantValid = &model.Config{
 	Regions: []model.Region{
-		{Name: "hk", ListenAddress: "0.0.0.0", ListenPort: 10000, XFFTrustedHops: 1, Upstreams: []string{"groq", "openai"}, ExtAuthz: model.Address{Host: "127.0.0.1", Port: 10100}},
+		{Name: "hk", ListenAddress: "0.0.0.0", ListenPort: 10000, XFFTrustedHops: 1, Upstreams: []string{"groq", "openai"}, ExtAuthz: model.Address{Host: "127.0.0.1", Port: 10100}, ExtAuthzInEnvoy: true},
 		{Name: "idle", ListenAddress: "127.0.0.1", ListenPort: 10002, ExtAuthz: model.Address{Host: "127.0.0.1", Port: 10100}},
 		{Name: "sg", ListenAddress: "::", ListenPort: 10001, EgressAddress: "198.51.100.7", Upstreams: []string{"gemini", "groq", "local", "openai", "private"}, ExtAuthz: model.Address{Host: "127.0.0.1", Port: 10100}},
 	},
@@ -542,6 +542,16 @@ func TestValidateErrors(t *testing.T) {
 				f.Upstreams["openai"] = u
 			},
 			want: "upstreams.openai.stream_idle_timeout: must be at least 1ms",
+		},
+		{
+			// The module inside Envoy still serves key failover at the extauthz address.
+			name: "check inside Envoy still needs the extauthz address",
+			modify: func(f *config.File) {
+				r := f.Regions["hk"]
+				r.ExtAuthz, r.ExtAuthzInEnvoy = "", true
+				f.Regions["hk"] = r
+			},
+			want: "regions.hk.extauthz: required: this region's extauthz service, which checks every request: unix:/abs/path.sock (for example unix:/run/llmedge/extauthz.sock) or host:port",
 		},
 		{
 			name: "route to an invalid upstream is not also reported as a missing one",

@@ -40,6 +40,10 @@ type Region struct {
 	Upstreams      []string // sorted; every name is an upstream whose AllowedRegions has this region
 	// ExtAuthz is the region's extauthz service.
 	ExtAuthz Address
+	// ExtAuthzInEnvoy makes the region's Envoys check callers in-process with llmedge's
+	// dynamic module instead of calling ExtAuthz over gRPC; ExtAuthz is still where key
+	// failover on retries reaches extauthz (the module serves it inside Envoy).
+	ExtAuthzInEnvoy bool
 	// RateLimit is the region's envoyproxy/ratelimit; zero when the config has no limits
 	// at all. RateLimitFailClosed refuses requests when it cannot answer.
 	RateLimit           Address
