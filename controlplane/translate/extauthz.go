@@ -5,12 +5,14 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/llmedge/llmedge/controlplane/model"
 	"github.com/llmedge/llmedge/internal/wire"
@@ -59,15 +61,63 @@ func extAuthzFilter() (*hcmv3.HttpFilter, error) {
 	}, nil
 }
 
-// extAuthzPerRoute tells extauthz which region, upstream and route a request matched.
-func extAuthzPerRoute(region string, rt model.Route) (*anypb.Any, error) {
-	return toAny(&extauthzv3.ExtAuthzPerRoute{Override: &extauthzv3.ExtAuthzPerRoute_CheckSettings{
-		CheckSettings: &extauthzv3.CheckSettings{ContextExtensions: map[string]string{
-			wire.ContextRegion:   region,
-			wire.ContextUpstream: rt.Upstream,
-			wire.ContextRoute:    rt.Name,
-		}},
+// authzContext is what a route tells the region's authz about itself: its region,
+// upstream and route, and the hop (wire.HopForward, wire.HopPeer) when the route is on one
+// ("" for an ordinary route), so extauthz never guesses the route from the path. The same
+// keys and values reach extauthz as ext_authz context extensions and the in-Envoy module as
+// route metadata (setRouteAuthz).
+func authzContext(region, upstream, route, hop string) map[string]string {
+	ctx := map[string]string{
+		wire.ContextRegion:   region,
+		wire.ContextUpstream: upstream,
+		wire.ContextRoute:    route,
+	}
+	if hop != "" {
+		ctx[wire.ContextHop] = hop
+	}
+	return ctx
+}
+
+// setRouteAuthz hands ctx to the filter that checks rt's requests in r, replacing what rt
+// had: ext_authz's per-route check settings, or, with the check inside Envoy, the route
+// metadata the module reads (a dynamic module filter has no per-route config of its own
+// that could carry it). Only one of the two is ever set, so nothing suggests a second
+// checker.
+func setRouteAuthz(r model.Region, rt *routev3.Route, ctx map[string]string) error {
+	if r.ExtAuthzInEnvoy {
+		fields := make(map[string]*structpb.Value, len(ctx))
+		for k, v := range ctx {
+			fields[k] = structpb.NewStringValue(v)
+		}
+		if rt.Metadata == nil {
+			rt.Metadata = &corev3.Metadata{}
+		}
+		if rt.Metadata.FilterMetadata == nil {
+			rt.Metadata.FilterMetadata = map[string]*structpb.Struct{}
+		}
+		rt.Metadata.FilterMetadata[wire.AuthzRouteMetadata] = &structpb.Struct{Fields: fields}
+		return nil
+	}
+	a, err := toAny(&extauthzv3.ExtAuthzPerRoute{Override: &extauthzv3.ExtAuthzPerRoute_CheckSettings{
+		CheckSettings: &extauthzv3.CheckSettings{ContextExtensions: ctx},
 	}})
+	if err != nil {
+		return err
+	}
+	if rt.TypedPerFilterConfig == nil {
+		rt.TypedPerFilterConfig = map[string]*anypb.Any{}
+	}
+	rt.TypedPerFilterConfig[extAuthzFilterName] = a
+	return nil
+}
+
+// authzFilter is the filter that checks every request in r: the ext_authz side call to the
+// region's extauthz, or the same decision made in-process by llmedge's dynamic module.
+func authzFilter(r model.Region) (*hcmv3.HttpFilter, error) {
+	if r.ExtAuthzInEnvoy {
+		return authzModuleFilter(r.Name)
+	}
+	return extAuthzFilter()
 }
 
 // extAuthzCluster reaches the region's extauthz over HTTP/2 (gRPC).

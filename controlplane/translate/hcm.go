@@ -36,7 +36,7 @@ func connectionManager(r model.Region, usage bool) (*anypb.Any, error) {
 	if err != nil {
 		return nil, err
 	}
-	authz, err := extAuthzFilter()
+	authz, err := authzFilter(r)
 	if err != nil {
 		return nil, err
 	}

@@ -15,7 +15,6 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	internallistenerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/bootstrap/internal_listener/v3"
 	aggregatev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/clusters/aggregate/v3"
-	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	previoushostsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -209,12 +208,7 @@ func forwardRoute(r model.Region, rt *routev3.Route) error {
 		}
 		rt.ResponseHeadersToRemove = append(rt.ResponseHeadersToRemove, localRetryHeader)
 	}
-	authz, err := extAuthzContext(r.Name, name, rt.Name, wire.HopForward)
-	if err != nil {
-		return err
-	}
-	rt.TypedPerFilterConfig[extAuthzFilterName] = authz
-	return nil
+	return setRouteAuthz(r, rt, authzContext(r.Name, name, rt.Name, wire.HopForward))
 }
 
 // localRetryHeader marks the local listener's answer to a request that never reached the
@@ -255,18 +249,6 @@ func retryOnLocalConnectFailure(action *routev3.RouteAction) error {
 	return nil
 }
 
-// extAuthzContext is extAuthzPerRoute with the hop named.
-func extAuthzContext(region, upstream, route, hop string) (*anypb.Any, error) {
-	return toAny(&extauthzv3.ExtAuthzPerRoute{Override: &extauthzv3.ExtAuthzPerRoute_CheckSettings{
-		CheckSettings: &extauthzv3.CheckSettings{ContextExtensions: map[string]string{
-			wire.ContextRegion:   region,
-			wire.ContextUpstream: upstream,
-			wire.ContextRoute:    route,
-			wire.ContextHop:      hop,
-		}},
-	}})
-}
-
 // peerCallers lists, per upstream r serves, the regions that forward it to r, both sorted.
 func peerCallers(cfg *model.Config, r model.Region) (upstreams []string, regions []string) {
 	seenU, seenR := map[string]bool{}, map[string]bool{}
@@ -298,11 +280,7 @@ func forwardedRoutes(cfg *model.Config, r model.Region, name string, upstreams [
 	vh := &routev3.VirtualHost{Name: "forwarded", Domains: []string{"*"}}
 	for _, un := range upstreams {
 		u, _ := cfg.Upstream(un)
-		authz, err := extAuthzContext(r.Name, un, PeerRouteName(un), wire.HopPeer)
-		if err != nil {
-			return nil, err
-		}
-		vh.Routes = append(vh.Routes, &routev3.Route{
+		rt := &routev3.Route{
 			Name: PeerRouteName(un),
 			Match: &routev3.RouteMatch{
 				PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"},
@@ -319,8 +297,11 @@ func forwardedRoutes(cfg *model.Config, r model.Region, name string, upstreams [
 			Metadata: &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
 				routeMetadataNamespace: {Fields: map[string]*structpb.Value{routeMetadataAPI: structpb.NewStringValue(string(u.API))}},
 			}},
-			TypedPerFilterConfig: map[string]*anypb.Any{extAuthzFilterName: authz},
-		})
+		}
+		if err := setRouteAuthz(r, rt, authzContext(r.Name, un, PeerRouteName(un), wire.HopPeer)); err != nil {
+			return nil, err
+		}
+		vh.Routes = append(vh.Routes, rt)
 	}
 	return &routev3.RouteConfiguration{Name: name, VirtualHosts: []*routev3.VirtualHost{vh}}, nil
 }

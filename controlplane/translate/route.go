@@ -79,7 +79,7 @@ func routeConfig(r model.Region, routes []model.Route, cfg *model.Config, limits
 // any host), pointed at the region's peers when it forwards the upstream. Cache memoises
 // it, so it must depend on its arguments alone.
 func envoyRoute(r model.Region, rt model.Route, host string, u model.Upstream, limits []*routev3.RateLimit) (*routev3.Route, error) {
-	rr, err := route(r.Name, rt, u, limits)
+	rr, err := route(r, rt, u, limits)
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +102,7 @@ func authorityMatcher(host string) *routev3.HeaderMatcher {
 	return &routev3.HeaderMatcher{Name: ":authority", HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: sm}}
 }
 
-func route(region string, rt model.Route, u model.Upstream, limits []*routev3.RateLimit) (*routev3.Route, error) {
+func route(r model.Region, rt model.Route, u model.Upstream, limits []*routev3.RateLimit) (*routev3.Route, error) {
 	action := &routev3.RouteAction{
 		ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: ClusterName(u.Name)},
 		HostRewriteSpecifier: &routev3.RouteAction_HostRewriteLiteral{
@@ -151,11 +151,7 @@ func route(region string, rt model.Route, u model.Upstream, limits []*routev3.Ra
 		}
 		match.Headers = append(match.Headers, hm)
 	}
-	authz, err := extAuthzPerRoute(region, rt)
-	if err != nil {
-		return nil, err
-	}
-	perFilter := map[string]*anypb.Any{extAuthzFilterName: authz}
+	perFilter := map[string]*anypb.Any{}
 	if err := addPerRoute(perFilter, rt, limits); err != nil {
 		return nil, err
 	}
@@ -172,6 +168,9 @@ func route(region string, rt model.Route, u model.Upstream, limits []*routev3.Ra
 	}
 	if u.Retries.Attempts > 1 {
 		out.RequestBodyBufferLimit = wrapperspb.UInt64(retryBodyBufferLimit)
+	}
+	if err := setRouteAuthz(r, out, authzContext(r.Name, rt.Upstream, rt.Name, "")); err != nil {
+		return nil, err
 	}
 	return out, nil
 }

@@ -1,0 +1,217 @@
+package translate_test
+
+import (
+	"encoding/json"
+	"maps"
+	"slices"
+	"testing"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	dynamicmodulefilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/dynamic_modules/v3"
+	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/llmedge/llmedge/controlplane/model"
+	"github.com/llmedge/llmedge/controlplane/translate"
+	"github.com/llmedge/llmedge/internal/wire"
+)
+
+const (
+	extAuthzName     = "envoy.filters.http.ext_authz"
+	authzModuleName  = "llmedge.authz"
+	moduleGoldenCase = "testdata/in/extauthz-in-envoy.yaml"
+)
+
+// withAuthzInEnvoy is cfg with every region's check inside Envoy set to on.
+func withAuthzInEnvoy(cfg *model.Config, on bool) *model.Config {
+	out := *cfg
+	out.Regions = slices.Clone(cfg.Regions)
+	for i := range out.Regions {
+		out.Regions[i].ExtAuthzInEnvoy = on
+	}
+	return &out
+}
+
+func httpFilters(t *testing.T, res *translate.Resources) map[string][]*hcmv3.HttpFilter {
+	t.Helper()
+	out := map[string][]*hcmv3.HttpFilter{}
+	for _, l := range res.Listeners {
+		hcm := &hcmv3.HttpConnectionManager{}
+		if err := l.FilterChains[0].Filters[0].GetTypedConfig().UnmarshalTo(hcm); err != nil {
+			t.Fatal(err)
+		}
+		out[l.Name] = hcm.HttpFilters
+	}
+	return out
+}
+
+func filterNames(fs []*hcmv3.HttpFilter) []string {
+	names := make([]string, len(fs))
+	for i, f := range fs {
+		names[i] = f.Name
+	}
+	return names
+}
+
+// Every listener of a region in module mode (callers', local, peer) checks requests with
+// the module, where ext_authz would stand, and never with ext_authz as well; its config
+// names the module and the region and nothing else (it is shown in /config_dump).
+func TestAuthzModuleFilterReplacesExtAuthz(t *testing.T) {
+	cfg := load(t, moduleGoldenCase)
+	module, err := translate.All(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	side, err := translate.All(withAuthzInEnvoy(cfg, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var checked []string
+	for region, res := range module {
+		want := httpFilters(t, side[region])
+		got := httpFilters(t, res)
+		checked = append(checked, slices.Collect(maps.Keys(got))...)
+		for listener, fs := range got {
+			wantNames := filterNames(want[listener])
+			i := slices.Index(wantNames, extAuthzName)
+			if i < 0 {
+				t.Fatalf("%s: default mode has no ext_authz filter: %v", listener, wantNames)
+			}
+			wantNames[i] = authzModuleName
+			if names := filterNames(fs); !slices.Equal(names, wantNames) {
+				t.Errorf("%s filters\n got %v\nwant %v", listener, names, wantNames)
+			}
+			f := fs[i]
+			dm := &dynamicmodulefilterv3.DynamicModuleFilter{}
+			if err := f.GetTypedConfig().UnmarshalTo(dm); err != nil {
+				t.Fatalf("%s: %s: %v", listener, f.Name, err)
+			}
+			mc := dm.GetDynamicModuleConfig()
+			if mc.GetName() != wire.AuthzModuleName || !mc.GetDoNotClose() || mc.GetLoadGlobally() || dm.GetFilterName() != wire.AuthzModuleFilter {
+				t.Errorf("%s: module config %v", listener, dm)
+			}
+			sv := &wrapperspb.StringValue{}
+			if err := dm.GetFilterConfig().UnmarshalTo(sv); err != nil {
+				t.Fatalf("%s: filter_config: %v", listener, err)
+			}
+			var fc map[string]any
+			if err := json.Unmarshal([]byte(sv.GetValue()), &fc); err != nil {
+				t.Fatalf("%s: filter_config %q: %v", listener, sv.GetValue(), err)
+			}
+			if len(fc) != 1 || fc["region"] != region {
+				t.Errorf("%s: filter_config %s, want only {\"region\": %q}", listener, sv.GetValue(), region)
+			}
+		}
+	}
+	slices.Sort(checked)
+	wantListeners := []string{translate.ListenerName("hk"), translate.LocalListenerName("hk"), translate.ListenerName("sg"), translate.PeerListenerName("sg")}
+	slices.Sort(wantListeners)
+	if !slices.Equal(checked, wantListeners) {
+		t.Errorf("listeners checked %v, want %v", checked, wantListeners)
+	}
+}
+
+// authzContexts maps each route of a region's route configurations to the context its
+// authz reads: the ext_authz context extensions, or the module's route metadata. It fails
+// when a route has both, or neither.
+func authzContexts(t *testing.T, res *translate.Resources) map[string]map[string]string {
+	t.Helper()
+	out := map[string]map[string]string{}
+	for _, rc := range res.Routes {
+		for _, vh := range rc.VirtualHosts {
+			for _, rt := range vh.Routes {
+				key := rc.Name + "/" + rt.Name
+				per, md := rt.TypedPerFilterConfig[extAuthzName], rt.GetMetadata().GetFilterMetadata()[wire.AuthzRouteMetadata]
+				switch {
+				case per != nil && md != nil:
+					t.Errorf("%s: both ext_authz per-route config and %s metadata", key, wire.AuthzRouteMetadata)
+				case per != nil:
+					p := &extauthzv3.ExtAuthzPerRoute{}
+					if err := per.UnmarshalTo(p); err != nil {
+						t.Fatal(err)
+					}
+					out[key] = p.GetCheckSettings().GetContextExtensions()
+				case md != nil:
+					ctx := map[string]string{}
+					for k, v := range md.Fields {
+						if _, ok := v.GetKind().(*structpb.Value_StringValue); !ok {
+							t.Errorf("%s: metadata %s is not a string", key, k)
+						}
+						ctx[k] = v.GetStringValue()
+					}
+					out[key] = ctx
+				default:
+					t.Errorf("%s: no authz context", key)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// In module mode each route, ordinary, forwarding or of a peer/local listener, carries in
+// its llmedge.authz metadata exactly the context ext_authz gets in default mode, and
+// nothing but that changes: listeners aside, the resources are the same.
+func TestAuthzModuleRouteMetadata(t *testing.T) {
+	for _, in := range []string{moduleGoldenCase, "testdata/in/peers.yaml", "testdata/in/entry-region.yaml", "testdata/in/basic.yaml"} {
+		cfg := load(t, in)
+		module, err := translate.All(withAuthzInEnvoy(cfg, true))
+		if err != nil {
+			t.Fatal(err)
+		}
+		side, err := translate.All(withAuthzInEnvoy(cfg, false))
+		if err != nil {
+			t.Fatal(err)
+		}
+		hops := map[string]bool{}
+		for region, res := range module {
+			for _, rc := range res.Routes {
+				for _, vh := range rc.VirtualHosts {
+					for _, rt := range vh.Routes {
+						if _, ok := rt.TypedPerFilterConfig[extAuthzName]; ok {
+							t.Errorf("%s: region %s route %s has ext_authz per-route config in module mode", in, region, rt.Name)
+						}
+					}
+				}
+			}
+			got, want := authzContexts(t, res), authzContexts(t, side[region])
+			if !maps.EqualFunc(got, want, maps.Equal) {
+				t.Errorf("%s: region %s route contexts\n got %v\nwant %v", in, region, got, want)
+			}
+			for _, ctx := range got {
+				if ctx[wire.ContextRegion] != region {
+					t.Errorf("%s: region %s route context %v", in, region, ctx)
+				}
+				hops[ctx[wire.ContextHop]] = true
+			}
+			// Apart from where the context lives, routes are the same.
+			stripped := func(rcs []*routev3.RouteConfiguration) []*routev3.RouteConfiguration {
+				out := make([]*routev3.RouteConfiguration, len(rcs))
+				for i, rc := range rcs {
+					rc = proto.Clone(rc).(*routev3.RouteConfiguration)
+					for _, vh := range rc.VirtualHosts {
+						for _, rt := range vh.Routes {
+							delete(rt.TypedPerFilterConfig, extAuthzName)
+							delete(rt.GetMetadata().GetFilterMetadata(), wire.AuthzRouteMetadata)
+						}
+					}
+					out[i] = rc
+				}
+				return out
+			}
+			if !slices.EqualFunc(stripped(res.Routes), stripped(side[region].Routes), func(a, b *routev3.RouteConfiguration) bool { return proto.Equal(a, b) }) {
+				t.Errorf("%s: region %s routes differ beyond the authz context", in, region)
+			}
+			if !slices.EqualFunc(res.Clusters, side[region].Clusters, func(a, b *clusterv3.Cluster) bool { return proto.Equal(a, b) }) {
+				t.Errorf("%s: region %s clusters differ between the modes", in, region)
+			}
+		}
+		if in == moduleGoldenCase && !(hops[""] && hops[wire.HopForward] && hops[wire.HopPeer]) {
+			t.Errorf("%s: hops seen %v; want ordinary, forward and peer routes", in, hops)
+		}
+	}
+}
