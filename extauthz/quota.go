@@ -41,7 +41,7 @@ func (r quotaResult) String() string {
 // would have added (draft 03).
 type quotaAnswer struct {
 	result  quotaResult
-	headers []*corev3.HeaderValueOption
+	headers []Header
 	// limit and reset are the x-ratelimit-limit and x-ratelimit-reset values, for the
 	// refusal's message.
 	limit, reset string
@@ -83,12 +83,13 @@ func newQuotas(version string, p *authzv1.RateLimit, lim rateLimiter) (*quotas, 
 	return q, nil
 }
 
-// check asks the service about a request to upstream by caller, naming model ("" if the
-// request names none).
-func (q *quotas) check(ctx context.Context, caller, upstream, model string) quotaAnswer {
+// request is the rate-limit request for a request to upstream by caller, naming model
+// ("" if the request names none); nil when no limit applies, and the service need not be
+// asked.
+func (q *quotas) request(caller, upstream, model string) *rlsv3.RateLimitRequest {
 	templates := q.byUpstream[upstream]
 	if len(templates) == 0 {
-		return quotaAnswer{result: quotaNone}
+		return nil
 	}
 	req := &rlsv3.RateLimitRequest{Domain: q.domain, HitsAddend: 1}
 	for _, t := range templates {
@@ -113,8 +114,13 @@ func (q *quotas) check(ctx context.Context, caller, upstream, model string) quot
 		req.Descriptors = append(req.Descriptors, d)
 	}
 	if len(req.Descriptors) == 0 {
-		return quotaAnswer{result: quotaNone}
+		return nil
 	}
+	return req
+}
+
+// ask puts a request to the rate-limit service.
+func (q *quotas) ask(ctx context.Context, req *rlsv3.RateLimitRequest) quotaAnswer {
 	if q.lim == nil {
 		return quotaAnswer{result: quotaUnavailable}
 	}
@@ -142,7 +148,7 @@ var windowSeconds = map[rlsv3.RateLimitResponse_RateLimit_Unit]int{
 // writes them: the limit with the least remaining, then every limit's quota policy
 // ("10, 10;w=60;name=\"callers.a.limits[0]\", 1000;w=3600"), its remaining and the seconds
 // until its window resets.
-func rateLimitHeaders(statuses []*rlsv3.RateLimitResponse_DescriptorStatus) (h []*corev3.HeaderValueOption, limit, reset string) {
+func rateLimitHeaders(statuses []*rlsv3.RateLimitResponse_DescriptorStatus) (h []Header, limit, reset string) {
 	var least *rlsv3.RateLimitResponse_DescriptorStatus
 	var policy strings.Builder
 	for _, s := range statuses {
@@ -165,13 +171,10 @@ func rateLimitHeaders(statuses []*rlsv3.RateLimitResponse_DescriptorStatus) (h [
 	}
 	limit = strconv.FormatUint(uint64(least.GetCurrentLimit().GetRequestsPerUnit()), 10) + policy.String()
 	reset = strconv.FormatInt(least.GetDurationUntilReset().GetSeconds(), 10)
-	set := func(k, v string) *corev3.HeaderValueOption {
-		return &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: k, Value: v}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}
-	}
-	return []*corev3.HeaderValueOption{
-		set("x-ratelimit-limit", limit),
-		set("x-ratelimit-remaining", strconv.FormatUint(uint64(least.GetLimitRemaining()), 10)),
-		set("x-ratelimit-reset", reset),
+	return []Header{
+		{"x-ratelimit-limit", limit},
+		{"x-ratelimit-remaining", strconv.FormatUint(uint64(least.GetLimitRemaining()), 10)},
+		{"x-ratelimit-reset", reset},
 	}, limit, reset
 }
 

@@ -334,50 +334,17 @@ func (m *Main) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.Che
 	attrs := req.GetAttributes()
 	ext := attrs.GetContextExtensions()
 	h := attrs.GetRequest().GetHttp()
-	r := decide.Request{
+	in := Input{
 		Region:   ext[wire.ContextRegion],
 		Upstream: ext[wire.ContextUpstream],
 		Route:    ext[wire.ContextRoute],
 		Hop:      ext[wire.ContextHop],
 		Headers:  h.GetHeaders(),
 		Path:     h.GetPath(),
-		Now:      time.Now(),
+		Model:    requestedModel(attrs.GetMetadataContext()),
 	}
-	r.SourceIP, _ = netip.ParseAddr(attrs.GetSource().GetAddress().GetSocketAddress().GetAddress())
-	var d decide.Decision
-	if p := m.policy.Load(); p == nil {
-		d = decide.NotReady(decide.GuessAPI(r))
-	} else {
-		d = p.Decide(r, keySource{m.keys})
-	}
-	var quota quotaAnswer
-	if d.Allow && r.Hop != wire.HopPeer { // a request forwarded by a peer was counted where it entered
-		if q := m.quotas.Load(); q != nil {
-			quota = q.check(ctx, d.Caller, r.Upstream, requestedModel(attrs.GetMetadataContext()))
-			if quota.result != quotaNone {
-				m.quotaChecks.WithLabelValues(r.Upstream, quota.result.String()).Inc()
-			}
-			switch {
-			case quota.result == quotaOver:
-				m.checks.WithLabelValues(r.Upstream, decide.ReasonOverLimit).Inc()
-				m.log.Info("denied", "reason", decide.ReasonOverLimit, "status", http.StatusTooManyRequests, "caller", d.Caller, "route", r.Route, "upstream", r.Upstream, "limits", quota.limit)
-				return overLimitResponse(d.Caller, quota), nil
-			case quota.result == quotaUnavailable && q.failClosed:
-				caller := d.Caller
-				d = decide.RateLimitUnavailable(m.policy.Load().API(r.Upstream), r.Region)
-				d.Caller = caller
-			}
-		}
-	}
-	m.checks.WithLabelValues(r.Upstream, d.Reason).Inc()
-	if d.Allow {
-		m.log.Debug("allowed", "caller", d.Caller, "route", r.Route, "upstream", r.Upstream, "key", d.KeyName, "quota", quota.result.String())
-		resp := allowResponse(d, r.Upstream)
-		resp.GetOkResponse().ResponseHeadersToAdd = quota.headers
-		return resp, nil
-	}
-	m.log.Info("denied", "reason", d.Reason, "status", d.Status, "caller", d.Caller, "route", r.Route, "upstream", r.Upstream, "source", r.SourceIP.String())
-	return denyResponse(d), nil
+	in.Source, _ = netip.ParseAddr(attrs.GetSource().GetAddress().GetSocketAddress().GetAddress())
+	return checkResponse(m.Authorize(ctx, in)), nil
 }
 
 type keySource struct{ s *keystore.Store }
@@ -402,65 +369,55 @@ func (k keySource) Next(upstream string) (string, string, bool) {
 	return key.Value(), key.Name, true
 }
 
-func allowResponse(d decide.Decision, upstream string) *authv3.CheckResponse {
-	ok := &authv3.OkHttpResponse{
-		HeadersToRemove:         d.RemoveHeaders,
-		QueryParametersToRemove: d.RemoveQueryParams,
-	}
-	for k, v := range d.SetHeaders {
-		// Overwrite: the default appends, and the caller's own value would travel on next
-		// to the real key.
-		ok.Headers = append(ok.Headers, &corev3.HeaderValueOption{
-			Header:       &corev3.HeaderValue{Key: k, Value: v},
-			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+// checkResponse is an Outcome as ext_authz's answer.
+func checkResponse(out Outcome) *authv3.CheckResponse {
+	if out.Allow {
+		ok := &authv3.OkHttpResponse{
+			// Overwrite: the default appends, and the caller's own value would travel on
+			// next to the real key.
+			Headers:                 overwrite(out.SetHeaders),
+			HeadersToRemove:         out.RemoveHeaders,
+			QueryParametersToRemove: out.RemoveQueryParams,
+			ResponseHeadersToAdd:    overwrite(out.ResponseHeaders),
+		}
+		md, _ := structpb.NewStruct(map[string]any{
+			wire.MetadataCaller: out.Caller, wire.MetadataTenant: out.Tenant, wire.MetadataUpstream: out.Upstream,
 		})
+		return &authv3.CheckResponse{
+			Status:          &rpcstatus.Status{Code: int32(codes.OK)},
+			HttpResponse:    &authv3.CheckResponse_OkResponse{OkResponse: ok},
+			DynamicMetadata: md,
+		}
 	}
-	md, _ := structpb.NewStruct(map[string]any{
-		wire.MetadataCaller: d.Caller, wire.MetadataTenant: d.Tenant, wire.MetadataUpstream: upstream,
-	})
-	return &authv3.CheckResponse{
-		Status:          &rpcstatus.Status{Code: int32(codes.OK)},
-		HttpResponse:    &authv3.CheckResponse_OkResponse{OkResponse: ok},
-		DynamicMetadata: md,
-	}
-}
-
-// overLimitResponse is the 429 of a spent quota. Envoy shapes the body like the
-// provider's errors around this message (controlplane/translate, local replies) and adds
-// the request id; the X-RateLimit headers and Retry-After go with it, as Envoy's
-// rate-limit filter would send them.
-func overLimitResponse(caller string, a quotaAnswer) *authv3.CheckResponse {
-	msg := fmt.Sprintf("llmedge: rate limit exceeded for caller %s (limits: %s); retry after %s seconds.", caller, a.limit, a.reset)
-	headers := append(a.headers,
-		&corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "retry-after", Value: a.reset}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD},
-		&corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "content-type", Value: "text/plain"}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD},
-	)
-	return &authv3.CheckResponse{
-		Status: &rpcstatus.Status{Code: int32(codes.ResourceExhausted)},
-		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
-			Status:  &typev3.HttpStatus{Code: typev3.StatusCode_TooManyRequests},
-			Headers: headers,
-			Body:    msg,
-		}},
-	}
-}
-
-func denyResponse(d decide.Decision) *authv3.CheckResponse {
 	code := codes.PermissionDenied
-	if d.Status == http.StatusUnauthorized {
+	switch out.Status {
+	case http.StatusUnauthorized:
 		code = codes.Unauthenticated
+	case http.StatusTooManyRequests:
+		code = codes.ResourceExhausted
 	}
 	return &authv3.CheckResponse{
 		Status: &rpcstatus.Status{Code: int32(code)},
 		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
-			Status: &typev3.HttpStatus{Code: typev3.StatusCode(d.Status)},
-			Headers: []*corev3.HeaderValueOption{{
-				Header:       &corev3.HeaderValue{Key: "content-type", Value: d.ContentType},
-				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
-			}},
-			Body: string(d.Body),
+			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(out.Status)},
+			Headers: overwrite(out.Headers),
+			Body:    out.Body,
 		}},
 	}
+}
+
+func overwrite(hs []Header) []*corev3.HeaderValueOption {
+	if len(hs) == 0 {
+		return nil
+	}
+	out := make([]*corev3.HeaderValueOption, len(hs))
+	for i, h := range hs {
+		out[i] = &corev3.HeaderValueOption{
+			Header:       &corev3.HeaderValue{Key: h.Name, Value: h.Value},
+			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+		}
+	}
+	return out
 }
 
 func (m *Main) handler() http.Handler {

@@ -1,0 +1,162 @@
+package extauthz
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"time"
+
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+
+	"github.com/llmedge/llmedge/extauthz/decide"
+	"github.com/llmedge/llmedge/internal/wire"
+)
+
+// The check itself, whatever carried the request to it: Envoy's gRPC ext_authz call
+// (Check), or the filter extauthz runs as inside Envoy (extauthz/module). Both hand it
+// the same facts and apply the same Outcome, so the two transports cannot drift.
+
+// Input is one request to check.
+type Input struct {
+	// Region, Upstream, Route and Hop are what the request's route says (ext_authz's
+	// context extensions, or the route's metadata for the module).
+	Region, Upstream, Route, Hop string
+	// Headers holds the credential headers and the internal (x-llmedge-) ones the caller
+	// sent, names in lower case; a header sent more than once has its values joined by
+	// commas, as Envoy sends them to ext_authz.
+	Headers map[string]string
+	// Path is the request's :path, with its query.
+	Path string
+	// Source is the caller's address as Envoy sees it (after trusted X-Forwarded-For hops).
+	Source netip.Addr
+	// Model is the model the request names ("" when none), for model-scoped quotas.
+	Model string
+}
+
+// Header is one header to set.
+type Header struct{ Name, Value string }
+
+// Outcome is the answer to a check.
+type Outcome struct {
+	Allow bool
+
+	// On allow: the key header to set (overwriting), the caller's credentials to remove
+	// (headers and query parameters), the caller's identity for the request's dynamic
+	// metadata, and the X-RateLimit headers for the response.
+	SetHeaders        []Header
+	RemoveHeaders     []string
+	RemoveQueryParams []string
+	Caller, Tenant    string
+	Upstream          string
+	ResponseHeaders   []Header
+
+	// On refusal: the response. Its body is shaped like the upstream API's errors, or
+	// plain text that Envoy's local replies shape (a spent quota).
+	Status  int
+	Headers []Header
+	Body    string
+}
+
+// Pending is a check that waits on the region's Redis for its quotas: Finish does that
+// round trip, off any thread that must not block.
+type Pending struct {
+	m     *Main
+	r     decide.Request
+	d     decide.Decision
+	q     *quotas
+	req   *rlsv3.RateLimitRequest
+	model string
+}
+
+// Begin checks a request as far as it can without waiting: the Outcome when no quota
+// needs asking, or else a Pending whose Finish gives it.
+func (m *Main) Begin(in Input) (Outcome, *Pending) {
+	r := decide.Request{
+		Region:   in.Region,
+		Upstream: in.Upstream,
+		Route:    in.Route,
+		Hop:      in.Hop,
+		Headers:  in.Headers,
+		Path:     in.Path,
+		SourceIP: in.Source,
+		Now:      time.Now(),
+	}
+	var d decide.Decision
+	if p := m.policy.Load(); p == nil {
+		d = decide.NotReady(decide.GuessAPI(r))
+	} else {
+		d = p.Decide(r, keySource{m.keys})
+	}
+	// A request forwarded by a peer was counted where it entered.
+	if d.Allow && r.Hop != wire.HopPeer {
+		if q := m.quotas.Load(); q != nil {
+			if req := q.request(d.Caller, r.Upstream, in.Model); req != nil {
+				return Outcome{}, &Pending{m: m, r: r, d: d, q: q, req: req, model: in.Model}
+			}
+		}
+	}
+	return m.finish(r, d, nil, quotaAnswer{result: quotaNone}), nil
+}
+
+// Finish asks the rate-limit service and gives the check's Outcome.
+func (p *Pending) Finish(ctx context.Context) Outcome {
+	return p.m.finish(p.r, p.d, p.q, p.q.ask(ctx, p.req))
+}
+
+// Authorize is Begin and, when it must, Finish.
+func (m *Main) Authorize(ctx context.Context, in Input) Outcome {
+	out, p := m.Begin(in)
+	if p != nil {
+		return p.Finish(ctx)
+	}
+	return out
+}
+
+func (m *Main) finish(r decide.Request, d decide.Decision, q *quotas, quota quotaAnswer) Outcome {
+	if quota.result != quotaNone {
+		m.quotaChecks.WithLabelValues(r.Upstream, quota.result.String()).Inc()
+	}
+	switch {
+	case quota.result == quotaOver:
+		m.checks.WithLabelValues(r.Upstream, decide.ReasonOverLimit).Inc()
+		m.log.Info("denied", "reason", decide.ReasonOverLimit, "status", http.StatusTooManyRequests, "caller", d.Caller, "route", r.Route, "upstream", r.Upstream, "limits", quota.limit)
+		return overLimit(d.Caller, quota)
+	case quota.result == quotaUnavailable && q.failClosed:
+		caller := d.Caller
+		api := decide.APIOpenAI
+		if p := m.policy.Load(); p != nil {
+			api = p.API(r.Upstream)
+		}
+		d = decide.RateLimitUnavailable(api, r.Region)
+		d.Caller = caller
+	}
+	m.checks.WithLabelValues(r.Upstream, d.Reason).Inc()
+	if d.Allow {
+		m.log.Debug("allowed", "caller", d.Caller, "route", r.Route, "upstream", r.Upstream, "key", d.KeyName, "quota", quota.result.String())
+		return allowed(d, r.Upstream, quota.headers)
+	}
+	m.log.Info("denied", "reason", d.Reason, "status", d.Status, "caller", d.Caller, "route", r.Route, "upstream", r.Upstream, "source", r.SourceIP.String())
+	return Outcome{Status: d.Status, Headers: []Header{{"content-type", d.ContentType}}, Body: string(d.Body)}
+}
+
+func allowed(d decide.Decision, upstream string, responseHeaders []Header) Outcome {
+	out := Outcome{
+		Allow: true, RemoveHeaders: d.RemoveHeaders, RemoveQueryParams: d.RemoveQueryParams,
+		Caller: d.Caller, Tenant: d.Tenant, Upstream: upstream, ResponseHeaders: responseHeaders,
+	}
+	for k, v := range d.SetHeaders {
+		out.SetHeaders = append(out.SetHeaders, Header{k, v})
+	}
+	return out
+}
+
+// overLimit is the 429 of a spent quota. Envoy shapes the body like the provider's errors
+// around this message (controlplane/translate, local replies) and adds the request id;
+// the X-RateLimit headers and Retry-After go with it, as Envoy's rate-limit filter would
+// send them.
+func overLimit(caller string, a quotaAnswer) Outcome {
+	msg := fmt.Sprintf("llmedge: rate limit exceeded for caller %s (limits: %s); retry after %s seconds.", caller, a.limit, a.reset)
+	headers := append(append([]Header(nil), a.headers...), Header{"retry-after", a.reset}, Header{"content-type", "text/plain"})
+	return Outcome{Status: http.StatusTooManyRequests, Headers: headers, Body: msg}
+}
