@@ -1,0 +1,60 @@
+package extauthz
+
+import (
+	"io"
+	"strings"
+	"testing"
+)
+
+func TestEnvOptions(t *testing.T) {
+	env := map[string]string{
+		"LLMEDGE_XDS": "unix:/run/llmedge/xds.sock", "LLMEDGE_KEYS_DIR": "/keys", "LLMEDGE_REDIS": "unix:/run/llmedge/redis.sock",
+		"LLMEDGE_GRPC_LISTEN": "unix:/run/llmedge/extauthz-hk.sock", "LLMEDGE_STATE_DIR": "/state", "LLMEDGE_XDS_TLS_CA": "/ca.pem",
+	}
+	o, err := EnvOptions("hk", func(k string) string { return env[k] }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Region != "hk" || o.XDSServer != env["LLMEDGE_XDS"] || o.KeysDir != "/keys" || o.RedisAddress != env["LLMEDGE_REDIS"] ||
+		o.GRPCAddress != env["LLMEDGE_GRPC_LISTEN"] || o.HTTPAddress != "127.0.0.1:10200" || o.StateDir != "/state" || o.XDSTLS.CA != "/ca.pem" {
+		t.Fatalf("options %+v do not follow the environment", o)
+	}
+
+	env = map[string]string{"LLMEDGE_REGION": "sg", "LLMEDGE_LOG_LEVEL": "loud"}
+	_, err = EnvOptions("hk", func(k string) string { return env[k] }, io.Discard)
+	for _, want := range []string{`LLMEDGE_REGION is "sg"`, "LLMEDGE_XDS is not set", "LLMEDGE_KEYS_DIR is not set", `LLMEDGE_LOG_LEVEL "loud"`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v does not say %q", err, want)
+		}
+	}
+}
+
+func TestCheckedHeader(t *testing.T) {
+	for name, want := range map[string]bool{
+		"authorization": true, "x-api-key": true, "x-goog-api-key": true, "llmedge-token": true,
+		"x-llmedge-caller": true, "content-type": false, ":path": false, "x-llmedgex": false,
+	} {
+		if got := CheckedHeader(name); got != want {
+			t.Errorf("CheckedHeader(%q) = %v, want %v", name, got, want)
+		}
+	}
+}
+
+func TestWithoutQueryParams(t *testing.T) {
+	for _, c := range []struct {
+		path  string
+		names []string
+		want  string
+	}{
+		{"/v1beta/models/m:generate?key=t&alt=sse", []string{"key"}, "/v1beta/models/m:generate?alt=sse"},
+		{"/v1/x?alt=sse&key=a&%6Bey=b&key", []string{"key", "%6Bey"}, "/v1/x?alt=sse"},
+		{"/v1/x?key=a", []string{"key"}, "/v1/x"},
+		{"/v1/x?a=1&&b=2", []string{"key"}, "/v1/x?a=1&b=2"},
+		{"/v1/x", []string{"key"}, "/v1/x"},
+		{"/v1/x?key=a", nil, "/v1/x?key=a"},
+	} {
+		if got := WithoutQueryParams(c.path, c.names); got != c.want {
+			t.Errorf("WithoutQueryParams(%q, %q) = %q, want %q", c.path, c.names, got, c.want)
+		}
+	}
+}
