@@ -1,0 +1,55 @@
+// The filter events that need no decision, in C: a call from Envoy into Go costs Go
+// scheduler work, so a request crosses into Go only to be checked, and again only when it
+// has something left to do (response headers to add, state to free).
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "_cgo_export.h"
+
+const void* envoy_dynamic_module_on_http_filter_new(const void* config, void* filter) {
+  return calloc(1, sizeof(llmedge_stream));
+}
+
+void envoy_dynamic_module_on_http_filter_destroy(void* m) {
+  llmedge_stream* s = m;
+  if (s->handle) {
+    llmedgeRelease(s->handle);
+  }
+  free(s);
+}
+
+int envoy_dynamic_module_on_http_filter_response_headers(void* filter, void* m, bool end) {
+  llmedge_stream* s = m;
+  if (s->handle) {
+    llmedgeResponseHeaders(filter, s->handle);
+  }
+  return 0;
+}
+
+void envoy_dynamic_module_on_http_filter_config_destroy(void* config) {}
+// While a check waits (on Redis, for quotas) the request's body and trailers wait with it:
+// returning Continue here would send the request on before its headers were decided.
+// 1 is StopIterationAndBuffer for a body, StopIteration for trailers.
+int envoy_dynamic_module_on_http_filter_request_body(void* filter, void* m, bool end) {
+  return ((llmedge_stream*)m)->pending ? 1 : 0;
+}
+int envoy_dynamic_module_on_http_filter_request_trailers(void* filter, void* m) {
+  return ((llmedge_stream*)m)->pending ? 1 : 0;
+}
+int envoy_dynamic_module_on_http_filter_response_body(void* filter, void* m, bool end) { return 0; }
+int envoy_dynamic_module_on_http_filter_response_trailers(void* filter, void* m) { return 0; }
+void envoy_dynamic_module_on_http_filter_stream_complete(void* filter, void* m) {}
+
+// Envoy 1.40 resolves these when it loads an HTTP filter module although this one starts
+// no callouts; they are never called. Their further parameters are left out: the caller
+// owns them under the x86-64 System V calling convention.
+void envoy_dynamic_module_on_http_filter_http_callout_done(void* filter, void* m) {}
+void envoy_dynamic_module_on_http_filter_http_stream_headers(void* filter, void* m) {}
+void envoy_dynamic_module_on_http_filter_http_stream_data(void* filter, void* m) {}
+void envoy_dynamic_module_on_http_filter_http_stream_trailers(void* filter, void* m) {}
+void envoy_dynamic_module_on_http_filter_http_stream_complete(void* filter, void* m) {}
+void envoy_dynamic_module_on_http_filter_http_stream_reset(void* filter, void* m) {}
+void envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(void* filter, void* m) {}
+void envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(void* filter, void* m) {}

@@ -1,0 +1,403 @@
+// Package main is extauthz as an HTTP filter inside Envoy: a dynamic module for Envoy
+// 1.40's envoy.filters.http.dynamic_modules, built with `go build -buildmode=c-shared`
+// into libllmedge.so (make build). The module starts the region's extauthz in Envoy's
+// process — its policy stream from the control plane, its key store, its quota limiter
+// and its HTTP and gRPC listeners, configured from Envoy's environment like
+// `llmedge extauthz` (extauthz.EnvOptions) — and checks each request on Envoy's worker
+// instead of through a gRPC side call: the same extauthz.Main.Begin, answered the way
+// Envoy's ext_authz filter answers (the caller in the ext_authz dynamic metadata, refusals
+// with the details "ext_authz_denied"), so the rest of the edge's config is the same in
+// both modes. A check that must ask Redis about quotas waits on a goroutine and resumes
+// the request through Envoy's scheduler; the worker never blocks.
+//
+// The module is written against the C ABI Envoy 1.40.0 exports (its
+// envoy_dynamic_module_callback_* symbols) and declares only the functions it uses: the
+// Go SDK of Envoy's dynamic modules is not obtainable from this project's module proxy.
+// Envoy only warns when a module's ABI version differs from its own, so a signature that
+// changed between Envoy releases would not be refused at load: the end-to-end suite runs
+// the module in the real Envoy and checks that it decides.
+package main
+
+/*
+#cgo LDFLAGS: -Wl,--unresolved-symbols=ignore-all
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+// A byte range: Envoy's buffers and the module's have this layout.
+typedef struct { const char* ptr; size_t len; } llmedge_buf;
+// One header: name and value.
+typedef struct { const char* name; size_t name_len; const char* value; size_t value_len; } llmedge_header;
+// The module's state of one stream: a cgo.Handle of the Go side's (0 for none), and
+// whether its check is still waiting (the body and trailers are held until it is done).
+typedef struct { uintptr_t handle; int pending; } llmedge_stream;
+
+// Exported by the Envoy binary, resolved when Envoy loads the module. Header type 0 is the
+// request's headers, 2 the response's.
+bool envoy_dynamic_module_callback_http_get_header(void* filter, int header_type, llmedge_buf key,
+    llmedge_buf* value, size_t index, size_t* count);
+size_t envoy_dynamic_module_callback_http_get_headers_size(void* filter, int header_type);
+bool envoy_dynamic_module_callback_http_get_headers(void* filter, int header_type, llmedge_header* result);
+bool envoy_dynamic_module_callback_http_set_header(void* filter, int header_type, llmedge_buf key, llmedge_buf value);
+bool envoy_dynamic_module_callback_http_get_metadata_string(void* filter, int source, llmedge_buf ns, llmedge_buf key,
+    llmedge_buf* result);
+void envoy_dynamic_module_callback_http_set_dynamic_metadata_string(void* filter, llmedge_buf ns, llmedge_buf key,
+    llmedge_buf value);
+bool envoy_dynamic_module_callback_http_filter_get_attribute_string(void* filter, int id, llmedge_buf* result);
+void envoy_dynamic_module_callback_http_send_response(void* filter, uint32_t status, llmedge_header* headers,
+    size_t headers_len, llmedge_buf body, llmedge_buf details);
+const void* envoy_dynamic_module_callback_get_most_specific_route_config(void* filter);
+void envoy_dynamic_module_callback_http_filter_continue_decoding(void* filter);
+void* envoy_dynamic_module_callback_http_filter_scheduler_new(void* filter);
+void envoy_dynamic_module_callback_http_filter_scheduler_commit(void* scheduler, uint64_t event);
+void envoy_dynamic_module_callback_http_filter_scheduler_delete(void* scheduler);
+*/
+import "C"
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"runtime/cgo"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/llmedge/llmedge/extauthz"
+	"github.com/llmedge/llmedge/internal/wire"
+)
+
+// abiVersion is Envoy 1.40.0's dynamic-module ABI version: with it Envoy logs "matched";
+// any other value is loaded with a warning.
+var abiVersion = C.CString("v0.2.0")
+
+const (
+	headerRequest  = 0
+	headerResponse = 2
+
+	metadataDynamic = 0
+	metadataRoute   = 1
+
+	// attributeSourceAddress is source.address: the caller as Envoy sees it (after trusted
+	// X-Forwarded-For hops), "ip:port", port 0 when it came from the header.
+	attributeSourceAddress = 24
+	// attributeRouteName is xds.route_name: the name of the route the request matched,
+	// empty when it matched none.
+	attributeRouteName = 61
+
+	statusContinue      = 0
+	statusStopIteration = 1
+
+	// deniedDetails are the response code details of a refusal: Envoy's ext_authz filter's,
+	// which the edge's local replies key on.
+	deniedDetails = "ext_authz_denied"
+	// failedDetails are those of a check that failed inside the module (a bug): the request
+	// is refused, never forwarded unchecked.
+	failedDetails = "llmedge_authz_failed"
+)
+
+// main is the region's extauthz, started by the first filter config (Envoy's main
+// thread) and read by every worker.
+var (
+	startMu sync.Mutex
+	running atomic.Pointer[extauthz.Main]
+	region  string
+)
+
+// filterConfig is the filter's config from the control plane (no secrets: Envoy shows it
+// in /config_dump).
+type filterConfig struct {
+	Region string `json:"region"`
+}
+
+// configToken is what Envoy keeps for a filter config: the module has one extauthz per
+// process, so every config is the same non-nil pointer.
+var configToken = C.malloc(1)
+
+//export envoy_dynamic_module_on_program_init
+func envoy_dynamic_module_on_program_init() *C.char { return abiVersion }
+
+//export envoy_dynamic_module_on_http_filter_config_new
+func envoy_dynamic_module_on_http_filter_config_new(_ unsafe.Pointer, name, raw C.llmedge_buf) (out unsafe.Pointer) {
+	defer func() {
+		if r := recover(); r != nil {
+			fmt.Fprintf(os.Stderr, "llmedge module: filter config: %v\n", r)
+			out = nil
+		}
+	}()
+	var c filterConfig
+	if err := json.Unmarshal(C.GoBytes(unsafe.Pointer(raw.ptr), C.int(raw.len)), &c); err != nil {
+		fmt.Fprintf(os.Stderr, "llmedge module: filter %s: config must be JSON {\"region\": ...}: %v\n", C.GoStringN(name.ptr, C.int(name.len)), err)
+		return nil // Envoy refuses the filter config
+	}
+	if err := start(c.Region); err != nil {
+		fmt.Fprintf(os.Stderr, "llmedge module: %v\n", err)
+		return nil
+	}
+	return configToken
+}
+
+// start runs the region's extauthz in this process, once.
+func start(r string) error {
+	startMu.Lock()
+	defer startMu.Unlock()
+	if running.Load() != nil {
+		if r != region {
+			return fmt.Errorf("this Envoy checks region %q; a filter config for region %q is refused", region, r)
+		}
+		return nil
+	}
+	opts, err := extauthz.EnvOptions(r, os.Getenv, os.Stderr)
+	if err != nil {
+		return err
+	}
+	// envoyproxy/ratelimit's limiter logs through logrus: JSON like ours, and only what
+	// needs attention.
+	logrus.SetOutput(os.Stderr)
+	logrus.SetFormatter(&logrus.JSONFormatter{})
+	logrus.SetLevel(logrus.WarnLevel)
+	m, err := extauthz.New(opts)
+	if err != nil {
+		return err
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- m.Run(context.Background()) }()
+	select {
+	case <-m.Ready():
+	case err := <-errc:
+		return fmt.Errorf("extauthz in Envoy did not start: %w", err)
+	}
+	go func() {
+		if err := <-errc; err != nil {
+			opts.Logger.Error("extauthz in Envoy stopped; requests are checked against the last policy it had", "err", err)
+		}
+	}()
+	region = r
+	running.Store(m)
+	return nil
+}
+
+// stream is the Go side's state of a request that has some: a check's outcome to apply
+// when its quota answer arrives, and the response headers to add.
+type stream struct {
+	out             atomic.Pointer[extauthz.Outcome]
+	responseHeaders []extauthz.Header
+}
+
+func buf(s string) C.llmedge_buf {
+	return C.llmedge_buf{ptr: (*C.char)(unsafe.Pointer(unsafe.StringData(s))), len: C.size_t(len(s))}
+}
+
+// envoyString aliases Envoy's memory: valid until the hook returns or the headers change.
+func envoyString(b C.llmedge_buf) string {
+	if b.ptr == nil || b.len == 0 {
+		return ""
+	}
+	return unsafe.String((*byte)(unsafe.Pointer(b.ptr)), int(b.len))
+}
+
+func routeMetadata(f unsafe.Pointer, key string) string {
+	var v C.llmedge_buf
+	if !C.envoy_dynamic_module_callback_http_get_metadata_string(f, metadataRoute, buf(wire.AuthzRouteMetadata), buf(key), &v) {
+		return ""
+	}
+	return strings.Clone(envoyString(v))
+}
+
+// input reads what the check needs from the request, and whether it matched a route.
+// Every string is copied: a check that waits on Redis outlives the hook.
+func input(f unsafe.Pointer) (extauthz.Input, bool) {
+	// Look the route up now, as Envoy's ext_authz filter does: json_to_metadata, before
+	// this filter, cleared the route cache once it read the body, and a route computed
+	// later (after the filter that strips x-forwarded-proto before the router) is no
+	// route at all (controlplane/translate, upstreamHeaders). Asking for this filter's
+	// per-route config makes Envoy compute it, with the request as the caller sent it.
+	C.envoy_dynamic_module_callback_get_most_specific_route_config(f)
+	in := extauthz.Input{
+		Region:   routeMetadata(f, wire.ContextRegion),
+		Upstream: routeMetadata(f, wire.ContextUpstream),
+		Route:    routeMetadata(f, wire.ContextRoute),
+		Hop:      routeMetadata(f, wire.ContextHop),
+		Headers:  map[string]string{},
+	}
+	n := C.envoy_dynamic_module_callback_http_get_headers_size(f, headerRequest)
+	if n > 0 {
+		hs := make([]C.llmedge_header, n)
+		if C.envoy_dynamic_module_callback_http_get_headers(f, headerRequest, &hs[0]) {
+			for _, h := range hs {
+				name := envoyString(C.llmedge_buf{ptr: h.name, len: h.name_len})
+				switch {
+				case name == ":path":
+					in.Path = strings.Clone(envoyString(C.llmedge_buf{ptr: h.value, len: h.value_len}))
+				case extauthz.CheckedHeader(name):
+					v := envoyString(C.llmedge_buf{ptr: h.value, len: h.value_len})
+					if prev, ok := in.Headers[name]; ok {
+						in.Headers[name] = prev + "," + v
+					} else {
+						in.Headers[strings.Clone(name)] = strings.Clone(v)
+					}
+				}
+			}
+		}
+	}
+	var v C.llmedge_buf
+	if C.envoy_dynamic_module_callback_http_filter_get_attribute_string(f, attributeSourceAddress, &v) {
+		s := envoyString(v)
+		if ap, err := netip.ParseAddrPort(s); err == nil {
+			in.Source = ap.Addr()
+		} else if a, err := netip.ParseAddr(s); err == nil {
+			in.Source = a
+		}
+	}
+	if C.envoy_dynamic_module_callback_http_get_metadata_string(f, metadataDynamic, buf(wire.RequestMetadataNamespace), buf(wire.RequestMetadataModel), &v) {
+		in.Model = strings.Clone(envoyString(v))
+	}
+	routed := in.Region != "" || in.Upstream != "" || in.Route != ""
+	if !routed && bool(C.envoy_dynamic_module_callback_http_filter_get_attribute_string(f, attributeRouteName, &v)) && v.len > 0 {
+		routed = true // a route without the context: checked, and refused as misconfigured
+	}
+	return in, routed
+}
+
+// refuse answers the request with a local reply Envoy's local-reply mappers shape.
+func refuse(f unsafe.Pointer, status int, headers []extauthz.Header, body, details string) {
+	// The header array holds pointers, so it and what it points to live in C memory.
+	var arr *C.llmedge_header
+	if len(headers) > 0 {
+		arr = (*C.llmedge_header)(C.malloc(C.size_t(len(headers)) * C.size_t(unsafe.Sizeof(C.llmedge_header{}))))
+		defer C.free(unsafe.Pointer(arr))
+	}
+	hs := unsafe.Slice(arr, len(headers))
+	for i, h := range headers {
+		n, v := C.CString(h.Name), C.CString(h.Value)
+		defer C.free(unsafe.Pointer(n))
+		defer C.free(unsafe.Pointer(v))
+		hs[i] = C.llmedge_header{name: n, name_len: C.size_t(len(h.Name)), value: v, value_len: C.size_t(len(h.Value))}
+	}
+	C.envoy_dynamic_module_callback_http_send_response(f, C.uint32_t(status), arr, C.size_t(len(headers)), buf(body), buf(details))
+}
+
+// apply carries an outcome out on the request.
+func apply(f unsafe.Pointer, out *extauthz.Outcome, path string) {
+	if !out.Allow {
+		refuse(f, out.Status, out.Headers, out.Body, deniedDetails)
+		return
+	}
+	// As Envoy's ext_authz filter does: set, then remove, then the query.
+	for _, h := range out.SetHeaders {
+		C.envoy_dynamic_module_callback_http_set_header(f, headerRequest, buf(h.Name), buf(h.Value))
+	}
+	for _, name := range out.RemoveHeaders {
+		C.envoy_dynamic_module_callback_http_set_header(f, headerRequest, buf(name), C.llmedge_buf{})
+	}
+	if len(out.RemoveQueryParams) > 0 {
+		C.envoy_dynamic_module_callback_http_set_header(f, headerRequest, buf(":path"), buf(extauthz.WithoutQueryParams(path, out.RemoveQueryParams)))
+	}
+	ns := buf(wire.AuthzMetadataNamespace)
+	C.envoy_dynamic_module_callback_http_set_dynamic_metadata_string(f, ns, buf(wire.MetadataCaller), buf(out.Caller))
+	C.envoy_dynamic_module_callback_http_set_dynamic_metadata_string(f, ns, buf(wire.MetadataTenant), buf(out.Tenant))
+	C.envoy_dynamic_module_callback_http_set_dynamic_metadata_string(f, ns, buf(wire.MetadataUpstream), buf(out.Upstream))
+}
+
+// keep hands the stream's Go state to its C state, for the later hooks and the release.
+func keep(m unsafe.Pointer, st *stream) {
+	(*C.llmedge_stream)(m).handle = C.uintptr_t(cgo.NewHandle(st))
+}
+
+//export envoy_dynamic_module_on_http_filter_request_headers
+func envoy_dynamic_module_on_http_filter_request_headers(f, m unsafe.Pointer, _ C.bool) (status C.int) {
+	// A panic escaping into Envoy aborts the process (and its crash dump logs the request's
+	// headers): every entry from Envoy recovers, and the request is refused.
+	defer func() {
+		if recover() != nil {
+			refuse(f, 500, nil, "", failedDetails)
+			status = statusStopIteration
+		}
+	}()
+	main := running.Load()
+	if main == nil { // no config was accepted, so Envoy does not run this filter
+		refuse(f, 500, nil, "", failedDetails)
+		return statusStopIteration
+	}
+	in, routed := input(f)
+	if !routed {
+		// No route: the router answers 404, as it does after Envoy's ext_authz filter, which
+		// checks nothing for a request without a route. Every route the control plane
+		// writes names its region and upstream (controlplane/translate tests this), so a
+		// request on a route is never let through here.
+		return statusContinue
+	}
+	out, pending := main.Begin(in)
+	if pending == nil {
+		apply(f, &out, in.Path)
+		if !out.Allow {
+			return statusStopIteration
+		}
+		if len(out.ResponseHeaders) > 0 {
+			keep(m, &stream{responseHeaders: out.ResponseHeaders})
+		}
+		return statusContinue
+	}
+	// The quota needs Redis: ask off the worker, resume through Envoy's scheduler. After
+	// the stream is gone the scheduler drops the event, and the release frees the state.
+	st := &stream{}
+	keep(m, st)
+	(*C.llmedge_stream)(m).pending = 1
+	s := C.envoy_dynamic_module_callback_http_filter_scheduler_new(f)
+	go func() {
+		defer func() {
+			recover() // st.out stays nil: the request is refused
+			C.envoy_dynamic_module_callback_http_filter_scheduler_commit(s, 1)
+			C.envoy_dynamic_module_callback_http_filter_scheduler_delete(s)
+		}()
+		out := pending.Finish(context.Background())
+		st.out.Store(&out)
+	}()
+	return statusStopIteration
+}
+
+//export envoy_dynamic_module_on_http_filter_scheduled
+func envoy_dynamic_module_on_http_filter_scheduled(f, m unsafe.Pointer, _ C.uint64_t) {
+	defer func() {
+		if recover() != nil {
+			refuse(f, 500, nil, "", failedDetails)
+		}
+	}()
+	(*C.llmedge_stream)(m).pending = 0
+	st := cgo.Handle((*C.llmedge_stream)(m).handle).Value().(*stream)
+	out := st.out.Load()
+	if out == nil {
+		refuse(f, 500, nil, "", failedDetails)
+		return
+	}
+	st.responseHeaders = out.ResponseHeaders
+	var path C.llmedge_buf
+	C.envoy_dynamic_module_callback_http_get_header(f, headerRequest, buf(":path"), &path, 0, nil)
+	apply(f, out, strings.Clone(envoyString(path)))
+	if out.Allow {
+		C.envoy_dynamic_module_callback_http_filter_continue_decoding(f)
+	}
+}
+
+//export llmedgeResponseHeaders
+func llmedgeResponseHeaders(f unsafe.Pointer, h C.uintptr_t) {
+	defer func() { recover() }()
+	st := cgo.Handle(h).Value().(*stream)
+	for _, hd := range st.responseHeaders {
+		C.envoy_dynamic_module_callback_http_set_header(f, headerResponse, buf(hd.Name), buf(hd.Value))
+	}
+}
+
+//export llmedgeRelease
+func llmedgeRelease(h C.uintptr_t) {
+	defer func() { recover() }()
+	cgo.Handle(h).Delete()
+}
+
+func main() {}
