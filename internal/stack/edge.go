@@ -28,6 +28,10 @@ type Edge struct {
 	// EnvoyDrainTime is how long a stopping Envoy keeps accepting (Envoy.DrainTime);
 	// default DefaultDrainTime.
 	EnvoyDrainTime time.Duration
+	// AuthzInEnvoy runs each region's extauthz inside its Envoy, as the dynamic module
+	// (Paths.Module), instead of as a process: for routes YAML whose regions set
+	// extauthz_in_envoy. Its health and metrics stay on the extauthz ports.
+	AuthzInEnvoy bool
 
 	mu     sync.Mutex
 	procs  []*Process // in start order
@@ -127,10 +131,10 @@ func (e *Edge) starters() map[string]func(ctx context.Context, region string) er
 			return p.Await(ctx, LlmedgeStartTimeout, HTTPStatus(cp.StatusURL()+"/readyz", http.StatusOK))
 		},
 		"extauthz": func(ctx context.Context, r string) error {
-			p, err := e.StartExtAuthz(ctx, ProcessName("extauthz", r), ExtAuthz{
-				Region: r, XDSAddr: xds, KeysDir: e.KeysDir, StateDir: filepath.Join(e.Dir, "state", ProcessName("extauthz", r)),
-				GRPCAddr: Unix(sock.ExtAuthz(r)), HTTPAddr: e.addr("extauthz", r, RoleHTTP), RedisAddr: Unix(sock.Redis()),
-			})
+			if e.AuthzInEnvoy {
+				return nil // started by its Envoy
+			}
+			p, err := e.StartExtAuthz(ctx, ProcessName("extauthz", r), e.extAuthz(r))
 			if err != nil {
 				return err
 			}
@@ -150,10 +154,17 @@ func (e *Edge) starters() map[string]func(ctx context.Context, region string) er
 			return rl.WaitHealthy(ctx, RatelimitStartTimeout)
 		},
 		"envoy": func(ctx context.Context, r string) error {
-			ep, err := e.StartEnvoy(ctx, ProcessName("envoy", r), Envoy{
+			envoy := Envoy{
 				Region: r, XDSAddr: xds, AdminPort: e.port("envoy", r, RoleAdmin),
 				Concurrency: e.EnvoyConcurrency, DrainTime: e.EnvoyDrainTime,
-			})
+			}
+			if e.AuthzInEnvoy {
+				if err := need("the dynamic module", e.Paths.Module); err != nil {
+					return err
+				}
+				envoy.Env = e.extAuthz(r).EnvoyEnv(filepath.Dir(e.Paths.Module))
+			}
+			ep, err := e.StartEnvoy(ctx, ProcessName("envoy", r), envoy)
 			if err != nil {
 				return err
 			}
@@ -161,8 +172,22 @@ func (e *Edge) starters() map[string]func(ctx context.Context, region string) er
 			e.mu.Lock()
 			e.envoys = append(e.envoys, ep.Process)
 			e.mu.Unlock()
-			return ep.WaitLive(ctx)
+			if err := ep.WaitLive(ctx); err != nil {
+				return err
+			}
+			if e.AuthzInEnvoy { // ready once the extauthz inside holds its policy
+				return ep.Await(ctx, LlmedgeStartTimeout, HTTPStatus("http://"+e.addr("extauthz", r, RoleHTTP)+"/readyz", http.StatusOK))
+			}
+			return nil
 		},
+	}
+}
+
+// extAuthz is how a region's extauthz runs, as a process or inside its Envoy.
+func (e *Edge) extAuthz(r string) ExtAuthz {
+	return ExtAuthz{
+		Region: r, XDSAddr: Unix(e.Sockets.XDS()), KeysDir: e.KeysDir, StateDir: filepath.Join(e.Dir, "state", ProcessName("extauthz", r)),
+		GRPCAddr: Unix(e.Sockets.ExtAuthz(r)), HTTPAddr: e.addr("extauthz", r, RoleHTTP), RedisAddr: Unix(e.Sockets.Redis()),
 	}
 }
 

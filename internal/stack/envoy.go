@@ -36,6 +36,9 @@ type Envoy struct {
 	DrainTimeout time.Duration
 	LogLevel     string // default warning
 	Extra        []string
+	// Env is added to Envoy's environment: extauthz's settings when Envoy runs it as a
+	// dynamic module (ExtAuthz.EnvoyEnv).
+	Env []string
 }
 
 // BootstrapCmd returns the `llmedge bootstrap` command that prints e's bootstrap
@@ -88,7 +91,7 @@ func (e Envoy) Cmd(envoy, bootstrapPath, adminAddressPath string) Cmd {
 		"--drain-strategy", "immediate",
 		"-l", or(e.LogLevel, "warning"),
 	}
-	return Cmd{Path: envoy, Args: append(args, e.Extra...), Env: BaseEnv()}
+	return Cmd{Path: envoy, Args: append(args, e.Extra...), Env: append(BaseEnv(), e.Env...)}
 }
 
 // EnvoyProcess is a running Envoy.

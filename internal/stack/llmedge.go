@@ -74,6 +74,32 @@ func (e ExtAuthz) Cmd(llmedge string) Cmd {
 	return llmedgeCmd(llmedge, args, "--keys-poll", e.KeysPoll, e.StateDir, e.LogFormat, e.LogLevel)
 }
 
+// EnvoyEnv is the environment of an Envoy that runs this extauthz inside it, as the
+// dynamic module in moduleDir (libllmedge.so, extauthz/module): the settings Cmd passes
+// as flags, as the variables extauthz.EnvOptions reads. The region comes from the
+// control plane's filter config.
+func (e ExtAuthz) EnvoyEnv(moduleDir string) []string {
+	env := []string{
+		"ENVOY_DYNAMIC_MODULES_SEARCH_PATH=" + moduleDir,
+		"LLMEDGE_XDS=" + e.XDSAddr,
+		"LLMEDGE_GRPC_LISTEN=" + e.GRPCAddr,
+		"LLMEDGE_HTTP_LISTEN=" + e.HTTPAddr,
+		"LLMEDGE_KEYS_DIR=" + e.KeysDir,
+		"LLMEDGE_LOG_FORMAT=" + or(e.LogFormat, "json"),
+		"LLMEDGE_LOG_LEVEL=" + or(e.LogLevel, "info"),
+	}
+	if e.RedisAddr != "" {
+		env = append(env, "LLMEDGE_REDIS="+e.RedisAddr)
+	}
+	if e.KeysPoll > 0 {
+		env = append(env, "LLMEDGE_KEYS_POLL="+e.KeysPoll.String())
+	}
+	if e.StateDir != "" {
+		env = append(env, "LLMEDGE_STATE_DIR="+e.StateDir)
+	}
+	return env
+}
+
 // StartExtAuthz runs extauthz and returns once it holds its region's policy (/readyz 200).
 func (r *Runner) StartExtAuthz(ctx context.Context, name string, e ExtAuthz) (*Process, error) {
 	if err := need("llmedge", r.Paths.Llmedge); err != nil {

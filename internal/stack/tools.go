@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 )
 
 // The third-party programs `make tools` installs under <repo>/.tools/bin.
@@ -77,6 +78,9 @@ func ToolPath(name string) (string, error) {
 type Paths struct {
 	Envoy, Ratelimit, RedisServer string
 	Llmedge, Fakellm              string
+	// Module is libllmedge.so, extauthz as a dynamic module for Envoy (extauthz/module);
+	// Envoy finds it through ENVOY_DYNAMIC_MODULES_SEARCH_PATH, its directory.
+	Module string
 }
 
 // FindTools fills the empty tool paths (Envoy, Ratelimit, RedisServer) with ToolPath.
@@ -96,11 +100,14 @@ func (p *Paths) FindTools() error {
 	return errors.Join(errs...)
 }
 
-// BinariesIn sets Llmedge and Fakellm to <dir>/llmedge and <dir>/fakellm, failing if
-// either is not there (run `make build`).
+// ModuleFile is the dynamic module's file name (Envoy loads lib<name>.so).
+const ModuleFile = "libllmedge.so"
+
+// BinariesIn sets Llmedge, Fakellm and Module to <dir>/llmedge, <dir>/fakellm and
+// <dir>/libllmedge.so, failing if one is not there (run `make build`).
 func (p *Paths) BinariesIn(dir string) error {
 	var errs []error
-	for name, field := range map[string]*string{"llmedge": &p.Llmedge, "fakellm": &p.Fakellm} {
+	for name, field := range map[string]*string{"llmedge": &p.Llmedge, "fakellm": &p.Fakellm, ModuleFile: &p.Module} {
 		path := filepath.Join(dir, name)
 		if fi, err := os.Stat(path); err != nil || fi.IsDir() {
 			errs = append(errs, fmt.Errorf("stack: %s not found in %s; run `make build` or set LLMEDGE_BIN_DIR", name, dir))
@@ -111,8 +118,8 @@ func (p *Paths) BinariesIn(dir string) error {
 	return errors.Join(errs...)
 }
 
-// BuildBinaries compiles cmd/llmedge and cmd/fakellm of the repository at root into dir
-// and points Llmedge and Fakellm at them.
+// BuildBinaries compiles cmd/llmedge, cmd/fakellm and the dynamic module of the
+// repository at root into dir and points Llmedge, Fakellm and Module at them.
 func (p *Paths) BuildBinaries(ctx context.Context, root, dir string) error {
 	for name, field := range map[string]*string{"llmedge": &p.Llmedge, "fakellm": &p.Fakellm} {
 		out := filepath.Join(dir, name)
@@ -121,6 +128,25 @@ func (p *Paths) BuildBinaries(ctx context.Context, root, dir string) error {
 		}
 		*field = out
 	}
+	out := filepath.Join(dir, ModuleFile)
+	if err := GoBuildModule(ctx, root, out); err != nil {
+		return err
+	}
+	p.Module = out
+	return nil
+}
+
+// GoBuildModule compiles extauthz/module of the module at root into the shared object
+// out. It needs cgo and a C compiler (make tools installs gcc).
+func GoBuildModule(ctx context.Context, root, out string) error {
+	cmd := exec.CommandContext(ctx, "go", "build", "-buildmode=c-shared", "-o", out, "./extauthz/module")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("stack: go build -buildmode=c-shared ./extauthz/module: %w\n%s", err, b)
+	}
+	// The C header cgo writes next to it is of no use to Envoy.
+	_ = os.Remove(strings.TrimSuffix(out, ".so") + ".h")
 	return nil
 }
 
