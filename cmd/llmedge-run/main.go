@@ -16,6 +16,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -45,6 +46,10 @@ type demo struct {
 	paths                                            stack.Paths
 	token, digest                                    string
 	real                                             []string // upstreams sent to the real provider
+	// authzMode is LLMEDGE_AUTHZ (envoy, process, or "" for what the routes YAML says);
+	// inEnvoy is the outcome: each region's extauthz runs inside its Envoy.
+	authzMode string
+	inEnvoy   bool
 }
 
 func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writer) int {
@@ -61,6 +66,7 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 		Routes:           d.routes,
 		KeysDir:          d.keysDir,
 		EnvoyConcurrency: stack.LocalEnvoyConcurrency,
+		AuthzInEnvoy:     d.inEnvoy,
 	}
 	if err := edge.Start(ctx); err != nil {
 		if ctx.Err() != nil { // Ctrl-C while starting
@@ -132,6 +138,7 @@ func prepare(ctx context.Context, getenv func(string) string, stdout, stderr io.
 			d.real = append(d.real, p.upstream)
 		}
 	}
+	d.authzMode = getenv("LLMEDGE_AUTHZ")
 	if err := d.writeRoutes(getenv("LLMEDGE_ROUTES") != ""); err != nil {
 		return nil, err
 	}
@@ -208,7 +215,11 @@ func (d *demo) writeRoutes(explicitSource bool) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", d.routes, err)
 	}
-	if !fresh && !changed && !moved {
+	before := out
+	if out, d.inEnvoy, err = authzInEnvoy(out, d.authzMode); err != nil {
+		return fmt.Errorf("%s: %w", d.routes, err)
+	}
+	if !fresh && !changed && !moved && bytes.Equal(before, out) {
 		return nil
 	}
 	return os.WriteFile(d.routes, out, 0o644)

@@ -246,3 +246,28 @@ func TestDemoTokenIsReused(t *testing.T) {
 		t.Errorf("a broken token file: %v", err)
 	}
 }
+
+func TestAuthzInEnvoy(t *testing.T) {
+	doc := []byte("regions:\n  hk: {listen: 127.0.0.1:10000}\n  sg:\n    listen: 127.0.0.1:10001\n    extauthz_in_envoy: false\n")
+	out, on, err := authzInEnvoy(doc, "envoy")
+	if err != nil || !on || strings.Count(string(out), "extauthz_in_envoy: true") != 2 {
+		t.Fatalf("envoy: %v %v\n%s", on, err, out)
+	}
+	back, on, err := authzInEnvoy(out, "process")
+	if err != nil || on || strings.Count(string(back), "extauthz_in_envoy: false") != 2 {
+		t.Fatalf("process: %v %v\n%s", on, err, back)
+	}
+	if same, on, err := authzInEnvoy(out, ""); err != nil || !on || string(same) != string(out) {
+		t.Fatalf("unset: the routes YAML decides; got %v %v", on, err)
+	}
+	if _, _, err := authzInEnvoy(doc, ""); err != nil {
+		t.Fatal(err)
+	}
+	mixed := []byte("regions:\n  hk: {extauthz_in_envoy: true}\n  sg: {}\n")
+	if _, _, err := authzInEnvoy(mixed, ""); err == nil || !strings.Contains(err.Error(), "regions hk set extauthz_in_envoy and sg do not") {
+		t.Fatalf("mixed regions: %v", err)
+	}
+	if _, _, err := authzInEnvoy(doc, "inside"); err == nil || !strings.Contains(err.Error(), `LLMEDGE_AUTHZ "inside"`) {
+		t.Fatalf("bad mode: %v", err)
+	}
+}

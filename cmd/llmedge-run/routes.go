@@ -223,3 +223,44 @@ func scalar(v string) *yaml.Node { return &yaml.Node{Kind: yaml.ScalarNode, Valu
 func flowSeq(items ...*yaml.Node) *yaml.Node {
 	return &yaml.Node{Kind: yaml.SequenceNode, Style: yaml.FlowStyle, Content: items}
 }
+
+// authzInEnvoy sets regions.<r>.extauthz_in_envoy on every region of doc to on (mode
+// "envoy" or "process", LLMEDGE_AUTHZ), or leaves doc alone (mode ""). It returns the
+// document and whether its regions run extauthz inside Envoy: all of them or none, since
+// the edge starts one kind.
+func authzInEnvoy(doc []byte, mode string) (out []byte, inEnvoy bool, err error) {
+	if mode != "" && mode != "envoy" && mode != "process" {
+		return nil, false, fmt.Errorf("LLMEDGE_AUTHZ %q: want envoy (extauthz inside Envoy) or process", mode)
+	}
+	var n yaml.Node
+	if err := yaml.Unmarshal(doc, &n); err != nil {
+		return nil, false, err
+	}
+	root := docMap(&n)
+	regions := mapValue(root, "regions")
+	if root == nil || regions == nil || regions.Kind != yaml.MappingNode {
+		return doc, false, nil
+	}
+	seen := map[bool][]string{}
+	for i := 0; i+1 < len(regions.Content); i += 2 {
+		r := regions.Content[i+1]
+		if r.Kind != yaml.MappingNode {
+			continue
+		}
+		if mode != "" {
+			setMapValue(r, "extauthz_in_envoy", &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!bool", Value: strconv.FormatBool(mode == "envoy")})
+		}
+		v := mapValue(r, "extauthz_in_envoy")
+		on := v != nil && v.Value == "true"
+		seen[on] = append(seen[on], regions.Content[i].Value)
+	}
+	if len(seen[true]) > 0 && len(seen[false]) > 0 {
+		return nil, false, fmt.Errorf("regions %s set extauthz_in_envoy and %s do not: `make run` runs extauthz one way for all (LLMEDGE_AUTHZ=envoy or process)",
+			strings.Join(seen[true], ", "), strings.Join(seen[false], ", "))
+	}
+	if mode == "" {
+		return doc, len(seen[true]) > 0, nil
+	}
+	out, err = encode(&n)
+	return out, len(seen[true]) > 0, err
+}
