@@ -20,11 +20,14 @@ proto: ## Regenerate the Go code for proto/**/*.proto (protoc from make tools; m
 	@bash scripts/proto.sh
 
 .PHONY: build
-build: ## Build the llmedge, fakellm and llmedge-run binaries into bin/
+build: ## Build the llmedge, fakellm and llmedge-run binaries and Envoy's module libllmedge.so into bin/
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/llmedge ./cmd/llmedge
 	$(GO) build -o $(BIN)/fakellm ./cmd/fakellm
 	$(GO) build -o $(BIN)/llmedge-run ./cmd/llmedge-run
+	@# extauthz as an Envoy dynamic module (extauthz_in_envoy): cgo, gcc from make tools.
+	CGO_ENABLED=1 $(GO) build -buildmode=c-shared -o $(BIN)/libllmedge.so ./extauthz/module
+	@rm -f $(BIN)/libllmedge.h
 
 .PHONY: fmt
 fmt: ## Format the Go code
@@ -38,6 +41,8 @@ lint: ## gofmt check and go vet
 .PHONY: test
 test: tools lint ## Unit, golden and end-to-end tests against the real Envoy (runs make tools first)
 	$(GO) test -count=1 -timeout 30m ./...
+	@# The end-to-end suite again with every region's extauthz inside its Envoy (extauthz_in_envoy).
+	LLMEDGE_E2E_AUTHZ=envoy $(GO) test -count=1 -timeout 30m ./e2e/
 
 .PHONY: golden
 golden: ## Rewrite the golden files (translator output, Envoy bootstraps) from the current code

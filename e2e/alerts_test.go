@@ -65,6 +65,7 @@ func TestAlertsOverTheRealStack(t *testing.T) {
 	up := startUpstream(t, fakellm.Options{})
 	dead := testenv.FreePort(t)
 	s := newStack(t, up, strings.Replace(alertRegion, "DEAD_PORT", fmt.Sprint(dead), 1), "hk")
+	s.needsAuthzProcess()
 
 	hook := &alerttest.Webhook{}
 	srv := httptest.NewServer(hook)

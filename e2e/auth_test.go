@@ -321,6 +321,7 @@ func TestExtAuthzDownFailsClosed(t *testing.T) {
 	t.Parallel()
 	up := startUpstream(t, fakellm.Options{})
 	s := newStack(t, up, authRegion, "hk")
+	s.needsAuthzProcess()
 	path := s.edgeURL("hk", "/openai/v1/chat/completions")
 	if resp, body := post(t, path, chatBody, s.authAs("app", nil)); resp.StatusCode != http.StatusOK {
 		t.Fatalf("before: %d %s", resp.StatusCode, body)
@@ -379,7 +380,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 	places := map[string]string{
 		"responses":               responses.String(),
 		"control plane log":       s.cp.Log(),
-		"extauthz log":            s.authz["hk"].Log(),
+		"extauthz log":            s.authzLog("hk"),
 		"envoy log":               s.envoys["hk"].Log(),
 		"envoy /config_dump":      string(s.envoys["hk"].ConfigDump(t)),
 		"envoy /stats":            string(adminGet(t, s.envoys["hk"], "/stats")),

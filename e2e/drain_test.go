@@ -120,7 +120,7 @@ func TestRollingRestartLosesNoStream(t *testing.T) {
 	const chunks = 10 // 10 × 50 ms: each stream lasts about half a second
 	s := newStack(t, startUpstream(t, fakellm.Options{Chunks: chunks, ChunkInterval: 50 * time.Millisecond}), drainRegion, "hk")
 	start := func(name, node string) *testenv.EnvoyProcess {
-		e := testenv.StartRegionEnvoy(t, llmedgeBin, name, stk.Envoy{Region: "hk", NodeID: node, XDSAddr: stk.Unix(s.sock.XDS())})
+		e := testenv.StartRegionEnvoy(t, llmedgeBin, name, s.withAuthz(stk.Envoy{Region: "hk", NodeID: node, XDSAddr: stk.Unix(s.sock.XDS())}, true))
 		testenv.Eventually(t, testenv.EnvoyStartTimeout, 20*time.Millisecond, func() error {
 			if st, _ := e.AdminGet(t, "/ready"); st != http.StatusOK {
 				return fmt.Errorf("%s: /ready %d", name, st)

@@ -73,7 +73,7 @@ func TestEmptyKeyFileKeepsLastKeyUnderLoad(t *testing.T) {
 	}
 
 	// The warning names the upstream and the key file, never a key.
-	log := s.authz["hk"].Log()
+	log := s.authzLog("hk")
 	warned := false
 	for _, line := range strings.Split(log, "\n") {
 		if strings.Contains(line, "keeping its last good key") && strings.Contains(line, "openai") && strings.Contains(line, "key-1") {

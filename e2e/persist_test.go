@@ -59,6 +59,7 @@ func authzReadyz(t *testing.T, s *stack, region string) map[string]any {
 func TestExtAuthzRestartWithoutControlPlane(t *testing.T) {
 	t.Parallel()
 	s := newStack(t, startUpstream(t, fakellm.Options{}), twoRegions, "hk")
+	s.needsAuthzProcess()
 	state := filepath.Join(s.dir, "state", "extauthz-hk")
 
 	// The stack's extauthz keeps no state; replace it with one that does.
@@ -163,7 +164,7 @@ func TestControlPlaneServesSavedConfigToFreshEnvoy(t *testing.T) {
 
 	// A fresh Envoy (no config of its own) gets the saved config and serves.
 	s.envoys["hk"].Stop()
-	s.envoys["hk"] = testenv.StartRegionEnvoy(t, llmedgeBin, "envoy-hk-fresh", stk.Envoy{Region: "hk", XDSAddr: stk.Unix(s.sock.XDS())})
+	s.envoys["hk"] = testenv.StartRegionEnvoy(t, llmedgeBin, "envoy-hk-fresh", s.withAuthz(stk.Envoy{Region: "hk", XDSAddr: stk.Unix(s.sock.XDS())}, false))
 	testenv.Eventually(t, 20*time.Second, 20*time.Millisecond, func() error {
 		req, _ := http.NewRequest(http.MethodPost, s.edgeURL("hk", "/openai/v1/chat/completions"), strings.NewReader(chatBody))
 		req.Header.Set("Content-Type", "application/json")

@@ -28,8 +28,14 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// llmedgeBin and fakellmBin are built once for the whole package by TestMain.
-var llmedgeBin, fakellmBin string
+// llmedgeBin, fakellmBin and moduleBin (libllmedge.so) are built once for the whole
+// package by TestMain.
+var llmedgeBin, fakellmBin, moduleBin string
+
+// authzInEnvoy runs every stack's extauthz inside its Envoy, as the dynamic module
+// (regions.<r>.extauthz_in_envoy), rather than as a process of its own:
+// LLMEDGE_E2E_AUTHZ=envoy. `make test` runs the suite both ways.
+var authzInEnvoy = os.Getenv("LLMEDGE_E2E_AUTHZ") == "envoy"
 
 func TestMain(m *testing.M) {
 	os.Exit(buildAndRun(m))
@@ -52,7 +58,7 @@ func buildAndRun(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	llmedgeBin, fakellmBin = paths.Llmedge, paths.Fakellm
+	llmedgeBin, fakellmBin, moduleBin = paths.Llmedge, paths.Fakellm, paths.Module
 	return m.Run()
 }
 
@@ -137,6 +143,10 @@ type stack struct {
 	redis     *testenv.Redis
 	rl        map[string]*testenv.RatelimitProcess
 	rlRegions map[string]bool
+
+	// inEnvoy: each region's extauthz runs inside its Envoy (authzInEnvoy); authz is then
+	// empty, and extauthz's log is Envoy's.
+	inEnvoy bool
 }
 
 // upstreamKey is the provider key the test keys directory holds for an upstream.
@@ -191,6 +201,13 @@ func (d routesData) CA() string            { return d.s.up.caFile }
 // each region, and waits until every Envoy has acknowledged its config.
 func newStack(t testing.TB, up *upstream, tmpl string, regions ...string) *stack {
 	t.Helper()
+	return newStackAuthz(t, up, tmpl, authzInEnvoy, regions...)
+}
+
+// newStackAuthz is newStack with extauthz inside Envoy or not, whatever the run's
+// LLMEDGE_E2E_AUTHZ: for tests of one mode.
+func newStackAuthz(t testing.TB, up *upstream, tmpl string, inEnvoy bool, regions ...string) *stack {
+	t.Helper()
 	s := &stack{
 		t:         t,
 		dir:       t.TempDir(),
@@ -204,6 +221,7 @@ func newStack(t testing.TB, up *upstream, tmpl string, regions ...string) *stack
 		tokens:    map[string]string{},
 		rl:        map[string]*testenv.RatelimitProcess{},
 		rlRegions: map[string]bool{},
+		inEnvoy:   inEnvoy,
 	}
 	for _, r := range regions {
 		s.ports[r] = testenv.FreePort(t)
@@ -218,19 +236,22 @@ func newStack(t testing.TB, up *upstream, tmpl string, regions ...string) *stack
 	s.writeRoutes(tmpl)
 	s.startControlPlane()
 	for _, r := range regions {
-		s.startExtAuthz(r)
+		if !s.inEnvoy {
+			s.startExtAuthz(r)
+		}
 		if s.rlRegions[r] {
 			s.startRatelimit(r)
 		}
 	}
 	for _, r := range regions {
-		s.envoys[r] = testenv.StartRegionEnvoy(t, llmedgeBin, stk.ProcessName("envoy", r), stk.Envoy{
-			Region: r, XDSAddr: stk.Unix(s.sock.XDS()), // admin port 0: the kernel picks
-		})
+		s.startEnvoy(r)
 	}
 	s.waitInSync(30 * time.Second)
 	for _, r := range regions {
 		s.waitListening(r)
+		if s.inEnvoy {
+			s.waitAuthzReady(r)
+		}
 	}
 	t.Cleanup(s.checkNoNacks)
 	return s
@@ -247,12 +268,66 @@ func (s *stack) startControlPlane() {
 	})
 }
 
+// startEnvoy runs the region's Envoy (with its extauthz inside when s.inEnvoy).
+func (s *stack) startEnvoy(region string) *testenv.EnvoyProcess {
+	s.t.Helper()
+	e := stk.Envoy{Region: region, XDSAddr: stk.Unix(s.sock.XDS())} // admin port 0: the kernel picks
+	s.envoys[region] = testenv.StartRegionEnvoy(s.t, llmedgeBin, stk.ProcessName("envoy", region), s.withAuthz(e, false))
+	return s.envoys[region]
+}
+
+// withAuthz gives an Envoy of the stack its extauthz when it runs inside Envoy. A second
+// Envoy of a region running beside the first (another is true) gets its own health port
+// and gRPC socket: two processes cannot listen on one.
+func (s *stack) withAuthz(e stk.Envoy, another bool) stk.Envoy {
+	if !s.inEnvoy {
+		return e
+	}
+	a := s.extAuthz(e.Region)
+	if another {
+		a.HTTPAddr = stk.Loopback(testenv.FreePort(s.t))
+		a.GRPCAddr = stk.Unix(filepath.Join(filepath.Dir(s.sock.ExtAuthz(e.Region)), fmt.Sprintf("x%d.sock", testenv.FreePort(s.t))))
+	}
+	e.Env = a.EnvoyEnv(filepath.Dir(moduleBin))
+	return e
+}
+
+// waitAuthzReady waits until the extauthz inside the region's Envoy holds its policy.
+func (s *stack) waitAuthzReady(region string) {
+	s.t.Helper()
+	testenv.Eventually(s.t, 15*time.Second, 10*time.Millisecond, func() error {
+		return stk.HTTPStatus(fmt.Sprintf("http://127.0.0.1:%d/readyz", s.authzHTTP[region]), http.StatusOK)(s.t.Context())
+	})
+}
+
+// authzLog is the region's extauthz log: its process's, or its Envoy's.
+func (s *stack) authzLog(region string) string {
+	if s.inEnvoy {
+		return s.envoys[region].Log()
+	}
+	return s.authz[region].Log()
+}
+
+// needsAuthzProcess skips a test about extauthz as a process of its own (killed,
+// restarted) when the stack runs it inside Envoy; the suite's other run covers it.
+func (s *stack) needsAuthzProcess() {
+	s.t.Helper()
+	if s.inEnvoy {
+		s.t.Skip("extauthz runs inside Envoy in this run (LLMEDGE_E2E_AUTHZ=envoy); the other run of the suite tests it as a process")
+	}
+}
+
 // startExtAuthz runs the region's extauthz against the control plane and the keys
 // directory, and waits until it has its policy.
 func (s *stack) startExtAuthz(region string) {
 	s.t.Helper()
+	s.authz[region] = testenv.StartExtAuthz(s.t, llmedgeBin, stk.ProcessName("extauthz", region), s.extAuthz(region))
+}
+
+// extAuthz is how the region's extauthz runs, in a process or inside Envoy.
+func (s *stack) extAuthz(region string) stk.ExtAuthz {
 	routesData{s}.ExtAuthz(region)
-	s.authz[region] = testenv.StartExtAuthz(s.t, llmedgeBin, stk.ProcessName("extauthz", region), stk.ExtAuthz{
+	return stk.ExtAuthz{
 		Region:   region,
 		XDSAddr:  stk.Unix(s.sock.XDS()),
 		GRPCAddr: stk.Unix(s.sock.ExtAuthz(region)),
@@ -263,7 +338,7 @@ func (s *stack) startExtAuthz(region string) {
 		// The stack's Redis, once a test starts it (startRatelimit): extauthz checks
 		// request-time quotas there, and connects when it answers.
 		RedisAddr: stk.Unix(s.sock.Redis()),
-	})
+	}
 }
 
 // startRatelimit runs the region's envoyproxy/ratelimit (and the stack's Redis, first:
@@ -308,6 +383,9 @@ func (s *stack) writeRoutes(tmpl string) {
 		s.t.Fatal(err)
 	}
 	out := s.withTester(b.Bytes())
+	if s.inEnvoy {
+		out = withAuthzInEnvoy(out)
+	}
 	tmp := s.routes + ".tmp"
 	if err := os.WriteFile(tmp, out, 0o644); err != nil {
 		s.t.Fatal(err)
@@ -351,6 +429,41 @@ func (s *stack) withTester(doc []byte) []byte {
 	sort.Strings(names)
 	return append(append([]byte(nil), doc...), fmt.Sprintf("\ncallers:\n  tester:\n    tokens: [%s]\n    upstreams: [%s]\n",
 		token.DigestRef(s.token), strings.Join(names, ", "))...)
+}
+
+// withAuthzInEnvoy sets extauthz_in_envoy on every region of a routes YAML that does not
+// say; a document that does not parse is left as it is.
+func withAuthzInEnvoy(doc []byte) []byte {
+	var root yaml.Node
+	if err := yaml.Unmarshal(doc, &root); err != nil || len(root.Content) == 0 || root.Content[0].Kind != yaml.MappingNode {
+		return doc
+	}
+	top := root.Content[0]
+	for i := 0; i+1 < len(top.Content); i += 2 {
+		if top.Content[i].Value != "regions" || top.Content[i+1].Kind != yaml.MappingNode {
+			continue
+		}
+		regions := top.Content[i+1]
+		for j := 1; j < len(regions.Content); j += 2 {
+			r := regions.Content[j]
+			if r.Kind != yaml.MappingNode {
+				continue
+			}
+			set := false
+			for k := 0; k+1 < len(r.Content); k += 2 {
+				set = set || r.Content[k].Value == "extauthz_in_envoy"
+			}
+			if !set {
+				r.Content = append(r.Content, &yaml.Node{Kind: yaml.ScalarNode, Value: "extauthz_in_envoy"},
+					&yaml.Node{Kind: yaml.ScalarNode, Tag: "!!bool", Value: "true"})
+			}
+		}
+	}
+	out, err := yaml.Marshal(&root)
+	if err != nil {
+		return doc
+	}
+	return out
 }
 
 func (s *stack) status() controlplane.Status {

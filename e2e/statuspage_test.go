@@ -103,6 +103,7 @@ func TestStatusPageInChromium(t *testing.T) {
     - {upstream: openai, model: gpt-4o, input: 2.5, output: 10, cached: 1.25, currency: USD}
     - {upstream: anthropic, model: claude-sonnet-4-5, input: 3, output: 15, currency: USD}
 `, "hk", "sg")
+	s.needsAuthzProcess()
 	if err := os.WriteFile(tokFile, []byte(s.tokens["prober"]+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,70 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/llmedge/llmedge/internal/fakellm"
+)
+
+// TestAuthzInEnvoy: with extauthz_in_envoy, the region runs no extauthz process; its
+// Envoy checks callers itself and injects the key, counts its checks on extauthz's
+// metrics port, and shows nothing but the region in the module's config (no key, no
+// path). The whole suite also runs this way (LLMEDGE_E2E_AUTHZ=envoy, `make test`); this
+// test pins what is particular to it whichever way the suite runs.
+func TestAuthzInEnvoy(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, fakellm.Options{})
+	s := newStackAuthz(t, up, authRegion, true, "hk")
+	if len(s.authz) != 0 {
+		t.Fatalf("extauthz processes %v, want none", s.authz)
+	}
+	path := s.edgeURL("hk", "/openai/v1/chat/completions")
+	resp, body := post(t, path, chatBody, s.authAs("app", nil))
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("allowed caller: %d %s", resp.StatusCode, body)
+	}
+	reqs := up.Requests()
+	if len(reqs) != 1 || reqs[0].Header.Get("Authorization") != "Bearer "+upstreamKey("openai") {
+		t.Fatalf("upstream saw %d requests, the first with Authorization %q; want the provider key", len(reqs), reqs[0].Header.Get("Authorization"))
+	}
+	resp, body = post(t, path, chatBody, map[string]string{"authorization": "Bearer llme_not-a-caller"})
+	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(string(body), `"code":"unknown_token"`) {
+		t.Fatalf("unknown token: %d %s, want 401 unknown_token", resp.StatusCode, body)
+	}
+
+	metrics := get(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", s.authzHTTP["hk"]))
+	for _, want := range []string{
+		`llmedge_extauthz_checks_total{result="ok",upstream="openai"} 1`,
+		`llmedge_extauthz_checks_total{result="unknown_token",upstream="openai"} 1`,
+		"llmedge_extauthz_policy_ready 1",
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("extauthz /metrics inside Envoy lacks %q", want)
+		}
+	}
+
+	// The module's config, as /config_dump shows it, is the region and nothing else.
+	var dump struct{ Configs []json.RawMessage }
+	if err := json.Unmarshal(s.envoys["hk"].ConfigDump(t), &dump); err != nil {
+		t.Fatal(err)
+	}
+	var found []string
+	for _, c := range dump.Configs {
+		for _, m := range strings.SplitAfter(string(c), `"filter_config":`)[1:] {
+			end := strings.Index(m, "}")
+			found = append(found, m[:end+1])
+		}
+	}
+	if len(found) == 0 {
+		t.Fatal("no dynamic module filter in /config_dump")
+	}
+	for _, f := range found {
+		if !strings.Contains(f, `\"region\":\"hk\"`) || strings.Contains(f, s.keysDir) || strings.Contains(f, "sk-test") {
+			t.Errorf("module filter_config %s: want the region only", f)
+		}
+	}
+}
