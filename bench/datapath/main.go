@@ -313,6 +313,9 @@ func scenarioTargets(s *rig) []*target {
 		// charges tokens at stream end; request quotas are checked in extauthz.
 		// Only what usage recording costs a request at c=1 (issue 11); no ladder, to keep the run short.
 		{"edge_full_nousage", "full edge without usage recording", vNoUsage, false, true, "x-ratelimit-limit"},
+		// The full edge with its check inside Envoy (LLMEDGE_AUTHZ=envoy make run): no
+		// extauthz process, the same decision, quotas and keys.
+		{"edge_full_inenvoy", "full edge, extauthz inside Envoy", vInEnvoy, true, false, "x-ratelimit-limit"},
 	} {
 		v, ok := s.variants[sc.variant]
 		if !ok {
@@ -493,7 +496,7 @@ func sanityChecks(s *rig, targets []*target) []string {
 		}
 		return resp, err
 	}
-	for _, name := range []string{vAuthz, vFull, vFullPipe, vNoUsage} {
+	for _, name := range []string{vAuthz, vFull, vFullPipe, vNoUsage, vInEnvoy} {
 		resp, err := get(s.variants[name].url, nil)
 		switch {
 		case err != nil:

@@ -58,6 +58,7 @@ const (
 	vFull      = "full"      // make run's edge: Envoy + ext_authz + rate limit
 	vFullPipe  = "fullpipe"  // the same with Redis pipelining in ratelimit
 	vNoUsage   = "nousage"   // the full edge with usage.enabled: false
+	vInEnvoy   = "inenvoy"   // the full edge with extauthz inside Envoy (extauthz_in_envoy)
 )
 
 // runner starts every process of the benchmark and keeps them for CPU and RSS accounting.
@@ -136,12 +137,15 @@ func startRig(ctx context.Context, r *runner, edgeOnly bool) (*rig, error) {
 	if err := s.writeKeys(); err != nil {
 		return nil, err
 	}
-	logf("starting make run's edge (regions %s, %s), the ext_authz-only region, the region without usage recording and 2 static Envoys", vFull, vFullPipe)
+	logf("starting make run's edge (regions %s, %s), the ext_authz-only region, the region without usage recording, the region with extauthz inside Envoy and 2 static Envoys", vFull, vFullPipe)
 	steps := []func(context.Context) error{
 		s.startEdge,
 		func(ctx context.Context) error { return s.startOwn(ctx, ownRegion{name: vAuthz}) },
 		func(ctx context.Context) error {
 			return s.startOwn(ctx, ownRegion{name: vNoUsage, limit: callerLimit, noUsage: true, state: true})
+		},
+		func(ctx context.Context) error {
+			return s.startOwn(ctx, ownRegion{name: vInEnvoy, limit: callerLimit, state: true, inEnvoy: true})
 		},
 		s.startStatics,
 	}
@@ -252,6 +256,7 @@ type ownRegion struct {
 	limit   int  // the caller's requests a minute; 0: no limits, so no ratelimit
 	noUsage bool // usage.enabled: false
 	state   bool // --state-dir for the control plane and extauthz, as make run gives them
+	inEnvoy bool // extauthz inside the region's Envoy (`LLMEDGE_AUTHZ=envoy make run`)
 }
 
 // startOwn starts a region's control plane, extauthz, ratelimit (with limits; on the full
@@ -268,7 +273,7 @@ func (s *rig) startOwn(ctx context.Context, o ownRegion) error {
 	if err != nil {
 		return err
 	}
-	rg := region{name: o.name, listen: a[0], authz: stack.Unix(socks.ExtAuthz(o.name))}
+	rg := region{name: o.name, listen: a[0], authz: stack.Unix(socks.ExtAuthz(o.name)), inEnvoy: o.inEnvoy}
 	if o.limit > 0 {
 		rg.ratelimit = stack.Unix(socks.Ratelimit(o.name))
 	}
@@ -296,21 +301,32 @@ func (s *rig) startOwn(ctx context.Context, o ownRegion) error {
 	if o.limit > 0 { // quotas are checked in extauthz, against the full edge's Redis, as make run does
 		ea.RedisAddr = s.redis
 	}
-	eap, err := s.r.StartExtAuthz(ctx, authzName, ea)
-	if err != nil {
-		return err
+	var others []string
+	envoy := stack.Envoy{Region: o.name, XDSAddr: cp.XDSAddr}
+	if o.inEnvoy { // its work is Envoy's: no process of its own
+		envoy.Env = ea.EnvoyEnv(filepath.Dir(s.r.Paths.Module))
+	} else {
+		eap, err := s.r.StartExtAuthz(ctx, authzName, ea)
+		if err != nil {
+			return err
+		}
+		s.adopt(eap)
+		others = append(others, authzName)
 	}
-	s.adopt(eap)
-	others := []string{authzName}
 	if o.limit > 0 {
 		if err := s.startRatelimit(ctx, o.name, cp.XDSAddr, socks.Ratelimit(o.name)); err != nil {
 			return err
 		}
 		others = append(others, stack.ProcessName("ratelimit", o.name), "redis")
 	}
-	ep, err := s.startEnvoy(ctx, o.name, stack.Envoy{Region: o.name, XDSAddr: cp.XDSAddr})
+	ep, err := s.startEnvoy(ctx, o.name, envoy)
 	if err != nil {
 		return err
+	}
+	if o.inEnvoy {
+		if err := ep.Await(ctx, stack.LlmedgeStartTimeout, stack.HTTPStatus("http://"+ea.HTTPAddr+"/readyz", 200)); err != nil {
+			return err
+		}
 	}
 	s.variant(o.name, a[0], ep.AdminURL(), s.callerHeaders(), others...)
 	return nil
@@ -394,6 +410,7 @@ func (s *rig) startEnvoy(ctx context.Context, name string, e stack.Envoy) (*stac
 // (with limits) ratelimit addresses.
 type region struct {
 	name, listen, authz, ratelimit string
+	inEnvoy                        bool // extauthz_in_envoy
 }
 
 // writeRoutes writes a routes YAML serving the fake through the regions, for the caller
@@ -409,6 +426,9 @@ func (s *rig) writeRoutes(name string, limit int, noUsage bool, regions ...regio
 		}
 		if r.ratelimit != "" {
 			fmt.Fprintf(&b, "    ratelimit: %s\n", r.ratelimit)
+		}
+		if r.inEnvoy {
+			b.WriteString("    extauthz_in_envoy: true\n")
 		}
 		names = append(names, r.name)
 	}
