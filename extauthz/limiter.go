@@ -151,8 +151,16 @@ func (l *limiter) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReque
 	}
 	done := make(chan answer, 1)
 	go func() { // the module's Redis calls take no context: bound them here
-		r, err := svc.ShouldRateLimit(context.WithoutCancel(ctx), req)
-		done <- answer{r, err}
+		var a answer
+		// The module turns Redis errors into errors and re-panics on anything else: a panic
+		// here would end the process (Envoy's, for the check inside Envoy).
+		defer func() {
+			if p := recover(); p != nil {
+				a = answer{err: fmt.Errorf("rate-limit check failed: %v", p)}
+			}
+			done <- a
+		}()
+		a.resp, a.err = svc.ShouldRateLimit(context.WithoutCancel(ctx), req)
 	}()
 	t := time.NewTimer(timeout)
 	defer t.Stop()
