@@ -154,6 +154,21 @@ func TestADSAckNack(t *testing.T) {
 		t.Errorf("a NACK counted as an ACK: %v", err)
 	}
 
+	// The rejected version is not sent again: the next listeners the node gets are the
+	// next edit's.
+	next = resources(t, edited(func(f *config.File) {
+		r := f.Regions["hk"]
+		r.Listen = "127.0.0.1:10200"
+		f.Regions["hk"] = r
+	}))
+	if _, err := s.Update(next); err != nil {
+		t.Fatal(err)
+	}
+	v3 := s.Versions()["hk"]["listeners"]
+	if again := st.Recv(t, waitFor); again.GetVersionInfo() != v3 {
+		t.Fatalf("after the NACK of %s the node got version %q; want the next edit's %q", v2, again.GetVersionInfo(), v3)
+	}
+
 	// Hanging up removes the node and its gauge.
 	if err := st.CloseSend(); err != nil {
 		t.Fatal(err)

@@ -227,6 +227,13 @@ func (t *Tracker) onRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
 			At:      time.Now().UTC(),
 		}
 		st.node.LastNack = nack
+		if nack.Version != "" {
+			// A NACK names the version Envoy still runs, which go-control-plane's cache
+			// takes as out of date: it would send the rejected version again at once, and
+			// Envoy would reject it again, a hundred times a second. The rejected version
+			// is what the node has seen: it gets the next one when the config changes.
+			req.VersionInfo = nack.Version
+		}
 	case req.GetResponseNonce() != "" && req.GetVersionInfo() != "":
 		acked = req.GetVersionInfo()
 		st.node.Acked[ShortType(req.GetTypeUrl())] = acked
