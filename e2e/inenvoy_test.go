@@ -6,8 +6,11 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/llmedge/llmedge/internal/fakellm"
+	stk "github.com/llmedge/llmedge/internal/stack"
+	"github.com/llmedge/llmedge/internal/testenv"
 )
 
 // TestAuthzInEnvoy: with extauthz_in_envoy, the region runs no extauthz process; its
@@ -67,4 +70,48 @@ func TestAuthzInEnvoy(t *testing.T) {
 			t.Errorf("module filter_config %s: want the region only", f)
 		}
 	}
+}
+
+// TestAuthzInEnvoyNeedsItsSettings: an Envoy started without one of extauthz's settings
+// refuses the listener (the control plane sees the NACK) and its log names the variable;
+// the region's other Envoy serves on.
+func TestAuthzInEnvoyNeedsItsSettings(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, fakellm.Options{})
+	s := newStackAuthz(t, up, authRegion, true, "hk")
+	e := s.withAuthz(stk.Envoy{Region: "hk", NodeID: "envoy-hk-nokeys", XDSAddr: stk.Unix(s.sock.XDS())}, true)
+	var env []string
+	for _, v := range e.Env {
+		if !strings.HasPrefix(v, "LLMEDGE_KEYS_DIR=") {
+			env = append(env, v)
+		}
+	}
+	e.Env = env
+	bad := testenv.StartRegionEnvoy(t, llmedgeBin, "envoy-hk-nokeys", e)
+	bad.WaitLog(t, "extauthz in Envoy: LLMEDGE_KEYS_DIR is not set", 15*time.Second)
+	testenv.Eventually(t, 15*time.Second, 20*time.Millisecond, func() error {
+		for _, r := range s.status().Regions {
+			for _, n := range r.Nodes {
+				if n.ID == "envoy-hk-nokeys" && n.LastNack != nil && strings.Contains(n.LastNack.Error, "Failed to initialize dynamic module") {
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("no listener NACK from envoy-hk-nokeys in /status")
+	})
+	if resp, body := post(t, s.edgeURL("hk", "/openai/v1/chat/completions"), chatBody, s.authAs("app", nil)); resp.StatusCode != http.StatusOK {
+		t.Fatalf("the region's other Envoy: %d %s", resp.StatusCode, body)
+	}
+	// Gone, it leaves no NACK behind for the stack's own check.
+	bad.Stop()
+	testenv.Eventually(t, 15*time.Second, 20*time.Millisecond, func() error {
+		for _, r := range s.status().Regions {
+			for _, n := range r.Nodes {
+				if n.ID == "envoy-hk-nokeys" {
+					return fmt.Errorf("envoy-hk-nokeys still in /status")
+				}
+			}
+		}
+		return nil
+	})
 }
