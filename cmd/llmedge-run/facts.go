@@ -87,6 +87,9 @@ func banner(w io.Writer, d *demo) {
 	if len(d.real) > 0 {
 		note = "real provider for: " + strings.Join(d.real, " ") + "; the fake LLM upstream for the rest"
 	}
+	if d.inEnvoy {
+		note += "; extauthz inside each Envoy (LLMEDGE_AUTHZ=envoy: its log is the Envoy's)"
+	}
 	hk, sg := d.addr("envoy", "hk", stack.RoleEdge), d.addr("envoy", "sg", stack.RoleEdge)
 	fmt.Fprintf(w, `
   llmedge is running: two regions; %s
