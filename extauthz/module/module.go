@@ -102,8 +102,8 @@ const (
 	failedDetails = "llmedge_authz_failed"
 )
 
-// main is the region's extauthz, started by the first filter config (Envoy's main
-// thread) and read by every worker.
+// running is the region's extauthz, started by the first filter config (on Envoy's main
+// thread) and read by every worker; region is the region it checks.
 var (
 	startMu sync.Mutex
 	running atomic.Pointer[extauthz.Main]
@@ -330,7 +330,9 @@ func envoy_dynamic_module_on_http_filter_request_headers(f, m unsafe.Pointer, _ 
 		// No route: the router answers 404, as it does after Envoy's ext_authz filter, which
 		// checks nothing for a request without a route. Every route the control plane
 		// writes names its region and upstream (controlplane/translate tests this), so a
-		// request on a route is never let through here.
+		// request on a route is never let through here — provided Envoy shows this filter
+		// the route the router will use (input); the end-to-end suite, run through the
+		// module, fails if it does not (a caller's token would reach the provider).
 		return statusContinue
 	}
 	out, pending := main.Begin(in)
