@@ -29,7 +29,8 @@ import (
 )
 
 // limiter is envoyproxy/ratelimit's own service (its config, Redis cache and decision
-// code, from its Go module) running inside extauthz, so the request-time quota check is
+// code, from its Go module; the connections to Redis are syncRedis's) running inside
+// extauthz, so the request-time quota check is
 // one Redis round trip from the process Envoy already asks, instead of a second side call
 // to another process. The region's ratelimit process keeps running on the same Redis and
 // the same limits for the token limits Envoy asks it about: both derive
@@ -97,8 +98,8 @@ func (l *limiter) statsManager() rlstats.Manager {
 	return rlstats.NewStatManager(l.store, rlsettings.NewSettings())
 }
 
-// service returns the service, building it (and its Redis pool, which the module dials at
-// once) on first use.
+// service returns the service, building it on first use; its Redis connections
+// (syncRedis) open when a check needs one.
 func (l *limiter) service() (svc rlservice.RateLimitServiceServer, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -109,17 +110,12 @@ func (l *limiter) service() (svc rlservice.RateLimitServiceServer, err error) {
 		return nil, errors.New("no rate-limit config yet")
 	}
 	defer func() {
-		if r := recover(); r != nil { // the module panics when Redis does not answer
+		if r := recover(); r != nil { // the module panics on what it cannot build
 			err = fmt.Errorf("redis %s: %v", l.redis, r)
 		}
 	}()
 	sm := l.statsManager()
-	network, url := "tcp", l.redis.String()
-	if l.redis.IsUnix() {
-		network, url = "unix", l.redis.Path
-	}
-	client := rlredis.NewClientImpl(l.store.Scope("redis_pool"), false, "", network, "single", url, 10,
-		0, 0, nil, false, nil, time.Second, "", "")
+	client := newSyncRedis(l.redis, time.Second)
 	cache := rlredis.NewFixedRateLimitCacheImpl(client, nil, rlutils.NewTimeSourceImpl(),
 		rand.New(rlutils.NewLockedSource(time.Now().Unix())), 0, nil, 0.8, "", sm, false)
 	hc := rlserver.NewHealthChecker(health.NewServer(), "ratelimit", true)
