@@ -320,8 +320,8 @@ func envoy_dynamic_module_on_http_filter_request_headers(f, m unsafe.Pointer, _ 
 			status = statusStopIteration
 		}
 	}()
-	main := running.Load()
-	if main == nil { // no config was accepted, so Envoy does not run this filter
+	authz := running.Load()
+	if authz == nil { // no config was accepted, so Envoy does not run this filter
 		refuse(f, 500, nil, "", failedDetails)
 		return statusStopIteration
 	}
@@ -335,7 +335,7 @@ func envoy_dynamic_module_on_http_filter_request_headers(f, m unsafe.Pointer, _ 
 		// module, fails if it does not (a caller's token would reach the provider).
 		return statusContinue
 	}
-	out, pending := main.Begin(in)
+	out, pending := authz.Begin(in)
 	if pending == nil {
 		apply(f, &out, in.Path)
 		if !out.Allow {
