@@ -58,3 +58,25 @@ func TestWithoutQueryParams(t *testing.T) {
 		}
 	}
 }
+
+// PolicyIn, which the module holds Envoy's first filter config on, closes once a policy is
+// in force, and only then.
+func TestPolicyInClosesWithThePolicy(t *testing.T) {
+	m := newMain(t)
+	select {
+	case <-m.PolicyIn():
+		t.Fatal("PolicyIn closed before any policy")
+	default:
+	}
+	if err := m.apply("v1", policyResource(t, "hk", "llme_policy_in_test_token_aaaaaaaaaaaaaaaaaaaa")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-m.PolicyIn():
+	default:
+		t.Fatal("PolicyIn still open with a policy in force")
+	}
+	if err := m.apply("v2", policyResource(t, "hk", "llme_policy_in_test_token_aaaaaaaaaaaaaaaaaaaa")); err != nil {
+		t.Fatal(err) // a second policy must not close it again (a panic)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -79,9 +80,12 @@ type Main struct {
 	grpcAddr       transport.Address
 	grpcLn, httpLn net.Listener
 	ready          chan struct{}
-	checks         *prometheus.CounterVec
-	retryKeys      *prometheus.CounterVec
-	quotaChecks    *prometheus.CounterVec
+	// policyIn is closed once a caller policy is in force (saved or from the control plane).
+	policyIn    chan struct{}
+	policyOnce  sync.Once
+	checks      *prometheus.CounterVec
+	retryKeys   *prometheus.CounterVec
+	quotaChecks *prometheus.CounterVec
 }
 
 // New checks the options and loads the keys once.
@@ -118,7 +122,7 @@ func New(o Options) (*Main, error) {
 	if err != nil {
 		return nil, fmt.Errorf("extauthz: keys: %w", err)
 	}
-	m := &Main{opts: o, log: log, reg: prometheus.NewRegistry(), keys: keys, grpcAddr: grpcAddr, ready: make(chan struct{})}
+	m := &Main{opts: o, log: log, reg: prometheus.NewRegistry(), keys: keys, grpcAddr: grpcAddr, ready: make(chan struct{}), policyIn: make(chan struct{})}
 	if o.RedisAddress != "" {
 		redis, err := transport.Parse(o.RedisAddress)
 		if err != nil {
@@ -191,6 +195,10 @@ func (m *Main) GRPCAddr() string {
 	return m.grpcLn.Addr().String()
 }
 func (m *Main) HTTPAddr() string { return m.httpLn.Addr().String() }
+
+// PolicyIn is closed once a caller policy is in force: until then every check is refused
+// with not_ready.
+func (m *Main) PolicyIn() <-chan struct{} { return m.policyIn }
 
 // GRPCServerOptions are the settings of extauthz's gRPC server, for the benchmarks'
 // stand-ins to be set up the same way.
@@ -292,6 +300,7 @@ func (m *Main) apply(version string, resources []*anypb.Any) error {
 		m.log.Error("the region has rate limits but extauthz has no --redis: every quota check takes the region's failure mode")
 	}
 	m.policy.Store(c)
+	m.policyOnce.Do(func() { close(m.policyIn) })
 	m.quotas.Store(q)
 	m.log.Info("caller policy applied", "version", version, "callers", len(dp.Callers), "upstreams", len(dp.Upstreams))
 	return nil

@@ -65,6 +65,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"github.com/sirupsen/logrus"
@@ -101,6 +102,9 @@ const (
 	// is refused, never forwarded unchecked.
 	failedDetails = "llmedge_authz_failed"
 )
+
+// policyWait bounds how long the first filter config waits for the caller policy.
+const policyWait = 10 * time.Second
 
 // running is the region's extauthz, started by the first filter config (on Envoy's main
 // thread) and read by every worker; region is the region it checks.
@@ -172,6 +176,16 @@ func start(r string) error {
 	case <-m.Ready():
 	case err := <-errc:
 		return fmt.Errorf("extauthz in Envoy did not start: %w", err)
+	}
+	// Envoy takes traffic on this listener as soon as the filter config is made, and a
+	// check before the policy arrives is refused (503 not_ready): hold the config, on
+	// Envoy's main thread, until the policy is in force. The control plane that sent the
+	// listener serves the policy too, so it is a round trip away; past policyWait Envoy
+	// goes on, and its checks say not_ready until the policy comes.
+	select {
+	case <-m.PolicyIn():
+	case <-time.After(policyWait):
+		opts.Logger.Warn("no caller policy yet; checks answer not_ready until the control plane sends one", "waited", policyWait)
 	}
 	go func() {
 		if err := <-errc; err != nil {
