@@ -70,7 +70,8 @@ type Pending struct {
 }
 
 // Begin checks a request as far as it can without waiting: the Outcome when no quota
-// needs asking, or else a Pending whose Finish gives it.
+// needs asking or this edge's quota leases answer it, or else a Pending whose Finish gives
+// it.
 func (m *Main) Begin(in Input) (Outcome, *Pending) {
 	r := decide.Request{
 		Region:   in.Region,
@@ -92,6 +93,9 @@ func (m *Main) Begin(in Input) (Outcome, *Pending) {
 	if d.Allow && r.Hop != wire.HopPeer {
 		if q := m.quotas.Load(); q != nil {
 			if req := q.request(d.Caller, r.Upstream, in.Model); req != nil {
+				if a, ok := q.answerLocally(req); ok {
+					return m.finish(r, d, q, a), nil
+				}
 				return Outcome{}, &Pending{m: m, r: r, d: d, q: q, req: req, model: in.Model}
 			}
 		}

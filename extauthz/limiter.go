@@ -14,8 +14,8 @@ import (
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	rlsconfv3 "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
 	rlconfig "github.com/envoyproxy/ratelimit/src/config"
+	rllimiter "github.com/envoyproxy/ratelimit/src/limiter"
 	rlprovider "github.com/envoyproxy/ratelimit/src/provider"
-	rlredis "github.com/envoyproxy/ratelimit/src/redis"
 	rlserver "github.com/envoyproxy/ratelimit/src/server"
 	rlservice "github.com/envoyproxy/ratelimit/src/service"
 	rlsettings "github.com/envoyproxy/ratelimit/src/settings"
@@ -28,18 +28,19 @@ import (
 	"github.com/llmedge/llmedge/internal/transport"
 )
 
-// limiter is envoyproxy/ratelimit's own service (its config, Redis cache and decision
-// code, from its Go module; the connections to Redis are syncRedis's) running inside
-// extauthz, so the request-time quota check is
-// one Redis round trip from the process Envoy already asks, instead of a second side call
-// to another process. The region's ratelimit process keeps running on the same Redis and
+// limiter is envoyproxy/ratelimit's own service (its config, keys, windows, statuses and
+// stats, from its Go module; the cache in front of Redis is leaseCache, the connections
+// syncRedis's) running inside extauthz, so the request-time quota check is at most one
+// Redis round trip from the process Envoy already asks — none when a lease answers —
+// instead of a second side call to another process. The region's ratelimit process keeps running on the same Redis and
 // the same limits for the token limits Envoy asks it about: both derive
 // the same Redis keys from the same domain, descriptors and windows.
 type limiter struct {
-	redis transport.Address
-	log   *slog.Logger
-	stats *statSink
-	store gostats.Store
+	redis   transport.Address
+	log     *slog.Logger
+	stats   *statSink
+	store   gostats.Store
+	reserve *prometheus.CounterVec // the lease cache's round trips, by kind
 
 	mu      sync.Mutex
 	svc     rlservice.RateLimitServiceServer
@@ -57,7 +58,12 @@ func newLimiter(redis transport.Address, reg prometheus.Registerer, log *slog.Lo
 	sink := newStatSink(reg)
 	store := gostats.NewStore(sink, false)
 	go store.Start(time.NewTicker(time.Second))
-	return &limiter{redis: redis, log: log.With("component", "ratelimit"), stats: sink, store: store}
+	reserve := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "llmedge_extauthz_quota_reservations_total",
+		Help: "Round trips to Redis for request quotas: kind=request for a request that waited on its own reservation, kind=ahead for a lease reserved in the background. Requests answered from a lease make none.",
+	}, []string{"kind"})
+	reg.MustRegister(reserve)
+	return &limiter{redis: redis, log: log.With("component", "ratelimit"), stats: sink, store: store, reserve: reserve}
 }
 
 // setConfig hands the region's limits to the service (now, or when it is built).
@@ -115,9 +121,10 @@ func (l *limiter) service() (svc rlservice.RateLimitServiceServer, err error) {
 		}
 	}()
 	sm := l.statsManager()
-	client := newSyncRedis(l.redis, time.Second)
-	cache := rlredis.NewFixedRateLimitCacheImpl(client, nil, rlutils.NewTimeSourceImpl(),
-		rand.New(rlutils.NewLockedSource(time.Now().Unix())), 0, nil, 0.8, "", sm, false)
+	clock := rlutils.NewTimeSourceImpl()
+	// envoyproxy/ratelimit's defaults: near limit at 80 %, no expiry jitter, no key prefix.
+	base := rllimiter.NewBaseRateLimit(clock, rand.New(rlutils.NewLockedSource(time.Now().Unix())), 0, nil, 0.8, "", sm)
+	cache := newLeaseCache(newSyncRedis(l.redis, time.Second), clock, base, l.reserve, l.log)
 	hc := rlserver.NewHealthChecker(health.NewServer(), "ratelimit", true)
 	s := rlservice.NewService(cache, idleProvider{}, sm, hc, rlutils.NewTimeSourceImpl(), false, true, true)
 	ev, err := configEvent(l.config, sm)
@@ -171,6 +178,28 @@ func (l *limiter) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReque
 		l.markDown(err)
 		return nil, err
 	}
+}
+
+// answerLocally answers req from this edge's quota leases without waiting on Redis, or
+// says it cannot (ok false): then ShouldRateLimit must be asked.
+func (l *limiter) answerLocally(req *rlsv3.RateLimitRequest) (resp *rlsv3.RateLimitResponse, ok bool) {
+	l.mu.Lock()
+	svc := l.svc
+	l.mu.Unlock()
+	if svc == nil {
+		return nil, false
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			resp, ok = nil, false
+		}
+	}()
+	att := &localOnly{}
+	resp, err := svc.ShouldRateLimit(withLocalOnly(context.Background(), att), req)
+	if err != nil || att.missed {
+		return nil, false
+	}
+	return resp, true
 }
 
 func (l *limiter) markDown(err error) {

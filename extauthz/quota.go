@@ -59,6 +59,8 @@ type quotas struct {
 type rateLimiter interface {
 	setConfig(version string, rc *rlsconfv3.RateLimitConfig) error
 	ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest, timeout time.Duration) (*rlsv3.RateLimitResponse, error)
+	// answerLocally answers without waiting on Redis (a lease, lease.go), if it can.
+	answerLocally(req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, bool)
 }
 
 // newQuotas reads a policy's rate-limit settings and hands its limits to lim. A nil p (no
@@ -128,6 +130,22 @@ func (q *quotas) ask(ctx context.Context, req *rlsv3.RateLimitRequest) quotaAnsw
 	if err != nil {
 		return quotaAnswer{result: quotaUnavailable}
 	}
+	return answerOf(resp)
+}
+
+// answerLocally is ask's answer when this edge's leases can give it without Redis.
+func (q *quotas) answerLocally(req *rlsv3.RateLimitRequest) (quotaAnswer, bool) {
+	if q.lim == nil {
+		return quotaAnswer{}, false
+	}
+	resp, ok := q.lim.answerLocally(req)
+	if !ok {
+		return quotaAnswer{}, false
+	}
+	return answerOf(resp), true
+}
+
+func answerOf(resp *rlsv3.RateLimitResponse) quotaAnswer {
 	a := quotaAnswer{result: quotaOK}
 	if resp.GetOverallCode() == rlsv3.RateLimitResponse_OVER_LIMIT {
 		a.result = quotaOver

@@ -52,6 +52,10 @@ func (f *fakeRLS) ShouldRateLimit(_ context.Context, r *rlsv3.RateLimitRequest, 
 	return f.answer, nil
 }
 
+func (f *fakeRLS) answerLocally(*rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, bool) {
+	return nil, false
+}
+
 func (f *fakeRLS) set(answer *rlsv3.RateLimitResponse, fail bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

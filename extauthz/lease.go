@@ -1,0 +1,319 @@
+package extauthz
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	rlconfig "github.com/envoyproxy/ratelimit/src/config"
+	rllimiter "github.com/envoyproxy/ratelimit/src/limiter"
+	rlredis "github.com/envoyproxy/ratelimit/src/redis"
+	rlutils "github.com/envoyproxy/ratelimit/src/utils"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// leaseCache is the limiter's Redis cache: envoyproxy/ratelimit's fixed windows — the
+// same keys, INCRBY and EXPIRE, counts and per-limit stats as its own Redis cache, which
+// the region's ratelimit process and dashboards read — with one change: an edge reserves a
+// few hits of a window ahead (a lease) and admits from it without a round trip.
+//
+//   - A reservation is an INCRBY of the hits it asks for: Redis counts them at once, so
+//     the edges of a region together never admit more than the limit.
+//   - The first request of a window for a key reserves nothing ahead; each reservation
+//     after that asks for twice the last (2n+1), at most leaseMax and at most
+//     1/leaseShare of what the window had left: near the limit every request is its own
+//     round trip again, and what one edge holds unused (it stays counted until the window
+//     ends) is a small share of the limit.
+//   - Once half of a lease is used, the next is reserved in the background, so steady
+//     traffic never waits on Redis.
+//   - A request that finds no room waits for its own reservation, as without leases; a
+//     refused request is counted in Redis as envoyproxy/ratelimit counts it.
+type leaseCache struct {
+	redis   rlredis.Client
+	base    *rllimiter.BaseRateLimiter
+	keygen  rllimiter.CacheKeyGenerator
+	clock   rlutils.TimeSource
+	log     *slog.Logger
+	reserve *prometheus.CounterVec // nil in tests that do not count
+
+	mu      sync.Mutex
+	settled *sync.Cond // on mu: a reservation answered
+	leases  map[string]*lease
+	sweepAt int64
+}
+
+// A lease is one key's (one limit's, one window's) reservation on this edge.
+type lease struct {
+	limit    uint64 // the limit it was reserved under: another limit starts over
+	ends     int64  // unix second the window ends
+	total    uint64 // the key's count in Redis after the last reservation answered
+	granted  uint64 // reserved hits not used yet
+	size     uint64 // hits the last reservation asked for beyond its request's
+	inflight bool   // a reservation ahead is on its way
+	pending  int    // reservations on their way, ahead or a request's own
+}
+
+const (
+	leaseMax   = 64
+	leaseShare = 32
+)
+
+func newLeaseCache(client rlredis.Client, clock rlutils.TimeSource, base *rllimiter.BaseRateLimiter, reserve *prometheus.CounterVec, log *slog.Logger) *leaseCache {
+	c := &leaseCache{
+		redis: client, base: base, keygen: rllimiter.NewCacheKeyGenerator(""), clock: clock,
+		log: log, reserve: reserve, leases: map[string]*lease{},
+	}
+	c.settled = sync.NewCond(&c.mu)
+	return c
+}
+
+// localOnly marks a DoLimit that must not wait on Redis: when a lease cannot answer, it
+// sets missed and its statuses mean nothing.
+type localOnly struct{ missed bool }
+
+type localOnlyKey struct{}
+
+func withLocalOnly(ctx context.Context, l *localOnly) context.Context {
+	return context.WithValue(ctx, localOnlyKey{}, l)
+}
+
+// slot is one descriptor's part of a DoLimit.
+type slot struct {
+	key           string
+	limit         *rlconfig.RateLimit
+	hits          uint64
+	before, after uint64 // the key's count around this request's hits, as the status reports it
+	reserve       uint64 // > 0: hits this request reserves in Redis (its own and ahead)
+	count         uint64 // the reservation's answer
+	l             *lease // the lease it reserves for (swept leases stay valid to hold)
+}
+
+func (c *leaseCache) DoLimit(ctx context.Context, req *rlsv3.RateLimitRequest, limits []*rlconfig.RateLimit) []*rlsv3.RateLimitResponse_DescriptorStatus {
+	now := c.clock.UnixNow()
+	hits := rlutils.GetHitsAddends(req)
+	slots := make([]slot, len(req.Descriptors))
+	for i, d := range req.Descriptors {
+		if limits[i] != nil {
+			slots[i] = slot{key: c.keygen.GenerateCacheKey(req.Domain, d, limits[i], now).Key, limit: limits[i], hits: hits[i]}
+		}
+	}
+	local, _ := ctx.Value(localOnlyKey{}).(*localOnly)
+
+	c.mu.Lock()
+	c.sweep(now)
+	fromLeases := true
+	for i := range slots {
+		s := &slots[i]
+		if s.key != "" && c.lease(s, now).granted < s.hits {
+			fromLeases = false
+		}
+	}
+	if !fromLeases && local != nil {
+		c.mu.Unlock()
+		local.missed = true
+		return make([]*rlsv3.RateLimitResponse_DescriptorStatus, len(slots))
+	}
+	var ahead []prefetch
+	var pipe rlredis.Pipeline
+	for i := range slots {
+		s := &slots[i]
+		if s.key == "" {
+			continue
+		}
+		l := c.leases[s.key]
+		// A reservation on its way may bring the room: wait for it rather than reserve
+		// twice (this is off Envoy's worker: the local attempt never waits).
+		for l.granted < s.hits && l.pending > 0 {
+			c.settled.Wait()
+		}
+		if l.granted >= s.hits {
+			ahead = c.take(s, l, ahead)
+			continue
+		}
+		l.size = l.next()
+		l.pending++
+		s.l = l
+		s.reserve = s.hits + l.size
+		pipe = c.redis.PipeAppend(pipe, &s.count, "INCRBY", s.key, s.reserve)
+		pipe = c.redis.PipeAppend(pipe, nil, "EXPIRE", s.key, rlutils.UnitToDivider(s.limit.Limit.Unit))
+	}
+	c.mu.Unlock()
+
+	if pipe != nil {
+		c.count("request")
+		err := c.pipeDo(pipe)
+		c.mu.Lock()
+		for _, s := range slots {
+			if s.reserve > 0 {
+				s.l.pending--
+			}
+		}
+		c.settled.Broadcast()
+		if err != nil {
+			c.mu.Unlock()
+			// As envoyproxy/ratelimit's cache reports it: the service turns it into an error.
+			panic(rlredis.RedisError(err.Error()))
+		}
+		for i := range slots {
+			s := &slots[i]
+			if s.reserve == 0 {
+				continue
+			}
+			l := s.l
+			l.grant(s.count, s.reserve)
+			// Reservations still on their way may hold room this one did not get: the
+			// request waits for them rather than be refused while its own edge has room.
+			for l.granted < s.hits && l.pending > 0 {
+				c.settled.Wait()
+			}
+			if l.granted >= s.hits {
+				ahead = c.take(s, l, ahead)
+			} else { // refused: the window has no room left for it
+				s.before = sub(s.count, s.reserve)
+				s.after = s.before + s.hits
+			}
+		}
+		c.mu.Unlock()
+	}
+	for _, p := range ahead {
+		go c.reserveAhead(p)
+	}
+
+	statuses := make([]*rlsv3.RateLimitResponse_DescriptorStatus, len(slots))
+	for i, s := range slots {
+		if s.key != "" {
+			s.limit.Stats.TotalHits.Add(s.hits)
+		}
+		statuses[i] = c.base.GetResponseDescriptorStatus(s.key, rllimiter.NewRateLimitInfo(s.limit, s.before, s.after, 0, 0), false, s.hits)
+	}
+	return statuses
+}
+
+// Flush: the reservations ahead need no waiting for; what they reserve is counted when
+// Redis answers.
+func (c *leaseCache) Flush() {}
+
+// lease is s's lease, a new one for a key not seen in this window or under this limit.
+// Called with mu held.
+func (c *leaseCache) lease(s *slot, now int64) *lease {
+	limit := uint64(s.limit.Limit.RequestsPerUnit)
+	l := c.leases[s.key]
+	if l == nil {
+		unit := rlutils.UnitToDivider(s.limit.Limit.Unit)
+		l = &lease{limit: limit, ends: (now/unit + 1) * unit}
+		c.leases[s.key] = l
+	}
+	if l.limit != limit { // a new limit: what was reserved under the old one is not room
+		l.limit, l.granted, l.size = limit, 0, 0
+	}
+	return l
+}
+
+// next is how many hits the next reservation asks for ahead: twice the last, with what
+// the edge holds at most leaseMax and at most 1/leaseShare of what the window has left.
+func (l *lease) next() uint64 {
+	if l.total == 0 { // nothing reserved yet in this window: a burst at its start is exact
+		return 0
+	}
+	left := uint64(0)
+	if l.total < l.limit {
+		left = l.limit - l.total
+	}
+	return min(2*l.size+1, sub(leaseMax, l.granted), left/leaseShare)
+}
+
+// grant records a reservation of n hits that brought the key's count to count: the part
+// of it within the limit is this edge's to admit.
+func (l *lease) grant(count, n uint64) {
+	l.total = max(l.total, count)
+	if before := sub(count, n); before < l.limit {
+		l.granted += min(n, l.limit-before)
+	}
+}
+
+// prefetch is a reservation ahead to make once mu is released.
+type prefetch struct {
+	key   string
+	l     *lease
+	n     uint64
+	limit uint64
+	ttl   int64
+}
+
+// take admits s from its lease, and plans the next reservation once half of it is used.
+// Called with mu held.
+func (c *leaseCache) take(s *slot, l *lease, ahead []prefetch) []prefetch {
+	l.granted -= s.hits
+	// The count the status reports: what Redis holds (at most the limit) less what this
+	// edge still holds unused.
+	s.after = min(l.total, l.limit) - l.granted
+	s.before = s.after - s.hits
+	if !l.inflight && l.granted <= l.size/2 {
+		if n := l.next(); n > 0 {
+			l.inflight, l.size = true, n
+			l.pending++
+			ahead = append(ahead, prefetch{key: s.key, l: l, n: n, limit: l.limit, ttl: rlutils.UnitToDivider(s.limit.Limit.Unit)})
+		}
+	}
+	return ahead
+}
+
+func (c *leaseCache) reserveAhead(p prefetch) {
+	c.count("ahead")
+	var count uint64
+	pipe := c.redis.PipeAppend(nil, &count, "INCRBY", p.key, p.n)
+	pipe = c.redis.PipeAppend(pipe, nil, "EXPIRE", p.key, p.ttl)
+	err := c.pipeDo(pipe)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p.l.inflight = false
+	p.l.pending--
+	c.settled.Broadcast()
+	if err != nil {
+		c.log.Debug("quota reservation ahead failed; requests reserve their own", "error", err.Error())
+		return
+	}
+	if p.l.limit == p.limit {
+		p.l.grant(count, p.n)
+	}
+}
+
+// pipeDo is the Redis round trip; a panic in it becomes its error, so that every
+// reservation is accounted for (requests wait on pending ones) and none ends Envoy.
+func (c *leaseCache) pipeDo(pipe rlredis.Pipeline) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("redis: %v", r)
+		}
+	}()
+	return c.redis.PipeDo(pipe)
+}
+
+// sweep drops the leases of windows that have ended, once a second. Called with mu held.
+func (c *leaseCache) sweep(now int64) {
+	if now < c.sweepAt {
+		return
+	}
+	c.sweepAt = now + 1
+	for k, l := range c.leases {
+		if l.ends <= now {
+			delete(c.leases, k)
+		}
+	}
+}
+
+func (c *leaseCache) count(kind string) {
+	if c.reserve != nil {
+		c.reserve.WithLabelValues(kind).Inc()
+	}
+}
+
+// sub is a-b, or 0 below it (a key someone else decremented).
+func sub(a, b uint64) uint64 {
+	if a < b {
+		return 0
+	}
+	return a - b
+}

@@ -1,0 +1,339 @@
+package extauthz
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	rlcommonv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	rlsconfv3 "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
+	rlconfig "github.com/envoyproxy/ratelimit/src/config"
+	rllimiter "github.com/envoyproxy/ratelimit/src/limiter"
+	rlredis "github.com/envoyproxy/ratelimit/src/redis"
+	rlsettings "github.com/envoyproxy/ratelimit/src/settings"
+	rlstats "github.com/envoyproxy/ratelimit/src/stats"
+	gostats "github.com/lyft/gostats"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/llmedge/llmedge/internal/testenv"
+	"github.com/llmedge/llmedge/internal/transport"
+)
+
+type fakeClock struct{ now atomic.Int64 }
+
+func (c *fakeClock) UnixNow() int64 { return c.now.Load() }
+
+// edge is one Envoy's lease cache (and its own limit objects, as each process loads the
+// config itself) against a shared real Redis.
+type edge struct {
+	c       *leaseCache
+	sm      rlstats.Manager
+	reserve *prometheus.CounterVec
+}
+
+func newEdge(t *testing.T, sock string, clock *fakeClock) *edge {
+	t.Helper()
+	sm := rlstats.NewStatManager(gostats.NewStore(gostats.NewNullSink(), false), rlsettings.NewSettings())
+	base := rllimiter.NewBaseRateLimit(clock, rand.New(rand.NewSource(1)), 0, nil, 0.8, "", sm)
+	reserve := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "r"}, []string{"kind"})
+	client := newSyncRedis(transport.Address{Path: sock}, time.Second)
+	t.Cleanup(func() { client.Close() })
+	return &edge{c: newLeaseCache(client, clock, base, reserve, slog.New(slog.DiscardHandler)), sm: sm, reserve: reserve}
+}
+
+func (e *edge) limit(perHour uint32) *rlconfig.RateLimit {
+	return rlconfig.NewRateLimit(perHour, rlsv3.RateLimitResponse_RateLimit_HOUR, e.sm.NewStats("d.caller_alice"),
+		false, false, false, "callers.alice.limits[0]", nil, false)
+}
+
+var aliceRequest = &rlsv3.RateLimitRequest{Domain: "d", HitsAddend: 1, Descriptors: []*rlcommonv3.RateLimitDescriptor{
+	{Entries: []*rlcommonv3.RateLimitDescriptor_Entry{{Key: "caller", Value: "alice"}}},
+}}
+
+// check is one request as extauthz makes it: from the lease if it can (local true), else
+// with its own round trip.
+func (e *edge) check(lim *rlconfig.RateLimit) (st *rlsv3.RateLimitResponse_DescriptorStatus, local bool) {
+	limits := []*rlconfig.RateLimit{lim}
+	att := &localOnly{}
+	if s := e.c.DoLimit(withLocalOnly(context.Background(), att), aliceRequest, limits); !att.missed {
+		return s[0], true
+	}
+	return e.c.DoLimit(context.Background(), aliceRequest, limits)[0], false
+}
+
+// unused is what the edge holds reserved and not used, once no reservation is on its way.
+func (e *edge) unused(t *testing.T) uint64 {
+	t.Helper()
+	var n uint64
+	testenv.Eventually(t, 5*time.Second, time.Millisecond, func() error {
+		e.c.mu.Lock()
+		defer e.c.mu.Unlock()
+		n = 0
+		for k, l := range e.c.leases {
+			if l.pending > 0 {
+				return fmt.Errorf("%s: a reservation is on its way", k)
+			}
+			n += l.granted
+		}
+		return nil
+	})
+	return n
+}
+
+func redisCount(t *testing.T, r *testenv.Redis, key string) uint64 {
+	t.Helper()
+	v, err := r.Do("GET", key)
+	if err != nil {
+		t.Fatalf("GET %s: %v", key, err)
+	}
+	s, _ := v.(string)
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		t.Fatalf("GET %s = %v: want a count", key, v)
+	}
+	return n
+}
+
+const hour = int64(3600)
+
+// Near a small limit every request is its own round trip, counted under
+// envoyproxy/ratelimit's key; a refused request counts too; a new limit applies at once.
+func TestLeaseCountsAsRatelimitDoes(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "redis.sock")
+	r := testenv.StartRedisSocket(t, sock)
+	clock := &fakeClock{}
+	clock.now.Store(100*hour + 42)
+	e := newEdge(t, sock, clock)
+	key := fmt.Sprintf("d_caller_alice_%d", 100*hour) // ratelimit's fixed-window key
+
+	three := e.limit(3)
+	for i, want := range []struct {
+		code      rlsv3.RateLimitResponse_Code
+		remaining uint32
+	}{{rlsv3.RateLimitResponse_OK, 2}, {rlsv3.RateLimitResponse_OK, 1}, {rlsv3.RateLimitResponse_OK, 0}, {rlsv3.RateLimitResponse_OVER_LIMIT, 0}} {
+		st, local := e.check(three)
+		if local {
+			t.Errorf("request %d answered from a lease; a limit of 3 leaves no room to reserve ahead", i+1)
+		}
+		if st.GetCode() != want.code || st.GetLimitRemaining() != want.remaining || st.GetCurrentLimit().GetRequestsPerUnit() != 3 {
+			t.Fatalf("request %d: %v remaining %d limit %v; want %v remaining %d", i+1, st.GetCode(), st.GetLimitRemaining(), st.GetCurrentLimit(), want.code, want.remaining)
+		}
+		if reset := st.GetDurationUntilReset().GetSeconds(); reset != hour-42 {
+			t.Errorf("request %d: reset in %d s; want %d", i+1, reset, hour-42)
+		}
+	}
+	if n := redisCount(t, r, key); n != 4 {
+		t.Errorf("%s = %d; want 4 (the refused request counts, as ratelimit counts it)", key, n)
+	}
+	if ttl, err := r.Do("TTL", key); err != nil || ttl.(int64) <= 0 || ttl.(int64) > hour {
+		t.Errorf("TTL %s = %v, %v; want the window's expiry", key, ttl, err)
+	}
+
+	six := e.limit(6) // a config change: 4 counted so far, two more pass
+	for i := 5; i <= 7; i++ {
+		st, _ := e.check(six)
+		if want := map[bool]rlsv3.RateLimitResponse_Code{true: rlsv3.RateLimitResponse_OK, false: rlsv3.RateLimitResponse_OVER_LIMIT}[i <= 6]; st.GetCode() != want {
+			t.Errorf("request %d under a limit of 6: %v; want %v", i, st.GetCode(), want)
+		}
+	}
+
+	// The next window is a new key, whose first request reserves for itself.
+	clock.now.Add(hour)
+	if st, local := e.check(six); local || st.GetCode() != rlsv3.RateLimitResponse_OK || st.GetLimitRemaining() != 5 {
+		t.Errorf("first request of the next hour: %v remaining %d, from a lease %v; want OK, 5, from Redis", st.GetCode(), st.GetLimitRemaining(), local)
+	}
+	if n := redisCount(t, r, fmt.Sprintf("d_caller_alice_%d", 101*hour)); n != 1 {
+		t.Errorf("next hour's count %d; want 1", n)
+	}
+}
+
+// Steady traffic under a large limit is answered from leases, reserved ahead in the
+// background; Redis counts exactly what was admitted plus what the edge holds.
+func TestLeaseAnswersSteadyTrafficFromLeases(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "redis.sock")
+	r := testenv.StartRedisSocket(t, sock)
+	clock := &fakeClock{}
+	clock.now.Store(200 * hour)
+	e := newEdge(t, sock, clock)
+	lim := e.limit(100000)
+
+	const n = 3000
+	var local int
+	for i := 1; i <= n; i++ {
+		st, l := e.check(lim)
+		if st.GetCode() != rlsv3.RateLimitResponse_OK {
+			t.Fatalf("request %d: %v", i, st.GetCode())
+		}
+		if rem := st.GetLimitRemaining(); rem > uint32(100000-i) || rem < uint32(100000-i-leaseMax) {
+			t.Fatalf("request %d: remaining %d; want %d less what the edge holds (at most %d)", i, rem, 100000-i, leaseMax)
+		}
+		if l {
+			local++
+		}
+	}
+	waited := testutil.ToFloat64(e.reserve.WithLabelValues("request"))
+	ahead := testutil.ToFloat64(e.reserve.WithLabelValues("ahead"))
+	t.Logf("%d requests: %d from leases, %v waited on their own reservation, %v reservations ahead", n, local, waited, ahead)
+	if local < n*9/10 || waited > n/10 || ahead == 0 {
+		t.Errorf("%d of %d requests from leases, %v waited on Redis, %v reserved ahead; want at least 90 %% from leases", local, n, waited, ahead)
+	}
+	unused := e.unused(t)
+	if got := redisCount(t, r, fmt.Sprintf("d_caller_alice_%d", 200*hour)); got != n+unused || unused > leaseMax {
+		t.Errorf("Redis counts %d; want the %d admitted + the %d the edge holds (at most %d)", got, n, unused, leaseMax)
+	}
+}
+
+// A burst past the limit: one edge admits exactly the limit; two edges of a region
+// together never more, and every hit within the limit is either admitted or still held.
+func TestLeaseNeverAdmitsPastTheLimit(t *testing.T) {
+	for _, edges := range []int{1, 2} {
+		t.Run(fmt.Sprintf("edges=%d", edges), func(t *testing.T) {
+			sock := filepath.Join(t.TempDir(), "redis.sock")
+			testenv.StartRedisSocket(t, sock)
+			clock := &fakeClock{}
+			clock.now.Store(300 * hour)
+			var es []*edge
+			var lims []*rlconfig.RateLimit
+			for range edges {
+				e := newEdge(t, sock, clock)
+				es, lims = append(es, e), append(lims, e.limit(300))
+			}
+			var admitted, refused atomic.Int64
+			count := func(st *rlsv3.RateLimitResponse_DescriptorStatus) {
+				if st.GetCode() == rlsv3.RateLimitResponse_OK {
+					admitted.Add(1)
+				} else {
+					refused.Add(1)
+				}
+			}
+			// Warm: sequential traffic gives every edge a lease.
+			for i := range 60 {
+				st, _ := es[i%edges].check(lims[i%edges])
+				count(st)
+			}
+			var wg sync.WaitGroup
+			for w := range 32 {
+				wg.Go(func() {
+					for range 20 {
+						st, _ := es[w%edges].check(lims[w%edges])
+						count(st)
+					}
+				})
+			}
+			wg.Wait()
+			var unused uint64
+			for _, e := range es {
+				unused += e.unused(t)
+			}
+			t.Logf("%d requests against a limit of 300 on %d edge(s): %d admitted, %d refused, %d held unused", 60+32*20, edges, admitted.Load(), refused.Load(), unused)
+			if admitted.Load() > 300 || admitted.Load()+int64(unused) != 300 || admitted.Load()+refused.Load() != 60+32*20 {
+				t.Errorf("admitted %d, held %d, refused %d; want admitted + held = 300 exactly", admitted.Load(), unused, refused.Load())
+			}
+			if edges == 1 && admitted.Load() != 300 {
+				t.Errorf("one edge admitted %d; want exactly the limit", admitted.Load())
+			}
+		})
+	}
+}
+
+// An edge whose view of the count is stale (other edges used the window meanwhile)
+// reserves ahead past the limit: only the part within it is its to admit.
+func TestLeaseClipsAReservationAtTheLimit(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "redis.sock")
+	r := testenv.StartRedisSocket(t, sock)
+	clock := &fakeClock{}
+	clock.now.Store(500 * hour)
+	key := fmt.Sprintf("d_caller_alice_%d", 500*hour)
+	e := newEdge(t, sock, clock)
+	lim := e.limit(3000)
+	admitted := 0
+	run := func(n int) {
+		for range n {
+			if st, _ := e.check(lim); st.GetCode() == rlsv3.RateLimitResponse_OK {
+				admitted++
+			}
+		}
+	}
+	run(200) // the edge holds a lease and thinks ≈ 2,800 are left
+	held := e.unused(t)
+	others := 3000 - 10 - redisCount(t, r, key) // other edges leave 10 in the window
+	if _, err := r.Do("INCRBY", key, strconv.FormatUint(others, 10)); err != nil {
+		t.Fatal(err)
+	}
+	run(int(held) + 100) // its next reservation ahead is sized on the stale view
+	held = e.unused(t)
+	t.Logf("admitted %d, held %d, others %d, against a limit of 3000", admitted, held, others)
+	if uint64(admitted)+held+others != 3000 {
+		t.Errorf("admitted %d + held %d + the others' %d = %d; want the limit, 3000", admitted, held, others, uint64(admitted)+held+others)
+	}
+}
+
+// With Redis gone, what a lease holds is still admitted (it was counted), and then a
+// request's own reservation fails as envoyproxy/ratelimit's cache fails: a RedisError.
+func TestLeaseWithRedisGone(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "redis.sock")
+	r := testenv.StartRedisSocket(t, sock)
+	clock := &fakeClock{}
+	clock.now.Store(400 * hour)
+	e := newEdge(t, sock, clock)
+	lim := e.limit(100000)
+	for range 200 {
+		e.check(lim)
+	}
+	held := e.unused(t)
+	if held == 0 {
+		t.Fatal("no lease held after 200 requests")
+	}
+	r.Stop()
+	for i := range held {
+		if st, local := e.check(lim); !local || st.GetCode() != rlsv3.RateLimitResponse_OK {
+			t.Fatalf("held request %d of %d with Redis gone: %v, from the lease %v", i+1, held, st.GetCode(), local)
+		}
+	}
+	e.unused(t) // the reservation ahead failed and is accounted for
+	defer func() {
+		if _, ok := recover().(rlredis.RedisError); !ok {
+			t.Error("a request past the lease with Redis gone did not fail with a RedisError")
+		}
+	}()
+	e.check(lim)
+}
+
+// The limiter asks envoyproxy/ratelimit's service with the lease cache: answered locally
+// once a lease is held, with the service's statuses.
+func TestLimiterAnswersLocally(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "redis.sock")
+	testenv.StartRedisSocket(t, sock)
+	l := newLimiter(transport.Address{Path: sock}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	rc := &rlsconfv3.RateLimitConfig{Name: "d", Domain: "d", Descriptors: []*rlsconfv3.RateLimitDescriptor{{
+		Key: "caller", Value: "alice",
+		RateLimit: &rlsconfv3.RateLimitPolicy{Name: "callers.alice.limits[0]", Unit: rlsconfv3.RateLimitUnit_HOUR, RequestsPerUnit: 100000},
+	}}}
+	if err := l.setConfig("v1", rc); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := l.answerLocally(aliceRequest); ok {
+		t.Fatal("answered locally before any reservation")
+	}
+	testenv.Eventually(t, 5*time.Second, time.Millisecond, func() error {
+		if resp, ok := l.answerLocally(aliceRequest); ok {
+			if resp.GetOverallCode() != rlsv3.RateLimitResponse_OK || resp.GetStatuses()[0].GetCurrentLimit().GetName() != "callers.alice.limits[0]" {
+				t.Fatalf("local answer %v", resp)
+			}
+			return nil
+		}
+		if resp, err := l.ShouldRateLimit(context.Background(), aliceRequest, time.Second); err != nil || resp.GetOverallCode() != rlsv3.RateLimitResponse_OK {
+			t.Fatalf("ShouldRateLimit: %v, %v", resp, err)
+		}
+		return fmt.Errorf("not answered locally yet")
+	})
+}
