@@ -26,7 +26,8 @@ ARG GO_IMAGE=golang:1.26.8-bookworm
 # distroless/static: no shell, no package manager; has /etc/ssl/certs/ca-certificates.crt
 # (CA roots for upstream TLS), /etc/passwd with nonroot (65532), tzdata.
 ARG RUNTIME_IMAGE=gcr.io/distroless/static-debian12:nonroot
-# Envoy's official image: Ubuntu based (glibc 2.35 or newer), bash but no curl.
+# Envoy's official image: Ubuntu based, bash but no curl. The module needs glibc >= 2.34
+# (see the module stage); `docker run --rm --entrypoint ldd <ENVOY_IMAGE> --version` shows it.
 ARG ENVOY_IMAGE=envoyproxy/envoy:v1.40.0
 
 # --- build: static binaries, cross-compiled on the build platform ----------------------
@@ -65,7 +66,7 @@ COPY . .
 RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
     go build -trimpath -buildmode=c-shared -o /out/libllmedge.so ./extauthz/module && \
-    rm -f /out/libllmedge.h
+    rm -f /out/libllmedge.h && mkdir -p /out/state
 
 # --- envoy: Envoy 1.40 + the module (target envoy, compose's LLMEDGE_ENVOY_IMAGE) ---------
 FROM ${ENVOY_IMAGE} AS envoy
@@ -77,7 +78,7 @@ COPY --from=module /out/libllmedge.so /usr/local/lib/llmedge/libllmedge.so
 ENV ENVOY_DYNAMIC_MODULES_SEARCH_PATH=/usr/local/lib/llmedge
 # extauthz's state dir (LLMEDGE_STATE_DIR: the last caller policy), owned by the uid compose
 # runs Envoy as, so the named volume Docker fills from it is that user's too.
-COPY --from=build --chown=65532:65532 --chmod=0700 /out/state/ /var/lib/llmedge/
+COPY --from=module --chown=65532:65532 --chmod=0700 /out/state/ /var/lib/llmedge/
 
 # --- runtime: distroless static, non-root (the default target) --------------------------
 FROM ${RUNTIME_IMAGE} AS llmedge
