@@ -1,7 +1,9 @@
 package deploy_test
 
 import (
+	"cmp"
 	"context"
+	"debug/elf"
 	"fmt"
 	"maps"
 	"net"
@@ -9,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -29,11 +32,18 @@ import (
 	"github.com/llmedge/llmedge/internal/testenv"
 )
 
-// The compose services: the components of stack.Topology (TestTopologyMatchesProcessStack).
-var components = []string{"controlplane", "envoy", "extauthz", "fakellm", "ratelimit", "redis"}
+// The compose services: the components of stack.Topology with a process of their own, in
+// the mode compose runs (extauthz inside Envoy; TestTopologyMatchesProcessStack).
+var components = []string{"controlplane", "envoy", "fakellm", "ratelimit", "redis"}
 
-// Services running llmedge's own image (built from ./Dockerfile).
-var ownImage = []string{"controlplane", "extauthz", "fakellm"}
+// Services running llmedge's own image (built from ./Dockerfile, its default target).
+var ownImage = []string{"controlplane", "fakellm"}
+
+// The envoy service's image: Envoy with llmedge's module (./Dockerfile, target envoy).
+const (
+	envoyImage  = "llmedge-envoy:dev"
+	envoyTarget = "envoy"
+)
 
 // mounted are the stack's sockets where compose mounts the socket volume.
 var mounted = stack.Sockets{Dir: stack.SocketMount}
@@ -211,6 +221,41 @@ func bindMount(t *testing.T, s types.ServiceConfig, target string) types.Service
 	return types.ServiceVolumeConfig{}
 }
 
+// composeAuthzInEnvoy is where the routes YAML compose mounts runs extauthz: every region
+// of examples/compose/routes.yaml the same way, and the way `make run` runs it by default.
+func composeAuthzInEnvoy(t *testing.T) bool {
+	t.Helper()
+	_, cfg, err := config.LoadConfig(filepath.Join(repoRoot(t), "examples", "compose"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[bool][]string{}
+	for _, r := range cfg.Regions {
+		seen[r.ExtAuthzInEnvoy] = append(seen[r.ExtAuthzInEnvoy], r.Name)
+	}
+	if len(seen) != 1 {
+		t.Fatalf("examples/compose: regions %v run extauthz inside Envoy, %v do not; one project runs one kind", seen[true], seen[false])
+	}
+	inEnvoy := len(seen[true]) > 0
+	if inEnvoy != stack.DefaultAuthzInEnvoy {
+		t.Errorf("examples/compose regions set extauthz_in_envoy=%v; make run's default (stack.DefaultAuthzInEnvoy) is %v", inEnvoy, stack.DefaultAuthzInEnvoy)
+	}
+	return inEnvoy
+}
+
+// authzService is the compose service that runs the region's extauthz: its own, or the
+// one it runs inside (stack.Component.In).
+func authzService(t *testing.T, p *types.Project) types.ServiceConfig {
+	t.Helper()
+	for _, c := range stack.Topology(composeAuthzInEnvoy(t)) {
+		if c.Name == "extauthz" {
+			return service(t, p, cmp.Or(c.In, c.Name))
+		}
+	}
+	t.Fatal("stack.Topology has no extauthz")
+	return types.ServiceConfig{}
+}
+
 func TestComposeServices(t *testing.T) {
 	for _, v := range variants(t) {
 		t.Run(v.name, func(t *testing.T) {
@@ -263,7 +308,6 @@ func TestComposeImagesPinned(t *testing.T) {
 	p := load(t, "")
 	commit := ratelimitCommit(t)
 	want := map[string]*regexp.Regexp{
-		"envoyproxy/envoy": regexp.MustCompile(`^v1\.40\.[0-9]+$`),
 		// Docker Hub tags of envoyproxy/ratelimit are the first 8 characters of a commit.
 		"envoyproxy/ratelimit": regexp.MustCompile(`^` + commit[:8] + `$`),
 		"redis":                regexp.MustCompile(`^7\.0\.[0-9]+$`),
@@ -283,6 +327,12 @@ func TestComposeImagesPinned(t *testing.T) {
 			}
 			continue
 		}
+		if name == "envoy" {
+			if s.Image != envoyImage {
+				t.Errorf("envoy: image %q, want the locally built %s (Envoy + module)", s.Image, envoyImage)
+			}
+			continue
+		}
 		re, ok := want[repo]
 		if !ok {
 			t.Errorf("%s: unexpected image %q", name, s.Image)
@@ -295,18 +345,24 @@ func TestComposeImagesPinned(t *testing.T) {
 			t.Errorf("%s: third-party image %q must not be built here", name, s.Image)
 		}
 	}
-	// Exactly one service builds llmedge's image, from ./Dockerfile.
-	var builders []string
+	// One service builds each of llmedge's images from ./Dockerfile: controlplane the
+	// default target, envoy the envoy target.
+	builders := map[string]string{}
 	for _, name := range slices.Sorted(maps.Keys(p.Services)) {
 		if b := p.Services[name].Build; b != nil {
-			builders = append(builders, name)
+			builders[name] = b.Target
 			if b.Context != root || b.Dockerfile != "Dockerfile" {
 				t.Errorf("%s: build %+v, want context %s, Dockerfile", name, b, root)
 			}
 		}
 	}
-	if !slices.Equal(builders, []string{"controlplane"}) {
-		t.Errorf("services with build: %v, want [controlplane]", builders)
+	if want := map[string]string{"controlplane": "", "envoy": envoyTarget}; !maps.Equal(builders, want) {
+		t.Errorf("services with build (target): %v, want %v", builders, want)
+	}
+	// The Envoy under the module is the pinned release the tests run.
+	if _, tag, _ := splitImage(dockerfileArgs(t)["ENVOY_IMAGE"]); !regexp.MustCompile(`^v1\.40\.[0-9]+$`).MatchString(tag) ||
+		!strings.HasPrefix(dockerfileArgs(t)["ENVOY_IMAGE"], "envoyproxy/envoy:") {
+		t.Errorf("Dockerfile ARG ENVOY_IMAGE=%q, want envoyproxy/envoy:v1.40.<patch>", dockerfileArgs(t)["ENVOY_IMAGE"])
 	}
 	// Whatever the env file, the image stays the same pins.
 	sg := load(t, "examples/compose/sg.env")
@@ -334,7 +390,6 @@ func TestComposeHealthchecks(t *testing.T) {
 	// port the service itself listens on.
 	probes := map[string]string{
 		"controlplane": "http://127.0.0.1:" + strconv.Itoa(int(port(t, "controlplane --http-listen", flagValue(service(t, p, "controlplane").Command, "--http-listen")))) + "/readyz",
-		"extauthz":     "http://127.0.0.1:" + strconv.Itoa(int(port(t, "extauthz LLMEDGE_HTTP_LISTEN", env(service(t, p, "extauthz"), "LLMEDGE_HTTP_LISTEN")))) + "/readyz",
 		"fakellm":      "http://127.0.0.1:" + strconv.Itoa(int(port(t, "fakellm --listen", flagValue(service(t, p, "fakellm").Command, "--listen")))) + "/_fake/healthz",
 	}
 	for name, url := range probes {
@@ -441,12 +496,11 @@ func TestComposeDependsOn(t *testing.T) {
 		"controlplane": {},
 		"redis":        {},
 		"fakellm":      {},
-		"extauthz":     {"controlplane": types.ServiceConditionHealthy, "redis": types.ServiceConditionHealthy},
 		"ratelimit":    {"controlplane": types.ServiceConditionHealthy, "redis": types.ServiceConditionHealthy},
-		// Envoy fails closed without extauthz; rate limiting fails open.
+		// The extauthz inside Envoy checks quotas in Redis; rate limiting fails open.
 		"envoy": {
 			"controlplane": types.ServiceConditionHealthy,
-			"extauthz":     types.ServiceConditionHealthy,
+			"redis":        types.ServiceConditionHealthy,
 			"ratelimit":    types.ServiceConditionStarted,
 		},
 	}
@@ -506,17 +560,17 @@ func TestComposeSecrets(t *testing.T) {
 	if sec.File != filepath.Join(root, "secrets", "keys") || sec.Environment != "" || sec.Content != "" || bool(sec.External) {
 		t.Errorf("secret %s = %+v, want file %s (a directory you provide)", keysSecret, sec, filepath.Join(root, "secrets", "keys"))
 	}
-	ea := service(t, p, "extauthz")
+	ea := authzService(t, p)
 	if len(ea.Secrets) != 1 || ea.Secrets[0].Source != keysSecret || ea.Secrets[0].Target != keysTarget {
-		t.Errorf("extauthz secrets = %+v, want %s at %s", ea.Secrets, keysSecret, keysTarget)
+		t.Errorf("%s (runs extauthz) secrets = %+v, want %s at %s", ea.Name, ea.Secrets, keysSecret, keysTarget)
 	}
 	if got := env(ea, "LLMEDGE_KEYS_DIR"); got != keysTarget {
-		t.Errorf("extauthz LLMEDGE_KEYS_DIR = %q, want %q", got, keysTarget)
+		t.Errorf("%s LLMEDGE_KEYS_DIR = %q, want %q", ea.Name, got, keysTarget)
 	}
 	for _, name := range components {
 		s := service(t, p, name)
-		if name != "extauthz" && len(s.Secrets) > 0 {
-			t.Errorf("%s: has secrets %+v; only extauthz needs the keys", name, s.Secrets)
+		if name != ea.Name && len(s.Secrets) > 0 {
+			t.Errorf("%s: has secrets %+v; only %s, which runs extauthz, needs the keys", name, s.Secrets, ea.Name)
 		}
 		for _, v := range s.Volumes {
 			if v.Type == types.VolumeTypeBind && !v.ReadOnly {
@@ -660,9 +714,14 @@ func TestComposeRoutes(t *testing.T) {
 				t.Error("no limits: ratelimit would never turn healthy (HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED)")
 			}
 
-			ea, rl, envoy := service(t, p, "extauthz"), service(t, p, "ratelimit"), service(t, p, "envoy")
+			ea, rl, envoy := authzService(t, p), service(t, p, "ratelimit"), service(t, p, "envoy")
 			if got := env(ea, "LLMEDGE_REGION"); got != v.region {
 				t.Errorf("extauthz LLMEDGE_REGION = %q, want %q", got, v.region)
+			}
+			for _, r := range cfg.Regions {
+				if r.ExtAuthzInEnvoy != (ea.Name == "envoy") {
+					t.Errorf("regions.%s.extauthz_in_envoy = %v, but compose runs extauthz in service %s", r.Name, r.ExtAuthzInEnvoy, ea.Name)
+				}
 			}
 			if got := env(rl, "CONFIG_GRPC_XDS_NODE_METADATA"); got != "region="+v.region {
 				t.Errorf("ratelimit CONFIG_GRPC_XDS_NODE_METADATA = %q, want region=%s", got, v.region)
@@ -753,8 +812,17 @@ func TestComposeCallersExample(t *testing.T) {
 // describe the same components, the demo ones behind the demo profile.
 func TestTopologyMatchesProcessStack(t *testing.T) {
 	p := load(t, "")
+	inEnvoy := composeAuthzInEnvoy(t)
 	var names []string
-	for _, c := range stack.Topology() {
+	for _, c := range stack.Topology(inEnvoy) {
+		if c.In != "" {
+			// It runs inside another service (TestComposeEnvoyRunsExtAuthz checks how).
+			if _, ok := p.Services[c.Name]; ok {
+				t.Errorf("compose has a service %s, but it runs inside %s (stack.Topology(%v))", c.Name, c.In, inEnvoy)
+			}
+			service(t, p, c.In)
+			continue
+		}
 		names = append(names, c.Name)
 		s := service(t, p, c.Name)
 		if got, want := slices.Contains(s.Profiles, "demo"), c.Demo; got != want {
@@ -824,11 +892,8 @@ func TestDockerfile(t *testing.T) {
 		t.Fatal(err)
 	}
 	df := string(b)
-	args := map[string]string{}
-	for _, m := range regexp.MustCompile(`(?m)^ARG ([A-Z_]+)=(\S+)$`).FindAllStringSubmatch(df, -1) {
-		args[m[1]] = m[2]
-	}
-	for _, k := range []string{"GO_IMAGE", "RUNTIME_IMAGE"} {
+	args := dockerfileArgs(t)
+	for _, k := range []string{"GO_IMAGE", "RUNTIME_IMAGE", "ENVOY_IMAGE"} {
 		_, tag, _ := splitImage(args[k])
 		if tag == "" || tag == "latest" {
 			t.Errorf("Dockerfile ARG %s=%q: pin the base image by tag", k, args[k])
@@ -855,6 +920,29 @@ func TestDockerfile(t *testing.T) {
 	users := regexp.MustCompile(`(?m)^USER (\S+)$`).FindAllStringSubmatch(df, -1)
 	if len(users) == 0 || users[len(users)-1][1] == "root" || strings.HasPrefix(users[len(users)-1][1], "0") {
 		t.Errorf("Dockerfile: the runtime stage must end with a non-root USER (got %v)", users)
+	}
+	// The default target stays llmedge's static image; the module is its own target.
+	if last := dockerfileStage(t, ""); !strings.HasPrefix(last.text, "FROM ${RUNTIME_IMAGE}") {
+		t.Errorf("Dockerfile: the last stage (the default target) is %q, want FROM ${RUNTIME_IMAGE}", strings.SplitN(last.text, "\n", 2)[0])
+	}
+	// cgo links the target's libc: the module's stage runs on the target platform and
+	// builds what make build builds.
+	var module stage
+	for _, st := range dockerfileStages(t) {
+		if strings.Contains(st.text, "./extauthz/module") {
+			module = st
+		}
+	}
+	for _, want := range []string{"CGO_ENABLED=1", "-buildmode=c-shared", "-o /out/" + stack.ModuleFile} {
+		if !strings.Contains(module.text, want) {
+			t.Errorf("Dockerfile: the stage building ./extauthz/module lacks %q", want)
+		}
+	}
+	if strings.Contains(strings.SplitN(module.text, "\n", 2)[0], "BUILDPLATFORM") {
+		t.Errorf("Dockerfile: the module's stage runs on the build platform; cgo cannot cross-compile it")
+	}
+	if st := dockerfileStage(t, envoyTarget); !strings.HasPrefix(st.text, "FROM ${ENVOY_IMAGE} AS "+envoyTarget) || !strings.Contains(st.text, "COPY --from="+module.name+" /out/"+stack.ModuleFile+" ") {
+		t.Errorf("Dockerfile: target %s must be ${ENVOY_IMAGE} with the module from stage %q:\n%s", envoyTarget, module.name, st.text)
 	}
 	ignore, err := os.ReadFile(filepath.Join(root, ".dockerignore"))
 	if err != nil {
@@ -893,12 +981,12 @@ func TestComposeSockets(t *testing.T) {
 			}
 			uid := m[1]
 
-			// The services with a socket of their own (stack.Topology), and Envoy, which
-			// dials them.
+			// The services serving a socket (stack.Topology: a component's own, or the one
+			// it runs inside), and Envoy, which dials them.
 			want := []string{"envoy"}
-			for _, c := range stack.Topology() {
-				if c.Socket != "" {
-					want = append(want, c.Name)
+			for _, c := range stack.Topology(composeAuthzInEnvoy(t)) {
+				if host := cmp.Or(c.In, c.Name); c.Socket != "" && !slices.Contains(want, host) {
+					want = append(want, host)
 				}
 			}
 			slices.Sort(want)
@@ -932,17 +1020,14 @@ func TestComposeSockets(t *testing.T) {
 
 			// No TCP port for an internal hop: nothing published but health/debug/status
 			// (TestComposePorts), nothing exposed.
-			for _, name := range []string{"extauthz", "redis", "ratelimit", "controlplane"} {
+			for _, name := range components {
 				if s := service(t, p, name); len(s.Expose) > 0 {
 					t.Errorf("%s exposes %v", name, s.Expose)
 				}
 			}
-			if ports := service(t, p, "extauthz").Ports; len(ports) > 0 {
-				t.Errorf("extauthz publishes %+v", ports)
-			}
 
 			// Every socket address in compose is the stack's.
-			cp, ea, rl, redis := service(t, p, "controlplane"), service(t, p, "extauthz"), service(t, p, "ratelimit"), service(t, p, "redis")
+			cp, ea, rl, redis := service(t, p, "controlplane"), authzService(t, p), service(t, p, "ratelimit"), service(t, p, "redis")
 			for what, c := range map[string][2]string{
 				"controlplane --xds-listen":  {flagValue(cp.Command, "--xds-listen"), stack.Unix(mounted.XDS())},
 				"extauthz LLMEDGE_XDS":       {env(ea, "LLMEDGE_XDS"), stack.Unix(mounted.XDS())},
@@ -978,8 +1063,84 @@ func dockerfileUser(t *testing.T) string {
 	return users[len(users)-1][1]
 }
 
-// stateVolumes are the services that keep state and the named volume each keeps it on.
-var stateVolumes = map[string]string{"controlplane": "llmedge-state", "extauthz": "llmedge-extauthz-state"}
+// stateVolumes are the services that keep state and the named volume each keeps it on:
+// the control plane, and Envoy for the extauthz inside it.
+var stateVolumes = map[string]string{"controlplane": "llmedge-state", "envoy": "llmedge-extauthz-state"}
+
+// stage is one stage of the Dockerfile: its name ("" if unnamed) and its lines.
+type stage struct{ name, text string }
+
+var fromLine = regexp.MustCompile(`(?m)^FROM (?:--platform=\S+ )?(\S+)(?: AS (\S+))?$`)
+
+// dockerfileStages splits the Dockerfile into its stages; the last is the default target.
+func dockerfileStages(t *testing.T) []stage {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot(t), "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	df := string(b)
+	idx := fromLine.FindAllStringSubmatchIndex(df, -1)
+	if len(idx) == 0 {
+		t.Fatal("Dockerfile has no FROM")
+	}
+	var out []stage
+	for i, m := range idx {
+		end := len(df)
+		if i+1 < len(idx) {
+			end = idx[i+1][0]
+		}
+		name := ""
+		if m[4] >= 0 {
+			name = df[m[4]:m[5]]
+		}
+		out = append(out, stage{name: name, text: df[m[0]:end]})
+	}
+	return out
+}
+
+// dockerfileStage is the stage a build target names ("" = the default target).
+func dockerfileStage(t *testing.T, target string) stage {
+	t.Helper()
+	stages := dockerfileStages(t)
+	if target == "" {
+		return stages[len(stages)-1]
+	}
+	for _, st := range stages {
+		if st.name == target {
+			return st
+		}
+	}
+	t.Fatalf("Dockerfile has no stage %q", target)
+	return stage{}
+}
+
+// imageStage is the Dockerfile stage a service's image comes from: the target of the
+// service that builds that image.
+func imageStage(t *testing.T, p *types.Project, s types.ServiceConfig) stage {
+	t.Helper()
+	for _, b := range p.Services {
+		if b.Build != nil && b.Image == s.Image {
+			return dockerfileStage(t, b.Build.Target)
+		}
+	}
+	t.Fatalf("%s: no service builds its image %q", s.Name, s.Image)
+	return stage{}
+}
+
+// dockerfileArgs are the Dockerfile's ARG defaults.
+func dockerfileArgs(t *testing.T) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot(t), "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := map[string]string{}
+	for _, m := range regexp.MustCompile(`(?m)^ARG ([A-Z_]+)=(\S+)$`).FindAllStringSubmatch(string(b), -1) {
+		args[m[1]] = m[2]
+	}
+	return args
+}
 
 // TestComposeStateVolume: the control plane (last good routes YAML, usage ledger, access
 // log files) and extauthz (its last caller policy) keep their state on persistent named
@@ -988,11 +1149,7 @@ var stateVolumes = map[string]string{"controlplane": "llmedge-state", "extauthz"
 // because the image has the directory with that owner (Docker fills a new named volume from
 // it) and the mount lets Docker copy it.
 func TestComposeStateVolume(t *testing.T) {
-	df, err := os.ReadFile(filepath.Join(repoRoot(t), "Dockerfile"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	copies := regexp.MustCompile(`(?m)^COPY --from=build --chown=(\S+)(?: --chmod=(\S+))? (\S+) (\S+)$`).FindAllStringSubmatch(string(df), -1)
+	copyLine := regexp.MustCompile(`(?m)^COPY --from=\S+ --chown=(\S+)(?: --chmod=(\S+))? (\S+) (\S+)$`)
 	for _, v := range variants(t) {
 		for svcName, stateVolume := range stateVolumes {
 			t.Run(v.name+"/"+svcName, func(t *testing.T) {
@@ -1036,15 +1193,21 @@ func TestComposeStateVolume(t *testing.T) {
 					}
 				}
 
+				// The directory comes from the stage the service's image is built from.
+				st := imageStage(t, p, svc)
 				user := svc.User
 				if user == "" {
-					user = dockerfileUser(t)
+					users := regexp.MustCompile(`(?m)^USER (\S+)$`).FindAllStringSubmatch(st.text, -1)
+					if len(users) == 0 {
+						t.Fatalf("%s sets no user and its Dockerfile stage %q none either", svcName, st.name)
+					}
+					user = users[len(users)-1][1]
 				}
 				if user != "65532:65532" {
 					t.Errorf("%s runs as %q, want 65532:65532", svcName, user)
 				}
 				owned := false
-				for _, c := range copies {
+				for _, c := range copyLine.FindAllStringSubmatch(st.text, -1) {
 					if strings.TrimSuffix(c[4], "/") != stateDir {
 						continue
 					}
@@ -1057,9 +1220,122 @@ func TestComposeStateVolume(t *testing.T) {
 					}
 				}
 				if !owned {
-					t.Errorf("Dockerfile does not create %s owned by %s: a new named volume would be root's", stateDir, user)
+					t.Errorf("Dockerfile stage %q (%s's image) does not create %s owned by %s: a new named volume would be root's", st.name, svcName, stateDir, user)
 				}
 			})
 		}
+	}
+}
+
+// TestComposeEnvoyRunsExtAuthz: the envoy service runs the region's extauthz inside it as
+// the process stack does: the environment of stack.ExtAuthz.EnvoyEnv (the one place those
+// settings are written) on the stack's sockets under stack.SocketMount, the keys secret's
+// directory, the state volume, and the module directory its image has. Only the health
+// listener's address differs, by design: 0.0.0.0, so Prometheus on the project network
+// can scrape it.
+func TestComposeEnvoyRunsExtAuthz(t *testing.T) {
+	st := dockerfileStage(t, envoyTarget)
+	m := regexp.MustCompile(`(?m)^COPY --from=\S+ /out/` + regexp.QuoteMeta(stack.ModuleFile) + ` (\S+)$`).FindStringSubmatch(st.text)
+	if m == nil || path.Base(m[1]) != stack.ModuleFile {
+		t.Fatalf("Dockerfile stage %s does not copy %s into a directory:\n%s", envoyTarget, stack.ModuleFile, st.text)
+	}
+	moduleDir := path.Dir(m[1])
+	if e := regexp.MustCompile(`(?m)^ENV ENVOY_DYNAMIC_MODULES_SEARCH_PATH=(\S+)$`).FindStringSubmatch(st.text); e == nil || e[1] != moduleDir {
+		t.Errorf("Dockerfile stage %s: ENV ENVOY_DYNAMIC_MODULES_SEARCH_PATH %v, want %s", envoyTarget, e, moduleDir)
+	}
+	for _, v := range variants(t) {
+		t.Run(v.name, func(t *testing.T) {
+			p := load(t, v.envFile)
+			envoy := authzService(t, p)
+			if envoy.Name != "envoy" {
+				t.Fatalf("extauthz runs in service %s, want envoy", envoy.Name)
+			}
+			var stateDir string
+			for _, vm := range envoy.Volumes {
+				if vm.Source == stateVolumes["envoy"] {
+					stateDir = vm.Target
+				}
+			}
+			httpListen := env(envoy, "LLMEDGE_HTTP_LISTEN")
+			if host, p, err := net.SplitHostPort(httpListen); err != nil || host != "0.0.0.0" || p != "10200" {
+				t.Errorf("envoy LLMEDGE_HTTP_LISTEN=%q, want 0.0.0.0:10200 (Prometheus' target)", httpListen)
+			}
+			want := stack.ExtAuthz{
+				Region: v.region, XDSAddr: stack.Unix(mounted.XDS()), GRPCAddr: stack.Unix(mounted.ExtAuthz(v.region)),
+				HTTPAddr: httpListen, KeysDir: keysTarget, RedisAddr: stack.Unix(mounted.Redis()), StateDir: stateDir,
+			}.EnvoyEnv(moduleDir)
+			wantKeys := []string{"ENVOY_UID"} // the image entrypoint's, not extauthz's
+			for _, kv := range want {
+				k, val, _ := strings.Cut(kv, "=")
+				wantKeys = append(wantKeys, k)
+				switch got := envoy.Environment[k]; {
+				case got == nil:
+					t.Errorf("compose envoy lacks %s (stack sets %q)", k, val)
+				case *got != val:
+					t.Errorf("compose envoy %s=%q, stack.ExtAuthz.EnvoyEnv sets %q", k, *got, val)
+				}
+			}
+			for k := range envoy.Environment {
+				if !slices.Contains(wantKeys, k) {
+					t.Errorf("compose envoy sets %s, which stack.ExtAuthz.EnvoyEnv does not", k)
+				}
+			}
+		})
+	}
+}
+
+// envoyGlibc is the oldest glibc of the Envoy images the module must load in: Ubuntu
+// 22.04's (envoyproxy/envoy is Ubuntu based).
+var envoyGlibc = []int{2, 35}
+
+// TestModuleGlibc: the module built as the Dockerfile builds it (cgo, on GO_IMAGE's
+// Debian release) asks for no glibc symbol version newer than the Envoy image has;
+// otherwise Envoy would fail to load it ("version `GLIBC_2.xx' not found"). It needs a host
+// of GO_IMAGE's Debian release, where the same glibc headers pick the same versions.
+func TestModuleGlibc(t *testing.T) {
+	_, tag, _ := splitImage(dockerfileArgs(t)["GO_IMAGE"])
+	release := tag[strings.LastIndex(tag, "-")+1:]
+	osRelease, err := os.ReadFile("/etc/os-release")
+	if err != nil || !regexp.MustCompile(`(?m)^VERSION_CODENAME=`+regexp.QuoteMeta(release)+`$`).Match(osRelease) {
+		t.Skipf("the Dockerfile builds the module on Debian %s; this host is not (%v)", release, err)
+	}
+	out := filepath.Join(t.TempDir(), stack.ModuleFile)
+	if err := stack.GoBuildModule(t.Context(), repoRoot(t), out); err != nil {
+		t.Fatal(err)
+	}
+	f, err := elf.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	syms, err := f.ImportedSymbols()
+	if err != nil {
+		t.Fatal(err)
+	}
+	newer := map[string][]string{}
+	n := 0
+	for _, sym := range syms {
+		v, ok := strings.CutPrefix(sym.Version, "GLIBC_")
+		if !ok {
+			continue
+		}
+		n++
+		var parts []int
+		for _, f := range strings.Split(v, ".") {
+			i, err := strconv.Atoi(f)
+			if err != nil {
+				t.Fatalf("%s: symbol version %q", sym.Name, sym.Version)
+			}
+			parts = append(parts, i)
+		}
+		if slices.Compare(parts, envoyGlibc) > 0 {
+			newer[sym.Version] = append(newer[sym.Version], sym.Name)
+		}
+	}
+	if n == 0 {
+		t.Fatalf("%s imports no versioned glibc symbol; the check would prove nothing", out)
+	}
+	if len(newer) > 0 {
+		t.Errorf("the module needs glibc newer than %d.%d, the Envoy image's: %v", envoyGlibc[0], envoyGlibc[1], newer)
 	}
 }

@@ -87,13 +87,14 @@ func TestComposeObservabilityProfile(t *testing.T) {
 		}
 	}
 	cpPort := port(t, "controlplane --http-listen", flagValue(service(t, p, "controlplane").Command, "--http-listen"))
-	authzPort := port(t, "extauthz LLMEDGE_HTTP_LISTEN", env(service(t, p, "extauthz"), "LLMEDGE_HTTP_LISTEN"))
+	authz := authzService(t, p)
+	authzPort := port(t, authz.Name+" LLMEDGE_HTTP_LISTEN", env(authz, "LLMEDGE_HTTP_LISTEN"))
 	rlPort := port(t, "ratelimit PROMETHEUS_ADDR", env(service(t, p, "ratelimit"), "PROMETHEUS_ADDR"))
 	want := map[string]string{
-		"controlplane:" + itoa(cpPort): "",
-		"extauthz:" + itoa(authzPort):  "",
-		"ratelimit:" + itoa(rlPort):    "",
-		"envoy:9901":                   "/stats/prometheus",
+		"controlplane:" + itoa(cpPort):     "",
+		authz.Name + ":" + itoa(authzPort): "",
+		"ratelimit:" + itoa(rlPort):        "",
+		"envoy:9901":                       "/stats/prometheus",
 	}
 	if !maps.Equal(targets, want) {
 		t.Errorf("prometheus scrape targets = %v, want %v", targets, want)

@@ -22,19 +22,42 @@ const (
 
 // TestMakeRunKeepsProviderKeysOutOfChildren: with provider keys in its environment,
 // `make run` puts them in the keys directory only (0700, files 0600), no process it
-// starts inherits them, and the routes copy shows the upstreams' real URLs.
+// starts inherits them, and the routes copy shows the upstreams' real URLs. The other
+// tests of `make run` run its default (extauthz inside Envoy); this one runs the way back,
+// LLMEDGE_AUTHZ=process, unless the suite runs with extauthz inside Envoy.
 func TestMakeRunKeepsProviderKeysOutOfChildren(t *testing.T) {
 	t.Parallel()
-	m := startMakeRun(t, "OPENAI_API_KEY="+canaryOpenAI, "ANTHROPIC_API_KEY="+canaryAnthropic)
+	env := []string{"OPENAI_API_KEY=" + canaryOpenAI, "ANTHROPIC_API_KEY=" + canaryAnthropic}
+	if !authzInEnvoy {
+		env = append(env, "LLMEDGE_AUTHZ=process")
+	}
+	m := startMakeRun(t, env...)
 
 	// The test can fail: the canaries are in llmedge-run's own environment.
 	if env := environ(t, m.p.Pid()); !bytes.Contains(env, []byte(canaryOpenAI)) {
 		t.Fatalf("llmedge-run's environment lacks the canary; the test would prove nothing")
 	}
 	children := childrenOf(t, m.p.Pid())
-	// Redis, fakellm, control plane, and per region extauthz, ratelimit, Envoy.
-	if len(children) != 9 {
-		t.Errorf("llmedge-run has %d children, want 9: %v", len(children), children)
+	// Redis, fakellm, control plane, and per region ratelimit and Envoy, and extauthz
+	// unless it runs inside Envoy.
+	want, banner := 7, "extauthz runs inside each Envoy"
+	if !authzInEnvoy {
+		want, banner = 9, "extauthz runs as a process per region (LLMEDGE_AUTHZ=process)"
+	}
+	if len(children) != want {
+		t.Errorf("llmedge-run has %d children, want %d: %v", len(children), want, children)
+	}
+	authz := 0
+	for _, cmdline := range children {
+		if strings.Contains(cmdline, " extauthz ") {
+			authz++
+		}
+	}
+	if wantAuthz := want - 7; authz != wantAuthz {
+		t.Errorf("%d extauthz processes, want %d: %v", authz, wantAuthz, children)
+	}
+	if !strings.Contains(m.p.Log(), banner) {
+		t.Errorf("the banner does not say %q:\n%s", banner, m.p.Log())
 	}
 	for pid, cmdline := range children {
 		env := environ(t, pid)

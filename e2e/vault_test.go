@@ -33,6 +33,7 @@ func TestMakeRunKeyVaultAnswersOnlyItsOwnEnvoys(t *testing.T) {
 		FakeUpstream string `json:"fake_upstream"`
 		Regions      map[string]struct {
 			Edge, ExtAuthz, Ratelimit string
+			ExtAuthzHealth            string `json:"extauthz_health"`
 		} `json:"regions"`
 	}
 	b, err := os.ReadFile(filepath.Join(m.runDir, "edge.json"))
@@ -111,6 +112,28 @@ func TestMakeRunKeyVaultAnswersOnlyItsOwnEnvoys(t *testing.T) {
 			}
 			if !strings.Contains(out, "PermissionError") {
 				t.Errorf("uid 65534 on %s: want a permission error (EACCES), got:\n%s", s, out)
+			}
+		}
+	})
+
+	t.Run("extauthz runs inside each Envoy by default", func(t *testing.T) {
+		if !strings.Contains(m.p.Log(), "extauthz runs inside each Envoy") {
+			t.Errorf("the banner does not say extauthz runs inside Envoy:\n%s", m.p.Log())
+		}
+		for pid, cmdline := range childrenOf(t, m.p.Pid()) {
+			if strings.Contains(cmdline, " extauthz ") {
+				t.Errorf("make run started an extauthz process (pid %d: %s); by default it runs inside Envoy", pid, cmdline)
+			}
+		}
+		// Its health port answers from the region's Envoy.
+		for _, r := range regions {
+			resp, err := http.Get(facts.Regions[r].ExtAuthzHealth + "/readyz")
+			if err != nil {
+				t.Fatalf("region %s extauthz /readyz: %v", r, err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Errorf("region %s extauthz /readyz: %d", r, resp.StatusCode)
 			}
 		}
 	})

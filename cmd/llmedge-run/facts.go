@@ -82,14 +82,24 @@ func (d *demo) accessLogDir() string {
 	return filepath.Join(stack.ControlPlaneStateDir(d.runDir), config.DefaultAccessLogDir)
 }
 
+// authzNote says where extauthz runs, why, and how to run it the other way.
+func authzNote(d *demo) string {
+	if d.inEnvoy {
+		return "extauthz runs inside each Envoy (its log is the Envoy's); LLMEDGE_AUTHZ=process runs it as a process per region"
+	}
+	why := "LLMEDGE_AUTHZ=process"
+	if d.authzMode == "" {
+		why = "the regions of " + d.routesSrc + " do not set extauthz_in_envoy"
+	}
+	return "extauthz runs as a process per region (" + why + "); LLMEDGE_AUTHZ=envoy runs it inside each Envoy"
+}
+
 func banner(w io.Writer, d *demo) {
 	note := "every upstream is the fake LLM upstream (no provider keys needed)"
 	if len(d.real) > 0 {
 		note = "real provider for: " + strings.Join(d.real, " ") + "; the fake LLM upstream for the rest"
 	}
-	if d.inEnvoy {
-		note += "; extauthz inside each Envoy (LLMEDGE_AUTHZ=envoy: its log is the Envoy's)"
-	}
+	note += "\n  " + authzNote(d)
 	hk, sg := d.addr("envoy", "hk", stack.RoleEdge), d.addr("envoy", "sg", stack.RoleEdge)
 	fmt.Fprintf(w, `
   llmedge is running: two regions; %s

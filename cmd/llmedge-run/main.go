@@ -1,6 +1,9 @@
 // Command llmedge-run is `make run`: a local two-region edge (hk, sg) as plain processes —
-// Redis, the fake LLM upstream, the control plane, and per region an extauthz, an
-// envoyproxy/ratelimit and an Envoy — with a demo caller token (600 requests a minute).
+// Redis, the fake LLM upstream, the control plane, and per region an envoyproxy/ratelimit
+// and an Envoy running that region's extauthz inside it (the dynamic module
+// bin/libllmedge.so, as examples/routes.yaml's extauthz_in_envoy says) — with a demo caller
+// token (600 requests a minute). LLMEDGE_AUTHZ=process runs each region's extauthz as a
+// process of its own instead; LLMEDGE_AUTHZ=envoy forces the module.
 // internal/stack runs the components; this command adds what is particular to the demo:
 // the .run/ directory, the token, the routes copy, the keys and the banner.
 //
@@ -9,7 +12,8 @@
 // key or read the caller policy; only the edge, admin and health ports are on loopback TCP.
 //
 // Environment: LLMEDGE_*_PORT move ports (stack.LocalPorts), LLMEDGE_RUN_DIR (default
-// .run), LLMEDGE_BIN_DIR (default bin), LLMEDGE_ROUTES (default examples/routes.yaml).
+// .run), LLMEDGE_BIN_DIR (default bin), LLMEDGE_ROUTES (default examples/routes.yaml),
+// LLMEDGE_AUTHZ (envoy or process; default: what the routes YAML says).
 // OPENAI_API_KEY, ANTHROPIC_API_KEY or GEMINI_API_KEY switch that upstream to the real
 // provider: the key goes to the keys directory only, the provider's URL into the routes
 // copy. No child process sees any of these variables. Ctrl-C stops everything.
@@ -46,8 +50,8 @@ type demo struct {
 	paths                                            stack.Paths
 	token, digest                                    string
 	real                                             []string // upstreams sent to the real provider
-	// authzMode is LLMEDGE_AUTHZ (envoy, process, or "" for what the routes YAML says);
-	// inEnvoy is the outcome: each region's extauthz runs inside its Envoy.
+	// authzMode is LLMEDGE_AUTHZ (envoy, process, or "" for what the source routes YAML
+	// says); inEnvoy is the outcome: each region's extauthz runs inside its Envoy.
 	authzMode string
 	inEnvoy   bool
 }
@@ -180,8 +184,10 @@ func (d *demo) demoToken(ctx context.Context) error {
 
 // writeRoutes (re)writes the routes copy when it is missing, LLMEDGE_ROUTES names a
 // source, the source is newer, or the copy lacks the demo token; otherwise the operator's
-// live edits stay. Either way provider upstreams then point where the keys say, and the
-// regions' extauthz and ratelimit at this stack's sockets.
+// live edits stay. Either way provider upstreams then point where the keys say, the
+// regions' extauthz and ratelimit at this stack's sockets, and extauthz_in_envoy of every
+// region says what LLMEDGE_AUTHZ asks, or else what the source says: a run with
+// LLMEDGE_AUTHZ=process does not leave the next plain `make run` in process mode.
 func (d *demo) writeRoutes(explicitSource bool) error {
 	src, err := os.Stat(d.routesSrc)
 	if err != nil {
@@ -215,8 +221,23 @@ func (d *demo) writeRoutes(explicitSource bool) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", d.routes, err)
 	}
+	mode := d.authzMode
+	if mode == "" {
+		b, err := os.ReadFile(d.routesSrc)
+		if err != nil {
+			return err
+		}
+		_, srcInEnvoy, err := authzInEnvoy(b, "")
+		if err != nil {
+			return fmt.Errorf("%s: %w", d.routesSrc, err)
+		}
+		mode = "process"
+		if srcInEnvoy {
+			mode = "envoy"
+		}
+	}
 	before := out
-	if out, d.inEnvoy, err = authzInEnvoy(out, d.authzMode); err != nil {
+	if out, d.inEnvoy, err = authzInEnvoy(out, mode); err != nil {
 		return fmt.Errorf("%s: %w", d.routes, err)
 	}
 	if !fresh && !changed && !moved && bytes.Equal(before, out) {

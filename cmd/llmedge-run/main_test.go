@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -269,5 +270,89 @@ func TestAuthzInEnvoy(t *testing.T) {
 	}
 	if _, _, err := authzInEnvoy(doc, "inside"); err == nil || !strings.Contains(err.Error(), `LLMEDGE_AUTHZ "inside"`) {
 		t.Fatalf("bad mode: %v", err)
+	}
+}
+
+// make run's default is what examples/routes.yaml says, and that is stack's default:
+// extauthz inside each Envoy.
+func TestExampleRunsAuthzInEnvoy(t *testing.T) {
+	_, on, err := authzInEnvoy(example(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if on != stack.DefaultAuthzInEnvoy {
+		t.Errorf("examples/routes.yaml runs extauthz inside Envoy: %v; stack.DefaultAuthzInEnvoy is %v", on, stack.DefaultAuthzInEnvoy)
+	}
+}
+
+// TestWriteRoutesAuthzMode: LLMEDGE_AUTHZ decides for one run; without it the source
+// decides again, whatever an earlier run wrote into the copy.
+func TestWriteRoutesAuthzMode(t *testing.T) {
+	dir := t.TempDir()
+	d := &demo{
+		runDir: dir, routes: filepath.Join(dir, "routes.yaml"), routesSrc: filepath.Join(dir, "src.yaml"),
+		ports: ports(t, nil), sockets: stack.Sockets{Dir: filepath.Join(dir, "sock")}, digest: digest,
+	}
+	if err := os.WriteFile(d.routesSrc, example(t), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	inCopy := func() []string {
+		var p struct {
+			Regions map[string]struct {
+				InEnvoy *bool `yaml:"extauthz_in_envoy"`
+			}
+		}
+		b, err := os.ReadFile(d.routes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := yaml.Unmarshal(b, &p); err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, r := range stack.LocalRegions() {
+			v := p.Regions[r].InEnvoy
+			out = append(out, fmt.Sprintf("%s=%v", r, v != nil && *v))
+		}
+		load(t, b)
+		return out
+	}
+	for _, c := range []struct {
+		mode    string
+		inEnvoy bool
+		note    string
+	}{
+		{"", true, "inside each Envoy"},
+		{"process", false, "process per region (LLMEDGE_AUTHZ=process)"},
+		{"", true, "inside each Envoy"}, // not left in process mode
+		{"envoy", true, "LLMEDGE_AUTHZ=process runs it as a process"},
+	} {
+		d.authzMode = c.mode
+		if err := d.writeRoutes(false); err != nil {
+			t.Fatalf("LLMEDGE_AUTHZ=%q: %v", c.mode, err)
+		}
+		want := fmt.Sprintf("hk=%v sg=%v", c.inEnvoy, c.inEnvoy)
+		if got := strings.Join(inCopy(), " "); d.inEnvoy != c.inEnvoy || got != want {
+			t.Errorf("LLMEDGE_AUTHZ=%q: inEnvoy %v, copy %s; want %v, %s", c.mode, d.inEnvoy, got, c.inEnvoy, want)
+		}
+		if note := authzNote(d); !strings.Contains(note, c.note) {
+			t.Errorf("LLMEDGE_AUTHZ=%q: banner says %q, want %q in it", c.mode, note, c.note)
+		}
+	}
+
+	// A source without extauthz_in_envoy runs processes, and the banner says why.
+	src := strings.ReplaceAll(string(example(t)), "extauthz_in_envoy: true", "extauthz_in_envoy: false")
+	if err := os.WriteFile(d.routesSrc, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.authzMode = ""
+	if err := d.writeRoutes(true); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(inCopy(), " "); d.inEnvoy || got != "hk=false sg=false" {
+		t.Errorf("source without the module: inEnvoy %v, copy %s", d.inEnvoy, got)
+	}
+	if note := authzNote(d); !strings.Contains(note, "do not set extauthz_in_envoy") || !strings.Contains(note, "LLMEDGE_AUTHZ=envoy") {
+		t.Errorf("banner: %q", note)
 	}
 }

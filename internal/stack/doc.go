@@ -5,7 +5,8 @@
 // Envoy drained first: drain.go), and when it is ready. `make run` (cmd/llmedge-run, an Edge) and the end-to-end tests
 // (through the testing.TB adapter internal/testenv) call it, and so do the benchmark
 // programs under bench/ (Runner.Override states what a benchmark changes);
-// compose.yaml is kept equal to its Topology and ratelimit settings by
+// compose.yaml is kept equal to its Topology (extauthz inside Envoy, as `make run` runs
+// it by default), its ratelimit settings and its extauthz environment by
 // deploy/compose_test.go.
 //
 // A component is added in one place: its settings type with a Cmd method and a Runner

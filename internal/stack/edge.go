@@ -10,8 +10,8 @@ import (
 	"time"
 )
 
-// Edge is a whole edge as local processes: every component of Topology, the PerRegion
-// ones once for each of Regions, on the loopback ports of Ports, their internal hops on
+// Edge is a whole edge as local processes: every component of Topology(AuthzInEnvoy)
+// that has a process of its own, the PerRegion ones once for each of Regions, on the loopback ports of Ports, their internal hops on
 // the unix sockets of Sockets. `make run` is an Edge.
 type Edge struct {
 	Runner
@@ -30,7 +30,8 @@ type Edge struct {
 	EnvoyDrainTime time.Duration
 	// AuthzInEnvoy runs each region's extauthz inside its Envoy, as the dynamic module
 	// (Paths.Module), instead of as a process: for routes YAML whose regions set
-	// extauthz_in_envoy. Its health and metrics stay on the extauthz ports.
+	// extauthz_in_envoy (make run's default, DefaultAuthzInEnvoy). Its health and metrics
+	// stay on the extauthz ports, its gRPC on its socket.
 	AuthzInEnvoy bool
 
 	mu     sync.Mutex
@@ -41,7 +42,8 @@ type Edge struct {
 
 // Start starts every component in Topology order and returns once each is ready: the
 // control plane serves a valid config, extauthz holds its policy, ratelimit has its
-// limits and every Envoy is live. On error the processes started so far are stopped.
+// limits and every Envoy is live. A component inside another (Component.In) starts with
+// its host. On error the processes started so far are stopped.
 func (e *Edge) Start(ctx context.Context) error {
 	if missing := e.missingPorts(); len(missing) > 0 {
 		return fmt.Errorf("stack: no port for %v", missing)
@@ -50,7 +52,10 @@ func (e *Edge) Start(ctx context.Context) error {
 		return fmt.Errorf("stack: Edge.Sockets is not set (MakeSockets)")
 	}
 	starters := e.starters()
-	for _, c := range Topology() {
+	for _, c := range Topology(e.AuthzInEnvoy) {
+		if c.In != "" {
+			continue
+		}
 		start, ok := starters[c.Name]
 		if !ok {
 			e.Stop()
@@ -131,9 +136,6 @@ func (e *Edge) starters() map[string]func(ctx context.Context, region string) er
 			return p.Await(ctx, LlmedgeStartTimeout, HTTPStatus(cp.StatusURL()+"/readyz", http.StatusOK))
 		},
 		"extauthz": func(ctx context.Context, r string) error {
-			if e.AuthzInEnvoy {
-				return nil // started by its Envoy
-			}
 			p, err := e.StartExtAuthz(ctx, ProcessName("extauthz", r), e.extAuthz(r))
 			if err != nil {
 				return err

@@ -29,7 +29,7 @@ type Sockets struct{ Dir string }
 // region for a PerRegion component): xds.sock, extauthz-hk.sock, redis.sock. It is ""
 // for a component without one.
 func SocketFile(component, region string) string {
-	for _, c := range Topology() {
+	for _, c := range components() {
 		if c.Name != component || c.Socket == "" {
 			continue
 		}
@@ -61,7 +61,7 @@ func (s Sockets) Redis() string { return s.Path("redis", "") }
 // All lists every socket of a stack with these regions, in Topology order.
 func (s Sockets) All(regions []string) []string {
 	var out []string
-	for _, c := range Topology() {
+	for _, c := range components() {
 		if c.Socket == "" {
 			continue
 		}

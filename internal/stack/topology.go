@@ -17,10 +17,10 @@ const (
 	PerRegion
 )
 
-// Component is one kind of process of an llmedge edge. Its Name is also its compose
-// service; Ports are the roles of the loopback TCP ports it listens on (health, metrics,
-// the edge itself: nothing that carries or guards a secret); Socket, if set, names the
-// unix socket of its internal hop (SocketFile).
+// Component is one part of an llmedge edge, a process of its own unless In says
+// otherwise. Its Name is also its compose service; Ports are the roles of the loopback TCP
+// ports it listens on (health, metrics, the edge itself: nothing that carries or guards a
+// secret); Socket, if set, names the unix socket of its internal hop (SocketFile).
 type Component struct {
 	Name   string
 	Scope  Scope
@@ -28,6 +28,10 @@ type Component struct {
 	Socket string
 	// Demo components stand in for the providers (compose profile "demo").
 	Demo bool
+	// In names the component whose process runs this one: "envoy" for extauthz inside
+	// Envoy (the dynamic module). Such a component has no process, log or compose service
+	// of its own; its ports and socket stay the same, served by the host's process.
+	In string
 }
 
 // Port roles.
@@ -43,18 +47,35 @@ const (
 // ratelimit (which exits when Redis does not answer at its start), the control plane
 // before everything it configures, ratelimit before extauthz (which asks it about every
 // allowed request's quotas), Envoy last (it fails closed without extauthz).
+// authzInEnvoy puts each region's extauthz inside its Envoy (In "envoy"), as the routes
+// YAML's extauthz_in_envoy does; `make run` and compose.yaml run that way by default
+// (DefaultAuthzInEnvoy). Ports and sockets are the same either way.
 // Adding a component means adding it here and to Edge's starters (a test checks both),
 // and to compose.yaml (deploy/compose_test.go checks that).
-func Topology() []Component {
+func Topology(authzInEnvoy bool) []Component {
+	authzIn := ""
+	if authzInEnvoy {
+		authzIn = "envoy"
+	}
 	return []Component{
 		{Name: "redis", Scope: Shared, Socket: "redis"},
 		{Name: "fakellm", Scope: Shared, Ports: []string{RoleHTTP}, Demo: true},
 		{Name: "controlplane", Scope: Shared, Ports: []string{RoleHTTP}, Socket: "xds"},
 		{Name: "ratelimit", Scope: PerRegion, Ports: []string{RoleHTTP, RoleDebug, RoleMetrics}, Socket: "ratelimit"},
-		{Name: "extauthz", Scope: PerRegion, Ports: []string{RoleHTTP}, Socket: "extauthz"},
+		{Name: "extauthz", Scope: PerRegion, Ports: []string{RoleHTTP}, Socket: "extauthz", In: authzIn},
 		{Name: "envoy", Scope: PerRegion, Ports: []string{RoleEdge, RoleAdmin}},
 	}
 }
+
+// DefaultAuthzInEnvoy is how `make run` and compose.yaml run extauthz: inside each
+// region's Envoy, because examples/routes.yaml and examples/compose/routes.yaml set
+// regions.<r>.extauthz_in_envoy (the schema's default stays false). cmd/llmedge-run and
+// deploy/compose_test.go check those files against it.
+const DefaultAuthzInEnvoy = true
+
+// components is the topology for what does not depend on where extauthz runs: ports and
+// sockets.
+func components() []Component { return Topology(DefaultAuthzInEnvoy) }
 
 // PortKey names one listening port of a stack; Region is "" for a Shared component.
 type PortKey struct{ Component, Region, Role string }
@@ -69,7 +90,7 @@ func (k PortKey) String() string {
 // PortKeys lists every port of the topology for these regions, in start order.
 func PortKeys(regions []string) []PortKey {
 	var keys []PortKey
-	for _, c := range Topology() {
+	for _, c := range components() {
 		scopes := []string{""}
 		if c.Scope == PerRegion {
 			scopes = regions

@@ -2,18 +2,21 @@ package stack
 
 import (
 	"context"
+	"io"
 	"maps"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/llmedge/llmedge/extauthz"
 )
 
 func TestEdgeStartsEveryComponentOfTopology(t *testing.T) {
 	e := &Edge{}
 	starters := slices.Sorted(maps.Keys(e.starters()))
 	var names []string
-	for _, c := range Topology() {
+	for _, c := range Topology(false) {
 		names = append(names, c.Name)
 	}
 	if slices.Sort(names); !slices.Equal(starters, names) {
@@ -22,16 +25,93 @@ func TestEdgeStartsEveryComponentOfTopology(t *testing.T) {
 }
 
 func TestTopologyOrder(t *testing.T) {
-	index := map[string]int{}
-	for i, c := range Topology() {
-		index[c.Name] = i
-	}
-	// Each must start before the ones after it: ratelimit exits without Redis, Envoy
-	// fails closed without extauthz, everything waits for the control plane.
-	for _, before := range [][2]string{{"redis", "ratelimit"}, {"controlplane", "extauthz"}, {"controlplane", "ratelimit"}, {"extauthz", "envoy"}, {"fakellm", "envoy"}} {
-		if index[before[0]] >= index[before[1]] {
-			t.Errorf("%s starts after %s", before[0], before[1])
+	for _, inEnvoy := range []bool{false, true} {
+		index := map[string]int{}
+		for i, c := range Topology(inEnvoy) {
+			index[c.Name] = i
 		}
+		// Each must start before the ones after it: ratelimit exits without Redis, Envoy
+		// fails closed without extauthz, everything waits for the control plane.
+		for _, before := range [][2]string{{"redis", "ratelimit"}, {"controlplane", "extauthz"}, {"controlplane", "ratelimit"}, {"extauthz", "envoy"}, {"fakellm", "envoy"}} {
+			if index[before[0]] >= index[before[1]] {
+				t.Errorf("authzInEnvoy %v: %s starts after %s", inEnvoy, before[0], before[1])
+			}
+		}
+	}
+}
+
+// TestTopologyAuthzMode: the mode moves extauthz into Envoy and changes nothing else; a
+// component inside another lives in a component of the topology with the same scope, so
+// that process can serve its ports and socket.
+func TestTopologyAuthzMode(t *testing.T) {
+	inside := func(inEnvoy bool) map[string]string {
+		out := map[string]string{}
+		scope := map[string]Scope{}
+		for _, c := range Topology(inEnvoy) {
+			scope[c.Name] = c.Scope
+		}
+		for _, c := range Topology(inEnvoy) {
+			if c.In == "" {
+				continue
+			}
+			out[c.Name] = c.In
+			if s, ok := scope[c.In]; !ok || s != c.Scope {
+				t.Errorf("authzInEnvoy %v: %s is in %q, which is not a component of the same scope", inEnvoy, c.Name, c.In)
+			}
+		}
+		return out
+	}
+	if got := inside(false); len(got) != 0 {
+		t.Errorf("Topology(false): components inside others %v, want none", got)
+	}
+	if got := inside(true); !maps.Equal(got, map[string]string{"extauthz": "envoy"}) {
+		t.Errorf("Topology(true): components inside others %v, want extauthz in envoy", got)
+	}
+	strip := func(cs []Component) []Component {
+		for i := range cs {
+			cs[i].In = ""
+		}
+		return cs
+	}
+	if a, b := strip(Topology(false)), strip(Topology(true)); !slices.EqualFunc(a, b, func(x, y Component) bool {
+		return x.Name == y.Name && x.Scope == y.Scope && slices.Equal(x.Ports, y.Ports) && x.Socket == y.Socket && x.Demo == y.Demo
+	}) {
+		t.Errorf("the modes differ in more than where extauthz runs:\n%+v\n%+v", a, b)
+	}
+	if !DefaultAuthzInEnvoy {
+		t.Error("make run and compose run extauthz inside Envoy by default")
+	}
+}
+
+func TestExtAuthzEnvoyEnv(t *testing.T) {
+	ea := ExtAuthz{Region: "hk", XDSAddr: "unix:/s/xds.sock", GRPCAddr: "unix:/s/extauthz-hk.sock", HTTPAddr: "127.0.0.1:10200",
+		KeysDir: "/k", RedisAddr: "unix:/s/redis.sock", StateDir: "/state"}
+	got := ea.EnvoyEnv("/mod")
+	want := []string{
+		"ENVOY_DYNAMIC_MODULES_SEARCH_PATH=/mod", "LLMEDGE_REGION=hk", "LLMEDGE_XDS=unix:/s/xds.sock",
+		"LLMEDGE_GRPC_LISTEN=unix:/s/extauthz-hk.sock", "LLMEDGE_HTTP_LISTEN=127.0.0.1:10200", "LLMEDGE_KEYS_DIR=/k",
+		"LLMEDGE_LOG_FORMAT=json", "LLMEDGE_LOG_LEVEL=info", "LLMEDGE_REDIS=unix:/s/redis.sock", "LLMEDGE_STATE_DIR=/state",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("EnvoyEnv =\n%q\nwant\n%q", got, want)
+	}
+	// The module reads them as the process takes its flags, and refuses another region's
+	// filter config.
+	env := map[string]string{}
+	for _, kv := range got {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	o, err := extauthz.EnvOptions("hk", func(k string) string { return env[k] }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Region != ea.Region || o.XDSServer != ea.XDSAddr || o.GRPCAddress != ea.GRPCAddr || o.HTTPAddress != ea.HTTPAddr ||
+		o.KeysDir != ea.KeysDir || o.RedisAddress != ea.RedisAddr || o.StateDir != ea.StateDir {
+		t.Errorf("extauthz.EnvOptions read %+v from EnvoyEnv %+v", o, ea)
+	}
+	if _, err := extauthz.EnvOptions("sg", func(k string) string { return env[k] }, io.Discard); err == nil || !strings.Contains(err.Error(), "LLMEDGE_REGION") {
+		t.Errorf("a filter config for sg in hk's Envoy: %v, want LLMEDGE_REGION named", err)
 	}
 }
 
