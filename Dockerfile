@@ -26,8 +26,9 @@ ARG GO_IMAGE=golang:1.26.8-bookworm
 # distroless/static: no shell, no package manager; has /etc/ssl/certs/ca-certificates.crt
 # (CA roots for upstream TLS), /etc/passwd with nonroot (65532), tzdata.
 ARG RUNTIME_IMAGE=gcr.io/distroless/static-debian12:nonroot
-# Envoy's official image: Ubuntu based, bash but no curl. The module needs glibc >= 2.34
-# (see the module stage); `docker run --rm --entrypoint ldd <ENVOY_IMAGE> --version` shows it.
+# Envoy's official image: Ubuntu based (Envoy's ci/Dockerfile-envoy builds it FROM
+# ubuntu:noble, glibc 2.39), bash but no curl. The module needs glibc >= 2.34 (see the
+# module stage); `docker run --rm --entrypoint ldd <ENVOY_IMAGE> --version` shows it.
 ARG ENVOY_IMAGE=envoyproxy/envoy:v1.40.0
 
 # --- build: static binaries, cross-compiled on the build platform ----------------------
