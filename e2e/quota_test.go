@@ -265,6 +265,61 @@ func TestQuotaShadowModeCountsWithoutBlocking(t *testing.T) {
 	})
 }
 
+// Steady traffic under a limit is answered from what the edge reserved ahead: few
+// requests wait on Redis, and Redis counts every admitted request (plus at most what the
+// edge holds) under each of the caller's limits.
+func TestQuotaReservedAhead(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, startUpstream(t, fakellm.Options{}), quotaYAML(100000, 1000), "hk")
+	const n = 300
+	withinWindow(t, time.Hour, 1, func(errorf func(string, ...any)) {
+		if _, err := s.redis.Do("FLUSHALL"); err != nil { // a second run starts afresh
+			errorf("FLUSHALL: %v", err)
+			return
+		}
+		waitedBefore := s.quotaReservations(t, "request")
+		for i := 1; i <= n; i++ {
+			resp := s.models(t, "hk", "alice")
+			readAll(resp)
+			if resp.StatusCode != http.StatusOK {
+				errorf("request %d of %d under alice's limits: status %d", i, n, resp.StatusCode)
+				return
+			}
+		}
+		waited, ahead := s.quotaReservations(t, "request")-waitedBefore, s.quotaReservations(t, "ahead")
+		t.Logf("%d requests: %v waited on their own reservation, %v reservations ahead", n, waited, ahead)
+		if waited > n/10 || ahead == 0 {
+			errorf("%v of %d requests waited on Redis, %v reservations ahead; want most answered from reservations", waited, n, ahead)
+		}
+		keys, err := s.redis.Do("KEYS", "*alice*")
+		list, _ := keys.([]any)
+		if err != nil || len(list) != 2 { // her hourly and daily limits
+			errorf("Redis keys for alice: %v, %v; want one per limit (2)", keys, err)
+			return
+		}
+		for _, k := range list {
+			v, err := s.redis.Do("GET", k.(string))
+			count, _ := strconv.Atoi(fmt.Sprint(v))
+			if err != nil || count < n || count > n+64 {
+				errorf("%s = %v, %v; want the %d admitted plus at most the 64 an edge holds", k, v, err, n)
+			}
+		}
+	})
+}
+
+// quotaReservations is extauthz's count of quota round trips of kind in region hk.
+func (s *stack) quotaReservations(t *testing.T, kind string) float64 {
+	t.Helper()
+	m := get(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", s.authzHTTP["hk"]))
+	for _, line := range strings.Split(m, "\n") {
+		if rest, ok := strings.CutPrefix(line, `llmedge_extauthz_quota_reservations_total{kind="`+kind+`"} `); ok {
+			v, _ := strconv.ParseFloat(rest, 64)
+			return v
+		}
+	}
+	return 0
+}
+
 // TestQuotaFailureModes: with Redis down, hk (fail open) keeps serving and sg (fail
 // closed) refuses with a JSON 500; both recover by themselves. The ratelimit process being
 // down changes nothing at request time: extauthz checks quotas against Redis itself, and
@@ -275,7 +330,8 @@ func TestQuotaFailureModes(t *testing.T) {
 	expect := func(what string, hk, sg int) {
 		t.Helper()
 		testenv.Eventually(t, 15*time.Second, 20*time.Millisecond, func() error {
-			// alice has limits, so every check reaches Redis (bob's would not).
+			// alice has limits, so her checks use Redis once what her edge reserved ahead
+			// is spent (bob's never would).
 			a, b := s.models(t, "hk", "alice"), s.models(t, "sg", "alice")
 			bodyB := readAll(b)
 			readAll(a)
