@@ -337,3 +337,70 @@ func TestLimiterAnswersLocally(t *testing.T) {
 		return fmt.Errorf("not answered locally yet")
 	})
 }
+
+// overCache answers OVER_LIMIT for every limit it is given, and records them.
+type overCache struct{ got []*rlconfig.RateLimit }
+
+func (c *overCache) DoLimit(_ context.Context, _ *rlsv3.RateLimitRequest, limits []*rlconfig.RateLimit) []*rlsv3.RateLimitResponse_DescriptorStatus {
+	c.got = limits
+	out := make([]*rlsv3.RateLimitResponse_DescriptorStatus, len(limits))
+	for i, l := range limits {
+		out[i] = &rlsv3.RateLimitResponse_DescriptorStatus{Code: rlsv3.RateLimitResponse_OK}
+		if l != nil {
+			out[i] = &rlsv3.RateLimitResponse_DescriptorStatus{Code: rlsv3.RateLimitResponse_OVER_LIMIT, CurrentLimit: l.Limit}
+		}
+	}
+	return out
+}
+func (c *overCache) Flush() {}
+
+// The quota service asks the cache about each descriptor's limit as envoyproxy/ratelimit's
+// service does: a replaced or unlimited limit is not counted, an unknown descriptor has none.
+func TestQuotaServiceLimitsPerDescriptor(t *testing.T) {
+	policy := func(name string, n uint32, replaces ...string) *rlsconfv3.RateLimitPolicy {
+		p := &rlsconfv3.RateLimitPolicy{Name: name, Unit: rlsconfv3.RateLimitUnit_HOUR, RequestsPerUnit: n}
+		for _, r := range replaces {
+			p.Replaces = append(p.Replaces, &rlsconfv3.RateLimitReplace{Name: r})
+		}
+		return p
+	}
+	rc := &rlsconfv3.RateLimitConfig{Name: "d", Domain: "d", Descriptors: []*rlsconfv3.RateLimitDescriptor{
+		{Key: "k", Value: "replaced", RateLimit: policy("replaced", 1)},
+		{Key: "k", Value: "free", RateLimit: &rlsconfv3.RateLimitPolicy{Unlimited: true}},
+		{Key: "k", Value: "replacing", RateLimit: policy("replacing", 5, "replaced")},
+	}}
+	sm := rlstats.NewStatManager(gostats.NewStore(gostats.NewNullSink(), false), rlsettings.NewSettings())
+	ev, err := configEvent(rc, sm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache := &overCache{}
+	s := &quotaService{cache: cache}
+	req := &rlsv3.RateLimitRequest{Domain: "d", HitsAddend: 1}
+	if _, err := s.ShouldRateLimit(context.Background(), req); err == nil {
+		t.Error("answered without a config")
+	}
+	s.setConfig(ev.cfg)
+	for _, v := range []string{"replaced", "free", "replacing", "unknown"} {
+		req.Descriptors = append(req.Descriptors, &rlcommonv3.RateLimitDescriptor{Entries: []*rlcommonv3.RateLimitDescriptor_Entry{{Key: "k", Value: v}}})
+	}
+	resp, err := s.ShouldRateLimit(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var counted []string
+	for _, l := range cache.got {
+		if l != nil {
+			counted = append(counted, l.Name)
+		}
+	}
+	if fmt.Sprint(counted) != "[replacing]" {
+		t.Errorf("limits counted %v; want [replacing] (replaced one dropped, unlimited and unknown have none)", counted)
+	}
+	if resp.GetOverallCode() != rlsv3.RateLimitResponse_OVER_LIMIT || resp.GetStatuses()[1].GetLimitRemaining() != 4294967295 || resp.GetStatuses()[2].GetCode() != rlsv3.RateLimitResponse_OVER_LIMIT {
+		t.Errorf("response %v; want OVER_LIMIT from the replacing limit and the unlimited one's remaining at the maximum", resp)
+	}
+	if _, err := s.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "d"}); err == nil {
+		t.Error("answered a request without descriptors")
+	}
+}
