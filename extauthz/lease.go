@@ -87,7 +87,7 @@ type slot struct {
 	before, after uint64 // the key's count around this request's hits, as the status reports it
 	reserve       uint64 // > 0: hits this request reserves in Redis (its own and ahead)
 	count         uint64 // the reservation's answer
-	l             *lease // the lease it reserves for (swept leases stay valid to hold)
+	l             *lease // its lease (a swept lease stays valid to hold)
 }
 
 func (c *leaseCache) DoLimit(ctx context.Context, req *rlsv3.RateLimitRequest, limits []*rlconfig.RateLimit) []*rlsv3.RateLimitResponse_DescriptorStatus {
@@ -106,7 +106,12 @@ func (c *leaseCache) DoLimit(ctx context.Context, req *rlsv3.RateLimitRequest, l
 	fromLeases := true
 	for i := range slots {
 		s := &slots[i]
-		if s.key != "" && c.lease(s, now).granted < s.hits {
+		if s.key == "" {
+			continue
+		}
+		// Held from here on: a sweep while this request waits may drop it from the map.
+		s.l = c.lease(s, now)
+		if s.l.granted < s.hits {
 			fromLeases = false
 		}
 	}
@@ -122,7 +127,7 @@ func (c *leaseCache) DoLimit(ctx context.Context, req *rlsv3.RateLimitRequest, l
 		if s.key == "" {
 			continue
 		}
-		l := c.leases[s.key]
+		l := s.l
 		// A reservation on its way may bring the room: wait for it rather than reserve
 		// twice (this is off Envoy's worker: the local attempt never waits).
 		for l.granted < s.hits && l.pending > 0 {
@@ -134,7 +139,6 @@ func (c *leaseCache) DoLimit(ctx context.Context, req *rlsv3.RateLimitRequest, l
 		}
 		l.size = l.next()
 		l.pending++
-		s.l = l
 		s.reserve = s.hits + l.size
 		pipe = c.redis.PipeAppend(pipe, &s.count, "INCRBY", s.key, s.reserve)
 		pipe = c.redis.PipeAppend(pipe, nil, "EXPIRE", s.key, rlutils.UnitToDivider(s.limit.Limit.Unit))
