@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	rlconfig "github.com/envoyproxy/ratelimit/src/config"
@@ -22,14 +23,16 @@ import (
 //   - A reservation is an INCRBY of the hits it asks for: Redis counts them at once, so
 //     the edges of a region together never admit more than the limit.
 //   - The first request of a window for a key reserves nothing ahead; each reservation
-//     after that asks for twice the last (2n+1), at most leaseMax and at most
-//     1/leaseShare of what the window had left: near the limit every request is its own
-//     round trip again, and what one edge holds unused (it stays counted until the window
-//     ends) is a small share of the limit.
+//     after that asks for twice the last (2n+1), with what the edge holds at most leaseMax
+//     and at most 1/leaseShare of what the window had left: near the limit every request
+//     is its own round trip again, and what one edge holds unused is a small share of the
+//     limit.
 //   - Once half of a lease is used, the next is reserved in the background, so steady
 //     traffic never waits on Redis.
 //   - A request that finds no room waits for its own reservation, as without leases; a
 //     refused request is counted in Redis as envoyproxy/ratelimit counts it.
+//   - What a lease holds unused for leaseIdle is given back (DECRBY), so an edge that no
+//     longer gets a caller's traffic does not keep part of the limit from the edge that does.
 type leaseCache struct {
 	redis   rlredis.Client
 	base    *rllimiter.BaseRateLimiter
@@ -53,11 +56,15 @@ type lease struct {
 	size     uint64 // hits the last reservation asked for beyond its request's
 	inflight bool   // a reservation ahead is on its way
 	pending  int    // reservations on their way, ahead or a request's own
+	used     int64  // unix second of the last hit admitted from it
 }
 
 const (
 	leaseMax   = 64
 	leaseShare = 32
+	// leaseIdle is how long an edge keeps hits it reserved and no longer uses: then it
+	// gives them back (DECRBY), so another edge that now takes the traffic can use them.
+	leaseIdle = 2 // seconds
 )
 
 func newLeaseCache(client rlredis.Client, clock rlutils.TimeSource, base *rllimiter.BaseRateLimiter, reserve *prometheus.CounterVec, log *slog.Logger) *leaseCache {
@@ -66,7 +73,21 @@ func newLeaseCache(client rlredis.Client, clock rlutils.TimeSource, base *rllimi
 		log: log, reserve: reserve, leases: map[string]*lease{},
 	}
 	c.settled = sync.NewCond(&c.mu)
+	go c.sweeper()
 	return c
+}
+
+// sweeper sweeps once a second whether or not requests come: an edge that stopped
+// getting a caller's traffic altogether gives back what it holds too.
+func (c *leaseCache) sweeper() {
+	for range time.Tick(time.Second) {
+		c.mu.Lock()
+		unused := c.sweep(c.clock.UnixNow())
+		c.mu.Unlock()
+		if len(unused) > 0 {
+			c.giveBack(unused)
+		}
+	}
 }
 
 // localOnly marks a DoLimit that must not wait on Redis: when a lease cannot answer, it
@@ -102,7 +123,7 @@ func (c *leaseCache) DoLimit(ctx context.Context, req *rlsv3.RateLimitRequest, l
 	local, _ := ctx.Value(localOnlyKey{}).(*localOnly)
 
 	c.mu.Lock()
-	c.sweep(now)
+	unused := c.sweep(now)
 	fromLeases := true
 	for i := range slots {
 		s := &slots[i]
@@ -114,6 +135,9 @@ func (c *leaseCache) DoLimit(ctx context.Context, req *rlsv3.RateLimitRequest, l
 		if s.l.granted < s.hits {
 			fromLeases = false
 		}
+	}
+	if len(unused) > 0 {
+		go c.giveBack(unused)
 	}
 	if !fromLeases && local != nil {
 		c.mu.Unlock()
@@ -250,6 +274,7 @@ type prefetch struct {
 // Called with mu held.
 func (c *leaseCache) take(s *slot, l *lease, ahead []prefetch) []prefetch {
 	l.granted -= s.hits
+	l.used = c.clock.UnixNow()
 	// The count the status reports: what Redis holds (at most the limit) less what this
 	// edge still holds unused.
 	s.after = min(l.total, l.limit) - l.granted
@@ -295,16 +320,37 @@ func (c *leaseCache) pipeDo(pipe rlredis.Pipeline) (err error) {
 	return c.redis.PipeDo(pipe)
 }
 
-// sweep drops the leases of windows that have ended, once a second. Called with mu held.
-func (c *leaseCache) sweep(now int64) {
+// sweep, once a second, drops the leases of windows that have ended and takes back what
+// leases unused for leaseIdle still hold, to give back to Redis. Called with mu held.
+func (c *leaseCache) sweep(now int64) (unused []prefetch) {
 	if now < c.sweepAt {
-		return
+		return nil
 	}
 	c.sweepAt = now + 1
 	for k, l := range c.leases {
-		if l.ends <= now {
+		switch {
+		case l.ends <= now:
 			delete(c.leases, k)
+		case l.granted > 0 && l.pending == 0 && l.used+leaseIdle <= now:
+			unused = append(unused, prefetch{key: k, n: l.granted, ttl: l.ends - now})
+			l.total = sub(l.total, l.granted)
+			l.granted, l.size = 0, 0
 		}
+	}
+	return unused
+}
+
+// giveBack returns hits reserved and not used to their keys' counts. The EXPIRE keeps a
+// key that expired meanwhile (its window ended) from staying behind without one.
+func (c *leaseCache) giveBack(unused []prefetch) {
+	var pipe rlredis.Pipeline
+	for _, u := range unused {
+		pipe = c.redis.PipeAppend(pipe, nil, "DECRBY", u.key, u.n)
+		pipe = c.redis.PipeAppend(pipe, nil, "EXPIRE", u.key, max(u.ttl, 1))
+	}
+	c.count("return")
+	if err := c.pipeDo(pipe); err != nil {
+		c.log.Debug("giving back unused quota reservations failed; they stay counted until their windows end", "error", err.Error())
 	}
 }
 

@@ -404,3 +404,46 @@ func TestQuotaServiceLimitsPerDescriptor(t *testing.T) {
 		t.Error("answered a request without descriptors")
 	}
 }
+
+// An edge that stops getting a caller's traffic gives back what it reserved, so the edge
+// that now gets it can use the whole limit.
+func TestLeaseGivesBackWhatItNoLongerUses(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "redis.sock")
+	r := testenv.StartRedisSocket(t, sock)
+	clock := &fakeClock{}
+	clock.now.Store(600 * hour)
+	key := fmt.Sprintf("d_caller_alice_%d", 600*hour)
+	a, b := newEdge(t, sock, clock), newEdge(t, sock, clock)
+	la, lb := a.limit(1000), b.limit(1000)
+	admitted := 0
+	run := func(e *edge, lim *rlconfig.RateLimit, n int) {
+		for range n {
+			if st, _ := e.check(lim); st.GetCode() == rlsv3.RateLimitResponse_OK {
+				admitted++
+			}
+		}
+	}
+	run(a, la, 300)
+	held := a.unused(t)
+	if held == 0 {
+		t.Fatal("edge a holds nothing after 300 requests")
+	}
+	clock.now.Add(leaseIdle) // a gets no more requests: its sweeper gives back what it holds
+	testenv.Eventually(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if n := redisCount(t, r, key); n != 300 {
+			return fmt.Errorf("%s = %d; want the 300 admitted once a gives back its %d", key, n, held)
+		}
+		return nil
+	})
+	if got := a.unused(t); got != 0 {
+		t.Errorf("a still holds %d", got)
+	}
+	run(b, lb, 1000) // b now gets the traffic, and the rest of the window
+	t.Logf("admitted %d of 1000 (a had held %d)", admitted, held)
+	if held := b.unused(t); uint64(admitted)+held != 1000 {
+		t.Errorf("admitted %d, b holds %d; want 1000 together", admitted, held)
+	}
+	if n := redisCount(t, r, key); n < 1000 {
+		t.Errorf("%s = %d; want at least the limit (refused requests count)", key, n)
+	}
+}

@@ -58,7 +58,7 @@ func newLimiter(redis transport.Address, reg prometheus.Registerer, log *slog.Lo
 	go store.Start(time.NewTicker(time.Second))
 	reserve := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "llmedge_extauthz_quota_reservations_total",
-		Help: "Round trips to Redis for request quotas: kind=request for a request that waited on its own reservation, kind=ahead for a lease reserved in the background. Requests answered from a lease make none.",
+		Help: "Round trips to Redis for request quotas: kind=request for a request that waited on its own reservation, kind=ahead for a lease reserved in the background, kind=return for unused reservations given back. Requests answered from a lease make none.",
 	}, []string{"kind"})
 	reg.MustRegister(reserve)
 	return &limiter{redis: redis, log: log.With("component", "ratelimit"), stats: sink, store: store, reserve: reserve}
