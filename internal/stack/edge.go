@@ -11,8 +11,9 @@ import (
 )
 
 // Edge is a whole edge as local processes: every component of Topology(AuthzInEnvoy)
-// that has a process of its own, the PerRegion ones once for each of Regions, on the loopback ports of Ports, their internal hops on
-// the unix sockets of Sockets. `make run` is an Edge.
+// that has a process of its own, the PerRegion ones once for each of Regions, on the
+// loopback ports of Ports, their internal hops on the unix sockets of Sockets. `make run`
+// is an Edge.
 type Edge struct {
 	Runner
 	Regions []string
