@@ -22,6 +22,7 @@ package main
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include "stream.h"
 
 // A byte range: Envoy's buffers and the module's have this layout.
 typedef struct { const char* ptr; size_t len; } hop_buf;
@@ -164,6 +165,7 @@ func envoy_dynamic_module_on_http_filter_request_headers(f, m unsafe.Pointer, _ 
 	}
 	// The header's memory is Envoy's and dies with this hook: the goroutine gets a copy.
 	auth := strings.Clone(requestHeader(f, "authorization"))
+	(*C.hop_stream)(m).pending = 1 // the body waits too (hooks.c)
 	s := C.envoy_dynamic_module_callback_http_filter_scheduler_new(f)
 	go func() {
 		event := C.uint64_t(eventDeny)
@@ -187,6 +189,7 @@ func envoy_dynamic_module_on_http_filter_scheduled(f, m unsafe.Pointer, event C.
 			C.hop_refuse(f, 500)
 		}
 	}()
+	(*C.hop_stream)(m).pending = 0
 	if event != eventAllow {
 		C.hop_refuse(f, 403)
 		return
