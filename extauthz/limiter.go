@@ -28,11 +28,12 @@ import (
 
 // limiter is envoyproxy/ratelimit's limits (its config, keys, windows, statuses and stats,
 // from its Go module; quotaService in place of its service, leaseCache in front of Redis,
-// syncRedis's connections) running inside extauthz, so the request-time quota check is at most one
-// Redis round trip from the process Envoy already asks — none when a lease answers —
-// instead of a second side call to another process. The region's ratelimit process keeps running on the same Redis and
-// the same limits for the token limits Envoy asks it about: both derive
-// the same Redis keys from the same domain, descriptors and windows.
+// syncRedis's connections) running inside extauthz, so the request-time quota check is at
+// most one Redis round trip from the process Envoy already asks — none when a lease
+// answers — instead of a second side call to another process. The region's ratelimit
+// process keeps running on the same Redis and the same limits for the token limits Envoy
+// asks it about: both derive the same Redis keys from the same domain, descriptors and
+// windows.
 type limiter struct {
 	redis   transport.Address
 	log     *slog.Logger
@@ -41,8 +42,8 @@ type limiter struct {
 	reserve *prometheus.CounterVec // the lease cache's round trips, by kind
 
 	mu      sync.Mutex
-	svc     *quotaService
-	config  *rlsconfv3.RateLimitConfig // the last config given, applied to a service built later
+	svc     atomic.Pointer[quotaService] // built on first use, under mu; read per request without it
+	config  *rlsconfv3.RateLimitConfig   // the last config given, applied to a service built later
 	version string
 	// downUntil (unix nanoseconds) skips Redis for a while after it failed, so requests
 	// get the failure mode at once instead of each waiting for the timeout.
@@ -66,34 +67,33 @@ func newLimiter(redis transport.Address, reg prometheus.Registerer, log *slog.Lo
 
 // setConfig hands the region's limits to the service (now, or when it is built).
 func (l *limiter) setConfig(version string, rc *rlsconfv3.RateLimitConfig) error {
-	ev, err := configEvent(rc, l.statsManager())
+	cfg, err := loadConfig(rc, l.statsManager())
 	if err != nil {
 		return err
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.config, l.version = rc, version
-	if l.svc != nil {
-		l.svc.setConfig(ev.cfg)
+	if svc := l.svc.Load(); svc != nil {
+		svc.setConfig(cfg)
 	}
 	return nil
 }
 
-// configEvent loads rc the way envoyproxy/ratelimit's xDS provider does; the module
+// loadConfig loads rc the way envoyproxy/ratelimit's xDS provider does; the module
 // panics on a bad config, which becomes an error here.
-func configEvent(rc *rlsconfv3.RateLimitConfig, sm rlstats.Manager) (ev loadedConfig, err error) {
+func loadConfig(rc *rlsconfv3.RateLimitConfig, sm rlstats.Manager) (cfg rlconfig.RateLimitConfig, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("rate-limit config %s: %v", rc.GetName(), r)
 		}
 	}()
-	cfg := rlconfig.NewRateLimitConfigImpl([]rlconfig.RateLimitConfigToLoad{{
+	return rlconfig.NewRateLimitConfigImpl([]rlconfig.RateLimitConfigToLoad{{
 		Name: rc.GetName(), ConfigYaml: rlconfig.ConfigXdsProtoToYaml(rc),
-	}}, sm, false)
-	return loadedConfig{cfg}, nil
+	}}, sm, false), nil
 }
 
-// loadedConfig is a loaded config.
+// loadedConfig boxes a config (an interface) for an atomic.Pointer.
 type loadedConfig struct{ cfg rlconfig.RateLimitConfig }
 
 func (l *limiter) statsManager() rlstats.Manager {
@@ -105,8 +105,8 @@ func (l *limiter) statsManager() rlstats.Manager {
 func (l *limiter) service() (svc *quotaService, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.svc != nil {
-		return l.svc, nil
+	if svc := l.svc.Load(); svc != nil {
+		return svc, nil
 	}
 	if l.config == nil {
 		return nil, errors.New("no rate-limit config yet")
@@ -121,12 +121,12 @@ func (l *limiter) service() (svc *quotaService, err error) {
 	// envoyproxy/ratelimit's defaults: near limit at 80 %, no expiry jitter, no key prefix.
 	base := rllimiter.NewBaseRateLimit(clock, rand.New(rlutils.NewLockedSource(time.Now().Unix())), 0, nil, 0.8, "", sm)
 	s := &quotaService{cache: newLeaseCache(newSyncRedis(l.redis, time.Second), clock, base, l.reserve, l.log)}
-	ev, err := configEvent(l.config, sm)
+	cfg, err := loadConfig(l.config, sm)
 	if err != nil {
 		return nil, err
 	}
-	s.setConfig(ev.cfg)
-	l.svc = s
+	s.setConfig(cfg)
+	l.svc.Store(s)
 	l.log.Info("rate-limit checks in process", "redis", l.redis.String(), "config_version", l.version)
 	return s, nil
 }
@@ -177,9 +177,7 @@ func (l *limiter) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReque
 // answerLocally answers req from this edge's quota leases without waiting on Redis, or
 // says it cannot (ok false): then ShouldRateLimit must be asked.
 func (l *limiter) answerLocally(req *rlsv3.RateLimitRequest) (resp *rlsv3.RateLimitResponse, ok bool) {
-	l.mu.Lock()
-	svc := l.svc
-	l.mu.Unlock()
+	svc := l.svc.Load()
 	if svc == nil {
 		return nil, false
 	}
@@ -233,13 +231,17 @@ func (s *quotaService) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimit
 		return nil, errors.New("a rate-limit request needs a domain and descriptors")
 	}
 	n := len(req.Descriptors)
-	limits, unlimited, replaced := make([]*rlconfig.RateLimit, n), make([]bool, n), map[string]bool{}
+	limits, unlimited := make([]*rlconfig.RateLimit, n), make([]bool, n)
+	var replaced map[string]bool // made only for a limit that replaces another
 	for i, d := range req.Descriptors {
 		lim := lc.cfg.GetLimit(ctx, req.Domain, d)
 		if lim == nil {
 			continue
 		}
 		for _, r := range lim.Replaces {
+			if replaced == nil {
+				replaced = map[string]bool{}
+			}
 			replaced[r] = true
 		}
 		if lim.Unlimited {
