@@ -49,14 +49,13 @@ type leaseCache struct {
 
 // A lease is one key's (one limit's, one window's) reservation on this edge.
 type lease struct {
-	limit    uint64 // the limit it was reserved under: another limit starts over
-	ends     int64  // unix second the window ends
-	total    uint64 // the key's count in Redis after the last reservation answered
-	granted  uint64 // reserved hits not used yet
-	size     uint64 // hits the last reservation asked for beyond its request's
-	inflight bool   // a reservation ahead is on its way
-	pending  int    // reservations on their way, ahead or a request's own
-	used     int64  // unix second of the last hit admitted from it
+	limit   uint64 // the limit it was reserved under: another limit starts over
+	ends    int64  // unix second the window ends
+	total   uint64 // the key's count in Redis after the last reservation answered
+	granted uint64 // reserved hits not used yet
+	size    uint64 // hits the last reservation asked for beyond its request's
+	pending int    // reservations on their way, ahead or a request's own
+	used    int64  // unix second of the last hit admitted from it
 }
 
 const (
@@ -158,7 +157,7 @@ func (c *leaseCache) DoLimit(ctx context.Context, req *rlsv3.RateLimitRequest, l
 			c.settled.Wait()
 		}
 		if l.granted >= s.hits {
-			ahead = c.take(s, l, ahead)
+			ahead = c.take(s, l, now, ahead)
 			continue
 		}
 		l.size = l.next()
@@ -197,7 +196,7 @@ func (c *leaseCache) DoLimit(ctx context.Context, req *rlsv3.RateLimitRequest, l
 				c.settled.Wait()
 			}
 			if l.granted >= s.hits {
-				ahead = c.take(s, l, ahead)
+				ahead = c.take(s, l, now, ahead)
 			} else { // refused: the window has no room left for it
 				s.before = sub(s.count, s.reserve)
 				s.after = s.before + s.hits
@@ -272,16 +271,17 @@ type prefetch struct {
 
 // take admits s from its lease, and plans the next reservation once half of it is used.
 // Called with mu held.
-func (c *leaseCache) take(s *slot, l *lease, ahead []prefetch) []prefetch {
+func (c *leaseCache) take(s *slot, l *lease, now int64, ahead []prefetch) []prefetch {
 	l.granted -= s.hits
-	l.used = c.clock.UnixNow()
+	l.used = now
 	// The count the status reports: what Redis holds (at most the limit) less what this
 	// edge still holds unused.
 	s.after = min(l.total, l.limit) - l.granted
 	s.before = s.after - s.hits
-	if !l.inflight && l.granted <= l.size/2 {
+	// One reservation on its way at a time: what it brings is counted in the next size.
+	if l.pending == 0 && l.granted <= l.size/2 {
 		if n := l.next(); n > 0 {
-			l.inflight, l.size = true, n
+			l.size = n
 			l.pending++
 			ahead = append(ahead, prefetch{key: s.key, l: l, n: n, limit: l.limit, ttl: rlutils.UnitToDivider(s.limit.Limit.Unit)})
 		}
@@ -297,7 +297,6 @@ func (c *leaseCache) reserveAhead(p prefetch) {
 	err := c.pipeDo(pipe)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	p.l.inflight = false
 	p.l.pending--
 	c.settled.Broadcast()
 	if err != nil {
