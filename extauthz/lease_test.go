@@ -105,13 +105,20 @@ func redisCount(t *testing.T, r *testenv.Redis, key string) uint64 {
 
 const hour = int64(3600)
 
-// Near a small limit every request is its own round trip, counted under
-// envoyproxy/ratelimit's key; a refused request counts too; a new limit applies at once.
-func TestLeaseCountsAsRatelimitDoes(t *testing.T) {
+// leaseRig is a real Redis, its socket, and a clock at now for the edges on it.
+func leaseRig(t *testing.T, now int64) (*testenv.Redis, string, *fakeClock) {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "redis.sock")
 	r := testenv.StartRedisSocket(t, sock)
 	clock := &fakeClock{}
-	clock.now.Store(100*hour + 42)
+	clock.now.Store(now)
+	return r, sock, clock
+}
+
+// Near a small limit every request is its own round trip, counted under
+// envoyproxy/ratelimit's key; a refused request counts too; a new limit applies at once.
+func TestLeaseCountsAsRatelimitDoes(t *testing.T) {
+	r, sock, clock := leaseRig(t, 100*hour+42)
 	e := newEdge(t, sock, clock)
 	key := fmt.Sprintf("d_caller_alice_%d", 100*hour) // ratelimit's fixed-window key
 
@@ -159,10 +166,7 @@ func TestLeaseCountsAsRatelimitDoes(t *testing.T) {
 // Steady traffic under a large limit is answered from leases, reserved ahead in the
 // background; Redis counts exactly what was admitted plus what the edge holds.
 func TestLeaseAnswersSteadyTrafficFromLeases(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "redis.sock")
-	r := testenv.StartRedisSocket(t, sock)
-	clock := &fakeClock{}
-	clock.now.Store(200 * hour)
+	r, sock, clock := leaseRig(t, 200*hour)
 	e := newEdge(t, sock, clock)
 	lim := e.limit(100000)
 
@@ -197,10 +201,7 @@ func TestLeaseAnswersSteadyTrafficFromLeases(t *testing.T) {
 func TestLeaseNeverAdmitsPastTheLimit(t *testing.T) {
 	for _, edges := range []int{1, 2} {
 		t.Run(fmt.Sprintf("edges=%d", edges), func(t *testing.T) {
-			sock := filepath.Join(t.TempDir(), "redis.sock")
-			testenv.StartRedisSocket(t, sock)
-			clock := &fakeClock{}
-			clock.now.Store(300 * hour)
+			_, sock, clock := leaseRig(t, 300*hour)
 			var es []*edge
 			var lims []*rlconfig.RateLimit
 			for range edges {
@@ -248,10 +249,7 @@ func TestLeaseNeverAdmitsPastTheLimit(t *testing.T) {
 // An edge whose view of the count is stale (other edges used the window meanwhile)
 // reserves ahead past the limit: only the part within it is its to admit.
 func TestLeaseClipsAReservationAtTheLimit(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "redis.sock")
-	r := testenv.StartRedisSocket(t, sock)
-	clock := &fakeClock{}
-	clock.now.Store(500 * hour)
+	r, sock, clock := leaseRig(t, 500*hour)
 	key := fmt.Sprintf("d_caller_alice_%d", 500*hour)
 	e := newEdge(t, sock, clock)
 	lim := e.limit(3000)
@@ -280,10 +278,7 @@ func TestLeaseClipsAReservationAtTheLimit(t *testing.T) {
 // With Redis gone, what a lease holds is still admitted (it was counted), and then a
 // request's own reservation fails as envoyproxy/ratelimit's cache fails: a RedisError.
 func TestLeaseWithRedisGone(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "redis.sock")
-	r := testenv.StartRedisSocket(t, sock)
-	clock := &fakeClock{}
-	clock.now.Store(400 * hour)
+	r, sock, clock := leaseRig(t, 400*hour)
 	e := newEdge(t, sock, clock)
 	lim := e.limit(100000)
 	for range 200 {
@@ -370,7 +365,7 @@ func TestQuotaServiceLimitsPerDescriptor(t *testing.T) {
 		{Key: "k", Value: "replacing", RateLimit: policy("replacing", 5, "replaced")},
 	}}
 	sm := rlstats.NewStatManager(gostats.NewStore(gostats.NewNullSink(), false), rlsettings.NewSettings())
-	ev, err := configEvent(rc, sm)
+	cfg, err := loadConfig(rc, sm)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -380,7 +375,7 @@ func TestQuotaServiceLimitsPerDescriptor(t *testing.T) {
 	if _, err := s.ShouldRateLimit(context.Background(), req); err == nil {
 		t.Error("answered without a config")
 	}
-	s.setConfig(ev.cfg)
+	s.setConfig(cfg)
 	for _, v := range []string{"replaced", "free", "replacing", "unknown"} {
 		req.Descriptors = append(req.Descriptors, &rlcommonv3.RateLimitDescriptor{Entries: []*rlcommonv3.RateLimitDescriptor_Entry{{Key: "k", Value: v}}})
 	}
@@ -408,10 +403,7 @@ func TestQuotaServiceLimitsPerDescriptor(t *testing.T) {
 // An edge that stops getting a caller's traffic gives back what it reserved, so the edge
 // that now gets it can use the whole limit.
 func TestLeaseGivesBackWhatItNoLongerUses(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "redis.sock")
-	r := testenv.StartRedisSocket(t, sock)
-	clock := &fakeClock{}
-	clock.now.Store(600 * hour)
+	r, sock, clock := leaseRig(t, 600*hour)
 	key := fmt.Sprintf("d_caller_alice_%d", 600*hour)
 	a, b := newEdge(t, sock, clock), newEdge(t, sock, clock)
 	la, lb := a.limit(1000), b.limit(1000)
