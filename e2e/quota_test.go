@@ -304,6 +304,25 @@ func TestQuotaReservedAhead(t *testing.T) {
 				errorf("%s = %v, %v; want the %d admitted plus at most the 64 an edge holds", k, v, err, n)
 			}
 		}
+		// Idle for 2 s, the edge gives back what it holds: Redis then counts what was
+		// admitted, exactly.
+		deadline := time.Now().Add(10 * time.Second)
+		for _, k := range list {
+			for {
+				v, err := s.redis.Do("GET", k.(string))
+				if fmt.Sprint(v) == strconv.Itoa(n) && err == nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					errorf("%s = %v, %v 10 s after the last request; want the %d admitted once the edge gave back what it held", k, v, err, n)
+					return
+				}
+				time.Sleep(50 * time.Millisecond) // polling a deadline, not waiting for an event
+			}
+		}
+		if got := s.quotaReservations(t, "return"); got == 0 {
+			errorf("no reservation given back on extauthz's /metrics")
+		}
 	})
 }
 
