@@ -280,6 +280,22 @@ func TestComposeServices(t *testing.T) {
 	})
 }
 
+// TestComposeControlPlaneYieldsCPU: the control plane, on no request's path, has less CPU
+// weight than every service that is (make run lowers its niceness instead), and no other
+// service is weighted below the default.
+func TestComposeControlPlaneYieldsCPU(t *testing.T) {
+	p := load(t, "")
+	cp := service(t, p, "controlplane").CPUShares
+	if cp <= 0 || cp >= 1024 {
+		t.Errorf("controlplane cpu_shares = %d, want below Docker's default 1024", cp)
+	}
+	for name, s := range p.Services {
+		if name != "controlplane" && s.CPUShares != 0 {
+			t.Errorf("%s cpu_shares = %d, want the default (it serves requests)", name, s.CPUShares)
+		}
+	}
+}
+
 // ratelimitCommit is the commit of RATELIMIT_VERSION in scripts/tools.sh, the
 // envoyproxy/ratelimit the tests and `make run` use.
 func ratelimitCommit(t *testing.T) string {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -166,7 +167,64 @@ func TestReadmeQuickStart(t *testing.T) {
 		}
 		return nil
 	})
+	// The control plane yields the CPU to the request path (stack.LocalControlPlaneNice):
+	// every one of its threads, including those started since it lowered itself, runs at
+	// that niceness, and Envoy at the default.
+	checked := map[string]bool{}
+	for pid, cmdline := range childrenOf(t, m.p.Pid()) {
+		want, name := 0, ""
+		switch {
+		case strings.Contains(cmdline, " controlplane "):
+			want, name = stk.LocalControlPlaneNice, "controlplane"
+		case strings.Contains(cmdline, "envoy -c "):
+			name = "envoy"
+		default:
+			continue
+		}
+		nices := threadNiceness(t, pid)
+		if len(nices) < 2 {
+			t.Errorf("%s (%d): %d threads found, want several", name, pid, len(nices))
+		}
+		for tid, n := range nices {
+			if n != want {
+				t.Errorf("%s (%d) thread %d: niceness %d, want %d", name, pid, tid, n, want)
+			}
+		}
+		checked[name] = true
+	}
+	if !checked["controlplane"] || !checked["envoy"] {
+		t.Errorf("checked the niceness of %v, want the control plane and Envoy", checked)
+	}
 	m.stop(t) // Ctrl-C stops everything.
+}
+
+// threadNiceness returns the niceness of each thread of pid (field 19 of its stat).
+func threadNiceness(t *testing.T, pid int) map[int]int {
+	t.Helper()
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[int]int{}
+	for _, task := range tasks {
+		tid, err := strconv.Atoi(task.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/stat", pid, tid))
+		if err != nil {
+			continue // the thread has exited
+		}
+		s := string(stat)
+		// Fields after the parenthesised command name start with field 3 (state).
+		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		n, err := strconv.Atoi(fields[16])
+		if err != nil {
+			t.Fatalf("/proc/%d/task/%d/stat: %v", pid, tid, err)
+		}
+		out[tid] = n
+	}
+	return out
 }
 
 // quickStartLines returns the lines starting with prefix of the README's first sh block

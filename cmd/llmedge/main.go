@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -36,6 +37,7 @@ import (
 	"github.com/llmedge/llmedge/controlplane/translate"
 	"github.com/llmedge/llmedge/controlplane/watch"
 	"github.com/llmedge/llmedge/extauthz"
+	"github.com/llmedge/llmedge/internal/cpunice"
 	"github.com/llmedge/llmedge/internal/stack"
 	"github.com/llmedge/llmedge/internal/token"
 	"github.com/llmedge/llmedge/internal/transport"
@@ -194,7 +196,18 @@ func runControlPlane(ctx context.Context, args []string, stderr io.Writer) error
 	}
 	stateDir := fs.String("state-dir", os.Getenv("LLMEDGE_STATE_DIR"), "the control plane's state (dir 0700, files 0600): the last applied routes YAML, served at start-up when the routes YAML is missing or invalid, and the usage ledger (SQLite file, spool, access log files); empty: keep nothing, no ledger (env LLMEDGE_STATE_DIR)")
 	fs.DurationVar(&settle, "watch-settle", settle, "how long the routes must stay unchanged before a destructive edit (one that removes more than half of the callers, routes or upstreams, or leaves a region with none) is applied (env LLMEDGE_WATCH_SETTLE, default 5s)")
+	nice, err := envInt("LLMEDGE_CPU_NICE")
+	if err != nil {
+		return err
+	}
+	fs.IntVar(&nice, "cpu-nice", nice, "lower the control plane's CPU priority to this niceness (0..19; 0 leaves it unchanged) so that on a box it shares with Envoy, pushes and usage ingest yield to requests in flight; make run uses 10 (env LLMEDGE_CPU_NICE)")
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := cpunice.Validate("--cpu-nice", nice); err != nil {
+		return err
+	}
+	if err := cpunice.Lower(nice); err != nil {
 		return err
 	}
 	log, err := newLogger(stderr, *logFormat, *logLevel)
@@ -287,6 +300,18 @@ func envDuration(key string) (time.Duration, error) {
 		return 0, fmt.Errorf("%s=%q: want a duration such as 5s", key, v)
 	}
 	return d, nil
+}
+
+func envInt(key string) (int, error) {
+	v := os.Getenv(key)
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return 0, fmt.Errorf("%s=%q: want a whole number", key, v)
+	}
+	return n, nil
 }
 
 func runBootstrap(args []string, stdout, stderr io.Writer) error {

@@ -138,6 +138,20 @@ func TestExtAuthzRejectsBadXDSAddress(t *testing.T) {
 	}
 }
 
+func TestControlPlaneRejectsBadCPUNice(t *testing.T) {
+	for _, n := range []string{"-1", "20"} {
+		code, _, errs := runCLI(t, "controlplane", "--config", t.TempDir(), "--cpu-nice", n)
+		if code != 1 || !strings.Contains(errs, "--cpu-nice: "+n+" is outside 0..19") {
+			t.Errorf("--cpu-nice %s: exit %d, stderr %q", n, code, errs)
+		}
+	}
+	t.Setenv("LLMEDGE_CPU_NICE", "low")
+	code, _, errs := runCLI(t, "controlplane", "--config", t.TempDir())
+	if code != 1 || !strings.Contains(errs, `LLMEDGE_CPU_NICE="low": want a whole number`) {
+		t.Errorf("LLMEDGE_CPU_NICE=low: exit %d, stderr %q", code, errs)
+	}
+}
+
 func TestValidateWarnsAboutDestructiveEdits(t *testing.T) {
 	dir := t.TempDir()
 	old, err := os.ReadFile("../../examples/routes.yaml")

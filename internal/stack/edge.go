@@ -128,7 +128,7 @@ func (e *Edge) starters() map[string]func(ctx context.Context, region string) er
 		},
 		"controlplane": func(ctx context.Context, _ string) error {
 			cp := ControlPlane{Config: e.Routes, XDSAddr: xds, HTTPAddr: e.addr("controlplane", "", RoleHTTP),
-				StateDir: ControlPlaneStateDir(e.Dir)}
+				StateDir: ControlPlaneStateDir(e.Dir), CPUNice: LocalControlPlaneNice}
 			p, err := e.StartControlPlane(ctx, "controlplane", cp)
 			if err != nil {
 				return err

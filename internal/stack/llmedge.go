@@ -2,6 +2,7 @@ package stack
 
 import (
 	"context"
+	"strconv"
 	"time"
 )
 
@@ -16,7 +17,13 @@ type ControlPlane struct {
 	StateDir  string
 	LogLevel  string // default info
 	LogFormat string // default json
+	// CPUNice lowers the control plane's CPU priority (--cpu-nice); 0 leaves it unchanged.
+	CPUNice int
 }
+
+// LocalControlPlaneNice is the control plane's niceness in the local stack (make run), where
+// it shares the box's cores with Envoy: its pushes and usage ingest yield to requests.
+const LocalControlPlaneNice = 10
 
 // Cmd returns the command line of the control plane.
 func (c ControlPlane) Cmd(llmedge string) Cmd {
@@ -24,6 +31,9 @@ func (c ControlPlane) Cmd(llmedge string) Cmd {
 		"--config", c.Config,
 		"--xds-listen", c.XDSAddr,
 		"--http-listen", c.HTTPAddr,
+	}
+	if c.CPUNice != 0 {
+		args = append(args, "--cpu-nice", strconv.Itoa(c.CPUNice))
 	}
 	return llmedgeCmd(llmedge, args, "--watch-holdoff", c.WatchHoldoff, c.StateDir, c.LogFormat, c.LogLevel)
 }

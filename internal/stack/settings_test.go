@@ -95,6 +95,8 @@ func TestCommandLines(t *testing.T) {
 	}{
 		"controlplane": {ControlPlane{Config: "r.yaml", XDSAddr: "127.0.0.1:1", HTTPAddr: "127.0.0.1:2", WatchHoldoff: 50 * time.Millisecond}.Cmd("llmedge"),
 			[]string{"controlplane", "--config", "r.yaml", "--xds-listen", "127.0.0.1:1", "--http-listen", "127.0.0.1:2", "--log-format", "json", "--log-level", "info", "--watch-holdoff", "50ms"}},
+		"controlplane yielding the CPU": {ControlPlane{Config: "r.yaml", XDSAddr: "127.0.0.1:1", HTTPAddr: "127.0.0.1:2", CPUNice: LocalControlPlaneNice}.Cmd("llmedge"),
+			[]string{"controlplane", "--config", "r.yaml", "--xds-listen", "127.0.0.1:1", "--http-listen", "127.0.0.1:2", "--cpu-nice", "10", "--log-format", "json", "--log-level", "info"}},
 		"extauthz": {ExtAuthz{Region: "sg", XDSAddr: "x:1", GRPCAddr: "g:2", HTTPAddr: "h:3", KeysDir: "/k", LogLevel: "debug"}.Cmd("llmedge"),
 			[]string{"extauthz", "--region", "sg", "--xds", "x:1", "--grpc-listen", "g:2", "--http-listen", "h:3", "--keys-dir", "/k", "--log-format", "json", "--log-level", "debug"}},
 		"fakellm": {Fakellm{Addr: "127.0.0.1:8090", Extra: []string{"--chunks", "5"}}.Cmd("fakellm"),
