@@ -280,11 +280,14 @@ func TestComposeServices(t *testing.T) {
 	})
 }
 
-// TestComposeControlPlaneYieldsCPU: the control plane, on no request's path, has less CPU
-// weight than every service that is (make run lowers its niceness instead), and no other
-// service is weighted below the default.
+// TestComposeControlPlaneYieldsCPU: the control plane, on no request's path, lowers its
+// threads' priority as make run's does, has less CPU weight than every service that is on
+// a request's path, and no other service is weighted below the default.
 func TestComposeControlPlaneYieldsCPU(t *testing.T) {
 	p := load(t, "")
+	if got, want := flagValue(service(t, p, "controlplane").Command, "--cpu-nice"), strconv.Itoa(stack.LocalControlPlaneNice); got != want {
+		t.Errorf("controlplane --cpu-nice = %q, want %q (make run's)", got, want)
+	}
 	cp := service(t, p, "controlplane").CPUShares
 	if cp <= 0 || cp >= 1024 {
 		t.Errorf("controlplane cpu_shares = %d, want below Docker's default 1024", cp)

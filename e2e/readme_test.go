@@ -16,6 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/llmedge/llmedge/internal/cpunice"
 	stk "github.com/llmedge/llmedge/internal/stack"
 	"github.com/llmedge/llmedge/internal/testenv"
 )
@@ -169,7 +172,7 @@ func TestReadmeQuickStart(t *testing.T) {
 	})
 	// The control plane yields the CPU to the request path (stack.LocalControlPlaneNice):
 	// every one of its threads, including those started since it lowered itself, runs at
-	// that niceness, and Envoy at the default.
+	// that niceness and with the short slice, and Envoy at the default.
 	checked := map[string]bool{}
 	for pid, cmdline := range childrenOf(t, m.p.Pid()) {
 		want, name := 0, ""
@@ -188,6 +191,11 @@ func TestReadmeQuickStart(t *testing.T) {
 		for tid, n := range nices {
 			if n != want {
 				t.Errorf("%s (%d) thread %d: niceness %d, want %d", name, pid, tid, n, want)
+			}
+			// And the control plane's threads ask for the shortest slice, where the kernel
+			// keeps one (Linux 6.12+; it reports 0 before).
+			if a, err := unix.SchedGetAttr(tid, 0); name == "controlplane" && err == nil && a.Runtime != cpunice.ShortestSlice && a.Runtime != 0 {
+				t.Errorf("controlplane (%d) thread %d: slice %d ns, want %d", pid, tid, a.Runtime, cpunice.ShortestSlice)
 			}
 		}
 		checked[name] = true

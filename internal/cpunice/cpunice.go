@@ -8,6 +8,13 @@ import "fmt"
 // Max is the lowest priority a process can give itself (nice 19).
 const Max = 19
 
+// ShortestSlice is the time slice a lowered thread asks for (sched_attr.sched_runtime,
+// in nanoseconds): the shortest Linux's EEVDF scheduler (6.12 and later) accepts. A
+// niceness only shares the CPU out under contention; a thread that is running still
+// keeps the CPU for its whole slice (by default a few milliseconds) before a request's
+// thread that wakes on that CPU gets it. Kernels without custom slices ignore it.
+const ShortestSlice = 100_000
+
 // Validate reports whether n is a niceness the process can take: 0 (unchanged) to Max.
 // Raising priority (a negative niceness) needs privileges the edge's processes do not have.
 func Validate(flag string, n int) error {
@@ -17,9 +24,9 @@ func Validate(flag string, n int) error {
 	return nil
 }
 
-// Lower sets every thread of this process to niceness n (0 does nothing). Call it early,
-// before the process starts its work: threads started later inherit the niceness of the
-// thread that starts them.
+// Lower sets every thread of this process to niceness n and, where the kernel has them,
+// the ShortestSlice (0 does nothing). Call it early, before the process starts its work:
+// threads started later inherit both from the thread that starts them.
 func Lower(n int) error {
 	if err := Validate("niceness", n); err != nil {
 		return err

@@ -1,6 +1,7 @@
 package cpunice
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -8,13 +9,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// lower renices each thread: on Linux a niceness belongs to a thread, not to the process,
-// so setpriority(PRIO_PROCESS, 0) would change only the calling one. A thread the Go
-// runtime starts while the list is walked may copy a thread not yet changed, so the walk
-// repeats until a pass finds nothing left to change.
+// lower sets each thread's niceness and slice: on Linux both belong to a thread, not to
+// the process, so setpriority(PRIO_PROCESS, 0) would change only the calling one. A
+// thread the Go runtime starts while the list is walked may copy a thread not yet
+// changed, so the walk repeats until a pass finds nothing left to change.
 func lower(n int) error {
+	slices := true // until sched_setattr is refused
 	for range 10 {
-		changed, err := lowerPass(n)
+		changed, err := lowerPass(n, &slices)
 		if err != nil {
 			return err
 		}
@@ -25,7 +27,7 @@ func lower(n int) error {
 	return fmt.Errorf("niceness %d: threads kept appearing", n)
 }
 
-func lowerPass(n int) (bool, error) {
+func lowerPass(n int, slices *bool) (bool, error) {
 	tasks, err := os.ReadDir("/proc/self/task")
 	if err != nil {
 		return false, fmt.Errorf("niceness %d: %w", n, err)
@@ -36,16 +38,18 @@ func lowerPass(n int) (bool, error) {
 		if err != nil {
 			continue
 		}
-		// getpriority's raw system call returns 20 - nice.
-		cur, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
-		if err != nil {
+		done, err := lowered(tid, n, *slices)
+		if errors.Is(err, unix.ESRCH) {
 			continue // the thread has exited
 		}
-		if 20-cur == n {
+		if err != nil {
+			return false, fmt.Errorf("niceness %d: thread %d: %w", n, tid, err)
+		}
+		if done {
 			continue
 		}
-		if err := unix.Setpriority(unix.PRIO_PROCESS, tid, n); err != nil {
-			if err == unix.ESRCH {
+		if err := lowerThread(tid, n, slices); err != nil {
+			if errors.Is(err, unix.ESRCH) {
 				continue
 			}
 			return false, fmt.Errorf("niceness %d: thread %d: %w", n, tid, err)
@@ -53,4 +57,38 @@ func lowerPass(n int) (bool, error) {
 		changed = true
 	}
 	return changed, nil
+}
+
+// lowered reports whether thread tid already has niceness n and, when slices are set and
+// the kernel keeps one (it reports 0 otherwise), the short slice.
+func lowered(tid, n int, slices bool) (bool, error) {
+	a, err := unix.SchedGetAttr(tid, 0)
+	if err == nil {
+		slice := !slices || a.Runtime == ShortestSlice || a.Runtime == 0
+		return a.Policy == unix.SCHED_NORMAL && int(a.Nice) == n && slice, nil
+	}
+	if !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EPERM) {
+		return false, err
+	}
+	// No sched_getattr (an old kernel, or a seccomp filter): the niceness alone.
+	cur, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
+	if err != nil {
+		return false, err
+	}
+	return 20-cur == n, nil // the raw system call returns 20 - nice
+}
+
+// lowerThread asks for niceness n and the short slice, or, once sched_setattr has been
+// refused (a seccomp filter, an old kernel), for the niceness alone.
+func lowerThread(tid, n int, slices *bool) error {
+	if *slices {
+		err := unix.SchedSetAttr(tid, &unix.SchedAttr{
+			Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL, Nice: int32(n), Runtime: ShortestSlice,
+		}, 0)
+		if err == nil || errors.Is(err, unix.ESRCH) {
+			return err
+		}
+		*slices = false
+	}
+	return unix.Setpriority(unix.PRIO_PROCESS, tid, n)
 }

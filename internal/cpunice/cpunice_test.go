@@ -1,3 +1,5 @@
+//go:build linux
+
 package cpunice
 
 import (
@@ -7,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestValidate(t *testing.T) {
@@ -84,8 +88,36 @@ func TestLowerEveryThread(t *testing.T) {
 		if n != 7 {
 			t.Errorf("thread %s: niceness %d, want 7 (all: %v)", tid, n, got)
 		}
+		// The short slice, where the kernel keeps one (Linux 6.12+; 0 before).
+		id, _ := strconv.Atoi(tid)
+		if a, err := unix.SchedGetAttr(id, 0); err == nil && a.Runtime != ShortestSlice && a.Runtime != 0 {
+			t.Errorf("thread %s: slice %d ns, want %d", tid, a.Runtime, ShortestSlice)
+		}
 	}
 	if err := Lower(-1); err == nil {
 		t.Error("Lower(-1) = nil, want an error")
+	}
+}
+
+// TestLowerWithoutSlices: where sched_setattr is refused, the niceness alone is set, and
+// the walk still ends.
+func TestLowerWithoutSlices(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("niceness per thread is Linux's")
+	}
+	slices := false
+	for range 10 {
+		changed, err := lowerPass(9, &slices)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !changed {
+			break
+		}
+	}
+	for tid, n := range threadNice(t) {
+		if n != 9 {
+			t.Errorf("thread %s: niceness %d, want 9", tid, n)
+		}
 	}
 }
