@@ -184,17 +184,17 @@ func TestReadmeQuickStart(t *testing.T) {
 		default:
 			continue
 		}
-		nices := threadNiceness(t, pid)
-		if len(nices) < 2 {
-			t.Errorf("%s (%d): %d threads found, want several", name, pid, len(nices))
+		attrs := threadAttrs(t, pid)
+		if len(attrs) < 2 {
+			t.Errorf("%s (%d): %d threads found, want several", name, pid, len(attrs))
 		}
-		for tid, n := range nices {
-			if n != want {
-				t.Errorf("%s (%d) thread %d: niceness %d, want %d", name, pid, tid, n, want)
+		for tid, a := range attrs {
+			if int(a.Nice) != want {
+				t.Errorf("%s (%d) thread %d: niceness %d, want %d", name, pid, tid, a.Nice, want)
 			}
 			// And the control plane's threads ask for the shortest slice, where the kernel
 			// keeps one (Linux 6.12+; it reports 0 before).
-			if a, err := unix.SchedGetAttr(tid, 0); name == "controlplane" && err == nil && a.Runtime != cpunice.ShortestSlice && a.Runtime != 0 {
+			if name == "controlplane" && a.Runtime != cpunice.ShortestSlice && a.Runtime != 0 {
 				t.Errorf("controlplane (%d) thread %d: slice %d ns, want %d", pid, tid, a.Runtime, cpunice.ShortestSlice)
 			}
 		}
@@ -206,31 +206,22 @@ func TestReadmeQuickStart(t *testing.T) {
 	m.stop(t) // Ctrl-C stops everything.
 }
 
-// threadNiceness returns the niceness of each thread of pid (field 19 of its stat).
-func threadNiceness(t *testing.T, pid int) map[int]int {
+// threadAttrs returns the scheduling attributes of each thread of pid, from the kernel.
+func threadAttrs(t *testing.T, pid int) map[int]*unix.SchedAttr {
 	t.Helper()
 	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[int]int{}
+	out := map[int]*unix.SchedAttr{}
 	for _, task := range tasks {
 		tid, err := strconv.Atoi(task.Name())
 		if err != nil {
 			continue
 		}
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/stat", pid, tid))
-		if err != nil {
-			continue // the thread has exited
+		if a, err := unix.SchedGetAttr(tid, 0); err == nil {
+			out[tid] = a // a thread that has exited meanwhile is skipped
 		}
-		s := string(stat)
-		// Fields after the parenthesised command name start with field 3 (state).
-		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-		n, err := strconv.Atoi(fields[16])
-		if err != nil {
-			t.Fatalf("/proc/%d/task/%d/stat: %v", pid, tid, err)
-		}
-		out[tid] = n
 	}
 	return out
 }

@@ -27,34 +27,27 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-// threadNice reads each thread's niceness from /proc (field 19 of stat).
-func threadNice(t *testing.T) map[string]int {
+// threadAttrs reads each thread's scheduling attributes from the kernel.
+func threadAttrs(t *testing.T) map[int]*unix.SchedAttr {
 	t.Helper()
 	tasks, err := os.ReadDir("/proc/self/task")
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]int{}
+	out := map[int]*unix.SchedAttr{}
 	for _, task := range tasks {
-		b, err := os.ReadFile("/proc/self/task/" + task.Name() + "/stat")
+		tid, err := strconv.Atoi(task.Name())
 		if err != nil {
 			continue
 		}
-		s := string(b)
-		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-		n, err := strconv.Atoi(fields[16]) // stat field 19: nice (fields after comm start at 3)
-		if err != nil {
-			t.Fatal(err)
+		if a, err := unix.SchedGetAttr(tid, 0); err == nil {
+			out[tid] = a
 		}
-		out[task.Name()] = n
 	}
 	return out
 }
 
 func TestLowerEveryThread(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("niceness per thread is Linux's")
-	}
 	if err := Lower(0); err != nil {
 		t.Fatalf("Lower(0) = %v", err)
 	}
@@ -80,18 +73,17 @@ func TestLowerEveryThread(t *testing.T) {
 	}
 	close(hold)
 	wg.Wait()
-	got := threadNice(t)
+	got := threadAttrs(t)
 	if len(got) < 2 {
 		t.Fatalf("found %d threads, want several", len(got))
 	}
-	for tid, n := range got {
-		if n != 7 {
-			t.Errorf("thread %s: niceness %d, want 7 (all: %v)", tid, n, got)
+	for tid, a := range got {
+		if a.Nice != 7 {
+			t.Errorf("thread %d: niceness %d, want 7", tid, a.Nice)
 		}
 		// The short slice, where the kernel keeps one (Linux 6.12+; 0 before).
-		id, _ := strconv.Atoi(tid)
-		if a, err := unix.SchedGetAttr(id, 0); err == nil && a.Runtime != ShortestSlice && a.Runtime != 0 {
-			t.Errorf("thread %s: slice %d ns, want %d", tid, a.Runtime, ShortestSlice)
+		if a.Runtime != ShortestSlice && a.Runtime != 0 {
+			t.Errorf("thread %d: slice %d ns, want %d", tid, a.Runtime, ShortestSlice)
 		}
 	}
 	if err := Lower(-1); err == nil {
@@ -102,9 +94,6 @@ func TestLowerEveryThread(t *testing.T) {
 // TestLowerWithoutSlices: where sched_setattr is refused, the niceness alone is set, and
 // the walk still ends.
 func TestLowerWithoutSlices(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("niceness per thread is Linux's")
-	}
 	slices := false
 	for range 10 {
 		changed, err := lowerPass(9, &slices)
@@ -115,9 +104,13 @@ func TestLowerWithoutSlices(t *testing.T) {
 			break
 		}
 	}
-	for tid, n := range threadNice(t) {
-		if n != 9 {
-			t.Errorf("thread %s: niceness %d, want 9", tid, n)
+	got := threadAttrs(t)
+	if len(got) < 2 {
+		t.Fatalf("found %d threads, want several", len(got))
+	}
+	for tid, a := range got {
+		if a.Nice != 9 {
+			t.Errorf("thread %d: niceness %d, want 9", tid, a.Nice)
 		}
 	}
 }
