@@ -290,7 +290,10 @@ func (s *rig) startOwn(ctx context.Context, o ownRegion) error {
 		}
 		return filepath.Join(dir, "state", p)
 	}
-	cp := stack.ControlPlane{Config: routes, XDSAddr: stack.Unix(socks.XDS()), HTTPAddr: a[1], StateDir: stateDir("controlplane")}
+	// Niced as make run's (stack.Edge): the variants differ from the full edge only where
+	// their names say.
+	cp := stack.ControlPlane{Config: routes, XDSAddr: stack.Unix(socks.XDS()), HTTPAddr: a[1], StateDir: stateDir("controlplane"),
+		CPUNice: stack.LocalControlPlaneNice}
 	p, err := s.r.StartControlPlane(ctx, "controlplane-"+o.name, cp)
 	if err != nil {
 		return err
