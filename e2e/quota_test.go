@@ -106,9 +106,22 @@ func TestQuotaRefusesTheRequestPastTheLimit(t *testing.T) {
 
 	withinWindow(t, time.Hour, 1, func(errorf func(string, ...any)) {
 		for i := 1; i <= 5; i++ {
-			if resp := s.models(t, "hk", "alice"); resp.StatusCode != http.StatusOK {
+			resp := s.models(t, "hk", "alice")
+			readAll(resp)
+			if resp.StatusCode != http.StatusOK {
 				errorf("request %d of 5: status %d", i, resp.StatusCode)
 				return
+			}
+			// Allowed requests carry the X-RateLimit headers of the limit with the least
+			// left (docs/CONFIG.md, limits).
+			if got := resp.Header.Get("x-ratelimit-limit"); !strings.HasPrefix(got, `5, 5;w=3600;name="callers.alice.limits[0]"`) {
+				errorf("request %d of 5: x-ratelimit-limit = %q, want alice's hourly limit first", i, got)
+			}
+			if got, err := strconv.Atoi(resp.Header.Get("x-ratelimit-remaining")); err != nil || got < 0 || got > 5-i {
+				errorf("request %d of 5: x-ratelimit-remaining = %q, want 0 to %d", i, resp.Header.Get("x-ratelimit-remaining"), 5-i)
+			}
+			if got, err := strconv.Atoi(resp.Header.Get("x-ratelimit-reset")); err != nil || got < 0 || got > 3600 {
+				errorf("request %d of 5: x-ratelimit-reset = %q, want the seconds left in the hour", i, resp.Header.Get("x-ratelimit-reset"))
 			}
 		}
 		resp := s.models(t, "hk", "alice")

@@ -1,6 +1,7 @@
 // The filter events that need no decision, in C: a call from Envoy into Go costs Go
-// scheduler work, so a request crosses into Go only to be checked, and again only when it
-// has something left to do (response headers to add, state to free).
+// scheduler work, so a request crosses into Go only to be checked: the response headers it
+// adds are left here in C memory, and only a check that waited on Redis has Go state to
+// free.
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -17,13 +18,17 @@ void envoy_dynamic_module_on_http_filter_destroy(void* m) {
   if (s->handle) {
     llmedgeRelease(s->handle);
   }
+  free(s->response_headers);
   free(s);
 }
 
 int envoy_dynamic_module_on_http_filter_response_headers(void* filter, void* m, bool end) {
   llmedge_stream* s = m;
-  if (s->handle) {
-    llmedgeResponseHeaders(filter, s->handle);
+  for (size_t i = 0; i < s->response_headers_len; i++) {
+    llmedge_header* h = &s->response_headers[i];
+    llmedge_buf name = {h->name, h->name_len};
+    llmedge_buf value = {h->value, h->value_len};
+    envoy_dynamic_module_callback_http_set_header(filter, 2, name, value);
   }
   return 0;
 }

@@ -29,9 +29,16 @@ package main
 typedef struct { const char* ptr; size_t len; } llmedge_buf;
 // One header: name and value.
 typedef struct { const char* name; size_t name_len; const char* value; size_t value_len; } llmedge_header;
-// The module's state of one stream: a cgo.Handle of the Go side's (0 for none), and
-// whether its check is still waiting (the body and trailers are held until it is done).
-typedef struct { uintptr_t handle; int pending; } llmedge_stream;
+// The module's state of one stream: a cgo.Handle of the Go side's (0 for none), whether
+// its check is still waiting (the body and trailers are held until it is done), and the
+// response headers to add (one malloc'd block, see cHeaders), which C adds and frees
+// without a call into Go.
+typedef struct {
+  uintptr_t handle;
+  int pending;
+  llmedge_header* response_headers;
+  size_t response_headers_len;
+} llmedge_stream;
 
 // Exported by the Envoy binary, resolved when Envoy loads the module. Header type 0 is the
 // request's headers, 2 the response's.
@@ -197,11 +204,10 @@ func start(r string) error {
 	return nil
 }
 
-// stream is the Go side's state of a request that has some: a check's outcome to apply
-// when its quota answer arrives, and the response headers to add.
+// stream is the Go side's state of a request whose check waits on Redis: the outcome to
+// apply when the quota answer arrives.
 type stream struct {
-	out             atomic.Pointer[extauthz.Outcome]
-	responseHeaders []extauthz.Header
+	out atomic.Pointer[extauthz.Outcome]
 }
 
 func buf(s string) C.llmedge_buf {
@@ -279,22 +285,48 @@ func input(f unsafe.Pointer) (extauthz.Input, bool) {
 	return in, routed
 }
 
+// cHeaders copies headers into one block of C memory, the array first and the bytes after
+// it (Envoy's callbacks take pointers, which Go memory may not hold); nil for none. The
+// caller frees the block.
+func cHeaders(headers []extauthz.Header) *C.llmedge_header {
+	if len(headers) == 0 {
+		return nil
+	}
+	head := len(headers) * int(unsafe.Sizeof(C.llmedge_header{}))
+	size := head
+	for _, h := range headers {
+		size += len(h.Name) + len(h.Value)
+	}
+	base := C.malloc(C.size_t(size))
+	block := unsafe.Slice((*byte)(base), size)
+	arr := unsafe.Slice((*C.llmedge_header)(base), len(headers))
+	at := head
+	for i, h := range headers {
+		copy(block[at:], h.Name)
+		copy(block[at+len(h.Name):], h.Value)
+		arr[i] = C.llmedge_header{
+			name: (*C.char)(unsafe.Add(base, at)), name_len: C.size_t(len(h.Name)),
+			value: (*C.char)(unsafe.Add(base, at+len(h.Name))), value_len: C.size_t(len(h.Value)),
+		}
+		at += len(h.Name) + len(h.Value)
+	}
+	return &arr[0]
+}
+
 // refuse answers the request with a local reply Envoy's local-reply mappers shape.
 func refuse(f unsafe.Pointer, status int, headers []extauthz.Header, body, details string) {
-	// The header array holds pointers, so it and what it points to live in C memory.
-	var arr *C.llmedge_header
-	if len(headers) > 0 {
-		arr = (*C.llmedge_header)(C.malloc(C.size_t(len(headers)) * C.size_t(unsafe.Sizeof(C.llmedge_header{}))))
-		defer C.free(unsafe.Pointer(arr))
-	}
-	hs := unsafe.Slice(arr, len(headers))
-	for i, h := range headers {
-		n, v := C.CString(h.Name), C.CString(h.Value)
-		defer C.free(unsafe.Pointer(n))
-		defer C.free(unsafe.Pointer(v))
-		hs[i] = C.llmedge_header{name: n, name_len: C.size_t(len(h.Name)), value: v, value_len: C.size_t(len(h.Value))}
-	}
+	arr := cHeaders(headers)
+	defer C.free(unsafe.Pointer(arr))
 	C.envoy_dynamic_module_callback_http_send_response(f, C.uint32_t(status), arr, C.size_t(len(headers)), buf(body), buf(details))
+}
+
+// addResponseHeaders leaves the response headers of an allowed request to the C side's
+// response hook, which adds them, and to its destroy hook, which frees them: the request
+// does not cross into Go again.
+func addResponseHeaders(m unsafe.Pointer, headers []extauthz.Header) {
+	s := (*C.llmedge_stream)(m)
+	C.free(unsafe.Pointer(s.response_headers))
+	s.response_headers, s.response_headers_len = cHeaders(headers), C.size_t(len(headers))
 }
 
 // apply carries an outcome out on the request.
@@ -355,9 +387,7 @@ func envoy_dynamic_module_on_http_filter_request_headers(f, m unsafe.Pointer, _ 
 		if !out.Allow {
 			return statusStopIteration
 		}
-		if len(out.ResponseHeaders) > 0 {
-			keep(m, &stream{responseHeaders: out.ResponseHeaders})
-		}
+		addResponseHeaders(m, out.ResponseHeaders)
 		return statusContinue
 	}
 	// The quota needs Redis: ask off the worker, resume through Envoy's scheduler. After
@@ -392,21 +422,12 @@ func envoy_dynamic_module_on_http_filter_scheduled(f, m unsafe.Pointer, _ C.uint
 		refuse(f, 500, nil, "", failedDetails)
 		return
 	}
-	st.responseHeaders = out.ResponseHeaders
+	addResponseHeaders(m, out.ResponseHeaders)
 	var path C.llmedge_buf
 	C.envoy_dynamic_module_callback_http_get_header(f, headerRequest, buf(":path"), &path, 0, nil)
 	apply(f, out, strings.Clone(envoyString(path)))
 	if out.Allow {
 		C.envoy_dynamic_module_callback_http_filter_continue_decoding(f)
-	}
-}
-
-//export llmedgeResponseHeaders
-func llmedgeResponseHeaders(f unsafe.Pointer, h C.uintptr_t) {
-	defer func() { recover() }()
-	st := cgo.Handle(h).Value().(*stream)
-	for _, hd := range st.responseHeaders {
-		C.envoy_dynamic_module_callback_http_set_header(f, headerResponse, buf(hd.Name), buf(hd.Value))
 	}
 }
 
