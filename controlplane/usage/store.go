@@ -107,6 +107,10 @@ func createTable(integer string) string {
 type sqlStore struct {
 	db *sql.DB
 	d  dialect
+	// row inserts one record: SQLite's statement, prepared once (parsing a statement of
+	// many rows cost a fifth of each insert); nil for PostgreSQL, which takes many rows per
+	// statement to save round trips.
+	row *sql.Stmt
 }
 
 // OpenSQLite opens (creating) the SQLite ledger at path.
@@ -144,6 +148,14 @@ func open(ctx context.Context, db *sql.DB, d dialect, what string) (Store, error
 		db.Close()
 		return nil, fmt.Errorf("usage store %s: %w", what, err)
 	}
+	if d.name == sqliteDialect.name {
+		row, err := db.PrepareContext(ctx, insertStatement(d, 1))
+		if err != nil {
+			db.Close()
+			return nil, fmt.Errorf("usage store %s: %w", what, err)
+		}
+		s.row = row
+	}
 	return s, nil
 }
 
@@ -158,7 +170,12 @@ func (s *sqlStore) migrate(ctx context.Context) error {
 	return nil
 }
 
-func (s *sqlStore) Close() error { return s.db.Close() }
+func (s *sqlStore) Close() error {
+	if s.row != nil {
+		s.row.Close()
+	}
+	return s.db.Close()
+}
 
 // Insert writes rs in one transaction; rows whose request id is stored already are skipped.
 func (s *sqlStore) Insert(ctx context.Context, rs []Record) error {
@@ -170,34 +187,50 @@ func (s *sqlStore) Insert(ctx context.Context, rs []Record) error {
 		return err
 	}
 	defer tx.Rollback() //nolint:errcheck // after Commit it is a no-op
-	const perStmt = 200 // rows per statement: 5,200 parameters, below SQLite's 32,766 and PostgreSQL's 65,535
+	if s.row != nil {
+		row := tx.StmtContext(ctx, s.row)
+		for _, r := range rs {
+			if _, err := row.ExecContext(ctx, rowValues(r)...); err != nil {
+				return err
+			}
+		}
+		return tx.Commit()
+	}
+	const perStmt = 200 // rows per statement: 5,200 parameters, below PostgreSQL's 65,535
 	for start := 0; start < len(rs); start += perStmt {
 		chunk := rs[start:min(start+perStmt, len(rs))]
-		var b strings.Builder
-		b.WriteString("INSERT INTO usage_records (" + strings.Join(columns, ", ") + ") VALUES ")
 		args := make([]any, 0, len(chunk)*len(columns))
-		n := 0
-		for i, r := range chunk {
-			if i > 0 {
-				b.WriteString(", ")
-			}
-			b.WriteByte('(')
-			for j := range columns {
-				if j > 0 {
-					b.WriteString(", ")
-				}
-				n++
-				b.WriteString(s.d.placehold(n))
-			}
-			b.WriteByte(')')
+		for _, r := range chunk {
 			args = append(args, rowValues(r)...)
 		}
-		b.WriteString(" ON CONFLICT (request_id) DO NOTHING")
-		if _, err := tx.ExecContext(ctx, b.String(), args...); err != nil {
+		if _, err := tx.ExecContext(ctx, insertStatement(s.d, len(chunk)), args...); err != nil {
 			return err
 		}
 	}
 	return tx.Commit()
+}
+
+// insertStatement inserts rows records, skipping those whose request id is stored.
+func insertStatement(d dialect, rows int) string {
+	var b strings.Builder
+	b.WriteString("INSERT INTO usage_records (" + strings.Join(columns, ", ") + ") VALUES ")
+	n := 0
+	for i := range rows {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteByte('(')
+		for j := range columns {
+			if j > 0 {
+				b.WriteString(", ")
+			}
+			n++
+			b.WriteString(d.placehold(n))
+		}
+		b.WriteByte(')')
+	}
+	b.WriteString(" ON CONFLICT (request_id) DO NOTHING")
+	return b.String()
 }
 
 func rowValues(r Record) []any {
