@@ -40,23 +40,27 @@ const Masked = "[masked]"
 // LineFromEntry builds the access log line of a record the ledger accepted (priced, with
 // its request id) and the entry it was read from.
 func LineFromEntry(r Record, e *accesslogdatav3.HTTPAccessLogEntry) Line {
-	c, req := e.GetCommonProperties(), e.GetRequest()
+	return entryOf(e).line(r)
+}
+
+// line is the access log line of r, read from e.
+func (e *logEntry) line(r Record) Line {
 	r.RequestID = maskWords(r.RequestID)
 	r.RequestedModel = maskWords(r.RequestedModel)
 	r.ReportedModel = maskWords(r.ReportedModel)
 	l := Line{
 		Record:          r,
-		Path:            MaskPath(req.GetPath()),
-		UserAgent:       clip(maskWords(req.GetUserAgent())),
-		ClientAddress:   address(c.GetDownstreamRemoteAddress(), false),
-		PeerAddress:     address(c.GetDownstreamDirectRemoteAddress(), true),
-		ResponseFlags:   responseFlags(c.GetResponseFlags()),
-		ResponseDetails: clip(e.GetResponse().GetResponseCodeDetails()),
-		UpstreamHost:    address(c.GetUpstreamRemoteAddress(), true),
-		UpstreamCluster: clip(c.GetUpstreamCluster()),
+		Path:            MaskPath(e.path),
+		UserAgent:       clip(maskWords(e.userAgent)),
+		ClientAddress:   e.client.text(false),
+		PeerAddress:     e.peer.text(true),
+		ResponseFlags:   e.flags,
+		ResponseDetails: clip(e.details),
+		UpstreamHost:    e.upstreamHost.text(true),
+		UpstreamCluster: clip(e.cluster),
 	}
-	if m := req.GetRequestMethod(); m != corev3.RequestMethod_METHOD_UNSPECIFIED {
-		l.Method = m.String()
+	if e.method != int32(corev3.RequestMethod_METHOD_UNSPECIFIED) {
+		l.Method = corev3.RequestMethod(e.method).String()
 	}
 	return l
 }
@@ -145,64 +149,16 @@ func opaque(s string) bool {
 	return letters && digits
 }
 
-// address prints a socket address: the IP alone when the port says nothing (a client
-// address Envoy took from X-Forwarded-For has port 0).
-func address(a *corev3.Address, withPort bool) string {
-	if p := a.GetPipe(); p != nil {
-		return "unix:" + p.GetPath()
-	}
-	s := a.GetSocketAddress()
-	if s == nil || s.GetAddress() == "" {
+// text prints the address: the IP alone when the port says nothing (a client address
+// Envoy took from X-Forwarded-For has port 0).
+func (a endpoint) text(withPort bool) string {
+	switch {
+	case a.kind == addressPipe:
+		return "unix:" + a.pipe
+	case a.kind != addressSocket || a.ip == "":
 		return ""
+	case !withPort || a.port == 0:
+		return a.ip
 	}
-	if !withPort || s.GetPortValue() == 0 {
-		return s.GetAddress()
-	}
-	return net.JoinHostPort(s.GetAddress(), strconv.FormatUint(uint64(s.GetPortValue()), 10))
-}
-
-// responseFlags lists Envoy's short response flag names (as %RESPONSE_FLAGS% prints them).
-func responseFlags(f *accesslogdatav3.ResponseFlags) []string {
-	if f == nil {
-		return nil
-	}
-	var out []string
-	for _, x := range []struct {
-		set  bool
-		name string
-	}{
-		{f.GetFailedLocalHealthcheck(), "LH"},
-		{f.GetNoHealthyUpstream(), "UH"},
-		{f.GetUpstreamRequestTimeout(), "UT"},
-		{f.GetLocalReset(), "LR"},
-		{f.GetUpstreamRemoteReset(), "UR"},
-		{f.GetUpstreamConnectionFailure(), "UF"},
-		{f.GetUpstreamConnectionTermination(), "UC"},
-		{f.GetUpstreamOverflow(), "UO"},
-		{f.GetNoRouteFound(), "NR"},
-		{f.GetDelayInjected(), "DI"},
-		{f.GetFaultInjected(), "FI"},
-		{f.GetRateLimited(), "RL"},
-		{f.GetUnauthorizedDetails() != nil, "UAEX"},
-		{f.GetRateLimitServiceError(), "RLSE"},
-		{f.GetDownstreamConnectionTermination(), "DC"},
-		{f.GetUpstreamRetryLimitExceeded(), "URX"},
-		{f.GetStreamIdleTimeout(), "SI"},
-		{f.GetInvalidEnvoyRequestHeaders(), "IH"},
-		{f.GetDownstreamProtocolError(), "DPE"},
-		{f.GetUpstreamMaxStreamDurationReached(), "UMSDR"},
-		{f.GetResponseFromCacheFilter(), "RFCF"},
-		{f.GetNoFilterConfigFound(), "NFCF"},
-		{f.GetDurationTimeout(), "DT"},
-		{f.GetUpstreamProtocolError(), "UPE"},
-		{f.GetNoClusterFound(), "NC"},
-		{f.GetOverloadManager(), "OM"},
-		{f.GetDnsResolutionFailure(), "DF"},
-		{f.GetDownstreamRemoteReset(), "DR"},
-	} {
-		if x.set {
-			out = append(out, x.name)
-		}
-	}
-	return out
+	return net.JoinHostPort(a.ip, strconv.FormatUint(uint64(a.port), 10))
 }

@@ -25,31 +25,59 @@ type Service struct {
 // NewService serves l and writes each new record's access log line to a (nil: no files).
 func NewService(l *Ledger, a *AccessLog) *Service { return &Service{ledger: l, log: a} }
 
-// Register adds the service to g.
-func (s *Service) Register(g *grpc.Server) { accesslogv3.RegisterAccessLogServiceServer(g, s) }
+// Register adds the service to g, which must decode with the xDS server's codec
+// (xds.ServerOptions): it hands this service each message's bytes undecoded.
+func (s *Service) Register(g *grpc.Server) { g.RegisterService(&serviceDesc, s) }
 
-// StreamAccessLogs reads one Envoy's stream. The identifier (its node) comes with the
+// serviceDesc is Envoy's AccessLogService, with a handler that reads each message from its
+// wire form (entrywire.go) instead of through the generated types.
+var serviceDesc = grpc.ServiceDesc{
+	ServiceName: accesslogv3.AccessLogService_ServiceDesc.ServiceName,
+	HandlerType: (*any)(nil),
+	Streams: []grpc.StreamDesc{{
+		StreamName:    "StreamAccessLogs",
+		Handler:       func(srv any, stream grpc.ServerStream) error { return srv.(*Service).streamAccessLogs(stream) },
+		ClientStreams: true,
+	}},
+	Metadata: accesslogv3.AccessLogService_ServiceDesc.Metadata,
+}
+
+// rawLogs receives one StreamAccessLogsMessage: the codec passes its bytes to DecodeWire.
+type rawLogs struct {
+	id      *accesslogv3.StreamAccessLogsMessage_Identifier
+	entries []logEntry
+}
+
+// DecodeWire implements xds.WireDecoder.
+func (m *rawLogs) DecodeWire(b []byte) (err error) {
+	m.id, m.entries, err = decodeLogs(b, m.entries[:0])
+	return err
+}
+
+// streamAccessLogs reads one Envoy's stream. The identifier (its node) comes with the
 // first message only; the region is the node's, as for xDS.
-func (s *Service) StreamAccessLogs(stream grpc.ClientStreamingServer[accesslogv3.StreamAccessLogsMessage, accesslogv3.StreamAccessLogsResponse]) error {
+func (s *Service) streamAccessLogs(stream grpc.ServerStream) error {
 	region := ""
+	var msg rawLogs
 	for {
-		msg, err := stream.Recv()
+		err := stream.RecvMsg(&msg)
 		if errors.Is(err, io.EOF) {
-			return stream.SendAndClose(&accesslogv3.StreamAccessLogsResponse{})
+			return stream.SendMsg(&accesslogv3.StreamAccessLogsResponse{})
 		}
 		if err != nil {
 			return err
 		}
-		if id := msg.GetIdentifier(); id != nil {
-			region = xds.NodeRegion(id.GetNode())
+		if msg.id != nil {
+			region = xds.NodeRegion(msg.id.GetNode())
 		}
 		if region == "" {
 			return status.Error(codes.InvalidArgument, "access log stream: the first message must carry an identifier whose node names its region (locality.region)")
 		}
-		for _, e := range msg.GetHttpLogs().GetLogEntry() {
-			r, fresh := s.ledger.Add(RecordFromEntry(region, e))
+		for i := range msg.entries {
+			e := &msg.entries[i]
+			r, fresh := s.ledger.Add(e.record(region))
 			if fresh && s.log != nil {
-				s.log.Add(LineFromEntry(r, e))
+				s.log.Add(e.line(r))
 			}
 		}
 	}

@@ -19,11 +19,9 @@ import (
 
 	accesslogdatav3 "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
 	aidatav3 "github.com/envoyproxy/go-control-plane/envoy/data/ai/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
-	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
-
-	"github.com/llmedge/llmedge/internal/wire"
 )
 
 // Extraction says how far the token counts of a record can be trusted.
@@ -77,36 +75,46 @@ func (r Record) Model() string {
 }
 
 // RecordFromEntry reads one HTTP access log entry as docs/USAGE.md describes. region comes
-// from the stream's identifier node, not from the entry: a caller cannot choose it.
+// from the stream's identifier node, not from the entry: a caller cannot choose it. The
+// service reads entries from the wire (entrywire.go); this is for callers holding one.
 func RecordFromEntry(region string, e *accesslogdatav3.HTTPAccessLogEntry) Record {
-	c := e.GetCommonProperties()
+	x := entryOf(e)
+	return x.record(region)
+}
+
+// entryOf is e as the service would have read it off the wire.
+func entryOf(e *accesslogdatav3.HTTPAccessLogEntry) *logEntry {
+	var x logEntry
+	if b, err := proto.Marshal(e); err == nil {
+		_ = x.decode(b) // protobuf-go's own encoding
+	}
+	return &x
+}
+
+// record is the entry's Record.
+func (e *logEntry) record(region string) Record {
 	r := Record{
 		Region:        region,
-		Route:         c.GetRouteName(),
-		Time:          c.GetStartTime().AsTime().UTC(),
-		Duration:      c.GetDuration().AsDuration(),
-		TTFB:          c.GetTimeToFirstDownstreamTxByte().AsDuration(),
-		Status:        int(e.GetResponse().GetResponseCode().GetValue()),
-		RequestBytes:  int64(e.GetRequest().GetRequestHeadersBytes() + e.GetRequest().GetRequestBodyBytes()),
-		ResponseBytes: int64(e.GetResponse().GetResponseHeadersBytes() + e.GetResponse().GetResponseBodyBytes()),
-		Attempts:      int(c.GetUpstreamRequestAttemptCount()),
+		Route:         e.route,
+		Duration:      e.duration.value(),
+		TTFB:          e.ttfb.value(),
+		Status:        int(e.status),
+		RequestBytes:  int64(e.requestHeaders + e.requestBody),
+		ResponseBytes: int64(e.responseHeaders + e.responseBody),
+		Attempts:      int(e.attempts),
+		Caller:        clip(strings.TrimSpace(e.caller)),
+		Tenant:        clip(strings.TrimSpace(e.tenant)),
+		Upstream:      clip(strings.TrimSpace(e.upstream)),
 	}
-	if c.GetStartTime() == nil {
-		r.Time = time.Time{}
+	if e.start != nil {
+		r.Time = e.start.AsTime().UTC()
 	}
-	md := c.GetMetadata()
-	authz := md.GetFilterMetadata()[wire.MetadataNamespace].GetFields()
-	r.Caller = str(authz[wire.MetadataCaller])
-	r.Tenant = str(authz[wire.MetadataTenant])
-	r.Upstream = str(authz[wire.MetadataUpstream])
-
-	req := md.GetFilterMetadata()[wire.RequestMetadataNamespace].GetFields()
-	r.RequestedModel = str(req[wire.RequestMetadataModel])
-	stream, streamSet := boolean(req[wire.RequestMetadataStream])
+	r.RequestedModel = clip(strings.TrimSpace(e.model.str()))
+	stream, streamSet := e.stream.boolean()
 	r.Stream = stream
-	if a := md.GetTypedFilterMetadata()[wire.RequestInfoNamespace]; a != nil {
+	if e.info != nil {
 		var info aidatav3.RequestInfo
-		if a.UnmarshalTo(&info) == nil {
+		if e.info.UnmarshalTo(&info) == nil {
 			if r.RequestedModel == "" {
 				r.RequestedModel = clip(info.GetModel())
 			}
@@ -118,15 +126,15 @@ func RecordFromEntry(region string, e *accesslogdatav3.HTTPAccessLogEntry) Recor
 	// Gemini names a stream in its path, never in the body the Envoy side reads the flag
 	// from (and a regex rewrite there can only copy text out of the path, never write a
 	// flag): the path the entry carries decides for it.
-	r.Stream = r.Stream || geminiStreamPath(e.GetRequest().GetPath())
+	r.Stream = r.Stream || geminiStreamPath(e.path)
 
 	r.Extraction = ExtractionNotAI
 	if r.RequestedModel != "" {
 		r.Extraction = ExtractionMissing
 	}
-	if a := md.GetTypedFilterMetadata()[wire.TokenUsageNamespace]; a != nil {
+	if e.usage != nil {
 		var u aidatav3.TokenUsage
-		if err := a.UnmarshalTo(&u); err != nil {
+		if err := e.usage.UnmarshalTo(&u); err != nil {
 			r.Extraction = ExtractionFailed
 		} else {
 			r.ReportedModel = clip(u.GetModel())
@@ -145,12 +153,12 @@ func RecordFromEntry(region string, e *accesslogdatav3.HTTPAccessLogEntry) Recor
 		}
 	}
 
-	r.RequestID = filterStateString(c.GetFilterStateObjects()[wire.RequestIDState])
+	r.RequestID = filterStateString(e.stateRequestID)
 	if r.RequestID == "" {
-		r.RequestID = e.GetRequest().GetRequestId()
+		r.RequestID = e.requestID
 	}
 	if r.RequestID == "" {
-		r.RequestID = e.GetRequest().GetRequestHeaders()["x-request-id"]
+		r.RequestID = e.headerRequestID
 	}
 	r.RequestID = clip(r.RequestID)
 	return r
@@ -172,13 +180,6 @@ func geminiStreamPath(path string) bool {
 // maxField bounds the strings a record keeps: the model comes from the caller's body.
 const maxField = 256
 
-func str(v *structpb.Value) string {
-	if v == nil {
-		return ""
-	}
-	return clip(strings.TrimSpace(v.GetStringValue()))
-}
-
 func clip(s string) string {
 	if len(s) <= maxField {
 		return s
@@ -191,12 +192,12 @@ func clip(s string) string {
 }
 
 // boolean reads a JSON boolean (json_to_metadata keeps its type) or its string form.
-func boolean(v *structpb.Value) (value, set bool) {
-	switch k := v.GetKind().(type) {
-	case *structpb.Value_BoolValue:
-		return k.BoolValue, true
-	case *structpb.Value_StringValue:
-		return k.StringValue == "true", true
+func (v value) boolean() (b, set bool) {
+	switch v.kind {
+	case valueBool:
+		return v.b, true
+	case valueString:
+		return v.s == "true", true
 	}
 	return false, false
 }

@@ -13,8 +13,8 @@ import (
 )
 
 // ServerOptions are the gRPC server options the xDS services need: a codec that sends the
-// large resources of a DiscoveryResponse by reference. Every other message, and every
-// message received, goes through gRPC's own proto codec.
+// large resources of a DiscoveryResponse by reference, and hands a WireDecoder its bytes.
+// Every other message goes through gRPC's own proto codec.
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{grpc.ForceServerCodecV2(newCodec())}
 }
@@ -54,7 +54,20 @@ func newCodec() codec { return codec{fallback: encoding.GetCodecV2(grpcproto.Nam
 
 func (c codec) Name() string { return c.fallback.Name() }
 
-func (c codec) Unmarshal(data mem.BufferSlice, v any) error { return c.fallback.Unmarshal(data, v) }
+// WireDecoder is a received message that reads its own wire bytes: the usage ledger's
+// access log messages, whose entries it reads field by field (usage/entrywire.go).
+type WireDecoder interface {
+	DecodeWire(b []byte) error
+}
+
+func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
+	if d, ok := v.(WireDecoder); ok {
+		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+		defer buf.Free()
+		return d.DecodeWire(buf.ReadOnlyData()) // DecodeWire keeps no reference to the bytes
+	}
+	return c.fallback.Unmarshal(data, v)
+}
 
 func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 	if resp, ok := v.(*discoveryv3.DiscoveryResponse); ok && hasLarge(resp.GetResources()) {
