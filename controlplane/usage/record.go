@@ -5,9 +5,10 @@
 // /usage queries and keeps the per-record Prometheus metrics. Each new record is also one
 // JSON line in the access log files (masked, rotated, deleted past retention).
 //
-// Flow: Envoy ALS -> Service (als.go) -> RecordFromEntry -> Ledger.Add (bounded channel)
-// -> batches -> Store, or Spool when the store fails -> replayed in order; and
-// Ledger.Add's record -> LineFromEntry -> AccessLog.Add (bounded channel) -> files.
+// Flow: Envoy ALS -> Service (als.go; entries read off the wire, entrywire.go) -> Record
+// -> Ledger.Add (bounded channel) -> batches -> Store, or Spool when the store fails ->
+// replayed in order; and
+// Ledger.Add's record -> Line -> AccessLog.Add (bounded channel) -> files.
 // docs/USAGE.md is the contract with the Envoy side.
 package usage
 
