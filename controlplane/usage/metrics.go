@@ -102,9 +102,12 @@ func (m *metrics) observe(r Record) {
 	model := m.modelLabel(r)
 	l := []string{r.Region, r.Caller, r.Upstream, model}
 	m.requests.WithLabelValues(append(l, statusClass(r.Status))...).Inc()
-	for kind, n := range map[string]int64{"input": r.InputTokens, "output": r.OutputTokens, "cached": r.CachedTokens, "reasoning": r.ReasoningTok} {
-		if n > 0 {
-			m.tokens.WithLabelValues(append(l, kind)...).Add(float64(n))
+	for _, t := range [...]struct {
+		kind string
+		n    int64
+	}{{"input", r.InputTokens}, {"output", r.OutputTokens}, {"cached", r.CachedTokens}, {"reasoning", r.ReasoningTok}} {
+		if t.n > 0 {
+			m.tokens.WithLabelValues(append(l, t.kind)...).Add(float64(t.n))
 		}
 	}
 	if r.Cost != nil {
