@@ -268,3 +268,35 @@ func TestADSLargeRoutesOverGRPC(t *testing.T) {
 	check(a, "a", "4", next["hk"].Routes[0])
 	check(b, "b", "2", next["hk"].Routes[0])
 }
+
+// wireBytes records what the codec hands a WireDecoder.
+type wireBytes struct {
+	got []byte
+	err error
+}
+
+func (w *wireBytes) DecodeWire(b []byte) error {
+	w.got = bytes.Clone(b)
+	return w.err
+}
+
+func TestCodecHandsWireDecodersTheBytes(t *testing.T) {
+	c := newCodec()
+	// A message split across buffers, as gRPC receives a large one.
+	data := mem.BufferSlice{mem.SliceBuffer("first "), mem.SliceBuffer("second")}
+	var w wireBytes
+	if err := c.Unmarshal(data, &w); err != nil || string(w.got) != "first second" {
+		t.Fatalf("decoder got %q, err %v; want the message's bytes in one piece", w.got, err)
+	}
+	// Its error is the receive's error.
+	w = wireBytes{err: fmt.Errorf("malformed")}
+	if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer("x")}, &w); err == nil {
+		t.Fatal("the decoder's error was dropped")
+	}
+	// Every other message still goes through protobuf.
+	var node corev3.Node
+	b, _ := proto.Marshal(&corev3.Node{Id: "e1"})
+	if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, &node); err != nil || node.GetId() != "e1" {
+		t.Fatalf("protobuf message: %v, err %v", &node, err)
+	}
+}
