@@ -9,14 +9,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/llmedge/llmedge/internal/cpunice"
 	stk "github.com/llmedge/llmedge/internal/stack"
@@ -184,7 +181,10 @@ func TestReadmeQuickStart(t *testing.T) {
 		default:
 			continue
 		}
-		attrs := threadAttrs(t, pid)
+		attrs, err := cpunice.ThreadAttrs(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
 		if len(attrs) < 2 {
 			t.Errorf("%s (%d): %d threads found, want several", name, pid, len(attrs))
 		}
@@ -204,26 +204,6 @@ func TestReadmeQuickStart(t *testing.T) {
 		t.Errorf("checked the niceness of %v, want the control plane and Envoy", checked)
 	}
 	m.stop(t) // Ctrl-C stops everything.
-}
-
-// threadAttrs returns the scheduling attributes of each thread of pid, from the kernel.
-func threadAttrs(t *testing.T, pid int) map[int]*unix.SchedAttr {
-	t.Helper()
-	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[int]*unix.SchedAttr{}
-	for _, task := range tasks {
-		tid, err := strconv.Atoi(task.Name())
-		if err != nil {
-			continue
-		}
-		if a, err := unix.SchedGetAttr(tid, 0); err == nil {
-			out[tid] = a // a thread that has exited meanwhile is skipped
-		}
-	}
-	return out
 }
 
 // quickStartLines returns the lines starting with prefix of the README's first sh block

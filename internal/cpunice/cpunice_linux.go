@@ -28,16 +28,12 @@ func lower(n int) error {
 }
 
 func lowerPass(n int, slices *bool) (bool, error) {
-	tasks, err := os.ReadDir("/proc/self/task")
+	tids, err := threads("self")
 	if err != nil {
 		return false, fmt.Errorf("niceness %d: %w", n, err)
 	}
 	changed := false
-	for _, t := range tasks {
-		tid, err := strconv.Atoi(t.Name())
-		if err != nil {
-			continue
-		}
+	for _, tid := range tids {
 		done, err := lowered(tid, n, *slices)
 		if errors.Is(err, unix.ESRCH) {
 			continue // the thread has exited
@@ -57,6 +53,41 @@ func lowerPass(n int, slices *bool) (bool, error) {
 		changed = true
 	}
 	return changed, nil
+}
+
+// threads lists the thread ids of a process ("self", or a pid).
+func threads(pid string) ([]int, error) {
+	tasks, err := os.ReadDir("/proc/" + pid + "/task")
+	if err != nil {
+		return nil, err
+	}
+	tids := make([]int, 0, len(tasks))
+	for _, t := range tasks {
+		if tid, err := strconv.Atoi(t.Name()); err == nil {
+			tids = append(tids, tid)
+		}
+	}
+	return tids, nil
+}
+
+// ThreadAttrs reads the scheduling attributes (niceness, slice) of each thread of process
+// pid (0: this one) from the kernel; a thread that exits meanwhile is left out.
+func ThreadAttrs(pid int) (map[int]*unix.SchedAttr, error) {
+	p := "self"
+	if pid != 0 {
+		p = strconv.Itoa(pid)
+	}
+	tids, err := threads(p)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[int]*unix.SchedAttr, len(tids))
+	for _, tid := range tids {
+		if a, err := unix.SchedGetAttr(tid, 0); err == nil {
+			out[tid] = a
+		}
+	}
+	return out, nil
 }
 
 // lowered reports whether thread tid already has niceness n and, when slices are set and

@@ -3,14 +3,10 @@
 package cpunice
 
 import (
-	"os"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
-
-	"golang.org/x/sys/unix"
 )
 
 func TestValidate(t *testing.T) {
@@ -27,24 +23,25 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-// threadAttrs reads each thread's scheduling attributes from the kernel.
-func threadAttrs(t *testing.T) map[int]*unix.SchedAttr {
+// checkLowered checks that every thread of this process has niceness want and, when
+// slice is set, the short slice where the kernel keeps one (Linux 6.12+; 0 before).
+func checkLowered(t *testing.T, want int, slice bool) {
 	t.Helper()
-	tasks, err := os.ReadDir("/proc/self/task")
+	got, err := ThreadAttrs(0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[int]*unix.SchedAttr{}
-	for _, task := range tasks {
-		tid, err := strconv.Atoi(task.Name())
-		if err != nil {
-			continue
+	if len(got) < 2 {
+		t.Fatalf("found %d threads, want several", len(got))
+	}
+	for tid, a := range got {
+		if int(a.Nice) != want {
+			t.Errorf("thread %d: niceness %d, want %d", tid, a.Nice, want)
 		}
-		if a, err := unix.SchedGetAttr(tid, 0); err == nil {
-			out[tid] = a
+		if slice && a.Runtime != ShortestSlice && a.Runtime != 0 {
+			t.Errorf("thread %d: slice %d ns, want %d", tid, a.Runtime, ShortestSlice)
 		}
 	}
-	return out
 }
 
 func TestLowerEveryThread(t *testing.T) {
@@ -73,19 +70,7 @@ func TestLowerEveryThread(t *testing.T) {
 	}
 	close(hold)
 	wg.Wait()
-	got := threadAttrs(t)
-	if len(got) < 2 {
-		t.Fatalf("found %d threads, want several", len(got))
-	}
-	for tid, a := range got {
-		if a.Nice != 7 {
-			t.Errorf("thread %d: niceness %d, want 7", tid, a.Nice)
-		}
-		// The short slice, where the kernel keeps one (Linux 6.12+; 0 before).
-		if a.Runtime != ShortestSlice && a.Runtime != 0 {
-			t.Errorf("thread %d: slice %d ns, want %d", tid, a.Runtime, ShortestSlice)
-		}
-	}
+	checkLowered(t, 7, true)
 	if err := Lower(-1); err == nil {
 		t.Error("Lower(-1) = nil, want an error")
 	}
@@ -104,13 +89,5 @@ func TestLowerWithoutSlices(t *testing.T) {
 			break
 		}
 	}
-	got := threadAttrs(t)
-	if len(got) < 2 {
-		t.Fatalf("found %d threads, want several", len(got))
-	}
-	for tid, a := range got {
-		if a.Nice != 9 {
-			t.Errorf("thread %d: niceness %d, want 9", tid, a.Nice)
-		}
-	}
+	checkLowered(t, 9, false)
 }
