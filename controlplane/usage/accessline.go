@@ -54,7 +54,7 @@ func (e *logEntry) line(r Record) Line {
 		UserAgent:       clip(maskWords(e.userAgent)),
 		ClientAddress:   e.client.text(false),
 		PeerAddress:     e.peer.text(true),
-		ResponseFlags:   e.flags,
+		ResponseFlags:   flagList(e.flags),
 		ResponseDetails: clip(e.details),
 		UpstreamHost:    e.upstreamHost.text(true),
 		UpstreamCluster: clip(e.cluster),

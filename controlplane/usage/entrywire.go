@@ -29,7 +29,7 @@ type logEntry struct {
 	attempts        uint32
 	client, peer    endpoint
 	upstreamHost    endpoint
-	flags           []string
+	flags           uint32 // response flags, bit n for ResponseFlags field n
 	caller, tenant  string
 	upstream        string
 	model           value
@@ -284,40 +284,35 @@ func (e *logEntry) decodeCommon(b []byte) error {
 	})
 }
 
-// decodeFlags reads ResponseFlags into the names of the flags set, in field order.
+// decodeFlags reads ResponseFlags: bit n of e.flags is field n. A second ResponseFlags
+// merges into the first, as protobuf merges messages.
 func (e *logEntry) decodeFlags(b []byte) error {
-	var set [len(flagNames)]bool
-	if e.flags != nil { // a second ResponseFlags merges into the first
-		for _, name := range e.flags {
-			for i, n := range flagNames {
-				if n == name {
-					set[i] = true
-				}
-			}
-		}
-	}
-	err := fields(b, func(num protowire.Number, typ protowire.Type, v uint64, _ []byte) error {
+	return fields(b, func(num protowire.Number, typ protowire.Type, v uint64, _ []byte) error {
 		if num <= 0 || int(num) >= len(flagNames) {
 			return nil
 		}
+		bit := uint32(1) << num
 		switch {
 		case num == flagsUnauthorized && typ == protowire.BytesType:
-			set[num] = true
+			e.flags |= bit
+		case num != flagsUnauthorized && typ == protowire.VarintType && v != 0:
+			e.flags |= bit
 		case num != flagsUnauthorized && typ == protowire.VarintType:
-			set[num] = v != 0
+			e.flags &^= bit
 		}
 		return nil
 	})
-	e.flags = e.flags[:0]
-	for i, on := range set {
-		if on {
-			e.flags = append(e.flags, flagNames[i])
+}
+
+// flagList names the flags set, in field order (nil for none).
+func flagList(bits uint32) []string {
+	var out []string
+	for n := 1; n < len(flagNames); n++ {
+		if bits&(1<<n) != 0 {
+			out = append(out, flagNames[n])
 		}
 	}
-	if len(e.flags) == 0 {
-		e.flags = nil
-	}
-	return err
+	return out
 }
 
 // decodeMetadata reads the namespaces the ledger uses from envoy.config.core.v3.Metadata.
