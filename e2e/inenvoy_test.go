@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -13,11 +14,18 @@ import (
 	"github.com/llmedge/llmedge/internal/testenv"
 )
 
+// filterConfigValue is the JSON string of a module's filter_config in /config_dump.
+var filterConfigValue = regexp.MustCompile(`"value":\s*"((?:[^"\\]|\\.)*)"`)
+
+// failoverConfig is the filter_config of key failover on one of region hk's upstreams.
+var failoverConfig = regexp.MustCompile(`^\{\\"region\\":\\"hk\\",\\"upstream\\":\\"[a-z0-9_-]+\\"\}$`)
+
 // TestAuthzInEnvoy: with extauthz_in_envoy, the region runs no extauthz process; its
 // Envoy checks callers itself and injects the key, counts its checks on extauthz's
-// metrics port, and shows nothing but the region in the module's config (no key, no
-// path). The whole suite also runs this way (LLMEDGE_E2E_AUTHZ=envoy, `make test`); this
-// test pins what is particular to it whichever way the suite runs.
+// metrics port, and shows nothing but the region (and, for key failover on an upstream
+// cluster, the upstream) in the module's config (no key, no path). The whole suite also
+// runs this way (LLMEDGE_E2E_AUTHZ=envoy, `make test`); this test pins what is particular
+// to it whichever way the suite runs.
 func TestAuthzInEnvoy(t *testing.T) {
 	t.Parallel()
 	up := startUpstream(t, fakellm.Options{})
@@ -50,24 +58,29 @@ func TestAuthzInEnvoy(t *testing.T) {
 		}
 	}
 
-	// The module's config, as /config_dump shows it, is the region and nothing else.
+	// The module's configs, as /config_dump shows them, are the region and, for key
+	// failover, the upstream: nothing else.
 	var dump struct{ Configs []json.RawMessage }
 	if err := json.Unmarshal(s.envoys["hk"].ConfigDump(t), &dump); err != nil {
 		t.Fatal(err)
 	}
-	var found []string
+	seen := map[string]int{}
 	for _, c := range dump.Configs {
 		for _, m := range strings.SplitAfter(string(c), `"filter_config":`)[1:] {
-			end := strings.Index(m, "}")
-			found = append(found, m[:end+1])
+			v := "(none)"
+			if sm := filterConfigValue.FindStringSubmatch(m); sm != nil {
+				v = sm[1]
+			}
+			seen[v]++
 		}
 	}
-	if len(found) == 0 {
-		t.Fatal("no dynamic module filter in /config_dump")
+	check, failover := `{\"region\":\"hk\"}`, `{\"region\":\"hk\",\"upstream\":\"openai\"}`
+	if seen[check] == 0 || seen[failover] == 0 {
+		t.Errorf("module filter_configs in /config_dump %v: want the check's %s and the openai cluster's key failover %s", seen, check, failover)
 	}
-	for _, f := range found {
-		if !strings.Contains(f, `\"region\":\"hk\"`) || strings.Contains(f, s.keysDir) || strings.Contains(f, "sk-test") {
-			t.Errorf("module filter_config %s: want the region only", f)
+	for v := range seen {
+		if v != check && !failoverConfig.MatchString(v) {
+			t.Errorf("module filter_config %s in /config_dump: want the region, and for key failover the upstream, only", v)
 		}
 	}
 }

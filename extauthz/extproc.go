@@ -66,41 +66,55 @@ func (k keyFailover) Process(stream extprocv3.ExternalProcessor_ProcessServer) e
 
 // retryHeaders is the header mutation of one try, nil to leave the headers alone.
 func (k keyFailover) retryHeaders(upstream string, hs []*corev3.HeaderValue) *extprocv3.CommonResponse {
-	p := k.m.policy.Load()
-	if p == nil || upstream == "" {
-		return nil
-	}
 	attempt := 0
 	for _, h := range hs {
 		if h.GetKey() == wire.AttemptHeader {
 			attempt, _ = strconv.Atoi(headerValue(h))
 		}
 	}
-	if attempt < 2 {
-		return nil
-	}
-	header, ok := p.KeyHeader(upstream)
-	if !ok {
-		return nil
-	}
-	current := ""
-	for _, h := range hs {
-		if h.GetKey() == header {
-			current = headerValue(h)
+	name, value, ok := k.m.RetryKey(upstream, attempt, func(header string) string {
+		current := ""
+		for _, h := range hs {
+			if h.GetKey() == header {
+				current = headerValue(h)
+			}
 		}
-	}
-	name, value, ok := p.RetryKey(upstream, current, attempt, keyRing{k.m.keys})
+		return current
+	})
 	if !ok {
-		k.m.retryKeys.WithLabelValues(upstream, "kept").Inc()
 		return nil
 	}
-	k.m.retryKeys.WithLabelValues(upstream, "next").Inc()
 	return &extprocv3.CommonResponse{HeaderMutation: &extprocv3.HeaderMutation{
 		SetHeaders: []*corev3.HeaderValueOption{{
 			Header:       &corev3.HeaderValue{Key: name, RawValue: []byte(value)},
 			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
 		}},
 	}}
+}
+
+// RetryKey is the key header a try of a request to upstream goes out with: on a retry
+// (attempt 2 or more) the key attempt−1 places after the first try's, found from current
+// (which reads a header of the try: the previous try's key is still in it), by
+// decide.Compiled.RetryKey. ok is false to leave the try as it is: a first try, no policy,
+// an upstream without a key header, or a key not found, so a retry at worst reuses its
+// first key. The ext_proc upstream filter (extauthz as a process) and the module's own
+// upstream filter (extauthz inside Envoy) both answer with it.
+func (m *Main) RetryKey(upstream string, attempt int, current func(header string) string) (name, value string, ok bool) {
+	p := m.policy.Load()
+	if p == nil || upstream == "" || attempt < 2 {
+		return "", "", false
+	}
+	header, ok := p.KeyHeader(upstream)
+	if !ok {
+		return "", "", false
+	}
+	name, value, ok = p.RetryKey(upstream, current(header), attempt, keyRing{m.keys})
+	if !ok {
+		m.retryKeys.WithLabelValues(upstream, "kept").Inc()
+		return "", "", false
+	}
+	m.retryKeys.WithLabelValues(upstream, "next").Inc()
+	return name, value, true
 }
 
 // headerValue reads a header Envoy sent as raw_value (its default) or value.

@@ -19,7 +19,13 @@ const AuthzModuleFilterName = "llmedge.authz"
 // policy and listen addresses from extauthz's settings in Envoy's environment.
 type authzModuleConfig struct {
 	Region string `json:"region"`
+	// Upstream is set for key failover (keyFailoverModuleFilter) only.
+	Upstream string `json:"upstream,omitempty"`
 }
+
+// KeyFailoverModuleFilterName names the module's key failover in an upstream cluster's
+// upstream HTTP filters.
+const KeyFailoverModuleFilterName = "llmedge.key_failover"
 
 // authzModuleFilter checks every request with llmedge's dynamic module (lib<name>.so on
 // ENVOY_DYNAMIC_MODULES_SEARCH_PATH): extauthz's decision made in-process, without the
@@ -27,7 +33,20 @@ type authzModuleConfig struct {
 // (dynamic metadata under wire.AuthzMetadataNamespace, refusals with the details
 // ext_authz_denied), so the filters and mappers after it are the same in both modes.
 func authzModuleFilter(region string) (*hcmv3.HttpFilter, error) {
-	js, err := json.Marshal(authzModuleConfig{Region: region})
+	return moduleFilter(AuthzModuleFilterName, wire.AuthzModuleFilter, authzModuleConfig{Region: region})
+}
+
+// keyFailoverModuleFilter is the module as an upstream filter of upstream's cluster: it sets
+// each retry's key (extauthz.Main.RetryKey) and removes the router's attempt header from
+// every try (keyfailover.go).
+func keyFailoverModuleFilter(region, upstream string) (*hcmv3.HttpFilter, error) {
+	return moduleFilter(KeyFailoverModuleFilterName, wire.KeyFailoverModuleFilter, authzModuleConfig{Region: region, Upstream: upstream})
+}
+
+// moduleFilter is an HTTP filter of llmedge's dynamic module: the module's filter
+// filterName with config, named name in the filter chain.
+func moduleFilter(name, filterName string, config authzModuleConfig) (*hcmv3.HttpFilter, error) {
+	js, err := json.Marshal(config)
 	if err != nil {
 		return nil, err
 	}
@@ -43,14 +62,14 @@ func authzModuleFilter(region string) (*hcmv3.HttpFilter, error) {
 			// pull the code from under its goroutines.
 			DoNotClose: true,
 		},
-		FilterName:   wire.AuthzModuleFilter,
+		FilterName:   filterName,
 		FilterConfig: fc,
 	})
 	if err != nil {
 		return nil, err
 	}
 	return &hcmv3.HttpFilter{
-		Name:       AuthzModuleFilterName,
+		Name:       name,
 		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: cfg},
 	}, nil
 }

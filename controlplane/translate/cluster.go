@@ -54,7 +54,7 @@ func cluster(r model.Region, u model.Upstream, secrets secretSet) (*clusterv3.Cl
 			PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 0},
 		}}
 	}
-	opts, err := protocolOptions(u)
+	opts, err := protocolOptions(r, u)
 	if err != nil {
 		return nil, err
 	}
@@ -130,7 +130,7 @@ func outlierDetection(o *model.Outlier) *clusterv3.OutlierDetection {
 	}
 }
 
-func protocolOptions(u model.Upstream) (*anypb.Any, error) {
+func protocolOptions(r model.Region, u model.Upstream) (*anypb.Any, error) {
 	h1 := &corev3.Http1ProtocolOptions{}
 	h2 := &corev3.Http2ProtocolOptions{
 		MaxConcurrentStreams:        wrapperspb.UInt32(h2MaxConcurrentStreams),
@@ -140,7 +140,7 @@ func protocolOptions(u model.Upstream) (*anypb.Any, error) {
 	o := &httpv3.HttpProtocolOptions{
 		CommonHttpProtocolOptions: &corev3.HttpProtocolOptions{IdleTimeout: durationpb.New(upstreamConnectionIdle)},
 	}
-	filters, err := upstreamFilters(u)
+	filters, err := upstreamFilters(r, u)
 	if err != nil {
 		return nil, err
 	}

@@ -24,6 +24,10 @@ import (
 // header to the key attempt−1 places after the first try's. First tries skip the ext_proc
 // through its matcher, so they pay no extra call; the attempt header is removed before the
 // request leaves, so the provider never sees it.
+//
+// With the check inside Envoy (extauthz_in_envoy) the module is the upstream filter
+// instead, and the key store is in the same process: a first try costs a header read and
+// removal in the module's C code, and a retry sets its key without a side call.
 
 const (
 	keyFailoverFilterName = "envoy.filters.http.ext_proc"
@@ -33,10 +37,22 @@ const (
 )
 
 // upstreamFilters are the upstream HTTP filters of an upstream cluster whose retries are
-// on; nil otherwise (Envoy then runs only its codec).
-func upstreamFilters(u model.Upstream) ([]*hcmv3.HttpFilter, error) {
+// on in r; nil otherwise (Envoy then runs only its codec).
+func upstreamFilters(r model.Region, u model.Upstream) ([]*hcmv3.HttpFilter, error) {
 	if u.Retries.Attempts < 2 {
 		return nil, nil
+	}
+	codec, err := toAny(&upstreamcodecv3.UpstreamCodec{})
+	if err != nil {
+		return nil, err
+	}
+	codecFilter := &hcmv3.HttpFilter{Name: "envoy.filters.http.upstream_codec", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: codec}}
+	if r.ExtAuthzInEnvoy {
+		mod, err := keyFailoverModuleFilter(r.Name, u.Name)
+		if err != nil {
+			return nil, err
+		}
+		return []*hcmv3.HttpFilter{mod, codecFilter}, nil
 	}
 	proc, err := keyFailoverFilter(u.Name)
 	if err != nil {
@@ -48,14 +64,10 @@ func upstreamFilters(u model.Upstream) ([]*hcmv3.HttpFilter, error) {
 	if err != nil {
 		return nil, err
 	}
-	codec, err := toAny(&upstreamcodecv3.UpstreamCodec{})
-	if err != nil {
-		return nil, err
-	}
 	return []*hcmv3.HttpFilter{
 		proc,
 		{Name: "envoy.filters.http.header_mutation", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: strip}},
-		{Name: "envoy.filters.http.upstream_codec", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: codec}},
+		codecFilter,
 	}, nil
 }
 

@@ -10,7 +10,31 @@
 #include "_cgo_export.h"
 
 const void* envoy_dynamic_module_on_http_filter_new(const void* config, void* filter) {
-  return calloc(1, sizeof(llmedge_stream));
+  llmedge_stream* s = calloc(1, sizeof(llmedge_stream));
+  s->config = config;
+  return s;
+}
+
+// wire.AttemptHeader: the router's try number, which the provider must never see.
+static const char attempt_header[] = "x-envoy-attempt-count";
+
+// The check crosses into Go for every request. Key failover, an upstream filter, runs on
+// every try: a first try (attempt 1) only loses the attempt header, here; a retry crosses
+// into Go for its next key.
+int envoy_dynamic_module_on_http_filter_request_headers(void* filter, void* m, bool end) {
+  llmedge_stream* s = m;
+  if (!s->config->failover) {
+    return llmedgeRequestHeaders(filter, m, end);
+  }
+  llmedge_buf name = {attempt_header, sizeof(attempt_header) - 1};
+  llmedge_buf value = {NULL, 0};
+  if (envoy_dynamic_module_callback_http_get_header(filter, 0, name, &value, 0, NULL) && value.ptr != NULL &&
+      !(value.len == 1 && value.ptr[0] == '1')) {
+    llmedgeRetryKey(filter, (void*)s->config);
+  }
+  llmedge_buf none = {NULL, 0};
+  envoy_dynamic_module_callback_http_set_header(filter, 0, name, none);
+  return 0;
 }
 
 void envoy_dynamic_module_on_http_filter_destroy(void* m) {
@@ -33,7 +57,15 @@ int envoy_dynamic_module_on_http_filter_response_headers(void* filter, void* m, 
   return 0;
 }
 
-void envoy_dynamic_module_on_http_filter_config_destroy(void* config) {}
+// A key failover config is one per upstream cluster, allocated when Envoy made it; the
+// check's is the module's one for good.
+void envoy_dynamic_module_on_http_filter_config_destroy(void* config) {
+  llmedge_config* c = config;
+  if (c != NULL && c->failover) {
+    free((void*)c->upstream);
+    free(c);
+  }
+}
 // While a check waits (on Redis, for quotas) the request's body and trailers wait with it:
 // returning Continue here would send the request on before its headers were decided.
 // 1 is StopIterationAndBuffer for a body, StopIteration for trailers.

@@ -25,15 +25,19 @@ package main
 #include <stdint.h>
 #include <stdlib.h>
 
+// A filter config: the check (failover 0, one for every listener) or key failover on an
+// upstream's retries (failover 1, one per upstream cluster, naming the upstream).
+typedef struct { int failover; const char* upstream; size_t upstream_len; } llmedge_config;
 // A byte range: Envoy's buffers and the module's have this layout.
 typedef struct { const char* ptr; size_t len; } llmedge_buf;
 // One header: name and value.
 typedef struct { const char* name; size_t name_len; const char* value; size_t value_len; } llmedge_header;
-// The module's state of one stream: a cgo.Handle of the Go side's (0 for none), whether
-// its check is still waiting (the body and trailers are held until it is done), and the
-// response headers to add (one malloc'd block, see cHeaders), which C adds and frees
-// without a call into Go.
+// The module's state of one stream (or, for key failover, of one try): its filter config,
+// a cgo.Handle of the Go side's (0 for none), whether its check is still waiting (the body
+// and trailers are held until it is done), and the response headers to add (one malloc'd
+// block, see cHeaders), which C adds and frees without a call into Go.
 typedef struct {
+  const llmedge_config* config;
   uintptr_t handle;
   int pending;
   llmedge_header* response_headers;
@@ -69,6 +73,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime/cgo"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -122,14 +127,16 @@ var (
 )
 
 // filterConfig is the filter's config from the control plane (no secrets: Envoy shows it
-// in /config_dump).
+// in /config_dump): the region, and for key failover the upstream.
 type filterConfig struct {
-	Region string `json:"region"`
+	Region   string `json:"region"`
+	Upstream string `json:"upstream"`
 }
 
-// configToken is what Envoy keeps for a filter config: the module has one extauthz per
-// process, so every config is the same non-nil pointer.
-var configToken = C.malloc(1)
+// checkConfig is what Envoy keeps for a filter config of the check: the module has one
+// extauthz per process, so every such config is this one. A key failover config is
+// allocated per upstream cluster and freed by the C config_destroy hook.
+var checkConfig = (*C.llmedge_config)(C.calloc(1, C.size_t(unsafe.Sizeof(C.llmedge_config{}))))
 
 //export envoy_dynamic_module_on_program_init
 func envoy_dynamic_module_on_program_init() *C.char { return abiVersion }
@@ -142,16 +149,28 @@ func envoy_dynamic_module_on_http_filter_config_new(_ unsafe.Pointer, name, raw 
 			out = nil
 		}
 	}()
+	filter := C.GoStringN(name.ptr, C.int(name.len))
 	var c filterConfig
 	if err := json.Unmarshal(C.GoBytes(unsafe.Pointer(raw.ptr), C.int(raw.len)), &c); err != nil {
-		fmt.Fprintf(os.Stderr, "llmedge module: filter %s: config must be JSON {\"region\": ...}: %v\n", C.GoStringN(name.ptr, C.int(name.len)), err)
+		fmt.Fprintf(os.Stderr, "llmedge module: filter %s: config must be JSON {\"region\": ...}: %v\n", filter, err)
 		return nil // Envoy refuses the filter config
+	}
+	failover := filter == wire.KeyFailoverModuleFilter
+	if failover && c.Upstream == "" {
+		fmt.Fprintf(os.Stderr, "llmedge module: filter %s: config names no upstream\n", filter)
+		return nil
 	}
 	if err := start(c.Region); err != nil {
 		fmt.Fprintf(os.Stderr, "llmedge module: %v\n", err)
 		return nil
 	}
-	return configToken
+	if !failover {
+		return unsafe.Pointer(checkConfig)
+	}
+	fc := (*C.llmedge_config)(C.calloc(1, C.size_t(unsafe.Sizeof(C.llmedge_config{}))))
+	fc.failover = 1
+	fc.upstream, fc.upstream_len = C.CString(c.Upstream), C.size_t(len(c.Upstream))
+	return unsafe.Pointer(fc)
 }
 
 // start runs the region's extauthz in this process, once.
@@ -356,8 +375,11 @@ func keep(m unsafe.Pointer, st *stream) {
 	(*C.llmedge_stream)(m).handle = C.uintptr_t(cgo.NewHandle(st))
 }
 
-//export envoy_dynamic_module_on_http_filter_request_headers
-func envoy_dynamic_module_on_http_filter_request_headers(f, m unsafe.Pointer, _ C.bool) (status C.int) {
+// llmedgeRequestHeaders checks a request (the C request-headers hook calls it for the
+// check's filter).
+//
+//export llmedgeRequestHeaders
+func llmedgeRequestHeaders(f, m unsafe.Pointer, _ C.bool) (status C.int) {
 	// A panic escaping into Envoy aborts the process (and its crash dump logs the request's
 	// headers): every entry from Envoy recovers, and the request is refused.
 	defer func() {
@@ -428,6 +450,34 @@ func envoy_dynamic_module_on_http_filter_scheduled(f, m unsafe.Pointer, _ C.uint
 	apply(f, out, strings.Clone(envoyString(path)))
 	if out.Allow {
 		C.envoy_dynamic_module_callback_http_filter_continue_decoding(f)
+	}
+}
+
+// llmedgeRetryKey sets the key header of a retry (the C hook calls it for a try whose
+// AttemptHeader is not 1): the next key of the config's upstream after the one the
+// previous try went out with, as extauthz's ext_proc server answers when extauthz runs as
+// a process. Anything unexpected leaves the try with the key it has.
+//
+//export llmedgeRetryKey
+func llmedgeRetryKey(f, cfg unsafe.Pointer) {
+	defer func() { recover() }()
+	authz := running.Load()
+	if authz == nil {
+		return
+	}
+	c := (*C.llmedge_config)(cfg)
+	upstream := C.GoStringN(c.upstream, C.int(c.upstream_len))
+	header := func(name string) string {
+		var v C.llmedge_buf
+		if !C.envoy_dynamic_module_callback_http_get_header(f, headerRequest, buf(name), &v, 0, nil) {
+			return ""
+		}
+		return strings.Clone(envoyString(v))
+	}
+	attempt, _ := strconv.Atoi(header(wire.AttemptHeader))
+	name, value, ok := authz.RetryKey(upstream, attempt, header)
+	if ok {
+		C.envoy_dynamic_module_callback_http_set_header(f, headerRequest, buf(name), buf(value))
 	}
 }
 

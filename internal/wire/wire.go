@@ -63,6 +63,9 @@ const (
 	AuthzModuleName = "llmedge"
 	// AuthzModuleFilter is the filter_name the module's HTTP filter is created with.
 	AuthzModuleFilter = "authz"
+	// KeyFailoverModuleFilter is the filter_name of the module's upstream HTTP filter: key
+	// failover on retries, per try, without a side call (see AttemptHeader).
+	KeyFailoverModuleFilter = "key_failover"
 	// AuthzRouteMetadata is the route metadata namespace (filter_metadata) the module reads
 	// a route's context from, under the Context* keys ext_authz gets as context extensions.
 	AuthzRouteMetadata = "llmedge.authz"
@@ -171,7 +174,9 @@ const (
 
 // Key failover on retries: the upstream ext_proc filter of an upstream cluster
 // (controlplane/translate) names its upstream in this gRPC metadata entry of every call,
-// and extauthz reads the try number from AttemptHeader, which Envoy's router adds.
+// and extauthz reads the try number from AttemptHeader, which Envoy's router adds. The
+// module's upstream filter (KeyFailoverModuleFilter) reads it too; its C side
+// (extauthz/module/hooks.c) spells the name out.
 const (
 	ExtProcUpstreamMetadata = "llmedge-upstream"
 	AttemptHeader           = "x-envoy-attempt-count"
