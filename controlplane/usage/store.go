@@ -107,11 +107,16 @@ func createTable(integer string) string {
 type sqlStore struct {
 	db *sql.DB
 	d  dialect
-	// row inserts one record: SQLite's statement, prepared once (parsing a statement of
-	// many rows cost a fifth of each insert); nil for PostgreSQL, which takes many rows per
-	// statement to save round trips.
-	row *sql.Stmt
+	// rows and row insert sqliteRows records and one: SQLite's statements, prepared once
+	// (parsing a statement of many rows per flush cost a fifth of each insert); nil for
+	// PostgreSQL, which builds a statement of many rows per flush to save round trips.
+	rows, row *sql.Stmt
 }
+
+// sqliteRows is how many records one execution of SQLite's prepared insert takes: each
+// execution has a fixed cost (database/sql, the driver, the statement's reset) that a
+// record alone would pay; 32 × 26 parameters is far below SQLite's limit of 32,766.
+const sqliteRows = 32
 
 // OpenSQLite opens (creating) the SQLite ledger at path.
 func OpenSQLite(ctx context.Context, path string) (Store, error) {
@@ -149,12 +154,17 @@ func open(ctx context.Context, db *sql.DB, d dialect, what string) (Store, error
 		return nil, fmt.Errorf("usage store %s: %w", what, err)
 	}
 	if d.name == sqliteDialect.name {
-		row, err := db.PrepareContext(ctx, insertStatement(d, 1))
-		if err != nil {
-			db.Close()
-			return nil, fmt.Errorf("usage store %s: %w", what, err)
+		for _, p := range []struct {
+			stmt **sql.Stmt
+			rows int
+		}{{&s.rows, sqliteRows}, {&s.row, 1}} {
+			st, err := db.PrepareContext(ctx, insertStatement(d, p.rows))
+			if err != nil {
+				s.Close()
+				return nil, fmt.Errorf("usage store %s: %w", what, err)
+			}
+			*p.stmt = st
 		}
-		s.row = row
 	}
 	return s, nil
 }
@@ -171,8 +181,10 @@ func (s *sqlStore) migrate(ctx context.Context) error {
 }
 
 func (s *sqlStore) Close() error {
-	if s.row != nil {
-		s.row.Close()
+	for _, st := range []*sql.Stmt{s.rows, s.row} {
+		if st != nil {
+			st.Close()
+		}
 	}
 	return s.db.Close()
 }
@@ -188,9 +200,20 @@ func (s *sqlStore) Insert(ctx context.Context, rs []Record) error {
 	}
 	defer tx.Rollback() //nolint:errcheck // after Commit it is a no-op
 	if s.row != nil {
-		row := tx.StmtContext(ctx, s.row)
+		many, one := tx.StmtContext(ctx, s.rows), tx.StmtContext(ctx, s.row)
+		args := make([]any, 0, sqliteRows*len(columns))
+		for len(rs) >= sqliteRows {
+			args = args[:0]
+			for _, r := range rs[:sqliteRows] {
+				args = append(args, rowValues(r)...)
+			}
+			if _, err := many.ExecContext(ctx, args...); err != nil {
+				return err
+			}
+			rs = rs[sqliteRows:]
+		}
 		for _, r := range rs {
-			if _, err := row.ExecContext(ctx, rowValues(r)...); err != nil {
+			if _, err := one.ExecContext(ctx, rowValues(r)...); err != nil {
 				return err
 			}
 		}
