@@ -14,6 +14,7 @@ import (
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ratelimit/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -219,6 +220,26 @@ func staticListener(res *translate.Resources, name string, listenPort int, rc *r
 
 // staticClusters are the region's clusters the mode needs, the upstream's circuit
 // breakers raised out of the way (the fake is one endpoint).
+// withoutUpstreamFilters takes key failover's upstream HTTP filters out of an upstream
+// cluster: they are llmedge's module (or an ext_proc call to extauthz), which a static
+// Envoy does not run. Envoy then runs only its upstream codec, as for an upstream whose
+// retries are off.
+func withoutUpstreamFilters(c *clusterv3.Cluster) {
+	const key = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+	a, ok := c.TypedExtensionProtocolOptions[key]
+	if !ok {
+		return
+	}
+	var o upstreamhttpv3.HttpProtocolOptions
+	if err := a.UnmarshalTo(&o); err != nil || len(o.HttpFilters) == 0 {
+		return
+	}
+	o.HttpFilters = nil
+	if b, err := anypb.New(&o); err == nil {
+		c.TypedExtensionProtocolOptions[key] = b
+	}
+}
+
 func staticClusters(res *translate.Resources, mode staticMode) []*clusterv3.Cluster {
 	var out []*clusterv3.Cluster
 	for _, c := range res.Clusters {
@@ -231,6 +252,7 @@ func staticClusters(res *translate.Resources, mode staticMode) []*clusterv3.Clus
 			}
 		default:
 			c = proto.Clone(c).(*clusterv3.Cluster)
+			withoutUpstreamFilters(c)
 			big := wrapperspb.UInt32(1_000_000)
 			c.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
 				MaxConnections: big, MaxPendingRequests: big, MaxRequests: big, MaxRetries: big,

@@ -11,6 +11,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"github.com/llmedge/llmedge/controlplane/config"
 	"github.com/llmedge/llmedge/controlplane/model"
 	"github.com/llmedge/llmedge/internal/stack"
@@ -116,5 +118,46 @@ func TestReportKeepsWhatIsWrittenByHand(t *testing.T) {
 	}
 	if got := string(b); !strings.HasSuffix(got, "\n"+kept) || strings.Contains(got, "old generated part") || strings.Count(got, keptMarker) != 1 {
 		t.Errorf("report:\n%s\nwant the new report followed by:\n%s", got, kept)
+	}
+}
+
+// The static Envoys run no llmedge module: the upstream cluster of make run's translation
+// (extauthz inside Envoy, retries on, so key failover's module filter) comes out of
+// staticClusters without upstream HTTP filters, and with everything else unchanged.
+func TestStaticClustersRunNoModule(t *testing.T) {
+	s := &rig{r: newRunner(t.TempDir(), stack.Paths{}, false, "150us", 8), fakeAddr: "127.0.0.1:9"}
+	if err := s.writeKeys(); err != nil {
+		t.Fatal(err)
+	}
+	rg := region{name: vFull, listen: "127.0.0.1:10", authz: "127.0.0.1:11", ratelimit: "127.0.0.1:12", inEnvoy: true}
+	path, err := s.writeRoutes("routes-full.yaml", callerLimit, false, rg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := translated(path, vFull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const key = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+	filters := func(c *clusterv3.Cluster) int {
+		var o upstreamhttpv3.HttpProtocolOptions
+		if a, ok := c.TypedExtensionProtocolOptions[key]; ok {
+			if err := a.UnmarshalTo(&o); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return len(o.HttpFilters)
+	}
+	translatedWith := 0
+	for _, c := range res.Clusters {
+		translatedWith += filters(c)
+	}
+	if translatedWith == 0 {
+		t.Fatal("make run's translation has no upstream filters: this test no longer tests anything")
+	}
+	for _, c := range staticClusters(res, staticBare) {
+		if n := filters(c); n != 0 {
+			t.Errorf("static cluster %s keeps %d upstream HTTP filters", c.Name, n)
+		}
 	}
 }
