@@ -772,8 +772,13 @@ func TestComposeRoutes(t *testing.T) {
 				}
 				// Each region's sockets, under the stack's names; this project's are the
 				// ones its extauthz and ratelimit listen on.
-				if r.ExtAuthz.Pipe != mounted.ExtAuthz(r.Name) || (r.Name == v.region && stack.Unix(r.ExtAuthz.Pipe) != eaSock) {
+				// Inside Envoy extauthz serves no gRPC (nothing calls it): the address stays in
+				// the routes YAML for a switch back to the extauthz service.
+				if r.ExtAuthz.Pipe != mounted.ExtAuthz(r.Name) || (r.Name == v.region && ea.Name != "envoy" && stack.Unix(r.ExtAuthz.Pipe) != eaSock) {
 					t.Errorf("regions.%s.extauthz = pipe %q, want %s (extauthz listens on %s)", r.Name, r.ExtAuthz.Pipe, mounted.ExtAuthz(r.Name), eaSock)
+				}
+				if ea.Name == "envoy" && eaSock != "" {
+					t.Errorf("envoy sets LLMEDGE_GRPC_LISTEN=%s: extauthz inside Envoy serves no gRPC", eaSock)
 				}
 				if r.RateLimit.Pipe != mounted.Ratelimit(r.Name) || (r.Name == v.region && stack.Unix(r.RateLimit.Pipe) != rlSock) {
 					t.Errorf("regions.%s.ratelimit = pipe %q, want %s (ratelimit listens on %s)", r.Name, r.RateLimit.Pipe, mounted.Ratelimit(r.Name), rlSock)
@@ -1050,7 +1055,6 @@ func TestComposeSockets(t *testing.T) {
 			for what, c := range map[string][2]string{
 				"controlplane --xds-listen":  {flagValue(cp.Command, "--xds-listen"), stack.Unix(mounted.XDS())},
 				"extauthz LLMEDGE_XDS":       {env(ea, "LLMEDGE_XDS"), stack.Unix(mounted.XDS())},
-				"extauthz LLMEDGE_GRPC":      {env(ea, "LLMEDGE_GRPC_LISTEN"), stack.Unix(mounted.ExtAuthz(v.region))},
 				"ratelimit GRPC_UDS":         {env(rl, "GRPC_UDS"), mounted.Ratelimit(v.region)},
 				"ratelimit xDS":              {env(rl, "CONFIG_GRPC_XDS_SERVER_URL"), stack.Unix(mounted.XDS())},
 				"ratelimit REDIS_URL":        {env(rl, "REDIS_URL"), mounted.Redis()},
@@ -1063,6 +1067,10 @@ func TestComposeSockets(t *testing.T) {
 				if c[0] != c[1] {
 					t.Errorf("%s = %q, want %q", what, c[0], c[1])
 				}
+			}
+			// extauthz as a service of its own serves gRPC there; inside Envoy none.
+			if want := stack.Unix(mounted.ExtAuthz(v.region)); ea.Name != "envoy" && env(ea, "LLMEDGE_GRPC_LISTEN") != want {
+				t.Errorf("extauthz LLMEDGE_GRPC_LISTEN = %q, want %q", env(ea, "LLMEDGE_GRPC_LISTEN"), want)
 			}
 		})
 	}

@@ -19,11 +19,12 @@ import (
 )
 
 // TestMakeRunKeyVaultAnswersOnlyItsOwnEnvoys: under `make run` the hops that carry or
-// guard secrets (extauthz, which answers with provider keys; xDS, which carries the caller
-// policy; ratelimit and Redis, which hold the quotas) are unix sockets in a directory only
-// the edge's user can open: (a) no process of the stack listens on a TCP port for them;
-// (b) a process of another user cannot connect to any of them; (c) the real Envoy still
-// serves requests with the provider key injected.
+// guard secrets (xDS, which carries the caller policy; ratelimit and Redis, which hold the
+// quotas) are unix sockets in a directory only the edge's user can open, and extauthz,
+// which answers with provider keys, is inside each Envoy with no socket at all: (a) no
+// process of the stack listens on a TCP port for them; (b) a process of another user
+// cannot connect to any of them; (c) the real Envoy still serves requests with the
+// provider key injected.
 func TestMakeRunKeyVaultAnswersOnlyItsOwnEnvoys(t *testing.T) {
 	t.Parallel()
 	m := startMakeRun(t)
@@ -46,8 +47,8 @@ func TestMakeRunKeyVaultAnswersOnlyItsOwnEnvoys(t *testing.T) {
 	sock := stk.Sockets{Dir: facts.Sockets}
 	regions := stk.LocalRegions()
 	for _, r := range regions {
-		if facts.Regions[r].ExtAuthz != stk.Unix(sock.ExtAuthz(r)) || facts.Regions[r].Ratelimit != stk.Unix(sock.Ratelimit(r)) {
-			t.Errorf("edge.json region %s: extauthz %s, ratelimit %s; want the sockets in %s", r, facts.Regions[r].ExtAuthz, facts.Regions[r].Ratelimit, sock.Dir)
+		if facts.Regions[r].ExtAuthz != "" || facts.Regions[r].Ratelimit != stk.Unix(sock.Ratelimit(r)) {
+			t.Errorf("edge.json region %s: extauthz %q, ratelimit %s; want no extauthz socket (it is inside Envoy) and ratelimit's in %s", r, facts.Regions[r].ExtAuthz, facts.Regions[r].Ratelimit, sock.Dir)
 		}
 	}
 
@@ -86,13 +87,25 @@ func TestMakeRunKeyVaultAnswersOnlyItsOwnEnvoys(t *testing.T) {
 		if err != nil || fi.Mode().Perm() != 0o700 {
 			t.Fatalf("socket directory %s: %v %v, want mode 0700", sock.Dir, fi, err)
 		}
-		all := sock.All(regions)
-		if len(all) != 6 {
-			t.Fatalf("sockets %v, want xds, redis and extauthz and ratelimit per region", all)
+		// Every socket of the stack but extauthz's: inside Envoy it serves no gRPC.
+		all := slices.DeleteFunc(sock.All(regions), func(s string) bool {
+			return slices.ContainsFunc(regions, func(r string) bool { return s == sock.ExtAuthz(r) })
+		})
+		if len(all) != 4 {
+			t.Fatalf("sockets %v, want xds, redis and ratelimit per region", all)
 		}
 		for _, s := range all {
 			if fi, err := os.Stat(s); err != nil || fi.Mode().Type() != fs.ModeSocket {
 				t.Fatalf("%s: %v, %v; want a socket", s, fi, err)
+			}
+		}
+		entries, err := os.ReadDir(sock.Dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			if p := filepath.Join(sock.Dir, e.Name()); !slices.Contains(all, p) {
+				t.Errorf("%s is in the socket directory: want only %v (no socket hands out provider keys)", p, all)
 			}
 		}
 		if os.Geteuid() != 0 {

@@ -20,6 +20,9 @@ import (
 // `llmedge extauthz`, from the environment variables its flags default to (LLMEDGE_XDS,
 // LLMEDGE_KEYS_DIR, LLMEDGE_REDIS, ...), since a module has no command line. region comes
 // from the filter's config (the control plane's); LLMEDGE_REGION, when set, must agree.
+// It serves no gRPC (NoGRPC): the module checks requests and sets retries' keys itself,
+// so LLMEDGE_GRPC_LISTEN and LLMEDGE_TLS_* are not read; a LLMEDGE_GRPC_LISTEN left set
+// is logged as unused.
 func EnvOptions(region string, getenv func(string) string, stderr io.Writer) (Options, error) {
 	env := func(k, def string) string {
 		if v := getenv(k); v != "" {
@@ -67,7 +70,7 @@ func EnvOptions(region string, getenv func(string) string, stderr io.Writer) (Op
 		Region:       region,
 		NodeID:       getenv("LLMEDGE_NODE_ID"),
 		XDSServer:    getenv("LLMEDGE_XDS"),
-		GRPCAddress:  env("LLMEDGE_GRPC_LISTEN", "127.0.0.1:10100"),
+		NoGRPC:       true,
 		HTTPAddress:  env("LLMEDGE_HTTP_LISTEN", "127.0.0.1:10200"),
 		KeysDir:      getenv("LLMEDGE_KEYS_DIR"),
 		RedisAddress: getenv("LLMEDGE_REDIS"),
@@ -76,7 +79,9 @@ func EnvOptions(region string, getenv func(string) string, stderr io.Writer) (Op
 		Logger:       log.With("component", "extauthz"),
 	}
 	o.XDSTLS.Cert, o.XDSTLS.Key, o.XDSTLS.CA = getenv("LLMEDGE_XDS_TLS_CERT"), getenv("LLMEDGE_XDS_TLS_KEY"), getenv("LLMEDGE_XDS_TLS_CA")
-	o.TLS.Cert, o.TLS.Key, o.TLS.CA = getenv("LLMEDGE_TLS_CERT"), getenv("LLMEDGE_TLS_KEY"), getenv("LLMEDGE_TLS_CLIENT_CA")
+	if v := getenv("LLMEDGE_GRPC_LISTEN"); v != "" {
+		o.Logger.Warn("LLMEDGE_GRPC_LISTEN is set but unused: extauthz inside Envoy serves no gRPC (the module checks requests and sets retries' keys itself)", "LLMEDGE_GRPC_LISTEN", v)
+	}
 	return o, nil
 }
 

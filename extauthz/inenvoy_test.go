@@ -11,13 +11,22 @@ func TestEnvOptions(t *testing.T) {
 		"LLMEDGE_XDS": "unix:/run/llmedge/xds.sock", "LLMEDGE_KEYS_DIR": "/keys", "LLMEDGE_REDIS": "unix:/run/llmedge/redis.sock",
 		"LLMEDGE_GRPC_LISTEN": "unix:/run/llmedge/extauthz-hk.sock", "LLMEDGE_STATE_DIR": "/state", "LLMEDGE_XDS_TLS_CA": "/ca.pem",
 	}
-	o, err := EnvOptions("hk", func(k string) string { return env[k] }, io.Discard)
+	var log strings.Builder
+	o, err := EnvOptions("hk", func(k string) string { return env[k] }, &log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if o.Region != "hk" || o.XDSServer != env["LLMEDGE_XDS"] || o.KeysDir != "/keys" || o.RedisAddress != env["LLMEDGE_REDIS"] ||
-		o.GRPCAddress != env["LLMEDGE_GRPC_LISTEN"] || o.HTTPAddress != "127.0.0.1:10200" || o.StateDir != "/state" || o.XDSTLS.CA != "/ca.pem" {
+		o.HTTPAddress != "127.0.0.1:10200" || o.StateDir != "/state" || o.XDSTLS.CA != "/ca.pem" {
 		t.Fatalf("options %+v do not follow the environment", o)
+	}
+	// Inside Envoy nothing calls extauthz's gRPC: it serves none, and says so of a
+	// LLMEDGE_GRPC_LISTEN left over.
+	if !o.NoGRPC || o.GRPCAddress != "" {
+		t.Errorf("NoGRPC %v, GRPCAddress %q: want no gRPC inside Envoy", o.NoGRPC, o.GRPCAddress)
+	}
+	if !strings.Contains(log.String(), "LLMEDGE_GRPC_LISTEN is set but unused") {
+		t.Errorf("log %q does not say LLMEDGE_GRPC_LISTEN is unused", log.String())
 	}
 
 	env = map[string]string{"LLMEDGE_REGION": "sg", "LLMEDGE_LOG_LEVEL": "loud"}

@@ -3,6 +3,7 @@ package extauthz
 import (
 	"context"
 	"errors"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -153,5 +154,38 @@ func TestMutualTLSListener(t *testing.T) {
 	noCert.GetClientCertificate = nil
 	if resp, err := check(t, target, grpc.WithTransportCredentials(credentials.NewTLS(noCert)), tok); err == nil {
 		t.Errorf("a TLS client without a certificate got an answer: %v", resp)
+	}
+}
+
+// TestNoGRPC: extauthz inside Envoy (NoGRPC) listens on nothing but its HTTP port; the
+// address it was given is neither parsed nor bound.
+func TestNoGRPC(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "e.sock")
+	m, err := New(Options{Region: "hk", XDSServer: "127.0.0.1:1", GRPCAddress: "unix:" + sock, NoGRPC: true, HTTPAddress: "127.0.0.1:0", KeysDir: keysDir(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- m.Run(t.Context()) }()
+	select {
+	case <-m.Ready():
+	case err := <-errc:
+		t.Fatalf("extauthz did not start: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("extauthz did not start")
+	}
+	if m.GRPCAddr() != "" {
+		t.Errorf("GRPCAddr = %q, want none", m.GRPCAddr())
+	}
+	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s: %v, want no socket", sock, err)
+	}
+	resp, err := http.Get("http://" + m.HTTPAddr() + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("/healthz: %d", resp.StatusCode)
 	}
 }

@@ -50,6 +50,10 @@ type Options struct {
 	// this user can open) or host:port. Its answers carry provider keys, so plain TCP is
 	// refused on anything but loopback; TLS makes it mutual TLS.
 	GRPCAddress string
+	// NoGRPC serves no gRPC at all: extauthz inside Envoy, where the module checks each
+	// request and sets each retry's key itself, so nothing would call it (GRPCAddress and
+	// TLS are then unused).
+	NoGRPC      bool
 	TLS         transport.Files
 	HTTPAddress string // /healthz, /readyz, /metrics
 	KeysDir     string // <dir>/<upstream>/<key name>
@@ -96,15 +100,19 @@ func New(o Options) (*Main, error) {
 	if o.NodeID == "" {
 		o.NodeID = "extauthz-" + o.Region
 	}
-	if o.GRPCAddress == "" {
+	if o.GRPCAddress == "" && !o.NoGRPC {
 		o.GRPCAddress = "127.0.0.1:10100"
 	}
 	if o.HTTPAddress == "" {
 		o.HTTPAddress = "127.0.0.1:10200"
 	}
-	grpcAddr, err := transport.ParseListenAddress(o.GRPCAddress)
-	if err != nil {
-		return nil, fmt.Errorf("extauthz: --grpc-listen %q: %w", o.GRPCAddress, err)
+	var grpcAddr transport.Address
+	if !o.NoGRPC {
+		a, err := transport.ParseListenAddress(o.GRPCAddress)
+		if err != nil {
+			return nil, fmt.Errorf("extauthz: --grpc-listen %q: %w", o.GRPCAddress, err)
+		}
+		grpcAddr = a
 	}
 	if o.StateDir != "" {
 		if err := statefile.Dir(o.StateDir); err != nil {
@@ -188,7 +196,12 @@ func policySource(m *Main, source string) prometheus.GaugeFunc {
 
 // Ready is closed once the listeners are bound; GRPCAddr/HTTPAddr are valid after it.
 func (m *Main) Ready() <-chan struct{} { return m.ready }
+
+// GRPCAddr is where extauthz serves gRPC; "" with NoGRPC.
 func (m *Main) GRPCAddr() string {
+	if m.opts.NoGRPC {
+		return ""
+	}
 	if m.grpcAddr.IsUnix() {
 		return m.grpcAddr.String()
 	}
@@ -220,20 +233,27 @@ func (m *Main) Run(ctx context.Context) error {
 	// reconnects as soon as the socket accepts.
 	m.xds.LoadSaved()
 	var err error
-	if m.grpcLn, err = transport.Listen(m.grpcAddr, m.opts.TLS, m.log.With("component", "grpc")); err != nil {
-		return fmt.Errorf("listen grpc: %w", err)
+	var g *grpc.Server
+	if !m.opts.NoGRPC {
+		if m.grpcLn, err = transport.Listen(m.grpcAddr, m.opts.TLS, m.log.With("component", "grpc")); err != nil {
+			return fmt.Errorf("listen grpc: %w", err)
+		}
 	}
 	if m.httpLn, err = net.Listen("tcp", m.opts.HTTPAddress); err != nil {
-		m.grpcLn.Close()
+		if m.grpcLn != nil {
+			m.grpcLn.Close()
+		}
 		return fmt.Errorf("listen http %s: %w", m.opts.HTTPAddress, err)
 	}
-	g := grpc.NewServer(GRPCServerOptions()...)
-	authv3.RegisterAuthorizationServer(g, m)
-	extprocv3.RegisterExternalProcessorServer(g, keyFailover{m: m})
 	hs := &http.Server{Handler: m.handler(), ReadHeaderTimeout: 5 * time.Second}
 
 	errc := make(chan error, 4)
-	go func() { errc <- g.Serve(m.grpcLn) }()
+	if !m.opts.NoGRPC {
+		g = grpc.NewServer(GRPCServerOptions()...)
+		authv3.RegisterAuthorizationServer(g, m)
+		extprocv3.RegisterExternalProcessorServer(g, keyFailover{m: m})
+		go func() { errc <- g.Serve(m.grpcLn) }()
+	}
 	go func() {
 		if err := hs.Serve(m.httpLn); !errors.Is(err, http.ErrServerClosed) {
 			errc <- err
@@ -243,7 +263,11 @@ func (m *Main) Run(ctx context.Context) error {
 	}()
 	go func() { errc <- m.keys.Run(ctx, m.opts.KeysPoll) }()
 	go func() { errc <- m.xds.Run(ctx) }()
-	m.log.Info("extauthz serving", "grpc", m.GRPCAddr(), "http", m.HTTPAddr(), "xds", m.opts.XDSServer, "keys_dir", m.opts.KeysDir)
+	grpcAt := m.GRPCAddr()
+	if m.opts.NoGRPC {
+		grpcAt = "none (inside Envoy)"
+	}
+	m.log.Info("extauthz serving", "grpc", grpcAt, "http", m.HTTPAddr(), "xds", m.opts.XDSServer, "keys_dir", m.opts.KeysDir)
 	close(m.ready)
 
 	var runErr error
@@ -255,7 +279,9 @@ func (m *Main) Run(ctx context.Context) error {
 	shutdown, stop := context.WithTimeout(context.Background(), 5*time.Second)
 	defer stop()
 	_ = hs.Shutdown(shutdown)
-	g.GracefulStop()
+	if g != nil {
+		g.GracefulStop()
+	}
 	m.log.Info("extauthz stopped")
 	return runErr
 }

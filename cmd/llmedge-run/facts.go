@@ -24,7 +24,7 @@ func (d *demo) addr(component, region, role string) string {
 type regionFacts struct {
 	Edge           string `json:"edge"`
 	Admin          string `json:"admin"`
-	ExtAuthz       string `json:"extauthz"`
+	ExtAuthz       string `json:"extauthz,omitempty"` // gRPC socket: none inside Envoy, which serves no gRPC
 	ExtAuthzHealth string `json:"extauthz_health"`
 	Ratelimit      string `json:"ratelimit"`
 	RatelimitHTTP  string `json:"ratelimit_health"`
@@ -51,15 +51,18 @@ func writeFacts(d *demo) error {
 		Logs         string `json:"logs"`
 	}{Token: d.token, Regions: map[string]regionFacts{}}
 	for _, r := range stack.LocalRegions() {
-		facts.Regions[r] = regionFacts{
+		rf := regionFacts{
 			Edge:           d.url("envoy", r, stack.RoleEdge),
 			Admin:          d.url("envoy", r, stack.RoleAdmin),
-			ExtAuthz:       stack.Unix(d.sockets.ExtAuthz(r)),
 			ExtAuthzHealth: d.url("extauthz", r, stack.RoleHTTP),
 			Ratelimit:      stack.Unix(d.sockets.Ratelimit(r)),
 			RatelimitHTTP:  d.url("ratelimit", r, stack.RoleHTTP),
 			RatelimitDebug: d.url("ratelimit", r, stack.RoleDebug),
 		}
+		if !d.inEnvoy {
+			rf.ExtAuthz = stack.Unix(d.sockets.ExtAuthz(r))
+		}
+		facts.Regions[r] = rf
 	}
 	facts.ControlPlane.XDS = stack.Unix(d.sockets.XDS())
 	facts.ControlPlane.Status = d.url("controlplane", "", stack.RoleHTTP) + "/status"

@@ -37,12 +37,17 @@ func validateRegion(p, name string, r Region, ups map[string]Upstream, c *collec
 	} else {
 		out.XFFTrustedHops = uint32(r.XFFTrustedHops)
 	}
-	if r.ExtAuthz == "" {
-		c.add(p+".extauthz", "required: this region's extauthz service, which checks every request: unix:/abs/path.sock (for example unix:/run/llmedge/extauthz.sock) or host:port")
-	} else if a, err := internalAddress(r.ExtAuthz); err != nil {
-		c.add(p+".extauthz", "%v", err)
-	} else {
-		out.ExtAuthz = a
+	switch {
+	case r.ExtAuthz == "" && r.ExtAuthzInEnvoy:
+		// Inside Envoy extauthz serves no gRPC: there is nothing to reach.
+	case r.ExtAuthz == "":
+		c.add(p+".extauthz", "required (unless extauthz_in_envoy is true): this region's extauthz service, which checks every request: unix:/abs/path.sock (for example unix:/run/llmedge/extauthz.sock) or host:port")
+	default:
+		if a, err := internalAddress(r.ExtAuthz); err != nil {
+			c.add(p+".extauthz", "%v", err)
+		} else {
+			out.ExtAuthz = a
+		}
 	}
 	out.ExtAuthzInEnvoy = r.ExtAuthzInEnvoy
 	if r.InternalTLS != nil {
@@ -100,6 +105,15 @@ func validateInternalTLS(p string, t InternalTLS, c *collector) *model.InternalT
 	return &model.InternalTLS{CertFile: t.CertFile, KeyFile: t.KeyFile, CAFile: t.CAFile}
 }
 
+// reachedExtAuthz is the address Envoy reaches r's extauthz at: none inside Envoy, where
+// it serves no gRPC.
+func reachedExtAuthz(r model.Region) model.Address {
+	if r.ExtAuthzInEnvoy {
+		return model.Address{}
+	}
+	return r.ExtAuthz
+}
+
 // warnInternalTransport flags hops to a region's own services that nothing authenticates:
 // extauthz answers with provider keys, and refuses such a listener itself.
 func warnInternalTransport(cfg *model.Config) {
@@ -108,7 +122,7 @@ func warnInternalTransport(cfg *model.Config) {
 		for _, hop := range []struct {
 			key string
 			a   model.Address
-		}{{"extauthz", r.ExtAuthz}, {"ratelimit", r.RateLimit}} {
+		}{{"extauthz", reachedExtAuthz(r)}, {"ratelimit", r.RateLimit}} {
 			if hop.a.IsZero() || hop.a.Pipe != "" || r.InternalTLS != nil {
 				continue
 			}
@@ -117,7 +131,7 @@ func warnInternalTransport(cfg *model.Config) {
 			}
 			cfg.Warnings = append(cfg.Warnings, fmt.Sprintf("%s.%s: plain TCP to %s is unauthenticated; use unix:/path or set %s.internal_tls", p, hop.key, hop.a.Host, p))
 		}
-		if r.InternalTLS != nil && r.ExtAuthz.Pipe != "" && (r.RateLimit.IsZero() || r.RateLimit.Pipe != "") {
+		if ea := reachedExtAuthz(r); r.InternalTLS != nil && (ea.IsZero() || ea.Pipe != "") && (r.RateLimit.IsZero() || r.RateLimit.Pipe != "") {
 			cfg.Warnings = append(cfg.Warnings, p+".internal_tls: unused; extauthz and ratelimit are reached over unix sockets")
 		}
 	}

@@ -544,14 +544,23 @@ func TestValidateErrors(t *testing.T) {
 			want: "upstreams.openai.stream_idle_timeout: must be at least 1ms",
 		},
 		{
-			// The module inside Envoy still serves key failover at the extauthz address.
-			name: "check inside Envoy still needs the extauthz address",
+			name: "extauthz as a process needs its address",
 			modify: func(f *config.File) {
 				r := f.Regions["hk"]
-				r.ExtAuthz, r.ExtAuthzInEnvoy = "", true
+				r.ExtAuthz, r.ExtAuthzInEnvoy = "", false
 				f.Regions["hk"] = r
 			},
-			want: "regions.hk.extauthz: required: this region's extauthz service, which checks every request: unix:/abs/path.sock (for example unix:/run/llmedge/extauthz.sock) or host:port",
+			want: "regions.hk.extauthz: required (unless extauthz_in_envoy is true): this region's extauthz service, which checks every request: unix:/abs/path.sock (for example unix:/run/llmedge/extauthz.sock) or host:port",
+		},
+		{
+			// Inside Envoy the address is not needed, but one given is still checked.
+			name: "an extauthz address inside Envoy is still checked",
+			modify: func(f *config.File) {
+				r := f.Regions["hk"]
+				r.ExtAuthz, r.ExtAuthzInEnvoy = "unix:relative.sock", true
+				f.Regions["hk"] = r
+			},
+			want: `regions.hk.extauthz: unix socket path "relative.sock" must be absolute`,
 		},
 		{
 			name: "route to an invalid upstream is not also reported as a missing one",
@@ -579,5 +588,21 @@ func TestValidateErrors(t *testing.T) {
 				t.Errorf("AsErrors has %d entries", n)
 			}
 		})
+	}
+}
+
+// Inside Envoy extauthz serves no gRPC, so a region checked there needs no extauthz
+// address; with extauthz as a process it does (TestValidateErrors).
+func TestExtAuthzAddressOptionalInsideEnvoy(t *testing.T) {
+	f := validFile()
+	r := f.Regions["hk"]
+	r.ExtAuthz, r.ExtAuthzInEnvoy = "", true
+	f.Regions["hk"] = r
+	cfg, err := config.Validate(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Regions[0]; !got.ExtAuthzInEnvoy || !got.ExtAuthz.IsZero() {
+		t.Errorf("region hk: extauthz_in_envoy %v, extauthz %+v; want in Envoy, no address", got.ExtAuthzInEnvoy, got.ExtAuthz)
 	}
 }

@@ -282,14 +282,22 @@ func TestAuthzModuleRouteMetadata(t *testing.T) {
 			if !slices.EqualFunc(stripped(res.Routes), stripped(side[region].Routes), func(a, b *routev3.RouteConfiguration) bool { return proto.Equal(a, b) }) {
 				t.Errorf("%s: region %s routes differ beyond the authz context", in, region)
 			}
-			// Clusters differ only in key failover's upstream filters.
+			// Clusters differ only in key failover's upstream filters, and in extauthz's:
+			// inside Envoy it serves no gRPC, so the region has no cluster to it.
 			for _, c := range res.Clusters {
 				if checkModuleKeyFailover(t, region, c) {
 					failovers++
 				}
+				if c.Name == wire.ExtAuthzClusterName {
+					t.Errorf("%s: region %s has cluster %s in module mode", in, region, c.Name)
+				}
 			}
-			if !slices.EqualFunc(withoutUpstreamFilters(t, res.Clusters), withoutUpstreamFilters(t, side[region].Clusters), func(a, b *clusterv3.Cluster) bool { return proto.Equal(a, b) }) {
-				t.Errorf("%s: region %s clusters differ between the modes beyond their upstream filters", in, region)
+			sideClusters := slices.DeleteFunc(slices.Clone(side[region].Clusters), func(c *clusterv3.Cluster) bool { return c.Name == wire.ExtAuthzClusterName })
+			if len(sideClusters) != len(side[region].Clusters)-1 {
+				t.Errorf("%s: region %s has no cluster %s with extauthz as a process", in, region, wire.ExtAuthzClusterName)
+			}
+			if !slices.EqualFunc(withoutUpstreamFilters(t, res.Clusters), withoutUpstreamFilters(t, sideClusters), func(a, b *clusterv3.Cluster) bool { return proto.Equal(a, b) }) {
+				t.Errorf("%s: region %s clusters differ between the modes beyond their upstream filters and extauthz's", in, region)
 			}
 		}
 		if in == moduleGoldenCase && failovers == 0 {

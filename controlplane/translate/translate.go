@@ -82,11 +82,14 @@ func translateRegion(cfg *model.Config, region string, memo *regionMemo) (*Resou
 		}
 		clusters = append(clusters, pcs...)
 	}
-	authz, err := extAuthzCluster(r, secrets)
-	if err != nil {
-		return nil, fmt.Errorf("translate region %q: %w", region, err)
+	// Inside Envoy, extauthz serves no gRPC: nothing in the region calls it.
+	if !r.ExtAuthzInEnvoy {
+		authz, err := extAuthzCluster(r, secrets)
+		if err != nil {
+			return nil, fmt.Errorf("translate region %q: %w", region, err)
+		}
+		clusters = append(clusters, authz)
 	}
-	clusters = append(clusters, authz)
 	var routes []model.Route
 	for _, rt := range cfg.Routes {
 		if served[rt.Upstream] {

@@ -86,15 +86,15 @@ func (e ExtAuthz) Cmd(llmedge string) Cmd {
 
 // EnvoyEnv is the environment of an Envoy that runs this extauthz inside it, as the
 // dynamic module in moduleDir (libllmedge.so, extauthz/module): the settings Cmd passes
-// as flags, as the variables extauthz.EnvOptions reads. The region comes from the
-// control plane's filter config; LLMEDGE_REGION makes the module refuse a config for
-// another region (an Envoy started with the wrong bootstrap) instead of serving it.
+// as flags, as the variables extauthz.EnvOptions reads, but for GRPCAddr: inside Envoy
+// extauthz serves no gRPC. The region comes from the control plane's filter config;
+// LLMEDGE_REGION makes the module refuse a config for another region (an Envoy started
+// with the wrong bootstrap) instead of serving it.
 func (e ExtAuthz) EnvoyEnv(moduleDir string) []string {
 	env := []string{
 		"ENVOY_DYNAMIC_MODULES_SEARCH_PATH=" + moduleDir,
 		"LLMEDGE_REGION=" + e.Region,
 		"LLMEDGE_XDS=" + e.XDSAddr,
-		"LLMEDGE_GRPC_LISTEN=" + e.GRPCAddr,
 		"LLMEDGE_HTTP_LISTEN=" + e.HTTPAddr,
 		"LLMEDGE_KEYS_DIR=" + e.KeysDir,
 		"LLMEDGE_LOG_FORMAT=" + or(e.LogFormat, "json"),

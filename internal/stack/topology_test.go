@@ -89,7 +89,7 @@ func TestExtAuthzEnvoyEnv(t *testing.T) {
 	got := ea.EnvoyEnv("/mod")
 	want := []string{
 		"ENVOY_DYNAMIC_MODULES_SEARCH_PATH=/mod", "LLMEDGE_REGION=hk", "LLMEDGE_XDS=unix:/s/xds.sock",
-		"LLMEDGE_GRPC_LISTEN=unix:/s/extauthz-hk.sock", "LLMEDGE_HTTP_LISTEN=127.0.0.1:10200", "LLMEDGE_KEYS_DIR=/k",
+		"LLMEDGE_HTTP_LISTEN=127.0.0.1:10200", "LLMEDGE_KEYS_DIR=/k",
 		"LLMEDGE_LOG_FORMAT=json", "LLMEDGE_LOG_LEVEL=info", "LLMEDGE_REDIS=unix:/s/redis.sock", "LLMEDGE_STATE_DIR=/state",
 	}
 	if !slices.Equal(got, want) {
@@ -106,7 +106,7 @@ func TestExtAuthzEnvoyEnv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.Region != ea.Region || o.XDSServer != ea.XDSAddr || o.GRPCAddress != ea.GRPCAddr || o.HTTPAddress != ea.HTTPAddr ||
+	if o.Region != ea.Region || o.XDSServer != ea.XDSAddr || !o.NoGRPC || o.HTTPAddress != ea.HTTPAddr ||
 		o.KeysDir != ea.KeysDir || o.RedisAddress != ea.RedisAddr || o.StateDir != ea.StateDir {
 		t.Errorf("extauthz.EnvOptions read %+v from EnvoyEnv %+v", o, ea)
 	}
