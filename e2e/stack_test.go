@@ -277,8 +277,8 @@ func (s *stack) startEnvoy(region string) *testenv.EnvoyProcess {
 }
 
 // withAuthz gives an Envoy of the stack its extauthz when it runs inside Envoy. A second
-// Envoy of a region running beside the first (another is true) gets its own health port
-// and gRPC socket: two processes cannot listen on one.
+// Envoy of a region running beside the first (another is true) gets its own health port:
+// two processes cannot listen on one.
 func (s *stack) withAuthz(e stk.Envoy, another bool) stk.Envoy {
 	if !s.inEnvoy {
 		return e
@@ -286,7 +286,6 @@ func (s *stack) withAuthz(e stk.Envoy, another bool) stk.Envoy {
 	a := s.extAuthz(e.Region)
 	if another {
 		a.HTTPAddr = stk.Loopback(testenv.FreePort(s.t))
-		a.GRPCAddr = stk.Unix(filepath.Join(filepath.Dir(s.sock.ExtAuthz(e.Region)), fmt.Sprintf("x%d.sock", testenv.FreePort(s.t))))
 	}
 	e.Env = a.EnvoyEnv(filepath.Dir(moduleBin))
 	return e

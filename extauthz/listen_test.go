@@ -32,11 +32,10 @@ func keysDir(t *testing.T) string {
 	return keys
 }
 
-// start runs an extauthz on grpcAddr with the given TLS files and a policy for one
-// caller; it returns the running Main and the caller's token.
-func start(t *testing.T, grpcAddr string, tls transport.Files) (*Main, string) {
+// run starts an extauthz with o and waits until its listeners are bound.
+func run(t *testing.T, o Options) *Main {
 	t.Helper()
-	m, err := New(Options{Region: "hk", XDSServer: "127.0.0.1:1", GRPCAddress: grpcAddr, TLS: tls, HTTPAddress: "127.0.0.1:0", KeysDir: keysDir(t)})
+	m, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,6 +48,14 @@ func start(t *testing.T, grpcAddr string, tls transport.Files) (*Main, string) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("extauthz did not start")
 	}
+	return m
+}
+
+// start runs an extauthz on grpcAddr with the given TLS files and a policy for one
+// caller; it returns the running Main and the caller's token.
+func start(t *testing.T, grpcAddr string, tls transport.Files) (*Main, string) {
+	t.Helper()
+	m := run(t, Options{Region: "hk", XDSServer: "127.0.0.1:1", GRPCAddress: grpcAddr, TLS: tls, HTTPAddress: "127.0.0.1:0", KeysDir: keysDir(t)})
 	tok, err := token.New()
 	if err != nil {
 		t.Fatal(err)
@@ -161,19 +168,7 @@ func TestMutualTLSListener(t *testing.T) {
 // address it was given is neither parsed nor bound.
 func TestNoGRPC(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "e.sock")
-	m, err := New(Options{Region: "hk", XDSServer: "127.0.0.1:1", GRPCAddress: "unix:" + sock, NoGRPC: true, HTTPAddress: "127.0.0.1:0", KeysDir: keysDir(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- m.Run(t.Context()) }()
-	select {
-	case <-m.Ready():
-	case err := <-errc:
-		t.Fatalf("extauthz did not start: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("extauthz did not start")
-	}
+	m := run(t, Options{Region: "hk", XDSServer: "127.0.0.1:1", GRPCAddress: "unix:" + sock, NoGRPC: true, HTTPAddress: "127.0.0.1:0", KeysDir: keysDir(t)})
 	if m.GRPCAddr() != "" {
 		t.Errorf("GRPCAddr = %q, want none", m.GRPCAddr())
 	}

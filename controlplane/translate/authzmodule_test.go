@@ -1,6 +1,7 @@
 package translate_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"maps"
 	"slices"
@@ -305,6 +306,44 @@ func TestAuthzModuleRouteMetadata(t *testing.T) {
 		}
 		if in == moduleGoldenCase && !(hops[""] && hops[wire.HopForward] && hops[wire.HopPeer]) {
 			t.Errorf("%s: hops seen %v; want ordinary, forward and peer routes", in, hops)
+		}
+	}
+}
+
+// Inside Envoy nothing reaches extauthz over gRPC, so a region's extauthz address changes
+// nothing it is sent: the same resources with it and without it (docs/CONFIG.md says it
+// may be left out).
+func TestAuthzModuleIgnoresTheExtAuthzAddress(t *testing.T) {
+	cfg := withAuthzInEnvoy(load(t, moduleGoldenCase), true)
+	with, err := translate.All(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	without := *cfg
+	without.Regions = slices.Clone(cfg.Regions)
+	for i := range without.Regions {
+		if without.Regions[i].ExtAuthz.IsZero() {
+			t.Fatalf("region %s of %s has no extauthz address: this test compares nothing", without.Regions[i].Name, moduleGoldenCase)
+		}
+		without.Regions[i].ExtAuthz = model.Address{}
+	}
+	got, err := translate.All(&without)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for region, res := range with {
+		a1, a2, a3, a4, a5, a6, err := res.YAML()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b1, b2, b3, b4, b5, b6, err := got[region].YAML()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, pair := range [][2][]byte{{a1, b1}, {a2, b2}, {a3, b3}, {a4, b4}, {a5, b5}, {a6, b6}} {
+			if !bytes.Equal(pair[0], pair[1]) {
+				t.Errorf("region %s: resources %d (listeners, routes, clusters, secrets, policy, limits) differ with and without the extauthz address", region, i)
+			}
 		}
 	}
 }
