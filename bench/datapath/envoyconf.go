@@ -201,8 +201,9 @@ func staticListener(res *translate.Resources, name string, listenPort int, rc *r
 			filters = append(filters, hf)
 		}
 	}
-	// The edge's own header filters (request facts, upstream header removal) stay: the
-	// variants differ only in their side calls.
+	// The edge's own header filters (request id and path, upstream header removal) stay:
+	// the variants differ only in their side calls. With extauthz inside Envoy (make run's
+	// translation) the module also reads the body's model, so no variant here does.
 	kept := slices.ContainsFunc(filters, func(hf *hcmv3.HttpFilter) bool { return hf.Name == rateLimitFilter })
 	if mode == staticRateLimit && !kept {
 		return nil, fmt.Errorf("region %s has no rate-limit filter to keep", res.Region)

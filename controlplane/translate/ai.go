@@ -38,11 +38,6 @@ const (
 	requestBodyFilterName       = "envoy.filters.http.json_to_metadata"
 )
 
-// geminiModelPath captures the model of a Gemini generateContent path
-// (/v1beta/models/gemini-2.5-flash:streamGenerateContent); any other path rewrites to "",
-// which writes nothing.
-const geminiModelPath = `^(?:[^?]*/models/([^/:?]+):(?:stream)?[gG]enerate[cC]ontent(?:\?.*)?|.*)$`
-
 var wireProtocols = map[model.WireAPI]aiv3.LLMProtocol{
 	model.WireOpenAIChat:      aiv3.LLMProtocol_OPENAI_CHAT_COMPLETIONS,
 	model.WireOpenAIResponses: aiv3.LLMProtocol_OPENAI_RESPONSES,
@@ -87,7 +82,7 @@ func requestModelFromPath() (*hcmv3.HttpFilter, error) {
 		}
 	}
 	cfg, err := toAny(&headertometadatav3.Config{RequestRules: []*headertometadatav3.Config_Rule{
-		fromPath(wire.RequestMetadataModel, geminiModelPath, `\1`),
+		fromPath(wire.RequestMetadataModel, wire.GeminiModelPath, `\1`),
 	}})
 	if err != nil {
 		return nil, err

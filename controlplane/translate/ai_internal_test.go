@@ -4,12 +4,14 @@ import (
 	"regexp"
 	"strconv"
 	"testing"
+
+	"github.com/llmedge/llmedge/internal/wire"
 )
 
 // The Gemini path rewrite writes only the model into metadata that travels to the ledger:
 // never any other path, and never the query, which may carry ?key=.
 func TestGeminiModelPath(t *testing.T) {
-	re := regexp.MustCompile(geminiModelPath)
+	re := regexp.MustCompile(wire.GeminiModelPath)
 	for path, want := range map[string]string{
 		"/v1beta/models/gemini-2.5-flash:generateContent":                    "gemini-2.5-flash",
 		"/gemini/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse": "gemini-2.5-pro",
@@ -40,5 +42,9 @@ func TestSmallBodyRegex(t *testing.T) {
 	}
 	if bufferLimitBytes != 32768 {
 		t.Errorf("smallBodyRegex assumes a 32 KiB buffer limit, not %d", bufferLimitBytes)
+	}
+	// The module reads bodies up to the same length.
+	if wire.BodyReadLimit != bufferLimitBytes-1 {
+		t.Errorf("wire.BodyReadLimit %d, want %d", wire.BodyReadLimit, bufferLimitBytes-1)
 	}
 }

@@ -62,8 +62,10 @@ func filterNames(fs []*hcmv3.HttpFilter) []string {
 }
 
 // Every listener of a region in module mode (callers', local, peer) checks requests with
-// the module, where ext_authz would stand, and never with ext_authz as well; its config
-// names the module and the region and nothing else (it is shown in /config_dump).
+// the module, where ext_authz would stand, and never with ext_authz as well; the two
+// filters that read the request's facts for ext_authz (Gemini's path, the body) are gone,
+// since the module reads them itself; its config names the module and the region and
+// nothing else (it is shown in /config_dump).
 func TestAuthzModuleFilterReplacesExtAuthz(t *testing.T) {
 	cfg := load(t, moduleGoldenCase)
 	module, err := translate.All(cfg)
@@ -81,6 +83,12 @@ func TestAuthzModuleFilterReplacesExtAuthz(t *testing.T) {
 		checked = append(checked, slices.Collect(maps.Keys(got))...)
 		for listener, fs := range got {
 			wantNames := filterNames(want[listener])
+			for _, facts := range []string{"envoy.filters.http.header_to_metadata", "envoy.filters.http.json_to_metadata"} {
+				n := len(wantNames)
+				if wantNames = slices.DeleteFunc(wantNames, func(s string) bool { return s == facts }); len(wantNames) != n-1 {
+					t.Fatalf("%s: default mode has not one %s: %v", listener, facts, filterNames(want[listener]))
+				}
+			}
 			i := slices.Index(wantNames, extAuthzName)
 			if i < 0 {
 				t.Fatalf("%s: default mode has no ext_authz filter: %v", listener, wantNames)

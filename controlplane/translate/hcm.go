@@ -48,13 +48,18 @@ func connectionManager(r model.Region, usage bool) (*anypb.Any, error) {
 	if err != nil {
 		return nil, err
 	}
-	pathModel, err := requestModelFromPath()
-	if err != nil {
-		return nil, err
-	}
-	body, err := requestBody()
-	if err != nil {
-		return nil, err
+	// The request's facts (model, stream) for the quota filter and the ledger: Envoy's
+	// header_to_metadata and json_to_metadata write them, unless extauthz runs inside
+	// Envoy, whose module reads them itself (one filter fewer to hold the body and one
+	// fewer to match the path) and writes the same metadata.
+	var pathModel, body *hcmv3.HttpFilter
+	if !r.ExtAuthzInEnvoy {
+		if pathModel, err = requestModelFromPath(); err != nil {
+			return nil, err
+		}
+		if body, err = requestBody(); err != nil {
+			return nil, err
+		}
 	}
 	ai, err := aiProtocolManager()
 	if err != nil {

@@ -18,13 +18,44 @@ const void* envoy_dynamic_module_on_http_filter_new(const void* config, void* fi
 // wire.AttemptHeader: the router's try number, which the provider must never see.
 static const char attempt_header[] = "x-envoy-attempt-count";
 
-// The check crosses into Go for every request. Key failover, an upstream filter, runs on
+// read_body says whether the check waits for the request's body, to read its facts (the
+// model, the stream flag) first: only a body that is coming and declares a Content-Length
+// of at most the config's limit (digits only, as Envoy's json_to_metadata matcher admits
+// them) is read; any other request is checked on its headers, and its body streams on.
+static bool read_body(void* filter, const llmedge_config* c, bool end) {
+  if (end) {
+    return false;
+  }
+  static const char content_length[] = "content-length";
+  llmedge_buf name = {content_length, sizeof(content_length) - 1};
+  llmedge_buf value = {NULL, 0};
+  size_t count = 0;
+  if (!envoy_dynamic_module_callback_http_get_header(filter, 0, name, &value, 0, &count) || value.ptr == NULL ||
+      count != 1 || value.len == 0 || value.len > 5 || (value.len == 5 && value.ptr[0] == '0')) {
+    return false;
+  }
+  size_t n = 0;
+  for (size_t i = 0; i < value.len; i++) {
+    if (value.ptr[i] < '0' || value.ptr[i] > '9') {
+      return false;
+    }
+    n = n * 10 + (size_t)(value.ptr[i] - '0');
+  }
+  return n > 0 && n <= c->body_limit;
+}
+
+// The check crosses into Go once for every request: at its headers, or, for a body it
+// reads, at the body's end (or the trailers'). Key failover, an upstream filter, runs on
 // every try: a first try (attempt 1) only loses the attempt header, here; a retry crosses
 // into Go for its next key.
 int envoy_dynamic_module_on_http_filter_request_headers(void* filter, void* m, bool end) {
   llmedge_stream* s = m;
   if (!s->config->failover) {
-    return llmedgeRequestHeaders(filter, m, end);
+    if (read_body(filter, s->config, end)) {
+      s->awaiting_body = 1;
+      return 1;  // StopIteration: the body comes to this filter, the headers wait
+    }
+    return llmedgeCheck(filter, m, 0);
   }
   llmedge_buf name = {attempt_header, sizeof(attempt_header) - 1};
   llmedge_buf value = {NULL, 0};
@@ -66,14 +97,28 @@ void envoy_dynamic_module_on_http_filter_config_destroy(void* config) {
     free(c);
   }
 }
-// While a check waits (on Redis, for quotas) the request's body and trailers wait with it:
-// returning Continue here would send the request on before its headers were decided.
-// 1 is StopIterationAndBuffer for a body, StopIteration for trailers.
+// While the check waits for the body, or (on Redis, for quotas) for its answer, the
+// request's body and trailers wait with it: returning Continue here would send the request
+// on before its headers were decided. 1 is StopIterationAndBuffer for a body,
+// StopIteration for trailers; llmedgeCheck answers 0 (Continue) or 1.
 int envoy_dynamic_module_on_http_filter_request_body(void* filter, void* m, bool end) {
-  return ((llmedge_stream*)m)->pending ? 1 : 0;
+  llmedge_stream* s = m;
+  if (s->awaiting_body) {
+    if (!end) {
+      return 1;
+    }
+    s->awaiting_body = 0;
+    return llmedgeCheck(filter, m, 1);
+  }
+  return s->pending ? 1 : 0;
 }
 int envoy_dynamic_module_on_http_filter_request_trailers(void* filter, void* m) {
-  return ((llmedge_stream*)m)->pending ? 1 : 0;
+  llmedge_stream* s = m;
+  if (s->awaiting_body) {
+    s->awaiting_body = 0;
+    return llmedgeCheck(filter, m, 2);
+  }
+  return s->pending ? 1 : 0;
 }
 int envoy_dynamic_module_on_http_filter_response_body(void* filter, void* m, bool end) { return 0; }
 int envoy_dynamic_module_on_http_filter_response_trailers(void* filter, void* m) { return 0; }

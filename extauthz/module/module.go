@@ -2,13 +2,17 @@
 // 1.40's envoy.filters.http.dynamic_modules, built with `go build -buildmode=c-shared`
 // into libllmedge.so (make build). The module starts the region's extauthz in Envoy's
 // process — its policy stream from the control plane, its key store, its quota limiter
-// and its HTTP and gRPC listeners, configured from Envoy's environment like
-// `llmedge extauthz` (extauthz.EnvOptions) — and checks each request on Envoy's worker
-// instead of through a gRPC side call: the same extauthz.Main.Begin, answered the way
-// Envoy's ext_authz filter answers (the caller in the ext_authz dynamic metadata, refusals
-// with the details "ext_authz_denied"), so the rest of the edge's config is the same in
-// both modes. A check that must ask Redis about quotas waits on a goroutine and resumes
-// the request through Envoy's scheduler; the worker never blocks.
+// and its HTTP listener (health, metrics; no gRPC: nothing calls it inside Envoy),
+// configured from Envoy's environment like `llmedge extauthz` (extauthz.EnvOptions) — and
+// checks each request on Envoy's worker instead of through a gRPC side call: the same
+// extauthz.Main.Begin, answered the way Envoy's ext_authz filter answers (the caller in the
+// ext_authz dynamic metadata, refusals with the details "ext_authz_denied"), so the rest
+// of the edge's config is the same in both modes. A check that must ask Redis about quotas
+// waits on a goroutine and resumes the request through Envoy's scheduler; the worker never
+// blocks. The module also reads the request's facts — the model and stream flag of a body
+// up to wire.BodyReadLimit, Gemini's model from the path (extauthz.RequestFacts) — where
+// Envoy's json_to_metadata and header_to_metadata read them for extauthz as a process, and
+// writes the same llmedge.request metadata.
 //
 // The module is written against the C ABI Envoy 1.40.0 exports (its
 // envoy_dynamic_module_callback_* symbols) and declares only the functions it uses: the
@@ -25,20 +29,23 @@ package main
 #include <stdint.h>
 #include <stdlib.h>
 
-// A filter config: the check (failover 0, one for every listener) or key failover on an
-// upstream's retries (failover 1, one per upstream cluster, naming the upstream).
-typedef struct { int failover; const char* upstream; size_t upstream_len; } llmedge_config;
+// A filter config: the check (failover 0, one for every listener; it reads request bodies
+// of at most body_limit bytes) or key failover on an upstream's retries (failover 1, one
+// per upstream cluster, naming the upstream).
+typedef struct { int failover; const char* upstream; size_t upstream_len; size_t body_limit; } llmedge_config;
 // A byte range: Envoy's buffers and the module's have this layout.
 typedef struct { const char* ptr; size_t len; } llmedge_buf;
 // One header: name and value.
 typedef struct { const char* name; size_t name_len; const char* value; size_t value_len; } llmedge_header;
 // The module's state of one stream (or, for key failover, of one try): its filter config,
-// a cgo.Handle of the Go side's (0 for none), whether its check is still waiting (the body
-// and trailers are held until it is done), and the response headers to add (one malloc'd
-// block, see cHeaders), which C adds and frees without a call into Go.
+// a cgo.Handle of the Go side's (0 for none), whether the check waits for the body it
+// reads and whether it is still waiting for its answer (the body and trailers are held
+// until it is done), and the response headers to add (one malloc'd block, see cHeaders),
+// which C adds and frees without a call into Go.
 typedef struct {
   const llmedge_config* config;
   uintptr_t handle;
+  int awaiting_body;
   int pending;
   llmedge_header* response_headers;
   size_t response_headers_len;
@@ -55,6 +62,12 @@ bool envoy_dynamic_module_callback_http_get_metadata_string(void* filter, int so
     llmedge_buf* result);
 void envoy_dynamic_module_callback_http_set_dynamic_metadata_string(void* filter, llmedge_buf ns, llmedge_buf key,
     llmedge_buf value);
+void envoy_dynamic_module_callback_http_set_dynamic_metadata_bool(void* filter, llmedge_buf ns, llmedge_buf key,
+    bool value);
+// Body type 0 is the chunk the current hook received, 1 what Envoy buffered for this filter.
+size_t envoy_dynamic_module_callback_http_get_body_chunks_size(void* filter, int body_type);
+bool envoy_dynamic_module_callback_http_get_body_chunks(void* filter, int body_type, llmedge_buf* result);
+bool envoy_dynamic_module_callback_http_received_buffered_request_body(void* filter);
 bool envoy_dynamic_module_callback_http_filter_get_attribute_string(void* filter, int id, llmedge_buf* result);
 void envoy_dynamic_module_callback_http_send_response(void* filter, uint32_t status, llmedge_header* headers,
     size_t headers_len, llmedge_buf body, llmedge_buf details);
@@ -97,6 +110,15 @@ const (
 	metadataDynamic = 0
 	metadataRoute   = 1
 
+	bodyReceived = 0
+	bodyBuffered = 1
+
+	// Where llmedgeCheck is called from: the request's headers (its body, if any, is not
+	// read), the body's last chunk, or the trailers after a body.
+	atHeaders  = 0
+	atBodyEnd  = 1
+	atTrailers = 2
+
 	// attributeSourceAddress is source.address: the caller as Envoy sees it (after trusted
 	// X-Forwarded-For hops), "ip:port", port 0 when it came from the header.
 	attributeSourceAddress = 24
@@ -136,7 +158,11 @@ type filterConfig struct {
 // checkConfig is what Envoy keeps for a filter config of the check: the module has one
 // extauthz per process, so every such config is this one. A key failover config is
 // allocated per upstream cluster and freed by the C config_destroy hook.
-var checkConfig = (*C.llmedge_config)(C.calloc(1, C.size_t(unsafe.Sizeof(C.llmedge_config{}))))
+var checkConfig = func() *C.llmedge_config {
+	c := (*C.llmedge_config)(C.calloc(1, C.size_t(unsafe.Sizeof(C.llmedge_config{}))))
+	c.body_limit = wire.BodyReadLimit
+	return c
+}()
 
 //export envoy_dynamic_module_on_program_init
 func envoy_dynamic_module_on_program_init() *C.char { return abiVersion }
@@ -252,11 +278,12 @@ func routeMetadata(f unsafe.Pointer, key string) string {
 // input reads what the check needs from the request, and whether it matched a route.
 // Every string is copied: a check that waits on Redis outlives the hook.
 func input(f unsafe.Pointer) (extauthz.Input, bool) {
-	// Look the route up now, as Envoy's ext_authz filter does: json_to_metadata, before
-	// this filter, cleared the route cache once it read the body, and a route computed
-	// later (after the filter that strips x-forwarded-proto before the router) is no
-	// route at all (controlplane/translate, upstreamHeaders). Asking for this filter's
-	// per-route config makes Envoy compute it, with the request as the caller sent it.
+	// Look the route up now, as Envoy's ext_authz filter does: a filter before this one
+	// may have cleared the route cache (json_to_metadata does, in a config that has it),
+	// and a route computed later (after the filter that strips x-forwarded-proto before
+	// the router) is no route at all (controlplane/translate, upstreamHeaders). Asking for
+	// this filter's per-route config makes Envoy compute it, with the request as the
+	// caller sent it.
 	C.envoy_dynamic_module_callback_get_most_specific_route_config(f)
 	in := extauthz.Input{
 		Region:   routeMetadata(f, wire.ContextRegion),
@@ -293,9 +320,6 @@ func input(f unsafe.Pointer) (extauthz.Input, bool) {
 		} else if a, err := netip.ParseAddr(s); err == nil {
 			in.Source = a
 		}
-	}
-	if C.envoy_dynamic_module_callback_http_get_metadata_string(f, metadataDynamic, buf(wire.RequestMetadataNamespace), buf(wire.RequestMetadataModel), &v) {
-		in.Model = strings.Clone(envoyString(v))
 	}
 	routed := in.Region != "" || in.Upstream != "" || in.Route != ""
 	if !routed && bool(C.envoy_dynamic_module_callback_http_filter_get_attribute_string(f, attributeRouteName, &v)) && v.len > 0 {
@@ -375,11 +399,58 @@ func keep(m unsafe.Pointer, st *stream) {
 	(*C.llmedge_stream)(m).handle = C.uintptr_t(cgo.NewHandle(st))
 }
 
-// llmedgeRequestHeaders checks a request (the C request-headers hook calls it for the
-// check's filter).
+// requestBody copies the request body the filter held: what Envoy buffered, and at the
+// body's end the last chunk, which the hook received. nil past wire.BodyReadLimit (the C
+// hook reads only bodies that declare a length within it; HTTP/2 may still send more).
+func requestBody(f unsafe.Pointer, at C.int) []byte {
+	var out []byte
+	read := func(typ C.int) bool {
+		n := C.envoy_dynamic_module_callback_http_get_body_chunks_size(f, typ)
+		if n == 0 {
+			return true
+		}
+		chunks := make([]C.llmedge_buf, n)
+		if !C.envoy_dynamic_module_callback_http_get_body_chunks(f, typ, &chunks[0]) {
+			return true
+		}
+		for _, c := range chunks {
+			if len(out)+int(c.len) > wire.BodyReadLimit {
+				return false
+			}
+			out = append(out, envoyString(c)...)
+		}
+		return true
+	}
+	if !read(bodyBuffered) {
+		return nil
+	}
+	if at == atBodyEnd && !bool(C.envoy_dynamic_module_callback_http_received_buffered_request_body(f)) && !read(bodyReceived) {
+		return nil
+	}
+	return out
+}
+
+// setFacts writes the request's facts into its llmedge.request dynamic metadata, where
+// Envoy's json_to_metadata and header_to_metadata write them when extauthz runs as a
+// process: the ledger's access log entry and the quota filter's descriptors read them
+// there.
+func setFacts(f unsafe.Pointer, facts extauthz.Facts) {
+	ns := buf(wire.RequestMetadataNamespace)
+	if facts.Model != "" {
+		C.envoy_dynamic_module_callback_http_set_dynamic_metadata_string(f, ns, buf(wire.RequestMetadataModel), buf(facts.Model))
+	}
+	if facts.StreamSet {
+		C.envoy_dynamic_module_callback_http_set_dynamic_metadata_bool(f, ns, buf(wire.RequestMetadataStream), C.bool(facts.Stream))
+	}
+}
+
+// llmedgeCheck checks a request (the C hooks call it for the check's filter): at its
+// headers, or, for a body it reads, at the body's end or the trailers (at). It answers
+// statusContinue, or statusStopIteration for a request refused or waiting on Redis (the
+// body hook's StopIterationAndBuffer, the trailers hook's StopIteration).
 //
-//export llmedgeRequestHeaders
-func llmedgeRequestHeaders(f, m unsafe.Pointer, _ C.bool) (status C.int) {
+//export llmedgeCheck
+func llmedgeCheck(f, m unsafe.Pointer, at C.int) (status C.int) {
 	// A panic escaping into Envoy aborts the process (and its crash dump logs the request's
 	// headers): every entry from Envoy recovers, and the request is refused.
 	defer func() {
@@ -394,6 +465,13 @@ func llmedgeRequestHeaders(f, m unsafe.Pointer, _ C.bool) (status C.int) {
 		return statusStopIteration
 	}
 	in, routed := input(f)
+	var body []byte
+	if at != atHeaders {
+		body = requestBody(f, at)
+	}
+	facts := extauthz.RequestFacts(in.Path, body)
+	setFacts(f, facts)
+	in.Model = facts.Model
 	if !routed {
 		// No route: the router answers 404, as it does after Envoy's ext_authz filter, which
 		// checks nothing for a request without a route. Every route the control plane

@@ -132,12 +132,22 @@ func APIGuesses() []APISign {
 // Usage ledger contract (docs/USAGE.md): what the Envoy side puts into each gRPC access log
 // entry and the control plane's ledger reads back.
 const (
-	// RequestMetadataNamespace is the untyped dynamic metadata namespace that
-	// json_to_metadata fills from the request body: the requested model and the stream flag.
+	// RequestMetadataNamespace is the untyped dynamic metadata namespace that holds what the
+	// request says about itself: the requested model and the stream flag (json_to_metadata
+	// and header_to_metadata fill it, or the module when extauthz runs inside Envoy).
 	// Its presence also makes Envoy attach the typed AI namespaces to the entry.
 	RequestMetadataNamespace = "llmedge.request"
 	RequestMetadataModel     = "model"
 	RequestMetadataStream    = "stream"
+	// BodyReadLimit is the largest Content-Length of a request whose body the edge reads
+	// for its facts (model, stream): within the listener's 32 KiB buffer limit. Larger
+	// bodies, and bodies without a Content-Length, stream on unread.
+	BodyReadLimit = 32767
+	// GeminiModelPath captures the model of a Gemini generateContent path
+	// (/v1beta/models/gemini-2.5-flash:streamGenerateContent) as its first group; any other
+	// path matches with the group empty. An RE2 pattern: Envoy's header_to_metadata and the
+	// module (extauthz.RequestFacts) both use it.
+	GeminiModelPath = `^(?:[^?]*/models/([^/:?]+):(?:stream)?[gG]enerate[cC]ontent(?:\?.*)?|.*)$`
 	// RequestIDState is the filter state object (envoy.string) holding the edge's request
 	// id; list it in the access log's filter_state_objects_to_log.
 	RequestIDState = "llmedge.request_id"
