@@ -21,8 +21,8 @@ import (
 // LLMEDGE_KEYS_DIR, LLMEDGE_REDIS, ...), since a module has no command line. region comes
 // from the filter's config (the control plane's); LLMEDGE_REGION, when set, must agree.
 // It serves no gRPC (NoGRPC): the module checks requests and sets retries' keys itself,
-// so LLMEDGE_GRPC_LISTEN and LLMEDGE_TLS_* are not read; a LLMEDGE_GRPC_LISTEN left set
-// is logged as unused.
+// so LLMEDGE_GRPC_LISTEN and LLMEDGE_TLS_* (the gRPC listener's) are not read; any of
+// them left set is logged as unused.
 func EnvOptions(region string, getenv func(string) string, stderr io.Writer) (Options, error) {
 	env := func(k, def string) string {
 		if v := getenv(k); v != "" {
@@ -79,8 +79,12 @@ func EnvOptions(region string, getenv func(string) string, stderr io.Writer) (Op
 		Logger:       log.With("component", "extauthz"),
 	}
 	o.XDSTLS.Cert, o.XDSTLS.Key, o.XDSTLS.CA = getenv("LLMEDGE_XDS_TLS_CERT"), getenv("LLMEDGE_XDS_TLS_KEY"), getenv("LLMEDGE_XDS_TLS_CA")
-	if v := getenv("LLMEDGE_GRPC_LISTEN"); v != "" {
-		o.Logger.Warn("LLMEDGE_GRPC_LISTEN is set but unused: extauthz inside Envoy serves no gRPC (the module checks requests and sets retries' keys itself)", "LLMEDGE_GRPC_LISTEN", v)
+	// The gRPC listener's settings: one left in Envoy's environment (a mutual-TLS setup
+	// carried over from extauthz as a process, say) protects nothing here, so say so.
+	for _, k := range []string{"LLMEDGE_GRPC_LISTEN", "LLMEDGE_TLS_CERT", "LLMEDGE_TLS_KEY", "LLMEDGE_TLS_CLIENT_CA"} {
+		if v := getenv(k); v != "" {
+			o.Logger.Warn(k+" is set but unused: extauthz inside Envoy serves no gRPC (the module checks requests and sets retries' keys itself)", k, v)
+		}
 	}
 	return o, nil
 }

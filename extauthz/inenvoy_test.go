@@ -10,6 +10,7 @@ func TestEnvOptions(t *testing.T) {
 	env := map[string]string{
 		"LLMEDGE_XDS": "unix:/run/llmedge/xds.sock", "LLMEDGE_KEYS_DIR": "/keys", "LLMEDGE_REDIS": "unix:/run/llmedge/redis.sock",
 		"LLMEDGE_GRPC_LISTEN": "unix:/run/llmedge/extauthz-hk.sock", "LLMEDGE_STATE_DIR": "/state", "LLMEDGE_XDS_TLS_CA": "/ca.pem",
+		"LLMEDGE_TLS_CERT": "/tls/cert.pem", "LLMEDGE_TLS_CLIENT_CA": "/tls/ca.pem",
 	}
 	var log strings.Builder
 	o, err := EnvOptions("hk", func(k string) string { return env[k] }, &log)
@@ -20,13 +21,18 @@ func TestEnvOptions(t *testing.T) {
 		o.HTTPAddress != "127.0.0.1:10200" || o.StateDir != "/state" || o.XDSTLS.CA != "/ca.pem" {
 		t.Fatalf("options %+v do not follow the environment", o)
 	}
-	// Inside Envoy nothing calls extauthz's gRPC: it serves none, and says so of a
-	// LLMEDGE_GRPC_LISTEN left over.
-	if !o.NoGRPC || o.GRPCAddress != "" {
-		t.Errorf("NoGRPC %v, GRPCAddress %q: want no gRPC inside Envoy", o.NoGRPC, o.GRPCAddress)
+	// Inside Envoy nothing calls extauthz's gRPC: it serves none, and says so of each of
+	// its listener's settings left over, and of no other.
+	if !o.NoGRPC || o.GRPCAddress != "" || o.TLS.Cert != "" || o.TLS.CA != "" {
+		t.Errorf("NoGRPC %v, GRPCAddress %q, TLS %+v: want no gRPC inside Envoy", o.NoGRPC, o.GRPCAddress, o.TLS)
 	}
-	if !strings.Contains(log.String(), "LLMEDGE_GRPC_LISTEN is set but unused") {
-		t.Errorf("log %q does not say LLMEDGE_GRPC_LISTEN is unused", log.String())
+	for _, k := range []string{"LLMEDGE_GRPC_LISTEN", "LLMEDGE_TLS_CERT", "LLMEDGE_TLS_CLIENT_CA"} {
+		if !strings.Contains(log.String(), k+" is set but unused") {
+			t.Errorf("log %q does not say %s is unused", log.String(), k)
+		}
+	}
+	if n := strings.Count(log.String(), "is set but unused"); n != 3 {
+		t.Errorf("%d warnings of unused settings, want 3: %s", n, log.String())
 	}
 
 	env = map[string]string{"LLMEDGE_REGION": "sg", "LLMEDGE_LOG_LEVEL": "loud"}
