@@ -107,8 +107,7 @@ const (
 	headerRequest  = 0
 	headerResponse = 2
 
-	metadataDynamic = 0
-	metadataRoute   = 1
+	metadataRoute = 1
 
 	bodyReceived = 0
 	bodyBuffered = 1
