@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"regexp"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/llmedge/llmedge/internal/wire"
 )
@@ -32,7 +33,7 @@ func RequestFacts(path string, body []byte) Facts {
 	var f Facts
 	if strings.Contains(path, "/models/") {
 		if m := geminiModelPath.FindStringSubmatch(path); m != nil {
-			f.Model = m[1]
+			f.Model = strings.ToValidUTF8(m[1], "\uFFFD")
 		}
 	}
 	if len(body) == 0 || !json.Valid(body) {
@@ -59,9 +60,11 @@ func RequestFacts(path string, body []byte) Facts {
 	return f
 }
 
-// unquote decodes a JSON string (valid, quotes included).
+// unquote decodes a JSON string (valid, quotes included) as encoding/json does: escapes
+// decoded, and bytes that are not UTF-8 replaced with U+FFFD, so what it returns is always
+// valid UTF-8 (a model goes into protobuf strings: quota descriptors, the ledger's entry).
 func unquote(b []byte) string {
-	if bytes.IndexByte(b, '\\') < 0 {
+	if bytes.IndexByte(b, '\\') < 0 && utf8.Valid(b) {
 		return string(b[1 : len(b)-1])
 	}
 	var s string

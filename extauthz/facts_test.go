@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func TestRequestFacts(t *testing.T) {
@@ -25,6 +26,7 @@ func TestRequestFacts(t *testing.T) {
 		{"null", "/v1/chat", `{"model":null,"stream":null}`, Facts{}},
 		{"empty model", "/v1/chat", `{"model":""}`, Facts{}},
 		{"strings holding braces", "/v1/chat", `{"a":"}{][\"\\","b":[1,{"c":"]"}],"model":"m"}`, Facts{Model: "m"}},
+		{"not UTF-8", "/v1/chat", "{\"model\":\"a\xffb\"}", Facts{Model: "a\ufffdb"}},
 		{"not JSON", "/v1/chat", `{"model":"a",`, Facts{}},
 		{"trailing bytes", "/v1/chat", `{"model":"a"} x`, Facts{}},
 		{"an array", "/v1/chat", `[{"model":"a"}]`, Facts{}},
@@ -33,6 +35,7 @@ func TestRequestFacts(t *testing.T) {
 		{"gemini path, no body", "/v1beta/models/gemini-2.5-flash:generateContent", "", Facts{Model: "gemini-2.5-flash"}},
 		{"a body's model wins over the path's", "/v1beta/models/a:generateContent", `{"model":"b"}`, Facts{Model: "b"}},
 		{"the path's when the body's is empty", "/v1beta/models/a:generateContent", `{"model":""}`, Facts{Model: "a"}},
+		{"gemini path, not UTF-8", "/v1beta/models/g\xff:generateContent", "", Facts{Model: "g\ufffd"}},
 		{"no model in other paths", "/v1beta/models/x:countTokens?key=AIzaSECRET", "", Facts{}},
 		{"never the query", "/v1beta/models?key=AIzaSECRET", "", Facts{}},
 	} {
@@ -102,13 +105,14 @@ func TestRequestFactsAgreesWithEncodingJSON(t *testing.T) {
 func FuzzRequestFacts(f *testing.F) {
 	f.Add([]byte(`{"model":"a","stream":true}`))
 	f.Add([]byte(`{"a":[{"model":"b"}],"model":"c\u0022"}`))
+	f.Add([]byte("{\"model\":\"\xff\xfe\"}"))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		got := RequestFacts("/", body)
 		model, stream, set := reference(body)
 		if !json.Valid(body) || !strings.HasPrefix(strings.TrimLeft(string(body), " \t\r\n"), "{") {
 			model, stream, set = "", false, false
 		}
-		if got.Model != model || got.Stream != stream || got.StreamSet != set {
+		if got.Model != model || got.Stream != stream || got.StreamSet != set || !utf8.ValidString(got.Model) {
 			t.Fatalf("%q: got %+v, encoding/json reads model %q stream %v (set %v)", body, got, model, stream, set)
 		}
 	})
