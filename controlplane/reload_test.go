@@ -153,6 +153,7 @@ type fakeProvider struct {
 	mu        sync.Mutex
 	doc       string
 	mode      string // "", "block" or "hang"
+	blocked   int    // loads that have begun to block
 	cancelled int    // blocked loads whose context was cancelled
 	changed   chan<- struct{}
 	watching  chan struct{}
@@ -173,6 +174,9 @@ func (p *fakeProvider) Load(ctx context.Context) (*config.Snapshot, error) {
 	p.mu.Unlock()
 	switch mode {
 	case "block":
+		p.mu.Lock()
+		p.blocked++
+		p.mu.Unlock()
 		<-ctx.Done()
 		p.mu.Lock()
 		p.cancelled++
@@ -217,6 +221,12 @@ func (p *fakeProvider) cancelledLoads() int {
 	return p.cancelled
 }
 
+func (p *fakeProvider) blockedLoads() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.blocked
+}
+
 // TestNewerEditAbandonsReload: a reload in progress shows on /status and is cancelled when
 // a newer edit arrives; the newer edit is applied.
 func TestNewerEditAbandonsReload(t *testing.T) {
@@ -231,6 +241,11 @@ func TestNewerEditAbandonsReload(t *testing.T) {
 	eventually(t, waitFor, func() error {
 		if st := c.status(t); st.Config.Reloading == nil || st.Config.Reloading.Since.IsZero() {
 			return fmt.Errorf("no reload in progress on /status")
+		}
+		// /status shows the reload from its start, before its goroutine reads the files:
+		// the newer edit must come once the load is blocked, or that load reads it instead.
+		if n := p.blockedLoads(); n != 1 {
+			return fmt.Errorf("%d loads blocked, want 1", n)
 		}
 		return nil
 	})
