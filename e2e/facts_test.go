@@ -70,14 +70,7 @@ callers:
 func TestRequestFactsFromTheBody(t *testing.T) {
 	t.Parallel()
 	rec := &bodyKeeper{bodies: map[string]string{}}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: rec, ReadHeaderTimeout: 5 * time.Second}
-	go hs.Serve(ln)
-	t.Cleanup(func() { hs.Close() })
-	s := newStack(t, startUpstream(t, fakellm.Options{}), strings.ReplaceAll(factsRegion, "RAW", ln.Addr().String()), "hk")
+	s := newStack(t, startUpstream(t, fakellm.Options{}), strings.ReplaceAll(factsRegion, "RAW", serveUpstream(t, rec)), "hk")
 	withLedger(t, s)
 	url := s.edgeURL("hk", "/openai/v1/chat/completions")
 	auth := map[string]string{"authorization": "Bearer " + s.tokens["facts"]}

@@ -292,14 +292,21 @@ func (u *rawUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func startRawUpstream(t *testing.T) (*rawUpstream, string) {
 	t.Helper()
 	u := &rawUpstream{reply: map[string]rawReply{}}
+	return u, serveUpstream(t, u)
+}
+
+// serveUpstream serves h as a plain-HTTP upstream on a loopback port until the test ends,
+// and returns its host:port.
+func serveUpstream(t *testing.T, h http.Handler) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := &http.Server{Handler: u, ReadHeaderTimeout: 5 * time.Second}
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	go hs.Serve(ln)
 	t.Cleanup(func() { hs.Close() })
-	return u, ln.Addr().String()
+	return ln.Addr().String()
 }
 
 const rawRegion = `

@@ -55,7 +55,7 @@ int envoy_dynamic_module_on_http_filter_request_headers(void* filter, void* m, b
       s->awaiting_body = 1;
       return 1;  // StopIteration: the body comes to this filter, the headers wait
     }
-    return llmedgeCheck(filter, m, 0);
+    return llmedgeCheck(filter, m, LLMEDGE_AT_HEADERS);
   }
   llmedge_buf name = {attempt_header, sizeof(attempt_header) - 1};
   llmedge_buf value = {NULL, 0};
@@ -108,7 +108,7 @@ int envoy_dynamic_module_on_http_filter_request_body(void* filter, void* m, bool
       return 1;
     }
     s->awaiting_body = 0;
-    return llmedgeCheck(filter, m, 1);
+    return llmedgeCheck(filter, m, LLMEDGE_AT_BODY_END);
   }
   return s->pending ? 1 : 0;
 }
@@ -116,7 +116,7 @@ int envoy_dynamic_module_on_http_filter_request_trailers(void* filter, void* m) 
   llmedge_stream* s = m;
   if (s->awaiting_body) {
     s->awaiting_body = 0;
-    return llmedgeCheck(filter, m, 2);
+    return llmedgeCheck(filter, m, LLMEDGE_AT_TRAILERS);
   }
   return s->pending ? 1 : 0;
 }

@@ -33,6 +33,9 @@ package main
 // of at most body_limit bytes) or key failover on an upstream's retries (failover 1, one
 // per upstream cluster, naming the upstream).
 typedef struct { int failover; const char* upstream; size_t upstream_len; size_t body_limit; } llmedge_config;
+// Where the C hooks call llmedgeCheck from: the request's headers (a body, if any, is not
+// read), the body's last chunk, or the trailers after a body.
+enum { LLMEDGE_AT_HEADERS = 0, LLMEDGE_AT_BODY_END = 1, LLMEDGE_AT_TRAILERS = 2 };
 // A byte range: Envoy's buffers and the module's have this layout.
 typedef struct { const char* ptr; size_t len; } llmedge_buf;
 // One header: name and value.
@@ -111,12 +114,6 @@ const (
 
 	bodyReceived = 0
 	bodyBuffered = 1
-
-	// Where llmedgeCheck is called from: the request's headers (its body, if any, is not
-	// read), the body's last chunk, or the trailers after a body.
-	atHeaders  = 0
-	atBodyEnd  = 1
-	atTrailers = 2
 
 	// attributeSourceAddress is source.address: the caller as Envoy sees it (after trusted
 	// X-Forwarded-For hops), "ip:port", port 0 when it came from the header.
@@ -423,7 +420,7 @@ func requestBody(f unsafe.Pointer, at C.int) []byte {
 	if !read(bodyBuffered) {
 		return nil
 	}
-	if at == atBodyEnd && !bool(C.envoy_dynamic_module_callback_http_received_buffered_request_body(f)) && !read(bodyReceived) {
+	if at == C.LLMEDGE_AT_BODY_END && !bool(C.envoy_dynamic_module_callback_http_received_buffered_request_body(f)) && !read(bodyReceived) {
 		return nil
 	}
 	return out
@@ -465,7 +462,7 @@ func llmedgeCheck(f, m unsafe.Pointer, at C.int) (status C.int) {
 	}
 	in, routed := input(f)
 	var body []byte
-	if at != atHeaders {
+	if at != C.LLMEDGE_AT_HEADERS {
 		body = requestBody(f, at)
 	}
 	facts := extauthz.RequestFacts(in.Path, body)
