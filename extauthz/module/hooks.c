@@ -6,8 +6,30 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "_cgo_export.h"
+
+// Go's scheduler counts a P's time slice by its schedtick, which only advances when the P
+// runs a goroutine through the scheduler. A call from one of Envoy's threads into Go takes
+// a P without that, and the thread keeps it between calls (in a system call, as Go sees
+// it): after 10 ms the runtime's monitor (sysmon) takes such a P as a goroutine running
+// too long, on each of its passes, every 20 us while it finds one. Once every yield_every_ns
+// a thread lets the scheduler run its goroutine (llmedgeYield), which advances the count:
+// the P stays with the thread and sysmon backs off (docs/BENCHMARKS.md, levers).
+static const uint64_t yield_every_ns = 5000000;
+static __thread uint64_t yielded_at;
+
+static int check(void* filter, void* m, int at) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+  if (now - yielded_at >= yield_every_ns) {
+    yielded_at = now;
+    llmedgeYield();
+  }
+  return llmedgeCheck(filter, m, at);
+}
 
 const void* envoy_dynamic_module_on_http_filter_new(const void* config, void* filter) {
   llmedge_stream* s = calloc(1, sizeof(llmedge_stream));
@@ -55,7 +77,7 @@ int envoy_dynamic_module_on_http_filter_request_headers(void* filter, void* m, b
       s->awaiting_body = 1;
       return 1;  // StopIteration: the body comes to this filter, the headers wait
     }
-    return llmedgeCheck(filter, m, LLMEDGE_AT_HEADERS);
+    return check(filter, m, LLMEDGE_AT_HEADERS);
   }
   llmedge_buf name = {attempt_header, sizeof(attempt_header) - 1};
   llmedge_buf value = {NULL, 0};
@@ -108,7 +130,7 @@ int envoy_dynamic_module_on_http_filter_request_body(void* filter, void* m, bool
       return 1;
     }
     s->awaiting_body = 0;
-    return llmedgeCheck(filter, m, LLMEDGE_AT_BODY_END);
+    return check(filter, m, LLMEDGE_AT_BODY_END);
   }
   return s->pending ? 1 : 0;
 }
@@ -116,7 +138,7 @@ int envoy_dynamic_module_on_http_filter_request_trailers(void* filter, void* m) 
   llmedge_stream* s = m;
   if (s->awaiting_body) {
     s->awaiting_body = 0;
-    return llmedgeCheck(filter, m, LLMEDGE_AT_TRAILERS);
+    return check(filter, m, LLMEDGE_AT_TRAILERS);
   }
   return s->pending ? 1 : 0;
 }

@@ -79,6 +79,8 @@ void envoy_dynamic_module_callback_http_filter_continue_decoding(void* filter);
 void* envoy_dynamic_module_callback_http_filter_scheduler_new(void* filter);
 void envoy_dynamic_module_callback_http_filter_scheduler_commit(void* scheduler, uint64_t event);
 void envoy_dynamic_module_callback_http_filter_scheduler_delete(void* scheduler);
+// The number of Envoy workers (--concurrency); main thread only.
+uint32_t envoy_dynamic_module_callback_get_concurrency();
 */
 import "C"
 
@@ -88,6 +90,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"runtime"
 	"runtime/cgo"
 	"strconv"
 	"strings"
@@ -160,8 +163,26 @@ var checkConfig = func() *C.llmedge_config {
 	return c
 }()
 
+// envoy_dynamic_module_on_program_init runs on Envoy's main thread when it loads the module.
+// Each of Envoy's workers holds a Go P between its calls into Go (see hooks.c): with one P
+// more than Envoy has workers, one stays free for the module's goroutines (quota
+// reservations, the policy stream), and sysmon, finding an idle P, leaves the workers'
+// alone between their calls instead of taking them back after 20 us. More Ps than CPUs
+// cost nothing while they are idle.
+//
 //export envoy_dynamic_module_on_program_init
-func envoy_dynamic_module_on_program_init() *C.char { return abiVersion }
+func envoy_dynamic_module_on_program_init() *C.char {
+	if workers := int(C.envoy_dynamic_module_callback_get_concurrency()); workers > 0 && runtime.GOMAXPROCS(0) <= workers {
+		runtime.GOMAXPROCS(workers + 1)
+	}
+	return abiVersion
+}
+
+// llmedgeYield lets Go's scheduler run the calling Envoy thread's goroutine (hooks.c calls
+// it every few milliseconds of a worker's checks): the thread's P counts a new time slice.
+//
+//export llmedgeYield
+func llmedgeYield() { runtime.Gosched() }
 
 //export envoy_dynamic_module_on_http_filter_config_new
 func envoy_dynamic_module_on_http_filter_config_new(_ unsafe.Pointer, name, raw C.llmedge_buf) (out unsafe.Pointer) {
