@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -129,11 +130,15 @@ func sequential(r *runner, t *target, c *http.Client, n, warmup int) seqResult {
 		if err != nil {
 			return 0, err
 		}
+		var refusal []byte
+		if resp.StatusCode != http.StatusOK {
+			refusal, _ = io.ReadAll(io.LimitReader(resp.Body, 4096))
+		}
 		_, err = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 		d := time.Since(t0)
 		if err == nil && resp.StatusCode != http.StatusOK {
-			err = fmt.Errorf("HTTP %d", resp.StatusCode)
+			err = fmt.Errorf("HTTP %d%s", resp.StatusCode, errorCode(refusal))
 		}
 		return d, err
 	}
@@ -160,6 +165,20 @@ func sequential(r *runner, t *target, c *http.Client, n, warmup int) seqResult {
 	res.N, res.Errors, res.FirstErr, res.Secs = len(lat), errs, first, secs
 	res.CPUPer1k = cpuPer1k(r, t.Procs, before, n)
 	return res
+}
+
+// errorCode is " <code>" for an error body shaped like the edge's ({"error":{"code":...}}),
+// or "" for any other body.
+func errorCode(body []byte) string {
+	var e struct {
+		Error struct {
+			Code string `json:"code"`
+		} `json:"error"`
+	}
+	if json.Unmarshal(body, &e) != nil || e.Error.Code == "" {
+		return ""
+	}
+	return " " + e.Error.Code
 }
 
 func summarize(lat []time.Duration) seqResult {

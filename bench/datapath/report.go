@@ -266,7 +266,25 @@ func (b *report) scenarios() {
 	b.w("- The p99 of a 5 s step on this shared 2-core VM is set by a few dozen slow requests (a GC pause, a timer, a neighbour), " +
 		"so the p99 < 10 ms column moves a lot between rounds (see the per-round values): read it as indicative. The load generator " +
 		"and the fake share CPU 0, which is what limits direct-to-the-fake at the top of the ladder; no scenario can show more than that core sustains. " +
-		"Errors (Envoy's 503s when ext_authz or ratelimit time out) occur only in the saturated step that ends a ladder.\n")
+		"In the ladder, errors (Envoy's 503s when ext_authz or ratelimit time out, and the full edge's 503 `overloaded` past its admission " +
+		"ceiling) occur only in the saturated step that ends it.\n")
+	for _, s := range b.all() {
+		var firsts []string
+		for _, l := range s.Latency {
+			if l.Errors > 0 {
+				firsts = append(firsts, fmt.Sprintf("%d (the first: %s)", l.Errors, oneLine(l.FirstErr)))
+			}
+		}
+		if len(firsts) == 0 {
+			continue
+		}
+		b.w("- Errors at c=1, %s: %s.", s.Label, strings.Join(firsts, "; "))
+		if strings.Contains(strings.Join(firsts, ""), "overloaded") {
+			b.w(" A 503 `overloaded` is the admission ceiling of `make run`'s routes (`regions.<name>.overload`, " +
+				"2,000 new requests a second per Envoy): a sequential client answered in less than 0.5 ms sends more than that.")
+		}
+		b.w("\n")
+	}
 	b.w("- `Envoy + its own rate-limit call` is a static Envoy built from the control plane's translation of the full edge with "+
 		"the ext_authz filter taken out and the rate-limit filter asking envoyproxy/ratelimit at request time for the descriptors "+
 		"extauthz asks in the full edge (from the region's policy; the caller a constant, `generic_key` caller=%s, and the model "+
