@@ -67,7 +67,8 @@ static bool read_body(void* filter, const llmedge_config* c, bool end) {
 }
 
 // The check crosses into Go once for every request: at its headers, or, for a body it
-// reads, at the body's end (or the trailers'). Key failover, an upstream filter, runs on
+// reads, at the body's end (or the trailers'); a worker crosses once more every
+// yield_every_ns, to yield (check). Key failover, an upstream filter, runs on
 // every try: a first try (attempt 1) only loses the attempt header, here; a retry crosses
 // into Go for its next key.
 int envoy_dynamic_module_on_http_filter_request_headers(void* filter, void* m, bool end) {
