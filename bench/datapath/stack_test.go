@@ -1,9 +1,12 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -158,6 +161,63 @@ func TestStaticClustersRunNoModule(t *testing.T) {
 	for _, c := range staticClusters(res, staticBare) {
 		if n := filters(c); n != 0 {
 			t.Errorf("static cluster %s keeps %d upstream HTTP filters", c.Name, n)
+		}
+	}
+}
+
+// A static Envoy names no cluster it lacks: the translation's usage log streams to the
+// control plane's cluster, which a static bootstrap has not, and Envoy accepts such a
+// logger and fails every flush, a cost no edge pays.
+func TestStaticBootstrapsNameOnlyTheirClusters(t *testing.T) {
+	s := &rig{r: newRunner(t.TempDir(), stack.Paths{}, false, "150us", 8), fakeAddr: "127.0.0.1:9"}
+	if err := s.writeKeys(); err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range []struct {
+		routes string
+		limit  int
+		rg     region
+		mode   staticMode
+	}{
+		{"routes-authz.yaml", 0, region{name: vAuthz, listen: "127.0.0.1:10", authz: "127.0.0.1:11"}, staticBare},
+		{"routes-full.yaml", callerLimit, region{name: vFull, listen: "127.0.0.1:10", authz: "127.0.0.1:11", ratelimit: "127.0.0.1:12", inEnvoy: true}, staticRateLimit},
+	} {
+		path, err := s.writeRoutes(st.routes, st.limit, false, st.rg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := translated(path, st.rg.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(t.TempDir(), "envoy.json")
+		if err := writeStaticBootstrap(out, res, st.rg.name, 10, 11, st.mode, callerName); err != nil {
+			t.Fatal(err)
+		}
+		raw, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b struct {
+			StaticResources struct {
+				Clusters []struct{ Name string } `json:"clusters"`
+			} `json:"static_resources"`
+		}
+		if err := json.Unmarshal(raw, &b); err != nil {
+			t.Fatal(err)
+		}
+		have := map[string]bool{}
+		for _, c := range b.StaticResources.Clusters {
+			have[c.Name] = true
+		}
+		named := regexp.MustCompile(`"cluster_name":\s*"([^"]+)"`).FindAllStringSubmatch(string(raw), -1)
+		if len(named) == 0 && st.mode == staticRateLimit {
+			t.Errorf("%s: no cluster_name in the bootstrap: this test no longer reads it", st.routes)
+		}
+		for _, m := range named {
+			if !have[m[1]] {
+				t.Errorf("%s (mode %d): names cluster %q, which its bootstrap has not (clusters %v)", st.routes, st.mode, m[1], have)
+			}
 		}
 	}
 }
