@@ -2,6 +2,7 @@ package usage
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -22,6 +23,43 @@ func TestPostgresStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	storeSuite(t, s)
+}
+
+// A table created before the (ts, request_id) key, with the request id alone as its
+// primary key, is used as it is (PostgreSQL's tables are not rebuilt) and still stores a
+// record delivered twice once.
+func TestPostgresStoreWithTheRequestIDKey(t *testing.T) {
+	_, dsnFile := testenv.StartPostgres(t, "usage_test")
+	dsn, err := os.ReadFile(dsnFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("pgx", strings.TrimSpace(string(dsn)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ddl := strings.Replace(strings.Replace(createTable("usage_records", "BIGINT"),
+		"request_id TEXT NOT NULL,", "request_id TEXT PRIMARY KEY,", 1), ",\n\tUNIQUE (ts, request_id)", "", 1)
+	if _, err := db.ExecContext(t.Context(), ddl); err != nil {
+		t.Fatal(err)
+	}
+	s, err := OpenPostgres(t.Context(), dsnFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var key string
+	if err := db.QueryRowContext(t.Context(), `SELECT string_agg(a.attname, ',' ORDER BY k.i) FROM pg_index x
+		CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, i)
+		JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
+		WHERE x.indrelid = 'usage_records'::regclass AND x.indisunique`).Scan(&key); err != nil {
+		t.Fatal(err)
+	}
+	if key != "request_id" {
+		t.Fatalf("unique key %q, want request_id: this test no longer runs on the old key", key)
+	}
 	storeSuite(t, s)
 }
 
@@ -105,7 +143,7 @@ func TestPostgresOutageUnderSteadyInserts(t *testing.T) {
 	if got := testutil.ToFloat64(l.m.dropped); got != 0 {
 		t.Errorf("dropped %v records", got)
 	}
-	// The primary key forbids duplicates; count == sent also means none was lost.
+	// The ledger's key forbids duplicates; count == sent also means none was lost.
 	if got := stored(); got != want {
 		t.Errorf("stored %d, sent %d", got, want)
 	}

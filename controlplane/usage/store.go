@@ -64,16 +64,18 @@ var (
 	sqliteDialect = dialect{name: "sqlite", placehold: func(int) string { return "?" }, schema: []string{
 		`PRAGMA journal_mode=WAL`,
 		`PRAGMA busy_timeout=5000`,
-		createTable("INTEGER"),
-		`CREATE INDEX IF NOT EXISTS usage_records_ts ON usage_records (ts)`,
-		`CREATE INDEX IF NOT EXISTS usage_records_tenant_ts ON usage_records (tenant, ts)`,
+		createTable("usage_records", "INTEGER"),
+		tenantIndex,
 	}}
 	postgresDialect = dialect{name: "postgres", placehold: func(n int) string { return "$" + strconv.Itoa(n) }, schema: []string{
-		createTable("BIGINT"),
-		`CREATE INDEX IF NOT EXISTS usage_records_ts ON usage_records (ts)`,
-		`CREATE INDEX IF NOT EXISTS usage_records_tenant_ts ON usage_records (tenant, ts)`,
+		createTable("usage_records", "BIGINT"),
+		tenantIndex,
 	}}
 )
+
+// tenantIndex serves a tenant's records in a time range (the billing export); the table's
+// key, which starts with ts, serves time ranges.
+const tenantIndex = `CREATE INDEX IF NOT EXISTS usage_records_tenant_ts ON usage_records (tenant, ts)`
 
 // columns in insert order; ts is unix milliseconds, day the UTC date (grouping by day
 // needs no dialect-specific date functions).
@@ -84,9 +86,15 @@ var columns = []string{
 	"request_bytes", "response_bytes", "attempts", "cost", "currency", "price_missing",
 }
 
-func createTable(integer string) string {
-	return `CREATE TABLE IF NOT EXISTS usage_records (
-	request_id TEXT PRIMARY KEY,
+// createTable is the ledger's table. Its key is (ts, request_id), not the request id
+// alone: request ids are random, so a key of them alone puts every insert on a random page
+// of an index as large as the ledger, read (and written back through the WAL) from disk
+// once the ledger outgrows SQLite's page cache, and slower the larger the ledger grows; a
+// key that starts with the time puts every insert at the index's end. A record delivered
+// twice (the spool's replay) has the same time and id, so it is still stored once.
+func createTable(name, integer string) string {
+	return `CREATE TABLE IF NOT EXISTS ` + name + ` (
+	request_id TEXT NOT NULL,
 	ts ` + integer + ` NOT NULL,
 	day TEXT NOT NULL,
 	region TEXT NOT NULL, route TEXT NOT NULL, upstream TEXT NOT NULL,
@@ -99,7 +107,8 @@ func createTable(integer string) string {
 	extraction TEXT NOT NULL,
 	request_bytes ` + integer + ` NOT NULL, response_bytes ` + integer + ` NOT NULL,
 	attempts INTEGER NOT NULL,
-	cost DOUBLE PRECISION, currency TEXT NOT NULL, price_missing INTEGER NOT NULL
+	cost DOUBLE PRECISION, currency TEXT NOT NULL, price_missing INTEGER NOT NULL,
+	UNIQUE (ts, request_id)
 )`
 }
 
@@ -120,6 +129,11 @@ const sqliteRows = 32
 
 // OpenSQLite opens (creating) the SQLite ledger at path.
 func OpenSQLite(ctx context.Context, path string) (Store, error) {
+	// Opening SQLite is local work that ends on its own, and rebuilding an old ledger with
+	// the new key (rekeySQLite) takes seconds for millions of records: the caller's
+	// deadline (the ledger's per-insert StoreTimeout) would interrupt the rebuild at the
+	// same point on every retry, and the ledger would never open.
+	ctx = context.WithoutCancel(ctx)
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("usage store: %w", err)
 	}
@@ -154,6 +168,10 @@ func open(ctx context.Context, db *sql.DB, d dialect, what string) (Store, error
 		return nil, fmt.Errorf("usage store %s: %w", what, err)
 	}
 	if d.name == sqliteDialect.name {
+		if err := rekeySQLite(ctx, db); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("usage store %s: rebuild with the (ts, request_id) key: %w", what, err)
+		}
 		for _, p := range []struct {
 			stmt **sql.Stmt
 			rows int
@@ -178,6 +196,39 @@ func (s *sqlStore) migrate(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// rekeySQLite rebuilds a ledger created with the request id alone as its key (before
+// createTable's (ts, request_id)) in one transaction: the records are copied in time order
+// into a table with the new key, which then takes the old one's name. Nothing changes if
+// the crash or an error comes first. A PostgreSQL table keeps the key it was created with:
+// inserts name no conflict target, so either key deduplicates.
+func rekeySQLite(ctx context.Context, db *sql.DB) error {
+	var pk int
+	if err := db.QueryRowContext(ctx, `SELECT pk FROM pragma_table_info('usage_records') WHERE name = 'request_id'`).Scan(&pk); err != nil {
+		return err
+	}
+	if pk == 0 {
+		return nil
+	}
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback() //nolint:errcheck // after Commit it is a no-op
+	cols := strings.Join(columns, ", ")
+	for _, q := range []string{
+		createTable("usage_records_rekeyed", "INTEGER"),
+		`INSERT INTO usage_records_rekeyed (` + cols + `) SELECT ` + cols + ` FROM usage_records ORDER BY ts`,
+		`DROP TABLE usage_records`, // and its indexes
+		`ALTER TABLE usage_records_rekeyed RENAME TO usage_records`,
+		tenantIndex,
+	} {
+		if _, err := tx.ExecContext(ctx, q); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
 }
 
 func (s *sqlStore) Close() error {
@@ -252,7 +303,10 @@ func insertStatement(d dialect, rows int) string {
 		}
 		b.WriteByte(')')
 	}
-	b.WriteString(" ON CONFLICT (request_id) DO NOTHING")
+	// No conflict target: a PostgreSQL table keeps the key it was created with, the request
+	// id alone or (ts, request_id) (rekeySQLite); with either, a record delivered twice is
+	// stored once.
+	b.WriteString(" ON CONFLICT DO NOTHING")
 	return b.String()
 }
 

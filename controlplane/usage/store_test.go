@@ -2,10 +2,16 @@ package usage
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 )
 
 func rec(id, caller, tenant, model string, at time.Time, in, out int64, cost *float64) Record {
@@ -181,4 +187,130 @@ func deref(f *float64) any {
 func withCost(r Record, p *float64) Record {
 	r.Cost = p
 	return r
+}
+
+// ledgerKey is the columns of the SQLite ledger's unique index, in order.
+func ledgerKey(t *testing.T, db *sql.DB) []string {
+	t.Helper()
+	rows, err := db.Query(`SELECT ii.name FROM pragma_index_list('usage_records') il, pragma_index_info(il.name) ii
+		WHERE il."unique" = 1 ORDER BY il.name, ii.seqno`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var cols []string
+	for rows.Next() {
+		var c string
+		if err := rows.Scan(&c); err != nil {
+			t.Fatal(err)
+		}
+		cols = append(cols, c)
+	}
+	return cols
+}
+
+// The ledger's key starts with the time, so inserts land at the end of its index however
+// large the ledger grows, and a ledger created with the request id alone as its key is
+// rebuilt with the new one when opened: every record kept, field for field, and a record
+// delivered again still stored once.
+func TestSQLiteLedgerKeyStartsWithTime(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "usage.db")
+	s, err := OpenSQLite(t.Context(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if got := ledgerKey(t, db); !slices.Equal(got, []string{"ts", "request_id"}) {
+		t.Fatalf("a new ledger's unique key is %v, want [ts request_id]", got)
+	}
+
+	// A ledger as it was created before: the request id its primary key, and a ts index.
+	old := filepath.Join(t.TempDir(), "old.db")
+	odb, err := sql.Open("sqlite", "file:"+old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer odb.Close()
+	ddl := strings.Replace(strings.Replace(createTable("usage_records", "INTEGER"),
+		"request_id TEXT NOT NULL,", "request_id TEXT PRIMARY KEY,", 1), ",\n\tUNIQUE (ts, request_id)", "", 1)
+	for _, q := range []string{ddl, `CREATE INDEX usage_records_ts ON usage_records (ts)`, tenantIndex} {
+		if _, err := odb.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	if got := ledgerKey(t, odb); !slices.Equal(got, []string{"request_id"}) {
+		t.Fatalf("the old ledger's key is %v, want [request_id]: this test no longer builds one", got)
+	}
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	recs := []Record{
+		rec("r2", "bob", "team-b", "gpt-4o", now, 50, 5, nil),
+		rec("r1", "alice", "team-a", "gpt-4o", now.Add(-time.Hour), 100, 10, f64(0.5)),
+		rec("r3", "alice", "team-a", "mystery", now.Add(time.Second), 7, 3, f64(0.25)),
+	}
+	ins := insertStatement(sqliteDialect, 1)
+	for _, r := range recs {
+		if _, err := odb.Exec(ins, rowValues(r)...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	odb.Close()
+
+	// The ledger opens its store under a deadline meant for one insert; a rebuild, which
+	// takes seconds for a large ledger, must not be cut off by it (a context already done
+	// stands for a deadline that passes during the rebuild).
+	done, cancel := context.WithCancel(t.Context())
+	cancel()
+	s, err = OpenSQLite(done, old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Insert(t.Context(), []Record{recs[0], rec("r4", "carol", "team-a", "gpt-4o", now, 1, 1, nil)}); err != nil {
+		t.Fatal(err)
+	}
+	db2, err := sql.Open("sqlite", "file:"+old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db2.Close()
+	if got := ledgerKey(t, db2); !slices.Equal(got, []string{"ts", "request_id"}) {
+		t.Errorf("after opening, the old ledger's unique key is %v, want [ts request_id]", got)
+	}
+	var indexes []string
+	rows, err := db2.Query(`SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		indexes = append(indexes, n)
+	}
+	rows.Close()
+	if !slices.Equal(indexes, []string{"usage_records_tenant_ts"}) {
+		t.Errorf("indexes after the rebuild: %v, want [usage_records_tenant_ts]", indexes)
+	}
+	for _, tenant := range []string{"team-a", "team-b"} {
+		got, err := s.Records(t.Context(), tenant, now.Add(-2*time.Hour), now.Add(time.Minute))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want []Record
+		for _, r := range append(recs, rec("r4", "carol", "team-a", "gpt-4o", now, 1, 1, nil)) {
+			if r.Tenant == tenant {
+				want = append(want, r)
+			}
+		}
+		slices.SortStableFunc(want, func(a, b Record) int { return a.Time.Compare(b.Time) })
+		if diff := cmp.Diff(want, got, cmpopts.EquateApproxTime(0), cmpopts.EquateEmpty()); diff != "" {
+			t.Errorf("%s's records after the rebuild (-want +got):\n%s", tenant, diff)
+		}
+	}
 }
