@@ -172,19 +172,27 @@ func open(ctx context.Context, db *sql.DB, d dialect, what string) (Store, error
 			db.Close()
 			return nil, fmt.Errorf("usage store %s: rebuild with the (ts, request_id) key: %w", what, err)
 		}
-		for _, p := range []struct {
-			stmt **sql.Stmt
-			rows int
-		}{{&s.rows, sqliteRows}, {&s.row, 1}} {
-			st, err := db.PrepareContext(ctx, insertStatement(d, p.rows))
-			if err != nil {
-				s.Close()
-				return nil, fmt.Errorf("usage store %s: %w", what, err)
-			}
-			*p.stmt = st
+		if err := s.prepare(ctx); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("usage store %s: %w", what, err)
 		}
 	}
 	return s, nil
+}
+
+// prepare prepares SQLite's two insert statements.
+func (s *sqlStore) prepare(ctx context.Context) error {
+	for _, p := range []struct {
+		stmt **sql.Stmt
+		rows int
+	}{{&s.rows, sqliteRows}, {&s.row, 1}} {
+		st, err := s.db.PrepareContext(ctx, insertStatement(s.d, p.rows))
+		if err != nil {
+			return err
+		}
+		*p.stmt = st
+	}
+	return nil
 }
 
 // migrate creates the table if needed. A Postgres store that is down at start-up is
