@@ -90,7 +90,9 @@ func translated(path, region string) (*translate.Resources, error) {
 //     route's caller descriptor, which reads extauthz's dynamic metadata, becomes a
 //     generic_key with the caller's name, so the descriptors sent to envoyproxy/ratelimit
 //     are exactly those the full edge sends for that caller.
-func writeStaticBootstrap(path string, res *translate.Resources, name string, listenPort, adminPort int, mode staticMode, caller string) error {
+//
+// edit, when not nil, changes the listener's HCM last (the ablation's variants).
+func writeStaticBootstrap(path string, res *translate.Resources, name string, listenPort, adminPort int, mode staticMode, caller string, edit func(*hcmv3.HttpConnectionManager)) error {
 	b, err := bootstrap.Build(bootstrap.Options{
 		NodeID: "envoy-" + name, Region: name, AdminPort: adminPort,
 		XDSHost: "127.0.0.1", XDSPort: 1, // dropped below
@@ -103,7 +105,7 @@ func writeStaticBootstrap(path string, res *translate.Resources, name string, li
 	if err != nil {
 		return err
 	}
-	l, err := staticListener(res, name, listenPort, rc, mode)
+	l, err := staticListener(res, name, listenPort, rc, mode, edit)
 	if err != nil {
 		return err
 	}
@@ -179,7 +181,7 @@ func staticRoutes(res *translate.Resources, mode staticMode, caller string) (*ro
 
 // staticListener is the region's listener on listenPort with rc inline and the filters
 // the mode removes taken out of its HCM.
-func staticListener(res *translate.Resources, name string, listenPort int, rc *routev3.RouteConfiguration, mode staticMode) (*listenerv3.Listener, error) {
+func staticListener(res *translate.Resources, name string, listenPort int, rc *routev3.RouteConfiguration, mode staticMode, edit func(*hcmv3.HttpConnectionManager)) (*listenerv3.Listener, error) {
 	l := proto.Clone(res.Listeners[0]).(*listenerv3.Listener)
 	l.Name = "bench-" + name
 	l.Address.GetSocketAddress().PortSpecifier = &corev3.SocketAddress_PortValue{PortValue: uint32(listenPort)}
@@ -220,6 +222,9 @@ func staticListener(res *translate.Resources, name string, listenPort int, rc *r
 	})
 	hcm.RouteSpecifier = &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: rc}
 	hcm.StatPrefix = "bench_" + name
+	if edit != nil {
+		edit(hcm)
+	}
 	anyHCM, err := anypb.New(hcm)
 	if err != nil {
 		return nil, err

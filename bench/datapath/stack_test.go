@@ -180,6 +180,7 @@ func TestStaticBootstrapsNameOnlyTheirClusters(t *testing.T) {
 		mode   staticMode
 	}{
 		{"routes-authz.yaml", 0, region{name: vAuthz, listen: "127.0.0.1:10", authz: "127.0.0.1:11"}, staticBare},
+		{"routes-full.yaml", callerLimit, region{name: vFull, listen: "127.0.0.1:10", authz: "127.0.0.1:11", ratelimit: "127.0.0.1:12", inEnvoy: true}, staticBare},
 		{"routes-full.yaml", callerLimit, region{name: vFull, listen: "127.0.0.1:10", authz: "127.0.0.1:11", ratelimit: "127.0.0.1:12", inEnvoy: true}, staticRateLimit},
 	} {
 		path, err := s.writeRoutes(st.routes, st.limit, false, st.rg)
@@ -191,7 +192,7 @@ func TestStaticBootstrapsNameOnlyTheirClusters(t *testing.T) {
 			t.Fatal(err)
 		}
 		out := filepath.Join(t.TempDir(), "envoy.json")
-		if err := writeStaticBootstrap(out, res, st.rg.name, 10, 11, st.mode, callerName); err != nil {
+		if err := writeStaticBootstrap(out, res, st.rg.name, 10, 11, st.mode, callerName, nil); err != nil {
 			t.Fatal(err)
 		}
 		raw, err := os.ReadFile(out)
