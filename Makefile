@@ -65,6 +65,10 @@ bench: tools build ## Benchmarks (not part of make test); results go to docs/BEN
 	@# docs/bench/datapath.{md,json,png} and docs/bench/soak.{md,json}.
 	bash bench/peers/install.sh
 	$(GO) run ./bench/datapath -out docs/bench -soak 10m
+	@# What Envoy pays for each of the edge's filters and logs: bare Envoy beside one copy of itself per
+	@# filter or log left out, all at once, measured in alternating windows (~5 min); writes
+	@# docs/bench/ablation.{md,json}.
+	$(GO) run ./bench/datapath -ablation -out docs/bench
 	@# Control-plane scale: the real llmedge controlplane, 1,000 routes / 5 regions, 100 and 1,000
 	@# simulated ADS clients (~5 min); writes docs/bench/controlplane.json (reading: controlplane.md).
 	$(GO) run ./bench/controlplane -llmedge $(BIN)/llmedge -runs 5 -out docs/bench

@@ -61,6 +61,12 @@ type options struct {
 	overload     []int
 	overloadOnly bool
 	ceiling      int
+	// The ablation (ablation.go): instead of the scenarios, bare Envoy and its variants.
+	ablation       bool
+	ablationCycles int
+	ablationN      int
+	ablationRate   int
+	ablationWindow time.Duration
 }
 
 func fatalf(format string, args ...any) {
@@ -125,6 +131,11 @@ func parseFlags() options {
 	overloadRates := flag.String("overload", "", "after the other measurements, drive the full edge through these rates in this order, -step each, without pauses (e.g. 2000,4000,8000,1000: past saturation and back), and write overload.{json,md}; empty: no overload phase")
 	flag.IntVar(&o.ceiling, "overload-ceiling", admissionCeiling, "regions.<name>.overload.max_requests_per_second of every llmedge region (default: make run's, examples/routes.yaml); 0: no admission ceiling")
 	flag.BoolVar(&o.overloadOnly, "overload-only", false, "start only the full edge and measure nothing but the overload phase (-overload)")
+	flag.BoolVar(&o.ablation, "ablation", false, "measure nothing but the ablation: bare Envoy beside one copy of itself per filter or log left out, all at once, in alternating windows; writes ablation.{json,md}")
+	flag.IntVar(&o.ablationCycles, "ablation-cycles", 8, "ablation: cycles (each measures every variant once)")
+	flag.IntVar(&o.ablationN, "ablation-n", 1000, "ablation: sequential requests per variant and cycle")
+	flag.IntVar(&o.ablationRate, "ablation-rate", 1000, "ablation: open-loop rate per variant and cycle, for its CPU per request")
+	flag.DurationVar(&o.ablationWindow, "ablation-window", 2*time.Second, "ablation: duration of the open-loop window per variant and cycle")
 	quick := flag.Bool("quick", false, "smoke run of a few seconds: one short round of each measurement, no peers, no waiting for a quiet machine (the figures mean nothing; use with -out on a temporary directory)")
 	flag.Parse()
 	o.rates, o.peerRates = parseRates("rates", rates), parseRates("peer-rates", peerRates)
@@ -135,6 +146,7 @@ func parseFlags() options {
 	if *quick {
 		o.rounds, o.n, o.warmup, o.stepRounds, o.rates, o.peerRates, o.stepDur = 1, 50, 10, 1, []int{100}, nil, time.Second
 		o.streamRounds, o.streamN, o.chunks, o.chunkGap, o.peers, o.waitQuiet = 1, 1, 3, 10*time.Millisecond, false, 0
+		o.ablationCycles, o.ablationN, o.ablationWindow = 2, 50, 500*time.Millisecond
 	}
 	return o
 }
@@ -224,6 +236,9 @@ func run(root string, o options) error {
 		res.Machine.OtherCPUBefore = guard.waitQuiet()
 		res.Machine.WaitedS = time.Since(t0).Seconds()
 		logf("other processes used %.2f cores before the start (waited %s)", res.Machine.OtherCPUBefore, time.Since(t0).Round(time.Second))
+	}
+	if o.ablation {
+		return runAblation(ctx, r, guard, res.Machine, o)
 	}
 	s, err := startRig(ctx, r, o.overloadOnly)
 	if err != nil {
