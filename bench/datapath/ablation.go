@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -80,6 +81,8 @@ type AblationVariant struct {
 	RateCPU []float64 `json:"rate_cpu_us_per_request"`
 	RateP99 []float64 `json:"rate_p99_us"`
 	Errors  int       `json:"errors"`
+	// FirstErr is the first error's description (an HTTP status and the edge's error code).
+	FirstErr string `json:"first_error,omitempty"`
 }
 
 // runAblation starts the fake upstream and the variants, measures them and writes
@@ -188,6 +191,9 @@ func runAblation(ctx context.Context, r *runner, guard *noiseGuard, m Machine, o
 			v.C1CPU = append(v.C1CPU, seq.CPUPer1k[name]*1000)
 			v.RateCPU, v.RateP99 = append(v.RateCPU, st.CPUPer1k[name]*1000), append(v.RateP99, st.P99)
 			v.Errors += seq.Errors + st.Errors
+			if v.FirstErr == "" {
+				v.FirstErr = cmp.Or(seq.FirstErr, st.FirstErr)
+			}
 		}
 		logf("ablation cycle %d/%d: bare Envoy c=1 p50 %.0f µs, %.0f µs of CPU per request at %d req/s", c+1, o.ablationCycles,
 			out.Variants[0].C1P50[c], out.Variants[0].RateCPU[c], o.ablationRate)
@@ -272,8 +278,12 @@ func ablationReport(a *AblationResults) string {
 		if v.Name == base.Name {
 			diff50, diffCPU, below = "(baseline)", "(baseline)", ""
 		}
-		w("| %s | %.0f µs | %.0f µs | %s | %.0f µs | %s | %s | %d |\n", v.Label, median(v.C1P50), median(v.C1P99), diff50,
-			median(v.RateCPU), diffCPU, below, v.Errors)
+		errs := fmt.Sprint(v.Errors)
+		if v.FirstErr != "" {
+			errs += " (the first: " + v.FirstErr + ")"
+		}
+		w("| %s | %.0f µs | %.0f µs | %s | %.0f µs | %s | %s | %s |\n", v.Label, median(v.C1P50), median(v.C1P99), diff50,
+			median(v.RateCPU), diffCPU, below, errs)
 	}
 	w("\n- Each cycle measures every variant once: %d sequential requests on one connection (c=1), then %s req/s open loop for %g s "+
 		"(vegeta), Envoy's CPU from utime+stime in `/proc/<pid>/stat` (10 ms ticks). %d cycles; the first variant of a cycle moves by one "+
@@ -283,7 +293,9 @@ func ablationReport(a *AblationResults) string {
 	w("- Every Envoy runs `make run`'s worker count on the edge's CPU, the fake upstream and this load generator on the other, as in the " +
 		"data-path bench ([datapath.md](datapath.md)); the variants not being measured are idle. What a variant leaves out, it no longer " +
 		"does: without set_filter_state the access log has no request id, without set_metadata the usage log (absent here) would record " +
-		"nothing; the figures say what each costs, not that it could go.\n")
+		"nothing; the figures say what each costs, not that it could go. Bare Envoy keeps `make run`'s admission ceiling (2,000 " +
+		"requests a second per Envoy, local_ratelimit): a sequential client faster than that, or an open-loop window's burst, is " +
+		"refused with 503 `overloaded`, counted under errors; latencies are of the answered requests, CPU per request sent.\n")
 	w("- Machine: %d CPUs (%s), %s, %s; Envoy %s.\n", a.Machine.NProc, a.Machine.CPUModel, a.Machine.Kernel, a.Machine.Go, a.Machine.Envoy)
 	w("\n## Command\n\n```sh\n%s\n```\n", a.Command)
 	return b.String()
