@@ -15,8 +15,8 @@ import (
 	_ "modernc.org/sqlite"             // database/sql driver "sqlite", pure Go
 )
 
-// Store is where records live. Insert is idempotent on the request id: a record delivered
-// twice is stored once.
+// Store is where records live. Insert is idempotent on the record's time and request id:
+// a record delivered twice (the same record, as the spool replays it) is stored once.
 type Store interface {
 	Insert(ctx context.Context, rs []Record) error
 	Totals(ctx context.Context, q Query) ([]Total, error)
@@ -208,9 +208,9 @@ func (s *sqlStore) migrate(ctx context.Context) error {
 
 // rekeySQLite rebuilds a ledger created with the request id alone as its key (before
 // createTable's (ts, request_id)) in one transaction: the records are copied in time order
-// into a table with the new key, which then takes the old one's name. Nothing changes if
-// the crash or an error comes first. A PostgreSQL table keeps the key it was created with:
-// inserts name no conflict target, so either key deduplicates.
+// into a table with the new key, which then takes the old one's name; a crash or an error
+// before the commit leaves the ledger as it was. A PostgreSQL table keeps the key it was
+// created with: inserts name no conflict target, so either key deduplicates.
 func rekeySQLite(ctx context.Context, db *sql.DB) error {
 	var pk int
 	if err := db.QueryRowContext(ctx, `SELECT pk FROM pragma_table_info('usage_records') WHERE name = 'request_id'`).Scan(&pk); err != nil {
