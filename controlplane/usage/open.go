@@ -25,13 +25,13 @@ func FromConfig(u model.Usage, stateDir string, log *slog.Logger, reg prometheus
 	if err != nil {
 		return nil, err
 	}
-	open := func(ctx context.Context) (Store, error) { return OpenSQLite(ctx, abs(u.SQLitePath)) }
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	open := func(ctx context.Context) (Store, error) { return OpenSQLiteLogged(ctx, abs(u.SQLitePath), log) }
 	if u.Store == "postgres" {
 		dsnFile := abs(u.PostgresDSNFile)
 		open = func(ctx context.Context) (Store, error) { return OpenPostgres(ctx, dsnFile) }
-	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
 	}
 	log.Info("usage ledger", "store", u.Store, "spool", abs(u.SpoolDir), "spool_max_bytes", u.SpoolMaxBytes, "retention_days", u.RetentionDays, "prices", len(u.Prices))
 	return New(Options{

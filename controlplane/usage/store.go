@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -129,6 +130,12 @@ const sqliteRows = 32
 
 // OpenSQLite opens (creating) the SQLite ledger at path.
 func OpenSQLite(ctx context.Context, path string) (Store, error) {
+	return OpenSQLiteLogged(ctx, path, nil)
+}
+
+// OpenSQLiteLogged is OpenSQLite saying on log (nil: nowhere) when it rebuilds an old
+// ledger with the new key, which takes seconds per million records.
+func OpenSQLiteLogged(ctx context.Context, path string, log *slog.Logger) (Store, error) {
 	// Opening SQLite is local work that ends on its own, and rebuilding an old ledger with
 	// the new key (rekeySQLite) takes seconds for millions of records: the caller's
 	// deadline (the ledger's per-insert StoreTimeout) would interrupt the rebuild at the
@@ -142,7 +149,7 @@ func OpenSQLite(ctx context.Context, path string) (Store, error) {
 		return nil, fmt.Errorf("usage store sqlite %s: %w", path, err)
 	}
 	db.SetMaxOpenConns(1) // one writer; SQLite serialises writes anyway
-	return open(ctx, db, sqliteDialect, "sqlite "+path)
+	return open(ctx, db, sqliteDialect, "sqlite "+path, log)
 }
 
 // OpenPostgres connects with the DSN held in dsnFile. Errors never quote the DSN: it holds
@@ -158,17 +165,17 @@ func OpenPostgres(ctx context.Context, dsnFile string) (Store, error) {
 	}
 	db.SetMaxOpenConns(4)
 	db.SetConnMaxIdleTime(time.Minute)
-	return open(ctx, db, postgresDialect, "postgres")
+	return open(ctx, db, postgresDialect, "postgres", nil)
 }
 
-func open(ctx context.Context, db *sql.DB, d dialect, what string) (Store, error) {
+func open(ctx context.Context, db *sql.DB, d dialect, what string, log *slog.Logger) (Store, error) {
 	s := &sqlStore{db: db, d: d}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("usage store %s: %w", what, err)
 	}
 	if d.name == sqliteDialect.name {
-		if err := rekeySQLite(ctx, db); err != nil {
+		if err := rekeySQLite(ctx, db, log); err != nil {
 			db.Close()
 			return nil, fmt.Errorf("usage store %s: rebuild with the (ts, request_id) key: %w", what, err)
 		}
@@ -211,7 +218,7 @@ func (s *sqlStore) migrate(ctx context.Context) error {
 // into a table with the new key, which then takes the old one's name; a crash or an error
 // before the commit leaves the ledger as it was. A PostgreSQL table keeps the key it was
 // created with: inserts name no conflict target, so either key deduplicates.
-func rekeySQLite(ctx context.Context, db *sql.DB) error {
+func rekeySQLite(ctx context.Context, db *sql.DB, log *slog.Logger) error {
 	var pk int
 	if err := db.QueryRowContext(ctx, `SELECT pk FROM pragma_table_info('usage_records') WHERE name = 'request_id'`).Scan(&pk); err != nil {
 		return err
@@ -219,12 +226,18 @@ func rekeySQLite(ctx context.Context, db *sql.DB) error {
 	if pk == 0 {
 		return nil
 	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	began := time.Now()
+	log.Info("usage ledger: rebuilding with the (ts, request_id) key, once; records spool meanwhile")
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback() //nolint:errcheck // after Commit it is a no-op
 	cols := strings.Join(columns, ", ")
+	var records int64
 	for _, q := range []string{
 		createTable("usage_records_rekeyed", "INTEGER"),
 		`INSERT INTO usage_records_rekeyed (` + cols + `) SELECT ` + cols + ` FROM usage_records ORDER BY ts`,
@@ -232,11 +245,19 @@ func rekeySQLite(ctx context.Context, db *sql.DB) error {
 		`ALTER TABLE usage_records_rekeyed RENAME TO usage_records`,
 		tenantIndex,
 	} {
-		if _, err := tx.ExecContext(ctx, q); err != nil {
+		res, err := tx.ExecContext(ctx, q)
+		if err != nil {
 			return err
 		}
+		if strings.HasPrefix(q, "INSERT") {
+			records, _ = res.RowsAffected()
+		}
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	log.Info("usage ledger rebuilt", "records", records, "took", time.Since(began).Round(time.Millisecond).String())
+	return nil
 }
 
 func (s *sqlStore) Close() error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -215,11 +216,16 @@ func ledgerKey(t *testing.T, db *sql.DB) []string {
 // delivered again still stored once.
 func TestSQLiteLedgerKeyStartsWithTime(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "usage.db")
-	s, err := OpenSQLite(t.Context(), path)
+	var logged strings.Builder
+	log := slog.New(slog.NewTextHandler(&logged, nil))
+	s, err := OpenSQLiteLogged(t.Context(), path, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
+	if logged.Len() != 0 {
+		t.Errorf("opening a new ledger logged %q, want nothing", logged.String())
+	}
 	db, err := sql.Open("sqlite", "file:"+path)
 	if err != nil {
 		t.Fatal(err)
@@ -265,9 +271,13 @@ func TestSQLiteLedgerKeyStartsWithTime(t *testing.T) {
 	// stands for a deadline that passes during the rebuild).
 	done, cancel := context.WithCancel(t.Context())
 	cancel()
-	s, err = OpenSQLite(done, old)
+	s, err = OpenSQLiteLogged(done, old, log)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if got := logged.String(); !strings.Contains(got, "rebuilding with the (ts, request_id) key") ||
+		!strings.Contains(got, `msg="usage ledger rebuilt" records=3 took=`) {
+		t.Errorf("the rebuild logged %q, want its start and its end with the 3 records", got)
 	}
 	defer s.Close()
 	if err := s.Insert(t.Context(), []Record{recs[0], rec("r4", "carol", "team-a", "gpt-4o", now, 1, 1, nil)}); err != nil {
