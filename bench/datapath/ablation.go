@@ -3,18 +3,17 @@ package main
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 
+	"github.com/llmedge/llmedge/bench/host"
 	"github.com/llmedge/llmedge/internal/stack"
 )
 
@@ -222,30 +221,11 @@ func pairedDiff(x, base []float64) (float64, int) {
 			lower++
 		}
 	}
-	return median(d), lower
-}
-
-func median(x []float64) float64 {
-	if len(x) == 0 {
-		return 0
-	}
-	y := slices.Clone(x)
-	sort.Float64s(y)
-	if len(y)%2 == 1 {
-		return y[len(y)/2]
-	}
-	return (y[len(y)/2-1] + y[len(y)/2]) / 2
+	return host.Median(d), lower
 }
 
 func writeAblation(dir string, a *AblationResults) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	raw, err := json.MarshalIndent(a, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "ablation.json"), append(raw, '\n'), 0o644); err != nil {
+	if err := host.WriteJSON(dir, "ablation.json", a); err != nil {
 		return err
 	}
 	return os.WriteFile(filepath.Join(dir, "ablation.md"), []byte(ablationReport(a)), 0o644)
@@ -282,8 +262,8 @@ func ablationReport(a *AblationResults) string {
 		if v.FirstErr != "" {
 			errs += " (the first: " + v.FirstErr + ")"
 		}
-		w("| %s | %.0f µs | %.0f µs | %s | %.0f µs | %s | %s | %s |\n", v.Label, median(v.C1P50), median(v.C1P99), diff50,
-			median(v.RateCPU), diffCPU, below, errs)
+		w("| %s | %.0f µs | %.0f µs | %s | %.0f µs | %s | %s | %s |\n", v.Label, host.Median(v.C1P50), host.Median(v.C1P99), diff50,
+			host.Median(v.RateCPU), diffCPU, below, errs)
 	}
 	w("\n- Each cycle measures every variant once: %d sequential requests on one connection (c=1), then %s req/s open loop for %g s "+
 		"(vegeta), Envoy's CPU from utime+stime in `/proc/<pid>/stat` (10 ms ticks). %d cycles; the first variant of a cycle moves by one "+

@@ -193,8 +193,14 @@ func withCost(r Record, p *float64) Record {
 // ledgerKey is the columns of the SQLite ledger's unique index, in order.
 func ledgerKey(t *testing.T, db *sql.DB) []string {
 	t.Helper()
-	rows, err := db.Query(`SELECT ii.name FROM pragma_index_list('usage_records') il, pragma_index_info(il.name) ii
+	return column(t, db, `SELECT ii.name FROM pragma_index_list('usage_records') il, pragma_index_info(il.name) ii
 		WHERE il."unique" = 1 ORDER BY il.name, ii.seqno`)
+}
+
+// column is the one text column of a query's rows.
+func column(t *testing.T, db *sql.DB, query string) []string {
+	t.Helper()
+	rows, err := db.Query(query)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,19 +297,7 @@ func TestSQLiteLedgerKeyStartsWithTime(t *testing.T) {
 	if got := ledgerKey(t, db2); !slices.Equal(got, []string{"ts", "request_id"}) {
 		t.Errorf("after opening, the old ledger's unique key is %v, want [ts request_id]", got)
 	}
-	var indexes []string
-	rows, err := db2.Query(`SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for rows.Next() {
-		var n string
-		if err := rows.Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		indexes = append(indexes, n)
-	}
-	rows.Close()
+	indexes := column(t, db2, `SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name`)
 	if !slices.Equal(indexes, []string{"usage_records_tenant_ts"}) {
 		t.Errorf("indexes after the rebuild: %v, want [usage_records_tenant_ts]", indexes)
 	}
