@@ -186,6 +186,8 @@ func (l *Ledger) connect(ctx context.Context) {
 	l.storeMu.Lock()
 	l.store = s
 	l.storeMu.Unlock()
+	// An open store is up: an idle edge must not report it down until its first record.
+	l.storeOK()
 }
 
 func (l *Ledger) current() Store {

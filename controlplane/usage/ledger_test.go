@@ -95,6 +95,16 @@ func (h *harness) count(t *testing.T) int64 {
 	return n
 }
 
+// An idle ledger whose store opened reports it up before any record arrives (a monitor
+// reading llmedge_usage_store_up must not see a fresh edge's store as down).
+func TestLedgerStoreUpOnceOpened(t *testing.T) {
+	h := newHarness(t, 64<<20, nil)
+	eventually(t, "store_up 1 with no record written", func() bool { return testutil.ToFloat64(h.l.m.storeUp) == 1 })
+	if n := h.store.inserts.Load(); n != 0 {
+		t.Fatalf("%d inserts, want none", n)
+	}
+}
+
 func TestLedgerStoreDownSpoolsThenReplays(t *testing.T) {
 	h := newHarness(t, 64<<20, nil)
 	now := time.Now()
