@@ -37,9 +37,42 @@ import (
 )
 
 func main() {
+	if code, done := arguments(os.Args[1:], os.Stdout, os.Stderr); done {
+		os.Exit(code)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	os.Exit(run(ctx, os.Getenv, os.Stdout, os.Stderr))
+}
+
+const usageText = `usage: llmedge-run   (what make run starts; it takes no arguments)
+
+Starts a local two-region edge (hk, sg) as plain processes, with the fake LLM upstream and
+a demo caller token, and stops it on Ctrl-C. It is configured by its environment:
+
+  LLMEDGE_RUN_DIR     run directory (default .run): routes copy, sockets, logs, state
+  LLMEDGE_BIN_DIR     llmedge binaries (default bin)
+  LLMEDGE_ROUTES      routes YAML to copy (default examples/routes.yaml)
+  LLMEDGE_AUTHZ       envoy (extauthz inside Envoy) or process; default: the routes YAML's
+  LLMEDGE_*_PORT      move a port, e.g. LLMEDGE_HK_PORT=20000 (README: "make run")
+  OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY
+                      send that upstream to the real provider with this key
+`
+
+// arguments handles a command line: none starts the edge (done false); -h, --help or help
+// prints the usage; anything else is refused with it, rather than starting the whole edge
+// with an argument silently ignored.
+func arguments(args []string, stdout, stderr io.Writer) (code int, done bool) {
+	if len(args) == 0 {
+		return 0, false
+	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usageText)
+		return 0, true
+	}
+	fmt.Fprintf(stderr, "llmedge-run: unexpected argument %q\n%s", args[0], usageText)
+	return 2, true
 }
 
 // demo is what the command prepares before it starts the edge.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"io/fs"
 	"os"
@@ -354,5 +355,32 @@ func TestWriteRoutesAuthzMode(t *testing.T) {
 	}
 	if note := authzNote(d); !strings.Contains(note, "do not set extauthz_in_envoy") || !strings.Contains(note, "LLMEDGE_AUTHZ=envoy") {
 		t.Errorf("banner: %q", note)
+	}
+}
+
+// Arguments never start the edge: help prints the usage, anything else is refused naming it.
+func TestArguments(t *testing.T) {
+	for _, c := range []struct {
+		args     []string
+		code     int
+		done     bool
+		out, err string
+	}{
+		{nil, 0, false, "", ""},
+		{[]string{"--help"}, 0, true, "LLMEDGE_RUN_DIR", ""},
+		{[]string{"-h"}, 0, true, "it takes no arguments", ""},
+		{[]string{"--run-dir", "x"}, 2, true, "", `unexpected argument "--run-dir"`},
+	} {
+		var out, errb bytes.Buffer
+		code, done := arguments(c.args, &out, &errb)
+		if code != c.code || done != c.done {
+			t.Errorf("%q: code %d done %v, want %d %v", c.args, code, done, c.code, c.done)
+		}
+		if (c.out == "") != (out.Len() == 0) || !strings.Contains(out.String(), c.out) {
+			t.Errorf("%q: stdout %q, want it to contain %q", c.args, out.String(), c.out)
+		}
+		if (c.err == "") != (errb.Len() == 0) || !strings.Contains(errb.String(), c.err) {
+			t.Errorf("%q: stderr %q, want it to contain %q", c.args, errb.String(), c.err)
+		}
 	}
 }
