@@ -3,6 +3,7 @@ package extauthz
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/netip"
 	"time"
@@ -137,7 +138,9 @@ func (m *Main) finish(r decide.Request, d decide.Decision, q *quotas, quota quot
 	}
 	m.checks.WithLabelValues(r.Upstream, d.Reason).Inc()
 	if d.Allow {
-		m.log.Debug("allowed", "caller", d.Caller, "route", r.Route, "upstream", r.Upstream, "key", d.KeyName, "quota", quota.result.String())
+		if m.log.Enabled(context.Background(), slog.LevelDebug) { // its arguments would cost allocations on every request
+			m.log.Debug("allowed", "caller", d.Caller, "route", r.Route, "upstream", r.Upstream, "key", d.KeyName, "quota", quota.result.String())
+		}
 		return allowed(d, r.Upstream, quota.headers)
 	}
 	m.log.Info("denied", "reason", d.Reason, "status", d.Status, "caller", d.Caller, "route", r.Route, "upstream", r.Upstream, "source", r.SourceIP.String())

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -168,7 +167,7 @@ var windowSeconds = map[rlsv3.RateLimitResponse_RateLimit_Unit]int{
 // until its window resets.
 func rateLimitHeaders(statuses []*rlsv3.RateLimitResponse_DescriptorStatus) (h []Header, limit, reset string) {
 	var least *rlsv3.RateLimitResponse_DescriptorStatus
-	var policy strings.Builder
+	var policy []byte // appended to, not formatted: this runs on every request under a limit
 	for _, s := range statuses {
 		cl := s.GetCurrentLimit()
 		if cl == nil {
@@ -178,16 +177,21 @@ func rateLimitHeaders(statuses []*rlsv3.RateLimitResponse_DescriptorStatus) (h [
 			least = s
 		}
 		if w := windowSeconds[cl.GetUnit()]; w > 0 {
-			fmt.Fprintf(&policy, ", %d;w=%d", cl.GetRequestsPerUnit(), w)
+			policy = append(policy, ", "...)
+			policy = strconv.AppendUint(policy, uint64(cl.GetRequestsPerUnit()), 10)
+			policy = append(policy, ";w="...)
+			policy = strconv.AppendInt(policy, int64(w), 10)
 			if cl.GetName() != "" {
-				fmt.Fprintf(&policy, ";name=%q", cl.GetName())
+				policy = append(policy, ";name="...)
+				policy = strconv.AppendQuote(policy, cl.GetName())
 			}
 		}
 	}
 	if least == nil {
 		return nil, "", ""
 	}
-	limit = strconv.FormatUint(uint64(least.GetCurrentLimit().GetRequestsPerUnit()), 10) + policy.String()
+	b := strconv.AppendUint(make([]byte, 0, 10+len(policy)), uint64(least.GetCurrentLimit().GetRequestsPerUnit()), 10)
+	limit = string(append(b, policy...))
 	reset = strconv.FormatInt(least.GetDurationUntilReset().GetSeconds(), 10)
 	return []Header{
 		{"x-ratelimit-limit", limit},

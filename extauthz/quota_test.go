@@ -3,6 +3,7 @@ package extauthz
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"strings"
@@ -254,5 +255,45 @@ func TestLimiterRefusesABadConfig(t *testing.T) {
 	}}}
 	if err := lim.setConfig("v1", bad); err == nil {
 		t.Error("a duplicate descriptor was accepted")
+	}
+}
+
+// The X-RateLimit headers name the limit with the least left, then each limit's policy
+// (window in seconds, its name quoted as a Go string would be).
+func TestRateLimitHeaders(t *testing.T) {
+	st := func(perUnit, left uint32, unit rlsv3.RateLimitResponse_RateLimit_Unit, name string, reset int64) *rlsv3.RateLimitResponse_DescriptorStatus {
+		return &rlsv3.RateLimitResponse_DescriptorStatus{
+			CurrentLimit:       &rlsv3.RateLimitResponse_RateLimit{RequestsPerUnit: perUnit, Unit: unit, Name: name},
+			LimitRemaining:     left,
+			DurationUntilReset: durationpb.New(time.Duration(reset) * time.Second),
+		}
+	}
+	h, limit, reset := rateLimitHeaders([]*rlsv3.RateLimitResponse_DescriptorStatus{
+		st(600, 500, rlsv3.RateLimitResponse_RateLimit_MINUTE, "", 42),
+		{}, // no current limit: skipped
+		st(10000, 7, rlsv3.RateLimitResponse_RateLimit_DAY, `per "day"`, 3600),
+		st(50, 50, rlsv3.RateLimitResponse_RateLimit_UNKNOWN, "", 1), // no window: not in the policy
+	})
+	want := []Header{
+		{"x-ratelimit-limit", `10000, 600;w=60, 10000;w=86400;name="per \"day\""`},
+		{"x-ratelimit-remaining", "7"},
+		{"x-ratelimit-reset", "3600"},
+	}
+	if fmt.Sprint(h) != fmt.Sprint(want) || limit != want[0].Value || reset != "3600" {
+		t.Errorf("headers %v (limit %q, reset %q), want %v", h, limit, reset, want)
+	}
+	if h, _, _ := rateLimitHeaders(nil); h != nil {
+		t.Errorf("no statuses: %v, want none", h)
+	}
+}
+
+func BenchmarkRateLimitHeaders(b *testing.B) {
+	sts := []*rlsv3.RateLimitResponse_DescriptorStatus{{
+		CurrentLimit:   &rlsv3.RateLimitResponse_RateLimit{RequestsPerUnit: 600, Unit: rlsv3.RateLimitResponse_RateLimit_MINUTE, Name: "demo"},
+		LimitRemaining: 599, DurationUntilReset: durationpb.New(42 * time.Second),
+	}}
+	b.ReportAllocs()
+	for b.Loop() {
+		rateLimitHeaders(sts)
 	}
 }
