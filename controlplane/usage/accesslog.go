@@ -26,9 +26,13 @@ type AccessLogOptions struct {
 	Retention    time.Duration
 	MaxFileBytes int64 // a file past this size continues in the next; default 100 MiB
 	QueueSize    int   // lines waiting for the disk; default 8192
-	Now          func() time.Time
-	Logger       *slog.Logger
-	Metrics      prometheus.Registerer
+	// FlushInterval is how often queued lines are written (sooner once the queue is half
+	// full); default 200ms. Lines are not written as they come: waking the writer for
+	// every message from Envoy costs the control plane more than the writing.
+	FlushInterval time.Duration
+	Now           func() time.Time
+	Logger        *slog.Logger
+	Metrics       prometheus.Registerer
 	// Open opens a file for appending; tests inject a slow disk. Default os.OpenFile.
 	Open func(name string) (io.WriteCloser, error)
 	// PruneInterval is how often old files are looked for besides each new day; default 1h.
@@ -49,6 +53,8 @@ type AccessLog struct {
 	o   AccessLogOptions
 	log *slog.Logger
 	q   chan Line
+	// kick wakes the writer before its next flush when the queue is half full.
+	kick chan struct{}
 
 	written, dropped, deleted prometheus.Counter
 	writeErrors               prometheus.Counter
@@ -90,6 +96,9 @@ func NewAccessLog(o AccessLogOptions) (*AccessLog, error) {
 	if o.PruneInterval <= 0 {
 		o.PruneInterval = time.Hour
 	}
+	if o.FlushInterval <= 0 {
+		o.FlushInterval = 200 * time.Millisecond
+	}
 	if o.Open == nil {
 		o.Open = func(name string) (io.WriteCloser, error) {
 			return os.OpenFile(name, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -103,7 +112,7 @@ func NewAccessLog(o AccessLogOptions) (*AccessLog, error) {
 	if err := os.Chmod(o.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("access log dir: %w", err)
 	}
-	a := &AccessLog{o: o, log: o.Logger.With("component", "access_log"), q: make(chan Line, o.QueueSize), files: map[string]*logFile{}}
+	a := &AccessLog{o: o, log: o.Logger.With("component", "access_log"), q: make(chan Line, o.QueueSize), kick: make(chan struct{}, 1), files: map[string]*logFile{}}
 	a.written = prometheus.NewCounter(prometheus.CounterOpts{Name: "llmedge_access_log_lines_written_total",
 		Help: "Access log lines written to the files in usage.access_log.dir."})
 	a.dropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "llmedge_access_log_lines_dropped_total",
@@ -124,6 +133,12 @@ func (a *AccessLog) Add(l Line) {
 	default:
 		a.drop(1, "access log queue full: the disk is slower than the traffic; lines dropped")
 	}
+	if len(a.q) >= cap(a.q)/2 {
+		select {
+		case a.kick <- struct{}{}:
+		default:
+		}
+	}
 }
 
 func (a *AccessLog) drop(n int, msg string) {
@@ -137,19 +152,33 @@ func (a *AccessLog) drop(n int, msg string) {
 	}
 }
 
-// Run writes queued lines until ctx ends, then writes what is queued and closes the files.
+// Run writes queued lines every FlushInterval (or once the queue is half full) until ctx
+// ends, then writes what is queued and closes the files.
 func (a *AccessLog) Run(ctx context.Context) error {
 	prune := time.NewTicker(a.o.PruneInterval)
 	defer prune.Stop()
+	flush := time.NewTicker(a.o.FlushInterval)
+	defer flush.Stop()
 	a.prune()
-	batch := make([]Line, 0, 256)
+	batch := make([]Line, 0, 1024)
+	writeQueued := func() {
+		for {
+			b := a.drain(batch[:0], cap(batch))
+			if len(b) == 0 {
+				return
+			}
+			a.write(b)
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
-			a.write(a.drain(batch[:0], len(a.q)))
+			writeQueued()
 			return a.closeAll()
-		case l := <-a.q:
-			a.write(a.drain(append(batch[:0], l), cap(batch)))
+		case <-flush.C:
+			writeQueued()
+		case <-a.kick:
+			writeQueued()
 		case <-prune.C:
 			a.prune()
 		}

@@ -34,9 +34,11 @@ type Options struct {
 
 // Ledger receives records and writes them to the store off the receive path.
 type Ledger struct {
-	o       Options
-	log     *slog.Logger
-	q       chan Record
+	o   Options
+	log *slog.Logger
+	q   chan Record
+	// kick wakes the writer before its next flush once a batch is queued.
+	kick    chan struct{}
 	prices  atomic.Pointer[Prices]
 	m       *metrics
 	seen    *recent
@@ -75,7 +77,7 @@ func New(o Options) *Ledger {
 	if o.Metrics == nil {
 		o.Metrics = prometheus.NewRegistry()
 	}
-	l := &Ledger{o: o, log: o.Logger.With("component", "usage"), q: make(chan Record, o.QueueSize), seen: newRecent(1 << 16)}
+	l := &Ledger{o: o, log: o.Logger.With("component", "usage"), q: make(chan Record, o.QueueSize), kick: make(chan struct{}, 1), seen: newRecent(1 << 16)}
 	l.prices.Store(o.Prices)
 	l.m = newMetrics(o.Metrics, o.Spool)
 	return l
@@ -110,11 +112,19 @@ func (l *Ledger) Add(r Record) (Record, bool) {
 	default:
 		l.spool([]Record{r})
 	}
+	if len(l.q) >= l.o.BatchSize {
+		select {
+		case l.kick <- struct{}{}:
+		default:
+		}
+	}
 	return r, true
 }
 
-// Run writes queued records until ctx ends, then flushes what it holds (to the store, or
-// the spool) and closes the store.
+// Run writes queued records every FlushInterval, and as soon as a batch is queued, until
+// ctx ends; then it flushes what it holds (to the store, or the spool) and closes the
+// store. Records are not taken as they come: waking the writer for every message from
+// Envoy costs the control plane more than the insert.
 func (l *Ledger) Run(ctx context.Context) error {
 	flush := time.NewTicker(l.o.FlushInterval)
 	defer flush.Stop()
@@ -126,6 +136,20 @@ func (l *Ledger) Run(ctx context.Context) error {
 		if len(batch) > 0 {
 			l.write(ctx, batch)
 			batch = make([]Record, 0, l.o.BatchSize)
+		}
+	}
+	writeQueued := func() {
+		for {
+			select {
+			case r := <-l.q:
+				batch = append(batch, r)
+				if len(batch) >= l.o.BatchSize {
+					write()
+				}
+			default:
+				write()
+				return
+			}
 		}
 	}
 	l.connect(ctx)
@@ -149,13 +173,10 @@ func (l *Ledger) Run(ctx context.Context) error {
 			}
 			l.storeMu.Unlock()
 			return l.o.Spool.Close()
-		case r := <-l.q:
-			batch = append(batch, r)
-			if len(batch) >= l.o.BatchSize {
-				write()
-			}
 		case <-flush.C:
-			write()
+			writeQueued()
+		case <-l.kick:
+			writeQueued()
 		case <-retry.C:
 			l.connect(ctx)
 			l.replay(ctx)
