@@ -395,3 +395,16 @@ func keys[V any](m map[string]V) []string {
 	sort.Strings(out)
 	return out
 }
+
+// Lines wait for the writer's timer; a half-full queue wakes it at once.
+func TestAccessLogWritesOnItsTimerOrAHalfFullQueue(t *testing.T) {
+	a := startAccessLog(t, AccessLogOptions{Dir: t.TempDir(), QueueSize: 8, FlushInterval: time.Hour})
+	for i := range 3 {
+		a.Add(line("hk", fmt.Sprint(i)))
+	}
+	if n := testutil.ToFloat64(a.written); n != 0 {
+		t.Fatalf("%v lines written before the timer or a half-full queue", n)
+	}
+	a.Add(line("hk", "3")) // 4 of 8 queued
+	waitWritten(t, a, 4)
+}

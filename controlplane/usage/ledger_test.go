@@ -283,3 +283,36 @@ func TestLedgerModelLabelsBounded(t *testing.T) {
 		t.Errorf("clipped to %d bytes", n)
 	}
 }
+
+// Records wait for the writer's timer; a whole batch queued wakes it at once.
+func TestLedgerWritesOnItsTimerOrAFullBatch(t *testing.T) {
+	spool, err := OpenSpool(filepath.Join(t.TempDir(), "spool"), 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := &flaky{Store: openSQLite(t)}
+	l := New(Options{Open: func(context.Context) (Store, error) { return store, nil }, Spool: spool,
+		FlushInterval: time.Hour, BatchSize: 10})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("ledger Run: %v", err)
+		}
+	}()
+	now := time.Now()
+	for i := range 9 {
+		l.Add(rec(fmt.Sprint("r-", i), "alice", "t", "m", now, 1, 1, nil))
+	}
+	if n := store.inserts.Load(); n != 0 {
+		t.Fatalf("%d inserts before the timer or a whole batch", n)
+	}
+	l.Add(rec("r-9", "alice", "t", "m", now, 1, 1, nil))
+	eventually(t, "the batch of 10 inserted", func() bool { return store.inserts.Load() > 0 })
+	ts, err := store.Store.Totals(context.Background(), Query{Since: time.Unix(0, 0), Until: time.Now().Add(time.Hour)})
+	if err != nil || len(ts) != 1 || ts[0].Requests != 10 {
+		t.Fatalf("totals %+v, %v; want 10 requests", ts, err)
+	}
+}
