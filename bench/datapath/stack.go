@@ -378,11 +378,7 @@ func (s *rig) startStatics(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		listenPort, err := stack.FreePort()
-		if err != nil {
-			return err
-		}
-		admin, err := stack.FreePort()
+		listenPort, admin, err := freePair()
 		if err != nil {
 			return err
 		}

@@ -138,6 +138,17 @@ func openSQLite(t *testing.T) Store {
 
 func TestSQLiteStore(t *testing.T) { storeSuite(t, openSQLite(t)) }
 
+// rawSQLite opens the SQLite file at path without the store, to read or shape its schema.
+func rawSQLite(t *testing.T, path string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
 // TestSQLiteLargeBatch: a batch many times SQLite's statement of sqliteRows records, with
 // a remainder, is stored whole and field for field (a parameter out of place in the
 // many-row statement would move values between records), and delivering it again with
@@ -232,22 +243,13 @@ func TestSQLiteLedgerKeyStartsWithTime(t *testing.T) {
 	if logged.Len() != 0 {
 		t.Errorf("opening a new ledger logged %q, want nothing", logged.String())
 	}
-	db, err := sql.Open("sqlite", "file:"+path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if got := ledgerKey(t, db); !slices.Equal(got, []string{"ts", "request_id"}) {
+	if got := ledgerKey(t, rawSQLite(t, path)); !slices.Equal(got, []string{"ts", "request_id"}) {
 		t.Fatalf("a new ledger's unique key is %v, want [ts request_id]", got)
 	}
 
 	// A ledger as it was created before: the request id its primary key, and a ts index.
 	old := filepath.Join(t.TempDir(), "old.db")
-	odb, err := sql.Open("sqlite", "file:"+old)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer odb.Close()
+	odb := rawSQLite(t, old)
 	ddl := strings.Replace(strings.Replace(createTable("usage_records", "INTEGER"),
 		"request_id TEXT NOT NULL,", "request_id TEXT PRIMARY KEY,", 1), ",\n\tUNIQUE (ts, request_id)", "", 1)
 	for _, q := range []string{ddl, `CREATE INDEX usage_records_ts ON usage_records (ts)`, tenantIndex} {
@@ -289,11 +291,7 @@ func TestSQLiteLedgerKeyStartsWithTime(t *testing.T) {
 	if err := s.Insert(t.Context(), []Record{recs[0], rec("r4", "carol", "team-a", "gpt-4o", now, 1, 1, nil)}); err != nil {
 		t.Fatal(err)
 	}
-	db2, err := sql.Open("sqlite", "file:"+old)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db2.Close()
+	db2 := rawSQLite(t, old)
 	if got := ledgerKey(t, db2); !slices.Equal(got, []string{"ts", "request_id"}) {
 		t.Errorf("after opening, the old ledger's unique key is %v, want [ts request_id]", got)
 	}
