@@ -56,6 +56,13 @@ func validateRegion(p, name string, r Region, ups map[string]Upstream, c *collec
 	if r.Overload != nil {
 		out.Overload = validateOverload(p+".overload", *r.Overload, c)
 	}
+	switch r.AccessLog {
+	case "", "stdout":
+	case "off":
+		out.AccessLogOff = true
+	default:
+		c.add(p+".access_log", "must be stdout (one JSON line per request on Envoy's standard output, the default) or off, not %q", r.AccessLog)
+	}
 	seen := map[string]bool{}
 	for i, u := range r.Upstreams {
 		fp := fmt.Sprintf("%s.upstreams[%d]", p, i)

@@ -64,6 +64,11 @@ type Region struct {
 	// Overload bounds what one Envoy of the region admits, so that past its capacity
 	// requests are refused at once instead of queueing into seconds of latency.
 	Overload *Overload `mapstructure:"overload"`
+	// AccessLog is where the region's Envoys write one JSON line per request: "stdout"
+	// (default) or "off". With usage recording on, the control plane's access log files
+	// hold the same requests while it is reachable; Envoy's line costs it ≈ 15–25 µs of
+	// CPU a request (docs/BENCHMARKS.md).
+	AccessLog string `mapstructure:"access_log"`
 }
 
 // Overload is a region's admission ceiling, per Envoy.

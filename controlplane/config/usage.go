@@ -138,6 +138,13 @@ func validateAccessLog(a UsageAccessLog, out *model.AccessLog, c *collector) {
 // warnAccessLog says when the access log keeps less than the audit minimum, or nothing.
 func warnAccessLog(cfg *model.Config) {
 	a := cfg.Usage.AccessLog
+	if !cfg.Usage.Enabled || !a.Enabled {
+		for _, r := range cfg.Regions {
+			if r.AccessLogOff {
+				cfg.Warnings = append(cfg.Warnings, fmt.Sprintf("regions.%s.access_log: off with no access log files either: this region's requests leave no access log line anywhere", r.Name))
+			}
+		}
+	}
 	switch {
 	case !cfg.Usage.Enabled:
 		cfg.Warnings = append(cfg.Warnings, "usage.enabled: false: Envoy sends no usage records, so neither the usage ledger nor the access log files get new ones")

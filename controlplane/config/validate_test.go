@@ -476,6 +476,28 @@ func TestWarnings(t *testing.T) {
 			want: []string{"usage.access_log.enabled: false: no access log files are written (audits usually want 14 days of them)"},
 		},
 		{
+			name: "Envoy's access log off beside the files",
+			modify: func(f *config.File) {
+				r := f.Regions["hk"]
+				r.AccessLog = "off"
+				f.Regions["hk"] = r
+			},
+			want: nil,
+		},
+		{
+			name: "Envoy's access log off and the files too",
+			modify: func(f *config.File) {
+				r := f.Regions["hk"]
+				r.AccessLog = "off"
+				f.Regions["hk"] = r
+				f.Usage = &config.Usage{AccessLog: config.UsageAccessLog{Enabled: ptr(false)}}
+			},
+			want: []string{
+				"regions.hk.access_log: off with no access log files either: this region's requests leave no access log line anywhere",
+				"usage.access_log.enabled: false: no access log files are written (audits usually want 14 days of them)",
+			},
+		},
+		{
 			name: "several, sorted",
 			modify: func(f *config.File) {
 				f.Regions["hk"] = config.Region{Listen: "0.0.0.0:10000", ExtAuthz: "127.0.0.1:10100"}

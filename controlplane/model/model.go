@@ -64,6 +64,9 @@ type Region struct {
 	Peers []Peering
 	// Overload is the admission ceiling of each of the region's Envoys; zero admits all.
 	Overload Overload
+	// AccessLogOff leaves out the JSON access log line Envoy writes to its standard
+	// output for every request.
+	AccessLogOff bool
 }
 
 // Overload bounds the requests one Envoy admits: past MaxRequestsPerSecond (with Burst

@@ -3,6 +3,7 @@ package translate
 import (
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -90,9 +91,11 @@ func connectionManager(r model.Region, usage bool) (*anypb.Any, error) {
 		Name:       "envoy.filters.http.router",
 		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router},
 	})
-	accessLog, err := jsonAccessLog(r.Name)
-	if err != nil {
-		return nil, err
+	var accessLog *accesslogv3.AccessLog
+	if !r.AccessLogOff { // regions.<name>.access_log: off
+		if accessLog, err = jsonAccessLog(r.Name); err != nil {
+			return nil, err
+		}
 	}
 	hcm := &hcmv3.HttpConnectionManager{
 		CodecType:  hcmv3.HttpConnectionManager_AUTO,
