@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -20,6 +21,7 @@ import (
 	accesslogdatav3 "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
 
 	"github.com/llmedge/llmedge/controlplane/usage"
+	"github.com/llmedge/llmedge/internal/fakellm"
 	"github.com/llmedge/llmedge/internal/testenv"
 	"github.com/llmedge/llmedge/internal/wire"
 )
@@ -142,4 +144,69 @@ func readAccessLog(dir string) (map[string][]usage.Line, error) {
 		f.Close()
 	}
 	return out, nil
+}
+
+// accessLogOffRegions: hk turns Envoy's JSON access log off, sg keeps the default.
+const accessLogOffRegions = `
+version: 1
+regions:
+  hk:
+    listen: 127.0.0.1:{{.Port "hk"}}
+    extauthz: {{.ExtAuthz "hk"}}
+    upstreams: [openai]
+    access_log: off
+  sg:
+    listen: 127.0.0.1:{{.Port "sg"}}
+    extauthz: {{.ExtAuthz "sg"}}
+    upstreams: [openai]
+upstreams:
+  openai:
+    url: http://{{.PlainUpstream}}
+    allowed_regions: [hk, sg]
+routes:
+  openai:
+    match: {prefix: /openai/}
+    upstream: openai
+    prefix_rewrite: /
+`
+
+// TestEnvoyAccessLogOff: with regions.hk.access_log: off the real Envoy of hk writes no
+// access log line for the requests it serves, which the usage ledger still records, while
+// sg's Envoy (the default, stdout) logs its own. The absence is checked for three times
+// Envoy's one-second log flush after the requests, and after sg's line has appeared.
+func TestEnvoyAccessLogOff(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, startUpstream(t, fakellm.Options{}), accessLogOffRegions, "hk", "sg")
+	withLedger(t, s)
+	for _, region := range []string{"hk", "sg"} {
+		for range 3 {
+			resp, body := post(t, s.edgeURL(region, "/openai/v1/chat/completions"), chatBody, s.auth(map[string]string{"user-agent": "access-log-probe-" + region}))
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("%s: status %d: %s", region, resp.StatusCode, body)
+			}
+		}
+	}
+	sent := time.Now()
+	testenv.Eventually(t, 20*time.Second, 50*time.Millisecond, func() error {
+		if !strings.Contains(s.envoys["sg"].Log(), `"user_agent":"access-log-probe-sg"`) {
+			return fmt.Errorf("sg's Envoy (access_log by default) has logged no line for its requests")
+		}
+		var rep usage.Report
+		body := get(t, s.statusURL("/usage?since=1h&by=region&format=json"))
+		if err := json.Unmarshal([]byte(body), &rep); err != nil {
+			return fmt.Errorf("%v: %s", err, body)
+		}
+		for _, g := range rep.Totals {
+			if g.Group["region"] == "hk" && g.Requests == 3 {
+				return nil
+			}
+		}
+		return fmt.Errorf("the ledger does not hold hk's 3 requests: %+v", rep.Totals)
+	})
+	for time.Since(sent) < 3*time.Second {
+		if log := s.envoys["hk"].Log(); strings.Contains(log, "access-log-probe-hk") {
+			t.Fatalf("hk's Envoy (access_log: off) logged a request:\n%s", log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
