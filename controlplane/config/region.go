@@ -60,6 +60,8 @@ func validateRegion(p, name string, r Region, ups map[string]Upstream, c *collec
 	case "", "stdout":
 	case "off":
 		out.AccessLogOff = true
+	case "0", "1": // a YAML false or true, read into this string field
+		c.add(p+".access_log", "must be the word stdout (one JSON line per request on Envoy's standard output, the default) or off, not a boolean (read as %q)", r.AccessLog)
 	default:
 		c.add(p+".access_log", "must be stdout (one JSON line per request on Envoy's standard output, the default) or off, not %q", r.AccessLog)
 	}
