@@ -173,7 +173,9 @@ routes:
 // TestEnvoyAccessLogOff: with regions.hk.access_log: off the real Envoy of hk writes no
 // access log line for the requests it serves, which the usage ledger still records, while
 // sg's Envoy (the default, stdout) logs its own. The absence is checked for three times
-// Envoy's one-second log flush after the requests, and after sg's line has appeared.
+// Envoy's one-second log flush after the requests, and after sg's line has appeared. Then
+// the setting is taken out of the live file: hk's Envoy logs the requests of new
+// connections again.
 func TestEnvoyAccessLogOff(t *testing.T) {
 	t.Parallel()
 	s := newStack(t, startUpstream(t, fakellm.Options{}), accessLogOffRegions, "hk", "sg")
@@ -191,17 +193,16 @@ func TestEnvoyAccessLogOff(t *testing.T) {
 		if !strings.Contains(s.envoys["sg"].Log(), `"user_agent":"access-log-probe-sg"`) {
 			return fmt.Errorf("sg's Envoy (access_log by default) has logged no line for its requests")
 		}
-		var rep usage.Report
-		body := get(t, s.statusURL("/usage?since=1h&by=region&format=json"))
-		if err := json.Unmarshal([]byte(body), &rep); err != nil {
-			return fmt.Errorf("%v: %s", err, body)
+		totals, err := usageTotals(t, s, "region")
+		if err != nil {
+			return err
 		}
-		for _, g := range rep.Totals {
+		for _, g := range totals {
 			if g.Group["region"] == "hk" && g.Requests == 3 {
 				return nil
 			}
 		}
-		return fmt.Errorf("the ledger does not hold hk's 3 requests: %+v", rep.Totals)
+		return fmt.Errorf("the ledger does not hold hk's 3 requests: %+v", totals)
 	})
 	for time.Since(sent) < 3*time.Second {
 		if log := s.envoys["hk"].Log(); strings.Contains(log, "access-log-probe-hk") {
@@ -209,4 +210,17 @@ func TestEnvoyAccessLogOff(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+
+	s.writeRoutes(strings.Replace(accessLogOffRegions, "    access_log: off\n", "", 1))
+	testenv.Eventually(t, 30*time.Second, 200*time.Millisecond, func() error {
+		resp, body := post(t, s.edgeURL("hk", "/openai/v1/chat/completions"), chatBody,
+			s.auth(map[string]string{"user-agent": "access-log-probe-hk-on", "connection": "close"}))
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %d: %s", resp.StatusCode, body)
+		}
+		if !strings.Contains(s.envoys["hk"].Log(), `"user_agent":"access-log-probe-hk-on"`) {
+			return fmt.Errorf("hk's Envoy logs no line since access_log: off was taken out of the live file")
+		}
+		return nil
+	})
 }

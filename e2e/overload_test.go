@@ -155,14 +155,13 @@ func TestOverloadShedsAndRecovers(t *testing.T) {
 				admitted := int64(st[http.StatusOK] + 1)
 				var groups []usage.Total
 				testenv.Eventually(t, 20*time.Second, 100*time.Millisecond, func() error {
-					var rep usage.Report
-					body := get(t, s.statusURL("/usage?since=1h&by=region,caller&format=json"))
-					if err := json.Unmarshal([]byte(body), &rep); err != nil {
-						return fmt.Errorf("%v: %s", err, body)
+					totals, err := usageTotals(t, s, "region,caller")
+					if err != nil {
+						return err
 					}
 					groups = nil
 					var n int64
-					for _, g := range rep.Totals {
+					for _, g := range totals {
 						if g.Group["region"] == "hk" {
 							groups = append(groups, g)
 							n += g.Requests

@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/llmedge/llmedge/controlplane/usage"
 	"github.com/llmedge/llmedge/internal/fakellm"
 	"github.com/llmedge/llmedge/internal/testenv"
 )
@@ -34,6 +35,18 @@ func withLedger(t *testing.T, s *stack) {
 	s.cp.Stop()
 	s.cp = testenv.StartControlPlane(t, llmedgeBin, "controlplane-ledger", s.stateControlPlane(filepath.Join(s.dir, "state", "controlplane")))
 	s.waitInSync(30 * time.Second)
+}
+
+// usageTotals reads the ledger's totals of the last hour grouped by (comma-separated
+// dimensions), from the control plane's /usage.
+func usageTotals(t *testing.T, s *stack, by string) ([]usage.Total, error) {
+	t.Helper()
+	var rep usage.Report
+	body := get(t, s.statusURL("/usage?since=1h&by="+by+"&format=json"))
+	if err := json.Unmarshal([]byte(body), &rep); err != nil {
+		return nil, fmt.Errorf("%v: %s", err, body)
+	}
+	return rep.Totals, nil
 }
 
 // ledgerRow is one record of the ledger's billing export.
