@@ -160,7 +160,7 @@ func (a *AccessLog) Run(ctx context.Context) error {
 	flush := time.NewTicker(a.o.FlushInterval)
 	defer flush.Stop()
 	a.prune()
-	batch := make([]Line, 0, 1024)
+	batch := make([]Line, 0, accessLogBatch)
 	writeQueued := func() {
 		for {
 			b := a.drain(batch[:0], cap(batch))
@@ -184,6 +184,9 @@ func (a *AccessLog) Run(ctx context.Context) error {
 		}
 	}
 }
+
+// accessLogBatch is the most lines one write takes from the queue.
+const accessLogBatch = 1024
 
 // drain adds queued lines to batch, up to max, without waiting.
 func (a *AccessLog) drain(batch []Line, max int) []Line {
