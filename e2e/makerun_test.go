@@ -3,14 +3,20 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"io/fs"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/llmedge/llmedge/internal/testenv"
 )
 
 // Canary provider keys: recognisable, never sent anywhere (the real providers are not
@@ -181,4 +187,89 @@ func childrenOf(t *testing.T, pid int) map[int]string {
 		}
 	}
 	return out
+}
+
+// TestMakeRunStartsAgainWhatExits: `make run` starts a component that dies again, as
+// compose's `restart: unless-stopped` does, while its Envoy serves on: Redis, then the
+// control plane, are killed (SIGKILL) with requests going through; each comes back as a
+// new process, the message names the log of the one that died (kept beside the new one),
+// hk's Envoy is the same process throughout, and every request is answered.
+func TestMakeRunStartsAgainWhatExits(t *testing.T) {
+	t.Parallel()
+	m := startMakeRun(t)
+	url := fmt.Sprintf("http://127.0.0.1:%d/openai/v1/chat/completions", m.ports["HK_PORT"])
+	ask := func() error {
+		req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}`))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Authorization", "Bearer "+m.facts.Token)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %d: %s", resp.StatusCode, body)
+		}
+		return nil
+	}
+	if err := ask(); err != nil {
+		t.Fatal(err)
+	}
+	find := func(match string) int {
+		for pid, cmdline := range childrenOf(t, m.p.Pid()) {
+			if strings.Contains(cmdline, match) {
+				return pid
+			}
+		}
+		return 0
+	}
+	envoy := find("envoy-hk.yaml")
+	if envoy == 0 {
+		t.Fatalf("no Envoy for hk among llmedge-run's children: %v", childrenOf(t, m.p.Pid()))
+	}
+	for _, c := range []struct{ name, match string }{{"redis", "redis-server"}, {"controlplane", " controlplane "}} {
+		old := find(c.match)
+		if old == 0 {
+			t.Fatalf("no %s among llmedge-run's children: %v", c.name, childrenOf(t, m.p.Pid()))
+		}
+		if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		answered := 0
+		testenv.Eventually(t, 60*time.Second, 50*time.Millisecond, func() error {
+			if m.p.Exited() {
+				t.Fatalf("llmedge-run exited when %s died:\n%s", c.name, m.p.Log())
+			}
+			if err := ask(); err != nil {
+				t.Fatalf("a request after %s died: %v", c.name, err)
+			}
+			answered++
+			if now := find(c.match); now == 0 || now == old {
+				return fmt.Errorf("%s not started again yet", c.name)
+			}
+			if !strings.Contains(m.p.Log(), c.name+" started again") {
+				return fmt.Errorf("no %q yet:\n%s", c.name+" started again", m.p.Log())
+			}
+			return nil
+		})
+		kept := filepath.Join(m.runDir, "logs", c.name+".1.log")
+		if !strings.Contains(m.p.Log(), c.name+" exited (signal: killed); see "+kept) {
+			t.Errorf("the message does not name the log of the %s that died (%s):\n%s", c.name, kept, m.p.Log())
+		}
+		if fi, err := os.Stat(kept); err != nil || fi.Size() == 0 {
+			t.Errorf("the log of the %s that died: %v, %v", c.name, fi, err)
+		}
+		t.Logf("%s: %d requests answered while it was started again", c.name, answered)
+	}
+	if now := find("envoy-hk.yaml"); now != envoy {
+		t.Errorf("hk's Envoy is process %d, was %d: it should have served on", now, envoy)
+	}
+	if err := ask(); err != nil {
+		t.Error(err)
+	}
+	m.stop(t)
 }

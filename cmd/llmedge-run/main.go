@@ -120,16 +120,14 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 	}
 	banner(stdout, d)
 
-	err = edge.Wait(ctx)
-	if err != nil {
-		fmt.Fprintf(stderr, "llmedge-run: %v\n", err)
-	}
+	// A component that exits is started again, as compose restarts its services; the
+	// Envoys serve on meanwhile. Only Ctrl-C stops the edge.
+	edge.Supervise(ctx, func(format string, args ...any) {
+		fmt.Fprintf(stderr, "llmedge-run: "+format+"\n", args...)
+	})
 	fmt.Fprintln(stdout, "\nstopping...")
 	edge.Stop()
 	fmt.Fprintln(stdout, "stopped")
-	if err != nil {
-		return 1
-	}
 	return 0
 }
 

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"sync"
 	"time"
 )
@@ -39,7 +41,24 @@ type Edge struct {
 	procs  []*Process // in start order
 	envoys []*Process // also in procs
 	redis  *RedisProcess
+	// owner is the component (and region) each process runs, to start it again.
+	owner map[*Process]member
+	// starts, when set, replaces starters (tests).
+	starts map[string]func(ctx context.Context, region string) error
+	// backoff0 and backoffMax, when set, replace RestartBackoff and RestartBackoffMax (tests).
+	backoff0, backoffMax time.Duration
 }
+
+// member is one component's process for one region ("" for an edge-wide one).
+type member struct{ component, region string }
+
+// How Supervise restarts a component that exited: after RestartBackoff, doubled for
+// each exit that follows a run shorter than RestartResetAfter, up to RestartBackoffMax.
+const (
+	RestartBackoff    = time.Second
+	RestartBackoffMax = 30 * time.Second
+	RestartResetAfter = time.Minute
+)
 
 // Start starts every component in Topology order and returns once each is ready: the
 // control plane serves a valid config, extauthz holds its policy, ratelimit has its
@@ -67,13 +86,55 @@ func (e *Edge) Start(ctx context.Context) error {
 			regions = e.Regions
 		}
 		for _, r := range regions {
-			if err := start(ctx, r); err != nil {
+			if err := e.startMember(ctx, start, member{c.Name, r}); err != nil {
 				e.Stop()
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// startMember runs start for m and records the processes it added as m's; on error it
+// stops and forgets them.
+func (e *Edge) startMember(ctx context.Context, start func(context.Context, string) error, m member) error {
+	e.mu.Lock()
+	before := len(e.procs)
+	e.mu.Unlock()
+	err := start(ctx, m.region)
+	e.mu.Lock()
+	added := append([]*Process(nil), e.procs[before:]...)
+	if e.owner == nil {
+		e.owner = map[*Process]member{}
+	}
+	for _, p := range added {
+		e.owner[p] = m
+	}
+	e.mu.Unlock()
+	if err != nil {
+		StopAll(added...)
+		for _, p := range added {
+			e.forget(p)
+		}
+	}
+	return err
+}
+
+// forget drops an exited process from the edge's lists.
+func (e *Edge) forget(p *Process) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	drop := func(ps []*Process) []*Process {
+		out := ps[:0]
+		for _, q := range ps {
+			if q != p {
+				out = append(out, q)
+			}
+		}
+		return out
+	}
+	e.procs, e.envoys = drop(e.procs), drop(e.envoys)
+	delete(e.owner, p)
 }
 
 // port returns the port of a component's role (Start checked they all exist).
@@ -201,19 +262,72 @@ func (e *Edge) Processes() []*Process {
 	return append([]*Process(nil), e.procs...)
 }
 
-// Wait blocks until ctx ends (nil) or a process exits: then the error names it and its
-// log, and the caller should Stop the rest.
-func (e *Edge) Wait(ctx context.Context) error {
-	procs := e.Processes()
-	cases := []reflect.SelectCase{{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ctx.Done())}}
-	for _, p := range procs {
-		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(p.Done())})
+// Supervise keeps the edge running until ctx ends, as compose's `restart: unless-stopped`
+// keeps its services: a process that exits is reported through logf, its log kept as
+// <name>.<n>.log, and its component started again on the same ports and sockets, after
+// RestartBackoff (doubled while it keeps exiting soon after a start, up to
+// RestartBackoffMax; a failed start is retried the same way). Every other process runs
+// on meanwhile: the Envoys keep serving on the config and policy they hold.
+func (e *Edge) Supervise(ctx context.Context, logf func(format string, args ...any)) {
+	starters, first, most := e.starts, RestartBackoff, RestartBackoffMax
+	if starters == nil {
+		starters = e.starters()
 	}
-	i, _, _ := reflect.Select(cases)
-	if i == 0 {
-		return nil
+	if e.backoff0 > 0 {
+		first, most = e.backoff0, e.backoffMax
 	}
-	return procs[i-1].ExitError()
+	backoff := map[member]time.Duration{}
+	started := map[member]time.Time{}
+	exits := map[string]int{}
+	for {
+		procs := e.Processes()
+		cases := []reflect.SelectCase{{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ctx.Done())}}
+		for _, p := range procs {
+			cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(p.Done())})
+		}
+		i, _, _ := reflect.Select(cases)
+		if i == 0 {
+			return
+		}
+		p := procs[i-1]
+		e.mu.Lock()
+		m, ok := e.owner[p]
+		e.mu.Unlock()
+		e.forget(p)
+		exits[p.Name]++
+		kept := strings.TrimSuffix(p.logPath, ".log") + fmt.Sprintf(".%d.log", exits[p.Name])
+		if err := os.Rename(p.logPath, kept); err != nil {
+			kept = p.logPath
+		}
+		if !ok {
+			logf("%s exited (%v); see %s; it is not restarted", p.Name, p.waitErr, kept)
+			continue
+		}
+		d := first
+		if prev, ok := backoff[m]; ok && time.Since(started[m]) < RestartResetAfter {
+			d = min(2*prev, most)
+		}
+		logf("%s exited (%v); see %s; starting it again in %v", p.Name, p.waitErr, kept, d)
+		for {
+			backoff[m] = d
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(d):
+			}
+			err := e.startMember(ctx, starters[m.component], m)
+			if err == nil {
+				started[m] = time.Now()
+				logf("%s started again", p.Name)
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			d = min(2*d, most)
+			logf("%s did not start again (%v); trying again in %v", p.Name, err, d)
+		}
+	}
 }
 
 // Stop drains the Envoys (EnvoyProcess.Drain) while everything behind them still runs,

@@ -2,10 +2,16 @@ package stack
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"maps"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -180,38 +186,89 @@ func TestEdgeNeedsEveryPort(t *testing.T) {
 	}
 }
 
-func TestEdgeWaitNamesTheComponentThatExited(t *testing.T) {
-	e := &Edge{Runner: Runner{Dir: t.TempDir()}}
-	for _, c := range []struct{ name, script string }{{"steady", "sleep 30"}, {"ratelimit-hk", "sleep 0.2; exit 1"}} {
-		p, err := e.Runner.Start(c.name, sh(c.script))
-		if err != nil {
+func TestEdgeSuperviseStartsAgainWhatExited(t *testing.T) {
+	e := &Edge{Runner: Runner{Dir: t.TempDir()}, backoff0: 20 * time.Millisecond, backoffMax: 80 * time.Millisecond}
+	var flakyStarts atomic.Int32
+	e.starts = map[string]func(context.Context, string) error{
+		"steady": func(context.Context, string) error {
+			p, err := e.Runner.Start("steady", sh("sleep 30"))
+			if err == nil {
+				e.add(p)
+			}
+			return err
+		},
+		"ratelimit": func(_ context.Context, r string) error {
+			if flakyStarts.Add(1) == 3 { // the second restart fails; the next try starts it
+				return errors.New("not ready in time")
+			}
+			p, err := e.Runner.Start(ProcessName("ratelimit", r), sh("echo run; sleep 0.2; exit 1"))
+			if err == nil {
+				e.add(p)
+			}
+			return err
+		},
+	}
+	for _, m := range []member{{"steady", ""}, {"ratelimit", "hk"}} {
+		if err := e.startMember(t.Context(), e.starts[m.component], m); err != nil {
 			t.Fatal(err)
 		}
-		e.add(p)
 	}
-	defer e.Stop()
-	err := e.Wait(t.Context())
-	if err == nil || !strings.Contains(err.Error(), "ratelimit-hk exited") || !strings.Contains(err.Error(), "ratelimit-hk.log") {
-		t.Fatalf("Wait = %v, want ratelimit-hk named with its log", err)
+	steady := e.Processes()[0]
+	var mu sync.Mutex
+	var logs []string
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		e.Supervise(ctx, func(format string, args ...any) {
+			mu.Lock()
+			logs = append(logs, fmt.Sprintf(format, args...))
+			mu.Unlock()
+		})
+	}()
+	lines := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return strings.Join(logs, "\n")
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for flakyStarts.Load() < 5 {
+		if time.Now().After(deadline) {
+			t.Fatalf("ratelimit-hk started %d times; log:\n%s", flakyStarts.Load(), lines())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Supervise did not return after the context ended")
+	}
+	if steady.Exited() || !slices.Contains(e.Processes(), steady) {
+		t.Errorf("the process that never exited was stopped or replaced")
 	}
 	e.Stop()
+	got := lines()
+	log1 := filepath.Join(e.Dir, "ratelimit-hk.1.log")
+	for _, want := range []string{
+		"ratelimit-hk exited (exit status 1); see " + log1 + "; starting it again in 20ms",
+		"ratelimit-hk started again",
+		"ratelimit-hk exited (exit status 1); see " + filepath.Join(e.Dir, "ratelimit-hk.2.log") + "; starting it again in 40ms",
+		"ratelimit-hk did not start again (not ready in time); trying again in 80ms",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("the log lacks %q:\n%s", want, got)
+		}
+	}
+	if b, err := os.ReadFile(log1); err != nil || string(b) != "run\n" {
+		t.Errorf("the first run's log: %q, %v", b, err)
+	}
 	for _, p := range e.Processes() {
 		if !p.Exited() {
 			t.Errorf("%s still runs after Stop", p.Name)
 		}
 	}
-
-	// Ctrl-C: Wait returns nil once the context ends.
-	e2 := &Edge{Runner: Runner{Dir: t.TempDir()}}
-	p, err := e2.Runner.Start("steady", sh("sleep 30"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e2.add(p)
-	defer e2.Stop()
-	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
-	defer cancel()
-	if err := e2.Wait(ctx); err != nil {
-		t.Errorf("Wait after the context ended = %v, want nil", err)
+	if strings.Contains(got, "steady") {
+		t.Errorf("steady reported though it never exited:\n%s", got)
 	}
 }
