@@ -208,6 +208,7 @@ func TestEdgeSuperviseStartsAgainWhatExited(t *testing.T) {
 			return err
 		},
 	}
+	defer e.Stop()
 	for _, m := range []member{{"steady", ""}, {"ratelimit", "hk"}} {
 		if err := e.startMember(t.Context(), e.starts[m.component], m); err != nil {
 			t.Fatal(err)
