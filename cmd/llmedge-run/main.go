@@ -16,7 +16,8 @@
 // LLMEDGE_AUTHZ (envoy or process; default: what the routes YAML says).
 // OPENAI_API_KEY, ANTHROPIC_API_KEY or GEMINI_API_KEY switch that upstream to the real
 // provider: the key goes to the keys directory only, the provider's URL into the routes
-// copy. No child process sees any of these variables. Ctrl-C stops everything.
+// copy. No child process sees any of these variables. A component that exits is started
+// again, as compose restarts its services (stack.Edge.Supervise); Ctrl-C stops everything.
 package main
 
 import (
