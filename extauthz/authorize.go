@@ -74,6 +74,17 @@ type Pending struct {
 // needs asking or this edge's quota leases answer it, or else a Pending whose Finish gives
 // it.
 func (m *Main) Begin(in Input) (Outcome, *Pending) {
+	out, p, _ := m.begin(in, false)
+	return out, p
+}
+
+// BeginReplay is Begin, and, for a request allowed at once, the Replay that answers a
+// request with the same Input the same way (nil when none may: see Replay).
+func (m *Main) BeginReplay(in Input) (Outcome, *Pending, *Replay) {
+	return m.begin(in, true)
+}
+
+func (m *Main) begin(in Input, replay bool) (Outcome, *Pending, *Replay) {
 	r := decide.Request{
 		Region:   in.Region,
 		Upstream: in.Upstream,
@@ -85,23 +96,104 @@ func (m *Main) Begin(in Input) (Outcome, *Pending) {
 		Now:      time.Now(),
 	}
 	var d decide.Decision
-	if p := m.policy.Load(); p == nil {
+	p := m.policy.Load()
+	if p == nil {
 		d = decide.NotReady(decide.GuessAPI(r))
 	} else {
 		d = p.Decide(r, keySource{m.keys})
 	}
+	q := m.quotas.Load()
+	var req *rlsv3.RateLimitRequest
 	// A request forwarded by a peer was counted where it entered.
 	if d.Allow && r.Hop != wire.HopPeer {
-		if q := m.quotas.Load(); q != nil {
-			if req := q.request(d.Caller, r.Upstream, in.Model); req != nil {
-				if a, ok := q.answerLocally(req); ok {
-					return m.finish(r, d, q, a), nil
+		if q != nil {
+			if req = q.request(d.Caller, r.Upstream, in.Model); req != nil {
+				a, ok := q.answerLocally(req)
+				if !ok {
+					return Outcome{}, &Pending{m: m, r: r, d: d, q: q, req: req, model: in.Model}, nil
 				}
-				return Outcome{}, &Pending{m: m, r: r, d: d, q: q, req: req, model: in.Model}
+				out := m.finish(r, d, q, a)
+				if !replay || !out.Allow {
+					return out, nil, nil
+				}
+				return out, nil, m.replayOf(p, q, r, d, req)
 			}
 		}
 	}
-	return m.finish(r, d, nil, quotaAnswer{result: quotaNone}), nil
+	out := m.finish(r, d, nil, quotaAnswer{result: quotaNone})
+	if !replay || !out.Allow {
+		return out, nil, nil
+	}
+	return out, nil, m.replayOf(p, q, r, d, nil)
+}
+
+// A Replay is an allowed request's decision, kept to answer later requests with the same
+// Input (the module's fast path, extauthz/module): Main.Replay gives such a request the
+// Outcome Begin would — its quotas asked, its metrics and logs as Begin's — without
+// deciding it again, as long as nothing the decision read has changed: the policy and
+// its quotas (the same compiled ones), the upstream's key (still its only one, and the
+// same), and the caller's expiry (not yet reached). Decide reads nothing else but the
+// Input; the caller of Replay vouches for the Input being the same.
+type Replay struct {
+	policy *decide.Compiled
+	quotas *quotas
+	// key is the injected key's value, "" when none was (a caller's own key, a request
+	// forwarded to another region).
+	key string
+	r   decide.Request
+	d   decide.Decision
+	req *rlsv3.RateLimitRequest
+}
+
+// replayOf is the Replay of an allowed decision, or nil when a later request could be
+// decided otherwise with the same Input: the upstream has more than one key (each
+// request gets the next).
+func (m *Main) replayOf(p *decide.Compiled, q *quotas, r decide.Request, d decide.Decision, req *rlsv3.RateLimitRequest) *Replay {
+	rp := &Replay{policy: p, quotas: q, r: r, d: d, req: req}
+	if d.KeyName != "" {
+		if m.keys == nil || m.keys.Count(r.Upstream) != 1 {
+			return nil
+		}
+		k, ok := m.keys.Next(r.Upstream)
+		if !ok {
+			return nil
+		}
+		rp.key = k.Value()
+	}
+	r.Headers = nil // read by Decide only; not kept
+	rp.r = r
+	return rp
+}
+
+// Replay answers a request with the Input rp was made for: ok false when rp no longer
+// holds, or when its quotas need a round trip to Redis; the caller then checks the
+// request with Begin. An Outcome it gives is Begin's: it may refuse (a spent quota).
+func (m *Main) Replay(rp *Replay) (Outcome, bool) {
+	if m.policy.Load() != rp.policy || m.quotas.Load() != rp.quotas {
+		return Outcome{}, false
+	}
+	if !rp.d.ExpiresAt.IsZero() && time.Now().After(rp.d.ExpiresAt) {
+		return Outcome{}, false
+	}
+	if rp.key != "" {
+		if m.keys.Count(rp.r.Upstream) != 1 {
+			return Outcome{}, false
+		}
+		if k, ok := m.keys.Next(rp.r.Upstream); !ok || k.Value() != rp.key {
+			return Outcome{}, false
+		}
+	}
+	a := quotaAnswer{result: quotaNone}
+	var q *quotas
+	if rp.req != nil {
+		var ok bool
+		if a, ok = rp.quotas.answerLocally(rp.req); !ok {
+			return Outcome{}, false
+		}
+		q = rp.quotas
+	}
+	m.replays.Inc()
+	return m.finish(rp.r, rp.d, q, a), true
 }
 
 // Finish asks the rate-limit service and gives the check's Outcome.

@@ -90,6 +90,7 @@ type Main struct {
 	checks      *prometheus.CounterVec
 	retryKeys   *prometheus.CounterVec
 	quotaChecks *prometheus.CounterVec
+	replays     prometheus.Counter
 }
 
 // New checks the options and loads the keys once.
@@ -150,7 +151,11 @@ func New(o Options) (*Main, error) {
 		Name: "llmedge_extauthz_quota_checks_total",
 		Help: "Allowed requests whose quotas extauthz asked the region's rate-limit service about, by upstream and result (ok, over_limit, unavailable).",
 	}, []string{"upstream", "result"})
-	m.reg.MustRegister(m.checks, m.retryKeys, m.quotaChecks, keyCollector{keys}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	m.replays = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "llmedge_extauthz_check_replays_total",
+		Help: "Checks inside Envoy answered by replaying an earlier decision on the same request inputs (the module's fast path); also counted in llmedge_extauthz_checks_total.",
+	})
+	m.reg.MustRegister(m.checks, m.retryKeys, m.quotaChecks, m.replays, keyCollector{keys}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "llmedge_extauthz_policy_ready", Help: "1 once a caller policy from the control plane is in force.",
 		}, func() float64 {

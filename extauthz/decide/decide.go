@@ -143,6 +143,9 @@ type Decision struct {
 	Caller, Tenant string
 	// KeyName is the name of the injected key, for logs; never its value.
 	KeyName string
+	// ExpiresAt is, on allow, when the caller's tokens stop working (zero: never): the same
+	// request is refused from then on.
+	ExpiresAt time.Time
 	// Reason is short and machine-readable, e.g. "ok" or "unknown_token".
 	Reason string
 }
@@ -444,7 +447,7 @@ func tokenShaped(raw string) bool {
 }
 
 func allow(cl *caller) Decision {
-	return Decision{Allow: true, Caller: cl.name, Tenant: cl.tenant, Reason: ReasonOK}
+	return Decision{Allow: true, Caller: cl.name, Tenant: cl.tenant, Reason: ReasonOK, ExpiresAt: cl.expiresAt}
 }
 
 // removeHeaders lists the request's headers that credential selects, then its x-llmedge-*
