@@ -20,7 +20,7 @@
 static const uint64_t yield_every_ns = 5000000;
 static __thread uint64_t yielded_at;
 
-static int check(void* filter, void* m, int at) {
+static void maybe_yield(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
@@ -28,7 +28,22 @@ static int check(void* filter, void* m, int at) {
     yielded_at = now;
     llmedgeYield();
   }
+}
+
+// check answers a request from the worker's earlier decisions when it can (fast.c), and
+// otherwise crosses into Go to check it.
+static int check(void* filter, void* m, int at) {
+  int fast = llmedge_fast_check(filter, m, at);
+  if (fast >= 0) {
+    return fast;
+  }
+  maybe_yield();
   return llmedgeCheck(filter, m, at);
+}
+
+int llmedge_replay(void* filter, llmedge_stream* s, uintptr_t replay) {
+  maybe_yield();
+  return llmedgeReplay(filter, s, replay);
 }
 
 const void* envoy_dynamic_module_on_http_filter_new(const void* config, void* filter) {
@@ -66,11 +81,12 @@ static bool read_body(void* filter, const llmedge_config* c, bool end) {
   return n > 0 && n <= c->body_limit;
 }
 
-// The check crosses into Go once for every request: at its headers, or, for a body it
-// reads, at the body's end (or the trailers'); a worker crosses once more every
-// yield_every_ns, to yield (check). Key failover, an upstream filter, runs on
-// every try: a first try (attempt 1) only loses the attempt header, here; a retry crosses
-// into Go for its next key.
+// The check runs once for every request: at its headers, or, for a body it reads, at the
+// body's end (or the trailers'). It crosses into Go once: for the whole check, or, for a
+// request the worker has decided before with the same inputs (fast.c), for the quota and
+// the checks' counts only; a worker crosses once more every yield_every_ns, to yield.
+// Key failover, an upstream filter, runs on every try: a first try (attempt 1) only loses
+// the attempt header, here; a retry crosses into Go for its next key.
 int envoy_dynamic_module_on_http_filter_request_headers(void* filter, void* m, bool end) {
   llmedge_stream* s = m;
   if (!s->config->failover) {

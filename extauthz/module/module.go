@@ -12,7 +12,10 @@
 // blocks. The module also reads the request's facts — the model and stream flag of a body
 // up to wire.BodyReadLimit, Gemini's model from the path (extauthz.RequestFacts) — where
 // Envoy's json_to_metadata and header_to_metadata read them for extauthz as a process, and
-// writes the same llmedge.request metadata.
+// writes the same llmedge.request metadata. A request whose inputs are byte for byte those
+// of one the worker allowed before is not read and decided again in Go: the C fast path
+// (fast.c) replays the decision, and asks Go (extauthz.Replay) only whether it still holds
+// and what the quota says (LLMEDGE_CHECK_REPLAY=off turns it off).
 //
 // The module is written against the C ABI Envoy 1.40.0 exports (its
 // envoy_dynamic_module_callback_* symbols) and declares only the functions it uses: the
@@ -50,9 +53,28 @@ typedef struct {
   uintptr_t handle;
   int awaiting_body;
   int pending;
+  // key_ready says the fast path (fast.c) built this check's key: a decision Go makes
+  // during the check may be kept under it (llmedge_remember).
+  int key_ready;
   llmedge_header* response_headers;
   size_t response_headers_len;
 } llmedge_stream;
+
+// One thing an allowed check does to its request, as the fast path replays it: set a
+// request header (a: name, b: value), remove one (a), set a dynamic metadata string (a:
+// namespace, b: key, c: value) or bool (c.len: 1 for true).
+enum { LLMEDGE_OP_SET_HEADER = 1, LLMEDGE_OP_REMOVE_HEADER = 2, LLMEDGE_OP_METADATA_STRING = 3, LLMEDGE_OP_METADATA_BOOL = 4 };
+typedef struct { int op; llmedge_buf a, b, c; } llmedge_op;
+// llmedgeReplay's answers: the decision holds and the request goes on; it held and the
+// request was refused (a spent quota); it no longer holds, or needs Redis: check it.
+enum { LLMEDGE_REPLAY_ALLOWED = 0, LLMEDGE_REPLAY_REFUSED = 1, LLMEDGE_REPLAY_MISS = 2 };
+// fast.c.
+void llmedge_fast_init(llmedge_buf ns, llmedge_buf region, llmedge_buf upstream, llmedge_buf route, llmedge_buf hop,
+    llmedge_buf prefix, llmedge_buf* credentials, size_t n, size_t limit);
+int llmedge_fast_check(void* filter, llmedge_stream* s, int at);
+uintptr_t llmedge_remember(llmedge_stream* s, uintptr_t replay, llmedge_op* ops, size_t ops_len, size_t facts_len);
+// hooks.c: llmedgeReplay after a yield when one is due.
+int llmedge_replay(void* filter, llmedge_stream* s, uintptr_t replay);
 
 // Exported by the Envoy binary, resolved when Envoy loads the module. Header type 0 is the
 // request's headers, 2 the response's.
@@ -175,7 +197,30 @@ func envoy_dynamic_module_on_program_init() *C.char {
 	if workers := int(C.envoy_dynamic_module_callback_get_concurrency()); workers > 0 && runtime.GOMAXPROCS(0) <= workers {
 		runtime.GOMAXPROCS(workers + 1)
 	}
+	if os.Getenv(ReplayEnv) != "off" {
+		fastInit()
+	}
 	return abiVersion
+}
+
+// ReplayEnv turns the check's fast path (fast.c) off when set to "off" in Envoy's
+// environment: every request is then checked in Go.
+const ReplayEnv = "LLMEDGE_CHECK_REPLAY"
+
+// fastInit tells the fast path what the Go check reads (the names in C memory for good).
+func fastInit() {
+	keep := func(s string) C.llmedge_buf { return C.llmedge_buf{ptr: C.CString(s), len: C.size_t(len(s))} }
+	creds := (*[8]C.llmedge_buf)(C.calloc(8, C.size_t(unsafe.Sizeof(C.llmedge_buf{}))))
+	n := 0
+	for _, h := range wire.CredentialHeaders {
+		if n < len(creds) {
+			creds[n] = keep(h)
+		}
+		n++ // more than fit: fast.c stays off
+	}
+	C.llmedge_fast_init(keep(wire.AuthzRouteMetadata), keep(wire.ContextRegion), keep(wire.ContextUpstream),
+		keep(wire.ContextRoute), keep(wire.ContextHop), keep(wire.InternalHeaderPrefix), &creds[0], C.size_t(n),
+		C.size_t(wire.BodyReadLimit))
 }
 
 // llmedgeYield lets Go's scheduler run the calling Envoy thread's goroutine (hooks.c calls
@@ -498,13 +543,25 @@ func llmedgeCheck(f, m unsafe.Pointer, at C.int) (status C.int) {
 		// module, fails if it does not (a caller's token would reach the provider).
 		return statusContinue
 	}
-	out, pending := authz.Begin(in)
+	var (
+		out     extauthz.Outcome
+		pending *extauthz.Pending
+		replay  *extauthz.Replay
+	)
+	if (*C.llmedge_stream)(m).key_ready != 0 {
+		out, pending, replay = authz.BeginReplay(in)
+	} else {
+		out, pending = authz.Begin(in)
+	}
 	if pending == nil {
 		apply(f, &out, in.Path)
 		if !out.Allow {
 			return statusStopIteration
 		}
 		addResponseHeaders(m, out.ResponseHeaders)
+		if replay != nil {
+			remember(m, replay, facts, &out, in.Path)
+		}
 		return statusContinue
 	}
 	// The quota needs Redis: ask off the worker, resume through Envoy's scheduler. After
@@ -523,6 +580,98 @@ func llmedgeCheck(f, m unsafe.Pointer, at C.int) (status C.int) {
 		st.out.Store(&out)
 	}()
 	return statusStopIteration
+}
+
+// op is one llmedge_op, in Go strings.
+type op struct {
+	kind    C.int
+	a, b, c string
+}
+
+// cOps copies ops into one block of C memory, the array first and the bytes after it
+// (as cHeaders); the fast path frees it with its entry.
+func cOps(ops []op) *C.llmedge_op {
+	head := len(ops) * int(unsafe.Sizeof(C.llmedge_op{}))
+	size := head
+	for _, o := range ops {
+		size += len(o.a) + len(o.b) + len(o.c)
+	}
+	base := C.malloc(C.size_t(size))
+	block := unsafe.Slice((*byte)(base), size)
+	arr := unsafe.Slice((*C.llmedge_op)(base), len(ops))
+	at := head
+	str := func(s string) C.llmedge_buf {
+		b := C.llmedge_buf{ptr: (*C.char)(unsafe.Add(base, at)), len: C.size_t(len(s))}
+		at += copy(block[at:], s)
+		return b
+	}
+	for i, o := range ops {
+		arr[i] = C.llmedge_op{op: o.kind, a: str(o.a), b: str(o.b), c: str(o.c)}
+	}
+	return &arr[0]
+}
+
+// remember keeps an allowed request's decision in the fast path, under the key its hook
+// built: the facts' metadata (setFacts), then what apply did to the request, in the same
+// order.
+func remember(m unsafe.Pointer, replay *extauthz.Replay, facts extauthz.Facts, out *extauthz.Outcome, path string) {
+	var ops []op
+	if facts.Model != "" {
+		ops = append(ops, op{kind: C.LLMEDGE_OP_METADATA_STRING, a: wire.RequestMetadataNamespace, b: wire.RequestMetadataModel, c: facts.Model})
+	}
+	if facts.StreamSet {
+		v := ""
+		if facts.Stream {
+			v = "1"
+		}
+		ops = append(ops, op{kind: C.LLMEDGE_OP_METADATA_BOOL, a: wire.RequestMetadataNamespace, b: wire.RequestMetadataStream, c: v})
+	}
+	nFacts := len(ops)
+	for _, h := range out.SetHeaders {
+		ops = append(ops, op{kind: C.LLMEDGE_OP_SET_HEADER, a: h.Name, b: h.Value})
+	}
+	for _, name := range out.RemoveHeaders {
+		ops = append(ops, op{kind: C.LLMEDGE_OP_REMOVE_HEADER, a: name})
+	}
+	if len(out.RemoveQueryParams) > 0 {
+		ops = append(ops, op{kind: C.LLMEDGE_OP_SET_HEADER, a: ":path", b: extauthz.WithoutQueryParams(path, out.RemoveQueryParams)})
+	}
+	for _, kv := range [...][2]string{{wire.MetadataCaller, out.Caller}, {wire.MetadataTenant, out.Tenant}, {wire.MetadataUpstream, out.Upstream}} {
+		ops = append(ops, op{kind: C.LLMEDGE_OP_METADATA_STRING, a: wire.AuthzMetadataNamespace, b: kv[0], c: kv[1]})
+	}
+	h := cgo.NewHandle(replay)
+	if old := C.llmedge_remember((*C.llmedge_stream)(m), C.uintptr_t(h), cOps(ops), C.size_t(len(ops)), C.size_t(nFacts)); old != 0 {
+		cgo.Handle(old).Delete()
+	}
+}
+
+// llmedgeReplay answers a request from a decision the fast path kept for its inputs
+// (fast.c): extauthz.Replay says whether it still holds, asks the quota and counts it as
+// Begin would. On LLMEDGE_REPLAY_ALLOWED the fast path does to the request what the
+// check did (remember's ops); the response headers (the quota's) are left here.
+//
+//export llmedgeReplay
+func llmedgeReplay(f, m unsafe.Pointer, h C.uintptr_t) (status C.int) {
+	defer func() {
+		if recover() != nil {
+			refuse(f, 500, nil, "", failedDetails)
+			status = C.LLMEDGE_REPLAY_REFUSED
+		}
+	}()
+	authz := running.Load()
+	if authz == nil {
+		return C.LLMEDGE_REPLAY_MISS
+	}
+	out, ok := authz.Replay(cgo.Handle(h).Value().(*extauthz.Replay))
+	if !ok {
+		return C.LLMEDGE_REPLAY_MISS
+	}
+	if !out.Allow {
+		refuse(f, out.Status, out.Headers, out.Body, deniedDetails)
+		return C.LLMEDGE_REPLAY_REFUSED
+	}
+	addResponseHeaders(m, out.ResponseHeaders)
+	return C.LLMEDGE_REPLAY_ALLOWED
 }
 
 //export envoy_dynamic_module_on_http_filter_scheduled
