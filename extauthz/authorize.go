@@ -143,6 +143,8 @@ type Replay struct {
 	r   decide.Request
 	d   decide.Decision
 	req *rlsv3.RateLimitRequest
+	// plan keeps req's limits, looked up once (limiter.go).
+	plan planSlot
 }
 
 // replayOf is the Replay of an allowed decision, or nil when a later request could be
@@ -187,7 +189,7 @@ func (m *Main) Replay(rp *Replay) (Outcome, bool) {
 	var q *quotas
 	if rp.req != nil {
 		var ok bool
-		if a, ok = rp.quotas.answerLocally(rp.req); !ok {
+		if a, ok = rp.quotas.answerPlanned(rp.req, &rp.plan); !ok {
 			return Outcome{}, false
 		}
 		q = rp.quotas

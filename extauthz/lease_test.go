@@ -439,3 +439,47 @@ func TestLeaseGivesBackWhatItNoLongerUses(t *testing.T) {
 		t.Errorf("%s = %d; want at least the limit (refused requests count)", key, n)
 	}
 }
+
+// A request asked again with its plan kept (a replay's) keeps its limits only while the
+// config is the one they were looked up in: a new limit applies to its very next ask.
+func TestLimiterPlanFollowsTheConfig(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "redis.sock")
+	testenv.StartRedisSocket(t, sock)
+	l := newLimiter(transport.Address{Path: sock}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	config := func(name string, perHour uint32) *rlsconfv3.RateLimitConfig {
+		return &rlsconfv3.RateLimitConfig{Name: "d", Domain: "d", Descriptors: []*rlsconfv3.RateLimitDescriptor{{
+			Key: "caller", Value: "alice",
+			RateLimit: &rlsconfv3.RateLimitPolicy{Name: name, Unit: rlsconfv3.RateLimitUnit_HOUR, RequestsPerUnit: perHour},
+		}}}
+	}
+	if err := l.setConfig("v1", config("first", 100000)); err != nil {
+		t.Fatal(err)
+	}
+	var slot planSlot
+	limitName := func() string {
+		t.Helper()
+		var name string
+		testenv.Eventually(t, 5*time.Second, time.Millisecond, func() error {
+			resp, ok := l.answerPlanned(aliceRequest, &slot)
+			if !ok {
+				if _, err := l.ShouldRateLimit(context.Background(), aliceRequest, time.Second); err != nil {
+					t.Fatal(err)
+				}
+				return fmt.Errorf("not answered locally yet")
+			}
+			name = resp.GetStatuses()[0].GetCurrentLimit().GetName()
+			return nil
+		})
+		return name
+	}
+	if got := limitName(); got != "first" || slot.p.Load() == nil {
+		t.Fatalf("limit %q, plan kept %v; want first, kept", got, slot.p.Load() != nil)
+	}
+	kept := slot.p.Load()
+	if err := l.setConfig("v2", config("second", 200000)); err != nil {
+		t.Fatal(err)
+	}
+	if got := limitName(); got != "second" || slot.p.Load() == kept {
+		t.Fatalf("after a new config: limit %q, plan renewed %v; want second, renewed", got, slot.p.Load() != kept)
+	}
+}

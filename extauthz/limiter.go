@@ -176,7 +176,12 @@ func (l *limiter) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReque
 
 // answerLocally answers req from this edge's quota leases without waiting on Redis, or
 // says it cannot (ok false): then ShouldRateLimit must be asked.
-func (l *limiter) answerLocally(req *rlsv3.RateLimitRequest) (resp *rlsv3.RateLimitResponse, ok bool) {
+func (l *limiter) answerLocally(req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, bool) {
+	return l.answerPlanned(req, nil)
+}
+
+// answerPlanned is answerLocally with req's plan kept in slot, for req to be asked again.
+func (l *limiter) answerPlanned(req *rlsv3.RateLimitRequest, slot *planSlot) (resp *rlsv3.RateLimitResponse, ok bool) {
 	svc := l.svc.Load()
 	if svc == nil {
 		return nil, false
@@ -187,7 +192,7 @@ func (l *limiter) answerLocally(req *rlsv3.RateLimitRequest) (resp *rlsv3.RateLi
 		}
 	}()
 	att := &localOnly{}
-	resp, err := svc.ShouldRateLimit(withLocalOnly(context.Background(), att), req)
+	resp, err := svc.shouldRateLimit(withLocalOnly(context.Background(), att), req, slot)
 	if err != nil || att.missed {
 		return nil, false
 	}
@@ -213,7 +218,26 @@ type quotaService struct {
 
 func (s *quotaService) setConfig(cfg rlconfig.RateLimitConfig) { s.cfg.Store(&loadedConfig{cfg}) }
 
-func (s *quotaService) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest) (resp *rlsv3.RateLimitResponse, err error) {
+func (s *quotaService) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+	return s.shouldRateLimit(ctx, req, nil)
+}
+
+// quotaPlan is what a rate-limit request's descriptors resolve to under one loaded config:
+// each one's limit (nil: not counted, as unlimited, replaced or without a limit), and
+// which are unlimited.
+type quotaPlan struct {
+	cfg       *loadedConfig
+	limits    []*rlconfig.RateLimit
+	unlimited []bool
+}
+
+// planSlot keeps a request's plan for the next time the same request is asked (a replay,
+// extauthz.Replay, asks the same descriptors again): valid while the config is the one
+// it was made under.
+type planSlot struct{ p atomic.Pointer[quotaPlan] }
+
+// shouldRateLimit is ShouldRateLimit with the request's plan kept in slot (nil: none).
+func (s *quotaService) shouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest, slot *planSlot) (resp *rlsv3.RateLimitResponse, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			re, ok := p.(rlredis.RedisError) // the cache's Redis errors; anything else is a bug
@@ -230,31 +254,19 @@ func (s *quotaService) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimit
 	case req.GetDomain() == "" || len(req.GetDescriptors()) == 0:
 		return nil, errors.New("a rate-limit request needs a domain and descriptors")
 	}
-	n := len(req.Descriptors)
-	limits, unlimited := make([]*rlconfig.RateLimit, n), make([]bool, n)
-	var replaced map[string]bool // made only for a limit that replaces another
-	for i, d := range req.Descriptors {
-		lim := lc.cfg.GetLimit(ctx, req.Domain, d)
-		if lim == nil {
-			continue
-		}
-		for _, r := range lim.Replaces {
-			if replaced == nil {
-				replaced = map[string]bool{}
-			}
-			replaced[r] = true
-		}
-		if lim.Unlimited {
-			unlimited[i] = true
-			continue
-		}
-		limits[i] = lim
-	}
-	for i, lim := range limits {
-		if lim != nil && lim.Name != "" && replaced[lim.Name] {
-			limits[i] = nil
+	var p *quotaPlan
+	if slot != nil {
+		if p = slot.p.Load(); p != nil && p.cfg != lc {
+			p = nil
 		}
 	}
+	if p == nil {
+		p = plan(ctx, lc, req)
+		if slot != nil {
+			slot.p.Store(p)
+		}
+	}
+	limits, unlimited := p.limits, p.unlimited
 	statuses := s.cache.DoLimit(ctx, req, limits)
 	resp = &rlsv3.RateLimitResponse{OverallCode: rlsv3.RateLimitResponse_OK, Statuses: statuses}
 	for i, st := range statuses {
@@ -269,6 +281,37 @@ func (s *quotaService) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimit
 		}
 	}
 	return resp, nil
+}
+
+// plan looks up each of req's descriptors in the config, as envoyproxy/ratelimit's service
+// does: a limit that another limit replaces, or an unlimited one, is not counted.
+func plan(ctx context.Context, lc *loadedConfig, req *rlsv3.RateLimitRequest) *quotaPlan {
+	n := len(req.Descriptors)
+	p := &quotaPlan{cfg: lc, limits: make([]*rlconfig.RateLimit, n), unlimited: make([]bool, n)}
+	var replaced map[string]bool // made only for a limit that replaces another
+	for i, d := range req.Descriptors {
+		lim := lc.cfg.GetLimit(ctx, req.Domain, d)
+		if lim == nil {
+			continue
+		}
+		for _, r := range lim.Replaces {
+			if replaced == nil {
+				replaced = map[string]bool{}
+			}
+			replaced[r] = true
+		}
+		if lim.Unlimited {
+			p.unlimited[i] = true
+			continue
+		}
+		p.limits[i] = lim
+	}
+	for i, lim := range p.limits {
+		if lim != nil && lim.Name != "" && replaced[lim.Name] {
+			p.limits[i] = nil
+		}
+	}
+	return p
 }
 
 // statSink exports the module's per-limit counters the way envoyproxy/ratelimit's own

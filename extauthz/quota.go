@@ -134,10 +134,22 @@ func (q *quotas) ask(ctx context.Context, req *rlsv3.RateLimitRequest) quotaAnsw
 
 // answerLocally is ask's answer when this edge's leases can give it without Redis.
 func (q *quotas) answerLocally(req *rlsv3.RateLimitRequest) (quotaAnswer, bool) {
+	return q.answerPlanned(req, nil)
+}
+
+// answerPlanned is answerLocally for a request asked again and again (a Replay's), its
+// plan kept in slot by a limiter that keeps one.
+func (q *quotas) answerPlanned(req *rlsv3.RateLimitRequest, slot *planSlot) (quotaAnswer, bool) {
 	if q.lim == nil {
 		return quotaAnswer{}, false
 	}
-	resp, ok := q.lim.answerLocally(req)
+	var resp *rlsv3.RateLimitResponse
+	var ok bool
+	if l, planned := q.lim.(*limiter); planned && slot != nil {
+		resp, ok = l.answerPlanned(req, slot)
+	} else {
+		resp, ok = q.lim.answerLocally(req)
+	}
 	if !ok {
 		return quotaAnswer{}, false
 	}

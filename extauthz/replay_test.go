@@ -124,9 +124,9 @@ func TestReplayAnswersAsBeginDoes(t *testing.T) {
 	rls.set(remaining(7), true)
 
 	// The caller's expiry.
-	expired := *rp
+	_, _, expired := m.BeginReplay(in)
 	expired.d.ExpiresAt = time.Now().Add(-time.Millisecond)
-	if _, ok := m.Replay(&expired); ok {
+	if _, ok := m.Replay(expired); ok {
 		t.Error("Replay held past the caller's expiry")
 	}
 	// A new policy, even the same one.
