@@ -96,6 +96,7 @@ func (m *Main) begin(in Input, replay bool) (Outcome, *Pending, *Replay) {
 		Now:      time.Now(),
 	}
 	var d decide.Decision
+	applied := m.applied.Load() // before the policy: see apply
 	p := m.policy.Load()
 	if p == nil {
 		d = decide.NotReady(decide.GuessAPI(r))
@@ -116,7 +117,7 @@ func (m *Main) begin(in Input, replay bool) (Outcome, *Pending, *Replay) {
 				if !replay || !out.Allow {
 					return out, nil, nil
 				}
-				return out, nil, m.replayOf(p, q, r, d, req)
+				return out, nil, m.replayOf(applied, r, d, q, req)
 			}
 		}
 	}
@@ -124,19 +125,20 @@ func (m *Main) begin(in Input, replay bool) (Outcome, *Pending, *Replay) {
 	if !replay || !out.Allow {
 		return out, nil, nil
 	}
-	return out, nil, m.replayOf(p, q, r, d, nil)
+	return out, nil, m.replayOf(applied, r, d, q, nil)
 }
 
 // A Replay is an allowed request's decision, kept to answer later requests with the same
 // Input (the module's fast path, extauthz/module): Main.Replay gives such a request the
 // Outcome Begin would — its quotas asked, its metrics and logs as Begin's — without
 // deciding it again, as long as nothing the decision read has changed: the policy and
-// its quotas (the same compiled ones), the upstream's key (still its only one, and the
+// its quotas (no policy applied since), the upstream's key (still its only one, and the
 // same), and the caller's expiry (not yet reached). Decide reads nothing else but the
-// Input; the caller of Replay vouches for the Input being the same.
+// Input; the caller of Replay vouches for the Input being the same. A Replay keeps no
+// policy alive: the module may hold many.
 type Replay struct {
-	policy *decide.Compiled
-	quotas *quotas
+	applied uint64 // Main.applied when the policy was read
+	quotas  *quotas
 	// key is the injected key's value, "" when none was (a caller's own key, a request
 	// forwarded to another region).
 	key string
@@ -150,8 +152,8 @@ type Replay struct {
 // replayOf is the Replay of an allowed decision, or nil when a later request could be
 // decided otherwise with the same Input: the upstream has more than one key (each
 // request gets the next).
-func (m *Main) replayOf(p *decide.Compiled, q *quotas, r decide.Request, d decide.Decision, req *rlsv3.RateLimitRequest) *Replay {
-	rp := &Replay{policy: p, quotas: q, r: r, d: d, req: req}
+func (m *Main) replayOf(applied uint64, r decide.Request, d decide.Decision, q *quotas, req *rlsv3.RateLimitRequest) *Replay {
+	rp := &Replay{applied: applied, quotas: q, r: r, d: d, req: req}
 	if d.KeyName != "" {
 		if m.keys == nil || m.keys.Count(r.Upstream) != 1 {
 			return nil
@@ -171,7 +173,7 @@ func (m *Main) replayOf(p *decide.Compiled, q *quotas, r decide.Request, d decid
 // holds, or when its quotas need a round trip to Redis; the caller then checks the
 // request with Begin. An Outcome it gives is Begin's: it may refuse (a spent quota).
 func (m *Main) Replay(rp *Replay) (Outcome, bool) {
-	if m.policy.Load() != rp.policy || m.quotas.Load() != rp.quotas {
+	if m.applied.Load() != rp.applied {
 		return Outcome{}, false
 	}
 	if !rp.d.ExpiresAt.IsZero() && time.Now().After(rp.d.ExpiresAt) {

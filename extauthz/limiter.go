@@ -93,8 +93,14 @@ func loadConfig(rc *rlsconfv3.RateLimitConfig, sm rlstats.Manager) (cfg rlconfig
 	}}, sm, false), nil
 }
 
-// loadedConfig boxes a config (an interface) for an atomic.Pointer.
-type loadedConfig struct{ cfg rlconfig.RateLimitConfig }
+// loadedConfig boxes a config (an interface) for an atomic.Pointer; gen tells loaded
+// configs apart (configLoads) without keeping one alive.
+type loadedConfig struct {
+	cfg rlconfig.RateLimitConfig
+	gen uint64
+}
+
+var configLoads atomic.Uint64
 
 func (l *limiter) statsManager() rlstats.Manager {
 	return rlstats.NewStatManager(l.store, rlsettings.NewSettings())
@@ -216,7 +222,9 @@ type quotaService struct {
 	cfg   atomic.Pointer[loadedConfig]
 }
 
-func (s *quotaService) setConfig(cfg rlconfig.RateLimitConfig) { s.cfg.Store(&loadedConfig{cfg}) }
+func (s *quotaService) setConfig(cfg rlconfig.RateLimitConfig) {
+	s.cfg.Store(&loadedConfig{cfg: cfg, gen: configLoads.Add(1)})
+}
 
 func (s *quotaService) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
 	return s.shouldRateLimit(ctx, req, nil)
@@ -226,7 +234,7 @@ func (s *quotaService) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimit
 // each one's limit (nil: not counted, as unlimited, replaced or without a limit), and
 // which are unlimited.
 type quotaPlan struct {
-	cfg       *loadedConfig
+	gen       uint64 // the loadedConfig's
 	limits    []*rlconfig.RateLimit
 	unlimited []bool
 }
@@ -256,7 +264,7 @@ func (s *quotaService) shouldRateLimit(ctx context.Context, req *rlsv3.RateLimit
 	}
 	var p *quotaPlan
 	if slot != nil {
-		if p = slot.p.Load(); p != nil && p.cfg != lc {
+		if p = slot.p.Load(); p != nil && p.gen != lc.gen {
 			p = nil
 		}
 	}
@@ -287,7 +295,7 @@ func (s *quotaService) shouldRateLimit(ctx context.Context, req *rlsv3.RateLimit
 // does: a limit that another limit replaces, or an unlimited one, is not counted.
 func plan(ctx context.Context, lc *loadedConfig, req *rlsv3.RateLimitRequest) *quotaPlan {
 	n := len(req.Descriptors)
-	p := &quotaPlan{cfg: lc, limits: make([]*rlconfig.RateLimit, n), unlimited: make([]bool, n)}
+	p := &quotaPlan{gen: lc.gen, limits: make([]*rlconfig.RateLimit, n), unlimited: make([]bool, n)}
 	var replaced map[string]bool // made only for a limit that replaces another
 	for i, d := range req.Descriptors {
 		lim := lc.cfg.GetLimit(ctx, req.Domain, d)

@@ -78,6 +78,9 @@ type Main struct {
 	xds    *xdsclient.Client
 	policy atomic.Pointer[decide.Compiled]
 	quotas atomic.Pointer[quotas]
+	// applied counts the policies applied, for a Replay to tell its policy is current
+	// without keeping the policy alive.
+	applied atomic.Uint64
 	// limiter checks quotas in process against the region's Redis; nil without --redis.
 	limiter rateLimiter
 
@@ -333,6 +336,7 @@ func (m *Main) apply(version string, resources []*anypb.Any) error {
 	m.policy.Store(c)
 	m.policyOnce.Do(func() { close(m.policyIn) })
 	m.quotas.Store(q)
+	m.applied.Add(1) // after both: a Replay made from either before is seen to be stale
 	m.log.Info("caller policy applied", "version", version, "callers", len(dp.Callers), "upstreams", len(dp.Upstreams))
 	return nil
 }

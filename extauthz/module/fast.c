@@ -12,8 +12,9 @@
 // max_headers headers, a key over key_max bytes) is checked in Go, and its decision is
 // not kept.
 //
-// A worker keeps its decisions in its own table (no locks, no sharing: an entry is made,
-// used and freed by one thread). What an entry does not hold is asked of Go on every use
+// A worker keeps its decisions in its own table of table_slots entries, one per slot by
+// the key's hash, a new one replacing the old (no locks, no sharing: an entry is made,
+// used and freed by one thread; what it holds on the Go side keeps no policy alive). What an entry does not hold is asked of Go on every use
 // (llmedgeReplay): whether the decision still holds (the policy, the key, the caller's
 // expiry), the quota, the metrics and logs. So a decision is never replayed past a change,
 // and a replay costs one short call into Go instead of the check.
@@ -26,7 +27,7 @@
 #include "_cgo_export.h"
 #include "body.h"
 
-enum { key_max = 4096, max_headers = 96, table_slots = 64 };
+enum { key_max = 4096, max_headers = 96, table_slots = 1024 };
 
 // What the key names, from the Go side (llmedge_fast_init, once, before any request).
 static llmedge_buf route_ns, route_keys[4], internal_prefix, credential_headers[8];
