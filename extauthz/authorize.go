@@ -9,6 +9,7 @@ import (
 	"time"
 
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/llmedge/llmedge/extauthz/decide"
 	"github.com/llmedge/llmedge/internal/wire"
@@ -147,6 +148,10 @@ type Replay struct {
 	req *rlsv3.RateLimitRequest
 	// plan keeps req's limits, looked up once (limiter.go).
 	plan planSlot
+	// allowed is the Outcome of an allowed replay but its quota headers, and checked and
+	// quotaOK the counters it adds to: made once, as finish would make them.
+	allowed          Outcome
+	checked, quotaOK prometheus.Counter
 }
 
 // replayOf is the Replay of an allowed decision, or nil when a later request could be
@@ -166,6 +171,9 @@ func (m *Main) replayOf(applied uint64, r decide.Request, d decide.Decision, q *
 	}
 	r.Headers = nil // read by Decide only; not kept
 	rp.r = r
+	rp.allowed = allowed(d, r.Upstream, nil)
+	rp.checked = m.checks.WithLabelValues(r.Upstream, d.Reason)
+	rp.quotaOK = m.quotaChecks.WithLabelValues(r.Upstream, quotaOK.String())
 	return rp
 }
 
@@ -197,7 +205,20 @@ func (m *Main) Replay(rp *Replay) (Outcome, bool) {
 		q = rp.quotas
 	}
 	m.replays.Inc()
-	return m.finish(rp.r, rp.d, q, a), true
+	if a.result != quotaNone && a.result != quotaOK {
+		return m.finish(rp.r, rp.d, q, a), true
+	}
+	// finish's allowed path, with what it looks up and builds made once.
+	if a.result == quotaOK {
+		rp.quotaOK.Inc()
+	}
+	rp.checked.Inc()
+	if m.log.Enabled(context.Background(), slog.LevelDebug) {
+		m.log.Debug("allowed", "caller", rp.d.Caller, "route", rp.r.Route, "upstream", rp.r.Upstream, "key", rp.d.KeyName, "quota", a.result.String())
+	}
+	out := rp.allowed
+	out.ResponseHeaders = a.headers
+	return out, true
 }
 
 // Finish asks the rate-limit service and gives the check's Outcome.

@@ -588,8 +588,9 @@ type op struct {
 	a, b, c string
 }
 
-// cOps copies ops into one block of C memory, the array first and the bytes after it
-// (as cHeaders); the fast path frees it with its entry.
+// cOps copies ops (at least one) into one block of C memory, the array first and the
+// bytes after it (as cHeaders); the fast path frees it with its entry. nil when memory is
+// short.
 func cOps(ops []op) *C.llmedge_op {
 	head := len(ops) * int(unsafe.Sizeof(C.llmedge_op{}))
 	size := head
@@ -597,6 +598,9 @@ func cOps(ops []op) *C.llmedge_op {
 		size += len(o.a) + len(o.b) + len(o.c)
 	}
 	base := C.malloc(C.size_t(size))
+	if base == nil {
+		return nil
+	}
 	block := unsafe.Slice((*byte)(base), size)
 	arr := unsafe.Slice((*C.llmedge_op)(base), len(ops))
 	at := head
@@ -613,8 +617,9 @@ func cOps(ops []op) *C.llmedge_op {
 
 // remember keeps an allowed request's decision in the fast path, under the key its hook
 // built: the facts' metadata (setFacts), then what apply did to the request, in the same
-// order.
+// order. The request is already on its way: whatever happens here, it is not touched.
 func remember(m unsafe.Pointer, replay *extauthz.Replay, facts extauthz.Facts, out *extauthz.Outcome, path string) {
+	defer func() { recover() }() // not kept, then
 	var ops []op
 	if facts.Model != "" {
 		ops = append(ops, op{kind: C.LLMEDGE_OP_METADATA_STRING, a: wire.RequestMetadataNamespace, b: wire.RequestMetadataModel, c: facts.Model})
@@ -639,8 +644,12 @@ func remember(m unsafe.Pointer, replay *extauthz.Replay, facts extauthz.Facts, o
 	for _, kv := range [...][2]string{{wire.MetadataCaller, out.Caller}, {wire.MetadataTenant, out.Tenant}, {wire.MetadataUpstream, out.Upstream}} {
 		ops = append(ops, op{kind: C.LLMEDGE_OP_METADATA_STRING, a: wire.AuthzMetadataNamespace, b: kv[0], c: kv[1]})
 	}
+	block := cOps(ops)
+	if block == nil {
+		return
+	}
 	h := cgo.NewHandle(replay)
-	if old := C.llmedge_remember((*C.llmedge_stream)(m), C.uintptr_t(h), cOps(ops), C.size_t(len(ops)), C.size_t(nFacts)); old != 0 {
+	if old := C.llmedge_remember((*C.llmedge_stream)(m), C.uintptr_t(h), block, C.size_t(len(ops)), C.size_t(nFacts)); old != 0 {
 		cgo.Handle(old).Delete()
 	}
 }
