@@ -14,10 +14,11 @@
 //
 // A worker keeps its decisions in its own table of table_slots entries, one per slot by
 // the key's hash, a new one replacing the old (no locks, no sharing: an entry is made,
-// used and freed by one thread; what it holds on the Go side keeps no policy alive). What an entry does not hold is asked of Go on every use
-// (llmedgeReplay): whether the decision still holds (the policy, the key, the caller's
-// expiry), the quota, the metrics and logs. So a decision is never replayed past a change,
-// and a replay costs one short call into Go instead of the check.
+// used and freed by one thread; what it holds on the Go side keeps no policy alive).
+// What an entry does not hold is asked of Go on every use (llmedgeReplay): whether the
+// decision still holds (the policy, the key, the caller's expiry), the quota, the metrics
+// and logs. So a decision is never replayed past a change, and a replay costs one short
+// call into Go instead of the check.
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
