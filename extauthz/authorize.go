@@ -110,7 +110,7 @@ func (m *Main) begin(in Input, replay bool) (Outcome, *Pending, *Replay) {
 	if d.Allow && r.Hop != wire.HopPeer {
 		if q != nil {
 			if req = q.request(d.Caller, r.Upstream, in.Model); req != nil {
-				a, ok := q.answerLocally(req)
+				a, ok := q.answerLocally(req, nil)
 				if !ok {
 					return Outcome{}, &Pending{m: m, r: r, d: d, q: q, req: req, model: in.Model}, nil
 				}
@@ -158,9 +158,10 @@ type Replay struct {
 // decided otherwise with the same Input: the upstream has more than one key (each
 // request gets the next).
 func (m *Main) replayOf(applied uint64, r decide.Request, d decide.Decision, q *quotas, req *rlsv3.RateLimitRequest) *Replay {
+	r.Headers = nil // read by Decide only; not kept
 	rp := &Replay{applied: applied, quotas: q, r: r, d: d, req: req}
 	if d.KeyName != "" {
-		if m.keys == nil || m.keys.Count(r.Upstream) != 1 {
+		if m.keys.Count(r.Upstream) != 1 {
 			return nil
 		}
 		k, ok := m.keys.Next(r.Upstream)
@@ -169,8 +170,6 @@ func (m *Main) replayOf(applied uint64, r decide.Request, d decide.Decision, q *
 		}
 		rp.key = k.Value()
 	}
-	r.Headers = nil // read by Decide only; not kept
-	rp.r = r
 	rp.allowed = allowed(d, r.Upstream, nil)
 	rp.checked = m.checks.WithLabelValues(r.Upstream, d.Reason)
 	rp.quotaOK = m.quotaChecks.WithLabelValues(r.Upstream, quotaOK.String())
@@ -199,7 +198,7 @@ func (m *Main) Replay(rp *Replay) (Outcome, bool) {
 	var q *quotas
 	if rp.req != nil {
 		var ok bool
-		if a, ok = rp.quotas.answerPlanned(rp.req, &rp.plan); !ok {
+		if a, ok = rp.quotas.answerLocally(rp.req, &rp.plan); !ok {
 			return Outcome{}, false
 		}
 		q = rp.quotas
@@ -213,9 +212,7 @@ func (m *Main) Replay(rp *Replay) (Outcome, bool) {
 		rp.quotaOK.Inc()
 	}
 	rp.checked.Inc()
-	if m.log.Enabled(context.Background(), slog.LevelDebug) {
-		m.log.Debug("allowed", "caller", rp.d.Caller, "route", rp.r.Route, "upstream", rp.r.Upstream, "key", rp.d.KeyName, "quota", a.result.String())
-	}
+	m.logAllowed(rp.r, rp.d, a.result)
 	out := rp.allowed
 	out.ResponseHeaders = a.headers
 	return out, true
@@ -255,13 +252,18 @@ func (m *Main) finish(r decide.Request, d decide.Decision, q *quotas, quota quot
 	}
 	m.checks.WithLabelValues(r.Upstream, d.Reason).Inc()
 	if d.Allow {
-		if m.log.Enabled(context.Background(), slog.LevelDebug) { // its arguments would cost allocations on every request
-			m.log.Debug("allowed", "caller", d.Caller, "route", r.Route, "upstream", r.Upstream, "key", d.KeyName, "quota", quota.result.String())
-		}
+		m.logAllowed(r, d, quota.result)
 		return allowed(d, r.Upstream, quota.headers)
 	}
 	m.log.Info("denied", "reason", d.Reason, "status", d.Status, "caller", d.Caller, "route", r.Route, "upstream", r.Upstream, "source", r.SourceIP.String())
 	return Outcome{Status: d.Status, Headers: []Header{{"content-type", d.ContentType}}, Body: string(d.Body)}
+}
+
+// logAllowed logs an allowed check at debug level.
+func (m *Main) logAllowed(r decide.Request, d decide.Decision, quota quotaResult) {
+	if m.log.Enabled(context.Background(), slog.LevelDebug) { // its arguments would cost allocations on every request
+		m.log.Debug("allowed", "caller", d.Caller, "route", r.Route, "upstream", r.Upstream, "key", d.KeyName, "quota", quota.String())
+	}
 }
 
 func allowed(d decide.Decision, upstream string, responseHeaders []Header) Outcome {

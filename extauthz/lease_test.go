@@ -316,11 +316,11 @@ func TestLimiterAnswersLocally(t *testing.T) {
 	if err := l.setConfig("v1", rc); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := l.answerLocally(aliceRequest); ok {
+	if _, ok := l.answerLocally(aliceRequest, nil); ok {
 		t.Fatal("answered locally before any reservation")
 	}
 	testenv.Eventually(t, 5*time.Second, time.Millisecond, func() error {
-		if resp, ok := l.answerLocally(aliceRequest); ok {
+		if resp, ok := l.answerLocally(aliceRequest, nil); ok {
 			if resp.GetOverallCode() != rlsv3.RateLimitResponse_OK || resp.GetStatuses()[0].GetCurrentLimit().GetName() != "callers.alice.limits[0]" {
 				t.Fatalf("local answer %v", resp)
 			}
@@ -460,7 +460,7 @@ func TestLimiterPlanFollowsTheConfig(t *testing.T) {
 		t.Helper()
 		var name string
 		testenv.Eventually(t, 5*time.Second, time.Millisecond, func() error {
-			resp, ok := l.answerPlanned(aliceRequest, &slot)
+			resp, ok := l.answerLocally(aliceRequest, &slot)
 			if !ok {
 				if _, err := l.ShouldRateLimit(context.Background(), aliceRequest, time.Second); err != nil {
 					t.Fatal(err)

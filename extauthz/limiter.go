@@ -181,13 +181,9 @@ func (l *limiter) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReque
 }
 
 // answerLocally answers req from this edge's quota leases without waiting on Redis, or
-// says it cannot (ok false): then ShouldRateLimit must be asked.
-func (l *limiter) answerLocally(req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, bool) {
-	return l.answerPlanned(req, nil)
-}
-
-// answerPlanned is answerLocally with req's plan kept in slot, for req to be asked again.
-func (l *limiter) answerPlanned(req *rlsv3.RateLimitRequest, slot *planSlot) (resp *rlsv3.RateLimitResponse, ok bool) {
+// says it cannot (ok false): then ShouldRateLimit must be asked. slot, if not nil, keeps
+// req's plan for req to be asked again.
+func (l *limiter) answerLocally(req *rlsv3.RateLimitRequest, slot *planSlot) (resp *rlsv3.RateLimitResponse, ok bool) {
 	svc := l.svc.Load()
 	if svc == nil {
 		return nil, false

@@ -58,8 +58,9 @@ type quotas struct {
 type rateLimiter interface {
 	setConfig(version string, rc *rlsconfv3.RateLimitConfig) error
 	ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest, timeout time.Duration) (*rlsv3.RateLimitResponse, error)
-	// answerLocally answers without waiting on Redis (a lease, lease.go), if it can.
-	answerLocally(req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, bool)
+	// answerLocally answers without waiting on Redis (a lease, lease.go), if it can;
+	// slot, if not nil, keeps what it looked up for req being asked again (a Replay's).
+	answerLocally(req *rlsv3.RateLimitRequest, slot *planSlot) (*rlsv3.RateLimitResponse, bool)
 }
 
 // newQuotas reads a policy's rate-limit settings and hands its limits to lim. A nil p (no
@@ -132,24 +133,13 @@ func (q *quotas) ask(ctx context.Context, req *rlsv3.RateLimitRequest) quotaAnsw
 	return answerOf(resp)
 }
 
-// answerLocally is ask's answer when this edge's leases can give it without Redis.
-func (q *quotas) answerLocally(req *rlsv3.RateLimitRequest) (quotaAnswer, bool) {
-	return q.answerPlanned(req, nil)
-}
-
-// answerPlanned is answerLocally for a request asked again and again (a Replay's), its
-// plan kept in slot by a limiter that keeps one.
-func (q *quotas) answerPlanned(req *rlsv3.RateLimitRequest, slot *planSlot) (quotaAnswer, bool) {
+// answerLocally is ask's answer when this edge's leases can give it without Redis; slot
+// as the limiter's.
+func (q *quotas) answerLocally(req *rlsv3.RateLimitRequest, slot *planSlot) (quotaAnswer, bool) {
 	if q.lim == nil {
 		return quotaAnswer{}, false
 	}
-	var resp *rlsv3.RateLimitResponse
-	var ok bool
-	if l, planned := q.lim.(*limiter); planned && slot != nil {
-		resp, ok = l.answerPlanned(req, slot)
-	} else {
-		resp, ok = q.lim.answerLocally(req)
-	}
+	resp, ok := q.lim.answerLocally(req, slot)
 	if !ok {
 		return quotaAnswer{}, false
 	}

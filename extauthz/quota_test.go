@@ -53,7 +53,7 @@ func (f *fakeRLS) ShouldRateLimit(_ context.Context, r *rlsv3.RateLimitRequest, 
 	return f.answer, nil
 }
 
-func (f *fakeRLS) answerLocally(*rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, bool) {
+func (f *fakeRLS) answerLocally(*rlsv3.RateLimitRequest, *planSlot) (*rlsv3.RateLimitResponse, bool) {
 	return nil, false
 }
 

@@ -35,7 +35,7 @@ func (l *localRLS) ShouldRateLimit(context.Context, *rlsv3.RateLimitRequest, tim
 	l.asked++
 	return l.answer, nil
 }
-func (l *localRLS) answerLocally(*rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, bool) {
+func (l *localRLS) answerLocally(*rlsv3.RateLimitRequest, *planSlot) (*rlsv3.RateLimitResponse, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.asked++
