@@ -135,7 +135,7 @@ static inline int llmedge_json_scan(const char* data, size_t n, llmedge_body_sca
   // objects: bit d says whether the container open at depth d+1 is an object.
   uint8_t objects[(LLMEDGE_JSON_MAX_DEPTH + 7) / 8];
   size_t depth = 0, i = 0, end;
-  int escaped, top_object = 0, ambiguous = 0;
+  int escaped, top_object = 0, ambiguous = 0, in_object;
   // The top-level member being read: the start of its value, and whether its name is
   // "model" (1), "stream" (2) or another (0).
   size_t value_start = 0;
@@ -256,19 +256,8 @@ end_value:  // a value ended just before b[i]
   if (i >= n) {
     return LLMEDGE_BODY_INVALID;
   }
-  if (objects[(depth - 1) >> 3] & (1u << ((depth - 1) & 7))) {
-    if (b[i] == '}') {
-      i++;
-      depth--;
-      goto end_value;
-    }
-    if (b[i] != ',') {
-      return LLMEDGE_BODY_INVALID;
-    }
-    i++;
-    goto key;
-  }
-  if (b[i] == ']') {
+  in_object = (int)((objects[(depth - 1) >> 3] >> ((depth - 1) & 7)) & 1u);
+  if (b[i] == (in_object ? '}' : ']')) {
     i++;
     depth--;
     goto end_value;
@@ -277,6 +266,9 @@ end_value:  // a value ended just before b[i]
     return LLMEDGE_BODY_INVALID;
   }
   i++;
+  if (in_object) {
+    goto key;
+  }
   goto value;
 
 key:  // a member's name starts at b[i], after optional whitespace, then ':' and its value

@@ -7,6 +7,9 @@ import "C"
 
 import "unsafe"
 
+// The module's tests reach body.h through these wrappers (cgo is not allowed in test
+// files); nothing in the module calls them.
+
 // The kinds of body llmedge_body_facts tells apart (body.h).
 const (
 	bodyInvalid = C.LLMEDGE_BODY_INVALID

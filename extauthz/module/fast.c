@@ -67,6 +67,7 @@ typedef struct {
   char key[key_max];
   size_t key_len;
   bool key_fits;
+  uint64_t key_hash;  // of the key, once built
   char* body;  // body_limit bytes, made on first use
   entry* table[table_slots];
 } worker;
@@ -127,10 +128,10 @@ static void put_source(const char* p, size_t n) {
   put('A', p, n);
 }
 
-// read_body is module.go's requestBody into the worker's body buffer: the buffered body
+// copy_body is module.go's requestBody into the worker's body buffer: the buffered body
 // and, at the body's end, the chunk just received; *len SIZE_MAX past body_limit (the Go
 // check then reads no body).
-static bool read_body(void* filter, int at, size_t* len) {
+static bool copy_body(void* filter, int at, size_t* len) {
   char* body = self->body;
   if (body == NULL && (body = self->body = malloc(body_limit)) == NULL) {
     return false;
@@ -216,7 +217,7 @@ static bool build_key(void* filter, int at) {
     return self->key_fits;
   }
   size_t len = 0;
-  if (!read_body(filter, at, &len)) {
+  if (!copy_body(filter, at, &len)) {
     return false;
   }
   if (len == SIZE_MAX || len == 0) {
@@ -267,14 +268,13 @@ static void apply_ops(void* filter, const llmedge_op* ops, size_t from, size_t t
   }
 }
 
-static void drop(entry* e) {
-  if (e == NULL) {
-    return;
-  }
-  llmedgeRelease(e->replay);
+// free_entry frees e and answers its Go side's handle, for Go to release.
+static uintptr_t free_entry(entry* e) {
+  uintptr_t replay = e->replay;
   free(e->key);
   free(e->ops);
   free(e);
+  return replay;
 }
 
 int llmedge_fast_check(void* filter, llmedge_stream* s, int at) {
@@ -284,7 +284,7 @@ int llmedge_fast_check(void* filter, llmedge_stream* s, int at) {
   }
   s->key_ready = 1;
   worker* w = self;
-  uint64_t h = hash_key(w);
+  uint64_t h = w->key_hash = hash_key(w);
   entry** slot = &w->table[h % table_slots];
   entry* e = *slot;
   if (e == NULL || e->hash != h || e->key_len != w->key_len || memcmp(e->key, w->key, w->key_len) != 0) {
@@ -294,7 +294,7 @@ int llmedge_fast_check(void* filter, llmedge_stream* s, int at) {
   int r = llmedge_replay(filter, s, e->replay);
   if (r == LLMEDGE_REPLAY_MISS) {
     *slot = NULL;
-    drop(e);
+    llmedgeRelease(free_entry(e));
     return -1;
   }
   if (r == LLMEDGE_REPLAY_REFUSED) {
@@ -324,16 +324,9 @@ uintptr_t llmedge_remember(llmedge_stream* s, uintptr_t replay, llmedge_op* ops,
     return replay;
   }
   memcpy(k, w->key, w->key_len);
-  *e = (entry){.hash = hash_key(w), .key = k, .key_len = w->key_len, .replay = replay, .ops = ops, .ops_len = ops_len, .facts_len = facts_len};
+  *e = (entry){.hash = w->key_hash, .key = k, .key_len = w->key_len, .replay = replay, .ops = ops, .ops_len = ops_len, .facts_len = facts_len};
   entry** slot = &w->table[e->hash % table_slots];
   entry* old = *slot;
   *slot = e;
-  if (old == NULL) {
-    return 0;
-  }
-  uintptr_t h = old->replay;
-  free(old->key);
-  free(old->ops);
-  free(old);
-  return h;
+  return old == NULL ? 0 : free_entry(old);
 }

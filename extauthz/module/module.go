@@ -397,25 +397,37 @@ func cHeaders(headers []extauthz.Header) *C.llmedge_header {
 	if len(headers) == 0 {
 		return nil
 	}
-	head := len(headers) * int(unsafe.Sizeof(C.llmedge_header{}))
-	size := head
+	var strs int
 	for _, h := range headers {
-		size += len(h.Name) + len(h.Value)
+		strs += len(h.Name) + len(h.Value)
 	}
-	base := C.malloc(C.size_t(size))
-	block := unsafe.Slice((*byte)(base), size)
-	arr := unsafe.Slice((*C.llmedge_header)(base), len(headers))
-	at := head
+	b := newCBlock(len(headers)*int(unsafe.Sizeof(C.llmedge_header{})), strs)
+	arr := unsafe.Slice((*C.llmedge_header)(b.base), len(headers))
 	for i, h := range headers {
-		copy(block[at:], h.Name)
-		copy(block[at+len(h.Name):], h.Value)
-		arr[i] = C.llmedge_header{
-			name: (*C.char)(unsafe.Add(base, at)), name_len: C.size_t(len(h.Name)),
-			value: (*C.char)(unsafe.Add(base, at+len(h.Name))), value_len: C.size_t(len(h.Value)),
-		}
-		at += len(h.Name) + len(h.Value)
+		name, value := b.buf(h.Name), b.buf(h.Value)
+		arr[i] = C.llmedge_header{name: name.ptr, name_len: name.len, value: value.ptr, value_len: value.len}
 	}
 	return &arr[0]
+}
+
+// cBlock is one block of C memory: head bytes for an array, then the bytes of its strings.
+type cBlock struct {
+	base  unsafe.Pointer
+	bytes []byte
+	at    int
+}
+
+// newCBlock allocates a block (cgo's C.malloc never returns nil: it ends the process).
+func newCBlock(head, strs int) *cBlock {
+	base := C.malloc(C.size_t(head + strs))
+	return &cBlock{base: base, bytes: unsafe.Slice((*byte)(base), head+strs), at: head}
+}
+
+// buf copies s into the block's string bytes.
+func (b *cBlock) buf(s string) C.llmedge_buf {
+	out := C.llmedge_buf{ptr: (*C.char)(unsafe.Add(b.base, b.at)), len: C.size_t(len(s))}
+	b.at += copy(b.bytes[b.at:], s)
+	return out
 }
 
 // refuse answers the request with a local reply Envoy's local-reply mappers shape.
@@ -440,20 +452,51 @@ func apply(f unsafe.Pointer, out *extauthz.Outcome, path string) {
 		refuse(f, out.Status, out.Headers, out.Body, deniedDetails)
 		return
 	}
-	// As Envoy's ext_authz filter does: set, then remove, then the query.
+	applyOps(f, allowOps(nil, out, path))
+}
+
+// op is one change a check makes to its request (an llmedge_op, in Go strings): set a
+// request header (a: name, b: value), remove one (a), set a dynamic metadata string (a:
+// namespace, b: key, c: value) or bool (c: "1" for true, "" for false).
+type op struct {
+	kind    C.int
+	a, b, c string
+}
+
+// allowOps appends to ops what an allowed outcome does to the request, in the order
+// Envoy's ext_authz filter does it: set, then remove, then the query; then the caller in
+// the ext_authz dynamic metadata.
+func allowOps(ops []op, out *extauthz.Outcome, path string) []op {
 	for _, h := range out.SetHeaders {
-		C.envoy_dynamic_module_callback_http_set_header(f, headerRequest, buf(h.Name), buf(h.Value))
+		ops = append(ops, op{kind: C.LLMEDGE_OP_SET_HEADER, a: h.Name, b: h.Value})
 	}
 	for _, name := range out.RemoveHeaders {
-		C.envoy_dynamic_module_callback_http_set_header(f, headerRequest, buf(name), C.llmedge_buf{})
+		ops = append(ops, op{kind: C.LLMEDGE_OP_REMOVE_HEADER, a: name})
 	}
 	if len(out.RemoveQueryParams) > 0 {
-		C.envoy_dynamic_module_callback_http_set_header(f, headerRequest, buf(":path"), buf(extauthz.WithoutQueryParams(path, out.RemoveQueryParams)))
+		ops = append(ops, op{kind: C.LLMEDGE_OP_SET_HEADER, a: ":path", b: extauthz.WithoutQueryParams(path, out.RemoveQueryParams)})
 	}
-	ns := buf(wire.AuthzMetadataNamespace)
-	C.envoy_dynamic_module_callback_http_set_dynamic_metadata_string(f, ns, buf(wire.MetadataCaller), buf(out.Caller))
-	C.envoy_dynamic_module_callback_http_set_dynamic_metadata_string(f, ns, buf(wire.MetadataTenant), buf(out.Tenant))
-	C.envoy_dynamic_module_callback_http_set_dynamic_metadata_string(f, ns, buf(wire.MetadataUpstream), buf(out.Upstream))
+	for _, kv := range [...][2]string{{wire.MetadataCaller, out.Caller}, {wire.MetadataTenant, out.Tenant}, {wire.MetadataUpstream, out.Upstream}} {
+		ops = append(ops, op{kind: C.LLMEDGE_OP_METADATA_STRING, a: wire.AuthzMetadataNamespace, b: kv[0], c: kv[1]})
+	}
+	return ops
+}
+
+// applyOps makes ops' changes through Envoy's callbacks, in order (fast.c's apply_ops
+// makes the same from C).
+func applyOps(f unsafe.Pointer, ops []op) {
+	for _, o := range ops {
+		switch o.kind {
+		case C.LLMEDGE_OP_SET_HEADER:
+			C.envoy_dynamic_module_callback_http_set_header(f, headerRequest, buf(o.a), buf(o.b))
+		case C.LLMEDGE_OP_REMOVE_HEADER:
+			C.envoy_dynamic_module_callback_http_set_header(f, headerRequest, buf(o.a), C.llmedge_buf{})
+		case C.LLMEDGE_OP_METADATA_STRING:
+			C.envoy_dynamic_module_callback_http_set_dynamic_metadata_string(f, buf(o.a), buf(o.b), buf(o.c))
+		case C.LLMEDGE_OP_METADATA_BOOL:
+			C.envoy_dynamic_module_callback_http_set_dynamic_metadata_bool(f, buf(o.a), buf(o.b), C.bool(o.c != ""))
+		}
+	}
 }
 
 // keep hands the stream's Go state to its C state, for the later hooks and the release.
@@ -496,14 +539,22 @@ func requestBody(f unsafe.Pointer, at C.int) []byte {
 // Envoy's json_to_metadata and header_to_metadata write them when extauthz runs as a
 // process: the ledger's access log entry and the quota filter's descriptors read them
 // there.
-func setFacts(f unsafe.Pointer, facts extauthz.Facts) {
-	ns := buf(wire.RequestMetadataNamespace)
+func setFacts(f unsafe.Pointer, facts extauthz.Facts) { applyOps(f, factOps(facts)) }
+
+// factOps are setFacts's changes.
+func factOps(facts extauthz.Facts) []op {
+	var ops []op
 	if facts.Model != "" {
-		C.envoy_dynamic_module_callback_http_set_dynamic_metadata_string(f, ns, buf(wire.RequestMetadataModel), buf(facts.Model))
+		ops = append(ops, op{kind: C.LLMEDGE_OP_METADATA_STRING, a: wire.RequestMetadataNamespace, b: wire.RequestMetadataModel, c: facts.Model})
 	}
 	if facts.StreamSet {
-		C.envoy_dynamic_module_callback_http_set_dynamic_metadata_bool(f, ns, buf(wire.RequestMetadataStream), C.bool(facts.Stream))
+		v := ""
+		if facts.Stream {
+			v = "1"
+		}
+		ops = append(ops, op{kind: C.LLMEDGE_OP_METADATA_BOOL, a: wire.RequestMetadataNamespace, b: wire.RequestMetadataStream, c: v})
 	}
+	return ops
 }
 
 // llmedgeCheck checks a request (the C hooks call it for the check's filter): at its
@@ -582,72 +633,30 @@ func llmedgeCheck(f, m unsafe.Pointer, at C.int) (status C.int) {
 	return statusStopIteration
 }
 
-// op is one llmedge_op, in Go strings.
-type op struct {
-	kind    C.int
-	a, b, c string
-}
-
-// cOps copies ops (at least one) into one block of C memory, the array first and the
-// bytes after it (as cHeaders); the fast path frees it with its entry. nil when memory is
-// short.
+// cOps copies ops (at least one) into one block of C memory (cBlock); the fast path frees
+// it with its entry.
 func cOps(ops []op) *C.llmedge_op {
-	head := len(ops) * int(unsafe.Sizeof(C.llmedge_op{}))
-	size := head
+	var strs int
 	for _, o := range ops {
-		size += len(o.a) + len(o.b) + len(o.c)
+		strs += len(o.a) + len(o.b) + len(o.c)
 	}
-	base := C.malloc(C.size_t(size))
-	if base == nil {
-		return nil
-	}
-	block := unsafe.Slice((*byte)(base), size)
-	arr := unsafe.Slice((*C.llmedge_op)(base), len(ops))
-	at := head
-	str := func(s string) C.llmedge_buf {
-		b := C.llmedge_buf{ptr: (*C.char)(unsafe.Add(base, at)), len: C.size_t(len(s))}
-		at += copy(block[at:], s)
-		return b
-	}
+	b := newCBlock(len(ops)*int(unsafe.Sizeof(C.llmedge_op{})), strs)
+	arr := unsafe.Slice((*C.llmedge_op)(b.base), len(ops))
 	for i, o := range ops {
-		arr[i] = C.llmedge_op{op: o.kind, a: str(o.a), b: str(o.b), c: str(o.c)}
+		arr[i] = C.llmedge_op{op: o.kind, a: b.buf(o.a), b: b.buf(o.b), c: b.buf(o.c)}
 	}
 	return &arr[0]
 }
 
 // remember keeps an allowed request's decision in the fast path, under the key its hook
-// built: the facts' metadata (setFacts), then what apply did to the request, in the same
-// order. The request is already on its way: whatever happens here, it is not touched.
+// built: the changes setFacts and apply made to the request, in the same order. The
+// request is already on its way: whatever happens here, it is not touched.
 func remember(m unsafe.Pointer, replay *extauthz.Replay, facts extauthz.Facts, out *extauthz.Outcome, path string) {
 	defer func() { recover() }() // not kept, then
-	var ops []op
-	if facts.Model != "" {
-		ops = append(ops, op{kind: C.LLMEDGE_OP_METADATA_STRING, a: wire.RequestMetadataNamespace, b: wire.RequestMetadataModel, c: facts.Model})
-	}
-	if facts.StreamSet {
-		v := ""
-		if facts.Stream {
-			v = "1"
-		}
-		ops = append(ops, op{kind: C.LLMEDGE_OP_METADATA_BOOL, a: wire.RequestMetadataNamespace, b: wire.RequestMetadataStream, c: v})
-	}
+	ops := factOps(facts)
 	nFacts := len(ops)
-	for _, h := range out.SetHeaders {
-		ops = append(ops, op{kind: C.LLMEDGE_OP_SET_HEADER, a: h.Name, b: h.Value})
-	}
-	for _, name := range out.RemoveHeaders {
-		ops = append(ops, op{kind: C.LLMEDGE_OP_REMOVE_HEADER, a: name})
-	}
-	if len(out.RemoveQueryParams) > 0 {
-		ops = append(ops, op{kind: C.LLMEDGE_OP_SET_HEADER, a: ":path", b: extauthz.WithoutQueryParams(path, out.RemoveQueryParams)})
-	}
-	for _, kv := range [...][2]string{{wire.MetadataCaller, out.Caller}, {wire.MetadataTenant, out.Tenant}, {wire.MetadataUpstream, out.Upstream}} {
-		ops = append(ops, op{kind: C.LLMEDGE_OP_METADATA_STRING, a: wire.AuthzMetadataNamespace, b: kv[0], c: kv[1]})
-	}
+	ops = allowOps(ops, out, path)
 	block := cOps(ops)
-	if block == nil {
-		return
-	}
 	h := cgo.NewHandle(replay)
 	if old := C.llmedge_remember((*C.llmedge_stream)(m), C.uintptr_t(h), block, C.size_t(len(ops)), C.size_t(nFacts)); old != 0 {
 		cgo.Handle(old).Delete()
