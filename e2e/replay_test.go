@@ -90,19 +90,29 @@ func TestCheckReplayInEnvoy(t *testing.T) {
 	if replays < n/2 {
 		t.Errorf("%v of %d identical requests replayed; want most", replays, n)
 	}
-	if ok := replayMetric(t, metrics, `llmedge_extauthz_checks_total{result="ok",upstream="openai"}`); ok != n {
-		t.Errorf("checks ok %v, want %d: replays are counted as checks", ok, n)
+	// Each on a new connection, from a new port: the same caller, the same decision.
+	const fresh = 6
+	for i := range fresh {
+		if resp, b := post(t, url, body, s.authAs("app", map[string]string{"connection": "close"})); resp.StatusCode != http.StatusOK {
+			t.Fatalf("request %d on a new connection: %d %s", i, resp.StatusCode, b)
+		}
+	}
+	if more := replayMetric(t, metrics, "llmedge_extauthz_check_replays_total") - replays; more < fresh-2 {
+		t.Errorf("%v of %d requests from new ports replayed; want most (the port is not an input)", more, fresh)
+	}
+	if ok := replayMetric(t, metrics, `llmedge_extauthz_checks_total{result="ok",upstream="openai"}`); ok != n+fresh {
+		t.Errorf("checks ok %v, want %d: replays are counted as checks", ok, n+fresh)
 	}
 	reqs := up.Requests()
-	if len(reqs) != n {
-		t.Fatalf("upstream saw %d requests, want %d", len(reqs), n)
+	if len(reqs) != n+fresh {
+		t.Fatalf("upstream saw %d requests, want %d", len(reqs), n+fresh)
 	}
 	for i, r := range reqs {
 		if got := r.Header.Get("Authorization"); got != "Bearer "+upstreamKey("openai") {
 			t.Fatalf("upstream request %d: Authorization %q, want the provider key", i, got)
 		}
 	}
-	rows := ledgerRows(t, s, "team-replay", n)
+	rows := ledgerRows(t, s, "team-replay", n+fresh)
 	for _, r := range rows {
 		if r["requested_model"] != "m-replay" || r["stream"] != "false" || r["caller"] != "app" || r["status"] != "200" {
 			t.Fatalf("ledger record %v: want caller app, model m-replay, stream false, 200", r)
