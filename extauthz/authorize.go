@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/netip"
 	"time"
@@ -110,7 +111,7 @@ func (m *Main) begin(in Input, replay bool) (Outcome, *Pending, *Replay) {
 	if d.Allow && r.Hop != wire.HopPeer {
 		if q != nil {
 			if req = q.request(d.Caller, r.Upstream, in.Model); req != nil {
-				a, ok := q.answerLocally(req, nil)
+				a, ok := q.answerLocally(req, nil, nil)
 				if !ok {
 					return Outcome{}, &Pending{m: m, r: r, d: d, q: q, req: req, model: in.Model}, nil
 				}
@@ -154,6 +155,9 @@ type Replay struct {
 	checked, quotaOK prometheus.Counter
 }
 
+// Quota says whether rp's requests are under a quota (ReplayLend lends fewer of them).
+func (rp *Replay) Quota() bool { return rp.req != nil }
+
 // replayOf is the Replay of an allowed decision, or nil when a later request could be
 // decided otherwise with the same Input: the upstream has more than one key (each
 // request gets the next).
@@ -180,32 +184,78 @@ func (m *Main) replayOf(applied uint64, r decide.Request, d decide.Decision, q *
 // holds, or when its quotas need a round trip to Redis; the caller then checks the
 // request with Begin. An Outcome it gives is Begin's: it may refuse (a spent quota).
 func (m *Main) Replay(rp *Replay) (Outcome, bool) {
-	if m.applied.Load() != rp.applied {
-		return Outcome{}, false
+	out, _, ok := m.replay(rp, 0)
+	return out, ok
+}
+
+// Lent is what ReplayLend lent: later requests with the Replay's Input that its caller may
+// answer itself, each as Replay would, without asking — the module's fast path answers
+// them in C. Quota hits for them are taken from this edge's leases at once (as if used),
+// so the edge admits no more than it reserved; those not used go back (GiveBack).
+type Lent struct {
+	// Uses is how many later requests (0: none).
+	Uses int64
+	// Limit is the x-ratelimit-limit value, "" when the requests are under no limit (they
+	// get no X-RateLimit headers). The i-th of the Uses (from 1) reports
+	// x-ratelimit-remaining Remaining+Uses-i and x-ratelimit-reset ResetAt minus the unix
+	// second it is answered in.
+	Limit     string
+	Remaining int64
+	ResetAt   int64
+	// Until is the unix time in nanoseconds from which none may be used: the caller's
+	// expiry, the end of a limit's window.
+	Until int64
+	ld    *lending
+}
+
+// ReplayLend is Replay, and when the request is allowed lends up to ask later requests
+// with the same Input (Lent), unless the allowed requests are logged one by one (debug
+// level): what a lending's uses skip is the log line, their counts come later (CountLent).
+// A request under a limit lends only what its leases hold and keeps every lent use within
+// envoyproxy/ratelimit's near-limit threshold, so each counts as within the limit.
+func (m *Main) ReplayLend(rp *Replay, ask int64) (Outcome, Lent, bool) {
+	if ask <= 0 || m.log.Enabled(context.Background(), slog.LevelDebug) {
+		out, _, ok := m.replay(rp, 0)
+		return out, Lent{}, ok
 	}
-	if !rp.d.ExpiresAt.IsZero() && time.Now().After(rp.d.ExpiresAt) {
-		return Outcome{}, false
+	return m.replay(rp, ask)
+}
+
+func (m *Main) replay(rp *Replay, ask int64) (Outcome, Lent, bool) {
+	if m.applied.Load() != rp.applied {
+		return Outcome{}, Lent{}, false
+	}
+	now := time.Now()
+	if !rp.d.ExpiresAt.IsZero() && now.After(rp.d.ExpiresAt) {
+		return Outcome{}, Lent{}, false
 	}
 	if rp.key != "" {
 		if m.keys.Count(rp.r.Upstream) != 1 {
-			return Outcome{}, false
+			return Outcome{}, Lent{}, false
 		}
 		if k, ok := m.keys.Next(rp.r.Upstream); !ok || k.Value() != rp.key {
-			return Outcome{}, false
+			return Outcome{}, Lent{}, false
 		}
 	}
 	a := quotaAnswer{result: quotaNone}
 	var q *quotas
+	var ld *lending
 	if rp.req != nil {
+		if ask > 0 {
+			ld = &lending{ask: uint64(ask)}
+		}
 		var ok bool
-		if a, ok = rp.quotas.answerLocally(rp.req, &rp.plan); !ok {
-			return Outcome{}, false
+		if a, ok = rp.quotas.answerLocally(rp.req, &rp.plan, ld); !ok {
+			return Outcome{}, Lent{}, false
 		}
 		q = rp.quotas
 	}
 	m.replays.Inc()
 	if a.result != quotaNone && a.result != quotaOK {
-		return m.finish(rp.r, rp.d, q, a), true
+		if ld != nil && ld.n > 0 { // not lent after all
+			rp.quotas.lim.giveBackLent(ld, ld.n)
+		}
+		return m.finish(rp.r, rp.d, q, a), Lent{}, true
 	}
 	// finish's allowed path, with what it looks up and builds made once.
 	if a.result == quotaOK {
@@ -215,7 +265,67 @@ func (m *Main) Replay(rp *Replay) (Outcome, bool) {
 	m.logAllowed(rp.r, rp.d, a.result)
 	out := rp.allowed
 	out.ResponseHeaders = a.headers
-	return out, true
+	return out, m.lent(rp, a, ld, ask, now), true
+}
+
+// lent is what an allowed replay lends: ask uses without a quota; with one, what its
+// leases lent (ld), when the answer had X-RateLimit headers to count down.
+func (m *Main) lent(rp *Replay, a quotaAnswer, ld *lending, ask int64, now time.Time) Lent {
+	l := Lent{Until: math.MaxInt64}
+	if !rp.d.ExpiresAt.IsZero() {
+		l.Until = rp.d.ExpiresAt.UnixNano()
+	}
+	switch {
+	case ask <= 0:
+		return Lent{}
+	case rp.req == nil || a.result == quotaNone:
+		l.Uses = ask
+		return l
+	case ld == nil || ld.n == 0:
+		return Lent{}
+	case len(a.headers) == 0: // no limit counts the request: nothing to count down
+		l.Uses, l.ld = int64(ld.n), ld
+		return l
+	case len(a.headers) != 3 || a.remaining < ld.n:
+		rp.quotas.lim.giveBackLent(ld, ld.n)
+		return Lent{}
+	}
+	l.Uses, l.ld = int64(ld.n), ld
+	l.Limit = a.limit
+	l.Remaining = int64(a.remaining - ld.n)
+	l.ResetAt = now.Unix() + a.resetIn
+	if ld.ends != math.MaxInt64 {
+		l.Until = min(l.Until, ld.ends*int64(time.Second))
+	}
+	return l
+}
+
+// CountLent counts n uses of a lending as Replay counts each (the check and quota
+// counters, and envoyproxy/ratelimit's per-limit hits, all within the limit).
+func (m *Main) CountLent(rp *Replay, l *Lent, n int64) {
+	if n <= 0 {
+		return
+	}
+	m.replays.Add(float64(n))
+	m.lentReplays.Add(float64(n))
+	rp.checked.Add(float64(n))
+	if l.ld == nil {
+		return
+	}
+	rp.quotaOK.Add(float64(n))
+	for _, lim := range l.ld.limits {
+		lim.Stats.TotalHits.Add(uint64(n))
+		lim.Stats.WithinLimit.Add(uint64(n))
+	}
+}
+
+// GiveBack returns n uses of a lending that were not used: their quota hits go back to
+// the leases they came from.
+func (m *Main) GiveBack(rp *Replay, l *Lent, n int64) {
+	if n <= 0 || l.ld == nil || rp.quotas == nil || rp.quotas.lim == nil {
+		return
+	}
+	rp.quotas.lim.giveBackLent(l.ld, uint64(n))
 }
 
 // Finish asks the rate-limit service and gives the check's Outcome.

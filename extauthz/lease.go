@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"time"
 
@@ -59,7 +60,7 @@ type lease struct {
 }
 
 const (
-	leaseMax   = 64
+	leaseMax   = 256
 	leaseShare = 32
 	// leaseIdle is how long an edge keeps hits it reserved and no longer uses: then it
 	// gives them back (DECRBY), so another edge that now takes the traffic can use them.
@@ -90,8 +91,27 @@ func (c *leaseCache) sweeper() {
 }
 
 // localOnly marks a DoLimit that must not wait on Redis: when a lease cannot answer, it
-// sets missed and its statuses mean nothing.
-type localOnly struct{ missed bool }
+// sets missed and its statuses mean nothing. lend, if not nil, asks it to lend hits to the
+// request's later replays as well (lendLocked).
+type localOnly struct {
+	missed bool
+	lend   *lending
+}
+
+// lending is hits of a request's leases lent to the later requests that replay it
+// (Main.Replay, the module's fast path): ask is how many uses are wanted; n how many
+// each counted descriptor's lease gave (0: none), taken from what the edge holds as if
+// used at once, so the edge never admits more than it reserved. What is not used is
+// given back (giveBackLent).
+type lending struct {
+	ask    uint64
+	n      uint64
+	leases []*lease
+	limits []*rlconfig.RateLimit
+	// ends is the earliest window end (unix second) of the leases: lent hits are void from
+	// then on.
+	ends int64
+}
 
 type localOnlyKey struct{}
 
@@ -204,6 +224,11 @@ func (c *leaseCache) DoLimit(ctx context.Context, req *rlsv3.RateLimitRequest, l
 		}
 		c.mu.Unlock()
 	}
+	if local != nil && local.lend != nil && pipe == nil {
+		c.mu.Lock()
+		ahead = c.lendLocked(slots, local.lend, now, ahead)
+		c.mu.Unlock()
+	}
 	for _, p := range ahead {
 		go c.reserveAhead(p)
 	}
@@ -278,6 +303,12 @@ func (c *leaseCache) take(s *slot, l *lease, now int64, ahead []prefetch) []pref
 	// edge still holds unused.
 	s.after = min(l.total, l.limit) - l.granted
 	s.before = s.after - s.hits
+	return c.planAhead(s, l, ahead)
+}
+
+// planAhead plans the next reservation of s's lease once half of it is used. Called with
+// mu held.
+func (c *leaseCache) planAhead(s *slot, l *lease, ahead []prefetch) []prefetch {
 	// One reservation on its way at a time: what it brings is counted in the next size.
 	if l.pending == 0 && l.granted <= l.size/2 {
 		if n := l.next(); n > 0 {
@@ -287,6 +318,67 @@ func (c *leaseCache) take(s *slot, l *lease, now int64, ahead []prefetch) []pref
 		}
 	}
 	return ahead
+}
+
+// nearLimit is envoyproxy/ratelimit's near-limit threshold of a limit (the base
+// limiter's 80 %, computed as it computes it): a hit past it is counted as near the limit.
+func nearLimit(limit *rlconfig.RateLimit) uint64 {
+	return uint64(math.Floor(float64(float32(limit.Limit.RequestsPerUnit) * nearLimitRatio)))
+}
+
+// lendLocked lends up to ld.ask hits of every counted descriptor's lease, after a request
+// of one hit each was taken from them (slots, each with its status's after): as many as
+// every lease holds, and only as far as every count stays within the near-limit threshold,
+// so that each lent use is counted as within the limit as the request's own would be (the
+// caller counts the uses, CountLent). Shadow-mode limits lend nothing. Called with mu held.
+func (c *leaseCache) lendLocked(slots []slot, ld *lending, now int64, ahead []prefetch) []prefetch {
+	n := ld.ask
+	for i := range slots {
+		s := &slots[i]
+		if s.key == "" {
+			continue
+		}
+		if s.hits != 1 || s.limit.ShadowMode || s.l.limit != uint64(s.limit.Limit.RequestsPerUnit) {
+			return ahead
+		}
+		n = min(n, s.l.granted/2, sub(nearLimit(s.limit), s.after))
+		if s.l.ends <= now {
+			return ahead
+		}
+	}
+	if n == 0 {
+		return ahead
+	}
+	ld.n, ld.ends = n, math.MaxInt64
+	for i := range slots {
+		s := &slots[i]
+		if s.key == "" {
+			continue
+		}
+		s.l.granted -= n
+		ld.leases = append(ld.leases, s.l)
+		ld.limits = append(ld.limits, s.limit)
+		ld.ends = min(ld.ends, s.l.ends)
+		ahead = c.planAhead(s, s.l, ahead)
+	}
+	return ahead
+}
+
+// giveBackLent returns n hits of a lending its replays did not use to the leases they came
+// from, as long as those leases are still for the same limits and windows.
+func (c *leaseCache) giveBackLent(ld *lending, n uint64) {
+	if n == 0 || len(ld.leases) == 0 {
+		return
+	}
+	now := c.clock.UnixNow()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, l := range ld.leases {
+		if l.ends > now && l.limit == uint64(ld.limits[i].Limit.RequestsPerUnit) {
+			l.granted += n
+			l.used = now
+		}
+	}
 }
 
 func (c *leaseCache) reserveAhead(p prefetch) {

@@ -316,11 +316,11 @@ func TestLimiterAnswersLocally(t *testing.T) {
 	if err := l.setConfig("v1", rc); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := l.answerLocally(aliceRequest, nil); ok {
+	if _, ok := l.answerLocally(aliceRequest, nil, nil); ok {
 		t.Fatal("answered locally before any reservation")
 	}
 	testenv.Eventually(t, 5*time.Second, time.Millisecond, func() error {
-		if resp, ok := l.answerLocally(aliceRequest, nil); ok {
+		if resp, ok := l.answerLocally(aliceRequest, nil, nil); ok {
 			if resp.GetOverallCode() != rlsv3.RateLimitResponse_OK || resp.GetStatuses()[0].GetCurrentLimit().GetName() != "callers.alice.limits[0]" {
 				t.Fatalf("local answer %v", resp)
 			}
@@ -460,7 +460,7 @@ func TestLimiterPlanFollowsTheConfig(t *testing.T) {
 		t.Helper()
 		var name string
 		testenv.Eventually(t, 5*time.Second, time.Millisecond, func() error {
-			resp, ok := l.answerLocally(aliceRequest, &slot)
+			resp, ok := l.answerLocally(aliceRequest, &slot, nil)
 			if !ok {
 				if _, err := l.ShouldRateLimit(context.Background(), aliceRequest, time.Second); err != nil {
 					t.Fatal(err)
@@ -481,5 +481,126 @@ func TestLimiterPlanFollowsTheConfig(t *testing.T) {
 	}
 	if got := limitName(); got != "second" || slot.p.Load() == kept {
 		t.Fatalf("after a new config: limit %q, plan renewed %v; want second, renewed", got, slot.p.Load() != kept)
+	}
+}
+
+// lendNow is one request answered from the edge's leases (as a replay asks it) that also
+// asks to lend ask hits to the replay's later requests; ok false when the leases could not
+// answer it.
+func (e *edge) lendNow(lim *rlconfig.RateLimit, ask uint64) (st *rlsv3.RateLimitResponse_DescriptorStatus, ld *lending, ok bool) {
+	ld = &lending{ask: ask}
+	att := &localOnly{lend: ld}
+	s := e.c.DoLimit(withLocalOnly(context.Background(), att), aliceRequest, []*rlconfig.RateLimit{lim})
+	if att.missed {
+		return nil, nil, false
+	}
+	return s[0], ld, true
+}
+
+// A lending takes its hits from what the edge reserved, as if used at once: Redis counts
+// every admitted request and every hit held or lent, never more; what comes back is
+// held again (and given back to Redis when idle); a lending never reaches past the
+// near-limit threshold, so every lent use is within the limit as its own request's would
+// be; a lending from a window that has ended is not taken back.
+func TestLeaseLendsToReplays(t *testing.T) {
+	r, sock, clock := leaseRig(t, 300*hour)
+	e := newEdge(t, sock, clock)
+	lim := e.limit(100000)
+	key := fmt.Sprintf("d_caller_alice_%d", 300*hour)
+
+	admitted := uint64(0)
+	var ld *lending
+	for admitted < 2000 {
+		st, l, ok := e.lendNow(lim, 64)
+		if !ok {
+			e.check(lim) // through Redis: the leases grow
+			admitted++
+			continue
+		}
+		admitted++
+		if st.GetCode() != rlsv3.RateLimitResponse_OK {
+			t.Fatalf("request %d: %v", admitted, st.GetCode())
+		}
+		if l.n > 0 {
+			ld = l
+			break
+		}
+	}
+	if ld == nil {
+		t.Fatalf("%d requests and no lending", admitted)
+	}
+	if ld.n > 64 || len(ld.leases) != 1 || ld.ends != 301*hour {
+		t.Fatalf("lent %d hits of %d leases until %d; want at most 64 of one lease, until the hour ends", ld.n, len(ld.leases), ld.ends)
+	}
+	if unused, got := e.unused(t), redisCount(t, r, key); got != admitted+unused+ld.n {
+		t.Errorf("Redis counts %d; want the %d admitted + %d held + %d lent", got, admitted, unused, ld.n)
+	}
+	// The lent hits count as used for the requests after: the next one's remaining is lower
+	// by them.
+	st, _ := e.check(lim)
+	admitted++
+	if rem, want := uint64(st.GetLimitRemaining()), 100000-admitted-ld.n; rem > want {
+		t.Errorf("after lending %d: remaining %d; want at most %d", ld.n, rem, want)
+	}
+	// 5 used, the rest given back: held again, then given back to Redis once idle.
+	used := uint64(5)
+	e.c.giveBackLent(ld, ld.n-used)
+	admitted += used
+	if unused, got := e.unused(t), redisCount(t, r, key); got != admitted+unused {
+		t.Errorf("after the give-back Redis counts %d; want the %d admitted + %d held", got, admitted, unused)
+	}
+	clock.now.Add(leaseIdle + 1)
+	e.check(lim) // sweeps
+	admitted++
+	testenv.Eventually(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if unused, got := e.unused(t), redisCount(t, r, key); got != admitted+unused {
+			return fmt.Errorf("Redis counts %d; want the %d admitted + %d held", got, admitted, unused)
+		}
+		return nil
+	})
+
+	// Near the limit: a 1,000 an hour limit is near at 800; no lending reaches past it.
+	small := e.limit(1000)
+	smallKey := fmt.Sprintf("d_caller_alice_%d", 301*hour)
+	clock.now.Store(301 * hour)
+	lentTotal := uint64(0)
+	for i := 0; i < 1000; i++ {
+		st, l, ok := e.lendNow(small, 64)
+		if !ok {
+			if st, _ := e.check(small); st.GetCode() != rlsv3.RateLimitResponse_OK {
+				break
+			}
+			continue
+		}
+		if st.GetCode() != rlsv3.RateLimitResponse_OK {
+			break
+		}
+		if after := uint64(1000 - st.GetLimitRemaining()); l.n > 0 && after+l.n > nearLimit(small) {
+			t.Fatalf("lent %d hits at a count of %d: past the near-limit threshold %d", l.n, after, nearLimit(small))
+		}
+		lentTotal += l.n
+		if l.n > 0 {
+			e.c.giveBackLent(l, l.n)
+		}
+	}
+	if lentTotal == 0 {
+		t.Error("nothing lent under a 1,000 an hour limit")
+	}
+	if n := redisCount(t, r, smallKey); n < 1000 {
+		t.Errorf("%s = %d; want the limit reached", smallKey, n)
+	}
+
+	// A lending whose window has ended does not come back into the new window's leases.
+	clock.now.Store(302 * hour)
+	_, l, ok := e.lendNow(lim, 64)
+	for !ok || l.n == 0 {
+		e.check(lim)
+		_, l, ok = e.lendNow(lim, 64)
+	}
+	held := e.unused(t)
+	clock.now.Store(303 * hour)
+	e.c.giveBackLent(l, l.n)
+	if got := e.unused(t); got > held {
+		t.Errorf("a lending of an ended window came back: held %d, now %d", held, got)
 	}
 }

@@ -50,6 +50,9 @@ type limiter struct {
 	downUntil atomic.Int64
 }
 
+// nearLimitRatio is envoyproxy/ratelimit's default near-limit ratio, the base limiter's.
+const nearLimitRatio = 0.8
+
 // limiterRetry is how long a failed Redis stays skipped before a request tries it again.
 const limiterRetry = time.Second
 
@@ -125,7 +128,7 @@ func (l *limiter) service() (svc *quotaService, err error) {
 	sm := l.statsManager()
 	clock := rlutils.NewTimeSourceImpl()
 	// envoyproxy/ratelimit's defaults: near limit at 80 %, no expiry jitter, no key prefix.
-	base := rllimiter.NewBaseRateLimit(clock, rand.New(rlutils.NewLockedSource(time.Now().Unix())), 0, nil, 0.8, "", sm)
+	base := rllimiter.NewBaseRateLimit(clock, rand.New(rlutils.NewLockedSource(time.Now().Unix())), 0, nil, nearLimitRatio, "", sm)
 	s := &quotaService{cache: newLeaseCache(newSyncRedis(l.redis, time.Second), clock, base, l.reserve, l.log)}
 	cfg, err := loadConfig(l.config, sm)
 	if err != nil {
@@ -183,7 +186,7 @@ func (l *limiter) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReque
 // answerLocally answers req from this edge's quota leases without waiting on Redis, or
 // says it cannot (ok false): then ShouldRateLimit must be asked. slot, if not nil, keeps
 // req's plan for req to be asked again.
-func (l *limiter) answerLocally(req *rlsv3.RateLimitRequest, slot *planSlot) (resp *rlsv3.RateLimitResponse, ok bool) {
+func (l *limiter) answerLocally(req *rlsv3.RateLimitRequest, slot *planSlot, lend *lending) (resp *rlsv3.RateLimitResponse, ok bool) {
 	svc := l.svc.Load()
 	if svc == nil {
 		return nil, false
@@ -193,12 +196,29 @@ func (l *limiter) answerLocally(req *rlsv3.RateLimitRequest, slot *planSlot) (re
 			resp, ok = nil, false
 		}
 	}()
-	att := &localOnly{}
+	att := &localOnly{lend: lend}
 	resp, err := svc.shouldRateLimit(withLocalOnly(context.Background(), att), req, slot)
 	if err != nil || att.missed {
+		if lend != nil && lend.n > 0 {
+			svc.giveBackLent(lend, lend.n)
+			lend.n = 0
+		}
 		return nil, false
 	}
 	return resp, true
+}
+
+// giveBackLent returns n unused hits of a lending (lease.go).
+func (l *limiter) giveBackLent(ld *lending, n uint64) {
+	if svc := l.svc.Load(); svc != nil {
+		svc.giveBackLent(ld, n)
+	}
+}
+
+func (s *quotaService) giveBackLent(ld *lending, n uint64) {
+	if c, ok := s.cache.(*leaseCache); ok {
+		c.giveBackLent(ld, n)
+	}
 }
 
 func (l *limiter) markDown(err error) {

@@ -44,6 +44,10 @@ type quotaAnswer struct {
 	// limit and reset are the x-ratelimit-limit and x-ratelimit-reset values, for the
 	// refusal's message.
 	limit, reset string
+	// remaining and resetIn are the x-ratelimit-remaining and x-ratelimit-reset values as
+	// numbers (headers set): a lending's later uses count down from them.
+	remaining uint64
+	resetIn   int64
 }
 
 // quotas is one policy's rate-limit settings.
@@ -60,7 +64,10 @@ type rateLimiter interface {
 	ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest, timeout time.Duration) (*rlsv3.RateLimitResponse, error)
 	// answerLocally answers without waiting on Redis (a lease, lease.go), if it can;
 	// slot, if not nil, keeps what it looked up for req being asked again (a Replay's).
-	answerLocally(req *rlsv3.RateLimitRequest, slot *planSlot) (*rlsv3.RateLimitResponse, bool)
+	// lend, if not nil, asks it to lend hits to req's later replays (lease.go, lending).
+	answerLocally(req *rlsv3.RateLimitRequest, slot *planSlot, lend *lending) (*rlsv3.RateLimitResponse, bool)
+	// giveBackLent returns n unused hits of a lending.
+	giveBackLent(ld *lending, n uint64)
 }
 
 // newQuotas reads a policy's rate-limit settings and hands its limits to lim. A nil p (no
@@ -135,11 +142,11 @@ func (q *quotas) ask(ctx context.Context, req *rlsv3.RateLimitRequest) quotaAnsw
 
 // answerLocally is ask's answer when this edge's leases can give it without Redis; slot
 // as the limiter's.
-func (q *quotas) answerLocally(req *rlsv3.RateLimitRequest, slot *planSlot) (quotaAnswer, bool) {
+func (q *quotas) answerLocally(req *rlsv3.RateLimitRequest, slot *planSlot, lend *lending) (quotaAnswer, bool) {
 	if q.lim == nil {
 		return quotaAnswer{}, false
 	}
-	resp, ok := q.lim.answerLocally(req, slot)
+	resp, ok := q.lim.answerLocally(req, slot, lend)
 	if !ok {
 		return quotaAnswer{}, false
 	}
@@ -152,6 +159,10 @@ func answerOf(resp *rlsv3.RateLimitResponse) quotaAnswer {
 		a.result = quotaOver
 	}
 	a.headers, a.limit, a.reset = rateLimitHeaders(resp.GetStatuses())
+	if len(a.headers) == 3 {
+		a.remaining, _ = strconv.ParseUint(a.headers[1].Value, 10, 64)
+		a.resetIn, _ = strconv.ParseInt(a.reset, 10, 64)
+	}
 	return a
 }
 

@@ -53,7 +53,9 @@ func (f *fakeRLS) ShouldRateLimit(_ context.Context, r *rlsv3.RateLimitRequest, 
 	return f.answer, nil
 }
 
-func (f *fakeRLS) answerLocally(*rlsv3.RateLimitRequest, *planSlot) (*rlsv3.RateLimitResponse, bool) {
+func (f *fakeRLS) giveBackLent(*lending, uint64) {}
+
+func (f *fakeRLS) answerLocally(*rlsv3.RateLimitRequest, *planSlot, *lending) (*rlsv3.RateLimitResponse, bool) {
 	return nil, false
 }
 

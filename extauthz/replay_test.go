@@ -3,16 +3,24 @@ package extauthz
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	rlsconfv3 "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
+	rlconfig "github.com/envoyproxy/ratelimit/src/config"
+	rlsettings "github.com/envoyproxy/ratelimit/src/settings"
+	rlstats "github.com/envoyproxy/ratelimit/src/stats"
+	gostats "github.com/lyft/gostats"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -26,6 +34,10 @@ type localRLS struct {
 	answer *rlsv3.RateLimitResponse
 	local  bool
 	asked  int
+	// lend is how many hits a lending gets (as lease.go's would: of one limit, its window
+	// ending at ends); returned counts what came back.
+	lend, returned uint64
+	ends           int64
 }
 
 func (l *localRLS) setConfig(string, *rlsconfv3.RateLimitConfig) error { return nil }
@@ -35,12 +47,26 @@ func (l *localRLS) ShouldRateLimit(context.Context, *rlsv3.RateLimitRequest, tim
 	l.asked++
 	return l.answer, nil
 }
-func (l *localRLS) answerLocally(*rlsv3.RateLimitRequest, *planSlot) (*rlsv3.RateLimitResponse, bool) {
+func (l *localRLS) giveBackLent(_ *lending, n uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.returned += n
+}
+
+func (l *localRLS) answerLocally(_ *rlsv3.RateLimitRequest, _ *planSlot, ld *lending) (*rlsv3.RateLimitResponse, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.asked++
+	if ld != nil && l.local && l.lend > 0 {
+		ld.n, ld.ends = min(ld.ask, l.lend), l.ends
+		ld.leases = []*lease{{}}
+		ld.limits = []*rlconfig.RateLimit{rlconfig.NewRateLimit(100, rlsv3.RateLimitResponse_RateLimit_MINUTE, testStats.NewStats("d.caller_app"), false, false, false, "", nil, false)}
+	}
 	return l.answer, l.local
 }
+
+var testStats = rlstats.NewStatManager(gostats.NewStore(gostats.NewNullSink(), false), rlsettings.NewSettings())
+
 func (l *localRLS) set(answer *rlsv3.RateLimitResponse, local bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -202,4 +228,114 @@ func TestReplayOnlyForAllowed(t *testing.T) {
 	if rls.asked != asked {
 		t.Error("a peer's replay asked the quota")
 	}
+}
+
+// ReplayLend lends later requests with the same Input to its caller: without a quota as
+// many as asked, with one what the leases lent, counting the quota down from this
+// request's remaining; the lent uses are counted as replays when told (CountLent), what
+// was not used goes back (GiveBack). A request logged one by one lends nothing, nor one
+// refused; a change of policy calls the replay hook and voids the Replay.
+func TestReplayLends(t *testing.T) {
+	m := newMain(t)
+	ends := time.Now().Unix() + 30
+	rls := &localRLS{answer: remaining(90), local: true, lend: 8, ends: ends}
+	m.limiter = rls
+	var changed atomic.Int32
+	m.SetReplayHooks(func() { changed.Add(1) }, nil)
+	const tok = "llme_replay_test_token_ccccccccccccccccccccccccc"
+	if err := m.apply("v1", quotaPolicy(t, tok, false)); err != nil {
+		t.Fatal(err)
+	}
+	if changes := changed.Load(); changes != 1 {
+		t.Errorf("the replay hook ran %d times for one policy applied, want 1", changes)
+	}
+	in := replayInput(tok)
+	out, _, rp := m.BeginReplay(in)
+	if !out.Allow || rp == nil || !rp.Quota() {
+		t.Fatalf("BeginReplay = %+v, %v; want allowed with a replay under a quota", out, rp)
+	}
+	again, lent, ok := m.ReplayLend(rp, 16)
+	if !ok || !again.Allow {
+		t.Fatalf("ReplayLend = %+v, %v", again, ok)
+	}
+	now := time.Now().Unix()
+	if lent.Uses != 8 || lent.Remaining != 90-8 || lent.Limit != again.ResponseHeaders[0].Value ||
+		lent.ResetAt < now+29 || lent.ResetAt > now+31 || lent.Until != ends*int64(time.Second) {
+		t.Errorf("lent %+v (now %d); want 8 uses counting down to 82, the limit %q, reset in 30 s, until the window ends at %d",
+			lent, now, again.ResponseHeaders[0].Value, ends)
+	}
+	checks := testutil.ToFloat64(m.checks.WithLabelValues("openai", "ok"))
+	quotaOK := testutil.ToFloat64(m.quotaChecks.WithLabelValues("openai", "ok"))
+	replays := testutil.ToFloat64(m.replays)
+	m.CountLent(rp, &lent, 5)
+	if d := testutil.ToFloat64(m.checks.WithLabelValues("openai", "ok")) - checks; d != 5 {
+		t.Errorf("5 lent uses counted %v checks", d)
+	}
+	if d := testutil.ToFloat64(m.quotaChecks.WithLabelValues("openai", "ok")) - quotaOK; d != 5 {
+		t.Errorf("5 lent uses counted %v quota checks", d)
+	}
+	if d := testutil.ToFloat64(m.replays) - replays; d != 5 {
+		t.Errorf("5 lent uses counted %v replays", d)
+	}
+	if d := testutil.ToFloat64(m.lentReplays); d != 5 {
+		t.Errorf("lent replays %v, want 5", d)
+	}
+	m.GiveBack(rp, &lent, 3)
+	if rls.returned != 3 {
+		t.Errorf("%d hits given back, want the 3 not used", rls.returned)
+	}
+
+	// Without a quota, as many as asked, until the caller's expiry.
+	peer := Input{Region: "hk", Upstream: "openai", Route: "openai", Hop: wire.HopPeer, Headers: map[string]string{wire.HeaderCaller: "app"}, Path: "/v1/chat/completions"}
+	_, _, prp := m.BeginReplay(peer)
+	if _, l, ok := m.ReplayLend(prp, 100); !ok || l.Uses != 100 || l.Limit != "" || l.Until != math.MaxInt64 {
+		t.Errorf("a request under no quota lent %+v, %v; want 100 uses without headers, no end", l, ok)
+	}
+	_, _, exp := m.BeginReplay(peer)
+	exp.d.ExpiresAt = time.Now().Add(time.Hour)
+	if _, l, _ := m.ReplayLend(exp, 100); l.Until != exp.d.ExpiresAt.UnixNano() {
+		t.Errorf("lent until %d, want the caller's expiry %d", l.Until, exp.d.ExpiresAt.UnixNano())
+	}
+	if _, l, ok := m.ReplayLend(rp, 0); !ok || l.Uses != 0 {
+		t.Errorf("asked for none: lent %+v", l)
+	}
+
+	// A refusal lends nothing (and keeps nothing lent).
+	rls.set(&rlsv3.RateLimitResponse{OverallCode: rlsv3.RateLimitResponse_OVER_LIMIT, Statuses: []*rlsv3.RateLimitResponse_DescriptorStatus{
+		{Code: rlsv3.RateLimitResponse_OVER_LIMIT, DurationUntilReset: durationpb.New(5 * time.Second),
+			CurrentLimit: &rlsv3.RateLimitResponse_RateLimit{Name: "callers.app.limits[0]", RequestsPerUnit: 100, Unit: rlsv3.RateLimitResponse_RateLimit_MINUTE}},
+	}}, true)
+	returned := rls.returned
+	if refused, l, ok := m.ReplayLend(rp, 16); !ok || refused.Allow || l.Uses != 0 || rls.returned != returned+8 {
+		t.Errorf("a refused replay: %+v, lent %+v, returned %d; want a 429 lending nothing, the leases' lending given back", refused, l, rls.returned-returned)
+	}
+	rls.set(remaining(50), true)
+
+	// Allowed requests logged one by one: none lent, so that each is.
+	debug := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	m.log, debug = debug, m.log
+	if _, l, ok := m.ReplayLend(rp, 16); !ok || l.Uses != 0 {
+		t.Errorf("with debug logging: lent %+v, %v; want none", l, ok)
+	}
+	m.log = debug
+
+	if err := m.apply("v2", quotaPolicy(t, tok, false)); err != nil {
+		t.Fatal(err)
+	}
+	if changes := changed.Load(); changes != 2 {
+		t.Errorf("the replay hook ran %d times for two policies applied, want 2", changes)
+	}
+	if _, l, ok := m.ReplayLend(rp, 16); ok || l.Uses != 0 {
+		t.Errorf("across a new policy: lent %+v, %v", l, ok)
+	}
+	// The keys: a change calls the hook once the new key is in use.
+	if err := os.WriteFile(filepath.Join(m.opts.KeysDir, "openai", "k1"), []byte("sk-unit-key-lend-rotated"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 20*time.Second, 10*time.Millisecond, func() error {
+		if changed.Load() < 3 {
+			return fmt.Errorf("no hook call for the key change yet")
+		}
+		return nil
+	})
 }

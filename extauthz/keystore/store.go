@@ -79,6 +79,9 @@ type Store struct {
 	// permissions.
 	open func(name string) (io.ReadCloser, error)
 
+	// onChange, if set, is called after each reload that changed the keys (OnChange).
+	onChange atomic.Pointer[func()]
+
 	running atomic.Bool
 	// noWatch makes Run poll only (tests of the fallback).
 	noWatch bool
@@ -386,10 +389,20 @@ func (s *Store) reload(final bool) (retry bool, err error) {
 		next.pools[up] = p
 	}
 	s.snap.Store(next)
+	if f := s.onChange.Load(); f != nil {
+		(*f)()
+	}
 	if old != nil {
 		s.logChanges(old, next)
 	}
 	return false, nil
+}
+
+// OnChange has f called after every reload that changes the keys, once the new keys are
+// in use (what Next and Count answer): whoever keeps something decided with a key can
+// tell it may be stale.
+func (s *Store) OnChange(f func()) {
+	s.onChange.Store(&f)
 }
 
 // scanned is what one pass over the directory found.
