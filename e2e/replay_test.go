@@ -112,6 +112,19 @@ func TestCheckReplayInEnvoy(t *testing.T) {
 			t.Fatalf("upstream request %d: Authorization %q, want the provider key", i, got)
 		}
 	}
+	// What the edge reserved ahead or lent to its fast path and did not use goes back to
+	// Redis once idle: the caller's hourly count is then what was admitted, exactly.
+	testenv.Eventually(t, 20*time.Second, 50*time.Millisecond, func() error {
+		keys, err := s.redis.Do("KEYS", "*caller_app*")
+		list, _ := keys.([]any)
+		if err != nil || len(list) != 1 {
+			return fmt.Errorf("Redis keys for app: %v, %v; want its hourly limit's", keys, err)
+		}
+		if v, err := s.redis.Do("GET", list[0].(string)); err != nil || fmt.Sprint(v) != strconv.Itoa(n+fresh) {
+			return fmt.Errorf("%s = %v, %v; want the %d admitted", list[0], v, err, n+fresh)
+		}
+		return nil
+	})
 	rows := ledgerRows(t, s, "team-replay", n+fresh)
 	for _, r := range rows {
 		if r["requested_model"] != "m-replay" || r["stream"] != "false" || r["caller"] != "app" || r["status"] != "200" {
@@ -132,8 +145,11 @@ func TestCheckReplayInEnvoy(t *testing.T) {
 		}
 	}
 
-	// Another caller with the same body and path gets its own decision: no quota.
-	for range 2 {
+	// Another caller with the same body and path gets its own decision: no quota. Past
+	// its second request the fast path answers it from a lending, without Go.
+	lentBefore := replayMetric(t, metrics, "llmedge_extauthz_check_replays_lent_total")
+	const others = 10
+	for range others {
 		resp, b := post(t, url, body, s.authAs("other", nil))
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("other caller: %d %s", resp.StatusCode, b)
@@ -141,6 +157,9 @@ func TestCheckReplayInEnvoy(t *testing.T) {
 		if l := resp.Header.Get("x-ratelimit-limit"); l != "" {
 			t.Fatalf("other caller, who has no limits, got x-ratelimit-limit %q", l)
 		}
+	}
+	if lent := replayMetric(t, metrics, "llmedge_extauthz_check_replays_lent_total") - lentBefore; lent < others/2 {
+		t.Errorf("%v of %d requests of a caller without limits answered from a lending; want most", lent, others)
 	}
 	// A credential in the query is removed on a replay too.
 	q := url + "?api_key=" + s.tokens["app"] + "&keep=1"

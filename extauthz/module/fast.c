@@ -15,15 +15,21 @@
 // A worker keeps its decisions in its own table of table_slots entries, one per slot by
 // the key's hash, a new one replacing the old (no locks, no sharing: an entry is made,
 // used and freed by one thread; what it holds on the Go side keeps no policy alive).
-// What an entry does not hold is asked of Go on every use (llmedgeReplay): whether the
-// decision still holds (the policy, the key, the caller's expiry), the quota, the metrics
-// and logs. So a decision is never replayed past a change, and a replay costs one short
-// call into Go instead of the check.
+// What an entry does not hold is asked of Go (llmedgeReplay): whether the decision still
+// holds (the policy, the key, the caller's expiry), the quota, the metrics and logs. Go
+// then lends the entry its next uses (llmedge_lend, extauthz.Lent): that many later
+// requests are answered here without a call into Go — the quota's hits taken from the
+// edge's reservations at once, the X-RateLimit headers counted down from the lending
+// request's — while the lending is of the current generation (Go raises it once any
+// policy, limit or key change is in force), not past the caller's expiry or a limit's
+// window, and uses are left. So a decision is never replayed past a change, and most
+// replays cost no call into Go; Go counts the uses later (module.go, settle).
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "_cgo_export.h"
 #include "body.h"
@@ -55,7 +61,8 @@ typedef struct {
   uint64_t hash;
   char* key;
   size_t key_len;
-  uintptr_t replay;  // a cgo.Handle of the Go side's extauthz.Replay
+  uintptr_t replay;  // a cgo.Handle of the Go side's kept decision (module.go, kept)
+  llmedge_lend* lend;  // its lending, Go's memory (freed when the handle is released)
   llmedge_op* ops;   // one malloc'd block (module.go, cOps)
   size_t ops_len, facts_len;
 } entry;
@@ -277,6 +284,76 @@ static uintptr_t free_entry(entry* e) {
   return replay;
 }
 
+// The generation of what a decision depends on (the policy, its limits, the keys): Go
+// raises it once a change is in force (llmedge_changed), and a lending made under an older
+// one is not used.
+static uint64_t generation;
+
+uint64_t llmedge_gen(void) { return __atomic_load_n(&generation, __ATOMIC_ACQUIRE); }
+
+void llmedge_changed(void) { __atomic_add_fetch(&generation, 1, __ATOMIC_ACQ_REL); }
+
+static const char limit_name[] = "x-ratelimit-limit", remaining_name[] = "x-ratelimit-remaining",
+                  reset_name[] = "x-ratelimit-reset";
+
+static size_t format_int(char* out, int64_t v) {
+  char tmp[24];
+  size_t n = 0;
+  uint64_t u = v < 0 ? 0 : (uint64_t)v;
+  do {
+    tmp[n++] = (char)('0' + u % 10);
+    u /= 10;
+  } while (u > 0);
+  for (size_t i = 0; i < n; i++) {
+    out[i] = tmp[n - 1 - i];
+  }
+  return n;
+}
+
+// use_lend answers the request from its decision's lending, if it holds one still good:
+// lent under the current generation, not void yet, a use left. The uses count down the
+// remaining quota the Go check would have reported (extauthz.Lent); the headers go to the
+// response as the Go check's do (hooks.c).
+static bool use_lend(llmedge_stream* s, llmedge_lend* l) {
+  if (l == NULL || l->gen != llmedge_gen()) {
+    return false;
+  }
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  int64_t now = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+  if (now >= l->until_ns) {
+    return false;
+  }
+  // One block, as the Go side's (module.go, cHeaders); the names are static.
+  llmedge_header* h = NULL;
+  if (l->limit != NULL && (h = malloc(3 * sizeof(llmedge_header) + l->limit_len + 48)) == NULL) {
+    return false;
+  }
+  int64_t b = __atomic_load_n(&l->budget, __ATOMIC_ACQUIRE);
+  do {
+    if (b <= 0) {
+      free(h);
+      return false;
+    }
+  } while (!__atomic_compare_exchange_n(&l->budget, &b, b - 1, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+  __atomic_add_fetch(&l->used, 1, __ATOMIC_RELEASE);
+  if (h != NULL) {
+    char* p = (char*)(h + 3);
+    memcpy(p, l->limit, l->limit_len);
+    h[0] = (llmedge_header){limit_name, sizeof limit_name - 1, p, l->limit_len};
+    p += l->limit_len;
+    size_t n = format_int(p, l->remaining + b - 1);
+    h[1] = (llmedge_header){remaining_name, sizeof remaining_name - 1, p, n};
+    p += n;
+    n = format_int(p, l->reset_at - (int64_t)ts.tv_sec);
+    h[2] = (llmedge_header){reset_name, sizeof reset_name - 1, p, n};
+    free(s->response_headers);
+    s->response_headers = h;
+    s->response_headers_len = 3;
+  }
+  return true;
+}
+
 int llmedge_fast_check(void* filter, llmedge_stream* s, int at) {
   s->key_ready = 0;
   if (!fast_on || (self == NULL && (self = calloc(1, sizeof(worker))) == NULL) || !build_key(filter, at)) {
@@ -291,6 +368,10 @@ int llmedge_fast_check(void* filter, llmedge_stream* s, int at) {
     return -1;
   }
   apply_ops(filter, e->ops, 0, e->facts_len);
+  if (use_lend(s, e->lend)) {
+    apply_ops(filter, e->ops, e->facts_len, e->ops_len);
+    return 0;
+  }
   int r = llmedge_replay(filter, s, e->replay);
   if (r == LLMEDGE_REPLAY_MISS) {
     *slot = NULL;
@@ -308,7 +389,8 @@ int llmedge_fast_check(void* filter, llmedge_stream* s, int at) {
 // check (the same thread, key untouched since): ops (malloc'd, now the entry's) are the
 // facts' metadata, then what the decision does to the request. It answers the handle of
 // the entry it replaces, for Go to release, or 0.
-uintptr_t llmedge_remember(llmedge_stream* s, uintptr_t replay, llmedge_op* ops, size_t ops_len, size_t facts_len) {
+uintptr_t llmedge_remember(llmedge_stream* s, uintptr_t replay, llmedge_lend* lend, llmedge_op* ops, size_t ops_len,
+                           size_t facts_len) {
   worker* w = self;
   if (!s->key_ready || w == NULL || !w->key_fits) {
     free(ops);
@@ -324,7 +406,8 @@ uintptr_t llmedge_remember(llmedge_stream* s, uintptr_t replay, llmedge_op* ops,
     return replay;
   }
   memcpy(k, w->key, w->key_len);
-  *e = (entry){.hash = w->key_hash, .key = k, .key_len = w->key_len, .replay = replay, .ops = ops, .ops_len = ops_len, .facts_len = facts_len};
+  *e = (entry){.hash = w->key_hash, .key = k, .key_len = w->key_len, .replay = replay, .lend = lend, .ops = ops,
+               .ops_len = ops_len, .facts_len = facts_len};
   entry** slot = &w->table[e->hash % table_slots];
   entry* old = *slot;
   *slot = e;

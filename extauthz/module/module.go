@@ -14,8 +14,9 @@
 // Envoy's json_to_metadata and header_to_metadata read them for extauthz as a process, and
 // writes the same llmedge.request metadata. A request whose inputs are byte for byte those
 // of one the worker allowed before is not read and decided again in Go: the C fast path
-// (fast.c) replays the decision, and asks Go (extauthz.Replay) only whether it still holds
-// and what the quota says (LLMEDGE_CHECK_REPLAY=off turns it off).
+// (fast.c) replays the decision, and asks Go (extauthz.Main.ReplayLend) only whether it
+// still holds and what the quota says — and then not for the next requests Go lends it
+// (kept, below), which C answers alone (LLMEDGE_CHECK_REPLAY=off turns it all off).
 //
 // The module is written against the C ABI Envoy 1.40.0 exports (its
 // envoy_dynamic_module_callback_* symbols) and declares only the functions it uses: the
@@ -68,11 +69,29 @@ typedef struct { int op; llmedge_buf a, b, c; } llmedge_op;
 // llmedgeReplay's answers: the decision holds and the request goes on; it held and the
 // request was refused (a spent quota); it no longer holds, or needs Redis: check it.
 enum { LLMEDGE_REPLAY_ALLOWED = 0, LLMEDGE_REPLAY_REFUSED = 1, LLMEDGE_REPLAY_MISS = 2 };
+// A kept decision's lending (extauthz.Lent), which the fast path answers later requests
+// from without calling into Go: budget uses left and used uses answered (both atomic: Go's
+// sweeper takes an idle budget back and counts the uses), then what Go wrote when it lent
+// (on the worker, before the budget): the generation it was lent under (llmedge_gen),
+// the time from which it is void, and the X-RateLimit values (limit NULL: no headers).
+typedef struct {
+  int64_t budget;
+  int64_t used;
+  uint64_t gen;
+  int64_t until_ns;
+  int64_t remaining;
+  int64_t reset_at;
+  char* limit;
+  size_t limit_len;
+} llmedge_lend;
 // fast.c.
 void llmedge_fast_init(llmedge_buf ns, llmedge_buf region, llmedge_buf upstream, llmedge_buf route, llmedge_buf hop,
     llmedge_buf prefix, llmedge_buf* credentials, size_t n, size_t limit);
 int llmedge_fast_check(void* filter, llmedge_stream* s, int at);
-uintptr_t llmedge_remember(llmedge_stream* s, uintptr_t replay, llmedge_op* ops, size_t ops_len, size_t facts_len);
+uintptr_t llmedge_remember(llmedge_stream* s, uintptr_t replay, llmedge_lend* lend, llmedge_op* ops, size_t ops_len,
+    size_t facts_len);
+uint64_t llmedge_gen(void);
+void llmedge_changed(void);
 // hooks.c: llmedgeReplay after a yield when one is due.
 int llmedge_replay(void* filter, llmedge_stream* s, uintptr_t replay);
 
@@ -307,6 +326,8 @@ func start(r string) error {
 		}
 	}()
 	region = r
+	// A change to what a kept decision depends on voids the fast path's lendings.
+	m.SetReplayHooks(func() { C.llmedge_changed() }, func() { settleLendings(false) })
 	running.Store(m)
 	return nil
 }
@@ -657,9 +678,153 @@ func remember(m unsafe.Pointer, replay *extauthz.Replay, facts extauthz.Facts, o
 	nFacts := len(ops)
 	ops = allowOps(ops, out, path)
 	block := cOps(ops)
-	h := cgo.NewHandle(replay)
-	if old := C.llmedge_remember((*C.llmedge_stream)(m), C.uintptr_t(h), block, C.size_t(len(ops)), C.size_t(nFacts)); old != 0 {
-		cgo.Handle(old).Delete()
+	k := newKept(replay)
+	h := cgo.NewHandle(k)
+	if old := C.llmedge_remember((*C.llmedge_stream)(m), C.uintptr_t(h), k.lend, block, C.size_t(len(ops)), C.size_t(nFacts)); old != 0 {
+		release(cgo.Handle(old))
+	}
+}
+
+// Lendings (extauthz.Lent): a replay answered in Go lends its decision's later requests to
+// the fast path, which answers them in C without calling into Go — lendUses of them, or
+// with a quota what the leases lend (lendQuotaUses at most); Go counts them later
+// (settle), from the used count C keeps.
+const (
+	lendUses      = 4096
+	lendQuotaUses = 64
+	// lendIdle: sweeps (one a second) without a use after which a lending's unused quota
+	// hits go back to their leases, as the leases give back what an idle edge holds.
+	lendIdle = 2
+)
+
+// kept is a decision the fast path keeps (its entry holds a cgo.Handle of it) with its
+// lending: the llmedge_lend in C memory the entry reads, and the extauthz.Lent it was
+// made from. mu orders the worker's replays (which lend) with the sweeper and the release.
+type kept struct {
+	mu      sync.Mutex
+	rp      *extauthz.Replay
+	lend    *C.llmedge_lend
+	lent    extauthz.Lent
+	counted int64 // of lend.used
+	idle    int
+	gone    bool
+}
+
+// lendings are the kept decisions with a lending, for the sweeper and the scrape.
+var (
+	lendingsMu sync.Mutex
+	lendings   = map[*kept]struct{}{}
+	sweeping   sync.Once
+)
+
+func newKept(rp *extauthz.Replay) *kept {
+	k := &kept{rp: rp, lend: (*C.llmedge_lend)(C.calloc(1, C.size_t(unsafe.Sizeof(C.llmedge_lend{}))))}
+	lendingsMu.Lock()
+	lendings[k] = struct{}{}
+	lendingsMu.Unlock()
+	sweeping.Do(func() { go sweepLendings() })
+	return k
+}
+
+func (k *kept) budget() *int64 { return (*int64)(unsafe.Pointer(&k.lend.budget)) }
+func (k *kept) used() *int64   { return (*int64)(unsafe.Pointer(&k.lend.used)) }
+
+// settle counts the uses the fast path answered since the last time, and with take, takes
+// the lending's unused uses back (the fast path can no longer use them) and gives them
+// back. Called with mu held.
+func (k *kept) settle(authz *extauthz.Main, take bool) {
+	if used := atomic.LoadInt64(k.used()); used != k.counted {
+		authz.CountLent(k.rp, &k.lent, used-k.counted)
+		k.counted = used
+		k.idle = 0
+	}
+	if take {
+		authz.GiveBack(k.rp, &k.lent, atomic.SwapInt64(k.budget(), 0))
+	}
+}
+
+// replay answers a request of k's Input in Go (extauthz.Main.ReplayLend) and lends the
+// fast path the next ones. Called on the worker that owns k's entry.
+func (k *kept) replay(authz *extauthz.Main) (extauthz.Outcome, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.settle(authz, true)
+	gen := C.llmedge_gen() // before ReplayLend reads what it depends on
+	ask := int64(lendUses)
+	if k.rp.Quota() {
+		ask = lendQuotaUses
+	}
+	out, lent, ok := authz.ReplayLend(k.rp, ask)
+	if !ok || !out.Allow || lent.Uses <= 0 {
+		return out, ok
+	}
+	l := k.lend
+	C.free(unsafe.Pointer(l.limit))
+	l.limit, l.limit_len = nil, 0
+	if lent.Limit != "" {
+		l.limit, l.limit_len = C.CString(lent.Limit), C.size_t(len(lent.Limit))
+	}
+	l.gen, l.until_ns, l.remaining, l.reset_at = gen, C.int64_t(lent.Until), C.int64_t(lent.Remaining), C.int64_t(lent.ResetAt)
+	k.lent = lent
+	atomic.StoreInt64(k.budget(), lent.Uses) // last: the fast path reads the rest after it
+	return out, true
+}
+
+// release ends a kept decision whose entry the fast path dropped: its uses counted, its
+// lending given back, its C memory freed.
+func release(h cgo.Handle) {
+	k, ok := h.Value().(*kept)
+	h.Delete()
+	if !ok {
+		return
+	}
+	lendingsMu.Lock()
+	delete(lendings, k)
+	lendingsMu.Unlock()
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if authz := running.Load(); authz != nil {
+		k.settle(authz, true)
+	}
+	k.gone = true
+	C.free(unsafe.Pointer(k.lend.limit))
+	C.free(unsafe.Pointer(k.lend))
+	k.lend = nil
+}
+
+// sweepLendings counts the fast path's uses once a second, and gives back the quota hits of
+// lendings no longer used.
+func sweepLendings() {
+	for range time.Tick(time.Second) {
+		settleLendings(true)
+	}
+}
+
+// settleLendings counts every lending's uses so far (before /metrics is answered, and by
+// the sweeper, which also takes back idle lendings).
+func settleLendings(sweep bool) {
+	defer func() { recover() }()
+	authz := running.Load()
+	if authz == nil {
+		return
+	}
+	lendingsMu.Lock()
+	ks := make([]*kept, 0, len(lendings))
+	for k := range lendings {
+		ks = append(ks, k)
+	}
+	lendingsMu.Unlock()
+	for _, k := range ks {
+		k.mu.Lock()
+		if !k.gone {
+			k.settle(authz, false)
+			if sweep {
+				if k.idle++; k.idle >= lendIdle && atomic.LoadInt64(k.budget()) > 0 {
+					k.settle(authz, true)
+				}
+			}
+		}
+		k.mu.Unlock()
 	}
 }
 
@@ -680,7 +845,7 @@ func llmedgeReplay(f, m unsafe.Pointer, h C.uintptr_t) (status C.int) {
 	if authz == nil {
 		return C.LLMEDGE_REPLAY_MISS
 	}
-	out, ok := authz.Replay(cgo.Handle(h).Value().(*extauthz.Replay))
+	out, ok := cgo.Handle(h).Value().(*kept).replay(authz)
 	if !ok {
 		return C.LLMEDGE_REPLAY_MISS
 	}
@@ -746,7 +911,7 @@ func llmedgeRetryKey(f, cfg unsafe.Pointer) {
 //export llmedgeRelease
 func llmedgeRelease(h C.uintptr_t) {
 	defer func() { recover() }()
-	cgo.Handle(h).Delete()
+	release(cgo.Handle(h))
 }
 
 func main() {}
