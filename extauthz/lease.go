@@ -60,7 +60,7 @@ type lease struct {
 }
 
 const (
-	leaseMax   = 256
+	leaseMax   = 1024
 	leaseShare = 32
 	// leaseIdle is how long an edge keeps hits it reserved and no longer uses: then it
 	// gives them back (DECRBY), so another edge that now takes the traffic can use them.

@@ -691,7 +691,7 @@ func remember(m unsafe.Pointer, replay *extauthz.Replay, facts extauthz.Facts, o
 // (settle), from the used count C keeps.
 const (
 	lendUses      = 4096
-	lendQuotaUses = 64
+	lendQuotaUses = 256
 	// lendIdle: sweeps (one a second) without a use after which a lending's unused quota
 	// hits go back to their leases, as the leases give back what an idle edge holds.
 	lendIdle = 2
