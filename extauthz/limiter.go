@@ -195,14 +195,14 @@ func (l *limiter) answerLocally(req *rlsv3.RateLimitRequest, slot *planSlot, len
 		if p := recover(); p != nil {
 			resp, ok = nil, false
 		}
+		if !ok && lend != nil && lend.n > 0 { // not answered: nothing lent either
+			svc.giveBackLent(lend, lend.n)
+			lend.n = 0
+		}
 	}()
 	att := &localOnly{lend: lend}
 	resp, err := svc.shouldRateLimit(withLocalOnly(context.Background(), att), req, slot)
 	if err != nil || att.missed {
-		if lend != nil && lend.n > 0 {
-			svc.giveBackLent(lend, lend.n)
-			lend.n = 0
-		}
 		return nil, false
 	}
 	return resp, true
