@@ -212,6 +212,48 @@ func TestCheckReplayInEnvoy(t *testing.T) {
 		}
 	}
 
+	// A caller's expiry holds in the fast path too: a caller without limits, answered from
+	// lendings in C, gets 401 from its expiry on. Each 200 was checked before the expiry,
+	// so it was sent before it: none may have been sent after.
+	expires := time.Now().Add(3 * time.Second).Truncate(time.Second).UTC()
+	before = s.status().Config.Hash
+	s.writeRoutes(strings.ReplaceAll(replayRegion, "OTHER", "disabled: true") + `  soon:
+    tokens: [{{.Digest "soon"}}]
+    upstreams: [openai]
+    expires: ` + expires.Format(time.RFC3339) + "\n")
+	testenv.Eventually(t, 30*time.Second, 10*time.Millisecond, func() error {
+		if st := s.waitInSync(30 * time.Second); st.Config.Hash == before {
+			return fmt.Errorf("the edited routes are not in force yet")
+		}
+		return nil
+	})
+	if time.Now().After(expires.Add(-time.Second)) {
+		t.Fatalf("the routes with the expiring caller took until %v to apply, its expiry is %v", time.Now(), expires)
+	}
+	lentBefore = replayMetric(t, metrics, "llmedge_extauthz_check_replays_lent_total")
+	var beforeExpiry, refused int
+	for deadline := expires.Add(5 * time.Second); time.Now().Before(deadline) && refused == 0; {
+		sent := time.Now()
+		resp, b := post(t, url, body, s.authAs("soon", nil))
+		switch resp.StatusCode {
+		case http.StatusOK:
+			if !sent.Before(expires) {
+				t.Fatalf("a request of the expired caller, sent %v after its expiry, was allowed", sent.Sub(expires))
+			}
+			beforeExpiry++
+		case http.StatusUnauthorized:
+			refused++
+		default:
+			t.Fatalf("expiring caller: %d %s", resp.StatusCode, b)
+		}
+	}
+	if refused == 0 {
+		t.Fatal("the expired caller was never refused")
+	}
+	if lent := replayMetric(t, metrics, "llmedge_extauthz_check_replays_lent_total") - lentBefore; lent < float64(beforeExpiry)/2 {
+		t.Errorf("%v of the %d requests before the expiry answered from a lending; want most (the fast path is what this tests)", lent, beforeExpiry)
+	}
+
 	// Off: every request checked in Go.
 	e := s.withAuthz(stk.Envoy{Region: "hk", NodeID: "envoy-hk-noreplay", XDSAddr: stk.Unix(s.sock.XDS())}, true)
 	e.Env = append(e.Env, "LLMEDGE_CHECK_REPLAY=off")

@@ -158,10 +158,10 @@ func answerOf(resp *rlsv3.RateLimitResponse) quotaAnswer {
 	if resp.GetOverallCode() == rlsv3.RateLimitResponse_OVER_LIMIT {
 		a.result = quotaOver
 	}
-	a.headers, a.limit, a.reset = rateLimitHeaders(resp.GetStatuses())
-	if len(a.headers) == 3 {
-		a.remaining, _ = strconv.ParseUint(a.headers[1].Value, 10, 64)
-		a.resetIn, _ = strconv.ParseInt(a.reset, 10, 64)
+	var least *rlsv3.RateLimitResponse_DescriptorStatus
+	a.headers, a.limit, a.reset, least = rateLimitHeaders(resp.GetStatuses())
+	if least != nil {
+		a.remaining, a.resetIn = uint64(least.GetLimitRemaining()), least.GetDurationUntilReset().GetSeconds()
 	}
 	return a
 }
@@ -177,9 +177,8 @@ var windowSeconds = map[rlsv3.RateLimitResponse_RateLimit_Unit]int{
 // rateLimitHeaders are the X-RateLimit headers of draft 03, as Envoy's rate-limit filter
 // writes them: the limit with the least remaining, then every limit's quota policy
 // ("10, 10;w=60;name=\"callers.a.limits[0]\", 1000;w=3600"), its remaining and the seconds
-// until its window resets.
-func rateLimitHeaders(statuses []*rlsv3.RateLimitResponse_DescriptorStatus) (h []Header, limit, reset string) {
-	var least *rlsv3.RateLimitResponse_DescriptorStatus
+// until its window resets. least is the status they report (nil: no headers).
+func rateLimitHeaders(statuses []*rlsv3.RateLimitResponse_DescriptorStatus) (h []Header, limit, reset string, least *rlsv3.RateLimitResponse_DescriptorStatus) {
 	var policy []byte // appended to, not formatted: this runs on every request under a limit
 	for _, s := range statuses {
 		cl := s.GetCurrentLimit()
@@ -201,7 +200,7 @@ func rateLimitHeaders(statuses []*rlsv3.RateLimitResponse_DescriptorStatus) (h [
 		}
 	}
 	if least == nil {
-		return nil, "", ""
+		return nil, "", "", nil
 	}
 	b := strconv.AppendUint(make([]byte, 0, 10+len(policy)), uint64(least.GetCurrentLimit().GetRequestsPerUnit()), 10)
 	limit = string(append(b, policy...))
@@ -210,7 +209,7 @@ func rateLimitHeaders(statuses []*rlsv3.RateLimitResponse_DescriptorStatus) (h [
 		{"x-ratelimit-limit", limit},
 		{"x-ratelimit-remaining", strconv.FormatUint(uint64(least.GetLimitRemaining()), 10)},
 		{"x-ratelimit-reset", reset},
-	}, limit, reset
+	}, limit, reset, least
 }
 
 // requestedModel is the model json_to_metadata (or Gemini's path) recorded before ext_authz.

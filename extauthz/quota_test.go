@@ -270,7 +270,7 @@ func TestRateLimitHeaders(t *testing.T) {
 			DurationUntilReset: durationpb.New(time.Duration(reset) * time.Second),
 		}
 	}
-	h, limit, reset := rateLimitHeaders([]*rlsv3.RateLimitResponse_DescriptorStatus{
+	h, limit, reset, _ := rateLimitHeaders([]*rlsv3.RateLimitResponse_DescriptorStatus{
 		st(600, 500, rlsv3.RateLimitResponse_RateLimit_MINUTE, "", 42),
 		{}, // no current limit: skipped
 		st(10000, 7, rlsv3.RateLimitResponse_RateLimit_DAY, `per "day"`, 3600),
@@ -284,7 +284,7 @@ func TestRateLimitHeaders(t *testing.T) {
 	if fmt.Sprint(h) != fmt.Sprint(want) || limit != want[0].Value || reset != "3600" {
 		t.Errorf("headers %v (limit %q, reset %q), want %v", h, limit, reset, want)
 	}
-	if h, _, _ := rateLimitHeaders(nil); h != nil {
+	if h, _, _, _ := rateLimitHeaders(nil); h != nil {
 		t.Errorf("no statuses: %v, want none", h)
 	}
 }
