@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -298,5 +299,69 @@ func TestCheckReplayInEnvoy(t *testing.T) {
 	}
 	if ok := replayMetric(t, offMetrics, `llmedge_extauthz_checks_total{result="ok",upstream="openai"}`); ok != 5 {
 		t.Errorf("checks ok %v on the Envoy without replays, want 5", ok)
+	}
+}
+
+// TestKeyPoolReplayInEnvoy: an upstream with three keys. Identical requests are answered
+// by the fast path (most from lendings, without a call into Go) and still get the keys in
+// turn, each key as often as the others; a key added later joins the turn at once.
+func TestKeyPoolReplayInEnvoy(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, fakellm.Options{})
+	s := newStackAuthz(t, up, strings.ReplaceAll(replayRegion, "OTHER", ""), true, "hk")
+	keys := []string{upstreamKey("openai"), "sk-test-openai-pool-2", "sk-test-openai-pool-3"}
+	s.addKey(t, "openai", "key-2", keys[1], 2)
+	s.addKey(t, "openai", "key-3", keys[2], 3)
+	metrics := fmt.Sprintf("http://127.0.0.1:%d/metrics", s.authzHTTP["hk"])
+	url := s.edgeURL("hk", "/openai/v1/chat/completions")
+	body := `{"model":"m-pool","messages":[{"role":"user","content":"hi"}]}`
+	// by counts each key's requests among the upstream's from the from-th on, and checks
+	// that no two requests in a row carried the same key.
+	by := func(from int, keys []string) map[string]int {
+		t.Helper()
+		count := map[string]int{}
+		prev := ""
+		for i, r := range up.Requests()[from:] {
+			got := strings.TrimPrefix(r.Header.Get("authorization"), "Bearer ")
+			if !slices.Contains(keys, got) {
+				t.Fatalf("upstream request %d carried none of the pool's keys", from+i)
+			}
+			if got == prev {
+				t.Errorf("upstream requests %d and %d carried the same key: want the next key each time", from+i-1, from+i)
+			}
+			prev = got
+			count[got]++
+		}
+		return count
+	}
+	const n = 30
+	lent := replayMetric(t, metrics, "llmedge_extauthz_check_replays_lent_total")
+	for i := range n {
+		if resp, b := post(t, url, body, s.authAs("app", nil)); resp.StatusCode != http.StatusOK {
+			t.Fatalf("request %d: %d %s", i, resp.StatusCode, b)
+		}
+	}
+	if got := replayMetric(t, metrics, "llmedge_extauthz_check_replays_lent_total") - lent; got < n/2 {
+		t.Errorf("%v of %d identical requests to a key pool answered from lendings; want most", got, n)
+	}
+	for i, k := range keys {
+		if c := by(0, keys)[k]; c != n/3 {
+			t.Errorf("key %d carried %d of %d requests; want %d", i+1, c, n, n/3)
+		}
+	}
+
+	// A fourth key: the next requests go through the Go check once, then turn over four.
+	keys = append(keys, "sk-test-openai-pool-4")
+	s.addKey(t, "openai", "key-4", keys[3], 4)
+	from := len(up.Requests())
+	for i := range n + 2 {
+		if resp, b := post(t, url, body, s.authAs("app", nil)); resp.StatusCode != http.StatusOK {
+			t.Fatalf("request %d after a key was added: %d %s", i, resp.StatusCode, b)
+		}
+	}
+	for i, k := range keys {
+		if c := by(from, keys)[k]; c != (n+2)/4 {
+			t.Errorf("after a key was added: key %d carried %d of %d requests; want %d", i+1, c, n+2, (n+2)/4)
+		}
 	}
 }

@@ -7,12 +7,14 @@ import (
 	"math"
 	"net/http"
 	"net/netip"
+	"slices"
 	"time"
 
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/llmedge/llmedge/extauthz/decide"
+	"github.com/llmedge/llmedge/extauthz/keystore"
 	"github.com/llmedge/llmedge/internal/wire"
 )
 
@@ -134,19 +136,21 @@ func (m *Main) begin(in Input, replay bool) (Outcome, *Pending, *Replay) {
 // Input (the module's fast path, extauthz/module): Main.Replay gives such a request the
 // Outcome Begin would — its quotas asked, its metrics and logs as Begin's — without
 // deciding it again, as long as nothing the decision read has changed: the policy and
-// its quotas (no policy applied since), the upstream's key (still its only one, and the
-// same), and the caller's expiry (not yet reached). Decide reads nothing else but the
+// its quotas (no policy applied since), the upstream's keys (the same ones since), and the
+// caller's expiry (not yet reached). An upstream with several keys gives each request the
+// next (KeyPool): the keeper of the Replay rotates them. Decide reads nothing else but the
 // Input; the caller of Replay vouches for the Input being the same. A Replay keeps no
 // policy alive: the module may hold many.
 type Replay struct {
 	applied uint64 // Main.applied when the policy was read
 	quotas  *quotas
 	// key is the injected key's value, "" when none was (a caller's own key, a request
-	// forwarded to another region).
-	key string
-	r   decide.Request
-	d   decide.Decision
-	req *rlsv3.RateLimitRequest
+	// forwarded to another region) or when the upstream has several (pool).
+	key  string
+	pool *KeyPool
+	r    decide.Request
+	d    decide.Decision
+	req  *rlsv3.RateLimitRequest
 	// plan keeps req's limits, looked up once (limiter.go).
 	plan planSlot
 	// allowed is the Outcome of an allowed replay but its quota headers, and checked and
@@ -158,21 +162,62 @@ type Replay struct {
 // Quota says whether rp's requests are under a quota (ReplayLend lends fewer of them).
 func (rp *Replay) Quota() bool { return rp.req != nil }
 
+// A KeyPool is how the requests of a Replay whose upstream has several keys get theirs:
+// in turn, as the upstream's requests do when decided one by one. The Outcome a replay
+// gives carries the decision's key; its keeper sets Header to Values[i] instead, for the
+// i-th request answered from the Replay (counting from 0 across the Replay's life).
+// Values hold the keys themselves: never log them.
+type KeyPool struct {
+	Header string
+	// Values are the header's values, one per key, starting with the key after the
+	// decision's in the keystore's name order.
+	Values []string
+	first  *keystore.Key // the keys the pool was made from: the keystore's slice
+	n      int
+}
+
+// KeyPool is rp's key pool, nil when its requests get the decision's key or none.
+func (rp *Replay) KeyPool() *KeyPool { return rp.pool }
+
+// keyPool is the pool of d's upstream when it has several keys, one of them d's; nil
+// otherwise.
+func (m *Main) keyPool(upstream string, d decide.Decision) *KeyPool {
+	keys := m.keys.Keys(upstream)
+	if len(keys) < 2 || d.KeyHeader == "" {
+		return nil
+	}
+	at := slices.IndexFunc(keys, func(k keystore.Key) bool { return k.Name == d.KeyName })
+	if at < 0 || d.SetHeaders[d.KeyHeader] != d.KeyPrefix+keys[at].Value()+d.KeySuffix {
+		return nil
+	}
+	p := &KeyPool{Header: d.KeyHeader, Values: make([]string, len(keys)), first: &keys[0], n: len(keys)}
+	for i := range keys {
+		p.Values[i] = d.KeyPrefix + keys[(at+1+i)%len(keys)].Value() + d.KeySuffix
+	}
+	return p
+}
+
+// holds says whether the upstream's keys are still those p was made from.
+func (p *KeyPool) holds(keys []keystore.Key) bool {
+	return len(keys) == p.n && &keys[0] == p.first
+}
+
 // replayOf is the Replay of an allowed decision, or nil when a later request could be
-// decided otherwise with the same Input: the upstream has more than one key (each
-// request gets the next).
+// decided otherwise with the same Input (an upstream with several keys whose pool cannot
+// be stated: a key not among them).
 func (m *Main) replayOf(applied uint64, r decide.Request, d decide.Decision, q *quotas, req *rlsv3.RateLimitRequest) *Replay {
 	r.Headers = nil // read by Decide only; not kept
 	rp := &Replay{applied: applied, quotas: q, r: r, d: d, req: req}
 	if d.KeyName != "" {
 		if m.keys.Count(r.Upstream) != 1 {
+			if rp.pool = m.keyPool(r.Upstream, d); rp.pool == nil {
+				return nil
+			}
+		} else if k, ok := m.keys.Next(r.Upstream); ok {
+			rp.key = k.Value()
+		} else {
 			return nil
 		}
-		k, ok := m.keys.Next(r.Upstream)
-		if !ok {
-			return nil
-		}
-		rp.key = k.Value()
 	}
 	rp.allowed = allowed(d, r.Upstream, nil)
 	rp.checked = m.checks.WithLabelValues(r.Upstream, d.Reason)
@@ -228,6 +273,12 @@ func (m *Main) replay(rp *Replay, ask int64) (Outcome, Lent, bool) {
 	now := time.Now()
 	if !rp.d.ExpiresAt.IsZero() && now.After(rp.d.ExpiresAt) {
 		return Outcome{}, Lent{}, false
+	}
+	if rp.pool != nil {
+		// At debug level each allowed request's line names its key: the Go check's.
+		if !rp.pool.holds(m.keys.Keys(rp.r.Upstream)) || m.log.Enabled(context.Background(), slog.LevelDebug) {
+			return Outcome{}, Lent{}, false
+		}
 	}
 	if rp.key != "" {
 		if m.keys.Count(rp.r.Upstream) != 1 {

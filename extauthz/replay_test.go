@@ -194,8 +194,42 @@ func TestReplayAnswersAsBeginDoes(t *testing.T) {
 		}
 		return nil
 	})
-	if _, _, rp := m.BeginReplay(in); rp != nil {
-		t.Error("a replay was made for an upstream with two keys")
+	if rp.KeyPool() != nil {
+		t.Error("a replay made for one key has a key pool")
+	}
+	// Two keys: the replay's pool holds both, the one after the decision's first.
+	values := map[string]string{"Bearer sk-unit-key-rotated": "Bearer sk-unit-key-two", "Bearer sk-unit-key-two": "Bearer sk-unit-key-rotated"}
+	for range 2 { // the keystore's round robin starts each check on the other key
+		out, _, rp = m.BeginReplay(in)
+		if rp == nil || rp.KeyPool() == nil {
+			t.Fatalf("no replay with a key pool for an upstream with two keys: %v", rp)
+		}
+		got := out.SetHeaders[0].Value
+		pool := rp.KeyPool()
+		if pool.Header != "authorization" || len(pool.Values) != 2 || pool.Values[0] != values[got] || pool.Values[1] != got {
+			t.Errorf("the check sent one key; its pool (header %q, %d values) does not start with the other and end with it", pool.Header, len(pool.Values))
+		}
+		if _, ok := m.Replay(rp); !ok {
+			t.Error("a replay with a key pool did not hold")
+		}
+	}
+	// A third key: the pool no longer holds.
+	if err := os.WriteFile(filepath.Join(keys, "openai", "k3"), []byte("sk-unit-key-three"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 20*time.Second, 10*time.Millisecond, func() error {
+		if _, ok := m.Replay(rp); ok {
+			return fmt.Errorf("replay still holds after a key was added")
+		}
+		return nil
+	})
+	if _, _, rp = m.BeginReplay(in); rp == nil || len(rp.KeyPool().Values) != 3 {
+		t.Fatal("no replay with a pool of the three keys")
+	}
+	// At debug level each allowed request's log line names the key the Go check chose.
+	m.log = slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	if _, ok := m.Replay(rp); ok {
+		t.Error("a replay with a key pool held at log level debug")
 	}
 }
 

@@ -143,6 +143,10 @@ type Decision struct {
 	Caller, Tenant string
 	// KeyName is the name of the injected key, for logs; never its value.
 	KeyName string
+	// KeyHeader, KeyPrefix and KeySuffix say how the key was injected:
+	// SetHeaders[KeyHeader] is KeyPrefix + key + KeySuffix (a replay of the decision with
+	// the upstream's next key sets that header the same way).
+	KeyHeader, KeyPrefix, KeySuffix string
 	// ExpiresAt is, on allow, when the caller's tokens stop working (zero: never): the same
 	// request is refused from then on.
 	ExpiresAt time.Time
@@ -324,6 +328,7 @@ func injectKey(r Request, cl *caller, up *upstream, keys Keys) Decision {
 	}
 	d := allow(cl)
 	d.KeyName = name
+	d.KeyHeader, d.KeyPrefix, d.KeySuffix = up.keyHeader, up.prefix, up.suffix
 	d.SetHeaders = map[string]string{up.keyHeader: up.format(key)}
 	d.RemoveHeaders = removeHeaders(r.Headers, func(h string) bool {
 		switch h {

@@ -469,6 +469,9 @@ func TestAllowRewrites(t *testing.T) {
 			if d.KeyName != tt.keyName {
 				t.Errorf("KeyName = %q, want %q", d.KeyName, tt.keyName)
 			}
+			if got, want := d.SetHeaders[d.KeyHeader], d.KeyPrefix+keys.keys[tt.upstream][0]+d.KeySuffix; len(d.SetHeaders) != 1 || got != want {
+				t.Errorf("key header %q (prefix %q, suffix %q) does not hold the key as they say (%d set headers)", d.KeyHeader, d.KeyPrefix, d.KeySuffix, len(d.SetHeaders))
+			}
 			if keys.calls != 1 {
 				t.Errorf("keys.Next called %d times, want 1", keys.calls)
 			}

@@ -23,7 +23,9 @@
 // request's — while the lending is of the current generation (Go raises it once any
 // policy, limit or key change is in force), not past the caller's expiry or a limit's
 // window, and uses are left. So a decision is never replayed past a change, and most
-// replays cost no call into Go; Go counts the uses later (module.go, settle).
+// replays cost no call into Go; Go counts the uses later (module.go, settle). An upstream
+// with several keys gives each request the next: the entry keeps the turn
+// (LLMEDGE_OP_SET_KEY, extauthz.KeyPool).
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -65,6 +67,7 @@ typedef struct {
   llmedge_lend* lend;  // its lending, Go's memory (freed when the handle is released)
   llmedge_op* ops;   // one malloc'd block (module.go, cOps)
   size_t ops_len, facts_len;
+  size_t turn;  // of a key pool (LLMEDGE_OP_SET_KEY): the requests it gave a key so far
 } entry;
 
 // A worker's state: the key being built for its current check, and its entries. Made on
@@ -255,10 +258,40 @@ static uint64_t hash_key(const worker* w) {
   return h;
 }
 
-static void apply_ops(void* filter, const llmedge_op* ops, size_t from, size_t to) {
+// set_key sets the key header to the next of the op's values (module.go, keyOp).
+static void set_key(void* filter, const llmedge_op* o, size_t* turn) {
+  size_t n = o->c.len;
+  if (n == 0) {
+    return;
+  }
+  size_t want = (*turn)++ % n;
+  const char* p = o->b.ptr;
+  const char* end = p + o->b.len;
+  uint32_t len = 0;
+  for (size_t k = 0;; k++) {
+    if ((size_t)(end - p) < sizeof len) {
+      return;
+    }
+    memcpy(&len, p, sizeof len);
+    p += sizeof len;
+    if ((size_t)(end - p) < len) {
+      return;
+    }
+    if (k == want) {
+      break;
+    }
+    p += len;
+  }
+  envoy_dynamic_module_callback_http_set_header(filter, 0, o->a, (llmedge_buf){p, len});
+}
+
+static void apply_ops(void* filter, const llmedge_op* ops, size_t from, size_t to, size_t* turn) {
   for (size_t i = from; i < to; i++) {
     const llmedge_op* o = &ops[i];
     switch (o->op) {
+      case LLMEDGE_OP_SET_KEY:
+        set_key(filter, o, turn);
+        break;
       case LLMEDGE_OP_SET_HEADER:
         envoy_dynamic_module_callback_http_set_header(filter, 0, o->a, o->b);
         break;
@@ -367,9 +400,9 @@ int llmedge_fast_check(void* filter, llmedge_stream* s, int at) {
   if (e == NULL || e->hash != h || e->key_len != w->key_len || memcmp(e->key, w->key, w->key_len) != 0) {
     return -1;
   }
-  apply_ops(filter, e->ops, 0, e->facts_len);
+  apply_ops(filter, e->ops, 0, e->facts_len, &e->turn);
   if (use_lend(s, e->lend)) {
-    apply_ops(filter, e->ops, e->facts_len, e->ops_len);
+    apply_ops(filter, e->ops, e->facts_len, e->ops_len, &e->turn);
     return 0;
   }
   int r = llmedge_replay(filter, s, e->replay);
@@ -381,7 +414,7 @@ int llmedge_fast_check(void* filter, llmedge_stream* s, int at) {
   if (r == LLMEDGE_REPLAY_REFUSED) {
     return 1;
   }
-  apply_ops(filter, e->ops, e->facts_len, e->ops_len);
+  apply_ops(filter, e->ops, e->facts_len, e->ops_len, &e->turn);
   return 0;
 }
 

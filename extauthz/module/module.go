@@ -63,8 +63,10 @@ typedef struct {
 
 // One thing an allowed check does to its request, as the fast path replays it: set a
 // request header (a: name, b: value), remove one (a), set a dynamic metadata string (a:
-// namespace, b: key, c: value) or bool (c.len: 1 for true).
-enum { LLMEDGE_OP_SET_HEADER = 1, LLMEDGE_OP_REMOVE_HEADER = 2, LLMEDGE_OP_METADATA_STRING = 3, LLMEDGE_OP_METADATA_BOOL = 4 };
+// namespace, b: key, c: value) or bool (c.len: 1 for true), or set the key header of an
+// upstream with several keys (a: name; b: c.len values, each a native-endian uint32
+// length and its bytes; the entry's turn picks one, then moves to the next).
+enum { LLMEDGE_OP_SET_HEADER = 1, LLMEDGE_OP_REMOVE_HEADER = 2, LLMEDGE_OP_METADATA_STRING = 3, LLMEDGE_OP_METADATA_BOOL = 4, LLMEDGE_OP_SET_KEY = 5 };
 typedef struct { int op; llmedge_buf a, b, c; } llmedge_op;
 // llmedgeReplay's answers: the decision holds and the request goes on; it held and the
 // request was refused (a spent quota); it no longer holds, or needs Redis: check it.
@@ -127,12 +129,14 @@ import "C"
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
 	"runtime"
 	"runtime/cgo"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -482,6 +486,17 @@ func apply(f unsafe.Pointer, out *extauthz.Outcome, path string) {
 type op struct {
 	kind    C.int
 	a, b, c string
+	n       int // LLMEDGE_OP_SET_KEY: how many values b holds
+}
+
+// keyOp is the op that sets pool's header to its values in turn (LLMEDGE_OP_SET_KEY).
+func keyOp(pool *extauthz.KeyPool) op {
+	var b []byte
+	for _, v := range pool.Values {
+		b = binary.NativeEndian.AppendUint32(b, uint32(len(v)))
+		b = append(b, v...)
+	}
+	return op{kind: C.LLMEDGE_OP_SET_KEY, a: pool.Header, b: string(b), n: len(pool.Values)}
 }
 
 // allowOps appends to ops what an allowed outcome does to the request, in the order
@@ -665,6 +680,9 @@ func cOps(ops []op) *C.llmedge_op {
 	arr := unsafe.Slice((*C.llmedge_op)(b.base), len(ops))
 	for i, o := range ops {
 		arr[i] = C.llmedge_op{op: o.kind, a: b.buf(o.a), b: b.buf(o.b), c: b.buf(o.c)}
+		if o.kind == C.LLMEDGE_OP_SET_KEY {
+			arr[i].c = C.llmedge_buf{len: C.size_t(o.n)}
+		}
 	}
 	return &arr[0]
 }
@@ -677,6 +695,14 @@ func remember(m unsafe.Pointer, replay *extauthz.Replay, facts extauthz.Facts, o
 	ops := factOps(facts)
 	nFacts := len(ops)
 	ops = allowOps(ops, out, path)
+	if pool := replay.KeyPool(); pool != nil {
+		// The decision's key went to this request; later ones get the next keys in turn.
+		at := slices.IndexFunc(ops[nFacts:], func(o op) bool { return o.kind == C.LLMEDGE_OP_SET_HEADER && o.a == pool.Header })
+		if at < 0 || len(pool.Values) == 0 {
+			return
+		}
+		ops[nFacts+at] = keyOp(pool)
+	}
 	block := cOps(ops)
 	k := newKept(replay)
 	h := cgo.NewHandle(k)
