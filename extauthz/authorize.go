@@ -159,6 +159,16 @@ type Replay struct {
 	checked, quotaOK prometheus.Counter
 }
 
+// Format implements fmt.Formatter: a Replay holds the key it injects, so every verb prints
+// only what names it (caller, upstream, route).
+func (rp *Replay) Format(f fmt.State, _ rune) {
+	if rp == nil {
+		_, _ = f.Write([]byte("extauthz.Replay(nil)"))
+		return
+	}
+	_, _ = fmt.Fprintf(f, "extauthz.Replay{Caller:%q, Upstream:%q, Route:%q, Pool:%v}", rp.d.Caller, rp.r.Upstream, rp.r.Route, rp.pool != nil)
+}
+
 // Quota says whether rp's requests are under a quota (ReplayLend lends fewer of them).
 func (rp *Replay) Quota() bool { return rp.req != nil }
 
@@ -178,6 +188,20 @@ type KeyPool struct {
 
 // KeyPool is rp's key pool, nil when its requests get the decision's key or none.
 func (rp *Replay) KeyPool() *KeyPool { return rp.pool }
+
+// String implements fmt.Stringer without the keys: the header and how many values.
+func (p *KeyPool) String() string {
+	if p == nil {
+		return "extauthz.KeyPool(nil)"
+	}
+	return fmt.Sprintf("extauthz.KeyPool{Header:%q, Values:[%d redacted]}", p.Header, len(p.Values))
+}
+
+// Format implements fmt.Formatter so that every verb prints String's form.
+func (p *KeyPool) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(p.String())) }
+
+// LogValue implements slog.LogValuer without the keys.
+func (p *KeyPool) LogValue() slog.Value { return slog.StringValue(p.String()) }
 
 // keyPool is the pool of d's upstream when it has several keys, one of them d's; nil
 // otherwise.
@@ -210,6 +234,10 @@ func (m *Main) replayOf(applied uint64, r decide.Request, d decide.Decision, q *
 	rp := &Replay{applied: applied, quotas: q, r: r, d: d, req: req}
 	if d.KeyName != "" {
 		if m.keys.Count(r.Upstream) != 1 {
+			// At debug level a pool is not replayed (replay): no Replay to keep either.
+			if m.log.Enabled(context.Background(), slog.LevelDebug) {
+				return nil
+			}
 			if rp.pool = m.keyPool(r.Upstream, d); rp.pool == nil {
 				return nil
 			}

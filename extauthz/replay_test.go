@@ -1,6 +1,7 @@
 package extauthz
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -226,10 +227,26 @@ func TestReplayAnswersAsBeginDoes(t *testing.T) {
 	if _, _, rp = m.BeginReplay(in); rp == nil || len(rp.KeyPool().Values) != 3 {
 		t.Fatal("no replay with a pool of the three keys")
 	}
+	// Printed or logged, a pool shows no key.
+	var logged bytes.Buffer
+	slog.New(slog.NewJSONHandler(&logged, nil)).Info("pool", "pool", rp.KeyPool())
+	printed := fmt.Sprintf("%v %+v %#v %s %q %x", rp.KeyPool(), rp.KeyPool(), rp.KeyPool(), rp.KeyPool(), rp.KeyPool(), rp.KeyPool()) + logged.String() +
+		fmt.Sprintf("%v %+v %#v %+v", rp, rp, rp, struct{ R *Replay }{rp})
+	for _, secret := range []string{"sk-unit-key-rotated", "sk-unit-key-two", "sk-unit-key-three"} {
+		if strings.Contains(printed, secret) {
+			t.Errorf("a printed or logged key pool shows a key: %s", printed)
+		}
+	}
+	if !strings.Contains(printed, "3 redacted") {
+		t.Errorf("a printed key pool does not say how many keys it holds: %s", printed)
+	}
 	// At debug level each allowed request's log line names the key the Go check chose.
 	m.log = slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if _, ok := m.Replay(rp); ok {
 		t.Error("a replay with a key pool held at log level debug")
+	}
+	if _, _, rp := m.BeginReplay(in); rp != nil {
+		t.Error("a replay with a key pool was made at log level debug")
 	}
 }
 
