@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -86,7 +87,7 @@ func (r *Result) UnmarshalJSON(b []byte) error {
 	}
 	*r = Result{
 		Region: j.Region, Upstream: j.Upstream, At: j.At, OK: j.OK, Status: j.Status,
-		Latency: time.Duration(j.LatencyMS * float64(time.Millisecond)), TTFB: time.Duration(j.TTFBMS * float64(time.Millisecond)),
+		Latency: fromMS(j.LatencyMS), TTFB: fromMS(j.TTFBMS),
 		DNS: j.DNS, Error: j.Error,
 	}
 	if j.CertNotAfter != nil {
@@ -99,6 +100,13 @@ func (r *Result) UnmarshalJSON(b []byte) error {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// fromMS is ms's inverse: the JSON holds whole microseconds, which a float64 of
+// milliseconds carries only approximately (1.005 is 1.00499999…), so it rounds to the
+// nearest microsecond instead of truncating one away.
+func fromMS(v float64) time.Duration {
+	return time.Duration(math.Round(v*1000)) * time.Microsecond
+}
 
 // Options configure a Prober; every field is optional.
 type Options struct {

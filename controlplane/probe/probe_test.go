@@ -305,3 +305,24 @@ func shortLivedPKI(t *testing.T, dir, name string, notAfter time.Time) (string, 
 	}
 	return caFile, tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
+
+// TestResultJSONKeepsMicroseconds round-trips durations whose milliseconds a float64 holds
+// only approximately (1.005 ms is 1.00499999… in binary): the /status form keeps whole
+// microseconds, and reading it back must give the same ones, not one fewer.
+func TestResultJSONKeepsMicroseconds(t *testing.T) {
+	for _, us := range []int64{0, 1, 999, 1005, 1015, 4_294_967, 123_456_789} {
+		r := probe.Result{Region: "hk", Upstream: "openai", OK: true, Status: 200,
+			Latency: time.Duration(us)*time.Microsecond + 999*time.Nanosecond, TTFB: time.Duration(us) * time.Microsecond}
+		b, err := json.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back probe.Result
+		if err := json.Unmarshal(b, &back); err != nil {
+			t.Fatal(err)
+		}
+		if back.Latency != time.Duration(us)*time.Microsecond || back.TTFB != time.Duration(us)*time.Microsecond {
+			t.Errorf("%d µs: JSON %s read back as latency %v, TTFB %v", us, b, back.Latency, back.TTFB)
+		}
+	}
+}
