@@ -350,6 +350,38 @@ func TestKeyPoolReplayInEnvoy(t *testing.T) {
 		}
 	}
 
+	// A routes edit that leaves the caller's decision as it was (another caller's tenant)
+	// still voids it: the next request is decided in Go again, and takes the key after the
+	// last one the fast path gave (KeysGiven), not one it just gave.
+	goChecks := func() float64 {
+		return replayMetric(t, metrics, `llmedge_extauthz_checks_total{result="ok",upstream="openai"}`) -
+			replayMetric(t, metrics, "llmedge_extauthz_check_replays_total")
+	}
+	before, sent := goChecks(), n
+	s.writeRoutes(strings.ReplaceAll(replayRegion, "OTHER", "tenant: team-other"))
+	send := func() {
+		t.Helper()
+		if resp, b := post(t, url, body, s.authAs("app", nil)); resp.StatusCode != http.StatusOK {
+			t.Fatalf("request %d: %d %s", sent, resp.StatusCode, b)
+		}
+		sent++
+	}
+	testenv.Eventually(t, 20*time.Second, 20*time.Millisecond, func() error {
+		send()
+		if goChecks() > before {
+			return nil
+		}
+		return fmt.Errorf("no request decided in Go again after the routes edit (%d requests)", sent)
+	})
+	for sent%len(keys) != 0 || sent < n+2*len(keys) {
+		send()
+	}
+	for i, k := range keys {
+		if c := by(0, keys)[k]; c != sent/len(keys) {
+			t.Errorf("across a decision made again: key %d carried %d of %d requests; want %d", i+1, c, sent, sent/len(keys))
+		}
+	}
+
 	// A fourth key: the next requests go through the Go check once, then turn over four.
 	keys = append(keys, "sk-test-openai-pool-4")
 	s.addKey(t, "openai", "key-4", keys[3], 4)

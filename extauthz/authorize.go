@@ -221,6 +221,17 @@ func (m *Main) keyPool(upstream string, d decide.Decision) *KeyPool {
 	return p
 }
 
+// KeysGiven says that n requests answered from rp got their keys from its KeyPool, in turn
+// after the decision's: the upstream's next Begin then takes the key after the last of
+// them (keystore.Store.Advance), so the turn goes on where the pool left it. Nothing
+// without a pool.
+func (m *Main) KeysGiven(rp *Replay, n uint64) {
+	if rp == nil || rp.pool == nil || n == 0 {
+		return
+	}
+	m.keys.Advance(rp.r.Upstream, n)
+}
+
 // holds says whether the upstream's keys are still those p was made from.
 func (p *KeyPool) holds(keys []keystore.Key) bool {
 	return len(keys) == p.n && &keys[0] == p.first

@@ -227,6 +227,25 @@ func TestReplayAnswersAsBeginDoes(t *testing.T) {
 	if _, _, rp = m.BeginReplay(in); rp == nil || len(rp.KeyPool().Values) != 3 {
 		t.Fatal("no replay with a pool of the three keys")
 	}
+	// Keys given from a pool count as given: the next check takes the key after the last
+	// of them, so the turn goes on across a decision made again (the fast path's entry
+	// released, KeysGiven) instead of repeating a key the pool just gave.
+	for given := range uint64(5) {
+		out, _, next := m.BeginReplay(in)
+		if next == nil || next.KeyPool() == nil {
+			t.Fatalf("no replay with a pool of the three keys: %v", next)
+		}
+		m.KeysGiven(next, given)
+		after, _, _ := m.BeginReplay(in)
+		// The pool's values start after the decision's key: given of them went out, so the
+		// next check's key is the one after those, Values[given].
+		if want := next.KeyPool().Values[given%3]; after.SetHeaders[0].Value != want {
+			t.Errorf("after a pool gave %d keys the next check sent another key than the one after them (decision's: %t)",
+				given, after.SetHeaders[0].Value == out.SetHeaders[0].Value)
+		}
+	}
+	m.KeysGiven(nil, 3)
+	m.KeysGiven(&Replay{}, 3) // no pool: nothing to count
 	// Printed or logged, a pool shows no key.
 	var logged bytes.Buffer
 	slog.New(slog.NewJSONHandler(&logged, nil)).Info("pool", "pool", rp.KeyPool())

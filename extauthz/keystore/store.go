@@ -141,6 +141,22 @@ func (s *Store) Next(upstream string) (Key, bool) {
 	return p.keys[i%uint64(len(p.keys))], true
 }
 
+// Advance counts n more of the upstream's keys as given in turn, as n calls of Next would,
+// without returning them: for keys given out elsewhere in the same order (the module's fast
+// path gives a pool's keys in turn after the one Next gave its decision).
+func (s *Store) Advance(upstream string, n uint64) {
+	if n == 0 {
+		return
+	}
+	snap := s.snap.Load()
+	if snap == nil {
+		return
+	}
+	if p := snap.pools[upstream]; p != nil {
+		p.next.Add(n)
+	}
+}
+
 // Count returns how many valid keys the upstream has.
 func (s *Store) Count(upstream string) int {
 	snap := s.snap.Load()

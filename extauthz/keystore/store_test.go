@@ -154,6 +154,13 @@ func TestRoundRobin(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("Next sequence = %v, want %v", got, want)
 	}
+	// Advance counts keys given elsewhere in the same turn: after two, Next gives the third.
+	s.Advance("openai", 2)
+	s.Advance("openai", 0)
+	s.Advance("gemini", 5) // no such upstream: nothing
+	if k, _ := s.Next("openai"); k.Value() != "sk-c" {
+		t.Fatalf("Next after Advance(2) = %s, want sk-c", k.Name)
+	}
 	if k, ok := s.Next("anthropic"); !ok || k.Name != "only" || k.Value() != "sk-ant" {
 		t.Fatalf("Next(anthropic) = %v %v", k.Name, ok)
 	}

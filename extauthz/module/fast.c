@@ -308,9 +308,13 @@ static void apply_ops(void* filter, const llmedge_op* ops, size_t from, size_t t
   }
 }
 
-// free_entry frees e and answers its Go side's handle, for Go to release.
+// free_entry frees e and answers its Go side's handle, for Go to release; the keys of a
+// pool e gave go to Go with it (llmedge_lend.turn).
 static uintptr_t free_entry(entry* e) {
   uintptr_t replay = e->replay;
+  if (e->lend != NULL) {
+    e->lend->turn = e->turn;
+  }
   free(e->key);
   free(e->ops);
   free(e);

@@ -85,6 +85,9 @@ typedef struct {
   int64_t reset_at;
   char* limit;
   size_t limit_len;
+  // turn: the keys of a key pool the entry gave, written by C when it frees the entry
+  // (free_entry), read by Go when it releases the decision (release).
+  uint64_t turn;
 } llmedge_lend;
 // fast.c.
 void llmedge_fast_init(llmedge_buf ns, llmedge_buf region, llmedge_buf upstream, llmedge_buf route, llmedge_buf hop,
@@ -811,6 +814,9 @@ func release(h cgo.Handle) {
 	defer k.mu.Unlock()
 	if authz := running.Load(); authz != nil {
 		k.settle(authz, true)
+		// The keys the entry gave in turn count as given, so that the next Go check of the
+		// upstream takes the key after the last of them, not one the fast path just gave.
+		authz.KeysGiven(k.rp, uint64(k.lend.turn))
 	}
 	k.gone = true
 	C.free(unsafe.Pointer(k.lend.limit))
