@@ -376,8 +376,9 @@ func TestKeyPoolReplayInEnvoy(t *testing.T) {
 	for sent%len(keys) != 0 || sent < n+2*len(keys) {
 		send()
 	}
+	counts := by(0, keys)
 	for i, k := range keys {
-		if c := by(0, keys)[k]; c != sent/len(keys) {
+		if c := counts[k]; c != sent/len(keys) {
 			t.Errorf("across a decision made again: key %d carried %d of %d requests; want %d", i+1, c, sent, sent/len(keys))
 		}
 	}

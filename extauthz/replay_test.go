@@ -244,8 +244,13 @@ func TestReplayAnswersAsBeginDoes(t *testing.T) {
 				given, after.SetHeaders[0].Value == out.SetHeaders[0].Value)
 		}
 	}
-	m.KeysGiven(nil, 3)
-	m.KeysGiven(&Replay{}, 3) // no pool: nothing to count
+	// Without a pool nothing counts: the next check still takes the key after the last one.
+	_, _, next := m.BeginReplay(in)
+	m.KeysGiven(nil, 1)
+	m.KeysGiven(&Replay{r: next.r}, 1) // the same upstream, no pool
+	if after, _, _ := m.BeginReplay(in); after.SetHeaders[0].Value != next.KeyPool().Values[0] {
+		t.Error("KeysGiven without a key pool moved the upstream's turn")
+	}
 	// Printed or logged, a pool shows no key.
 	var logged bytes.Buffer
 	slog.New(slog.NewJSONHandler(&logged, nil)).Info("pool", "pool", rp.KeyPool())
