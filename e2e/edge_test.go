@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -95,35 +97,82 @@ func TestEdgeHardening(t *testing.T) {
 		})
 	})
 
-	rejects := []struct {
-		name    string
-		path    string
-		headers map[string]string
+	// Envoy's own refusals, sent as raw HTTP/1.1 (Go's client would not send most of them):
+	// each names the rule broken, in the provider's shape, with a request id, and nothing
+	// reaches the upstream. TRACE above all: a server answers it by echoing the request,
+	// the key the edge adds included.
+	raws := []struct {
+		name, request string
+		status        int
+		code, message string
+		allow         bool
 	}{
-		{"header with underscore", "/openai/v1/chat/completions", map[string]string{"x_api_key": "smuggled"}},
-		{"encoded slash", "/openai/v1%2Fchat/completions", nil},
+		{"TRACE", "TRACE /openai/v1/chat/completions HTTP/1.1\r\n", 405, "method_not_allowed", "the method TRACE is not accepted", true},
+		{"TRACE without a route", "TRACE /elsewhere HTTP/1.1\r\n", 405, "method_not_allowed", "the method TRACE is not accepted", true},
+		{"CONNECT", "CONNECT 127.0.0.1:443 HTTP/1.1\r\n", 405, "method_not_allowed", "the method CONNECT is not accepted", true},
+		{"a made-up method", "PROPFIND /openai/v1/models HTTP/1.1\r\n", 405, "method_not_allowed", "the method PROPFIND is not accepted", true},
+		{"Content-Length with chunked", "POST /openai/v1/chat/completions HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+			400, "invalid_framing", "both Content-Length and Transfer-Encoding", false},
+		{"WebSocket upgrade", "GET /openai/v1/realtime HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n", 403, "upgrade_not_supported",
+			"connection upgrades (WebSocket, h2c) are not supported", false},
+		{"HTTP/1.0", "GET /openai/v1/models HTTP/1.0\r\n", 426, "http_version_not_supported", "HTTP/1.0 is not accepted", false},
+		{"underscore header", "GET /openai/v1/models HTTP/1.1\r\nx_api_key: smuggled\r\n", 400, "invalid_header", "header names with underscores", false},
+		{"encoded slash", "GET /openai/v1%2Fmodels HTTP/1.1\r\n", 400, "invalid_path", "may not contain an encoded slash", false},
 	}
-	for _, c := range rejects {
+	for _, c := range raws {
 		t.Run(c.name, func(t *testing.T) {
 			up.Reset()
-			resp, body := post(t, s.edgeURL("hk", c.path), chatBody, s.auth(c.headers))
-			if resp.StatusCode != http.StatusBadRequest {
-				t.Fatalf("status %d, want 400: %s", resp.StatusCode, body)
+			head := c.request + "Host: 127.0.0.1\r\nAuthorization: Bearer " + s.token + "\r\nConnection: close\r\n\r\n"
+			resp, body := rawRequest(t, fmt.Sprintf("127.0.0.1:%d", s.ports["hk"]), head)
+			if resp.StatusCode != c.status {
+				t.Fatalf("status %d, want %d: %s", resp.StatusCode, c.status, body)
 			}
 			var e struct {
 				Error struct {
-					Type, Message string
-					RequestID     string `json:"request_id"`
+					Type, Code, Message string
+					RequestID           string `json:"request_id"`
 				}
 			}
-			if err := json.Unmarshal(body, &e); err != nil || e.Error.Type != "invalid_request_error" || e.Error.Message == "" || e.Error.RequestID == "" {
-				t.Errorf("want an OpenAI-shaped invalid_request_error with a message and a request id, got %q", body)
+			if err := json.Unmarshal(body, &e); err != nil || e.Error.Code != c.code || !strings.Contains(e.Error.Message, c.message) || e.Error.RequestID == "" {
+				t.Errorf("want an OpenAI-shaped error with code %q, a message saying %q and a request id, got %q", c.code, c.message, body)
+			}
+			if got := resp.Header.Get("Allow"); c.allow && got != "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS" {
+				t.Errorf("Allow: %q, want the methods the edge forwards", got)
 			}
 			if n := len(up.Requests()); n != 0 {
-				t.Errorf("rejected request reached the upstream %d times", n)
+				t.Errorf("refused request reached the upstream %d times", n)
 			}
 		})
 	}
+
+	if n := s.envoyStat(t, "http.ingress_hk.rbac.llmedge_methods.denied"); n != 4 {
+		t.Errorf("rbac.llmedge_methods.denied = %d, want the 4 methods refused above", n)
+	}
+
+	t.Run("credentials in the path and user agent are masked in Envoy's log", func(t *testing.T) {
+		// The caller's own token in a path segment (a base URL pasted wrong), a provider key
+		// in the user agent: Envoy's access log line has [masked] for each, never the value.
+		const key = "sk-proj-CANARYuseragent0123456789"
+		withToken := s.edgeURL("hk", "/openai/v1/files/"+s.token+"/content")
+		post(t, withToken, chatBody, s.auth(map[string]string{"user-agent": "probe/1.0 key=" + key}))
+		if resp, body := post(t, url, chatBody, s.auth(map[string]string{"user-agent": "probe/1.0"})); resp.StatusCode != http.StatusOK {
+			t.Fatalf("status %d: %s", resp.StatusCode, body)
+		}
+		testenv.Eventually(t, 20*time.Second, 50*time.Millisecond, func() error {
+			log := s.envoys["hk"].Log()
+			if strings.Contains(log, s.token) || strings.Contains(log, "CANARY") {
+				t.Fatalf("Envoy's log holds the token or the key:\n%s", grepLines(log, "files"))
+			}
+			if !strings.Contains(log, `"path":"[masked]"`) || !strings.Contains(log, `"upstream_path":"[masked]"`) || !strings.Contains(log, `"user_agent":"[masked]"`) {
+				return fmt.Errorf("no access log line with the path, upstream path and user agent masked:\n%s", grepLines(log, "probe/1.0"))
+			}
+			// An ordinary path and user agent are logged as they are.
+			if !strings.Contains(log, `"path":"/openai/v1/chat/completions"`) || !strings.Contains(log, `"user_agent":"probe/1.0"`) {
+				return fmt.Errorf("no line with the ordinary path and user agent as they are:\n%s", grepLines(log, "probe/1.0"))
+			}
+			return nil
+		})
+	})
 
 	t.Run("path normalisation", func(t *testing.T) {
 		up.Reset()
@@ -222,4 +271,31 @@ routes:
 			t.Errorf("host %q went to the upstream holding %q, want %q", c.host, got, c.wantKey)
 		}
 	}
+}
+
+// rawRequest sends head (a whole HTTP/1.1 request without a body) on a new connection to
+// addr and reads the response.
+func rawRequest(t *testing.T, addr, head string) (*http.Response, []byte) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := conn.SetDeadline(time.Now().Add(20 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(conn, head); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("reading the response to %q: %v", strings.SplitN(head, "\r\n", 2)[0], err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, body
 }

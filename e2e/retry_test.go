@@ -55,7 +55,12 @@ func queueFault(t *testing.T, up *upstream, fault string) {
 // clusterStat reads one counter of the upstream cluster from Envoy's admin /stats.
 func (s *stack) clusterStat(t *testing.T, name string) int {
 	t.Helper()
-	full := "cluster.upstream_openai." + name
+	return s.envoyStat(t, "cluster.upstream_openai."+name)
+}
+
+// envoyStat is the value of hk's Envoy counter or gauge full.
+func (s *stack) envoyStat(t *testing.T, full string) int {
+	t.Helper()
 	body := adminGet(t, s.envoys["hk"], "/stats?filter=^"+strings.ReplaceAll(full, ".", `\.`)+"$")
 	for _, line := range strings.Split(string(body), "\n") {
 		if v, ok := strings.CutPrefix(line, full+": "); ok {

@@ -7,6 +7,7 @@ import (
 	reqwithoutqueryv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/formatter/req_without_query/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/llmedge/llmedge/internal/token"
 	"github.com/llmedge/llmedge/internal/wire"
 )
 
@@ -28,7 +29,7 @@ func jsonAccessLog(region string) (*accesslogv3.AccessLog, error) {
 		"path":       pathFormat,
 		// The path as sent upstream after the route's rewrite; for a request refused before
 		// the filters ran (malformed path), the only path there is.
-		"upstream_path": "%REQ_WITHOUT_QUERY(:PATH)%",
+		"upstream_path": masked("request.url_path", credentialWord),
 		"protocol":      "%PROTOCOL%",
 		"status":        "%RESPONSE_CODE%",
 		"flags":         "%RESPONSE_FLAGS%",
@@ -48,11 +49,14 @@ func jsonAccessLog(region string) (*accesslogv3.AccessLog, error) {
 		"bytes_out":                  "%BYTES_SENT%",
 		"duration_ms":                "%DURATION%",
 		"ttfb_ms":                    "%RESPONSE_DURATION%",
-		"user_agent":                 "%REQ(USER-AGENT)%",
+		"user_agent":                 masked("request.useragent", credentialWord),
 	})
 	if err != nil {
 		return nil, err
 	}
+	// The path and the user agent are the caller's to write, and a caller may put a token
+	// or a key there: such a value is logged as [masked], as the control plane's access log
+	// masks it (usage.MaskPath). The caller's path is masked as requestFacts records it.
 	logger, err := toAny(&streamv3.StdoutAccessLog{
 		AccessLogFormat: &streamv3.StdoutAccessLog_LogFormat{LogFormat: &corev3.SubstitutionFormatString{
 			Format: &corev3.SubstitutionFormatString_JsonFormat{JsonFormat: fields},
@@ -69,4 +73,21 @@ func jsonAccessLog(region string) (*accesslogv3.AccessLog, error) {
 		Name:       "envoy.access_loggers.stdout",
 		ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: logger},
 	}, nil
+}
+
+// credentialWord is the shape of a credential, as RE2 for CEL's matches(), after the
+// control plane's usage.MaskPath and maskWords: a word starting like an llmedge token or a
+// provider key, also after a separator ("key=sk-..."). Envoy has normalised the path by
+// then (percent-encoded letters and digits decoded, an encoded slash refused), so an
+// encoded token is caught too. The control plane's log also masks any segment of 32 or
+// more token characters; Envoy's CEL refuses a regular expression that large (RE2 program
+// size over 100), so Envoy's log masks by prefix only. The pattern has no quote or
+// backslash: it sits inside a CEL string literal as it is.
+const credentialWord = `(^|[ /=:,;])(` + token.Prefix + `|sk-|sk_|AIza|gsk_|xai-|[Bb]earer)`
+
+// masked is a %CEL% command printing the string expression expr, or "[masked]" when it
+// matches pattern; null when expr has no value (no user agent, or a request refused
+// before the filters ran has no path of ours).
+func masked(expr, pattern string) string {
+	return "%CEL(" + expr + ".matches('" + pattern + "') ? '" + wire.Masked + "' : " + expr + ")%"
 }

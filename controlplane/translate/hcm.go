@@ -70,13 +70,18 @@ func connectionManager(r model.Region, usage bool) (*anypb.Any, error) {
 	if err != nil {
 		return nil, err
 	}
+	methods, err := methodFilter()
+	if err != nil {
+		return nil, err
+	}
 	// The request's usage facts are read before ext_authz: json_to_metadata clears the
 	// route cache, and after ext_authz's header changes the 1.40.0 binary then found no
 	// route (404) or stalled on large bodies. Only bodies within the buffer limit are
 	// read (requestBody), so an unauthenticated caller costs at most that. The admission
 	// ceiling comes right after the request id is recorded (its refusal carries it), before
-	// anything that costs: reading the body, the ext_authz side call.
-	filters := present(facts, shed, marker, pathModel, body, authz)
+	// anything that costs: reading the body, the ext_authz side call. A method the edge does
+	// not forward (methods.go) is refused next, before the body or a caller is looked at.
+	filters := present(facts, shed, methods, marker, pathModel, body, authz)
 	if !r.RateLimit.IsZero() {
 		// After ext_authz: the quota descriptors are built from the caller it names.
 		rl, err := rateLimitFilter(r)

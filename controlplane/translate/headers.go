@@ -20,7 +20,8 @@ import (
 // Envoy hands the upstream the very header map the access log and local replies read, so
 // anything removed for the provider is gone for them too. The request id and the path the
 // caller sent are therefore copied into filter state first (requestFacts), and the log and
-// the replies read them from there.
+// the replies read them from there; the path is kept masked where it looks like a
+// credential (accesslog.go, masked).
 
 const (
 	// Filter state written by requestFacts, read by the access log and local replies.
@@ -72,7 +73,7 @@ func requestFacts() (*hcmv3.HttpFilter, error) {
 	}
 	cfg, err := toAny(&setfilterstatev3.Config{OnRequestHeaders: []*setfilterstatecommonv3.FilterStateValue{
 		value(requestIDState, "%REQ(X-REQUEST-ID)%"),
-		value(pathState, "%REQ_WITHOUT_QUERY(:PATH)%"),
+		value(pathState, masked("request.url_path", credentialWord)),
 	}})
 	if err != nil {
 		return nil, err

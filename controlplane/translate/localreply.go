@@ -2,6 +2,7 @@ package translate
 
 import (
 	"fmt"
+	"net/http"
 	"strings"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
@@ -9,6 +10,7 @@ import (
 	celfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/llmedge/llmedge/controlplane/model"
 	"github.com/llmedge/llmedge/internal/wire"
@@ -36,6 +38,8 @@ type replyCase struct {
 	// retryAfter tells the caller when to try again (a Retry-After header): the refusal
 	// is about the edge's load or a service's absence, not about the request.
 	retryAfter bool
+	// methodRefused makes the reply a 405 with the Allow header (methods.go).
+	methodRefused bool
 }
 
 // mapper is the response mapper of case c for requests filter selects, in api's shape.
@@ -44,6 +48,13 @@ func (c replyCase) mapper(api model.API, filter *accesslogv3.AccessLogFilter, re
 	if c.retryAfter {
 		m.HeadersToAdd = []*corev3.HeaderValueOption{{
 			Header:       &corev3.HeaderValue{Key: "retry-after", Value: retryAfterSeconds},
+			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+		}}
+	}
+	if c.methodRefused {
+		m.StatusCode = wrapperspb.UInt32(http.StatusMethodNotAllowed)
+		m.HeadersToAdd = []*corev3.HeaderValueOption{{
+			Header:       &corev3.HeaderValue{Key: "allow", Value: allowHeader},
 			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
 		}}
 	}
@@ -75,30 +86,51 @@ func localReplies(region string) *hcmv3.LocalReplyConfig {
 	// upstream's circuit breaker full (UO).
 	shed := []replyCase{
 		{cel("response.code_details == '" + overloadDetails + "'"), 503, "overloaded", "llmedge: region " + region + " is at its admission ceiling (regions." + region +
-			".overload); the request was not forwarded. Retry after " + retryAfterSeconds + " second.", true},
+			".overload); the request was not forwarded. Retry after " + retryAfterSeconds + " second.", true, false},
 		{flag("UO"), 503, "overloaded", "llmedge: too many requests in flight to this upstream (its circuit_breaker); the request was not forwarded. Retry after " +
-			retryAfterSeconds + " second.", true},
+			retryAfterSeconds + " second.", true, false},
+	}
+	// Envoy's own refusals of a malformed request name the rule broken; the message says it
+	// in words, and anything not listed here gets Envoy's details.
+	details := func(ds ...string) *accesslogv3.AccessLogFilter {
+		var terms []string
+		for _, d := range ds {
+			terms = append(terms, "response.code_details == '"+d+"'")
+		}
+		return cel(strings.Join(terms, " || "))
 	}
 	generic := []replyCase{
-		{statusIs(400), 400, "bad_request", "llmedge: the request was refused (%RESPONSE_CODE_DETAILS%): paths with encoded slashes and header names with underscores are not accepted", false},
-		{statusIs(413), 413, "request_too_large", "llmedge: the request is too large", false},
-		{statusIs(431), 431, "request_headers_too_large", "llmedge: the request headers are too large", false},
-		{statusAtLeast(500), 500, "edge_error", "llmedge: the edge could not complete the request (%RESPONSE_CODE_DETAILS%) %LOCAL_REPLY_BODY%", false},
-		{statusAtLeast(400), 400, "bad_request", "llmedge: the request was refused (%RESPONSE_CODE_DETAILS%) %LOCAL_REPLY_BODY%", false},
+		{filter: details(methodDetails), status: 405, code: "method_not_allowed", methodRefused: true,
+			message: "llmedge: the method %REQ(:METHOD)% is not accepted; the edge forwards " + allowHeader + "."},
+		{filter: details("path_normalization_failed"), status: 400, code: "invalid_path",
+			message: "llmedge: the request path was refused: it may not contain an encoded slash or backslash, and must normalise to an absolute path."},
+		{filter: details("http1.unexpected_underscore", "http2.unexpected_underscore", "http3.unexpected_underscore"), status: 400, code: "invalid_header",
+			message: "llmedge: header names with underscores are not accepted (a proxy behind the edge could read one as the header with dashes)."},
+		{filter: details("http1.content_length_and_chunked_not_allowed"), status: 400, code: "invalid_framing",
+			message: "llmedge: the request carries both Content-Length and Transfer-Encoding: chunked; send one of them."},
+		{filter: details("upgrade_failed"), status: 403, code: "upgrade_not_supported",
+			message: "llmedge: connection upgrades (WebSocket, h2c) are not supported; send plain HTTP requests."},
+		{filter: details("low_version"), status: 426, code: "http_version_not_supported",
+			message: "llmedge: HTTP/1.0 is not accepted; send HTTP/1.1 or HTTP/2."},
+		{statusIs(400), 400, "bad_request", "llmedge: the request is malformed (%RESPONSE_CODE_DETAILS%).", false, false},
+		{statusIs(413), 413, "request_too_large", "llmedge: the request is too large", false, false},
+		{statusIs(431), 431, "request_headers_too_large", "llmedge: the request headers are too large", false, false},
+		{statusAtLeast(500), 500, "edge_error", "llmedge: the edge could not complete the request (%RESPONSE_CODE_DETAILS%) %LOCAL_REPLY_BODY%", false, false},
+		{statusAtLeast(400), 400, "bad_request", "llmedge: the request was refused (%RESPONSE_CODE_DETAILS%) %LOCAL_REPLY_BODY%", false, false},
 	}
 	routed := append(append(shed, []replyCase{
 		// Any UAEX reply other than extauthz's own denial means extauthz could not be asked
 		// (down, timed out, or its side-call circuit breaker full).
-		{flag("UAEX"), 503, "auth_unavailable", "llmedge: the auth service is unavailable; the request was not forwarded. Try again shortly.", true},
+		{flag("UAEX"), 503, "auth_unavailable", "llmedge: the auth service is unavailable; the request was not forwarded. Try again shortly.", true, false},
 		{flag("RL"), 429, "rate_limit_exceeded", "llmedge: rate limit exceeded for caller %DYNAMIC_METADATA(" + wire.MetadataNamespace + ":" + wire.MetadataCaller +
-			")% (limits: %RESP(X-RATELIMIT-LIMIT)%); retry after %RESP(X-RATELIMIT-RESET)% seconds.", false},
-		{flag("RLSE"), 500, "rate_limit_unavailable", "llmedge: the rate-limit service is unavailable and region " + region + " refuses requests until it is back (ratelimit_failure: deny).", false},
-		{flag("UT"), 504, "upstream_timeout", "llmedge: the upstream did not answer within its response_timeout.", false},
-		{flag("SI"), 408, "stream_idle_timeout", "llmedge: the stream was idle for longer than the upstream's stream_idle_timeout.", false},
-		{flag("UF", "UH", "URX", "UC", "UR"), 503, "upstream_unavailable", "llmedge: the upstream is unavailable (%RESPONSE_CODE_DETAILS%): %LOCAL_REPLY_BODY%", false},
+			")% (limits: %RESP(X-RATELIMIT-LIMIT)%); retry after %RESP(X-RATELIMIT-RESET)% seconds.", false, false},
+		{flag("RLSE"), 500, "rate_limit_unavailable", "llmedge: the rate-limit service is unavailable and region " + region + " refuses requests until it is back (ratelimit_failure: deny).", false, false},
+		{flag("UT"), 504, "upstream_timeout", "llmedge: the upstream did not answer within its response_timeout.", false, false},
+		{flag("SI"), 408, "stream_idle_timeout", "llmedge: the stream was idle for longer than the upstream's stream_idle_timeout.", false, false},
+		{flag("UF", "UH", "URX", "UC", "UR"), 503, "upstream_unavailable", "llmedge: the upstream is unavailable (%RESPONSE_CODE_DETAILS%): %LOCAL_REPLY_BODY%", false, false},
 	}...), generic...)
 	unrouted := append([]replyCase{
-		{flag("NR"), 404, "route_not_found", "llmedge: no route in region " + region + " matches this request (check the path prefix, and that the upstream is served in this region).", false},
+		{flag("NR"), 404, "route_not_found", "llmedge: no route in region " + region + " matches this request (check the path prefix, and that the upstream is served in this region).", false, false},
 	}, append(shed[:1:1], generic...)...)
 
 	// A spent quota: extauthz asked the rate-limit service and refuses with 429 and a plain
@@ -113,15 +145,22 @@ func localReplies(region string) *hcmv3.LocalReplyConfig {
 	}
 	// extauthz's other denials already carry a body shaped like the provider's errors.
 	mappers = append(mappers, &hcmv3.ResponseMapper{Filter: cel("response.code_details == 'ext_authz_denied'"), BodyFormatOverride: &corev3.SubstitutionFormatString{
-		Format:      &corev3.SubstitutionFormatString_TextFormat{TextFormat: "%LOCAL_REPLY_BODY%"},
+		Format: &corev3.SubstitutionFormatString_TextFormatSource{TextFormatSource: &corev3.DataSource{
+			Specifier: &corev3.DataSource_InlineString{InlineString: "%LOCAL_REPLY_BODY%"},
+		}},
 		ContentType: "application/json",
 	}})
+	// A reply before the filters ran has no request id of ours: Envoy refused the request
+	// as it arrived (an upgrade on a routed path, say), and the reply gets a fresh id.
+	early := cel(fmt.Sprintf("!('%s' in filter_state)", requestIDState))
 	for _, api := range []model.API{model.APIOpenAI, model.APIAnthropic, model.APIGemini} {
-		for _, c := range routed {
+		for i, c := range routed {
+			if i >= len(routed)-len(generic) {
+				mappers = append(mappers, c.mapper(api, and(c.filter, onRoute(api), early), uniqueID))
+			}
 			mappers = append(mappers, c.mapper(api, and(c.filter, onRoute(api)), requestIDFormat))
 		}
 	}
-	early := cel(fmt.Sprintf("!('%s' in filter_state)", requestIDState))
 	type guess struct {
 		api   model.API
 		guess *accesslogv3.AccessLogFilter

@@ -10,6 +10,7 @@ import (
 	accesslogdatav3 "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
 
 	"github.com/llmedge/llmedge/internal/token"
+	"github.com/llmedge/llmedge/internal/wire"
 )
 
 // Line is one access log line: the ledger's record plus what an audit of the request
@@ -34,8 +35,9 @@ type Line struct {
 	UpstreamCluster string   `json:"upstream_cluster,omitempty"`
 }
 
-// Masked stands in for anything that looks like a credential.
-const Masked = "[masked]"
+// Masked stands in for anything that looks like a credential (Envoy's own access log
+// writes the same).
+const Masked = wire.Masked
 
 // LineFromEntry builds the access log line of a record the ledger accepted (priced, with
 // its request id) and the entry it was read from.

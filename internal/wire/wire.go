@@ -44,6 +44,10 @@ var CredentialHeaders = []string{HeaderAuthorization, HeaderAPIKey, HeaderGoogAP
 // KeyQueryParam is Gemini's API key query parameter.
 const KeyQueryParam = "key"
 
+// Masked stands in, in every log, for a value shaped like a credential: a path segment or
+// a user agent word a caller wrote (the control plane's access log, Envoy's own).
+const Masked = "[masked]"
+
 // Dynamic metadata written by extauthz under MetadataNamespace, for rate limits and logs.
 const (
 	MetadataNamespace = "envoy.filters.http.ext_authz"
