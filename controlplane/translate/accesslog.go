@@ -4,7 +4,6 @@ import (
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
-	reqwithoutqueryv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/formatter/req_without_query/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/llmedge/llmedge/internal/token"
@@ -16,10 +15,6 @@ import (
 // request header that can carry a token. The request id and the caller's path come from
 // filter state (see requestFacts): the headers they were read from do not go upstream.
 func jsonAccessLog(region string) (*accesslogv3.AccessLog, error) {
-	withoutQuery, err := toAny(&reqwithoutqueryv3.ReqWithoutQuery{})
-	if err != nil {
-		return nil, err
-	}
 	fields, err := structpb.NewStruct(map[string]any{
 		"time":       "%START_TIME%",
 		"region":     region,
@@ -60,10 +55,6 @@ func jsonAccessLog(region string) (*accesslogv3.AccessLog, error) {
 	logger, err := toAny(&streamv3.StdoutAccessLog{
 		AccessLogFormat: &streamv3.StdoutAccessLog_LogFormat{LogFormat: &corev3.SubstitutionFormatString{
 			Format: &corev3.SubstitutionFormatString_JsonFormat{JsonFormat: fields},
-			Formatters: []*corev3.TypedExtensionConfig{{
-				Name:        "envoy.formatter.req_without_query",
-				TypedConfig: withoutQuery,
-			}},
 		}},
 	})
 	if err != nil {

@@ -7,7 +7,6 @@ import (
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	setfilterstatev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/set_filter_state/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	reqwithoutqueryv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/formatter/req_without_query/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 
 	"github.com/llmedge/llmedge/controlplane/model"
@@ -53,10 +52,6 @@ var (
 // query, which may carry a credential) before anything rewrites or removes them. It runs
 // first, so that even a request ext_authz refuses has both.
 func requestFacts() (*hcmv3.HttpFilter, error) {
-	withoutQuery, err := toAny(&reqwithoutqueryv3.ReqWithoutQuery{})
-	if err != nil {
-		return nil, err
-	}
 	value := func(key, format string) *setfilterstatecommonv3.FilterStateValue {
 		return &setfilterstatecommonv3.FilterStateValue{
 			Key:        &setfilterstatecommonv3.FilterStateValue_ObjectKey{ObjectKey: key},
@@ -65,9 +60,7 @@ func requestFacts() (*hcmv3.HttpFilter, error) {
 				Format: &corev3.SubstitutionFormatString_TextFormatSource{TextFormatSource: &corev3.DataSource{
 					Specifier: &corev3.DataSource_InlineString{InlineString: format},
 				}},
-				Formatters: []*corev3.TypedExtensionConfig{{Name: "envoy.formatter.req_without_query", TypedConfig: withoutQuery}},
 			}},
-			ReadOnly:    true,
 			SkipIfEmpty: true,
 		}
 	}
