@@ -4,15 +4,19 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/llmedge/llmedge/controlplane/config"
 	"github.com/llmedge/llmedge/controlplane/usage"
 )
 
@@ -20,6 +24,9 @@ import (
 func runUsage(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "export" {
 		return runUsageExport(ctx, args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "import" {
+		return runUsageImport(ctx, args[1:], stdout, stderr)
 	}
 	fs := newFlags("usage", stderr)
 	base := fs.String("url", envOr("LLMEDGE_STATUS_URL", "http://127.0.0.1:18080"), "control plane HTTP address (env LLMEDGE_STATUS_URL)")
@@ -30,6 +37,7 @@ func runUsage(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: llmedge usage [flags]                              totals from the control plane's /usage")
 		fmt.Fprintln(stderr, "       llmedge usage export --month YYYY-MM --tenant NAME  a tenant's records for the month, CSV")
+		fmt.Fprintln(stderr, "       llmedge usage import --state-dir DIR FILE...         add the requests of Envoy's access log the ledger lacks")
 		fs.PrintDefaults()
 	}
 	if err := parse(fs, args); err != nil {
@@ -145,4 +153,71 @@ func or(s, def string) string {
 		return def
 	}
 	return s
+}
+
+// runUsageImport adds to the ledger the requests of Envoy's JSON access log (files, or -
+// for standard input) that it does not hold: those a region served while the control
+// plane was restarting, down or out of reach (docs/USAGE.md, "When the control plane was
+// away"). It opens the ledger's store itself, as the control plane's routes YAML and state
+// dir say, so it needs no control plane; records already stored are skipped.
+func runUsageImport(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("usage import", stderr)
+	cfgPath := fs.String("config", envOr("LLMEDGE_CONFIG", DefaultConfig), "the control plane's routes YAML file or directory (its usage section: store and prices)")
+	stateDir := fs.String("state-dir", os.Getenv("LLMEDGE_STATE_DIR"), "the control plane's state dir (env LLMEDGE_STATE_DIR), where a relative usage.sqlite path lives")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: llmedge usage import [flags] FILE...   (- reads standard input)")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	files := fs.Args()
+	if len(files) == 0 {
+		fmt.Fprintln(stderr, "name at least one Envoy access log file (- for standard input)")
+		return errUsage
+	}
+	_, cfg, err := load(*cfgPath)
+	if err != nil {
+		return fmt.Errorf("--config %s: %d problem(s); run llmedge validate", *cfgPath, len(config.AsErrors(err)))
+	}
+	u := cfg.Usage
+	if !u.Enabled {
+		return fmt.Errorf("--config %s: usage.enabled is false: there is no ledger to import into", *cfgPath)
+	}
+	if u.Store != "postgres" && *stateDir == "" && !filepath.IsAbs(u.SQLitePath) {
+		return fmt.Errorf("--state-dir is required: the ledger's SQLite file %q is relative to the control plane's state dir", u.SQLitePath)
+	}
+	store, err := usage.OpenStore(ctx, u, *stateDir)
+	if err != nil {
+		return fmt.Errorf("open the ledger: %w", err)
+	}
+	defer store.Close()
+	prices := usage.NewPrices(u.Prices)
+	var st usage.ImportStats
+	for _, name := range files {
+		r := io.Reader(os.Stdin)
+		if name != "-" {
+			f, err := os.Open(name)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			r = f
+		}
+		if err := usage.ImportEnvoyLog(ctx, store, prices, name, r, &st); err != nil {
+			return fmt.Errorf("%s: %w (records before this point were added)", name, err)
+		}
+	}
+	for _, b := range st.Bad {
+		fmt.Fprintln(stderr, "warning: "+b)
+	}
+	fmt.Fprintf(stdout, "%d lines: %d requests, %d added to the ledger, %d already in it; %d other lines, %d unreadable\n",
+		st.Lines, st.Requests, st.Added, st.Requests-st.Added, st.Skipped, st.BadLines)
+	if st.BadLines > 0 {
+		return fmt.Errorf("%d line(s) could not be read", st.BadLines)
+	}
+	return nil
 }

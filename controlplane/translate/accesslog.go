@@ -31,10 +31,23 @@ func jsonAccessLog(region string) (*accesslogv3.AccessLog, error) {
 		"details":       "%RESPONSE_CODE_DETAILS%",
 		"route":         "%ROUTE_NAME%",
 		// Who, for usage per caller and tenant: what extauthz authenticated.
-		"caller":        "%DYNAMIC_METADATA(" + wire.MetadataNamespace + ":" + wire.MetadataCaller + ")%",
-		"tenant":        "%DYNAMIC_METADATA(" + wire.MetadataNamespace + ":" + wire.MetadataTenant + ")%",
-		"upstream":      "%UPSTREAM_CLUSTER%",
-		"upstream_host": "%UPSTREAM_HOST%",
+		"caller":   "%DYNAMIC_METADATA(" + wire.MetadataNamespace + ":" + wire.MetadataCaller + ")%",
+		"tenant":   "%DYNAMIC_METADATA(" + wire.MetadataNamespace + ":" + wire.MetadataTenant + ")%",
+		"upstream": "%UPSTREAM_CLUSTER%",
+		// What the usage ledger records besides the above (usage.RecordFromEnvoyLine): the
+		// upstream extauthz named, the request's model and stream flag, when the caller got
+		// the first byte of the answer (the ledger's ttfb), the header bytes,
+		// and Envoy's token usage (envoy.data.ai.v3.TokenUsage in protobuf text format,
+		// with the model the provider reported). So `llmedge usage import` can rebuild the
+		// records of requests served while the control plane was away.
+		"upstream_name":          "%DYNAMIC_METADATA(" + wire.MetadataNamespace + ":" + wire.MetadataUpstream + ")%",
+		"model":                  "%DYNAMIC_METADATA(" + wire.RequestMetadataNamespace + ":" + wire.RequestMetadataModel + ")%",
+		"stream":                 "%DYNAMIC_METADATA(" + wire.RequestMetadataNamespace + ":" + wire.RequestMetadataStream + ")%",
+		"first_byte_sent_us":     "%COMMON_DURATION(DS_RX_BEG:DS_TX_BEG:us)%",
+		"request_headers_bytes":  "%REQUEST_HEADERS_BYTES%",
+		"response_headers_bytes": "%RESPONSE_HEADERS_BYTES%",
+		"token_usage":            "%CEL(metadata.typed_filter_metadata['" + wire.TokenUsageNamespace + "'])%",
+		"upstream_host":          "%UPSTREAM_HOST%",
 		// Tries sent upstream (1 without retries; 0 when none was sent) and why the last
 		// connection failed, if it did: with status and flags (URX: retries exhausted,
 		// UO: circuit breaker) the request's final outcome.

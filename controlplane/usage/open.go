@@ -15,12 +15,7 @@ import (
 // are resolved against stateDir. The store itself is opened by Run (and reopened while it
 // is down).
 func FromConfig(u model.Usage, stateDir string, log *slog.Logger, reg prometheus.Registerer) (*Ledger, error) {
-	abs := func(p string) string {
-		if filepath.IsAbs(p) {
-			return p
-		}
-		return filepath.Join(stateDir, p)
-	}
+	abs := func(p string) string { return resolve(stateDir, p) }
 	spool, err := OpenSpool(abs(u.SpoolDir), u.SpoolMaxBytes)
 	if err != nil {
 		return nil, err
@@ -39,6 +34,22 @@ func FromConfig(u model.Usage, stateDir string, log *slog.Logger, reg prometheus
 		Retention: time.Duration(u.RetentionDays) * 24 * time.Hour,
 		Logger:    log, Metrics: reg,
 	}), nil
+}
+
+// OpenStore opens the store u names, as FromConfig's ledger does (a relative SQLite path
+// under stateDir), for a tool working on the ledger beside the control plane.
+func OpenStore(ctx context.Context, u model.Usage, stateDir string) (Store, error) {
+	if u.Store == "postgres" {
+		return OpenPostgres(ctx, resolve(stateDir, u.PostgresDSNFile))
+	}
+	return OpenSQLite(ctx, resolve(stateDir, u.SQLitePath))
+}
+
+func resolve(stateDir, p string) string {
+	if filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(stateDir, p)
 }
 
 // AccessLogFromConfig builds the access log files the usage section describes; nil when

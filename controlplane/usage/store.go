@@ -271,14 +271,30 @@ func (s *sqlStore) Close() error {
 
 // Insert writes rs in one transaction; rows whose request id is stored already are skipped.
 func (s *sqlStore) Insert(ctx context.Context, rs []Record) error {
+	_, err := s.insert(ctx, rs)
+	return err
+}
+
+// insert is Insert, saying how many of rs the store did not hold yet (ImportEnvoyLog).
+func (s *sqlStore) insert(ctx context.Context, rs []Record) (int64, error) {
 	if len(rs) == 0 {
-		return nil
+		return 0, nil
 	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer tx.Rollback() //nolint:errcheck // after Commit it is a no-op
+	var added int64
+	exec := func(st *sql.Stmt, args ...any) error {
+		res, err := st.ExecContext(ctx, args...)
+		if err != nil {
+			return err
+		}
+		n, err := res.RowsAffected()
+		added += n
+		return err
+	}
 	if s.row != nil {
 		many, one := tx.StmtContext(ctx, s.rows), tx.StmtContext(ctx, s.row)
 		args := make([]any, 0, sqliteRows*len(columns))
@@ -287,17 +303,17 @@ func (s *sqlStore) Insert(ctx context.Context, rs []Record) error {
 			for _, r := range rs[:sqliteRows] {
 				args = append(args, rowValues(r)...)
 			}
-			if _, err := many.ExecContext(ctx, args...); err != nil {
-				return err
+			if err := exec(many, args...); err != nil {
+				return 0, err
 			}
 			rs = rs[sqliteRows:]
 		}
 		for _, r := range rs {
-			if _, err := one.ExecContext(ctx, rowValues(r)...); err != nil {
-				return err
+			if err := exec(one, rowValues(r)...); err != nil {
+				return 0, err
 			}
 		}
-		return tx.Commit()
+		return added, tx.Commit()
 	}
 	const perStmt = 200 // rows per statement: 5,200 parameters, below PostgreSQL's 65,535
 	for start := 0; start < len(rs); start += perStmt {
@@ -306,11 +322,17 @@ func (s *sqlStore) Insert(ctx context.Context, rs []Record) error {
 		for _, r := range chunk {
 			args = append(args, rowValues(r)...)
 		}
-		if _, err := tx.ExecContext(ctx, insertStatement(s.d, len(chunk)), args...); err != nil {
-			return err
+		res, err := tx.ExecContext(ctx, insertStatement(s.d, len(chunk)), args...)
+		if err != nil {
+			return 0, err
 		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return 0, err
+		}
+		added += n
 	}
-	return tx.Commit()
+	return added, tx.Commit()
 }
 
 // insertStatement inserts rows records, skipping those whose request id is stored.
