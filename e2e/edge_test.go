@@ -172,6 +172,10 @@ func TestEdgeHardening(t *testing.T) {
 			}
 			return nil
 		})
+		// The usage facts (usage.envoy_access_log) are not in the lines by default.
+		if log := s.envoys["hk"].Log(); strings.Contains(log, `"token_usage":`) {
+			t.Errorf("Envoy's log carries the usage facts without usage.envoy_access_log:\n%s", grepLines(log, "probe/1.0"))
+		}
 	})
 
 	t.Run("path normalisation", func(t *testing.T) {

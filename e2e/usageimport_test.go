@@ -34,6 +34,7 @@ callers:
     upstreams: [openai]
     tenant: team-import
 usage:
+  envoy_access_log: true
   prices:
     - {upstream: openai, model: before-0, input: 2.5, output: 10, currency: USD}
     - {upstream: openai, model: during-0, input: 2.5, output: 10, currency: USD}

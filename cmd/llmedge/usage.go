@@ -216,6 +216,9 @@ func runUsageImport(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	fmt.Fprintf(stdout, "%d lines: %d requests, %d added to the ledger, %d already in it; %d other lines, %d unreadable\n",
 		st.Lines, st.Requests, st.Added, st.Requests-st.Added, st.Skipped, st.BadLines)
+	if st.NoUsage > 0 {
+		return fmt.Errorf("%d request line(s) carry no usage facts and were not imported: Envoy wrote them before usage.envoy_access_log: true was set in the routes YAML", st.NoUsage)
+	}
 	if st.BadLines > 0 {
 		return fmt.Errorf("%d line(s) could not be read", st.BadLines)
 	}

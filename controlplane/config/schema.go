@@ -269,6 +269,9 @@ type Usage struct {
 	Spool         UsageSpool `mapstructure:"spool"`
 	// AccessLog is the JSON access log files written beside the ledger.
 	AccessLog UsageAccessLog `mapstructure:"access_log"`
+	// EnvoyAccessLog makes Envoy's own JSON access log lines carry each request's usage
+	// facts, so `llmedge usage import` can add the records the gRPC usage log lost.
+	EnvoyAccessLog *bool `mapstructure:"envoy_access_log"`
 	// Prices are listed, not keyed by model: model names hold dots, which viper would read
 	// as nesting.
 	Prices []Price `mapstructure:"prices"`

@@ -77,6 +77,12 @@ func validateUsage(u *Usage, ups map[string]Upstream, c *collector) model.Usage 
 		out.SpoolMaxBytes = u.Spool.MaxBytes
 	}
 	validateAccessLog(u.AccessLog, &out.AccessLog, c)
+	if u.EnvoyAccessLog != nil && *u.EnvoyAccessLog {
+		if !out.Enabled {
+			c.add("usage.envoy_access_log", "true, but usage.enabled is false: there is no ledger to import Envoy's lines into")
+		}
+		out.EnvoyAccessLog = out.Enabled
+	}
 	seen := map[[2]string]int{}
 	for i, p := range u.Prices {
 		path := fmt.Sprintf("usage.prices[%d]", i)

@@ -407,7 +407,10 @@ type Usage struct {
 	SpoolDir        string
 	SpoolMaxBytes   int64
 	AccessLog       AccessLog
-	Prices          []Price // sorted by upstream, model
+	// EnvoyAccessLog makes Envoy's own JSON access log lines carry what a record holds
+	// (usage.envoy_access_log, default false), for `llmedge usage import`.
+	EnvoyAccessLog bool
+	Prices         []Price // sorted by upstream, model
 }
 
 // AccessLog is the JSON access log files the control plane writes from the same entries.

@@ -14,7 +14,7 @@ import (
 // no secret: the path without its query (Gemini's ?key= carries a credential) and no
 // request header that can carry a token. The request id and the caller's path come from
 // filter state (see requestFacts): the headers they were read from do not go upstream.
-func jsonAccessLog(region string) (*accesslogv3.AccessLog, error) {
+func jsonAccessLog(region string, usageFields bool) (*accesslogv3.AccessLog, error) {
 	fields, err := structpb.NewStruct(map[string]any{
 		"time":       "%START_TIME%",
 		"region":     region,
@@ -31,23 +31,10 @@ func jsonAccessLog(region string) (*accesslogv3.AccessLog, error) {
 		"details":       "%RESPONSE_CODE_DETAILS%",
 		"route":         "%ROUTE_NAME%",
 		// Who, for usage per caller and tenant: what extauthz authenticated.
-		"caller":   "%DYNAMIC_METADATA(" + wire.MetadataNamespace + ":" + wire.MetadataCaller + ")%",
-		"tenant":   "%DYNAMIC_METADATA(" + wire.MetadataNamespace + ":" + wire.MetadataTenant + ")%",
-		"upstream": "%UPSTREAM_CLUSTER%",
-		// What the usage ledger records besides the above (usage.RecordFromEnvoyLine): the
-		// upstream extauthz named, the request's model and stream flag, when the caller got
-		// the first byte of the answer (the ledger's ttfb), the header bytes,
-		// and Envoy's token usage (envoy.data.ai.v3.TokenUsage in protobuf text format,
-		// with the model the provider reported). So `llmedge usage import` can rebuild the
-		// records of requests served while the control plane was away.
-		"upstream_name":          "%DYNAMIC_METADATA(" + wire.MetadataNamespace + ":" + wire.MetadataUpstream + ")%",
-		"model":                  "%DYNAMIC_METADATA(" + wire.RequestMetadataNamespace + ":" + wire.RequestMetadataModel + ")%",
-		"stream":                 "%DYNAMIC_METADATA(" + wire.RequestMetadataNamespace + ":" + wire.RequestMetadataStream + ")%",
-		"first_byte_sent_us":     "%COMMON_DURATION(DS_RX_BEG:DS_TX_BEG:us)%",
-		"request_headers_bytes":  "%REQUEST_HEADERS_BYTES%",
-		"response_headers_bytes": "%RESPONSE_HEADERS_BYTES%",
-		"token_usage":            "%CEL(metadata.typed_filter_metadata['" + wire.TokenUsageNamespace + "'])%",
-		"upstream_host":          "%UPSTREAM_HOST%",
+		"caller":        "%DYNAMIC_METADATA(" + wire.MetadataNamespace + ":" + wire.MetadataCaller + ")%",
+		"tenant":        "%DYNAMIC_METADATA(" + wire.MetadataNamespace + ":" + wire.MetadataTenant + ")%",
+		"upstream":      "%UPSTREAM_CLUSTER%",
+		"upstream_host": "%UPSTREAM_HOST%",
 		// Tries sent upstream (1 without retries; 0 when none was sent) and why the last
 		// connection failed, if it did: with status and flags (URX: retries exhausted,
 		// UO: circuit breaker) the request's final outcome.
@@ -61,6 +48,11 @@ func jsonAccessLog(region string) (*accesslogv3.AccessLog, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	if usageFields {
+		for k, v := range EnvoyLogUsageFields {
+			fields.Fields[k] = structpb.NewStringValue(v)
+		}
 	}
 	// The path and the user agent are the caller's to write, and a caller may put a token
 	// or a key there: such a value is logged as [masked], as the control plane's access log
@@ -94,4 +86,22 @@ const credentialWord = `(^|[ /=:,;])(` + token.Prefix + `|sk-|sk_|AIza|gsk_|xai-
 // before the filters ran has no path of ours).
 func masked(expr, pattern string) string {
 	return "%CEL(" + expr + ".matches('" + pattern + "') ? '" + wire.Masked + "' : " + expr + ")%"
+}
+
+// EnvoyLogUsageFields are what Envoy's JSON access log adds with usage.envoy_access_log:
+// what a usage record holds besides the line's other fields (usage.RecordFromEnvoyLine) —
+// the upstream extauthz named, the request's model and stream flag, when the caller got
+// the first byte of the answer (the ledger's ttfb), the header bytes, and Envoy's token
+// usage (envoy.data.ai.v3.TokenUsage in protobuf text format, with the model the provider
+// reported). So `llmedge usage import` can rebuild the records the gRPC usage log lost.
+// Reading the typed token usage costs Envoy ≈ 20 µs of CPU per request (docs/BENCHMARKS.md),
+// hence not by default.
+var EnvoyLogUsageFields = map[string]string{
+	"upstream_name":          "%DYNAMIC_METADATA(" + wire.MetadataNamespace + ":" + wire.MetadataUpstream + ")%",
+	"model":                  "%DYNAMIC_METADATA(" + wire.RequestMetadataNamespace + ":" + wire.RequestMetadataModel + ")%",
+	"stream":                 "%DYNAMIC_METADATA(" + wire.RequestMetadataNamespace + ":" + wire.RequestMetadataStream + ")%",
+	"first_byte_sent_us":     "%COMMON_DURATION(DS_RX_BEG:DS_TX_BEG:us)%",
+	"request_headers_bytes":  "%REQUEST_HEADERS_BYTES%",
+	"response_headers_bytes": "%RESPONSE_HEADERS_BYTES%",
+	"token_usage":            "%CEL(metadata.typed_filter_metadata['" + wire.TokenUsageNamespace + "'])%",
 }

@@ -27,7 +27,7 @@ const (
 	connectionIdle       = time.Hour
 )
 
-func connectionManager(r model.Region, usage bool) (*anypb.Any, error) {
+func connectionManager(r model.Region, usage usageSettings) (*anypb.Any, error) {
 	// Envoy adds no x-envoy-* header of its own to what goes upstream (nor to responses).
 	router, err := toAny(&routerv3.Router{SuppressEnvoyHeaders: true})
 	if err != nil {
@@ -45,7 +45,7 @@ func connectionManager(r model.Region, usage bool) (*anypb.Any, error) {
 	if err != nil {
 		return nil, err
 	}
-	marker, usageLog, err := usageRecording(usage)
+	marker, usageLog, err := usageRecording(usage.record)
 	if err != nil {
 		return nil, err
 	}
@@ -98,7 +98,7 @@ func connectionManager(r model.Region, usage bool) (*anypb.Any, error) {
 	})
 	var accessLog *accesslogv3.AccessLog
 	if !r.AccessLogOff { // regions.<name>.access_log: off
-		if accessLog, err = jsonAccessLog(r.Name); err != nil {
+		if accessLog, err = jsonAccessLog(r.Name, usage.envoyLog); err != nil {
 			return nil, err
 		}
 	}

@@ -8,7 +8,7 @@ import (
 	"github.com/llmedge/llmedge/controlplane/model"
 )
 
-func listener(r model.Region, usage bool) (*listenerv3.Listener, error) {
+func listener(r model.Region, usage usageSettings) (*listenerv3.Listener, error) {
 	hcm, err := connectionManager(r, usage)
 	if err != nil {
 		return nil, err

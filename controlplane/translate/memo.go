@@ -90,7 +90,7 @@ type regionMemo struct {
 // listener returns listener(r, usage), from the cache when it holds one. The callers'
 // listener is most of what a region's translation builds besides its routes (the HTTP
 // filters, each packed and validated), and depends on the region alone.
-func (m *regionMemo) listener(r model.Region, usage bool) (*listenerv3.Listener, error) {
+func (m *regionMemo) listener(r model.Region, usage usageSettings) (*listenerv3.Listener, error) {
 	if m == nil {
 		return listener(r, usage)
 	}
@@ -98,7 +98,7 @@ func (m *regionMemo) listener(r model.Region, usage bool) (*listenerv3.Listener,
 	if err != nil {
 		return listener(r, usage)
 	}
-	k = appendKeyBool(k, usage)
+	k = appendKeyBool(appendKeyBool(k, usage.record), usage.envoyLog)
 	l, ok := m.prevL[string(k)]
 	if !ok {
 		if l, err = listener(r, usage); err != nil {

@@ -312,7 +312,7 @@ func forwardedRoutes(cfg *model.Config, r model.Region, name string, upstreams [
 func forwardedHCM(r model.Region, routeConfig, statPrefix string, accessLog bool) (*anypb.Any, error) {
 	// Without usage recording: a forwarded request's record belongs to the listener its
 	// caller reached, so it is never counted twice.
-	hcmAny, err := connectionManager(r, false)
+	hcmAny, err := connectionManager(r, usageSettings{})
 	if err != nil {
 		return nil, err
 	}

@@ -114,7 +114,7 @@ func translateRegion(cfg *model.Config, region string, memo *regionMemo) (*Resou
 	if err != nil {
 		return nil, fmt.Errorf("translate region %q: %w", region, err)
 	}
-	l, err := memo.listener(r, cfg.Usage.Enabled)
+	l, err := memo.listener(r, usageSettings{record: cfg.Usage.Enabled, envoyLog: cfg.Usage.Enabled && cfg.Usage.EnvoyAccessLog})
 	if err != nil {
 		return nil, fmt.Errorf("translate region %q: %w", region, err)
 	}

@@ -26,6 +26,11 @@ const (
 	usageLogBufferBytes   = 16 * 1024
 )
 
+// usageSettings is what a listener takes from the usage section: whether it sends each
+// request's record to the ledger (usage.enabled), and whether Envoy's own JSON access log
+// lines carry the record's facts too (usage.envoy_access_log), for `llmedge usage import`.
+type usageSettings struct{ record, envoyLog bool }
+
 // usageRecording is what a listener carries only for the usage ledger: the llmedge.request
 // marker (without it the gRPC access log carries no metadata) and the log itself; neither
 // when usage.enabled is false. The request's model and the token extraction stay either

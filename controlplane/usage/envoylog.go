@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -50,6 +51,11 @@ type envoyLine struct {
 	TokenUsage string `json:"token_usage"`
 }
 
+// ErrNoUsageFields says a request's line has none of the usage facts: Envoy wrote it
+// without usage.envoy_access_log, so a record built from it would lack the model and the
+// tokens.
+var ErrNoUsageFields = errors.New("the line carries no usage facts (Envoy wrote it without usage.envoy_access_log: true)")
+
 // ShedDetails are the response code details of a request the region's admission ceiling
 // refused: the usage log leaves them out (controlplane/translate, usageAccessLog), and so
 // does an import.
@@ -73,6 +79,11 @@ func RecordFromEnvoyLine(line []byte) (r Record, ok bool, err error) {
 	}
 	if l.Details == ShedDetails {
 		return Record{}, false, nil
+	}
+	// The key is there, null or not, whenever Envoy's format has it; a JSON string holding
+	// these bytes would have its quotes escaped.
+	if !bytes.Contains(line, []byte(`"token_usage":`)) {
+		return Record{}, false, ErrNoUsageFields
 	}
 	start, err := time.Parse(time.RFC3339Nano, l.Time)
 	if err != nil {
@@ -139,6 +150,9 @@ type ImportStats struct {
 	// and why (at most 20).
 	Bad      []string
 	BadLines int
+	// NoUsage counts request lines without the usage facts (ErrNoUsageFields); they are
+	// not imported and not among BadLines.
+	NoUsage int
 }
 
 // ImportEnvoyLog reads Envoy's JSON access log lines from r (name labels errors) and adds
@@ -166,6 +180,9 @@ func ImportEnvoyLog(ctx context.Context, store Store, prices *Prices, name strin
 		st.Lines++
 		rec, ok, err := RecordFromEnvoyLine(sc.Bytes())
 		switch {
+		case errors.Is(err, ErrNoUsageFields):
+			st.NoUsage++
+			continue
 		case err != nil:
 			st.BadLines++
 			if len(st.Bad) < 20 {

@@ -1,6 +1,7 @@
 package usage
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -44,6 +45,10 @@ func TestRecordFromEnvoyLine(t *testing.T) {
 			t.Errorf("%s: ok %v, err %v; want skipped", name, ok, err)
 		}
 	}
+	noUsage2 := strings.Replace(envoyLineOK, `"token_usage":`, `"other":`, 1)
+	if _, ok, err := RecordFromEnvoyLine([]byte(noUsage2)); ok || !errors.Is(err, ErrNoUsageFields) {
+		t.Errorf("a line written without usage.envoy_access_log: ok %v, err %v", ok, err)
+	}
 	bad := map[string]string{
 		"torn line":        envoyLineOK[:200],
 		"bad time":         strings.Replace(envoyLineOK, `"time":"2026-12-03T08:59:15.670Z"`, `"time":"yesterday"`, 1),
@@ -65,13 +70,14 @@ func TestImportEnvoyLogAddsWhatTheStoreLacks(t *testing.T) {
 	}
 	defer st.Close()
 	other := strings.Replace(envoyLineOK, `"request_id":"ac9f95bd"`, `"request_id":"second"`, 1)
-	log := envoyLineOK + "\n[warning] not a line\n" + other + "\n" + envoyLineOK[:100] + "\n"
+	plain := strings.Replace(other, `"token_usage":`, `"x":`, 1)
+	log := envoyLineOK + "\n[warning] not a line\n" + other + "\n" + envoyLineOK[:100] + "\n" + plain + "\n"
 	prices := NewPrices(nil)
 	var a ImportStats
 	if err := ImportEnvoyLog(ctx, st, prices, "envoy.log", strings.NewReader(log), &a); err != nil {
 		t.Fatal(err)
 	}
-	if a.Lines != 4 || a.Requests != 2 || a.Added != 2 || a.Skipped != 1 || a.BadLines != 1 || len(a.Bad) != 1 || !strings.HasPrefix(a.Bad[0], "envoy.log:4: ") {
+	if a.Lines != 5 || a.Requests != 2 || a.Added != 2 || a.Skipped != 1 || a.BadLines != 1 || a.NoUsage != 1 || len(a.Bad) != 1 || !strings.HasPrefix(a.Bad[0], "envoy.log:4: ") {
 		t.Errorf("first import: %+v", a)
 	}
 	var b ImportStats
