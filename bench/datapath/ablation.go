@@ -11,9 +11,16 @@ import (
 	"strings"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
+	setfilterstatev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/set_filter_state/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/llmedge/llmedge/bench/host"
+	"github.com/llmedge/llmedge/controlplane/translate"
 	"github.com/llmedge/llmedge/internal/stack"
 )
 
@@ -45,6 +52,22 @@ func ablationVariants(filters []string) []ablationVariant {
 			}})
 	}
 	out = append(out,
+		ablationVariant{name: "log_usage_fields", label: "with usage.envoy_access_log (the usage facts in the JSON access log)",
+			edit: func(h *hcmv3.HttpConnectionManager) {
+				editLogFormat(h, func(f *structpb.Struct) {
+					for k, v := range translate.EnvoyLogUsageFields {
+						f.Fields[k] = structpb.NewStringValue(v)
+					}
+				})
+			}},
+		ablationVariant{name: "log_unmasked", label: "the JSON access log's paths and user agent unmasked",
+			edit: func(h *hcmv3.HttpConnectionManager) {
+				editLogFormat(h, func(f *structpb.Struct) {
+					f.Fields["upstream_path"] = structpb.NewStringValue("%REQ(:PATH)%")
+					f.Fields["user_agent"] = structpb.NewStringValue("%REQ(USER-AGENT)%")
+				})
+				editFilterState(h, translate.PathState, "%REQ(:PATH)%")
+			}},
 		ablationVariant{name: "no_access_log", label: "without the JSON access log",
 			edit: func(h *hcmv3.HttpConnectionManager) { h.AccessLog = nil }},
 		ablationVariant{name: "router_only", label: "the router alone, no access log",
@@ -279,4 +302,43 @@ func ablationReport(a *AblationResults) string {
 	w("- Machine: %d CPUs (%s), %s, %s; Envoy %s.\n", a.Machine.NProc, a.Machine.CPUModel, a.Machine.Kernel, a.Machine.Go, a.Machine.Envoy)
 	w("\n## Command\n\n```sh\n%s\n```\n", a.Command)
 	return b.String()
+}
+
+// editLogFormat applies edit to the JSON format of h's stdout access log (panics on a
+// config it cannot read: the bench's own translation).
+func editLogFormat(h *hcmv3.HttpConnectionManager, edit func(*structpb.Struct)) {
+	for _, l := range h.AccessLog {
+		var so streamv3.StdoutAccessLog
+		if l.GetTypedConfig().UnmarshalTo(&so) != nil {
+			continue
+		}
+		edit(so.GetLogFormat().GetJsonFormat())
+		a, err := anypb.New(&so)
+		if err != nil {
+			panic(err)
+		}
+		l.ConfigType = &accesslogv3.AccessLog_TypedConfig{TypedConfig: a}
+	}
+}
+
+// editFilterState makes h's set_filter_state write format to the object key.
+func editFilterState(h *hcmv3.HttpConnectionManager, key, format string) {
+	for _, hf := range h.HttpFilters {
+		var c setfilterstatev3.Config
+		if hf.GetTypedConfig().UnmarshalTo(&c) != nil {
+			continue
+		}
+		for _, v := range c.OnRequestHeaders {
+			if v.GetObjectKey() == key {
+				v.GetFormatString().Format = &corev3.SubstitutionFormatString_TextFormatSource{TextFormatSource: &corev3.DataSource{
+					Specifier: &corev3.DataSource_InlineString{InlineString: format},
+				}}
+			}
+		}
+		a, err := anypb.New(&c)
+		if err != nil {
+			panic(err)
+		}
+		hf.ConfigType = &hcmv3.HttpFilter_TypedConfig{TypedConfig: a}
+	}
 }

@@ -22,10 +22,14 @@ import (
 // the replies read them from there; the path is kept masked where it looks like a
 // credential (accesslog.go, masked).
 
+// PathState is the filter state object holding the path the caller sent (masked where it
+// looks like a credential), which the access log reads.
+const PathState = "llmedge.path"
+
 const (
 	// Filter state written by requestFacts, read by the access log and local replies.
 	requestIDState  = wire.RequestIDState
-	pathState       = "llmedge.path"
+	pathState       = PathState
 	requestIDFormat = "%FILTER_STATE(" + requestIDState + ":PLAIN)%"
 	pathFormat      = "%FILTER_STATE(" + pathState + ":PLAIN)%"
 
