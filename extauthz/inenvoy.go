@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/llmedge/llmedge/internal/logging"
 	"github.com/llmedge/llmedge/internal/wire"
 )
 
@@ -49,9 +50,9 @@ func EnvOptions(region string, getenv func(string) string, stderr io.Writer) (Op
 	var log *slog.Logger
 	switch f := env("LLMEDGE_LOG_FORMAT", "json"); f {
 	case "json":
-		log = slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: lv}))
+		log = slog.New(logging.Components(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: lv})))
 	case "text":
-		log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv}))
+		log = slog.New(logging.Components(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv})))
 	default:
 		errs = append(errs, fmt.Errorf("LLMEDGE_LOG_FORMAT %q: want json or text", f))
 	}

@@ -38,6 +38,7 @@ import (
 	"github.com/llmedge/llmedge/controlplane/watch"
 	"github.com/llmedge/llmedge/extauthz"
 	"github.com/llmedge/llmedge/internal/cpunice"
+	"github.com/llmedge/llmedge/internal/logging"
 	"github.com/llmedge/llmedge/internal/stack"
 	"github.com/llmedge/llmedge/internal/token"
 	"github.com/llmedge/llmedge/internal/transport"
@@ -154,9 +155,9 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	opts := &slog.HandlerOptions{Level: lv}
 	switch format {
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		return slog.New(logging.Components(slog.NewJSONHandler(w, opts))), nil
 	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
+		return slog.New(logging.Components(slog.NewTextHandler(w, opts))), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: want json or text", format)
 }
