@@ -403,6 +403,23 @@ func TestSecretsNeverLeak(t *testing.T) {
 	if failures.Load() != 0 {
 		t.Errorf("unexpected 5xx answers: %s", responses.String())
 	}
+	// The same logs name the part each line comes from once (README, --log-format): a
+	// repeated "component" key is resolved to either value by JSON readers.
+	for _, place := range []string{"control plane log", "extauthz log"} {
+		n := 0
+		for _, line := range strings.Split(places[place], "\n") {
+			if !strings.HasPrefix(line, "{") {
+				continue
+			}
+			n++
+			if c := strings.Count(line, `"component":`); c > 1 {
+				t.Errorf("%s: %d component keys in %s", place, c, line)
+			}
+		}
+		if n == 0 {
+			t.Errorf("%s has no JSON line to check", place)
+		}
+	}
 }
 
 func adminGet(t *testing.T, e *testenv.EnvoyProcess, path string) []byte {

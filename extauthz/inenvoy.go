@@ -47,14 +47,10 @@ func EnvOptions(region string, getenv func(string) string, stderr io.Writer) (Op
 	if err := lv.UnmarshalText([]byte(env("LLMEDGE_LOG_LEVEL", "info"))); err != nil {
 		errs = append(errs, fmt.Errorf("LLMEDGE_LOG_LEVEL %q: want debug, info, warn or error", getenv("LLMEDGE_LOG_LEVEL")))
 	}
-	var log *slog.Logger
-	switch f := env("LLMEDGE_LOG_FORMAT", "json"); f {
-	case "json":
-		log = slog.New(logging.Components(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: lv})))
-	case "text":
-		log = slog.New(logging.Components(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv})))
-	default:
-		errs = append(errs, fmt.Errorf("LLMEDGE_LOG_FORMAT %q: want json or text", f))
+	f := env("LLMEDGE_LOG_FORMAT", "json")
+	log, err := logging.New(stderr, f, lv)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("LLMEDGE_LOG_FORMAT %q: %w", f, err))
 	}
 	var poll time.Duration
 	if v := getenv("LLMEDGE_KEYS_POLL"); v != "" {

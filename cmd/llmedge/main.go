@@ -152,14 +152,11 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
 	}
-	opts := &slog.HandlerOptions{Level: lv}
-	switch format {
-	case "json":
-		return slog.New(logging.Components(slog.NewJSONHandler(w, opts))), nil
-	case "text":
-		return slog.New(logging.Components(slog.NewTextHandler(w, opts))), nil
+	log, err := logging.New(w, format, lv)
+	if err != nil {
+		return nil, fmt.Errorf("--log-format %q: %w", format, err)
 	}
-	return nil, fmt.Errorf("--log-format %q: want json or text", format)
+	return log, nil
 }
 
 // serverTLSFlags are the mutual-TLS files of a server that carries or guards secrets.

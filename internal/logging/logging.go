@@ -7,6 +7,8 @@ package logging
 
 import (
 	"context"
+	"errors"
+	"io"
 	"log/slog"
 )
 
@@ -80,4 +82,21 @@ func (c *handler) WithGroup(name string) slog.Handler {
 		inner = inner.WithAttrs(as)
 	}
 	return &handler{h: inner.WithGroup(name), grouped: true}
+}
+
+// ErrFormat is New's answer to a format other than json or text; callers name their own
+// flag or variable in the message.
+var ErrFormat = errors.New("want json or text")
+
+// New is the logger every llmedge process writes with: JSON or text lines at lv, one
+// component key per line.
+func New(w io.Writer, format string, lv slog.Level) (*slog.Logger, error) {
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "json":
+		return slog.New(Components(slog.NewJSONHandler(w, opts))), nil
+	case "text":
+		return slog.New(Components(slog.NewTextHandler(w, opts))), nil
+	}
+	return nil, ErrFormat
 }
